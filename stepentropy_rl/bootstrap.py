@@ -1,0 +1,165 @@
+"""Bootstrap the tiny reasoner: train a small Llama and its tokenizer from scratch on the embedded task, on CPU.
+
+The result is cached under ``~/.cache/stepentropy_rl/tiny-<hash>`` keyed by the whole config, so later runs load
+it instead of training. It is a plain HF checkpoint (``config.json``, safetensors, tokenizer), served by vLLM as is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from stepentropy_rl.tasks.basket import BasketConfig, generate
+from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1  # bump when the task text or training recipe changes meaning
+
+
+@dataclass
+class TinyConfig:
+    """Architecture and training recipe of the tiny reasoner."""
+
+    task: BasketConfig = field(default_factory=BasketConfig)
+    seed: int = 0
+    vocab_size: int = 512  # BPE target; the embedding is padded to a multiple of 64
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    train_examples: int = 40000
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    threads: int = 0  # torch threads; 0 = all cores
+
+    def key(self) -> str:
+        blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STEPENTROPY_CACHE", Path.home() / ".cache" / "stepentropy_rl"))
+
+
+def tiny_model_path(cfg: TinyConfig) -> Path:
+    return cache_root() / f"tiny-{cfg.key()}"
+
+
+def ensure_tiny_model(cfg: TinyConfig, progress: bool = True) -> Path:
+    """Return the cached tiny reasoner for ``cfg``, training it first if it is missing."""
+    path = tiny_model_path(cfg)
+    if (path / "DONE").exists():
+        return path
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    stats = train_tiny_model(cfg, tmp, progress=progress)
+    stats["bootstrap_s"] = round(time.time() - t0, 1)
+    (tmp / "bootstrap.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **stats}, indent=1, default=list))
+    (tmp / "DONE").write_text("ok\n")
+    if path.exists():  # a concurrent bootstrap won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def _encode(tok, problems) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for p in problems:
+        prompt = tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids
+        resp = tok(p.solution + EOS, add_special_tokens=False).input_ids
+        out.append((prompt, resp))
+    return out
+
+
+def _batch(pairs, pad_id: int):
+    width = max(len(p) + len(r) for p, r in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for i, (p, r) in enumerate(pairs):
+        seq = p + r
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(p): len(seq)] = torch.tensor(r)
+        mask[i, : len(seq)] = 1
+    return ids, mask, labels
+
+
+def build_model(cfg: TinyConfig, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    padded = math.ceil(vocab / 64) * 64
+    mc = LlamaConfig(vocab_size=padded, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                     num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
+                     tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,
+                     pad_token_id=None)
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(mc)
+
+
+def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
+    """Train tokenizer and model for ``cfg`` and save both under ``out``; returns training stats."""
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    problems = generate(cfg.task, cfg.train_examples, cfg.seed, "train")
+    tok = train_tokenizer([prompt_text_raw(p) for p in problems[:4000]], cfg.vocab_size)
+    model = build_model(cfg, len(tok))
+    model.config.eos_token_id = tok.convert_tokens_to_ids(EOS)
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    data = _encode(tok, problems)
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    tokens, t0, loss_ema = 0, time.time(), None
+    bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
+    for step in bar:
+        ids, mask, labels = _batch(rng.sample(data, cfg.batch_size), tok.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"train_s": round(time.time() - t0, 1), "tokens": tokens, "final_loss": loss_ema,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def prompt_text_raw(p) -> str:
+    """Text used to train the BPE: the chat frame, the question and the solution."""
+    text = f"<|im_start|>user\n{p.prompt}<|im_end|>\n<|im_start|>assistant\n\n{p.solution}<|im_end|>\n"
+    return text.replace("</think>", "")  # think tags and chat markers are added tokens, kept out of the merges

@@ -1,0 +1,245 @@
+"""Token entropies, teacher-forced scoring and step segmentation of chain-of-thought text.
+
+All entropies are Shannon entropies in nats over the full vocabulary. Heavy ops are chunked over
+rows so that a 151k-entry vocabulary never materialises more than ``chunk_rows x vocab`` fp32 values
+at a time (about two such buffers peak).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "StepSpan",
+    "token_entropy",
+    "token_logprobs",
+    "score_responses",
+    "segment_steps",
+    "step_entropies",
+    "topk_entropy",
+]
+
+
+def _rows(logits: torch.Tensor) -> torch.Tensor:
+    if logits.dim() < 1:
+        raise ValueError("logits must have at least one dimension (the vocabulary)")
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def token_entropy(logits: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) over the last dim; returns fp32 of shape ``logits.shape[:-1]``.
+
+    Uses H = logsumexp(z) - sum softmax(z) * z, evaluated in fp32 on ``chunk_rows`` rows at a time
+    (bf16/fp16 chunks are upcast). ``-inf`` logits (masked tokens) contribute 0.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    flat = _rows(logits)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for i in range(0, flat.shape[0], chunk_rows):
+        z = flat[i : i + chunk_rows].float()
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        pz = (z - lse).exp_().mul_(z).nan_to_num_(nan=0.0)  # p * z; 0 * -inf -> 0
+        out[i : i + chunk_rows] = lse.squeeze(-1) - pz.sum(-1)
+    return out.reshape(logits.shape[:-1])
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
+    """log_softmax(logits)[..., labels] in fp32, chunked like :func:`token_entropy`.
+
+    ``labels`` has shape ``logits.shape[:-1]``; the result has the same shape.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"labels shape {tuple(labels.shape)} != logits.shape[:-1] {tuple(logits.shape[:-1])}")
+    flat = _rows(logits)
+    lab = labels.reshape(-1, 1).to(device=logits.device, dtype=torch.long)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for i in range(0, flat.shape[0], chunk_rows):
+        z = flat[i : i + chunk_rows].float()
+        lse = torch.logsumexp(z, dim=-1)
+        out[i : i + chunk_rows] = z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - lse
+    return out.reshape(labels.shape)
+
+
+@torch.no_grad()
+def score_responses(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    batch_size: int = 8,
+    chunk_rows: int = 2048,
+    pad_id: int = 0,
+) -> list[dict[str, torch.Tensor]]:
+    """Teacher-forced per-token entropy and log-prob of each response under a HF causal LM.
+
+    Each batch is right-padded (``pad_id``, attention_mask 0). Entry ``t`` of the returned
+    ``"entropy"``/``"logprobs"`` (1-D fp32 CPU tensors of length ``len(response)``) comes from the
+    distribution predicting response token ``t``, i.e. the logits at ``len(prompt) + t - 1``.
+    If ``model.forward`` accepts ``logits_to_keep`` only the positions from the shortest prompt
+    onwards are projected to the vocabulary. Prompts must be non-empty. The model is not switched
+    to eval mode here (``from_pretrained`` models already are).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (the first response token must be predicted)")
+    device = next(model.parameters()).device
+    try:
+        keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        keep_ok = False
+    empty = torch.empty(0, dtype=torch.float32)
+    out: list[dict[str, torch.Tensor]] = []
+    for b in range(0, len(prompts), batch_size):
+        ps, rs = prompts[b : b + batch_size], responses[b : b + batch_size]
+        if all(len(r) == 0 for r in rs):
+            out.extend({"entropy": empty.clone(), "logprobs": empty.clone()} for _ in rs)
+            continue
+        seqs = [list(p) + list(r) for p, r in zip(ps, rs)]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        kwargs = {}
+        if keep_ok:  # int k keeps the last k positions; position len(p)-1 is the first one needed
+            kwargs["logits_to_keep"] = width - (min(len(p) for p in ps) - 1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+        offset = width - logits.shape[1]  # absolute position of logits[:, 0]
+        for i, (p, r) in enumerate(zip(ps, rs)):
+            if len(r) == 0:
+                out.append({"entropy": empty.clone(), "logprobs": empty.clone()})
+                continue
+            start = len(p) - 1 - offset
+            rows = logits[i, start : start + len(r)]
+            labels = torch.tensor(list(r), dtype=torch.long, device=rows.device)
+            out.append({
+                "entropy": token_entropy(rows, chunk_rows).cpu(),
+                "logprobs": token_logprobs(rows, labels, chunk_rows).cpu(),
+            })
+        del logits
+    return out
+
+
+@dataclass
+class StepSpan:
+    """One reasoning step: ``text`` is the raw split piece; ``[char_start, char_end)`` also covers the
+    trailing delimiter (and skipped blank pieces); ``[tok_start, tok_end)`` are response token indices."""
+
+    index: int
+    text: str
+    char_start: int
+    char_end: int
+    tok_start: int
+    tok_end: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tok_end - self.tok_start
+
+
+def segment_steps(
+    text: str, offsets: Sequence[tuple[int, int]], delimiter: str = "\n\n"
+) -> list[StepSpan]:
+    """Split thinking ``text`` on ``delimiter`` into steps and map response tokens onto them.
+
+    ``offsets[j]`` is the (start, end) char range of response token ``j`` in ``text`` (assumed
+    non-decreasing); tokens starting at or beyond ``len(text)`` (``</think>``, the answer) are
+    ignored. Blank pieces are skipped and their characters go to the preceding step. A token
+    belongs to the step containing its start offset, so a merged ``".\\n\\n"`` token stays with the
+    preceding step; tokens before the first step (e.g. a leading ``"\\n"``) go to the first step,
+    so the spans tile all thinking tokens. If a step would get no token because the previous
+    step's last token runs over its characters, that token is moved to it (when the previous step
+    keeps at least one token).
+    """
+    if not delimiter:
+        raise ValueError("delimiter must be a non-empty string")
+    starts: list[int] = []
+    pieces: list[str] = []
+    pos = 0
+    for piece in text.split(delimiter):
+        if piece.strip():
+            starts.append(pos)
+            pieces.append(piece)
+        pos += len(piece) + len(delimiter)
+    if not starts:
+        return []
+    ends = starts[1:] + [len(text)]
+    n_tok = 0
+    while n_tok < len(offsets) and offsets[n_tok][0] < len(text):
+        n_tok += 1
+    owner = [max(0, bisect_right(starts, offsets[j][0]) - 1) for j in range(n_tok)]
+    ranges: list[list[int]] = []
+    nxt = 0
+    for k in range(len(starts)):
+        lo = nxt
+        while nxt < n_tok and owner[nxt] <= k:
+            nxt += 1
+        ranges.append([lo, nxt])
+    for k in range(1, len(starts)):
+        prev = ranges[k - 1]
+        if ranges[k][0] == ranges[k][1] and prev[1] - prev[0] >= 2 and offsets[prev[1] - 1][1] > starts[k]:
+            prev[1] -= 1
+            ranges[k][0] -= 1
+    return [
+        StepSpan(k, pieces[k], starts[k], ends[k], ranges[k][0], ranges[k][1]) for k in range(len(starts))
+    ]
+
+
+def step_entropies(
+    entropy: torch.Tensor | Sequence[float], spans: Sequence[StepSpan], aggregate: str = "sum"
+) -> list[float]:
+    """Sum (``"sum"``) or mean (``"mean"``) token entropy per step; steps without tokens give 0.0."""
+    if aggregate not in ("sum", "mean"):
+        raise ValueError(f"unknown aggregate {aggregate!r}; expected 'sum' or 'mean'")
+    ent = torch.as_tensor(entropy, dtype=torch.float64).reshape(-1)
+    result = []
+    for s in spans:
+        if s.tok_start < 0 or s.tok_end > ent.numel() or s.tok_end < s.tok_start:
+            raise ValueError(f"step {s.index} tokens [{s.tok_start}, {s.tok_end}) outside entropy of length {ent.numel()}")
+        if s.tok_end == s.tok_start:
+            result.append(0.0)
+            continue
+        part = ent[s.tok_start : s.tok_end]
+        result.append(float(part.sum() if aggregate == "sum" else part.mean()))
+    return result
+
+
+def _as_logprob(v: Any) -> float:
+    return float(getattr(v, "logprob", v))  # vLLM's Logprob objects or plain floats
+
+
+def topk_entropy(topk_logprobs: Sequence[Mapping[int, Any] | Sequence[float]]) -> list[float]:
+    """Cheap per-token entropy estimate from top-k log-probs (as returned by vLLM).
+
+    Each position's top-k probabilities are kept and the leftover mass ``1 - sum p`` is treated as a
+    single extra outcome. By the grouping rule this is a lower bound on the true entropy (exact if the
+    top-k covers the support), up to errors in the reported log-probs. Dict values may be floats
+    or objects with a ``.logprob`` attribute.
+    """
+    result = []
+    for entry in topk_logprobs:
+        values = entry.values() if isinstance(entry, Mapping) else entry
+        h, mass = 0.0, 0.0
+        for v in values:
+            lp = _as_logprob(v)
+            if lp == -math.inf:
+                continue
+            p = math.exp(lp)
+            h -= p * lp
+            mass += p
+        rest = 1.0 - mass
+        if rest > 1e-12:
+            h -= rest * math.log(rest)
+        result.append(max(h, 0.0))
+    return result

@@ -1,0 +1,142 @@
+"""Step pruning of chain-of-thought traces (arXiv 2508.03346) and `[SKIP]` token helpers.
+
+A CoT is a list of reasoning steps, each with a score (normally its step entropy).
+`prune_steps` removes ``floor(ratio * N)`` of them -- the lowest-scoring (``low``),
+the highest-scoring (``high``) or a seeded random subset (``random``) -- and either
+deletes them or replaces each with a placeholder such as ``[SKIP]``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import random
+from dataclasses import dataclass
+
+STRATEGIES = ("low", "high", "random")
+SKIP_TOKEN = "[SKIP]"
+
+# Guards floor(ratio * N) against float noise such as 0.29 * 100 = 28.999999999999996.
+_FLOOR_EPS = 1e-9
+
+
+def validate_pruning(strategy: str, ratio: float) -> None:
+    """Raise ValueError unless `strategy` is in STRATEGIES and `ratio` is a real number in [0, 1]."""
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"pruning.strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, numbers.Real)
+        or math.isnan(ratio)
+        or not 0.0 <= ratio <= 1.0
+    ):
+        raise ValueError(f"pruning.ratio must be in [0, 1], got {ratio!r}")
+
+
+@dataclass
+class PrunedCoT:
+    """Result of `prune_steps`.
+
+    steps:    output steps (pruned ones replaced by the placeholder, or removed when deleting).
+    pruned:   one flag per *original* step.
+    n_pruned: number of pruned original steps.
+    """
+
+    steps: list[str]
+    pruned: list[bool]
+    n_pruned: int
+
+    def text(self, delimiter: str = "\n\n") -> str:
+        """The output steps joined by `delimiter`."""
+        return delimiter.join(self.steps)
+
+
+def _n_to_prune(ratio: float, n: int) -> int:
+    return int(math.floor(ratio * n + _FLOOR_EPS))
+
+
+def prune_steps(
+    steps: list[str],
+    scores: list[float],
+    strategy: str,
+    ratio: float,
+    placeholder: str | None = SKIP_TOKEN,
+    protect_first: bool = False,
+    protect_last: bool = False,
+    seed: int = 0,
+) -> PrunedCoT:
+    """Prune ``floor(ratio * len(steps))`` steps (capped at the number of unprotected steps).
+
+    ``low`` prunes the lowest scores first, ``high`` the highest; ties go to the lower
+    step index. ``random`` draws ``random.Random(seed).sample`` over unprotected steps.
+    `placeholder` None or "" deletes pruned steps; any other string replaces each
+    pruned step (one placeholder per pruned step, consecutive ones are not merged).
+    """
+    validate_pruning(strategy, ratio)
+    n = len(steps)
+    if len(scores) != n:
+        raise ValueError(f"got {len(scores)} scores for {n} steps; they must match")
+    protected = set()
+    if n and protect_first:
+        protected.add(0)
+    if n and protect_last:
+        protected.add(n - 1)
+    candidates = [i for i in range(n) if i not in protected]
+    k = min(_n_to_prune(ratio, n), len(candidates))
+
+    if strategy == "random":
+        chosen = random.Random(seed).sample(candidates, k)
+    else:
+        vals = [float(scores[i]) for i in candidates]
+        if any(math.isnan(v) for v in vals):
+            raise ValueError("scores contain NaN; cannot rank steps")
+        sign = 1.0 if strategy == "low" else -1.0
+        chosen = sorted(candidates, key=lambda i: (sign * float(scores[i]), i))[:k]
+
+    chosen_set = set(chosen)
+    pruned = [i in chosen_set for i in range(n)]
+    if placeholder:
+        out = [placeholder if p else s for s, p in zip(steps, pruned)]
+    else:
+        out = [s for s, p in zip(steps, pruned) if not p]
+    return PrunedCoT(steps=out, pruned=pruned, n_pruned=len(chosen_set))
+
+
+def add_skip_token(tokenizer, model=None, token: str = SKIP_TOKEN, pad_to_multiple_of: int = 64) -> int:
+    """Register `token` as a normal (non-special) added token and return its id.
+
+    It stays visible in ``decode(..., skip_special_tokens=True)``. Idempotent. When a
+    `model` is given, its embeddings grow (to a multiple of `pad_to_multiple_of`) only if
+    they have fewer rows than ``len(tokenizer)`` -- spare rows are never dropped -- and
+    ``config.vocab_size`` is set to the embedding row count. Tied lm_heads are re-tied.
+    """
+    from tokenizers import AddedToken
+
+    if token not in tokenizer.get_added_vocab():
+        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False)])
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    added = tokenizer.added_tokens_decoder.get(token_id)
+    if added is not None and added.special:
+        raise ValueError(f"{token!r} is registered as a special token; skip_special_tokens would strip it")
+
+    if model is not None:
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
+        rows = model.get_input_embeddings().weight.shape[0]
+        model.config.get_text_config().vocab_size = rows
+        if hasattr(model.config, "vocab_size"):
+            model.config.vocab_size = rows
+        if hasattr(model, "vocab_size"):
+            model.vocab_size = rows
+        model.tie_weights()
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.shape[0] != rows:
+            raise RuntimeError(f"lm_head has {out.weight.shape[0]} rows but the input embedding has {rows}")
+    return token_id
+
+
+def count_token(ids, token_id: int) -> int:
+    """Number of occurrences of `token_id` in a 1-D sequence of token ids (list or tensor)."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return sum(1 for i in ids if int(i) == token_id)

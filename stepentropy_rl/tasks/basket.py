@@ -1,0 +1,151 @@
+"""The embedded task: basket word problems with verbose, step-labelled reasoning.
+
+A problem: a basket starts with some items; people put items in or take them out; how many are in it at the end?
+The reasoning handles one person per *essential* step, in an order the writer chooses (a real choice: which quantity
+to work on next), so each essential step carries information the answer needs. Between essential steps the writer
+may insert *redundant* steps whose content follows from what precedes them, of the kinds real reasoning models show:
+
+- ``restate``  "So the basket has 8 apples now."             (restates the running result)
+- ``verify``   "Check: 5 + 3 = 8. Correct."                   (re-verifies the last step)
+- ``announce`` "Let me take the next person."                 (announces the next step)
+- ``reflect``  "Wait, let me reread: Ann puts in 3 apples. Yes."  (a "wait, let me check" reflection)
+
+Whether a redundant step comes is a fork: at each gap one is inserted with probability ``redundancy``, repeatedly
+(geometric runs), so the choice never becomes certain. Everything is generated deterministically from a seed.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Ned", "Oli", "Pam")
+ITEMS = ("apples", "pears", "coins", "books", "shells", "stamps", "eggs", "cards")
+KINDS = ("restate", "verify", "announce", "reflect")
+OPS = ("add", "sub")
+
+
+@dataclass
+class BasketConfig:
+    """Difficulty of the embedded task."""
+
+    min_people: int = 3
+    max_people: int = 4
+    max_quantity: int = 5  # each person moves 1..max_quantity items
+    start_max: int = 5  # the basket starts with 0..start_max items
+    ops: tuple = ("add",)  # "add" (puts in) and/or "sub" (takes out)
+    redundancy: float = 0.4  # probability of inserting a redundant step at each chance
+    max_redundant_run: int = 3  # hard cap on consecutive redundant steps
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"task.{key} {msg}")
+
+        need(1 <= self.min_people <= self.max_people <= len(NAMES), "min_people/max_people",
+             f"must satisfy 1 <= min_people <= max_people <= {len(NAMES)}, got {self.min_people}, {self.max_people}")
+        need(self.max_quantity >= 1, "max_quantity", f"must be >= 1, got {self.max_quantity}")
+        need(self.start_max >= 0, "start_max", f"must be >= 0, got {self.start_max}")
+        need(len(self.ops) > 0 and set(self.ops) <= set(OPS), "ops", f"must be a non-empty subset of {OPS}, got {self.ops}")
+        need(0.0 <= self.redundancy < 1.0, "redundancy", f"must be in [0, 1), got {self.redundancy}")
+        need(self.max_redundant_run >= 0, "max_redundant_run", f"must be >= 0, got {self.max_redundant_run}")
+
+
+@dataclass
+class Step:
+    text: str
+    label: str  # "essential" | "redundant"
+    kind: str  # "move" for essential steps, else one of KINDS
+
+
+@dataclass
+class Problem:
+    id: str
+    prompt: str
+    answer: str
+    steps: list = field(default_factory=list)
+
+    @property
+    def thinking(self) -> str:
+        return "\n\n".join(s.text for s in self.steps)
+
+    @property
+    def solution(self) -> str:
+        """The assistant's full response after the ``<think>\\n`` generation prompt."""
+        return format_response(self.thinking, self.answer_line)
+
+    @property
+    def answer_line(self) -> str:
+        return answer_sentence(self.answer)
+
+    def to_row(self) -> dict:
+        return {"id": self.id, "prompt": self.prompt, "answer": self.answer, "solution": self.solution,
+                "steps": [{"text": s.text, "label": s.label, "kind": s.kind} for s in self.steps]}
+
+
+def answer_sentence(answer: str) -> str:
+    return f"The answer is \\boxed{{{answer}}}."
+
+
+def format_response(thinking: str, answer_line: str) -> str:
+    """Response layout shared by data, pruning and evaluation: thinking, ``\\n</think>\\n\\n``, the answer."""
+    return f"{thinking}\n</think>\n\n{answer_line}"
+
+
+def _move_text(name: str, op: str, q: int) -> str:
+    return f"{name} puts in {q}" if op == "add" else f"{name} takes out {q}"
+
+
+def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem:
+    n = rng.randint(cfg.min_people, cfg.max_people)
+    names = rng.sample(NAMES, n)
+    item = rng.choice(ITEMS)
+    ops = [rng.choice(cfg.ops) for _ in names]
+    qty = [rng.randint(1, cfg.max_quantity) for _ in names]
+    start = rng.randint(0, cfg.start_max)
+    # Takes are bounded so that the count never drops below zero in any order of work.
+    start += sum(q for q, op in zip(qty, ops) if op == "sub")
+    moves = list(zip(names, ops, qty))
+    lines = [f"A basket has {start} {item}."] + [f"{_move_text(*m)} {item}." for m in moves]
+    prompt = " ".join(lines) + f" How many {item} are in the basket at the end?"
+
+    order = rng.sample(range(n), n)  # the writer's choice of which person to handle next
+    steps: list[Step] = []
+    cur, last = start, None
+
+    def redundant(position: str) -> None:
+        allowed = ["announce"] if position == "first" else (
+            ["restate", "verify", "reflect"] if position == "last" else list(KINDS))
+        run = 0
+        while run < cfg.max_redundant_run and rng.random() < cfg.redundancy:
+            kind = rng.choice(allowed)
+            steps.append(Step(_redundant_text(kind, position, cur, last, item), "redundant", kind))
+            run += 1
+
+    redundant("first")
+    for j, idx in enumerate(order):
+        name, op, q = moves[idx]
+        new = cur + q if op == "add" else cur - q
+        sign = "+" if op == "add" else "-"
+        steps.append(Step(f"Now {_move_text(name, op, q)}: {cur} {sign} {q} = {new}.", "essential", "move"))
+        last = (name, op, q, cur, sign, new)
+        cur = new
+        redundant("last" if j == n - 1 else "middle")
+    return Problem(id=pid, prompt=prompt, answer=str(cur), steps=steps)
+
+
+def _redundant_text(kind: str, position: str, cur: int, last, item: str) -> str:
+    if kind == "announce":
+        return "Let me go through the people one at a time." if position == "first" else "Let me take the next person."
+    name, op, q, prev, sign, new = last
+    if kind == "restate":
+        return f"So the basket has {cur} {item} now."
+    if kind == "verify":
+        return f"Check: {prev} {sign} {q} = {new}. Correct."
+    return f"Wait, let me reread: {_move_text(name, op, q)} {item}. Yes."
+
+
+def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list[Problem]:
+    """``n`` problems, deterministic in (cfg, seed, split); splits use disjoint random streams."""
+    cfg.validate()
+    rng = random.Random(f"{seed}/{split}")
+    return [generate_problem(rng, cfg, f"{split}-{i}") for i in range(n)]
