@@ -45,6 +45,7 @@ class TinyConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     threads: int = 0  # torch threads; 0 = all cores
+    bf16: bool = True  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
 
     def key(self) -> str:
         blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)
@@ -79,12 +80,20 @@ def ensure_tiny_model(cfg: TinyConfig, progress: bool = True) -> Path:
 
 
 def _encode(tok, problems) -> list[tuple[list[int], list[int]]]:
-    out = []
-    for p in problems:
-        prompt = tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids
-        resp = tok(p.solution + EOS, add_special_tokens=False).input_ids
-        out.append((prompt, resp))
-    return out
+    head, tail = prompt_text(tok, "\x00").split("\x00")  # render the chat template once
+    prompts = tok([head + p.prompt + tail for p in problems], add_special_tokens=False).input_ids
+    resps = tok([p.solution + EOS for p in problems], add_special_tokens=False).input_ids
+    return list(zip(prompts, resps))
+
+
+def _length_bucketed(data, batch_size: int, rng: random.Random, pool: int = 16):
+    """Endless batches; each pool of ``pool`` batches is sorted by length so padding stays small."""
+    while True:
+        sample = rng.sample(data, batch_size * pool)
+        sample.sort(key=lambda pr: len(pr[0]) + len(pr[1]))
+        batches = [sample[i: i + batch_size] for i in range(0, len(sample), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
 
 
 def _batch(pairs, pad_id: int):
@@ -120,13 +129,14 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     problems = generate(cfg.task, cfg.train_examples, cfg.seed, "train")
-    tok = train_tokenizer([prompt_text_raw(p) for p in problems[:4000]], cfg.vocab_size)
+    tok = train_tokenizer([prompt_text_raw(p) for p in problems[:4000]], cfg.vocab_size,
+                          whole_numbers=max(100, largest_number(cfg.task) + 1))
     model = build_model(cfg, len(tok))
     model.config.eos_token_id = tok.convert_tokens_to_ids(EOS)
     model.config.pad_token_id = tok.pad_token_id
     model.config.bos_token_id = tok.bos_token_id
     data = _encode(tok, problems)
-    rng = random.Random(cfg.seed)
+    batches = _length_bucketed(data, cfg.batch_size, random.Random(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
@@ -140,8 +150,9 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     tokens, t0, loss_ema = 0, time.time(), None
     bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
     for step in bar:
-        ids, mask, labels = _batch(rng.sample(data, cfg.batch_size), tok.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ids, mask, labels = _batch(next(batches), tok.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -157,6 +168,11 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     tok.save_pretrained(out)
     return {"train_s": round(time.time() - t0, 1), "tokens": tokens, "final_loss": loss_ema,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def largest_number(task: BasketConfig) -> int:
+    """The largest number a problem of ``task`` can contain (start plus all takes, or the final total)."""
+    return task.start_max + task.max_people * task.max_quantity
 
 
 def prompt_text_raw(p) -> str:

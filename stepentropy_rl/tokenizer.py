@@ -20,8 +20,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE over ``texts``; special tokens for the chat frame, think tags as normal added tokens."""
+def train_tokenizer(texts: list[str], vocab_size: int, whole_numbers: int = 100) -> PreTrainedTokenizerFast:
+    """Byte-level BPE over ``texts``; special tokens for the chat frame, think tags as normal added tokens.
+
+    Numbers below ``whole_numbers`` are guaranteed single tokens (with and without a leading space): they are
+    repeated in the BPE corpus so that their merges win over rare words.
+    """
+    numbers = " ".join(str(i) for i in range(whole_numbers))
+    texts = list(texts) + [f" {numbers}\n" + numbers.replace(" ", "\n")] * 200
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -43,3 +49,22 @@ def prompt_text(tokenizer, question: str) -> str:
     """The chat-formatted prompt, ending with the generation prompt (``...assistant\\n<think>\\n``)."""
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+def token_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decode ``ids`` incrementally; return the text and each token's (start, end) character offsets in it.
+
+    Works on exactly the ids given (sampled ids need not be the canonical tokenization of their text). A token that
+    ends inside a multi-byte character gets zero width; the character lands on the token that completes it.
+    """
+    from tokenizers.decoders import DecodeStream
+
+    backend = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else tokenizer._tokenizer
+    stream = DecodeStream(skip_special_tokens=False)
+    pieces, offsets, pos = [], [], 0
+    for i in ids:
+        piece = stream.step(backend, int(i)) or ""
+        pieces.append(piece)
+        offsets.append((pos, pos + len(piece)))
+        pos += len(piece)
+    return "".join(pieces), offsets

@@ -149,3 +149,17 @@ def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list
     cfg.validate()
     rng = random.Random(f"{seed}/{split}")
     return [generate_problem(rng, cfg, f"{split}-{i}") for i in range(n)]
+
+
+_PATTERNS = (("Now ", "essential", "move"), ("So the basket has ", "redundant", "restate"),
+             ("Check: ", "redundant", "verify"), ("Let me ", "redundant", "announce"),
+             ("Wait, let me reread", "redundant", "reflect"))
+
+
+def label_step(text: str) -> tuple[str, str]:
+    """Label a step of this task's grammar, e.g. one the model wrote: (label, kind), ("unknown", "") otherwise."""
+    text = text.strip()
+    for prefix, label, kind in _PATTERNS:
+        if text.startswith(prefix):
+            return label, kind
+    return "unknown", ""

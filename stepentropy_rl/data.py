@@ -1,0 +1,79 @@
+"""Problems for the pipeline: generated from the embedded task, or read from a JSONL file in the project's format.
+
+Format, one JSON object a line::
+
+    {"id": "gsm8k-17", "prompt": "question text", "answer": "42",
+     "solution": "optional reference response", "steps": [{"text": ..., "label": "essential"|"redundant"}]}
+
+``prompt`` and ``answer`` are required; a malformed row raises ``DataError`` naming the file and line.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepentropy_rl.tasks.basket import BasketConfig, generate
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used."""
+
+
+@dataclass
+class Example:
+    id: str
+    prompt: str
+    answer: str
+    solution: str | None = None
+    steps: list = field(default_factory=list)  # [{"text", "label", "kind"}] when known
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: no such file {str(path)!r}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rows.append(parse_row(line, f"{path}:{lineno}"))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def parse_row(line: str, where: str) -> Example:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    prompt, answer = row.get("prompt"), row.get("answer")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: 'prompt' must be a non-empty string")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataError(f"{where}: 'answer' must be a non-empty string or number")
+    steps = row.get("steps") or []
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in steps):
+        raise DataError(f"{where}: 'steps' must be a list of objects with a 'text' string")
+    return Example(id=str(row.get("id", where)), prompt=prompt, answer=answer.strip(),
+                   solution=row.get("solution"), steps=steps)
+
+
+def generated(task: BasketConfig, n: int, seed: int, split: str) -> list[Example]:
+    return [Example(**{k: v for k, v in p.to_row().items()}) for p in generate(task, n, seed, split)]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Write rows atomically (temp file, then rename): a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(path)

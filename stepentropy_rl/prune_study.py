@@ -1,0 +1,152 @@
+"""The static pruning study (step-entropy paper, Fig. 1a): prune steps of the model's own CoTs, regenerate the answer.
+
+1. the rollout worker writes a full CoT for each held-out problem;
+2. the reference worker scores exact token entropies; steps are cut on the delimiter and scored (sum or mean);
+3. for each strategy and ratio the thinking is pruned, the answer regenerated after ``pruned thinking\\n</think>\\n\\n``
+   and graded. A sample that fails in any way (no CoT, no answer, garbage) counts as wrong, never dropped;
+4. the AUROC with which low step entropy finds the labelled redundant steps, on the gold solutions (teacher-forced).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+
+import ray
+
+from stepentropy_rl.entropy import segment_steps, step_entropies
+from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.tasks.basket import label_step
+from stepentropy_rl.tokenizer import prompt_text, token_offsets
+
+log = logging.getLogger(__name__)
+THINK_CLOSE = "</think>"
+
+
+@dataclass
+class StudyResult:
+    rows: list  # per-problem, per (strategy, ratio)
+    summary: list  # {strategy, ratio, accuracy, thinking_tokens, kept_fraction, n}
+    steps: list  # per step: {id, index, entropy, label, kind, source}
+    auroc: float
+    auroc_generated: float
+
+
+def split_thinking(text: str) -> tuple[str, bool]:
+    """The thinking part of a response and whether ``</think>`` closed it."""
+    idx = text.find(THINK_CLOSE)
+    return (text, False) if idx < 0 else (text[:idx], True)
+
+
+def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str, aggregate: str):
+    """Segment the thinking of a response given as token ids; return (step texts, step entropies, n thinking tokens)."""
+    text, offsets = token_offsets(tokenizer, ids)
+    thinking, _ = split_thinking(text)
+    spans = segment_steps(thinking, offsets, delimiter)
+    scores = step_entropies(entropy, spans, aggregate)
+    n_think = sum(1 for s, _ in offsets if s < len(thinking))
+    return [s.text.strip() for s in spans], scores, n_think
+
+
+def auroc(scores: list[float], redundant: list[bool]) -> float:
+    """AUROC of ``-score`` for finding redundant steps (1.0: every redundant step has lower entropy); nan if one class."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(redundant)) < 2:
+        return math.nan
+    return float(roc_auc_score(redundant, [-s for s in scores]))
+
+
+def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResult:
+    pc, rc = cfg.pruning, cfg.rollout
+    strategies = _as_list(pc.strategy)
+    ratios = [float(r) for r in _as_list(pc.ratio)]
+    prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
+    prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+
+    log.info("generating %d CoTs", len(problems))
+    cot_sampling = dict(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens, seed=rc.seed,
+                        skip_special_tokens=False)
+    cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, cot_sampling))]
+    log.info("scoring token entropies")
+    scores = ray.get(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
+                                            cfg.reference.chunk_rows))
+
+    rows, variants, steps = [], [], []
+    for p, prompt, cot, sc in zip(problems, prompts, cots, scores):
+        texts, ents, n_think = scored_steps(tokenizer, cot["token_ids"], sc["entropy"], pc.delimiter, pc.aggregate)
+        for j, (t, e) in enumerate(zip(texts, ents)):
+            lab, kind = label_step(t)
+            steps.append({"id": p.id, "index": j, "entropy": e, "label": lab, "kind": kind, "source": "generated"})
+        full_ok = grade(cot["text"], p.answer)
+        for strategy in strategies:
+            for ratio in ratios:
+                pruned = prune_steps(texts, ents, strategy, ratio, placeholder=pc.placeholder or None,
+                                     protect_first=pc.protect_first, protect_last=pc.protect_last,
+                                     seed=zlib.crc32(f"{pc.seed}/{p.id}".encode()))
+                thinking = pruned.text(pc.delimiter)
+                variants.append(prompt + thinking + "\n" + THINK_CLOSE + "\n\n")
+                rows.append({"id": p.id, "strategy": strategy, "ratio": ratio, "answer": p.answer,
+                             "full_cot_correct": full_ok, "finish_reason": cot["finish_reason"],
+                             "n_steps": len(texts), "n_pruned": pruned.n_pruned,
+                             "thinking_tokens_full": n_think,
+                             "thinking_tokens": len(tokenizer(thinking, add_special_tokens=False).input_ids),
+                             "thinking": thinking})
+
+    log.info("regenerating %d answers after pruned thinking", len(variants))
+    ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
+                        seed=rc.seed, skip_special_tokens=False)
+    answers = ray.get(rollout.generate.remote(variants, ans_sampling))
+    for row, a in zip(rows, answers):
+        text = a[0]["text"] if a else ""
+        row["regenerated"] = text
+        row["correct"] = bool(text) and grade(text, row["answer"])
+
+    summary = summarize(rows, strategies, ratios)
+    gold = gold_step_entropies(cfg, problems, reference, tokenizer)
+    steps += gold
+    return StudyResult(rows=rows, summary=summary, steps=steps,
+                       auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
+                       auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
+
+
+def _auroc_known(steps) -> float:
+    known = [s for s in steps if s["label"] in ("essential", "redundant")]
+    return auroc([s["entropy"] for s in known], [s["label"] == "redundant" for s in known])
+
+
+def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> list[dict]:
+    out = []
+    for strategy in strategies:
+        for ratio in ratios:
+            sel = [r for r in rows if r["strategy"] == strategy and r["ratio"] == ratio]
+            full = sum(r["thinking_tokens_full"] for r in sel)
+            out.append({"strategy": strategy, "ratio": ratio, "n": len(sel),
+                        "accuracy": sum(r["correct"] for r in sel) / max(1, len(sel)),
+                        "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / max(1, len(sel)),
+                        "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full)})
+    return out
+
+
+def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
+    """Teacher-force the labelled gold solutions; one record per step whose segmentation matches the labels."""
+    labelled = [p for p in problems if p.solution and p.steps]
+    if not labelled:
+        return []
+    prompt_ids = [tokenizer(prompt_text(tokenizer, p.prompt), add_special_tokens=False).input_ids for p in labelled]
+    resp_ids = [tokenizer(p.solution, add_special_tokens=False).input_ids for p in labelled]
+    scores = ray.get(reference.score.remote(prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows))
+    out = []
+    for p, ids, sc in zip(labelled, resp_ids, scores):
+        texts, ents, _ = scored_steps(tokenizer, ids, sc["entropy"], cfg.pruning.delimiter, cfg.pruning.aggregate)
+        if len(texts) != len(p.steps):
+            log.warning("%s: %d segments vs %d labelled steps; skipped for AUROC", p.id, len(texts), len(p.steps))
+            continue
+        out += [{"id": p.id, "index": j, "entropy": e, "label": s.get("label"), "kind": s.get("kind"),
+                 "source": "gold"} for j, (e, s) in enumerate(zip(ents, p.steps))]
+    return out
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig" else [x]

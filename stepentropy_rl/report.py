@@ -1,0 +1,51 @@
+"""Run outputs: summary table (console + markdown), summary.json, and the accuracy-vs-ratio plot."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def summary_table(results: list[dict]) -> str:
+    lines = ["| strategy | ratio | accuracy | thinking tokens | kept | n |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['strategy']} | {r['ratio']:.2f} | {100 * r['accuracy']:.1f}% | "
+                     f"{r['thinking_tokens']:.1f} | {100 * r['kept_fraction']:.1f}% | {r['n']} |")
+    return "\n".join(lines)
+
+
+def write_summary(run_dir: Path, results: list[dict], extra: dict) -> Path:
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in extra.items()}
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"results": results, **clean}, indent=1))
+    tmp.replace(path)
+    (run_dir / "summary.md").write_text(summary_table(results) + "\n\n" + "\n".join(
+        f"- {k}: {v}" for k, v in clean.items()) + "\n")
+    return path
+
+
+def plot_accuracy(run_dir: Path, results: list[dict], title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    styles = {"low": ("tab:green", "o"), "high": ("tab:red", "s"), "random": ("tab:blue", "^")}
+    for strategy in dict.fromkeys(r["strategy"] for r in results):
+        pts = sorted((r["ratio"], 100 * r["accuracy"]) for r in results if r["strategy"] == strategy)
+        color, marker = styles.get(strategy, (None, "x"))
+        ax.plot(*zip(*pts), marker=marker, color=color, label=f"{strategy}-entropy" if strategy != "random" else
+                "random")
+    ax.set_xlabel("pruning ratio (share of steps replaced)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "accuracy_vs_ratio.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,81 @@
+import re
+
+import pytest
+
+from stepentropy_rl.tasks.basket import KINDS, BasketConfig, generate, label_step
+
+
+def _eval(p):
+    nums = re.findall(r"(\w+) (puts in|takes out) (\d+)", p.prompt)
+    start = int(re.search(r"A basket has (\d+)", p.prompt).group(1))
+    return start + sum(int(q) if op == "puts in" else -int(q) for _, op, q in nums)
+
+
+def test_deterministic_and_splits_differ():
+    cfg = BasketConfig()
+    a, b = generate(cfg, 20, 3), generate(cfg, 20, 3)
+    assert [p.to_row() for p in a] == [p.to_row() for p in b]
+    assert [p.prompt for p in generate(cfg, 20, 3, "test")] != [p.prompt for p in a]
+    assert [p.prompt for p in generate(cfg, 20, 4)] != [p.prompt for p in a]
+
+
+def test_answers_are_right_and_format():
+    for p in generate(BasketConfig(ops=("add", "sub")), 200, 0):
+        assert int(p.answer) == _eval(p)
+        assert p.solution.endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
+        assert p.solution.split("\n</think>")[0].split("\n\n") == [s.text for s in p.steps]
+
+
+def test_essential_steps_carry_each_move_once_and_running_totals_follow():
+    for p in generate(BasketConfig(ops=("add", "sub")), 200, 1):
+        ess = [s for s in p.steps if s.label == "essential"]
+        assert len(ess) == len(re.findall(r"(puts in|takes out)", p.prompt))
+        cur = int(re.search(r"A basket has (\d+)", p.prompt).group(1))
+        for s in ess:
+            a, sign, q, new = re.search(r": (\d+) ([+-]) (\d+) = (\d+)\.$", s.text).groups()
+            assert int(a) == cur and int(new) == (cur + int(q) if sign == "+" else cur - int(q)) >= 0
+            cur = int(new)
+
+
+def test_redundant_steps_follow_from_what_precedes():
+    seen = set()
+    for p in generate(BasketConfig(redundancy=0.6), 200, 2):
+        last_ess, total = None, int(re.search(r"A basket has (\d+)", p.prompt).group(1))
+        for s in p.steps:
+            if s.label == "essential":
+                last_ess = s.text
+                total = int(s.text.rsplit("= ", 1)[1].rstrip("."))
+                continue
+            seen.add(s.kind)
+            if s.kind == "restate":
+                assert f" {total} " in s.text
+            elif s.kind == "verify":
+                assert s.text[len("Check: "):].split(". Correct")[0] in last_ess
+            elif s.kind == "reflect":
+                assert s.text.split(": ", 1)[1].split(" ")[:4] == last_ess[4:].split(":")[0].split(" ")[:4]
+    assert seen == set(KINDS)
+
+
+def test_redundancy_rate_and_difficulty_are_honoured():
+    none = generate(BasketConfig(redundancy=0.0), 100, 0)
+    assert all(s.label == "essential" for p in none for s in p.steps)
+    many = generate(BasketConfig(redundancy=0.6), 100, 0)
+    share = sum(s.label == "redundant" for p in many for s in p.steps) / sum(len(p.steps) for p in many)
+    assert 0.3 < share < 0.8
+    big = generate(BasketConfig(min_people=5, max_people=5, max_quantity=9), 50, 0)
+    assert all(sum(s.label == "essential" for s in p.steps) == 5 for p in big)
+    assert max(int(q) for p in big for q in re.findall(r"puts in (\d+)", p.prompt)) == 9
+
+
+def test_labels_recoverable_from_text():
+    for p in generate(BasketConfig(), 100, 0):
+        for s in p.steps:
+            assert label_step(s.text) == (s.label, s.kind)
+    assert label_step("garbage")[0] == "unknown"
+
+
+@pytest.mark.parametrize("kw,key", [({"min_people": 0}, "min_people"), ({"max_quantity": 0}, "max_quantity"),
+                                    ({"ops": ("mul",)}, "ops"), ({"redundancy": 1.0}, "redundancy")])
+def test_bad_task_config(kw, key):
+    with pytest.raises(ValueError, match=key):
+        generate(BasketConfig(**kw), 1, 0)

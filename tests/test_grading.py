@@ -1,0 +1,25 @@
+from stepentropy_rl.tasks.grading import exact_match, extract_boxed, get_grader, math_match
+import pytest
+
+
+def test_extract_boxed():
+    assert extract_boxed(r"x \boxed{1} y \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+    assert extract_boxed("no box") is None
+    assert extract_boxed(r"\boxed{unclosed") is None
+
+
+def test_exact_match():
+    assert exact_match(r"The answer is \boxed{15}.", "15")
+    assert not exact_match(r"The answer is \boxed{16}.", "15")
+    assert not exact_match("garbage", "15")
+
+
+def test_math_match_off_main_thread():
+    assert math_match(r"so \boxed{\frac{1}{2}}", "0.5")
+    assert not math_match(r"so \boxed{3}", "0.5")
+    assert not math_match("\x00\x01 garbage {{{", "2")
+
+
+def test_unknown_grader():
+    with pytest.raises(ValueError, match="data.grader"):
+        get_grader("fuzzy")

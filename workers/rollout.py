@@ -1,0 +1,40 @@
+"""Rollout worker: a Ray actor that holds one vLLM engine and generates responses."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+
+class Rollout:
+    """One vLLM engine. ``generate`` takes chat-formatted prompt strings (or token-id lists) and returns samples.
+
+    ``engine`` holds extra ``vllm.LLM`` keyword arguments (``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
+    ``enforce_eager``, ...). On CPU the KV cache size comes from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``).
+    """
+
+    def __init__(self, model_path: str, engine: dict | None = None, seed: int = 0, kv_cache_gib: int = 1):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process per actor: simpler under Ray
+        from vllm import LLM
+
+        self.model_path = model_path
+        self.llm = LLM(model=model_path, seed=seed, **(engine or {}))
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: list, sampling: dict[str, Any]) -> list[list[dict]]:
+        """For each prompt, ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason}``."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(**sampling)
+        inputs = [{"prompt_token_ids": list(p)} if not isinstance(p, str) else p for p in prompts]
+        outs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
+                 for c in o.outputs] for o in outs]
+
+    def ping(self) -> str:
+        return self.model_path
+
+
+RolloutWorker = ray.remote(Rollout)
