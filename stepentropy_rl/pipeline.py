@@ -62,7 +62,8 @@ def _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_pa
     res = run_study(cfg, problems, rollout, reference, tokenizer, get_grader(cfg.data.grader))
     write_jsonl(run_dir / "samples.jsonl", res.rows)
     write_jsonl(run_dir / "steps.jsonl", res.steps)
-    extra = {"auroc": res.auroc, "auroc_generated": res.auroc_generated, "model": model_path,
+    extra = {"auroc": res.auroc, "auroc_generated": res.auroc_generated, "topk_entropy_error": res.topk_error,
+             "model": model_path,
              "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
     report.write_summary(run_dir, res.summary, extra)

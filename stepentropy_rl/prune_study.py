@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import ray
 
-from stepentropy_rl.entropy import segment_steps, step_entropies
+from stepentropy_rl.entropy import segment_steps, step_entropies, topk_entropy
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tokenizer import prompt_text, token_offsets
@@ -31,6 +31,7 @@ class StudyResult:
     steps: list  # per step: {id, index, entropy, label, kind, source}
     auroc: float
     auroc_generated: float
+    topk_error: dict  # error of the top-k entropy estimate against the exact entropy
 
 
 def split_thinking(text: str) -> tuple[str, bool]:
@@ -40,13 +41,29 @@ def split_thinking(text: str) -> tuple[str, bool]:
 
 
 def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str, aggregate: str):
-    """Segment the thinking of a response given as token ids; return (step texts, step entropies, n thinking tokens)."""
+    """Segment the thinking of a response given as token ids; return (step texts, step entropies)."""
     text, offsets = token_offsets(tokenizer, ids)
     thinking, _ = split_thinking(text)
     spans = segment_steps(thinking, offsets, delimiter)
-    scores = step_entropies(entropy, spans, aggregate)
-    n_think = sum(1 for s, _ in offsets if s < len(thinking))
-    return [s.text.strip() for s in spans], scores, n_think
+    return [s.text.strip() for s in spans], step_entropies(entropy, spans, aggregate)
+
+
+def topk_error(cots: list[dict], scores: list[dict], k: int) -> dict:
+    """Mean absolute and relative error (nats) of vLLM top-k entropy against the exact full-vocabulary entropy."""
+    exact, approx = [], []
+    for c, s in zip(cots, scores):
+        if c.get("topk_logprobs"):
+            approx += topk_entropy(c["topk_logprobs"])
+            exact += s["entropy"]
+    if not exact:
+        return {}
+    err = sum(abs(a - e) for a, e in zip(approx, exact))
+    return {"k": k, "tokens": len(exact), "mae_nats": err / len(exact), "relative": err / max(1e-12, sum(exact)),
+            "mean_exact_nats": sum(exact) / len(exact)}
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def auroc(scores: list[float], redundant: list[bool]) -> float:
@@ -67,15 +84,16 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
 
     log.info("generating %d CoTs", len(problems))
     cot_sampling = dict(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens, seed=rc.seed,
-                        skip_special_tokens=False)
-    cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, cot_sampling))]
+                        skip_special_tokens=False, logprobs=rc.topk_logprobs or None)
+    cots = [o[0] for o in _get(rollout.generate.remote(prompts, cot_sampling))]
     log.info("scoring token entropies")
-    scores = ray.get(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
+    scores = _get(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
                                             cfg.reference.chunk_rows))
 
     rows, variants, steps = [], [], []
     for p, prompt, cot, sc in zip(problems, prompts, cots, scores):
-        texts, ents, n_think = scored_steps(tokenizer, cot["token_ids"], sc["entropy"], pc.delimiter, pc.aggregate)
+        texts, ents = scored_steps(tokenizer, cot["token_ids"], sc["entropy"], pc.delimiter, pc.aggregate)
+        n_think = n_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
         for j, (t, e) in enumerate(zip(texts, ents)):
             lab, kind = label_step(t)
             steps.append({"id": p.id, "index": j, "entropy": e, "label": lab, "kind": kind, "source": "generated"})
@@ -91,13 +109,13 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
                              "full_cot_correct": full_ok, "finish_reason": cot["finish_reason"],
                              "n_steps": len(texts), "n_pruned": pruned.n_pruned,
                              "thinking_tokens_full": n_think,
-                             "thinking_tokens": len(tokenizer(thinking, add_special_tokens=False).input_ids),
+                             "thinking_tokens": n_tokens(tokenizer, thinking),
                              "thinking": thinking})
 
     log.info("regenerating %d answers after pruned thinking", len(variants))
     ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
                         seed=rc.seed, skip_special_tokens=False)
-    answers = ray.get(rollout.generate.remote(variants, ans_sampling))
+    answers = _get(rollout.generate.remote(variants, ans_sampling))
     for row, a in zip(rows, answers):
         text = a[0]["text"] if a else ""
         row["regenerated"] = text
@@ -106,7 +124,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     summary = summarize(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
-    return StudyResult(rows=rows, summary=summary, steps=steps,
+    return StudyResult(rows=rows, summary=summary, steps=steps, topk_error=topk_error(cots, scores, rc.topk_logprobs),
                        auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
                        auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
 
@@ -136,16 +154,21 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
         return []
     prompt_ids = [tokenizer(prompt_text(tokenizer, p.prompt), add_special_tokens=False).input_ids for p in labelled]
     resp_ids = [tokenizer(p.solution, add_special_tokens=False).input_ids for p in labelled]
-    scores = ray.get(reference.score.remote(prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows))
+    scores = _get(reference.score.remote(prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows))
     out = []
     for p, ids, sc in zip(labelled, resp_ids, scores):
-        texts, ents, _ = scored_steps(tokenizer, ids, sc["entropy"], cfg.pruning.delimiter, cfg.pruning.aggregate)
+        texts, ents = scored_steps(tokenizer, ids, sc["entropy"], cfg.pruning.delimiter, cfg.pruning.aggregate)
         if len(texts) != len(p.steps):
             log.warning("%s: %d segments vs %d labelled steps; skipped for AUROC", p.id, len(texts), len(p.steps))
             continue
         out += [{"id": p.id, "index": j, "entropy": e, "label": s.get("label"), "kind": s.get("kind"),
                  "source": "gold"} for j, (e, s) in enumerate(zip(ents, p.steps))]
     return out
+
+
+def _get(x):
+    """``ray.get`` for an object ref; a plain value (an in-process fake worker in tests) passes through."""
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
 
 def _as_list(x) -> list:

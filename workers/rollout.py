@@ -24,17 +24,24 @@ class Rollout:
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list, sampling: dict[str, Any]) -> list[list[dict]]:
-        """For each prompt, ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason}``."""
+        """For each prompt, ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason, logprobs}``."""
         from vllm import SamplingParams
 
         params = SamplingParams(**sampling)
         inputs = [{"prompt_token_ids": list(p)} if not isinstance(p, str) else p for p in prompts]
         outs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
-                 for c in o.outputs] for o in outs]
+        return [[_sample(c) for c in o.outputs] for o in outs]
 
     def ping(self) -> str:
         return self.model_path
+
+
+def _sample(c) -> dict:
+    """A vLLM CompletionOutput as plain data; sampled-token log-probs when they were requested."""
+    lps = [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)] if c.logprobs else None
+    topk = [[lp.logprob for lp in d.values()] for d in c.logprobs] if c.logprobs else None
+    return {"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason,
+            "logprobs": lps, "topk_logprobs": topk, "cumulative_logprob": c.cumulative_logprob}
 
 
 RolloutWorker = ray.remote(Rollout)

@@ -1,0 +1,87 @@
+"""Benchmark the tiny reasoner: bootstrap time on this machine and held-out accuracy (vLLM, full CoT).
+
+    python scripts/bench_bootstrap.py [--n 500] [--out runs/bench_bootstrap.json] [key=value overrides ...]
+
+Prints and saves: bootstrap seconds (measured when the cached model was trained), tokens/s, params, held-out
+accuracy at greedy and at temperature 0.6, mean thinking tokens, share of redundant steps in the model's CoTs
+and in the training data, and one sample CoT.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--out", default="runs/bench_bootstrap.json")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.tiny.steps=300")
+    args = ap.parse_args()
+
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.pipeline import resolve_model
+    from stepentropy_rl.tasks.basket import label_step
+    from stepentropy_rl.config import task_config
+    from stepentropy_rl.data import generated
+    from stepentropy_rl.prune_study import split_thinking
+    from stepentropy_rl.tasks.grading import exact_match
+    from stepentropy_rl.tokenizer import prompt_text
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        cfg = compose("config", overrides=["run_dir=/tmp", *args.overrides])
+    t0 = time.time()
+    path = resolve_model(cfg)
+    resolve_s = time.time() - t0
+    stats = json.loads((Path(path) / "bootstrap.json").read_text())
+    problems = generated(task_config(cfg), args.n, cfg.data.seed, "test")
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=path, seed=0, **dict(cfg.rollout.engine))
+    tok = llm.get_tokenizer()
+    prompts = [prompt_text(tok, p.prompt) for p in problems]
+    result = {"model": path, "bootstrap_s": stats["bootstrap_s"], "train_s": stats["train_s"],
+              "train_tokens_per_s": round(stats["tokens"] / stats["train_s"]), "params": stats["params"],
+              "final_loss": stats["final_loss"], "resolve_s_this_run": round(resolve_s, 1), "n": args.n}
+    for name, temp in (("greedy", 0.0), ("t0.6", 0.6)):
+        t = time.time()
+        outs = llm.generate(prompts, SamplingParams(temperature=temp, top_p=0.95 if temp else 1.0,
+                                                    max_tokens=cfg.rollout.max_tokens, seed=0,
+                                                    skip_special_tokens=False), use_tqdm=False)
+        texts = [o.outputs[0].text for o in outs]
+        steps = [s for t_ in texts for s in split_thinking(t_)[0].split("\n\n") if s.strip()]
+        labels = [label_step(s)[0] for s in steps]
+        result[name] = {
+            "accuracy": sum(exact_match(t_, p.answer) for t_, p in zip(texts, problems)) / len(problems),
+            "thinking_tokens": sum(len(tok(split_thinking(t_)[0]).input_ids) for t_ in texts) / len(texts),
+            "redundant_step_share": labels.count("redundant") / max(1, len(labels)),
+            "unknown_step_share": labels.count("unknown") / max(1, len(labels)),
+            "closed_think": sum(split_thinking(t_)[1] for t_ in texts) / len(texts),
+            "gen_s": round(time.time() - t, 1),
+        }
+        result[name + "_sample"] = prompts[0] + texts[0]
+    gold = [s.get("label") for p in problems for s in p.steps]
+    result["data_redundant_step_share"] = gold.count("redundant") / len(gold)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    for k, v in result.items():
+        if not k.endswith("_sample"):
+            print(f"{k:>28}: {v}")
+    print("\nsample CoT (T=0.6):\n" + result["t0.6_sample"])
+    print(f"\nsaved {out}")
+
+
+if __name__ == "__main__":
+    main()

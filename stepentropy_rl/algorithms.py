@@ -1,0 +1,196 @@
+"""Thin, typed adapter over verl 0.9.1's ``verl.trainer.ppo.core_algos`` (all CPU-safe).
+
+The rest of the project calls these functions and never touches verl internals:
+
+* :func:`register_absolute_advantage` adds our positive-only "absolute" estimator to verl's registry;
+* :func:`compute_advantages` dispatches any registered estimator ("grpo", "rloo", "absolute", ...);
+* :func:`policy_loss` / :func:`kl_loss` / :func:`entropy_loss` / :func:`aggregate` wrap verl's
+  policy-loss registry, ``kl_penalty`` and ``agg_loss``.
+
+Tensors are ``(batch, response_length)``; masks are 1 on valid response tokens, 0 on padding.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from verl.trainer.config import AlgoConfig
+from verl.trainer.ppo import core_algos
+from verl.utils.torch_functional import entropy_from_logits
+from verl.workers.config import ActorConfig
+
+ABSOLUTE = "absolute"
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def compute_absolute_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Optional[np.ndarray] = None,
+    config: Optional[Any] = None,
+    beta: Optional[float] = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive-only absolute advantage (entropy-guided CoT compression).
+
+    For sample i with outcome reward ``R_i = sum_t r_{i,t}``, every valid token t gets
+
+        A_{i,t} = beta * max(R_i, 0) * mask_{i,t}
+
+    i.e. no group baseline and no std normalisation; ``index`` (group ids) is accepted only for
+    registry compatibility. ``beta`` comes from the keyword, else ``config.get("beta")``
+    (e.g. a DictConfig), else 1.0. Returns ``(advantages, returns)``, both equal, like verl's
+    outcome estimators.
+    """
+    if beta is None:
+        beta = config.get("beta", None) if config is not None and hasattr(config, "get") else None
+    beta = 1.0 if beta is None else float(beta)
+    with torch.no_grad():
+        scores = token_level_rewards.sum(dim=-1).clamp(min=0.0) * beta
+        adv = scores.unsqueeze(-1) * response_mask.to(scores.dtype)
+    return adv, adv
+
+
+def register_absolute_advantage() -> None:
+    """Register :func:`compute_absolute_advantage` in verl's registry as "absolute" (idempotent).
+
+    verl's ``register_adv_est`` raises if a *different* function holds the name; a stale copy of
+    our own function (e.g. after ``importlib.reload``) is replaced, anything else is an error.
+    """
+    current = core_algos.ADV_ESTIMATOR_REGISTRY.get(ABSOLUTE)
+    if current is not None and current is not compute_absolute_advantage:
+        ours = (getattr(current, "__module__", None), getattr(current, "__qualname__", None)) == (
+            __name__, compute_absolute_advantage.__qualname__)
+        if not ours:
+            raise ValueError(f"advantage estimator {ABSOLUTE!r} is already registered to {current!r}")
+        del core_algos.ADV_ESTIMATOR_REGISTRY[ABSOLUTE]
+    core_algos.register_adv_est(ABSOLUTE)(compute_absolute_advantage)
+
+
+def known_estimators() -> list[str]:
+    """Names accepted by :func:`compute_advantages` (verl's registry plus "absolute")."""
+    register_absolute_advantage()
+    return sorted(core_algos.ADV_ESTIMATOR_REGISTRY)
+
+
+def compute_advantages(
+    name: str,
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    group_ids: np.ndarray,
+    norm_by_std: bool = True,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """Per-token advantages from estimator ``name`` (``algorithm.adv_estimator``).
+
+    ``group_ids[i]`` is the prompt id of sample i (verl's ``uid``). ``norm_by_std`` maps to
+    ``norm_adv_by_std_in_grpo`` (GRPO family; False = Dr.GRPO), ``beta`` to "absolute".
+    Estimators needing extra inputs (e.g. "gae" needs critic values) raise ``TypeError``.
+    """
+    known = known_estimators()
+    if name not in known:
+        raise ValueError(f"unknown algorithm.adv_estimator {name!r}; known: {', '.join(known)}")
+    fn = core_algos.get_adv_estimator_fn(name)
+    mask = response_mask.to(token_level_rewards.dtype)
+    config = AlgoConfig(adv_estimator=name, norm_adv_by_std_in_grpo=norm_by_std)
+    kwargs: dict[str, Any] = dict(token_level_rewards=token_level_rewards, response_mask=mask,
+                                  index=np.asarray(group_ids), config=config)
+    params = inspect.signature(fn).parameters
+    if "norm_adv_by_std_in_grpo" in params:
+        kwargs["norm_adv_by_std_in_grpo"] = norm_by_std
+    if "beta" in params:
+        kwargs["beta"] = beta
+    advantages, _returns = fn(**kwargs)
+    return advantages
+
+
+@functools.lru_cache(maxsize=32)
+def actor_config(clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.28, clip_ratio_c: float = 3.0,
+                 loss_agg_mode: str = "token-mean") -> ActorConfig:
+    """Minimal verl ``ActorConfig`` for the policy-loss functions (cached; treat as read-only).
+
+    verl's vanilla loss reads ``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high``,
+    ``get("clip_ratio_c")`` and ``global_batch_info`` (left empty = single process, local
+    normalisation). Other registered losses read ``policy_loss.*`` sub-config defaults.
+    """
+    return ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio=clip_ratio_low,
+                       clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c,
+                       loss_agg_mode=loss_agg_mode)
+
+
+def policy_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.28,
+    clip_ratio_c: float = 3.0,
+    loss_agg_mode: str = "token-mean",
+    loss_name: str = "vanilla",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clip policy loss via verl's policy-loss registry (``actor.policy_loss.loss_mode``).
+
+    Vanilla: ratio = exp(log_prob - old_log_prob); per token
+    ``max(-A*ratio, -A*clip(ratio, 1-low, 1+high))``, and for A < 0 additionally capped at
+    ``-A*clip_ratio_c`` (dual clip), then aggregated with ``loss_agg_mode``. Metrics are verl's with
+    the ``actor/`` prefix stripped: ``pg_clipfrac``, ``ppo_kl`` (approx KL, mean old-new
+    log-ratio), ``pg_clipfrac_lower``.
+    """
+    if loss_name not in core_algos.POLICY_LOSS_REGISTRY:
+        raise ValueError(f"unknown actor.policy_loss.loss_mode {loss_name!r}; "
+                         f"known: {', '.join(sorted(core_algos.POLICY_LOSS_REGISTRY))}")
+    _check_mode(loss_agg_mode)
+    fn = core_algos.get_policy_loss_fn(loss_name)
+    config = actor_config(float(clip_ratio_low), float(clip_ratio_high), float(clip_ratio_c), loss_agg_mode)
+    loss, raw = fn(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
+                   response_mask=response_mask.to(log_prob.dtype), loss_agg_mode=loss_agg_mode, config=config,
+                   rollout_is_weights=None)
+    metrics: dict[str, float] = {}
+    for key, value in raw.items():
+        try:
+            metrics[key.removeprefix("actor/")] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return loss, metrics
+
+
+def kl_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, response_mask: torch.Tensor,
+            kind: str = "low_var_kl", loss_agg_mode: str = "token-mean") -> torch.Tensor:
+    """KL(pi || pi_ref) loss as verl's actor computes it: ``agg_loss(kl_penalty(...))``.
+
+    ``kind``: "kl"/"k1", "abs", "mse"/"k2", "low_var_kl"/"k3" (k3 = exp(ref-lp) - (ref-lp) - 1,
+    clamped to [-10, 10]); a trailing "+" (e.g. "k3+") uses k2's straight-through gradient.
+    """
+    _check_mode(loss_agg_mode)
+    kld = core_algos.kl_penalty(logprob=log_prob, ref_logprob=ref_log_prob, kl_penalty=kind)
+    return aggregate(kld, response_mask, loss_agg_mode)
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+              loss_scale_factor: Optional[int] = None) -> torch.Tensor:
+    """verl's ``agg_loss`` on one process: token-mean = sum(v*m)/sum(m); seq-mean-token-mean = mean
+    over non-empty rows of row token-means; seq-mean-token-sum = mean of row sums; -norm divides that
+    by ``loss_scale_factor`` (default: padded length); token-sum = sum(v*m)."""
+    _check_mode(mode)
+    return core_algos.agg_loss(loss_mat=values, loss_mask=mask.to(values.dtype), loss_agg_mode=mode,
+                               loss_scale_factor=loss_scale_factor)
+
+
+def entropy_loss(entropy_or_logits: torch.Tensor, response_mask: torch.Tensor,
+                 loss_agg_mode: str = "token-mean") -> torch.Tensor:
+    """Aggregated (positive) entropy; the actor subtracts ``entropy_coeff * entropy_loss``.
+
+    Accepts per-token entropy ``(bs, T)`` or logits ``(bs, T, vocab)`` (reduced with verl's
+    ``entropy_from_logits``).
+    """
+    ent = entropy_from_logits(entropy_or_logits) if entropy_or_logits.dim() == 3 else entropy_or_logits
+    return aggregate(ent, response_mask, loss_agg_mode)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown actor.loss_agg_mode {mode!r}; known: {', '.join(LOSS_AGG_MODES)}")

@@ -1,0 +1,200 @@
+"""Entropy-phase controller: when to compress, when to explore.
+
+arXiv 2511.14258 (Entropy-Guided Reasoning Compression) trains in two stages: a compression stage
+during which policy entropy *descends* (shorter chains, less exploration) and an exploration stage
+during which it *ascends* (accuracy pressure, higher temperature, robustness under the compact mode).
+The paper runs them once, in that order (``mode="fixed"``). ``mode="entropy"`` instead alternates
+the stages from the measured trend of the per-step mean policy entropy:
+
+* the entropy is smoothed with an EMA (``ema``: weight of the old value), and the *trend* is the
+  least-squares slope (nats/step) of the last ``window`` smoothed values **of the current phase**
+  (the window is cleared at a switch, so a trend never straddles two stages; it is ``None`` until
+  ``window`` points of the phase exist);
+* a step *opposes* the stage according to ``switch_on``; a switch happens once the phase has lasted
+  ``min_steps`` steps and the last ``patience`` steps in a row opposed it.
+
+``switch_on="stall"`` (default) -- switch when the stage's own direction stalls:
+  COMPRESS opposes when ``trend >= -hysteresis`` (entropy no longer falls by at least ``hysteresis``
+  nats/step), EXPLORE opposes when ``trend <= +hysteresis`` (entropy no longer rises).
+``switch_on="reverse"`` -- switch only when entropy moves the wrong way:
+  COMPRESS opposes when ``trend > +hysteresis``, EXPLORE when ``trend < -hysteresis``; a flat
+  series never switches.
+
+Why stall is the default: each stage exists to move entropy in its direction, so once it stops
+doing that its job is done. The paper's failure mode is the *entropy conflict*: compression pushes
+entropy down and accuracy pushes it up until the model "gets stuck in a local dilemma", i.e. a
+plateau. Under the reversal rule a plateau never triggers a switch (the run can sit in the dilemma
+forever) and a switch comes only after accuracy pressure has already won. The price: on a long
+plateau the stall rule alternates every ``max(min_steps, window + patience - 1)`` steps, trying the
+other stage each time; raise ``min_steps`` to make those visits longer. Under the stall rule
+``hysteresis`` is the minimum useful progress rate; in the reversal rule it is a noise dead band.
+
+``mode="compress"`` / ``"explore"`` stay in one stage; ``start`` applies to ``mode="entropy"`` only
+(``"fixed"`` always compresses first, for ``fixed_compress_steps`` steps).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+COMPRESS = "compress"
+EXPLORE = "explore"
+STAGES = (COMPRESS, EXPLORE)
+MODES = ("entropy", "fixed", COMPRESS, EXPLORE)
+SWITCH_RULES = ("stall", "reverse")
+
+
+@dataclass
+class PhaseConfig:
+    mode: str = "entropy"
+    start: str = COMPRESS
+    ema: float = 0.8
+    window: int = 4
+    hysteresis: float = 0.002
+    min_steps: int = 4
+    patience: int = 2
+    fixed_compress_steps: int = 10
+    switch_on: str = "stall"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible key."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"phase.{msg}")
+
+        need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
+        need(self.start in STAGES, f"start must be one of {STAGES}, got {self.start!r}")
+        need(self.switch_on in SWITCH_RULES, f"switch_on must be one of {SWITCH_RULES}, got {self.switch_on!r}")
+        need(_is_num(self.ema) and 0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema!r}")
+        need(_is_int(self.window) and self.window >= 2, f"window must be an integer >= 2, got {self.window!r}")
+        need(_is_num(self.hysteresis) and 0.0 <= self.hysteresis < math.inf,
+             f"hysteresis must be a finite number >= 0, got {self.hysteresis!r}")
+        need(_is_int(self.min_steps) and self.min_steps >= 1, f"min_steps must be an integer >= 1, got {self.min_steps!r}")
+        need(_is_int(self.patience) and self.patience >= 1, f"patience must be an integer >= 1, got {self.patience!r}")
+        need(_is_int(self.fixed_compress_steps) and self.fixed_compress_steps >= 0,
+             f"fixed_compress_steps must be an integer >= 0, got {self.fixed_compress_steps!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def slope(ys: list[float]) -> float:
+    """Least-squares slope of ``ys`` against 0, 1, ..., len-1."""
+    n = len(ys)
+    xm, ym = (n - 1) / 2.0, sum(ys) / n
+    return sum((i - xm) * (y - ym) for i, y in enumerate(ys)) / sum((i - xm) ** 2 for i in range(n))
+
+
+class PhaseController:
+    """Feed it each step's mean policy entropy; it answers which stage the next step uses."""
+
+    def __init__(self, cfg: PhaseConfig | None = None):
+        self.cfg = cfg if cfg is not None else PhaseConfig()
+        self.cfg.validate()
+        mode = self.cfg.mode
+        self._stage = self.cfg.start if mode == "entropy" else mode if mode in STAGES else (
+            COMPRESS if self.cfg.fixed_compress_steps > 0 else EXPLORE)
+        self._steps_in_phase = self._streak = self._switches = 0
+        self._ema: float | None = None
+        self._recent: list[float] = []  # smoothed values of the current phase, at most `window`
+        self._last_step = -1
+        self.history: list[dict] = []  # one record per update: step, entropy, ema, trend, stage used
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def steps_in_phase(self) -> int:
+        return self._steps_in_phase
+
+    @property
+    def switches(self) -> int:
+        return self._switches
+
+    @property
+    def entropy_ema(self) -> float | None:
+        return self._ema
+
+    @property
+    def trend(self) -> float | None:
+        return slope(self._recent) if len(self._recent) >= self.cfg.window else None
+
+    def _opposes(self, trend: float | None) -> bool:
+        if trend is None:
+            return False
+        h, rule = self.cfg.hysteresis, self.cfg.switch_on
+        if self._stage == COMPRESS:
+            return trend >= -h if rule == "stall" else trend > h
+        return trend <= h if rule == "stall" else trend < -h
+
+    def update(self, mean_entropy: float, step: int | None = None) -> str:
+        """Record the entropy measured on a step run in ``stage``; return the stage for the next step."""
+        try:
+            x = float(mean_entropy)
+        except (TypeError, ValueError):
+            raise ValueError(f"phase controller: mean entropy must be a number, got {mean_entropy!r}") from None
+        if not math.isfinite(x):
+            raise ValueError(f"phase controller: mean entropy must be finite, got {x} at step "
+                             f"{self._last_step + 1 if step is None else step} (state left unchanged)")
+        step = self._last_step + 1 if step is None else int(step)
+        a = self.cfg.ema
+        self._ema = x if self._ema is None else a * self._ema + (1.0 - a) * x
+        self._recent = (self._recent + [self._ema])[-self.cfg.window:]
+        self._steps_in_phase += 1
+        self._last_step = step
+        trend = self.trend
+        self.history.append({"step": step, "entropy": x, "ema": self._ema, "trend": trend, "stage": self._stage})
+
+        mode = self.cfg.mode
+        if mode == "fixed":
+            nxt = COMPRESS if step + 1 < self.cfg.fixed_compress_steps else EXPLORE
+        elif mode == "entropy":
+            self._streak = self._streak + 1 if self._opposes(trend) else 0
+            switch = self._steps_in_phase >= self.cfg.min_steps and self._streak >= self.cfg.patience
+            nxt = (EXPLORE if self._stage == COMPRESS else COMPRESS) if switch else self._stage
+        else:
+            nxt = self._stage
+        if nxt != self._stage:
+            self._stage, self._steps_in_phase, self._streak = nxt, 0, 0
+            self._recent = []
+            self._switches += 1
+        return self._stage
+
+    def log_dict(self) -> dict:
+        """Scalars for the metrics log (``nan`` where not yet defined)."""
+        trend = self.trend
+        return {"phase/stage": STAGES.index(self._stage),
+                "phase/entropy_ema": math.nan if self._ema is None else self._ema,
+                "phase/trend": math.nan if trend is None else trend,
+                "phase/steps_in_phase": self._steps_in_phase,
+                "phase/switches": self._switches}
+
+    _STATE = ("_stage", "_steps_in_phase", "_streak", "_switches", "_ema", "_recent", "_last_step")
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable snapshot (plain floats/ints/strs/lists) of everything that drives decisions."""
+        d = {k.lstrip("_"): getattr(self, k) for k in self._STATE}
+        d["recent"] = list(self._recent)
+        d["history"] = [dict(h) for h in self.history]
+        d["config"] = asdict(self.cfg)  # for the record; load_state_dict keeps the controller's own config
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore a ``state_dict``; the config is the controller's own (validate it matches your run)."""
+        missing = [k.lstrip("_") for k in self._STATE if k.lstrip("_") not in d]
+        if missing:
+            raise ValueError(f"phase controller state is missing {missing}")
+        if d["stage"] not in STAGES:
+            raise ValueError(f"phase controller state has unknown stage {d['stage']!r}")
+        self._stage = str(d["stage"])
+        self._steps_in_phase, self._streak = int(d["steps_in_phase"]), int(d["streak"])
+        self._switches, self._last_step = int(d["switches"]), int(d["last_step"])
+        self._ema = None if d["ema"] is None else float(d["ema"])
+        self._recent = [float(v) for v in d["recent"]][-self.cfg.window:]
+        self.history = [dict(h) for h in d.get("history", [])]

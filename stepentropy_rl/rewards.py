@@ -1,0 +1,259 @@
+"""GRPO reward terms for step-entropy compression (arXiv 2508.03346) and entropy-guided compression (arXiv 2511.14258).
+
+Each term is a small pure function ``term(s: Sample, **params) -> float``; `RewardFn` composes weighted terms::
+
+    total = prod_{g in gates} w_g * g(s)  *  sum_{t not a gate} w_t * t(s)
+
+so a gate (``length_clip``: no answer within L tokens) zeroes the whole reward.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Callable
+
+SKIP_TEXT = "[SKIP]"
+BOXED = "\\boxed{"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One graded response. Build it with `make_sample`; the defaults only make hand-written examples short."""
+
+    response_ids: tuple[int, ...] = ()
+    text: str = ""  # decoded WITHOUT skipping special tokens
+    correct: bool = False  # graded elsewhere; a grader timeout counts as False
+    n_skip: int = 0  # occurrences of the [SKIP] id in response_ids
+    n_steps: int = 0  # real (non-empty, not [SKIP]-only) thinking steps
+    length: int = 0  # len(response_ids)
+    answered: bool = False  # closed </think> and has a \boxed{...} answer after it
+    answer_pos: int | None = None  # token index where the answer's \boxed{ starts
+
+
+def _boxed_start(text: str, start: int = 0) -> int:
+    """Char index of the first ``\\boxed{`` at or after ``start`` whose braces close, else -1."""
+    i = text.find(BOXED, start)
+    while i >= 0:
+        depth = 1
+        for ch in text[i + len(BOXED):]:
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == 0:
+                return i
+        i = text.find(BOXED, i + 1)
+    return -1
+
+
+def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter: str = "\n\n",
+                think_close: str = "</think>", offsets=None) -> Sample:
+    """Build a `Sample`; ``offsets`` are per-token (start, end) char offsets into ``text`` (see tokenizer.token_offsets).
+
+    [SKIP] is counted from the ids, so a text decoded with ``skip_special_tokens=True`` still counts its skips.
+
+    >>> s = make_sample([5, 9, 5, 7], "a\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}", True, skip_id=5)
+    >>> s.n_skip, s.n_steps, s.answered, s.answer_pos
+    (2, 2, True, 4)
+    """
+    ids = tuple(int(i) for i in response_ids)
+    close = text.find(think_close)
+    thinking = text if close < 0 else text[:close]
+    if thinking.lstrip().startswith("<think>"):
+        thinking = thinking.lstrip()[len("<think>"):]
+    n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TEXT, "").strip())
+    box = -1 if close < 0 else _boxed_start(text, close + len(think_close))
+    answered = box >= 0
+    answer_pos = None
+    if answered:
+        if offsets is None:
+            answer_pos = len(ids)
+        else:
+            if len(offsets) != len(ids):
+                raise ValueError(f"offsets: {len(offsets)} entries for {len(ids)} tokens")
+            answer_pos = next((i for i, (_, end) in enumerate(offsets) if end > box), len(ids))
+    return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids.count(int(skip_id)),
+                  n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos)
+
+
+TERMS: dict[str, Callable[..., float]] = {}
+
+
+def register_term(name: str):
+    """Decorator adding a term ``fn(s: Sample, **params) -> float`` to `TERMS` under ``name``."""
+    def deco(fn):
+        if name == "total" or name in TERMS:
+            raise ValueError(f"reward term name {name!r} is reserved or already registered")
+        TERMS[name] = fn
+        return fn
+    return deco
+
+
+def _real(name: str, value, lo=-math.inf, hi=math.inf, open_lo=False, open_hi=False) -> float:
+    """``value`` as a float, or ValueError naming ``name`` unless it is a finite real in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < lo or value > hi or (open_lo and value == lo) or (open_hi and value == hi):
+        interval = f"{'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return float(value)
+
+
+@register_term("correctness")
+def correctness(s: Sample, *, value: float = 2.0) -> float:
+    r"""$r = v \cdot 1[\mathrm{correct}]$.
+
+    >>> correctness(Sample(correct=True)), correctness(Sample(correct=False))
+    (2.0, 0.0)
+    """
+    return float(value) if s.correct else 0.0
+
+
+@register_term("skip_ratio")
+def skip_ratio(s: Sample, *, high: float = 0.8, high_reward: float = 1.0, low: float = 0.5,
+               low_reward: float = 0.5) -> float:
+    r"""$\rho = n_{skip}/(n_{steps}+n_{skip})$ (0 if both 0); $r = r_{hi}$ if $\rho \ge hi$, $r_{lo}$ if $\rho \ge lo$, else 0.
+
+    >>> skip_ratio(Sample(n_skip=8, n_steps=2)), skip_ratio(Sample(n_skip=1, n_steps=1)), skip_ratio(Sample())
+    (1.0, 0.5, 0.0)
+    """
+    if not _real("skip_ratio.low", low, 0, 1) <= _real("skip_ratio.high", high, 0, 1):
+        raise ValueError(f"skip_ratio.low must be <= skip_ratio.high, got low={low}, high={high}")
+    total = s.n_steps + s.n_skip
+    ratio = s.n_skip / total if total else 0.0
+    return float(high_reward) if ratio >= high else float(low_reward) if ratio >= low else 0.0
+
+
+@register_term("skip_count")
+def skip_count(s: Sample, *, limit: int = 100, penalty: float = -2.0) -> float:
+    r"""$r = p \cdot 1[n_{skip} > \mathrm{limit}]$.
+
+    >>> skip_count(Sample(n_skip=100)), skip_count(Sample(n_skip=101))
+    (0.0, -2.0)
+    """
+    return float(penalty) if s.n_skip > limit else 0.0
+
+
+@register_term("length_threshold")
+def length_threshold(s: Sample, *, limit: int = 3500, penalty: float = -1.0) -> float:
+    r"""$r = p \cdot 1[|y| > \mathrm{limit}]$.
+
+    >>> length_threshold(Sample(length=3500)), length_threshold(Sample(length=3501))
+    (0.0, -1.0)
+    """
+    return float(penalty) if s.length > limit else 0.0
+
+
+@register_term("exp_length")
+def exp_length(s: Sample, *, L: float, r: float = 0.2, scale: float = 1.0, only_correct: bool = True) -> float:
+    r"""$f(x) = c\,e^{-\lambda x}$, $\lambda = -\ln(r)/L$, $x = |y|$: $f(0) = c$, $f(L) = c\,r$; times $1[\mathrm{correct}]$ if only_correct.
+
+    >>> exp_length(Sample(length=0, correct=True), L=100), round(exp_length(Sample(length=100, correct=True), L=100), 6)
+    (1.0, 0.2)
+    >>> exp_length(Sample(length=0, correct=False), L=100)
+    0.0
+    """
+    r = _real("exp_length.r", r, 0, 1, open_lo=True, open_hi=True)
+    lam = -math.log(r) / _real("exp_length.L", L, 0, open_lo=True)
+    if only_correct and not s.correct:
+        return 0.0
+    return float(scale) * math.exp(-lam * s.length)
+
+
+@register_term("length_clip")
+def length_clip(s: Sample, *, L: int) -> float:
+    r"""Gate $g = 1[\mathrm{answer\ starts\ at\ token} \le L]$; 0 when there is no answer.
+
+    >>> length_clip(Sample(answer_pos=10), L=10), length_clip(Sample(answer_pos=11), L=10), length_clip(Sample(), L=10)
+    (1.0, 0.0, 0.0)
+    """
+    _real("length_clip.L", L, 0, open_lo=True)
+    return 0.0 if s.answer_pos is None or s.answer_pos > L else 1.0
+
+
+@register_term("format_reward")
+def format_reward(s: Sample, *, value: float = 0.5) -> float:
+    r"""$r = v \cdot 1[\texttt{</think>}\ \mathrm{closed} \wedge \texttt{\\boxed\{\}}\ \mathrm{present}]$.
+
+    >>> format_reward(Sample(answered=True)), format_reward(Sample())
+    (0.5, 0.0)
+    """
+    return float(value) if s.answered else 0.0
+
+
+@dataclass
+class TermSpec:
+    name: str
+    weight: float = 1.0
+    params: dict = field(default_factory=dict)
+    gate: bool = False
+
+
+_PROBE = Sample()
+
+
+class RewardFn:
+    """Weighted sum of terms times the product of gates; ``__call__`` returns each weighted term plus ``total``.
+
+    >>> fn = RewardFn([TermSpec("length_clip", params={"L": 5}, gate=True), TermSpec("correctness")])
+    >>> fn(Sample(correct=True, answer_pos=3)), fn(Sample(correct=True))["total"]
+    ({'length_clip': 1.0, 'correctness': 2.0, 'total': 2.0}, 0.0)
+    """
+
+    def __init__(self, terms: list[TermSpec], path: str = "reward.terms"):
+        self.terms = list(terms)
+        seen = set()
+        for i, t in enumerate(self.terms):
+            where = f"{path}[{i}]"
+            if t.name not in TERMS:
+                raise ValueError(f"{where}.name: unknown term {t.name!r}; known: {', '.join(sorted(TERMS))}")
+            if t.name in seen:
+                raise ValueError(f"{where}.name: duplicate term {t.name!r}")
+            seen.add(t.name)
+            _real(f"{where}.weight", t.weight)
+            if not isinstance(t.gate, bool):
+                raise ValueError(f"{where}.gate must be a bool, got {t.gate!r}")
+            fn = TERMS[t.name]
+            try:
+                inspect.signature(fn).bind(_PROBE, **t.params)
+                fn(_PROBE, **t.params)  # surfaces parameter ValueErrors now, not mid-training
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}.params: {e}") from None
+
+    def __call__(self, s: Sample) -> dict[str, float]:
+        out, gate, total = {}, 1.0, 0.0
+        for t in self.terms:
+            v = float(t.weight) * TERMS[t.name](s, **t.params)
+            out[t.name] = v
+            if t.gate:
+                gate *= v
+            else:
+                total += v
+        out["total"] = gate * total
+        return out
+
+
+def from_config(cfg_terms, path: str = "reward.terms") -> RewardFn:
+    """A `RewardFn` from a list of ``{name, weight, params, gate}`` dicts (plain or OmegaConf, interpolations resolved)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg_terms):
+        cfg_terms = OmegaConf.to_container(cfg_terms, resolve=True)
+    if not isinstance(cfg_terms, (list, tuple)):
+        raise ValueError(f"{path} must be a list of terms, got {type(cfg_terms).__name__}")
+    specs = []
+    for i, d in enumerate(cfg_terms):
+        if not isinstance(d, dict) or "name" not in d:
+            raise ValueError(f"{path}[{i}] must be a mapping with a 'name', got {d!r}")
+        extra = set(d) - {"name", "weight", "params", "gate"}
+        if extra:
+            raise ValueError(f"{path}[{i}]: unknown key(s) {sorted(extra)}; allowed: name, weight, params, gate")
+        params = d.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{path}[{i}].params must be a mapping, got {params!r}")
+        specs.append(TermSpec(d["name"], d.get("weight", 1.0), dict(params), d.get("gate", False)))
+    return RewardFn(specs, path=path)
+
+
+def stage_rewards(reward_cfg) -> dict[str, RewardFn]:
+    """One `RewardFn` per stage of a ``reward`` config group (``stages: {name: [terms]}``)."""
+    return {name: from_config(reward_cfg["stages"][name], path=f"reward.stages.{name}")
+            for name in reward_cfg["stages"]}

@@ -1,0 +1,33 @@
+"""Shared fixtures: one micro reasoner for the whole session (tests never touch the user's cache)."""
+import os
+
+import pytest
+
+MICRO_OVERRIDES = ["model.tiny.hidden_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=1",
+                   "model.tiny.intermediate_size=128", "model.tiny.train_examples=2000", "model.tiny.steps=40",
+                   "model.tiny.batch_size=16"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stepentropy_cache")
+    old = os.environ.get("STEPENTROPY_CACHE")
+    os.environ["STEPENTROPY_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("STEPENTROPY_CACHE", None)
+    else:
+        os.environ["STEPENTROPY_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def micro_model(cache_dir):
+    """A 1-layer reasoner trained for a few steps: real checkpoint format, nonsense CoTs."""
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.pipeline import resolve_model
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        cfg = compose("config", overrides=["run_dir=/tmp", *MICRO_OVERRIDES])
+    return resolve_model(cfg)

@@ -1,0 +1,197 @@
+"""Adapter over verl's core_algos: expected values are computed by hand / numpy, not by verl."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from stepentropy_rl import algorithms as alg
+
+# Two groups of 3, interleaved on purpose (verl groups by id, not by position); uneven lengths.
+GROUP_IDS = np.array(["p0", "p1", "p0", "p1", "p0", "p1"], dtype=object)
+REWARDS = np.array([1.0, 0.0, 0.0, 1.0, 0.5, 1.0])
+LENGTHS = [4, 2, 3, 1, 4, 3]
+T = 5
+
+
+def _batch(rewards=REWARDS, lengths=LENGTHS):
+    mask = torch.zeros(len(lengths), T)
+    tlr = torch.zeros(len(lengths), T)
+    for i, (r, n) in enumerate(zip(rewards, lengths)):
+        mask[i, :n] = 1.0
+        tlr[i, n - 1] = float(r)  # outcome reward on the last valid token
+    return tlr, mask
+
+
+def _expected_grpo(rewards, ids, norm, eps=1e-6):
+    out = np.empty_like(rewards)
+    for g in set(ids):
+        sel = ids == g
+        r = rewards[sel]
+        centred = r - r.mean()
+        out[sel] = centred / (r.std(ddof=1) + eps) if norm else centred  # unbiased std, like torch.std
+    return out
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_grpo_matches_hand_formula(norm):
+    tlr, mask = _batch()
+    adv = alg.compute_advantages("grpo", tlr, mask, GROUP_IDS, norm_by_std=norm)
+    expected = _expected_grpo(REWARDS, GROUP_IDS, norm)
+    assert adv.shape == (6, T)
+    for i, n in enumerate(LENGTHS):
+        np.testing.assert_allclose(adv[i, :n].numpy(), expected[i], rtol=1e-5, atol=1e-6)
+        assert torch.all(adv[i, n:] == 0)
+    if norm:  # the population std would give a different answer: make sure we pinned the unbiased one
+        g0 = REWARDS[GROUP_IDS == "p0"]
+        assert not math.isclose(expected[0], (g0[0] - g0.mean()) / g0.std(ddof=0), rel_tol=1e-3)
+
+
+def test_rloo_via_registry():
+    tlr, mask = _batch()
+    adv = alg.compute_advantages("rloo", tlr, mask, GROUP_IDS)
+    for i in range(6):
+        others = [REWARDS[j] for j in range(6) if j != i and GROUP_IDS[j] == GROUP_IDS[i]]
+        assert adv[i, 0].item() == pytest.approx(REWARDS[i] - np.mean(others), abs=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_absolute_is_positive_only_and_unbaselined(beta):
+    rewards = np.array([1.0, -1.0, 0.0, 2.0, -0.5, 0.25])
+    tlr, mask = _batch(rewards)
+    adv = alg.compute_advantages("absolute", tlr, mask, GROUP_IDS, beta=beta)
+    for i, n in enumerate(LENGTHS):
+        assert torch.allclose(adv[i, :n], torch.full((n,), beta * max(rewards[i], 0.0)))
+        assert torch.all(adv[i, n:] == 0)
+    assert torch.all(adv >= 0)
+
+
+def test_absolute_callable_the_way_verl_trainer_calls_it():
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo import core_algos
+
+    alg.register_absolute_advantage()
+    tlr, mask = _batch()
+    fn = core_algos.get_adv_estimator_fn("absolute")
+    adv, ret = fn(token_level_rewards=tlr, response_mask=mask, index=GROUP_IDS, config=AlgoConfig())
+    assert torch.equal(adv, ret)
+    assert adv[0, 0].item() == pytest.approx(1.0)
+    adv2, _ = fn(token_level_rewards=tlr, response_mask=mask, config=OmegaConf.create({"beta": 0.25}))
+    assert adv2[0, 0].item() == pytest.approx(0.25)
+
+
+def test_register_twice_and_conflicts():
+    from verl.trainer.ppo import core_algos
+
+    reg = core_algos.ADV_ESTIMATOR_REGISTRY
+    alg.register_absolute_advantage()
+    alg.register_absolute_advantage()
+    assert reg["absolute"] is alg.compute_absolute_advantage
+    assert "absolute" in alg.known_estimators() and "grpo" in alg.known_estimators()
+
+    def stale(*a, **k):  # e.g. our function from before an importlib.reload
+        raise AssertionError
+
+    stale.__module__, stale.__qualname__ = alg.__name__, alg.compute_absolute_advantage.__qualname__
+    reg["absolute"] = stale
+    alg.register_absolute_advantage()
+    assert reg["absolute"] is alg.compute_absolute_advantage
+
+    def foreign(*a, **k):
+        raise AssertionError
+
+    reg["absolute"] = foreign
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            alg.register_absolute_advantage()
+    finally:
+        reg["absolute"] = alg.compute_absolute_advantage
+
+
+def test_unknown_estimator_names_config_key_and_known_ones():
+    tlr, mask = _batch()
+    with pytest.raises(ValueError, match="algorithm.adv_estimator") as err:
+        alg.compute_advantages("nope", tlr, mask, GROUP_IDS)
+    assert "grpo" in str(err.value) and "absolute" in str(err.value) and "rloo" in str(err.value)
+
+
+def _logps(ratios, shape=None):
+    ratio = torch.tensor(ratios, dtype=torch.float64)
+    if shape is not None:
+        ratio = ratio.reshape(shape)
+    old = torch.full_like(ratio, -1.0)
+    return old, (old + torch.log(ratio)).requires_grad_(True)
+
+
+def test_policy_loss_unclipped_is_minus_a_times_ratio():
+    old, new = _logps([[1.1, 0.9, 1.0]])
+    adv = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    mask = torch.ones(1, 3)
+    loss, metrics = alg.policy_loss(old, new, adv, mask)
+    assert loss.item() == pytest.approx(-(1.1 * 1.0 - 2.0 * 0.9 + 0.5 * 1.0) / 3)
+    assert metrics["pg_clipfrac"] == 0.0
+    assert metrics["ppo_kl"] == pytest.approx(-(math.log(1.1) + math.log(0.9)) / 3)
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_policy_loss_respects_clip_ratio_high_and_dual_clip():
+    old, new = _logps([[1.5]])
+    pos = torch.ones(1, 1, dtype=torch.float64)
+    mask = torch.ones(1, 1)
+    loss, metrics = alg.policy_loss(old, new, pos, mask, clip_ratio_low=0.2, clip_ratio_high=0.28)
+    assert loss.item() == pytest.approx(-1.28)  # not -1.5 (unclipped) nor -1.2 (symmetric clip)
+    assert metrics["pg_clipfrac"] == pytest.approx(1.0)  # verl masked_mean: sum/(n+1e-8)
+    loss.backward()
+    assert new.grad.abs().sum().item() == 0.0  # clipped: no gradient
+    sym, _ = alg.policy_loss(old, new, pos, mask, clip_ratio_low=0.2, clip_ratio_high=0.2)
+    assert sym.item() == pytest.approx(-1.2)
+    # negative advantage, ratio 5: -A*ratio = 5 is capped by dual clip at -A*c = 3
+    old, new = _logps([[5.0]])
+    loss, metrics = alg.policy_loss(old, new, -pos, mask, clip_ratio_c=3.0)
+    assert loss.item() == pytest.approx(3.0)
+    assert metrics["pg_clipfrac_lower"] == pytest.approx(1.0)
+
+
+def test_loss_agg_modes_on_uneven_masks():
+    adv = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 99.0, 99.0, 99.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    old = torch.zeros(2, 4, dtype=torch.float64)  # ratio 1 => per-token loss = -A
+    losses = {m: alg.policy_loss(old, old.clone(), adv, mask, loss_agg_mode=m)[0].item() for m in alg.LOSS_AGG_MODES}
+    assert losses["token-mean"] == pytest.approx(-(1 + 2 + 3 + 4 + 10) / 5)
+    assert losses["seq-mean-token-mean"] == pytest.approx(-(10 / 4 + 10) / 2)
+    assert losses["seq-mean-token-sum"] == pytest.approx(-(10 + 10) / 2)
+    assert losses["seq-mean-token-sum-norm"] == pytest.approx(-(10 + 10) / 2 / 4)
+    assert losses["token-mean"] != pytest.approx(losses["seq-mean-token-mean"])
+    assert alg.aggregate(-adv, mask, "seq-mean-token-mean").item() == pytest.approx(losses["seq-mean-token-mean"])
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        alg.aggregate(adv, mask, "mean")
+
+
+def test_unknown_policy_loss():
+    old = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="loss_mode"):
+        alg.policy_loss(old, old, old, torch.ones(1, 2), loss_name="nope")
+
+
+def test_low_var_kl():
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -3.0, -3.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert alg.kl_loss(lp, lp.clone(), mask).item() == 0.0
+    ref = lp.clone()
+    ref[0, 0] -= 0.3
+    ref[1, 1] += 50.0  # padding: must be ignored
+    d = -0.3  # ref - lp on the one differing valid token
+    expected = (math.exp(d) - d - 1) / 4
+    got = alg.kl_loss(lp, ref, mask)
+    assert got.item() > 0
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_entropy_loss_from_entropy_and_logits():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    ent = torch.tensor([[1.0, 2.0, 50.0], [3.0, 50.0, 50.0]])
+    assert alg.entropy_loss(ent, mask).item() == pytest.approx(2.0)
+    assert alg.entropy_loss(ent, mask, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3.0) / 2)
+    logits = torch.zeros(2, 3, 7)  # uniform over 7 tokens
+    assert alg.entropy_loss(logits, mask).item() == pytest.approx(math.log(7), rel=1e-5)

@@ -1,0 +1,64 @@
+"""vLLM and transformers agree on the tiny reasoner: same token ids, same log-probs (one engine for the module)."""
+import pytest
+
+from stepentropy_rl.tasks.basket import BasketConfig, generate
+from stepentropy_rl.tokenizer import prompt_text
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def skip_model(micro_model, tmp_path_factory):
+    """The micro reasoner with [SKIP] added as a normal token (as SFT will serve it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepentropy_rl.pruning import add_skip_token
+
+    out = tmp_path_factory.mktemp("skip_model")
+    tok, model = AutoTokenizer.from_pretrained(micro_model), AutoModelForCausalLM.from_pretrained(micro_model)
+    add_skip_token(tok, model)
+    tok.save_pretrained(out)
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def engine(skip_model):
+    from workers.rollout import Rollout
+
+    return Rollout(skip_model, {"dtype": "float32", "max_model_len": 512, "enforce_eager": True})
+
+
+def test_skip_token_served_by_vllm_with_matching_vocab(engine, skip_model):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(skip_model)
+    vocab = engine.llm.llm_engine.model_config.get_vocab_size()
+    assert vocab == AutoConfig.from_pretrained(skip_model).vocab_size >= len(tok)
+    text = "Now Ann puts in 3: 2 + 3 = 5.\n\n[SKIP]\n\nCheck: 2 + 3 = 5. Correct."
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert engine.tokenizer(text, add_special_tokens=False).input_ids == ids
+    assert ids.count(tok.convert_tokens_to_ids("[SKIP]")) == 1
+    out = engine.generate([ids], {"temperature": 0.0, "max_tokens": 4, "skip_special_tokens": True})
+    assert out[0][0]["token_ids"]  # generation runs over a prompt holding the new token
+
+
+def test_vllm_and_transformers_same_ids_and_logprobs(engine, skip_model):
+    from transformers import AutoTokenizer
+
+    from workers.reference import Reference
+
+    tok = AutoTokenizer.from_pretrained(skip_model)
+    probs = generate(BasketConfig(), 4, 0, "test")
+    prompts = [prompt_text(tok, p.prompt) for p in probs]
+    for p in prompts:
+        assert engine.tokenizer(p, add_special_tokens=False).input_ids == tok(p, add_special_tokens=False).input_ids
+    outs = engine.generate(prompts, {"temperature": 1.0, "max_tokens": 24, "seed": 0, "logprobs": 0,
+                                     "skip_special_tokens": False})
+    ref = Reference(skip_model)
+    pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    scored = ref.score(pids, [o[0]["token_ids"] for o in outs])
+    for o, s in zip(outs, scored):
+        assert len(s["entropy"]) == len(o[0]["token_ids"]) > 0
+        assert all(e >= 0 for e in s["entropy"])
+        assert abs(sum(s["logprobs"]) - o[0]["cumulative_logprob"]) < 1e-2 * len(s["logprobs"])

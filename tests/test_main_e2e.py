@@ -1,0 +1,52 @@
+"""The user's command end to end: a Hydra multirun of the pruning study on the micro reasoner (Ray + vLLM)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO_OVERRIDES
+
+pytestmark = pytest.mark.engine
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep(micro_model, tmp_path_factory):
+    """Two jobs: a list of strategies in one run (one engine), and a single strategy."""
+    out = tmp_path_factory.mktemp("sweep")
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", "-m", "+experiment=prune_sweep",
+           "pruning.strategy=[low,random],high", "pruning.ratio=[0.0,0.5]", "data.n_eval=6",
+           "rollout.max_tokens=48", "cluster.include_dashboard=false", f"hydra.sweep.dir={out}", *MICRO_OVERRIDES]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = sorted(p for p in out.iterdir() if (p / "summary.json").exists())
+    return proc, jobs
+
+
+def test_each_job_writes_summary_plot_and_samples(sweep):
+    proc, jobs = sweep
+    assert len(jobs) == 2
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert isinstance(summary["auroc"], float)
+        strategies = {r["strategy"] for r in summary["results"]}
+        assert strategies in ({"low", "random"}, {"high"})
+        for r in summary["results"]:
+            assert set(r) == {"strategy", "ratio", "accuracy", "thinking_tokens", "kept_fraction", "n"}
+            assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and r["ratio"] in (0.0, 0.5)
+        samples = [json.loads(line) for line in (job / "samples.jsonl").read_text().splitlines()]
+        assert len(samples) == 6 * len(strategies) * 2
+        assert (job / "accuracy_vs_ratio.png").stat().st_size > 1000
+        assert (job / "summary.md").read_text().startswith("| strategy |")
+    assert "AUROC" in proc.stdout
+
+
+def test_gold_steps_are_scored_with_labels(sweep):
+    _, jobs = sweep
+    steps = [json.loads(line) for line in (jobs[0] / "steps.jsonl").read_text().splitlines()]
+    gold = [s for s in steps if s["source"] == "gold"]
+    assert gold and {s["label"] for s in gold} == {"essential", "redundant"}
+    assert all(s["entropy"] >= 0 for s in gold)

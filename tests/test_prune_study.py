@@ -1,0 +1,105 @@
+"""The study's accounting with in-process fake workers: failures count as wrong, kept fractions add up."""
+from types import SimpleNamespace
+
+import pytest
+from hydra import compose, initialize_config_dir
+from transformers import AutoTokenizer
+
+from stepentropy_rl.data import generated
+from stepentropy_rl.prune_study import auroc, run_study
+from stepentropy_rl.tasks.basket import BasketConfig
+from stepentropy_rl.tasks.grading import exact_match
+from stepentropy_rl.tokenizer import train_tokenizer
+from pathlib import Path
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class _Remote:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class FakeRollout:
+    """Writes the gold solution for CoTs; answers with the gold answer unless the thinking was pruned to garbage."""
+
+    def __init__(self, problems, broken_ids=()):
+        self.by_prompt = {p.prompt: p for p in problems}
+        self.broken = set(broken_ids)
+        self.generate = _Remote(self._generate)
+
+    def _generate(self, prompts, sampling):
+        out = []
+        for text in prompts:
+            p = next(p for q, p in self.by_prompt.items() if q in text)
+            if p.id in self.broken:
+                out.append([{"text": "\x00garbage", "token_ids": [], "finish_reason": "length"}])
+            elif text.endswith("</think>\n\n"):  # answer regeneration: correct only if every essential step survived
+                ok = all(s["text"] in text for s in p.steps if s["label"] == "essential")
+                out.append([{"text": f"The answer is \\boxed{{{p.answer if ok else -1}}}.", "token_ids": [1],
+                             "finish_reason": "stop"}])
+            else:
+                out.append([{"text": p.solution, "token_ids": self.tok(p.solution, add_special_tokens=False).input_ids,
+                             "finish_reason": "stop"}])
+        return out
+
+
+class FakeReference:
+    """Entropy 2.0 on essential steps' tokens, 0.1 elsewhere: an oracle that low-entropy pruning should exploit."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.score = _Remote(self._score)
+
+    def _score(self, prompts, responses, *a):
+        out = []
+        for ids in responses:
+            text = self.tok.decode(ids)
+            ents, pos = [], 0
+            for t in ids:
+                piece = self.tok.decode([t])
+                line_start = text.rfind("\n\n", 0, pos + 1)
+                step = text[line_start + 2 if line_start >= 0 else 0:].split("\n\n")[0]
+                ents.append(2.0 if step.startswith("Now ") else 0.1)
+                pos += len(piece)
+            out.append({"entropy": ents, "logprobs": [0.0] * len(ids)})
+        return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    probs = generated(BasketConfig(redundancy=0.5), 12, 0, "test")
+    tok = train_tokenizer([p.prompt + "\n" + p.solution for p in probs], 400)
+    tok.save_pretrained("/tmp/_fake_tok")
+    tok = AutoTokenizer.from_pretrained("/tmp/_fake_tok")
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose("config", overrides=["+experiment=prune_sweep", "run_dir=/tmp/x"])
+    return probs, tok, cfg
+
+
+def test_oracle_entropy_low_pruning_keeps_accuracy_high_pruning_destroys_it(setup):
+    probs, tok, cfg = setup
+    roll = FakeRollout(probs)
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    acc = {(r["strategy"], r["ratio"]): r for r in res.summary}
+    assert all(r["n"] == len(probs) for r in res.summary)
+    assert acc[("low", 0.0)]["accuracy"] == 1.0 and acc[("low", 0.0)]["kept_fraction"] == pytest.approx(1.0)
+    assert acc[("low", 0.2)]["accuracy"] == 1.0
+    assert acc[("high", 0.2)]["accuracy"] < 0.5
+    assert acc[("low", 0.8)]["kept_fraction"] < acc[("low", 0.2)]["kept_fraction"] < 1.0
+    assert res.auroc == 1.0 and res.auroc_generated == 1.0
+
+
+def test_failed_samples_count_as_wrong_never_dropped(setup):
+    probs, tok, cfg = setup
+    roll = FakeRollout(probs, broken_ids=[probs[0].id, probs[1].id])
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    for r in res.summary:
+        assert r["n"] == len(probs) and r["accuracy"] <= (len(probs) - 2) / len(probs)
+
+
+def test_auroc_direction():
+    assert auroc([0.1, 0.2, 3.0, 4.0], [True, True, False, False]) == 1.0
+    assert auroc([3.0, 4.0, 0.1, 0.2], [True, True, False, False]) == 0.0

@@ -1,0 +1,171 @@
+"""Reward terms, `make_sample`, `RewardFn` composition and the two Hydra presets."""
+import math
+import os
+
+import pytest
+from omegaconf import OmegaConf
+
+from stepentropy_rl.rewards import (TERMS, RewardFn, Sample, TermSpec, correctness, exp_length, format_reward,
+                                    from_config, length_clip, length_threshold, make_sample, register_term,
+                                    skip_count, skip_ratio, stage_rewards)
+
+SKIP = 99
+CONF = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf", "reward")
+
+
+def test_correctness():
+    assert correctness(Sample(correct=True)) == 2.0
+    assert correctness(Sample(correct=False)) == 0.0
+    assert correctness(Sample(correct=True), value=1.0) == 1.0
+
+
+@pytest.mark.parametrize("n_skip,n_steps,want", [(8, 2, 1.0), (79, 21, 0.5), (5, 5, 0.5), (49, 51, 0.0),
+                                                 (10, 0, 1.0), (0, 7, 0.0), (0, 0, 0.0)])
+def test_skip_ratio_boundaries(n_skip, n_steps, want):
+    assert skip_ratio(Sample(n_skip=n_skip, n_steps=n_steps)) == want
+
+
+def test_skip_ratio_rejects_low_above_high():
+    with pytest.raises(ValueError, match="low"):
+        skip_ratio(Sample(), high=0.4, low=0.6)
+
+
+def test_skip_count_and_length_threshold_boundaries():
+    assert skip_count(Sample(n_skip=100)) == 0.0
+    assert skip_count(Sample(n_skip=101)) == -2.0
+    assert length_threshold(Sample(length=3500)) == 0.0
+    assert length_threshold(Sample(length=3501)) == -1.0
+
+
+def test_exp_length_shape():
+    L, r = 1000, 0.2
+    assert exp_length(Sample(length=0, correct=True), L=L, r=r) == pytest.approx(1.0)
+    assert exp_length(Sample(length=L, correct=True), L=L, r=r) == pytest.approx(r)
+    vals = [exp_length(Sample(length=x, correct=True), L=L, r=r) for x in range(0, 3000, 100)]
+    assert all(a > b for a, b in zip(vals, vals[1:]))
+    assert exp_length(Sample(length=0, correct=True), L=L, scale=3.0) == pytest.approx(3.0)
+    assert exp_length(Sample(length=10, correct=False), L=L) == 0.0
+    assert exp_length(Sample(length=0, correct=False), L=L, only_correct=False) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("params,name", [({"L": 100, "r": 1.0}, "r"), ({"L": 100, "r": 0.0}, "r"),
+                                         ({"L": 100, "r": float("nan")}, "r"), ({"L": 0}, "L"), ({"L": -5}, "L")])
+def test_exp_length_validation(params, name):
+    with pytest.raises(ValueError, match=f"exp_length.{name}"):
+        exp_length(Sample(correct=True), **params)
+
+
+def test_length_clip_and_format():
+    assert length_clip(Sample(answer_pos=10), L=10) == 1.0
+    assert length_clip(Sample(answer_pos=11), L=10) == 0.0
+    assert length_clip(Sample(answer_pos=None, length=3), L=10) == 0.0
+    assert format_reward(Sample(answered=True)) == 0.5
+    assert format_reward(Sample(answered=False)) == 0.0
+
+
+def test_make_sample_counts_skips_from_ids_when_text_lacks_them():
+    ids = [1, SKIP, 2, SKIP, SKIP, 3, 4]
+    full = "step one\n\n[SKIP]\n\nstep two\n\n[SKIP]\n\n[SKIP]\n\n</think>\n\nThe answer is \\boxed{7}."
+    stripped = full.replace("[SKIP]", "")  # as decoded with skip_special_tokens=True
+    for text in (full, stripped):
+        s = make_sample(ids, text, True, skip_id=SKIP)
+        assert (s.n_skip, s.n_steps, s.length, s.answered) == (3, 2, 7, True)
+        assert s.answer_pos == 7  # no offsets: the answer is taken to end the response
+        assert s.response_ids == tuple(ids)
+
+
+def test_make_sample_unclosed_think_and_no_answer():
+    s = make_sample([1, 2, 3], "a\n\nb\n\n\\boxed{3}\n\nc", False, skip_id=SKIP)
+    assert s.n_steps == 4 and not s.answered and s.answer_pos is None  # unclosed: whole text is thinking
+    s = make_sample([1, 2], "a\n\n  \n\nb</think>no box here", True, skip_id=SKIP)
+    assert s.n_steps == 2 and not s.answered and s.answer_pos is None
+    s = make_sample([1], "a</think>\\boxed{unclosed", True, skip_id=SKIP)
+    assert not s.answered
+    s = make_sample([1], "<think>\na\n\n[SKIP] [SKIP]\n\n</think>\\boxed{1}", True, skip_id=SKIP)
+    assert s.n_steps == 1 and s.answered
+
+
+def test_make_sample_answer_pos_from_offsets():
+    pieces = ["ab", "\n\n", "c", "</think>", "The ", "\\boxed{", "4", "}"]
+    offsets, pos = [], 0
+    for p in pieces:
+        offsets.append((pos, pos + len(p)))
+        pos += len(p)
+    s = make_sample(list(range(len(pieces))), "".join(pieces), True, skip_id=SKIP, offsets=offsets)
+    assert s.answer_pos == 5
+    with pytest.raises(ValueError, match="offsets"):
+        make_sample([1, 2], "a</think>\\boxed{1}", True, skip_id=SKIP, offsets=[(0, 1)])
+
+
+def test_reward_fn_keys_weights_and_gate():
+    fn = RewardFn([TermSpec("length_clip", params={"L": 50}, gate=True),
+                   TermSpec("correctness", weight=0.5), TermSpec("format_reward")])
+    out = fn(Sample(correct=True, answered=True, answer_pos=50, length=60))
+    assert set(out) == {"length_clip", "correctness", "format_reward", "total"}
+    assert out["correctness"] == 1.0 and out["total"] == pytest.approx(1.5)
+    out = fn(Sample(correct=True, answered=True, answer_pos=51, length=60))
+    assert out["length_clip"] == 0.0 and out["total"] == 0.0 and out["correctness"] == 1.0
+    assert fn(Sample(correct=True))["total"] == 0.0  # no answer at all
+
+
+def test_reward_fn_config_errors():
+    with pytest.raises(ValueError, match=r"reward.terms\[1\].name: unknown term 'nope'; known: .*correctness"):
+        from_config([{"name": "correctness"}, {"name": "nope"}])
+    with pytest.raises(ValueError, match=r"reward.terms\[0\].params: .*exp_length.r"):
+        from_config([{"name": "exp_length", "params": {"L": 10, "r": 2.0}}])
+    with pytest.raises(ValueError, match=r"reward.terms\[0\].params"):
+        from_config([{"name": "exp_length"}])  # L is required
+    with pytest.raises(ValueError, match=r"reward.terms\[0\].params"):
+        from_config([{"name": "correctness", "params": {"valu": 1.0}}])
+    with pytest.raises(ValueError, match="duplicate"):
+        from_config([{"name": "correctness"}, {"name": "correctness"}])
+    with pytest.raises(ValueError, match="unknown key"):
+        from_config([{"name": "correctness", "wieght": 2.0}])
+
+
+def test_register_term():
+    @register_term("_test_const")
+    def _const(s, *, c=3.0):
+        return c
+
+    try:
+        assert from_config([{"name": "_test_const", "weight": 2.0}])(Sample())["total"] == 6.0
+        with pytest.raises(ValueError):
+            register_term("_test_const")(_const)
+        with pytest.raises(ValueError):
+            register_term("total")(_const)
+    finally:
+        TERMS.pop("_test_const")
+
+
+def _load(name):
+    cfg = OmegaConf.create({"reward": OmegaConf.load(os.path.join(CONF, f"{name}.yaml"))})
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def test_step_entropy_preset():
+    cfg = _load("step_entropy")
+    fns = stage_rewards(cfg.reward)
+    assert set(fns) == {"compress", "explore"}
+    # 2 real steps + 8 skips -> ratio 0.8; 3600 tokens > 3500.
+    ids = [1] * 3592 + [SKIP] * 8
+    text = "a\n\nb\n\n" + "[SKIP]\n\n" * 8 + "</think>\\boxed{2}"
+    out = fns["compress"](make_sample(ids, text, True, skip_id=SKIP))
+    assert out == {"correctness": 2.0, "skip_ratio": 1.0, "skip_count": 0.0, "length_threshold": -1.0, "total": 2.0}
+    assert fns["explore"](make_sample(ids, text, True, skip_id=SKIP)) == out
+
+
+def test_entropy_guided_preset():
+    cfg = _load("entropy_guided")
+    assert cfg.reward.stages.compress[0].params.L == 4096
+    fns = stage_rewards(cfg.reward)
+    assert set(fns) == {"compress", "explore"}
+    short = Sample(correct=True, answered=True, answer_pos=100, length=120)
+    late = Sample(correct=True, answered=True, answer_pos=5000, length=5010)
+    for fn in fns.values():
+        for s in (short, late, Sample()):
+            assert math.isfinite(fn(s)["total"])
+    assert fns["compress"](late)["total"] == 0.0
+    assert fns["compress"](short)["total"] == pytest.approx(math.exp(math.log(0.2) * 120 / 4096) + 0.1)
+    assert fns["explore"](short)["total"] == pytest.approx(1.2 + math.exp(math.log(0.5) * 120 / 4096))
