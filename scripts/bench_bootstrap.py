@@ -57,7 +57,7 @@ def main() -> None:
     for name, temp in (("greedy", 0.0), ("t0.6", 0.6)):
         t = time.time()
         outs = llm.generate(prompts, SamplingParams(temperature=temp, top_p=0.95 if temp else 1.0,
-                                                    max_tokens=cfg.rollout.max_tokens, seed=0,
+                                                    max_tokens=cfg.rollout.max_tokens,
                                                     skip_special_tokens=False), use_tqdm=False)
         texts = [o.outputs[0].text for o in outs]
         steps = [s for t_ in texts for s in split_thinking(t_)[0].split("\n\n") if s.strip()]

@@ -23,7 +23,7 @@ from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1  # bump when the task text or training recipe changes meaning
+FORMAT_VERSION = 2  # bump when the task text or training recipe changes meaning
 
 
 @dataclass
@@ -33,13 +33,13 @@ class TinyConfig:
     task: BasketConfig = field(default_factory=BasketConfig)
     seed: int = 0
     vocab_size: int = 512  # BPE target; the embedding is padded to a multiple of 64
-    hidden_size: int = 256
+    hidden_size: int = 192
     num_layers: int = 4
-    num_heads: int = 4
+    num_heads: int = 3
     intermediate_size: int = 512
     max_position_embeddings: int = 512
-    train_examples: int = 40000
-    steps: int = 600
+    train_examples: int = 30000
+    steps: int = 900
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30

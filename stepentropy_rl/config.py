@@ -10,7 +10,7 @@ from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import get_grader
 
-PIPELINES = ("prune_study",)
+PIPELINES = ("prune_study", "train")
 
 
 class ConfigError(ValueError):
@@ -40,16 +40,18 @@ def task_config(cfg: DictConfig) -> BasketConfig:
     return task
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first impossible key."""
+def validate(cfg: DictConfig, check_paths: bool = True) -> None:
+    """Raise ConfigError naming the first impossible key. ``check_paths=False`` checks a config for another
+    machine (model and data files need not exist here)."""
     _need(cfg.pipeline in PIPELINES,
           f"pipeline must be one of {PIPELINES} (choose one with +experiment=prune_sweep), got {cfg.pipeline!r}")
     if cfg.model.path is not None:
-        _need(Path(cfg.model.path).expanduser().is_dir(), f"model.path: no such model directory {cfg.model.path!r}")
+        _need(not check_paths or Path(cfg.model.path).expanduser().is_dir(),
+              f"model.path: no such model directory {cfg.model.path!r}")
     else:
         _need(cfg.model.get("tiny") is not None, "model.tiny must be set when model.path is null")
     if cfg.data.path is not None:
-        _need(Path(cfg.data.path).expanduser().is_file(), f"data.path: no such file {cfg.data.path!r}")
+        _need(not check_paths or Path(cfg.data.path).expanduser().is_file(), f"data.path: no such file {cfg.data.path!r}")
     else:
         task_config(cfg)
     try:
@@ -75,3 +77,38 @@ def validate(cfg: DictConfig) -> None:
         _need(int(r[key]) >= 1, f"rollout.{key} must be >= 1, got {r[key]}")
     _need(int(cfg.cluster.rollout.num_workers) >= 1,
           f"cluster.rollout.num_workers must be >= 1, got {cfg.cluster.rollout.num_workers}")
+    if cfg.pipeline == "train":
+        validate_training(cfg)
+
+
+def validate_training(cfg: DictConfig) -> None:
+    from stepentropy_rl.algorithms import known_estimators
+    from stepentropy_rl.phase import STAGES, PhaseConfig
+    from stepentropy_rl.rewards import stage_rewards
+
+    a, t = cfg.algorithm, cfg.trainer
+    for stage in STAGES:
+        _need(stage in a.adv_estimator and a.adv_estimator[stage] in known_estimators(),
+              f"algorithm.adv_estimator.{stage} must be one of {known_estimators()}, got "
+              f"{a.adv_estimator.get(stage)!r}")
+        _need(stage in a.temperature and 0 <= float(a.temperature[stage]) <= 5,
+              f"algorithm.temperature.{stage} must be in [0, 5]")
+    _need(int(a.n_samples) >= 2, f"algorithm.n_samples must be >= 2 (a GRPO group), got {a.n_samples}")
+    _need(int(a.prompts_per_step) >= 1, f"algorithm.prompts_per_step must be >= 1, got {a.prompts_per_step}")
+    _need(a.prompts_per_step * a.n_samples >= cfg.cluster.learner.world_size,
+          "algorithm.prompts_per_step * n_samples must be >= cluster.learner.world_size")
+    _need(float(a.kl_coef) >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
+    for check, where in ((lambda: PhaseConfig(**dict(a.phase)).validate(), "algorithm.phase"),
+                         (lambda: stage_rewards(OmegaConf.to_container(cfg.reward, resolve=True)), "reward"),
+                         (lambda: validate_pruning("low", t.prune.ratio), "trainer.prune")):
+        try:
+            check()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    for key in ("steps", "save_every", "max_tokens"):
+        _need(int(t.grpo[key]) >= 1, f"trainer.grpo.{key} must be >= 1, got {t.grpo[key]}")
+    _need(int(t.n_train) >= 1, f"trainer.n_train must be >= 1, got {t.n_train}")
+    _need(int(cfg.cluster.learner.world_size) >= 1,
+          f"cluster.learner.world_size must be >= 1, got {cfg.cluster.learner.world_size}")
+    _need(cfg.cluster.learner.backend in ("gloo", "nccl"),
+          f"cluster.learner.backend must be gloo or nccl, got {cfg.cluster.learner.backend!r}")

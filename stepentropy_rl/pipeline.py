@@ -33,6 +33,12 @@ def eval_problems(cfg: DictConfig):
     return generated(task_config(cfg), cfg.data.n_eval, cfg.data.seed, "test")
 
 
+def train_problems(cfg: DictConfig):
+    if cfg.data.get("train_path"):
+        return load_jsonl(cfg.data.train_path)[: cfg.trainer.n_train]
+    return generated(task_config(cfg), cfg.trainer.n_train, cfg.data.seed, "train")
+
+
 def run(cfg: DictConfig) -> None:
     from stepentropy_rl.cluster import init_ray, spawn_reference, spawn_rollout
 
@@ -46,11 +52,15 @@ def run(cfg: DictConfig) -> None:
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        rollout = spawn_rollout(cfg, model_path)
-        reference = spawn_reference(cfg, model_path)
         if cfg.pipeline == "prune_study":
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            rollout = spawn_rollout(cfg, model_path)
+            reference = spawn_reference(cfg, model_path)
             _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_path)
+        elif cfg.pipeline == "train":
+            from stepentropy_rl.train_pipeline import run_training
+
+            run_training(cfg, run_dir, model_path, train_problems(cfg), problems, get_grader(cfg.data.grader))
     finally:
         ray.shutdown()
     log.info("done in %.0f s; outputs in %s", time.time() - t0, run_dir)

@@ -31,3 +31,15 @@ def micro_model(cache_dir):
     with initialize_config_dir(config_dir=conf, version_base=None):
         cfg = compose("config", overrides=["run_dir=/tmp", *MICRO_OVERRIDES])
     return resolve_model(cfg)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test that needs actors."""
+    import ray
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": root, "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,36 @@ def test_cli_reports_config_error_before_starting_anything(tmp_path):
     assert "config error: pruning.ratio must be in [0, 1], got 1.5" in out.stderr
 
 
-def test_real_scale_configs_compose():
-    c = cfg("model=r1_distill_qwen_7b", "rollout=vllm_gpu")
-    assert c.rollout.engine.dtype == "bfloat16" and c.model.path.endswith("Qwen-7B")
+def test_real_scale_configs_compose_and_validate():
+    for experiment in ("step_entropy", "entropy_guided", "prune_sweep"):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            c = compose("config", overrides=[f"+experiment={experiment}", "run_dir=/tmp/x", "model=r1_distill_qwen_7b",
+                                             "cluster=gpu_8x", "trainer=gpu", "rollout=vllm_gpu"])
+        validate(c, check_paths=False)
+        assert c.rollout.engine.dtype == "bfloat16" and c.model.path.endswith("Qwen-7B")
+        assert c.cluster.learner.backend == "nccl" and c.reference.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="model.path"):
+        validate(c)  # the real checkpoint is not on this machine
+
+
+def test_cfg_job_prints_real_scale_config():
+    out = subprocess.run([sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided",
+                          "model=r1_distill_qwen_7b", "cluster=gpu_8x", "trainer=gpu", "rollout=vllm_gpu", "--cfg", "job"],
+                         capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
+    assert out.returncode == 0 and "backend: nccl" in out.stdout and "DeepSeek-R1-Distill-Qwen-7B" in out.stdout
+
+
+@pytest.mark.parametrize("override,key", [
+    ("algorithm.adv_estimator.compress=magic", "algorithm.adv_estimator.compress"),
+    ("algorithm.n_samples=1", "algorithm.n_samples"),
+    ("algorithm.phase.ema=1.5", "phase.ema"),
+    ("trainer.grpo.steps=0", "trainer.grpo.steps"),
+    ("cluster.learner.backend=mpi", "cluster.learner.backend"),
+    ("trainer.prune.ratio=2", "trainer.prune: pruning.ratio"),
+    ("reward.length_budget=-5", "reward"),
+])
+def test_training_config_errors(override, key):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", override])
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate(c)

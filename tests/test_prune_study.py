@@ -34,7 +34,7 @@ class FakeRollout:
             p = next(p for q, p in self.by_prompt.items() if q in text)
             if p.id in self.broken:
                 out.append([{"text": "\x00garbage", "token_ids": [], "finish_reason": "length"}])
-            elif text.endswith("</think>\n\n"):  # answer regeneration: correct only if every essential step survived
+            elif text.endswith("</think>"):  # answer regeneration: correct only if every essential step survived
                 ok = all(s["text"] in text for s in p.steps if s["label"] == "essential")
                 out.append([{"text": f"The answer is \\boxed{{{p.answer if ok else -1}}}.", "token_ids": [1],
                              "finish_reason": "stop"}])

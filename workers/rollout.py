@@ -20,7 +20,9 @@ class Rollout:
         from vllm import LLM
 
         self.model_path = model_path
-        self.llm = LLM(model=model_path, seed=seed, **(engine or {}))
+        engine = dict(engine or {})
+        engine.setdefault("worker_extension_cls", "workers.vllm_ext.WeightSync")
+        self.llm = LLM(model=model_path, seed=seed, **engine)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list, sampling: dict[str, Any]) -> list[list[dict]]:
@@ -31,6 +33,15 @@ class Rollout:
         inputs = [{"prompt_token_ids": list(p)} if not isinstance(p, str) else p for p in prompts]
         outs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[_sample(c) for c in o.outputs] for o in outs]
+
+    def load_weights(self, blob: bytes) -> int:
+        """Replace the engine's weights with a full state dict (safetensors bytes); no restart.
+
+        The prefix cache is reset afterwards, or attention cached under the old weights would be reused.
+        """
+        n = self.llm.collective_rpc("load_state_bytes", args=(blob,))[0]
+        self.llm.reset_prefix_cache()
+        return n
 
     def ping(self) -> str:
         return self.model_path

@@ -1,6 +1,8 @@
 """The embedded task: basket word problems with verbose, step-labelled reasoning.
 
 A problem: a basket starts with some items; people put items in or take them out; how many are in it at the end?
+"A basket has 3 coins. Put in: Fay 3, Lea 2, Eve 1. How many coins are in the basket at the end?"
+Each quantity follows its person's name directly, so a small model learns the lookup as one-hop copying.
 The reasoning handles one person per *essential* step, in an order the writer chooses (a real choice: which quantity
 to work on next), so each essential step carries information the answer needs. Between essential steps the writer
 may insert *redundant* steps whose content follows from what precedes them, of the kinds real reasoning models show:
@@ -8,7 +10,7 @@ may insert *redundant* steps whose content follows from what precedes them, of t
 - ``restate``  "So the basket has 8 apples now."             (restates the running result)
 - ``verify``   "Check: 5 + 3 = 8. Correct."                   (re-verifies the last step)
 - ``announce`` "Let me take the next person."                 (announces the next step)
-- ``reflect``  "Wait, let me reread: Ann puts in 3 apples. Yes."  (a "wait, let me check" reflection)
+- ``reflect``  "Wait, let me reread: Ann 3. Yes."            (a "wait, let me check" reflection)
 
 Whether a redundant step comes is a fork: at each gap one is inserted with probability ``redundancy``, repeatedly
 (geometric runs), so the choice never becomes certain. Everything is generated deterministically from a seed.
@@ -91,8 +93,8 @@ def format_response(thinking: str, answer_line: str) -> str:
     return f"{thinking}\n</think>\n\n{answer_line}"
 
 
-def _move_text(name: str, op: str, q: int) -> str:
-    return f"{name} puts in {q}" if op == "add" else f"{name} takes out {q}"
+def _sign(op: str) -> str:
+    return "+" if op == "add" else "-"
 
 
 def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem:
@@ -105,7 +107,11 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
     # Takes are bounded so that the count never drops below zero in any order of work.
     start += sum(q for q, op in zip(qty, ops) if op == "sub")
     moves = list(zip(names, ops, qty))
-    lines = [f"A basket has {start} {item}."] + [f"{_move_text(*m)} {item}." for m in moves]
+    lines = [f"A basket has {start} {item}."]
+    for op, head in (("add", "Put in"), ("sub", "Take out")):
+        group = [f"{name} {q}" for name, o, q in moves if o == op]
+        if group:
+            lines.append(f"{head}: " + ", ".join(group) + ".")
     prompt = " ".join(lines) + f" How many {item} are in the basket at the end?"
 
     order = rng.sample(range(n), n)  # the writer's choice of which person to handle next
@@ -125,8 +131,8 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
     for j, idx in enumerate(order):
         name, op, q = moves[idx]
         new = cur + q if op == "add" else cur - q
-        sign = "+" if op == "add" else "-"
-        steps.append(Step(f"Now {_move_text(name, op, q)}: {cur} {sign} {q} = {new}.", "essential", "move"))
+        sign = _sign(op)
+        steps.append(Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"))
         last = (name, op, q, cur, sign, new)
         cur = new
         redundant("last" if j == n - 1 else "middle")
@@ -141,7 +147,7 @@ def _redundant_text(kind: str, position: str, cur: int, last, item: str) -> str:
         return f"So the basket has {cur} {item} now."
     if kind == "verify":
         return f"Check: {prev} {sign} {q} = {new}. Correct."
-    return f"Wait, let me reread: {_move_text(name, op, q)} {item}. Yes."
+    return f"Wait, let me reread: {name} {q}. Yes."
 
 
 def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list[Problem]:

@@ -1,0 +1,32 @@
+"""Held-out evaluation: accuracy and mean thinking tokens of the model a rollout worker currently serves."""
+from __future__ import annotations
+
+import ray
+
+from stepentropy_rl.tokenizer import prompt_text
+
+THINK_CLOSE = "</think>"
+
+
+def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
+    """Tokens before ``</think>`` (all of them if it never closed), counted from ids."""
+    if close_id is not None and close_id in token_ids:
+        return token_ids.index(close_id)
+    return len(token_ids)
+
+
+def evaluate(rollout, tokenizer, problems, grade, sampling: dict) -> dict:
+    """``{accuracy, thinking_tokens, n}``; a failed sample (no answer, garbage, truncated) counts as wrong."""
+    prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
+    outs = ray.get(rollout.generate.remote(prompts, {**sampling, "n": 1, "skip_special_tokens": False}))
+    close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+    correct, tokens = 0, 0
+    for p, o in zip(problems, outs):
+        sample = o[0] if o else {"text": "", "token_ids": []}
+        try:
+            correct += bool(grade(sample["text"], p.answer))
+        except Exception:
+            pass
+        tokens += thinking_tokens(sample["token_ids"], close_id)
+    n = len(problems)
+    return {"accuracy": correct / n, "thinking_tokens": tokens / n, "n": n}

@@ -1,0 +1,229 @@
+"""GRPO with entropy-phase guidance, driven from here; the actors do the work.
+
+One step: rollout (vLLM, n samples a prompt, the stage's temperature) -> old log-probs and exact entropies
+(learners) -> reference log-probs (KL) -> reward terms (reward service, the stage's reward) -> advantages (verl
+registry; the stage's estimator) -> policy update (learners) -> phase controller reads the mean entropy -> weights
+to the rollout engines. Checkpoints (learner shards via DCP + driver state) make a killed run resume where it was.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from stepentropy_rl import algorithms
+from stepentropy_rl.batch import Sequence
+from stepentropy_rl.phase import PhaseConfig, PhaseController
+from stepentropy_rl.tokenizer import prompt_text
+
+log = logging.getLogger(__name__)
+CONSOLE = ("phase/stage", "reward/total", "reward/correct", "response/think_tokens", "policy/entropy", "time/step")
+
+
+class Prompts:
+    """Endless, resumable stream of problems: a fresh seeded permutation each epoch; position = (epoch, index)."""
+
+    def __init__(self, problems, seed: int, epoch: int = 0, index: int = 0):
+        self.problems, self.seed, self.epoch, self.index = problems, seed, epoch, index
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(f"{self.seed}/{self.epoch}").shuffle(order)
+        return order
+
+    def next(self, k: int) -> list:
+        out, order = [], self._order()
+        while len(out) < k:
+            if self.index >= len(order):
+                self.epoch, self.index, order = self.epoch + 1, 0, None
+                order = self._order()
+            out.append(self.problems[order[self.index]])
+            self.index += 1
+        return out
+
+
+def generate_with_recovery(workers, prompts: list[str], sampling: dict, push_weights, retries: int = 2) -> list:
+    """Split prompts over the rollout workers. A worker that died is restarted by Ray (``max_restarts``); it then
+    serves the initial weights, so the current ones are pushed again before its share of the step is retried."""
+    shares = [prompts[i::len(workers)] for i in range(len(workers))]
+    results: list = [None] * len(workers)
+    for attempt in range(retries + 1):
+        pending = {i: workers[i].generate.remote(shares[i], sampling) for i in range(len(workers))
+                   if results[i] is None and shares[i]}
+        failed = []
+        for i, ref in pending.items():
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                log.warning("rollout worker %d died (%s); retrying its share (attempt %d)", i, type(e).__name__,
+                            attempt + 1)
+                failed.append(i)
+        if not failed:
+            break
+        if attempt == retries:
+            raise RuntimeError(f"rollout workers {failed} kept failing after {retries} retries")
+        wait_alive([workers[i] for i in failed])
+        push_weights([workers[i] for i in failed])
+    out: list = [None] * len(prompts)
+    for i, res in enumerate(results):
+        for j, r in enumerate(res or []):
+            out[i + j * len(workers)] = r
+    return out
+
+
+def wait_alive(workers, timeout_s: float = 600.0) -> None:
+    """Block until every (restarting) actor answers ``ping``; an engine restart takes tens of seconds."""
+    deadline = time.time() + timeout_s
+    for w in workers:
+        while True:
+            try:
+                ray.get(w.ping.remote(), timeout=max(1.0, deadline - time.time()))
+                break
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.time() > deadline:
+                    raise RuntimeError(f"a rollout worker did not come back within {timeout_s:.0f} s") from None
+                time.sleep(1.0)
+
+
+def token_rewards(totals: list[float], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's layout: the sequence reward on the last response token; mask over response tokens."""
+    width = max(1, max(lengths))
+    rewards, mask = torch.zeros(len(totals), width), torch.zeros(len(totals), width)
+    for i, (r, n) in enumerate(zip(totals, lengths)):
+        if n:
+            rewards[i, n - 1] = r
+            mask[i, :n] = 1
+    return rewards, mask
+
+
+class GRPOTrainer:
+    def __init__(self, cfg, problems, rollouts, reference, reward, learners, tokenizer, run_dir: Path, tracker):
+        self.cfg, self.a, self.t = cfg, cfg.algorithm, cfg.trainer.grpo
+        self.rollouts, self.reference, self.reward, self.learners = rollouts, reference, reward, learners
+        self.tok, self.tracker = tokenizer, tracker
+        self.dir = Path(run_dir) / "grpo"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.phase = PhaseController(PhaseConfig(**dict(self.a.phase)))
+        self.prompts = Prompts(problems, cfg.seed)
+        self.step = 0
+        algorithms.register_absolute_advantage()
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+    def _latest(self) -> Path | None:
+        marker = self.dir / "latest"
+        return self.dir / marker.read_text().strip() if marker.exists() else None
+
+    def save(self) -> None:
+        path = self.dir / f"step_{self.step}"
+        self.learners.save_checkpoint(str(path / "learner"))
+        state = {"step": self.step, "epoch": self.prompts.epoch, "index": self.prompts.index,
+                 "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist()}
+        (path / "driver.json").write_text(json.dumps(state))
+        tmp = self.dir / "latest.tmp"
+        tmp.write_text(path.name)
+        os.replace(tmp, self.dir / "latest")  # the pointer moves only once the checkpoint is whole
+
+    def resume(self) -> bool:
+        path = self._latest()
+        if path is None:
+            return False
+        state = json.loads((path / "driver.json").read_text())
+        self.learners.load_checkpoint(str(path / "learner"))
+        self.step, self.prompts.epoch, self.prompts.index = state["step"], state["epoch"], state["index"]
+        self.phase.load_state_dict(state["phase"])
+        torch.random.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.push_weights(self.rollouts)
+        log.info("resumed GRPO from %s (step %d, stage %s)", path, self.step, self.phase.stage)
+        return True
+
+    def push_weights(self, workers) -> float:
+        t = time.time()
+        blob = self.learners.state_bytes()
+        ray.get([w.load_weights.remote(blob) for w in workers])
+        return time.time() - t
+
+    # ---- one step ------------------------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        a, t, timing = self.a, self.t, {}
+        stage = self.phase.stage
+        problems = self.prompts.next(a.prompts_per_step)
+        texts = [prompt_text(self.tok, p.prompt) for p in problems]
+        pids = [self.tok(x, add_special_tokens=False).input_ids for x in texts]
+        sampling = {"n": a.n_samples, "temperature": float(a.temperature[stage]), "top_p": float(a.top_p),
+                    "max_tokens": int(t.max_tokens), "skip_special_tokens": False}
+
+        t0 = time.time()
+        outs = generate_with_recovery(self.rollouts, texts, sampling, self.push_weights)
+        timing["gen"] = time.time() - t0
+        flat = [(i, s) for i, o in enumerate(outs) for s in o]
+        seqs = [Sequence(pids[i], s["token_ids"]) for i, s in flat]
+
+        t0 = time.time()
+        old_lp, ent = self.learners.logprobs_and_entropy(seqs)
+        timing["old_logprob"] = time.time() - t0
+        t0 = time.time()
+        ref_lp = None
+        if a.kl_coef > 0:
+            ref = ray.get(self.reference.score.remote([s.prompt_ids for s in seqs], [s.response_ids for s in seqs]))
+            ref_lp = [r["logprobs"] for r in ref]
+        timing["ref"] = time.time() - t0
+
+        t0 = time.time()
+        scores = ray.get(self.reward.score.remote(stage, [s for _, s in flat], [problems[i].answer for i, _ in flat]))
+        timing["reward"] = time.time() - t0
+
+        t0 = time.time()
+        lengths = [len(s.response_ids) for s in seqs]
+        rewards, mask = token_rewards([sc["total"] for sc in scores], lengths)
+        adv = algorithms.compute_advantages(a.adv_estimator[stage], rewards, mask,
+                                            np.array([i for i, _ in flat]), norm_by_std=a.norm_adv_by_std,
+                                            beta=a.beta)
+        for k, s in enumerate(seqs):
+            s.values = {"old_logprobs": old_lp[k], "advantages": adv[k, : lengths[k]].tolist()}
+            if ref_lp is not None:
+                s.values["ref_logprobs"] = ref_lp[k]
+        timing["adv"] = time.time() - t0
+
+        t0 = time.time()
+        loss = {"kind": "grpo", "clip_ratio_low": a.clip_ratio_low, "clip_ratio_high": a.clip_ratio_high,
+                "clip_ratio_c": a.clip_ratio_c, "loss_agg_mode": a.loss_agg_mode, "kl_coef": a.kl_coef,
+                "kl_type": a.kl_type}
+        update = self.learners.train_step(seqs, loss)
+        timing["update"] = time.time() - t0
+
+        n_tok = sum(lengths)
+        mean_entropy = sum(sum(e) for e in ent) / max(1, n_tok)
+        self.phase.update(mean_entropy, self.step)
+        timing["sync"] = self.push_weights(self.rollouts)
+
+        metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+        close = self.tok.convert_tokens_to_ids("</think>")
+        think = [s.response_ids.index(close) if close in s.response_ids else len(s.response_ids) for s in seqs]
+        metrics.update({"samples": len(seqs), "response/length": n_tok / len(seqs), "response/think_tokens": float(np.mean(think)),
+                        "policy/entropy": mean_entropy, "phase/stage_name": stage,
+                        "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),
+                        **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},
+                        **self.phase.log_dict(), **{f"time/{k}": v for k, v in timing.items()}})
+        metrics["time/step"] = sum(timing.values())
+        metrics["phase/next_stage"] = metrics["phase/stage"]  # log_dict() already holds the stage for the next step
+        metrics["phase/stage"] = 0 if stage == "compress" else 1
+        return metrics
+
+    def fit(self) -> None:
+        """Train until ``trainer.grpo.steps``; call :meth:`resume` first to continue a killed run."""
+        fail_at = self.t.get("crash_after_step")  # fault injection for the resume test
+        while self.step < self.t.steps:
+            metrics = self.train_step()
+            self.tracker.log(metrics, step=self.step, console_keys=CONSOLE)
+            self.step += 1
+            if self.step % self.t.save_every == 0 or self.step == self.t.steps:
+                self.save()
+            if fail_at is not None and self.step == fail_at:
+                raise SystemExit(f"crash_after_step={fail_at}: simulated driver failure")

@@ -1,0 +1,30 @@
+"""Losses the learners optimise, on a MicroBatch: SFT (NLL on response tokens) and GRPO (verl policy loss + KL)."""
+from __future__ import annotations
+
+import torch
+
+from stepentropy_rl import algorithms
+
+
+def compute_loss(logprobs: torch.Tensor, mb, loss: dict) -> tuple[torch.Tensor, dict]:
+    """``logprobs``: [B, T] log-probs of ``mb.input_ids`` (0 outside the loss mask). Returns (loss, metrics)."""
+    mask = mb.loss_mask.to(logprobs.device)
+    if loss["kind"] == "sft":
+        value = -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+        return value, {"sft/nll": float(value)}
+    if loss["kind"] != "grpo":
+        raise ValueError(f"loss kind must be sft or grpo, got {loss['kind']!r}")
+    old = mb.old_logprobs.to(logprobs.device)
+    adv = mb.advantages.to(logprobs.device)
+    pg, metrics = algorithms.policy_loss(old, logprobs, adv, mask, clip_ratio_low=loss["clip_ratio_low"],
+                                         clip_ratio_high=loss["clip_ratio_high"], clip_ratio_c=loss["clip_ratio_c"],
+                                         loss_agg_mode=loss["loss_agg_mode"])
+    out = {f"actor/{k}": float(v) for k, v in metrics.items()}
+    out["actor/pg_loss"] = float(pg)
+    value = pg
+    if loss.get("kl_coef", 0.0) > 0 and mb.ref_logprobs is not None:
+        kl = algorithms.kl_loss(logprobs, mb.ref_logprobs.to(logprobs.device), mask, kind=loss["kl_type"],
+                                loss_agg_mode=loss["loss_agg_mode"])
+        value = value + loss["kl_coef"] * kl
+        out["actor/kl_loss"] = float(kl)
+    return value, out

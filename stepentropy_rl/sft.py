@@ -1,0 +1,87 @@
+"""Prune stage and SFT warm start (step-entropy paper, Sec. SFT).
+
+Prune: the policy writes CoTs for the training problems; the correct ones are scored (exact token entropies from
+the reference), their lowest-entropy steps replaced by ``[SKIP]`` at ``ratio``, and the answer is regenerated after
+the pruned thinking; a pruned CoT is kept for SFT only if that answer is still right (``keep_verified``).
+SFT: the learners fine-tune on ``prompt -> pruned thinking </think> answer``, loss on the response tokens only.
+"""
+from __future__ import annotations
+
+import logging
+import random
+
+import ray
+
+from stepentropy_rl.batch import Sequence
+from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.prune_study import THINK_CLOSE, answer_prefix, scored_steps, split_thinking
+from stepentropy_rl.tokenizer import EOS, prompt_text
+
+log = logging.getLogger(__name__)
+
+
+def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: dict, sampling: dict,
+                         ref_batch_size: int = 16) -> tuple[list[dict], dict]:
+    """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats."""
+    prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
+    cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, {**sampling, "skip_special_tokens": False}))]
+    ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if _safe(grade, c["text"], p.answer)
+          and split_thinking(c["text"])[1]]
+    pids = [tokenizer(prompts[i], add_special_tokens=False).input_ids for i in ok]
+    scores = ray.get(reference.score.remote(pids, [cots[i]["token_ids"] for i in ok], ref_batch_size))
+    candidates = []
+    for i, sc in zip(ok, scores):
+        texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], sc["entropy"], prune["delimiter"],
+                                   prune["aggregate"])
+        pruned = prune_steps(texts, ents, "low", prune["ratio"], placeholder=prune["placeholder"] or None,
+                             protect_first=prune["protect_first"], protect_last=prune["protect_last"])
+        answer_part = cots[i]["text"].split(THINK_CLOSE, 1)[1]
+        thinking = pruned.text(prune["delimiter"])
+        candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, "answer": problems[i].answer,
+                           "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
+                           "n_pruned": pruned.n_pruned, "prefix": answer_prefix(prompts[i], thinking),
+                           "tokens_full": _n(tokenizer, prune["delimiter"].join(texts)),
+                           "tokens_pruned": _n(tokenizer, thinking)})
+    rows = candidates
+    if prune.get("keep_verified", True) and candidates:
+        regen = ray.get(rollout.generate.remote([c["prefix"] for c in candidates],
+                                                {**sampling, "max_tokens": prune["answer_max_tokens"],
+                                                 "skip_special_tokens": False}))
+        rows = [c for c, a in zip(candidates, regen) if _safe(grade, a[0]["text"], c["answer"])]
+    for r in rows:
+        r.pop("prefix")
+    stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "kept": len(rows),
+             "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
+    return rows, stats
+
+
+def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int, lr: float, seed: int,
+            tracker=None) -> list[dict]:
+    """Fine-tune the learners on ``rows`` (loss on response tokens); linear LR decay; returns per-step metrics."""
+    seqs = [Sequence(tokenizer(prompt_text(tokenizer, r["prompt"]), add_special_tokens=False).input_ids,
+                     tokenizer(r["response"] + EOS, add_special_tokens=False).input_ids) for r in rows]
+    if len(seqs) < 1:
+        raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (see prune/stats.json)")
+    rng = random.Random(seed)
+    steps = max(1, epochs * len(seqs) // batch_size)
+    history = []
+    for step in range(steps):
+        learners.set_lr(lr * (1 - step / steps))
+        batch = rng.sample(seqs, min(batch_size, len(seqs)))
+        m = learners.train_step(batch, {"kind": "sft"})
+        history.append(m)
+        if tracker:
+            tracker.log({f"sft/{k.split('/')[-1]}": v for k, v in m.items()}, step=step,
+                        console_keys=("sft/nll", "sft/grad_norm"))
+    return history
+
+
+def _safe(grade, text: str, answer: str) -> bool:
+    try:
+        return bool(grade(text, answer))
+    except Exception:
+        return False
+
+
+def _n(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids)

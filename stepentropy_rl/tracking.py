@@ -1,0 +1,52 @@
+"""Metrics: a JSONL file in the run directory (append-only, so a resumed run keeps its history), the console,
+and wandb (offline unless configured; ``logger.wandb=disabled`` turns it off)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger("stepentropy_rl")
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, wandb_mode: str = "offline", project: str = "stepentropy_rl",
+                 config: dict | None = None, name: str | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.run = None
+        if wandb_mode != "disabled":
+            try:
+                import wandb
+
+                self.run = wandb.init(project=project, dir=str(run_dir), mode=wandb_mode, config=config,
+                                      name=name, resume="allow", id=name)
+            except Exception as e:  # tracking must never kill training
+                log.warning("wandb unavailable (%s); metrics go to %s only", e, self.path)
+
+    def log(self, metrics: dict, step: int, console_keys: tuple = ()) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.run is not None:
+            # wandb's own step counter stays monotonic across stages (SFT, then GRPO restarting at 0)
+            self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        if console_keys:
+            shown = " ".join(f"{k.split('/')[-1]}={_fmt(row.get(k))}" for k in console_keys if k in row)
+            log.info("step %d | %s", step, shown)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

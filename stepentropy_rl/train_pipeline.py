@@ -1,0 +1,132 @@
+"""The training pipeline: init -> eval base -> prune -> SFT -> eval SFT -> GRPO -> eval final -> report.
+
+Each stage writes its outputs into the run directory and a marker when complete; rerunning the same command skips
+finished stages and resumes GRPO from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import ray
+from omegaconf import OmegaConf
+
+from stepentropy_rl.data import write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+class Stages:
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def done(self, name: str) -> bool:
+        return (self.dir / f"{name}.done").exists()
+
+    def mark(self, name: str, info: dict | None = None) -> None:
+        (self.dir / f"{name}.done").write_text(json.dumps(info or {}) + "\n")
+
+
+def make_init_model(base: str, out: Path) -> None:
+    """The policy's starting point: the base model with ``[SKIP]`` as a normal added token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepentropy_rl.pruning import add_skip_token
+
+    tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    add_skip_token(tok, model)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def state_bytes_from_dir(path: Path) -> bytes:
+    """A saved HF checkpoint as one complete safetensors blob (tied ``lm_head`` included) for a weight push."""
+    from safetensors.torch import load_file, save
+    from transformers import AutoConfig
+
+    state = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        state.update(load_file(f))
+    if AutoConfig.from_pretrained(path).tie_word_embeddings and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    return save(state)
+
+
+def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
+    from transformers import AutoTokenizer
+
+    from stepentropy_rl import cluster, report
+    from stepentropy_rl.evaluate import evaluate
+    from stepentropy_rl.grpo import GRPOTrainer
+    from stepentropy_rl.sft import build_pruned_dataset, run_sft
+    from stepentropy_rl.tracking import Tracker
+    from workers.learner_group import LearnerGroup
+
+    stages, models = Stages(run_dir), run_dir / "models"
+    models.mkdir(exist_ok=True)
+    init = models / "init"
+    if not stages.done("init"):
+        make_init_model(base_path, init)
+        stages.mark("init", {"base": base_path})
+    tok = AutoTokenizer.from_pretrained(init)
+    tc = cfg.trainer
+    rollouts = [cluster.spawn_rollout(cfg, str(init)) for _ in range(cfg.cluster.rollout.num_workers)]
+    reference = cluster.spawn_reference(cfg, str(init))
+    reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids("[SKIP]"))
+    tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, OmegaConf.to_container(cfg, resolve=True),
+                      name=run_dir.name)
+    eval_sampling = {"temperature": float(tc.eval.temperature), "max_tokens": int(tc.eval.max_tokens)}
+
+    def eval_stage(name: str, model_dir: Path) -> None:
+        if stages.done(f"eval_{name}"):
+            return
+        ray.get([w.load_weights.remote(state_bytes_from_dir(model_dir)) for w in rollouts[:1]])
+        res = evaluate(rollouts[0], tok, eval_problems, grade, eval_sampling)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        (run_dir / "eval" / f"{name}.json").write_text(json.dumps(res))
+        log.info("eval %s: accuracy %.3f, thinking tokens %.1f", name, res["accuracy"], res["thinking_tokens"])
+        stages.mark(f"eval_{name}", res)
+
+    eval_stage("base", init)
+    prune_dir = run_dir / "prune"
+    if not stages.done("prune"):
+        prune_dir.mkdir(exist_ok=True)
+        sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
+                    "max_tokens": int(cfg.rollout.max_tokens)}
+        ray.get([w.load_weights.remote(state_bytes_from_dir(init)) for w in rollouts[:1]])
+        rows, stats = build_pruned_dataset(train_problems, rollouts[0], reference, tok, grade,
+                                           OmegaConf.to_container(tc.prune), sampling, cfg.reference.batch_size)
+        write_jsonl(prune_dir / "sft_data.jsonl", rows)
+        (prune_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+        log.info("prune stage: %s", stats)
+        stages.mark("prune", stats)
+    rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
+
+    lc = cfg.cluster.learner
+    start = models / "sft" if stages.done("sft") else init
+    learners = LearnerGroup(str(start), lc.world_size, lc.num_cpus, lc.num_gpus, OmegaConf.to_container(tc.optim),
+                            tc.micro_batch_size, tok.pad_token_id, lc.backend, lc.dtype, lc.threads)
+    try:
+        if not stages.done("sft"):
+            run_sft(rows, learners, tok, tc.sft.epochs, tc.sft.batch_size, tc.sft.lr, cfg.seed, tracker)
+            learners.save_hf(str(models / "sft"), str(init))
+            stages.mark("sft")
+        eval_stage("sft", models / "sft")
+        if not stages.done("grpo"):
+            learners.set_lr(tc.grpo.lr)
+            trainer = GRPOTrainer(cfg, train_problems, rollouts, reference, reward, learners, tok, run_dir, tracker)
+            if not trainer.resume():
+                trainer.push_weights(rollouts)
+            trainer.fit()
+            learners.save_hf(str(models / "final"), str(init))
+            stages.mark("grpo", {"steps": trainer.step})
+        eval_stage("final", models / "final")
+    finally:
+        learners.shutdown()
+        tracker.finish()
+    table = {name: json.loads((run_dir / "eval" / f"{name}.json").read_text()) for name in ("base", "sft", "final")}
+    return report.write_training_report(run_dir, table)

@@ -1,0 +1,59 @@
+"""The main job end to end on the micro reasoner, killed during GRPO and rerun: it resumes, never redoing a stage."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO_OVERRIDES
+
+pytestmark = pytest.mark.engine
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer.sft.batch_size=8",
+         "trainer.prune.keep_verified=false", "algorithm.prompts_per_step=4", "algorithm.n_samples=2",
+         "trainer.grpo.steps=4", "trainer.grpo.save_every=2", "trainer.grpo.max_tokens=32",
+         "trainer.eval.max_tokens=48", "rollout.max_tokens=48", "cluster.include_dashboard=false",
+         "trainer.logger.wandb=disabled", "trainer.micro_batch_size=4", *MICRO_OVERRIDES]
+
+
+def _main(run_dir, *extra):
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
+           *SMALL, *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(micro_model, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train")
+    first = _main(run_dir, "trainer.grpo.crash_after_step=3")
+    assert first.returncode != 0 and "simulated driver failure" in first.stderr + first.stdout
+    marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
+    second = _main(run_dir)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return run_dir, marks, second
+
+
+def test_resume_continues_from_last_checkpoint(killed_then_resumed):
+    run_dir, _, _ = killed_then_resumed
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "phase/stage" in line]
+    assert steps == [0, 1, 2, 2, 3]  # killed after step 2 was logged; the checkpoint at step 2 is where it resumed
+
+
+def test_finished_stages_are_not_redone(killed_then_resumed):
+    run_dir, marks, _ = killed_then_resumed
+    for name in ("init.done", "eval_base.done", "prune.done", "sft.done", "eval_sft.done"):
+        assert (run_dir / "stages" / name).stat().st_mtime_ns == marks[name], name
+
+
+def test_report_has_base_sft_final(killed_then_resumed):
+    run_dir, _, second = killed_then_resumed
+    report = json.loads((run_dir / "report.json").read_text())
+    for name in ("base", "sft", "final"):
+        m = report["models"][name]
+        assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["thinking_tokens"] >= 0
+    assert "| final |" in second.stdout
+    for key in ("reward/total", "reward/length_clip", "reward/exp_length", "policy/entropy", "phase/stage",
+                "time/gen", "time/update", "time/sync"):
+        assert key in (run_dir / "metrics.jsonl").read_text(), key

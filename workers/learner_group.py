@@ -1,0 +1,92 @@
+"""Spawns the learner ranks together in one Ray placement group and drives them as one process group."""
+from __future__ import annotations
+
+import socket
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from stepentropy_rl.batch import Sequence, micro_batches, response_values, shard
+from workers.learner import LearnerWorker
+
+
+@ray.remote(num_cpus=0)
+def _free_address() -> tuple[str, int]:
+    """An address and free port on the node that runs rank 0 (scheduled into its bundle)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+class LearnerGroup:
+    """``world_size`` FSDP2 ranks. Batches are split evenly by rank; results come back in the input order."""
+
+    def __init__(self, model_path: str, world_size: int, num_cpus: float, num_gpus: float, optim: dict,
+                 micro_batch_size: int, pad_id: int, backend: str = "gloo", dtype: str = "float32",
+                 threads: int = 0):
+        if world_size < 1:
+            raise ValueError(f"cluster.learner.world_size must be >= 1, got {world_size}")
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+        self.pg = placement_group([bundle] * world_size, strategy="PACK")
+        ray.get(self.pg.ready())
+        at = [PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i) for i in range(world_size)]
+        addr, port = ray.get(_free_address.options(scheduling_strategy=at[0]).remote())
+        self.ranks = [LearnerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=at[i]).remote(
+            i, world_size, addr, port, model_path, optim, backend, dtype, threads) for i in range(world_size)]
+        self.world_size, self.mbs, self.pad_id = world_size, micro_batch_size, pad_id
+
+    def _split(self, seqs: list[Sequence]) -> list[list[Sequence]]:
+        """Even slices by rank. Every rank must run the same number of micro-batches (FSDP collectives), so the
+        shorter slices get one padding copy with an empty response (zero loss mask)."""
+        if len(seqs) < self.world_size:
+            raise ValueError(f"a batch of {len(seqs)} sequences cannot feed {self.world_size} learner ranks")
+        parts = shard(seqs, self.world_size)
+        longest = len(parts[0])
+        pad = Sequence(seqs[0].prompt_ids, [], {k: [] for k in seqs[0].values})
+        return [p + [pad] * (longest - len(p)) for p in parts]
+
+    def logprobs_and_entropy(self, seqs: list[Sequence]) -> tuple[list[list[float]], list[list[float]]]:
+        """Per sequence, log-probs and exact entropies of its response tokens under the current policy."""
+        parts = self._split(seqs)
+        outs = ray.get([r.logprobs_and_entropy.remote(micro_batches(p, self.mbs, self.pad_id))
+                        for r, p in zip(self.ranks, parts)])
+        lps, ents = [], []
+        for p, real, out in zip(parts, shard(seqs, self.world_size), outs):
+            for i, res in enumerate(out):
+                chunk = p[i * self.mbs: (i + 1) * self.mbs]
+                lps += response_values(res["logprobs"], chunk)
+                ents += response_values(res["entropy"], chunk)
+            drop = len(p) - len(real)  # padding copies sit at the end of each slice
+            if drop:
+                del lps[-drop:], ents[-drop:]
+        return lps, ents
+
+    def train_step(self, seqs: list[Sequence], loss: dict) -> dict:
+        parts = self._split(seqs)
+        metrics = ray.get([r.train_step.remote(micro_batches(p, self.mbs, self.pad_id), loss)
+                           for r, p in zip(self.ranks, parts)])
+        return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+
+    def set_lr(self, lr: float) -> None:
+        ray.get([r.set_lr.remote(lr) for r in self.ranks])
+
+    def state_bytes(self) -> bytes:
+        return ray.get([r.state_bytes.remote() for r in self.ranks])[0]
+
+    def save_hf(self, path: str, tokenizer_path: str) -> None:
+        ray.get([r.save_hf.remote(path, tokenizer_path) for r in self.ranks])
+
+    def save_checkpoint(self, path: str) -> None:
+        ray.get([r.save_checkpoint.remote(path) for r in self.ranks])
+
+    def load_checkpoint(self, path: str) -> None:
+        ray.get([r.load_checkpoint.remote(path) for r in self.ranks])
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([r.shutdown.remote() for r in self.ranks], timeout=30)
+        finally:
+            for r in self.ranks:
+                ray.kill(r)
+            remove_placement_group(self.pg)
