@@ -1,6 +1,7 @@
 """Prune stage and SFT warm start (step-entropy paper, Sec. SFT).
 
-Prune: the policy writes CoTs for the training problems; the correct ones are scored (exact token entropies from
+Prune: the policy writes CoTs for the training problems (or, with ``source: gold``, the dataset's own solutions
+are used); the correct ones are scored (exact token entropies from
 the reference), their lowest-entropy steps replaced by ``[SKIP]`` at ``ratio``, and the answer is regenerated after
 the pruned thinking; a pruned CoT is kept for SFT only if that answer is still right (``keep_verified``).
 SFT: the learners fine-tune on ``prompt -> pruned thinking </think> answer``, loss on the response tokens only.
@@ -24,7 +25,11 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                          ref_batch_size: int = 16) -> tuple[list[dict], dict]:
     """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats."""
     prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
-    cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, {**sampling, "skip_special_tokens": False}))]
+    if prune.get("source", "policy") == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
+        cots = [{"text": p.solution or "", "token_ids": tokenizer(p.solution or "", add_special_tokens=False).input_ids}
+                for p in problems]
+    else:
+        cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, {**sampling, "skip_special_tokens": False}))]
     ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if _safe(grade, c["text"], p.answer)
           and split_thinking(c["text"])[1]]
     pids = [tokenizer(prompts[i], add_special_tokens=False).input_ids for i in ok]
