@@ -79,7 +79,8 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
     reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids("[SKIP]"))
     tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, OmegaConf.to_container(cfg, resolve=True),
                       name=run_dir.name)
-    eval_sampling = {"temperature": float(tc.eval.temperature), "max_tokens": int(tc.eval.max_tokens)}
+    eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
+                     "max_tokens": int(tc.eval.max_tokens)}
 
     def eval_stage(name: str, model_dir: Path) -> None:
         if stages.done(f"eval_{name}"):
