@@ -62,3 +62,33 @@ def test_vllm_and_transformers_same_ids_and_logprobs(engine, skip_model):
         assert len(s["entropy"]) == len(o[0]["token_ids"]) > 0
         assert all(e >= 0 for e in s["entropy"])
         assert abs(sum(s["logprobs"]) - o[0]["cumulative_logprob"]) < 1e-2 * len(s["logprobs"])
+
+
+def test_weight_push_without_restart_matches_transformers(engine, skip_model, tmp_path):
+    """Weights pushed into the running engine (learner -> rollout path) give the new model's log-probs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepentropy_rl.train_pipeline import state_bytes_from_dir
+    from workers.reference import Reference
+
+    model = AutoModelForCausalLM.from_pretrained(skip_model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p += 0.05 * torch.randn(p.shape, generator=gen)
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(skip_model).save_pretrained(tmp_path)
+    blob = state_bytes_from_dir(tmp_path)
+    assert engine.load_weights(blob) > 0
+
+    tok = AutoTokenizer.from_pretrained(skip_model)
+    prompts = [prompt_text(tok, p.prompt) for p in generate(BasketConfig(), 3, 1, "test")]
+    outs = engine.generate(prompts, {"temperature": 1.0, "max_tokens": 16, "logprobs": 0, "skip_special_tokens": False})
+    pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    new = Reference(str(tmp_path)).score(pids, [o[0]["token_ids"] for o in outs])
+    old = Reference(skip_model).score(pids, [o[0]["token_ids"] for o in outs])
+    for o, n, b in zip(outs, new, old):
+        got = o[0]["logprobs"]
+        assert max(abs(x - y) for x, y in zip(got, n["logprobs"])) < 1e-3
+        assert max(abs(x - y) for x, y in zip(got, b["logprobs"])) > 1e-2  # the old weights are really gone
