@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from stepentropy_rl.batch import Sequence, collate
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
 
@@ -96,19 +97,6 @@ def _length_bucketed(data, batch_size: int, rng: random.Random, pool: int = 16):
         yield from batches
 
 
-def _batch(pairs, pad_id: int):
-    width = max(len(p) + len(r) for p, r in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    for i, (p, r) in enumerate(pairs):
-        seq = p + r
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(p): len(seq)] = torch.tensor(r)
-        mask[i, : len(seq)] = 1
-    return ids, mask, labels
-
-
 def build_model(cfg: TinyConfig, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -150,15 +138,16 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     tokens, t0, loss_ema = 0, time.time(), None
     bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
     for step in bar:
-        ids, mask, labels = _batch(next(batches), tok.pad_token_id)
+        mb = collate([Sequence(p, r) for p, r in next(batches)], tok.pad_token_id)
+        labels = mb.input_ids.masked_fill(mb.loss_mask == 0, -100)  # loss on the solution only
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        tokens += int(mask.sum())
+        tokens += int(mb.attention_mask.sum())
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
     model.eval()

@@ -22,7 +22,8 @@ def _need(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _items(x) -> list:
+def as_list(x) -> list:
+    """A config value that may be one item or a list of them, as a list."""
     return list(x) if isinstance(x, (list, tuple, ListConfig)) else [x]
 
 
@@ -59,8 +60,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _need(int(cfg.data.n_eval) >= 1, f"data.n_eval must be >= 1, got {cfg.data.n_eval}")
-    for strategy in _items(cfg.pruning.strategy):
-        for ratio in _items(cfg.pruning.ratio):
+    for strategy in as_list(cfg.pruning.strategy):
+        for ratio in as_list(cfg.pruning.ratio):
             try:
                 validate_pruning(strategy, ratio)
             except ValueError as e:

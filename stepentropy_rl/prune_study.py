@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import ray
 
+from stepentropy_rl.config import as_list
 from stepentropy_rl.entropy import segment_steps, step_entropies, topk_entropy
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.tasks.basket import label_step
@@ -87,8 +88,8 @@ def auroc(scores: list[float], redundant: list[bool]) -> float:
 
 def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResult:
     pc, rc = cfg.pruning, cfg.rollout
-    strategies = _as_list(pc.strategy)
-    ratios = [float(r) for r in _as_list(pc.ratio)]
+    strategies = as_list(pc.strategy)
+    ratios = [float(r) for r in as_list(pc.ratio)]
     prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
     prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
 
@@ -179,7 +180,3 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
 def _get(x):
     """``ray.get`` for an object ref; a plain value (an in-process fake worker in tests) passes through."""
     return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig" else [x]
