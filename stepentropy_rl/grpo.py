@@ -159,6 +159,8 @@ class GRPOTrainer:
         sampling = {"n": a.n_samples, "temperature": float(a.temperature[stage]), "top_p": float(a.top_p),
                     "max_tokens": int(t.max_tokens), "skip_special_tokens": False}
 
+        if self.t.get("kill_rollout_at_step") == self.step:  # fault injection (tests): a rollout engine dies
+            ray.kill(self.rollouts[0], no_restart=False)
         t0 = time.time()
         outs = generate_with_recovery(self.rollouts, texts, sampling, self.push_weights)
         timing["gen"] = time.time() - t0

@@ -26,8 +26,10 @@ def _main(run_dir, *extra):
 @pytest.fixture(scope="module")
 def killed_then_resumed(micro_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train")
-    first = _main(run_dir, "trainer.grpo.crash_after_step=3")
+    first = _main(run_dir, "trainer.grpo.crash_after_step=3", "trainer.grpo.kill_rollout_at_step=1")
     assert first.returncode != 0 and "simulated driver failure" in first.stderr + first.stdout
+    # the vLLM rollout actor killed before step 1 was restarted by Ray, re-synced, and step 1 retried
+    assert "rollout worker 0 died" in first.stderr + first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
     second = _main(run_dir)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
