@@ -11,7 +11,7 @@ def compute_loss(logprobs: torch.Tensor, mb, loss: dict) -> tuple[torch.Tensor, 
     mask = mb.loss_mask.to(logprobs.device)
     if loss["kind"] == "sft":
         value = -(logprobs * mask).sum() / mask.sum().clamp(min=1)
-        return value, {"sft/nll": float(value)}
+        return value, {"sft/nll": float(value.detach())}
     if loss["kind"] != "grpo":
         raise ValueError(f"loss kind must be sft or grpo, got {loss['kind']!r}")
     old = mb.old_logprobs.to(logprobs.device)
@@ -20,11 +20,11 @@ def compute_loss(logprobs: torch.Tensor, mb, loss: dict) -> tuple[torch.Tensor, 
                                          clip_ratio_high=loss["clip_ratio_high"], clip_ratio_c=loss["clip_ratio_c"],
                                          loss_agg_mode=loss["loss_agg_mode"])
     out = {f"actor/{k}": float(v) for k, v in metrics.items()}
-    out["actor/pg_loss"] = float(pg)
+    out["actor/pg_loss"] = float(pg.detach())
     value = pg
     if loss.get("kl_coef", 0.0) > 0 and mb.ref_logprobs is not None:
         kl = algorithms.kl_loss(logprobs, mb.ref_logprobs.to(logprobs.device), mask, kind=loss["kl_type"],
                                 loss_agg_mode=loss["loss_agg_mode"])
         value = value + loss["kl_coef"] * kl
-        out["actor/kl_loss"] = float(kl)
+        out["actor/kl_loss"] = float(kl.detach())
     return value, out
