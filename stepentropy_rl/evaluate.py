@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ray
 
-from stepentropy_rl.tokenizer import prompt_text
+from stepentropy_rl.tasks.grading import grade_safely
+from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text
 
-THINK_CLOSE = "</think>"
 
 
 def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
@@ -23,10 +23,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict) -> dict:
     correct, tokens = 0, 0
     for p, o in zip(problems, outs):
         sample = o[0] if o else {"text": "", "token_ids": []}
-        try:
-            correct += bool(grade(sample["text"], p.answer))
-        except Exception:
-            pass
+        correct += grade_safely(grade, sample["text"], p.answer)
         tokens += thinking_tokens(sample["token_ids"], close_id)
     n = len(problems)
     return {"accuracy": correct / n, "thinking_tokens": tokens / n, "n": n}

@@ -20,8 +20,9 @@ import torch
 
 from stepentropy_rl import algorithms
 from stepentropy_rl.batch import Sequence
+from stepentropy_rl.evaluate import thinking_tokens
 from stepentropy_rl.phase import PhaseConfig, PhaseController
-from stepentropy_rl.tokenizer import prompt_text
+from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text
 
 log = logging.getLogger(__name__)
 CONSOLE = ("phase/stage", "reward/total", "reward/correct", "response/think_tokens", "policy/entropy", "time/step")
@@ -206,8 +207,8 @@ class GRPOTrainer:
         timing["sync"] = self.push_weights(self.rollouts)
 
         metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
-        close = self.tok.convert_tokens_to_ids("</think>")
-        think = [s.response_ids.index(close) if close in s.response_ids else len(s.response_ids) for s in seqs]
+        close = self.tok.convert_tokens_to_ids(THINK_CLOSE)
+        think = [thinking_tokens(s.response_ids, close) for s in seqs]
         metrics.update({"samples": len(seqs), "response/length": n_tok / len(seqs), "response/think_tokens": float(np.mean(think)),
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),

@@ -19,10 +19,10 @@ from stepentropy_rl.config import as_list
 from stepentropy_rl.entropy import segment_steps, step_entropies, topk_entropy
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.tasks.basket import label_step
-from stepentropy_rl.tokenizer import prompt_text, token_offsets
+from stepentropy_rl.tasks.grading import grade_safely
+from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text, token_offsets
 
 log = logging.getLogger(__name__)
-THINK_CLOSE = "</think>"
 
 
 @dataclass
@@ -108,7 +108,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
         for j, (t, e) in enumerate(zip(texts, ents)):
             lab, kind = label_step(t)
             steps.append({"id": p.id, "index": j, "entropy": e, "label": lab, "kind": kind, "source": "generated"})
-        full_ok = grade(cot["text"], p.answer)
+        full_ok = grade_safely(grade, cot["text"], p.answer)
         for strategy in strategies:
             for ratio in ratios:
                 pruned = prune_steps(texts, ents, strategy, ratio, placeholder=pc.placeholder or None,
@@ -130,7 +130,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     for row, a in zip(rows, answers):
         text = a[0]["text"] if a else ""
         row["regenerated"] = text
-        row["correct"] = bool(text) and grade(text, row["answer"])
+        row["correct"] = bool(text) and grade_safely(grade, text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)

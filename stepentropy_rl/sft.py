@@ -15,7 +15,8 @@ import ray
 
 from stepentropy_rl.batch import Sequence
 from stepentropy_rl.pruning import prune_steps
-from stepentropy_rl.prune_study import THINK_CLOSE, answer_prefix, scored_steps, split_thinking
+from stepentropy_rl.prune_study import THINK_CLOSE, answer_prefix, n_tokens, scored_steps, split_thinking
+from stepentropy_rl.tasks.grading import grade_safely
 from stepentropy_rl.tokenizer import EOS, prompt_text
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                 for p in problems]
     else:
         cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, {**sampling, "skip_special_tokens": False}))]
-    ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if _safe(grade, c["text"], p.answer)
+    ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if grade_safely(grade, c["text"], p.answer)
           and split_thinking(c["text"])[1]]
     pids = [tokenizer(prompts[i], add_special_tokens=False).input_ids for i in ok]
     scores = ray.get(reference.score.remote(pids, [cots[i]["token_ids"] for i in ok], ref_batch_size))
@@ -45,14 +46,14 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, "answer": problems[i].answer,
                            "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
                            "n_pruned": pruned.n_pruned, "prefix": answer_prefix(prompts[i], thinking),
-                           "tokens_full": _n(tokenizer, prune["delimiter"].join(texts)),
-                           "tokens_pruned": _n(tokenizer, thinking)})
+                           "tokens_full": n_tokens(tokenizer, prune["delimiter"].join(texts)),
+                           "tokens_pruned": n_tokens(tokenizer, thinking)})
     rows = candidates
     if prune.get("keep_verified", True) and candidates:
         regen = ray.get(rollout.generate.remote([c["prefix"] for c in candidates],
                                                 {**sampling, "max_tokens": prune["answer_max_tokens"],
                                                  "skip_special_tokens": False}))
-        rows = [c for c, a in zip(candidates, regen) if _safe(grade, a[0]["text"], c["answer"])]
+        rows = [c for c, a in zip(candidates, regen) if grade_safely(grade, a[0]["text"], c["answer"])]
     for r in rows:
         r.pop("prefix")
     stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "kept": len(rows),
@@ -80,13 +81,3 @@ def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int,
                         console_keys=("sft/nll", "sft/grad_norm"))
     return history
 
-
-def _safe(grade, text: str, answer: str) -> bool:
-    try:
-        return bool(grade(text, answer))
-    except Exception:
-        return False
-
-
-def _n(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)

@@ -1,4 +1,4 @@
-from stepentropy_rl.tasks.grading import exact_match, extract_boxed, get_grader, math_match
+from stepentropy_rl.tasks.grading import exact_match, extract_boxed, get_grader, grade_safely, math_match
 import pytest
 
 
@@ -23,3 +23,11 @@ def test_math_match_off_main_thread():
 def test_unknown_grader():
     with pytest.raises(ValueError, match="data.grader"):
         get_grader("fuzzy")
+
+
+def test_grade_safely_turns_a_crashing_grader_into_wrong():
+    def broken(response, answer):
+        raise RuntimeError("parser blew up")
+
+    assert grade_safely(broken, "x", "1") is False
+    assert grade_safely(exact_match, r"\boxed{1}", "1") is True

@@ -1,5 +1,4 @@
 """The study's accounting with in-process fake workers: failures count as wrong, kept fractions add up."""
-from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -6,7 +6,6 @@ HF export; checkpoints are sharded with torch.distributed.checkpoint (DCP), so t
 """
 from __future__ import annotations
 
-import io
 import os
 
 import ray

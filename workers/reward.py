@@ -8,7 +8,7 @@ from __future__ import annotations
 import ray
 
 from stepentropy_rl.rewards import make_sample, stage_rewards
-from stepentropy_rl.tasks.grading import get_grader, math_match
+from stepentropy_rl.tasks.grading import get_grader, grade_safely, math_match
 
 
 class RewardService:
@@ -20,12 +20,9 @@ class RewardService:
 
     def _correct(self, text: str, answer: str) -> bool:
         """The grader's verdict; math grading enforces ``grade_timeout_s`` itself, off the main thread."""
-        try:
-            if self.grade is math_match:
-                return math_match(text, answer, timeout_s=self.timeout)
-            return bool(self.grade(text, answer))
-        except Exception:  # garbage output: wrong, never a dead service
-            return False
+        if self.grade is math_match:
+            return math_match(text, answer, timeout_s=self.timeout)
+        return grade_safely(self.grade, text, answer)  # garbage output: wrong, never a dead service
 
     def score(self, stage: str, responses: list[dict], answers: list[str]) -> list[dict[str, float]]:
         """Per response ``{term: value, ..., total, correct}`` under the reward of ``stage``."""

@@ -56,6 +56,14 @@ def math_match(response: str, answer: str, timeout_s: float = 5.0) -> bool:
 GRADERS = {"exact": exact_match, "math": math_match}
 
 
+def grade_safely(grade, response: str, answer: str) -> bool:
+    """``grade(response, answer)``; garbage that makes a grader raise counts as wrong, never as a crash."""
+    try:
+        return bool(grade(response, answer))
+    except Exception:
+        return False
+
+
 def get_grader(name: str):
     if name not in GRADERS:
         raise ValueError(f"data.grader must be one of {sorted(GRADERS)}, got {name!r}")
