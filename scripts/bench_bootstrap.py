@@ -3,8 +3,9 @@
     python scripts/bench_bootstrap.py [--n 500] [--out runs/bench_bootstrap.json] [key=value overrides ...]
 
 Prints and saves: bootstrap seconds (measured when the cached model was trained), tokens/s, params, held-out
-accuracy at greedy and at temperature 0.6, mean thinking tokens, share of redundant steps in the model's CoTs
-and in the training data, and one sample CoT.
+accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean
+thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
+the distribution it learned, so the two shares should match), and one sample CoT.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from stepentropy_rl.pipeline import resolve_model
-    from stepentropy_rl.tasks.basket import label_step
+    from collections import Counter
+
+    from stepentropy_rl.tasks.basket import diagnose, label_step
     from stepentropy_rl.config import task_config
     from stepentropy_rl.data import generated
     from stepentropy_rl.prune_study import split_thinking
@@ -54,16 +57,18 @@ def main() -> None:
     result = {"model": path, "bootstrap_s": stats["bootstrap_s"], "train_s": stats["train_s"],
               "train_tokens_per_s": round(stats["tokens"] / stats["train_s"]), "params": stats["params"],
               "final_loss": stats["final_loss"], "resolve_s_this_run": round(resolve_s, 1), "n": args.n}
-    for name, temp in (("greedy", 0.0), ("t0.6", 0.6)):
+    for name, temp in (("greedy", 0.0), ("t0.6", 0.6), ("t1.0", 1.0)):
         t = time.time()
-        outs = llm.generate(prompts, SamplingParams(temperature=temp, top_p=0.95 if temp else 1.0,
+        outs = llm.generate(prompts, SamplingParams(temperature=temp, top_p=0.95 if temp == 0.6 else 1.0,
                                                     max_tokens=cfg.rollout.max_tokens,
                                                     skip_special_tokens=False), use_tqdm=False)
         texts = [o.outputs[0].text for o in outs]
         steps = [s for t_ in texts for s in split_thinking(t_)[0].split("\n\n") if s.strip()]
         labels = [label_step(s)[0] for s in steps]
+        right = [exact_match(t_, p.answer) for t_, p in zip(texts, problems)]
         result[name] = {
-            "accuracy": sum(exact_match(t_, p.answer) for t_, p in zip(texts, problems)) / len(problems),
+            "accuracy": sum(right) / len(problems),
+            "mistakes_in_wrong": dict(Counter(str(diagnose(p.solution, t_)) for t_, p, r in zip(texts, problems, right) if not r)),
             "thinking_tokens": sum(len(tok(split_thinking(t_)[0]).input_ids) for t_ in texts) / len(texts),
             "redundant_step_share": labels.count("redundant") / max(1, len(labels)),
             "unknown_step_share": labels.count("unknown") / max(1, len(labels)),

@@ -90,3 +90,26 @@ def test_labels_recoverable_from_text():
 def test_bad_task_config(kw, key):
     with pytest.raises(ValueError, match=key):
         generate(BasketConfig(**kw), 1, 0)
+
+
+def test_diagnose_names_the_first_mistake():
+    from stepentropy_rl.tasks.basket import diagnose
+
+    p = generate(BasketConfig(min_people=3, max_people=3, redundancy=0.5), 1, 5)[0]
+    assert diagnose(p.solution, p.solution) is None
+    ess = [s.text for s in p.steps if s.label == "essential"]
+    name, q, a, sign, q2, new = re.match(r"Now (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)\.", ess[1]).groups()
+
+    def with_second(step_text):
+        return p.solution.replace(ess[1], step_text)
+
+    first_name = re.match(r"Now (\w+) ", ess[0]).group(1)
+    assert diagnose(p.solution, with_second(ess[1].replace(f"Now {name} ", f"Now {first_name} "))) == "repeated person"
+    assert diagnose(p.solution, with_second(ess[1].replace(f"Now {name} ", "Now Zed "))) == "unknown person"
+    wrong_q = int(q) % 5 + 1
+    assert diagnose(p.solution, with_second(f"Now {name} {wrong_q}: {a} {sign} {wrong_q} = {int(a) + wrong_q}.")) == "wrong quantity"
+    assert diagnose(p.solution, with_second(f"Now {name} {q}: {int(a) + 1} {sign} {q} = {int(new) + 1}.")) == "wrong carry"
+    assert diagnose(p.solution, with_second(f"Now {name} {q}: {a} {sign} {q} = {int(new) + 1}.")) == "wrong arithmetic"
+    assert diagnose(p.solution, with_second("Now it is")) == "unparsed step"
+    assert diagnose(p.solution, p.solution.replace(ess[2], "So the basket has 1 coins now.")) == "missed person"
+    assert diagnose(p.solution, p.solution.replace(f"boxed{{{p.answer}}}", f"boxed{{{int(p.answer) + 1}}}")) == "wrong answer line"

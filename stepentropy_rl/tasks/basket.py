@@ -18,6 +18,7 @@ Whether a redundant step comes is a fork: at each gap one is inserted with proba
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Ned", "Oli", "Pam")
@@ -169,3 +170,45 @@ def label_step(text: str) -> tuple[str, str]:
         if text.startswith(prefix):
             return label, kind
     return "unknown", ""
+
+
+_MOVE = re.compile(r"Now (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)\.")
+MISTAKES = ("unparsed step", "unknown person", "repeated person", "wrong quantity", "wrong carry",
+            "wrong arithmetic", "missed person", "wrong answer line")
+
+
+def diagnose(solution: str, response: str) -> str | None:
+    """The first mistake of ``response`` against the gold ``solution`` (one of ``MISTAKES``), or None if all is right.
+
+    Essential steps are checked against the gold moves in order: person, quantity, carried total, arithmetic;
+    then that every person was handled and that the boxed answer is the last total.
+    """
+    moves = list(_MOVE.finditer(solution))
+    gold = {m[1]: (m[4], int(m[2])) for m in moves}
+    first = moves[0]
+    cur, seen = int(first[3]), set()
+    thinking, _, answer = response.partition("</think>")
+    for step in (s.strip() for s in thinking.split("\n\n")):
+        if not step.startswith("Now "):
+            continue
+        m = _MOVE.match(step)
+        if m is None:
+            return "unparsed step"
+        name, q0, a, sign, q, new = m[1], int(m[2]), int(m[3]), m[4], int(m[5]), int(m[6])
+        if name not in gold:
+            return "unknown person"
+        if name in seen:
+            return "repeated person"
+        if (sign, q0) != gold[name] or q != q0:
+            return "wrong quantity"
+        if a != cur:
+            return "wrong carry"
+        if new != (a + q if sign == "+" else a - q):
+            return "wrong arithmetic"
+        seen.add(name)
+        cur = new
+    if len(seen) < len(gold):
+        return "missed person"
+    if answer_sentence(str(cur)) not in answer:
+        return "wrong answer line"
+    return None
