@@ -11,6 +11,7 @@ Tensors are ``(batch, response_length)``; masks are 1 on valid response tokens, 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Any, Optional
@@ -131,6 +132,7 @@ def policy_loss(
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
     loss_name: str = "vanilla",
+    global_batch: Optional[dict] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip policy loss via verl's policy-loss registry (``actor.policy_loss.loss_mode``).
 
@@ -138,7 +140,8 @@ def policy_loss(
     ``max(-A*ratio, -A*clip(ratio, 1-low, 1+high))``, and for A < 0 additionally capped at
     ``-A*clip_ratio_c`` (dual clip), then aggregated with ``loss_agg_mode``. Metrics are verl's with
     the ``actor/`` prefix stripped: ``pg_clipfrac``, ``ppo_kl`` (approx KL, mean old-new
-    log-ratio), ``pg_clipfrac_lower``.
+    log-ratio), ``pg_clipfrac_lower``. ``global_batch`` (see ``global_batch_info``) makes the loss this micro-batch's
+    share of the global-batch aggregate, as verl's FSDP actor does.
     """
     if loss_name not in core_algos.POLICY_LOSS_REGISTRY:
         raise ValueError(f"unknown actor.policy_loss.loss_mode {loss_name!r}; "
@@ -146,6 +149,8 @@ def policy_loss(
     _check_mode(loss_agg_mode)
     fn = core_algos.get_policy_loss_fn(loss_name)
     config = actor_config(float(clip_ratio_low), float(clip_ratio_high), float(clip_ratio_c), loss_agg_mode)
+    if global_batch:
+        config = dataclasses.replace(config, global_batch_info=dict(global_batch))
     loss, raw = fn(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages,
                    response_mask=response_mask.to(log_prob.dtype), loss_agg_mode=loss_agg_mode, config=config,
                    rollout_is_weights=None)
@@ -159,7 +164,8 @@ def policy_loss(
 
 
 def kl_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, response_mask: torch.Tensor,
-            kind: str = "low_var_kl", loss_agg_mode: str = "token-mean") -> torch.Tensor:
+            kind: str = "low_var_kl", loss_agg_mode: str = "token-mean",
+            global_batch: Optional[dict] = None) -> torch.Tensor:
     """KL(pi || pi_ref) loss as verl's actor computes it: ``agg_loss(kl_penalty(...))``.
 
     ``kind``: "kl"/"k1", "abs", "mse"/"k2", "low_var_kl"/"k3" (k3 = exp(ref-lp) - (ref-lp) - 1,
@@ -167,17 +173,31 @@ def kl_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, response_mask: t
     """
     _check_mode(loss_agg_mode)
     kld = core_algos.kl_penalty(logprob=log_prob, ref_logprob=ref_log_prob, kl_penalty=kind)
-    return aggregate(kld, response_mask, loss_agg_mode)
+    return aggregate(kld, response_mask, loss_agg_mode, **(global_batch or {}))
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
-              loss_scale_factor: Optional[int] = None) -> torch.Tensor:
-    """verl's ``agg_loss`` on one process: token-mean = sum(v*m)/sum(m); seq-mean-token-mean = mean
-    over non-empty rows of row token-means; seq-mean-token-sum = mean of row sums; -norm divides that
-    by ``loss_scale_factor`` (default: padded length); token-sum = sum(v*m)."""
+              loss_scale_factor: Optional[int] = None, **global_batch) -> torch.Tensor:
+    """verl's ``agg_loss``: token-mean = sum(v*m)/sum(m); seq-mean-token-mean = mean over non-empty rows of row
+    token-means; seq-mean-token-sum = mean of row sums; -norm divides that by ``loss_scale_factor`` (default: padded
+    length); token-sum = sum(v*m). With ``global_batch`` (see ``global_batch_info``) the sums are divided by the
+    global counts and multiplied by dp_size, so that summing over micro-batches and averaging over ranks (FSDP's
+    gradient reduction) gives the aggregate of the whole batch."""
     _check_mode(mode)
     return core_algos.agg_loss(loss_mat=values, loss_mask=mask.to(values.dtype), loss_agg_mode=mode,
-                               loss_scale_factor=loss_scale_factor)
+                               loss_scale_factor=loss_scale_factor, **global_batch)
+
+
+def global_batch_info(masks: list[torch.Tensor], dp_size: int = 1, all_reduce=None) -> dict:
+    """verl's ``global_batch_info`` for this rank's micro-batch ``masks``: valid tokens and non-empty sequences
+    summed over all ranks (``all_reduce`` sums a tensor in place across ranks; None on one process)."""
+    counts = torch.zeros(2, dtype=torch.float64, device=masks[0].device if masks else "cpu")
+    for m in masks:
+        counts[0] += m.sum()
+        counts[1] += (m.sum(-1) > 0).sum()
+    if all_reduce is not None:
+        all_reduce(counts)
+    return {"dp_size": dp_size, "batch_num_tokens": max(1, int(counts[0])), "global_batch_size": max(1, int(counts[1]))}
 
 
 def entropy_loss(entropy_or_logits: torch.Tensor, response_mask: torch.Tensor,

@@ -113,3 +113,8 @@ def validate_training(cfg: DictConfig) -> None:
           f"cluster.learner.world_size must be >= 1, got {cfg.cluster.learner.world_size}")
     _need(cfg.cluster.learner.backend in ("gloo", "nccl"),
           f"cluster.learner.backend must be gloo or nccl, got {cfg.cluster.learner.backend!r}")
+    dtypes = ("float32", "bfloat16", "float16")
+    _need(cfg.cluster.learner.dtype in dtypes,
+          f"cluster.learner.dtype must be one of {dtypes}, got {cfg.cluster.learner.dtype!r}")
+    _need(cfg.cluster.learner.get("param_dtype") in (None, *dtypes),
+          f"cluster.learner.param_dtype must be null or one of {dtypes}, got {cfg.cluster.learner.get('param_dtype')!r}")

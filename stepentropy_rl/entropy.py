@@ -52,7 +52,10 @@ def token_entropy(logits: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
     """log_softmax(logits)[..., labels] in fp32, chunked like :func:`token_entropy`.
 
-    ``labels`` has shape ``logits.shape[:-1]``; the result has the same shape.
+    ``labels`` has shape ``logits.shape[:-1]``; the result has the same shape. Differentiable: under autograd each
+    chunk is checkpointed, so backward recomputes its fp32 log-softmax instead of keeping ``rows x vocab`` fp32
+    values alive for the whole batch (with a 151k vocabulary that is the difference between one chunk and
+    gigabytes).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -60,12 +63,22 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int =
         raise ValueError(f"labels shape {tuple(labels.shape)} != logits.shape[:-1] {tuple(logits.shape[:-1])}")
     flat = _rows(logits)
     lab = labels.reshape(-1, 1).to(device=logits.device, dtype=torch.long)
+    chunks = range(0, flat.shape[0], chunk_rows)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        from torch.utils.checkpoint import checkpoint
+
+        parts = [checkpoint(_chunk_logprobs, flat[i : i + chunk_rows], lab[i : i + chunk_rows], use_reentrant=False)
+                 for i in chunks]
+        return torch.cat(parts).reshape(labels.shape)
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for i in range(0, flat.shape[0], chunk_rows):
-        z = flat[i : i + chunk_rows].float()
-        lse = torch.logsumexp(z, dim=-1)
-        out[i : i + chunk_rows] = z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - lse
+    for i in chunks:
+        out[i : i + chunk_rows] = _chunk_logprobs(flat[i : i + chunk_rows], lab[i : i + chunk_rows])
     return out.reshape(labels.shape)
+
+
+def _chunk_logprobs(z: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+    z = z.float()
+    return z.gather(-1, lab).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
 @torch.no_grad()

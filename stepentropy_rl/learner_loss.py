@@ -6,11 +6,22 @@ import torch
 from stepentropy_rl import algorithms
 
 
-def compute_loss(logprobs: torch.Tensor, mb, loss: dict) -> tuple[torch.Tensor, dict]:
-    """``logprobs``: [B, T] log-probs of ``mb.input_ids`` (0 outside the loss mask). Returns (loss, metrics)."""
+# Metrics that are this micro-batch's share of a global aggregate: learners sum them over micro-batches.
+SHARED_METRICS = ("sft/nll", "actor/pg_loss", "actor/kl_loss")
+
+
+def compute_loss(logprobs: torch.Tensor, mb, loss: dict, global_batch: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """``logprobs``: [B, T] log-probs of ``mb.input_ids`` (0 outside the loss mask). Returns (loss, metrics).
+
+    Without ``global_batch`` the loss is this micro-batch's own aggregate (an empty mask gives 0). With it
+    (``algorithms.global_batch_info`` over all micro-batches of all ranks) the loss is this micro-batch's share:
+    summed over micro-batches and averaged over ranks it is the aggregate of the whole batch, so every response
+    token weighs the same whichever rank or micro-batch it lands in.
+    """
     mask = mb.loss_mask.to(logprobs.device)
+    gb = global_batch or algorithms.global_batch_info([mask])
     if loss["kind"] == "sft":
-        value = -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+        value = algorithms.aggregate(-logprobs, mask, "token-mean", **gb)
         return value, {"sft/nll": float(value.detach())}
     if loss["kind"] != "grpo":
         raise ValueError(f"loss kind must be sft or grpo, got {loss['kind']!r}")
@@ -18,13 +29,13 @@ def compute_loss(logprobs: torch.Tensor, mb, loss: dict) -> tuple[torch.Tensor, 
     adv = mb.advantages.to(logprobs.device)
     pg, metrics = algorithms.policy_loss(old, logprobs, adv, mask, clip_ratio_low=loss["clip_ratio_low"],
                                          clip_ratio_high=loss["clip_ratio_high"], clip_ratio_c=loss["clip_ratio_c"],
-                                         loss_agg_mode=loss["loss_agg_mode"])
+                                         loss_agg_mode=loss["loss_agg_mode"], global_batch=gb)
     out = {f"actor/{k}": float(v) for k, v in metrics.items()}
     out["actor/pg_loss"] = float(pg.detach())
     value = pg
     if loss.get("kl_coef", 0.0) > 0 and mb.ref_logprobs is not None:
         kl = algorithms.kl_loss(logprobs, mb.ref_logprobs.to(logprobs.device), mask, kind=loss["kl_type"],
-                                loss_agg_mode=loss["loss_agg_mode"])
+                                loss_agg_mode=loss["loss_agg_mode"], global_batch=gb)
         value = value + loss["kl_coef"] * kl
         out["actor/kl_loss"] = float(kl.detach())
     return value, out

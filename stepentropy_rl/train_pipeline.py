@@ -110,7 +110,8 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
     lc = cfg.cluster.learner
     start = models / "sft" if stages.done("sft") else init
     learners = LearnerGroup(str(start), lc.world_size, lc.num_cpus, lc.num_gpus, OmegaConf.to_container(tc.optim),
-                            tc.micro_batch_size, tok.pad_token_id, lc.backend, lc.dtype, lc.threads)
+                            tc.micro_batch_size, tok.pad_token_id, lc.backend, lc.dtype, lc.threads,
+                            lc.get("param_dtype"))
     try:
         if not stages.done("sft"):
             run_sft(rows, learners, tok, tc.sft.epochs, tc.sft.batch_size, tc.sft.lr, cfg.seed, tracker)

@@ -54,6 +54,7 @@ def test_real_scale_configs_compose_and_validate():
         validate(c, check_paths=False)
         assert c.rollout.engine.dtype == "bfloat16" and c.model.path.endswith("Qwen-7B")
         assert c.cluster.learner.backend == "nccl" and c.reference.dtype == "bfloat16"
+        assert c.cluster.learner.dtype == "float32" and c.cluster.learner.param_dtype == "bfloat16"
     with pytest.raises(ConfigError, match="model.path"):
         validate(c)  # the real checkpoint is not on this machine
 
@@ -71,6 +72,7 @@ def test_cfg_job_prints_real_scale_config():
     ("algorithm.phase.ema=1.5", "phase.ema"),
     ("trainer.grpo.steps=0", "trainer.grpo.steps"),
     ("cluster.learner.backend=mpi", "cluster.learner.backend"),
+    ("cluster.learner.param_dtype=bf16", "cluster.learner.param_dtype"),
     ("trainer.prune.ratio=2", "trainer.prune: pruning.ratio"),
     ("reward.length_budget=-5", "reward"),
 ])

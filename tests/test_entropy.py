@@ -73,6 +73,24 @@ def test_token_logprobs_matches_log_softmax(dtype, chunk_rows):
         token_logprobs(logits, labels[:, :2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 4096])
+def test_token_logprobs_gradient_matches_log_softmax(dtype, chunk_rows):
+    g = torch.Generator().manual_seed(7)
+    base = (torch.randn(3, 5, 77, generator=g) * 2).to(dtype)
+    labels = torch.randint(0, 77, (3, 5), generator=g)
+    weights = torch.randn(3, 5, generator=g)
+    a, b = base.clone().requires_grad_(), base.clone().requires_grad_()
+    got = token_logprobs(a, labels, chunk_rows=chunk_rows)
+    assert got.requires_grad and got.dtype == torch.float32
+    (got * weights).sum().backward()
+    ref = torch.log_softmax(b.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.grad.float(), b.grad.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6,
+                               rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
 # ---------------------------------------------------------------- score_responses
 
 @pytest.fixture(scope="module")
@@ -279,3 +297,26 @@ def test_topk_entropy_full_vocab_matches_exact_and_lower_bounds():
     # top-2 probs 0.5, 0.25 plus a 0.25 leftover bucket: H = 1.5 ln 2
     assert topk_entropy([[math.log(0.5), math.log(0.25)]]) == pytest.approx([1.5 * math.log(2)])
     assert topk_entropy([{1: Logprob(math.log(0.5)), 2: Logprob(math.log(0.5))}]) == pytest.approx([math.log(2)])
+
+
+def test_token_logprobs_keeps_no_fp32_copy_of_logits_for_backward():
+    logits = torch.randn(64, 1000, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 1000, (64,))
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    def new_bytes(fn):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        own = logits.untyped_storage().data_ptr()
+        fresh = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved
+                 if t.untyped_storage().data_ptr() != own}
+        return sum(fresh.values())
+
+    assert new_bytes(lambda: token_logprobs(logits, labels, chunk_rows=8)) < 64 * 1000  # labels only
+    # the plain fp32 log-softmax keeps a full copy: the check above can fail
+    assert new_bytes(lambda: torch.log_softmax(logits.float(), -1)[:, 0]) >= 64 * 1000 * 4

@@ -44,6 +44,8 @@ def test_sft_steps_lower_nll_and_checkpoint_round_trips(setup, tmp_path):
     before, _ = group.logprobs_and_entropy(seqs)
     group.save_checkpoint(str(tmp_path / "ckpt"))
     nll = [group.train_step(seqs, {"kind": "sft"})["sft/nll"] for _ in range(4)]
+    # 5 sequences on 2 ranks (one padding copy): the loss is the token-mean over the whole batch
+    assert nll[0] == pytest.approx(-sum(map(sum, before)) / sum(map(len, before)), rel=1e-4)
     assert nll[-1] < nll[0]
     after, _ = group.logprobs_and_entropy(seqs)
     assert sum(map(sum, after)) > sum(map(sum, before))
@@ -65,3 +67,37 @@ def test_full_state_export_loads_in_transformers(setup, micro_model, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_mixed_precision_computes_in_bf16_trains_and_exports_bf16(ray_session, micro_model):
+    from safetensors.torch import load
+
+    from workers.learner_group import LearnerGroup
+    from workers.reference import Reference
+
+    tok_seqs = _seqs(micro_model, 3)
+    group = LearnerGroup(micro_model, world_size=2, num_cpus=0.25, num_gpus=0, optim=OPTIM, micro_batch_size=2,
+                         pad_id=0, param_dtype="bfloat16")
+    try:
+        lps, _ = group.logprobs_and_entropy(tok_seqs)
+        ref = Reference(micro_model).score([s.prompt_ids for s in tok_seqs], [s.response_ids for s in tok_seqs])
+        gap = max(float((torch.tensor(lp) - torch.as_tensor(r["logprobs"])).abs().max()) for lp, r in zip(lps, ref))
+        assert 0 < gap < 0.5  # computed in bf16: close to the fp32 reference, not equal to it
+        before = load(group.state_bytes())
+        assert all(v.dtype == torch.bfloat16 for v in before.values() if v.is_floating_point())
+        for _ in range(3):
+            metrics = group.train_step(tok_seqs, {"kind": "sft"})
+        assert torch.isfinite(torch.tensor(metrics["sft/nll"]))
+        after = load(group.state_bytes())
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+    finally:
+        group.shutdown()
+
+
+def _seqs(model_path, n):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    return [Sequence(tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids,
+                     tok(p.solution + EOS, add_special_tokens=False).input_ids)
+            for p in generate(BasketConfig(), n, 1, "test")]

@@ -17,7 +17,8 @@ from stepentropy_rl.batch import MicroBatch
 
 class Learner:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 optim: dict, backend: str = "gloo", dtype: str = "float32", threads: int = 0):
+                 optim: dict, backend: str = "gloo", dtype: str = "float32", threads: int = 0,
+                 param_dtype: str | None = None):
         from transformers import AutoModelForCausalLM
 
         if threads:
@@ -27,7 +28,8 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device)
-        self.model = shard_model(model)
+        self.model = shard_model(model, param_dtype)
+        self.export_dtype = getattr(torch, param_dtype or dtype)  # weights leave the learner in the compute dtype
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]),
                                        weight_decay=optim["weight_decay"])
         self.grad_clip = optim["grad_clip"]
@@ -47,32 +49,39 @@ class Learner:
         from stepentropy_rl.entropy import token_entropy, token_logprobs
 
         ids = mb.input_ids.to(self.device)
-        logits = self.model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits[:, :-1]
-        labels = ids[:, 1:]
+        logits = self.model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
+        # Position t predicts token t+1. Scoring all positions against the ids shifted left keeps ``logits``
+        # contiguous (no copy of the [B, T, vocab] tensor); the last position's dummy label is dropped.
+        nxt = torch.roll(ids, -1, dims=1)
         lp = torch.zeros_like(ids, dtype=torch.float32)
-        lp[:, 1:] = token_logprobs(logits, labels, chunk_rows) if not torch.is_grad_enabled() else \
-            torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        lp[:, 1:] = token_logprobs(logits, nxt, chunk_rows)[:, :-1]  # chunked fp32, checkpointed under autograd
         ent = None
         if with_entropy:
             ent = torch.zeros_like(lp)
             with torch.no_grad():
-                ent[:, 1:] = token_entropy(logits.detach(), chunk_rows)
+                ent[:, 1:] = token_entropy(logits.detach(), chunk_rows)[:, :-1]
         return lp * mb.loss_mask.to(self.device), ent
 
     # ---- updates -------------------------------------------------------------------------------------------------
     def train_step(self, mbs: list[MicroBatch], loss: dict) -> dict:
-        """One optimizer step over all micro-batches (gradient accumulation). ``loss['kind']``: sft | grpo."""
-        from stepentropy_rl.learner_loss import compute_loss
+        """One optimizer step over all micro-batches (gradient accumulation). ``loss['kind']``: sft | grpo.
+
+        The loss is normalised by the token and sequence counts of the whole batch across ranks (verl's
+        ``global_batch_info``), so the gradient is the whole batch's aggregate however it was split.
+        """
+        from stepentropy_rl.algorithms import global_batch_info
+        from stepentropy_rl.learner_loss import SHARED_METRICS, compute_loss
 
         self.model.train()
         totals: dict[str, float] = {}
         n = len(mbs)
+        gb = global_batch_info([mb.loss_mask.to(self.device) for mb in mbs], self.world_size, dist.all_reduce)
         for mb in mbs:
             lp, _ = self._forward(mb, 2048, with_entropy=False)
-            value, metrics = compute_loss(lp, mb, loss)
-            (value / n).backward()
+            value, metrics = compute_loss(lp, mb, loss, gb)
+            value.backward()
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v / n
+                totals[k] = totals.get(k, 0.0) + (v if k in SHARED_METRICS else v / n)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)
@@ -88,7 +97,7 @@ class Learner:
         """Full state dict as safetensors bytes on rank 0 (every rank must call: it is a collective)."""
         from safetensors.torch import save
 
-        state = full_state_dict(self.model)
+        state = full_state_dict(self.model, self.export_dtype)
         if self.rank != 0:
             return None
         return save({k: v.contiguous() for k, v in state.items()})
@@ -97,8 +106,9 @@ class Learner:
         """Export the policy as a HF checkpoint (rank 0 writes; a collective)."""
         from transformers import AutoTokenizer
 
-        state = full_state_dict(self.model)
+        state = full_state_dict(self.model, self.export_dtype)
         if self.rank == 0:
+            self.model.config.dtype = self.export_dtype
             self.model.save_pretrained(path, state_dict=state)
             AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
         dist.barrier()
@@ -124,24 +134,33 @@ class Learner:
             dist.destroy_process_group()
 
 
-def shard_model(model):
-    """FSDP2: shard every decoder layer, then the root (embeddings, norm, head)."""
-    from torch.distributed.fsdp import fully_shard
+def shard_model(model, param_dtype: str | None = None):
+    """FSDP2: shard every decoder layer, then the root (embeddings, norm, head).
 
+    ``param_dtype`` (e.g. "bfloat16") turns on FSDP2 mixed precision: the sharded parameters and the optimizer
+    state stay in the dtype the model was loaded in (fp32 master weights), forward and backward run in
+    ``param_dtype``, and gradients are reduced in fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32) \
+        if param_dtype else MixedPrecisionPolicy()
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
     return model
 
 
-def full_state_dict(model) -> dict:
+def full_state_dict(model, dtype: torch.dtype | None = None) -> dict:
+    """The unsharded state dict on rank 0 (others get {}), floating tensors cast to ``dtype`` if given."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # With cpu_offload only rank 0 receives the tensors; the others get an empty dict.
     if state and getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    return {k: v.clone() for k, v in state.items()}  # untie shared storage for safetensors
+    cast = (lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+    return {k: cast(v).clone() for k, v in state.items()}  # untie shared storage for safetensors
 
 
 LearnerWorker = ray.remote(Learner)

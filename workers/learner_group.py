@@ -24,7 +24,7 @@ class LearnerGroup:
 
     def __init__(self, model_path: str, world_size: int, num_cpus: float, num_gpus: float, optim: dict,
                  micro_batch_size: int, pad_id: int, backend: str = "gloo", dtype: str = "float32",
-                 threads: int = 0):
+                 threads: int = 0, param_dtype: str | None = None):
         if world_size < 1:
             raise ValueError(f"cluster.learner.world_size must be >= 1, got {world_size}")
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
@@ -33,7 +33,8 @@ class LearnerGroup:
         at = [PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i) for i in range(world_size)]
         addr, port = ray.get(_free_address.options(scheduling_strategy=at[0]).remote())
         self.ranks = [LearnerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=at[i]).remote(
-            i, world_size, addr, port, model_path, optim, backend, dtype, threads) for i in range(world_size)]
+            i, world_size, addr, port, model_path, optim, backend, dtype, threads, param_dtype)
+            for i in range(world_size)]
         self.world_size, self.mbs, self.pad_id = world_size, micro_batch_size, pad_id
 
     def _split(self, seqs: list[Sequence]) -> list[list[Sequence]]:

@@ -1,0 +1,75 @@
+"""Learner losses: splitting a batch across ranks and micro-batches does not change its aggregate."""
+import pytest
+import torch
+
+from stepentropy_rl.algorithms import global_batch_info
+from stepentropy_rl.batch import MicroBatch
+from stepentropy_rl.learner_loss import SHARED_METRICS, compute_loss
+
+GRPO = {"kind": "grpo", "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0, "kl_coef": 0.1,
+        "kl_type": "low_var_kl"}
+
+
+def _batch(lengths, seed=0):
+    """Rows with ``lengths`` response tokens (0 = a padding copy), 2 prompt tokens each, random per-token values."""
+    g = torch.Generator().manual_seed(seed)
+    t = 2 + max(lengths)
+    mask = torch.zeros(len(lengths), t)
+    for i, n in enumerate(lengths):
+        mask[i, 2: 2 + n] = 1
+    lp = -torch.rand(len(lengths), t, generator=g) * mask
+    mb = MicroBatch(input_ids=torch.zeros(len(lengths), t, dtype=torch.long), attention_mask=torch.ones(len(lengths), t),
+                    loss_mask=mask, old_logprobs=lp + 0.1 * torch.randn(lp.shape, generator=g) * mask,
+                    ref_logprobs=lp + 0.2 * torch.randn(lp.shape, generator=g) * mask,
+                    advantages=torch.randn(len(lengths), 1, generator=g).expand(-1, t) * mask)
+    return lp, mb
+
+
+def _rows(lp, mb, idx):
+    sub = MicroBatch(**{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in vars(mb).items()})
+    return lp[idx], sub
+
+
+@pytest.mark.parametrize("loss", [{"kind": "sft"}, {**GRPO, "loss_agg_mode": "token-mean"},
+                                  {**GRPO, "loss_agg_mode": "seq-mean-token-mean"},
+                                  {**GRPO, "loss_agg_mode": "seq-mean-token-sum"}])
+def test_split_over_ranks_and_micro_batches_equals_whole_batch(loss):
+    lengths = [9, 1, 4, 7, 2, 3, 0]  # uneven lengths and one padding copy, as learner_group hands them out
+    lp, mb = _batch(lengths)
+    whole, whole_metrics = compute_loss(lp, mb, loss)
+    ranks = [[[0, 1], [2]], [[3, 4], [5, 6]]]  # 2 ranks x 2 micro-batches
+    parts = [[_rows(lp, mb, torch.tensor(rows)) for rows in rank] for rank in ranks]
+    masks = [[m.loss_mask for _, m in rank] for rank in parts]
+    total = sum(m.sum() for ms in masks for m in ms)
+    gb = global_batch_info([m for ms in masks for m in ms], dp_size=2)  # one process standing in for both
+    assert gb["batch_num_tokens"] == total == sum(lengths) and gb["global_batch_size"] == 6
+    per_rank, metric = [], []
+    for rank in parts:
+        values = [compute_loss(p, m, loss, gb) for p, m in rank]
+        per_rank.append(sum(v for v, _ in values))
+        metric.append({k: sum(m[k] for _, m in values) for k in SHARED_METRICS if k in values[0][1]})
+    assert torch.allclose(sum(per_rank) / 2, whole, atol=1e-6)  # FSDP averages the ranks' gradients
+    for k, v in whole_metrics.items():
+        if k in SHARED_METRICS:
+            assert sum(m[k] for m in metric) / 2 == pytest.approx(v, abs=1e-6)
+    # the per-micro-batch mean that this replaces weighs tokens by where they land
+    naive = sum(compute_loss(p, m, loss)[0] for rank in parts for p, m in rank) / 4
+    assert not torch.allclose(naive, whole, atol=1e-3)
+
+
+def test_empty_micro_batch_gives_zero_loss():
+    lp, mb = _batch([0, 0])
+    value, _ = compute_loss(lp, mb, {"kind": "sft"})
+    assert value.item() == 0.0
+
+
+def test_global_counts_are_summed_across_ranks():
+    calls = []
+
+    def fake_all_reduce(t):  # a second rank with 5 tokens in 2 sequences
+        calls.append(t.clone())
+        t += torch.tensor([5.0, 2.0], dtype=t.dtype)
+
+    gb = global_batch_info([torch.tensor([[0.0, 1, 1], [0, 0, 0]])], dp_size=2, all_reduce=fake_all_reduce)
+    assert gb == {"dp_size": 2, "batch_num_tokens": 7, "global_batch_size": 3}
+    assert calls[0].tolist() == [2.0, 1.0]
