@@ -123,11 +123,14 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
                              "thinking_tokens": n_tokens(tokenizer, thinking),
                              "thinking": thinking})
 
-    log.info("regenerating %d answers after pruned thinking", len(variants))
+    # Strategies that prune the same steps (every strategy at ratio 0, or when floor(kappa * N) = 0) give the same
+    # prefix: it is answered once, so they are scored on the same sample.
+    unique = list(dict.fromkeys(variants))
+    log.info("regenerating %d answers after pruned thinking (%d distinct)", len(variants), len(unique))
     ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
                         skip_special_tokens=False)
-    answers = _get(rollout.generate.remote(variants, ans_sampling))
-    for row, a in zip(rows, answers):
+    by_prefix = dict(zip(unique, _get(rollout.generate.remote(unique, ans_sampling))))
+    for row, a in zip(rows, (by_prefix[v] for v in variants)):
         text = a[0]["text"] if a else ""
         row["regenerated"] = text
         row["correct"] = bool(text) and grade_safely(grade, text, row["answer"])

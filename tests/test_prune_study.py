@@ -90,6 +90,22 @@ def test_oracle_entropy_low_pruning_keeps_accuracy_high_pruning_destroys_it(setu
     assert res.auroc == 1.0 and res.auroc_generated == 1.0
 
 
+def test_identical_pruned_prefixes_are_answered_once(setup):
+    probs, tok, cfg = setup
+    roll = FakeRollout(probs)
+    roll.tok = tok
+    asked = []
+    gen = roll.generate.remote
+    roll.generate = _Remote(lambda prompts, sampling: asked.append(list(prompts)) or gen(prompts, sampling))
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    regen = asked[-1]
+    assert len(regen) == len(set(regen)) < len(res.rows)
+    # at ratio 0 every strategy keeps the whole CoT, so all of them are scored on one answer per problem
+    at_zero = [r for r in res.rows if r["ratio"] == 0.0]
+    for pid in {r["id"] for r in at_zero}:
+        assert len({r["regenerated"] for r in at_zero if r["id"] == pid}) == 1
+
+
 def test_failed_samples_count_as_wrong_never_dropped(setup):
     probs, tok, cfg = setup
     roll = FakeRollout(probs, broken_ids=[probs[0].id, probs[1].id])
