@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ray
 
+from stepentropy_rl.pruning import SKIP_TOKEN
 from stepentropy_rl.tasks.grading import grade_safely
 from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text
 
@@ -15,15 +16,18 @@ def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
     return len(token_ids)
 
 
-def evaluate(rollout, tokenizer, problems, grade, sampling: dict) -> dict:
-    """``{accuracy, thinking_tokens, n}``; a failed sample (no answer, garbage, truncated) counts as wrong."""
+def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN) -> dict:
+    """``{accuracy, thinking_tokens, skips, n}``; ``skips`` is the mean count of ``skip_token`` per sample (0 if the
+    vocabulary lacks it). A failed sample (no answer, garbage, truncated) counts as wrong."""
     prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
     outs = ray.get(rollout.generate.remote(prompts, {**sampling, "n": 1, "skip_special_tokens": False}))
     close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
-    correct, tokens = 0, 0
+    skip_id = tokenizer.get_vocab().get(skip_token)
+    correct, tokens, skips = 0, 0, 0
     for p, o in zip(problems, outs):
         sample = o[0] if o else {"text": "", "token_ids": []}
         correct += grade_safely(grade, sample["text"], p.answer)
         tokens += thinking_tokens(sample["token_ids"], close_id)
+        skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0
     n = len(problems)
-    return {"accuracy": correct / n, "thinking_tokens": tokens / n, "n": n}
+    return {"accuracy": correct / n, "thinking_tokens": tokens / n, "skips": skips / n, "n": n}

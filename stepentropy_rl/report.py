@@ -53,17 +53,19 @@ def plot_accuracy(run_dir: Path, results: list[dict], title: str) -> Path:
 
 def training_table(models: dict) -> str:
     base = models["base"]
-    lines = ["| model | accuracy | thinking tokens | vs. base tokens | n |", "|---|---|---|---|---|"]
+    lines = ["| model | accuracy | thinking tokens | vs. base tokens | [SKIP] per sample | n |",
+             "|---|---|---|---|---|---|"]
     for name, m in models.items():
         rel = m["thinking_tokens"] / base["thinking_tokens"] if base["thinking_tokens"] else float("nan")
-        lines.append(f"| {name} | {100 * m['accuracy']:.1f}% | {m['thinking_tokens']:.1f} | {100 * rel:.0f}% | {m['n']} |")
+        lines.append(f"| {name} | {100 * m['accuracy']:.1f}% | {m['thinking_tokens']:.1f} | {100 * rel:.0f}% | "
+                     f"{m.get('skips', 0.0):.2f} | {m['n']} |")
     return "\n".join(lines)
 
 
 def write_training_report(run_dir: Path, models: dict) -> dict:
-    """``report.json``: ``models: {base, sft, final}`` each ``{accuracy, thinking_tokens, n}``; a table on screen."""
-    rep = {"models": {k: {"accuracy": v["accuracy"], "thinking_tokens": v["thinking_tokens"], "n": v["n"]}
-                      for k, v in models.items()}}
+    """``report.json``: ``models: {base, sft, final}`` each ``{accuracy, thinking_tokens, skips, n}``; a table."""
+    rep = {"models": {k: {"accuracy": v["accuracy"], "thinking_tokens": v["thinking_tokens"],
+                          "skips": v.get("skips", 0.0), "n": v["n"]} for k, v in models.items()}}
     tmp = run_dir / "report.json.tmp"
     tmp.write_text(json.dumps(rep, indent=1))
     tmp.replace(run_dir / "report.json")

@@ -89,7 +89,8 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
         res = evaluate(rollouts[0], tok, eval_problems, grade, eval_sampling)
         (run_dir / "eval").mkdir(exist_ok=True)
         (run_dir / "eval" / f"{name}.json").write_text(json.dumps(res))
-        log.info("eval %s: accuracy %.3f, thinking tokens %.1f", name, res["accuracy"], res["thinking_tokens"])
+        log.info("eval %s: accuracy %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name, res["accuracy"],
+                 res["thinking_tokens"], res["skips"])
         stages.mark(f"eval_{name}", res)
 
     eval_stage("base", init)

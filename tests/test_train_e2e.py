@@ -54,7 +54,7 @@ def test_report_has_base_sft_final(killed_then_resumed):
     report = json.loads((run_dir / "report.json").read_text())
     for name in ("base", "sft", "final"):
         m = report["models"][name]
-        assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["thinking_tokens"] >= 0
+        assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["thinking_tokens"] >= 0 and m["skips"] >= 0
     assert "| final |" in second.stdout
     for key in ("reward/total", "reward/length_clip", "reward/exp_length", "policy/entropy", "phase/stage",
                 "time/gen", "time/update", "time/sync"):
