@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import os
 import sys
 import time
@@ -29,8 +30,6 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from stepentropy_rl.pipeline import resolve_model
-    from collections import Counter
-
     from stepentropy_rl.tasks.basket import diagnose, label_step
     from stepentropy_rl.config import task_config
     from stepentropy_rl.data import generated
@@ -68,7 +67,8 @@ def main() -> None:
         right = [exact_match(t_, p.answer) for t_, p in zip(texts, problems)]
         result[name] = {
             "accuracy": sum(right) / len(problems),
-            "mistakes_in_wrong": dict(Counter(str(diagnose(p.solution, t_)) for t_, p, r in zip(texts, problems, right) if not r)),
+            "mistakes_in_wrong": dict(Counter(str(diagnose(p.solution, t_))
+                                              for t_, p, r in zip(texts, problems, right) if not r)),
             "thinking_tokens": sum(len(tok(split_thinking(t_)[0]).input_ids) for t_ in texts) / len(texts),
             "redundant_step_share": labels.count("redundant") / max(1, len(labels)),
             "unknown_step_share": labels.count("unknown") / max(1, len(labels)),

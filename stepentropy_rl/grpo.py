@@ -43,7 +43,7 @@ class Prompts:
         out, order = [], self._order()
         while len(out) < k:
             if self.index >= len(order):
-                self.epoch, self.index, order = self.epoch + 1, 0, None
+                self.epoch, self.index = self.epoch + 1, 0
                 order = self._order()
             out.append(self.problems[order[self.index]])
             self.index += 1
@@ -109,6 +109,7 @@ class GRPOTrainer:
         self.cfg, self.a, self.t = cfg, cfg.algorithm, cfg.trainer.grpo
         self.rollouts, self.reference, self.reward, self.learners = rollouts, reference, reward, learners
         self.tok, self.tracker = tokenizer, tracker
+        self.close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
         self.dir = Path(run_dir) / "grpo"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.phase = PhaseController(PhaseConfig(**dict(self.a.phase)))
@@ -207,8 +208,7 @@ class GRPOTrainer:
         timing["sync"] = self.push_weights(self.rollouts)
 
         metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
-        close = self.tok.convert_tokens_to_ids(THINK_CLOSE)
-        think = [thinking_tokens(s.response_ids, close) for s in seqs]
+        think = [thinking_tokens(s.response_ids, self.close_id) for s in seqs]
         metrics.update({"samples": len(seqs), "response/length": n_tok / len(seqs), "response/think_tokens": float(np.mean(think)),
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),

@@ -15,9 +15,9 @@ import ray
 
 from stepentropy_rl.batch import Sequence
 from stepentropy_rl.pruning import prune_steps
-from stepentropy_rl.prune_study import THINK_CLOSE, answer_prefix, n_tokens, scored_steps, split_thinking
+from stepentropy_rl.prune_study import answer_prefix, n_tokens, scored_steps, split_thinking
 from stepentropy_rl.tasks.grading import grade_safely
-from stepentropy_rl.tokenizer import EOS, prompt_text
+from stepentropy_rl.tokenizer import EOS, THINK_CLOSE, prompt_text
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import ray
 from omegaconf import OmegaConf
 
 from stepentropy_rl.data import write_jsonl
+from stepentropy_rl.pruning import SKIP_TOKEN, add_skip_token
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ class Stages:
 def make_init_model(base: str, out: Path) -> None:
     """The policy's starting point: the base model with ``[SKIP]`` as a normal added token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stepentropy_rl.pruning import add_skip_token
 
     tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
     add_skip_token(tok, model)
@@ -76,7 +75,7 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
     tc = cfg.trainer
     rollouts = [cluster.spawn_rollout(cfg, str(init)) for _ in range(cfg.cluster.rollout.num_workers)]
     reference = cluster.spawn_reference(cfg, str(init))
-    reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids("[SKIP]"))
+    reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN))
     tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, OmegaConf.to_container(cfg, resolve=True),
                       name=run_dir.name)
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
@@ -99,7 +98,7 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
         prune_dir.mkdir(exist_ok=True)
         sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
                     "max_tokens": int(cfg.rollout.max_tokens)}
-        ray.get([w.load_weights.remote(state_bytes_from_dir(init)) for w in rollouts[:1]])
+        # rollouts[0] serves init here: it was spawned from it and only eval_base ran before (also on init)
         rows, stats = build_pruned_dataset(train_problems, rollouts[0], reference, tok, grade,
                                            OmegaConf.to_container(tc.prune), sampling, cfg.reference.batch_size)
         write_jsonl(prune_dir / "sft_data.jsonl", rows)
