@@ -33,9 +33,9 @@ def main() -> None:
     from stepentropy_rl.tasks.basket import diagnose, label_step
     from stepentropy_rl.config import task_config
     from stepentropy_rl.data import generated
-    from stepentropy_rl.prune_study import split_thinking
-    from stepentropy_rl.tasks.grading import exact_match
-    from stepentropy_rl.tokenizer import prompt_text
+    from stepentropy_rl.cot_format import split_thinking
+    from stepentropy_rl.tasks.grading import make_grader
+    from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
@@ -51,8 +51,9 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=path, seed=0, **dict(cfg.rollout.engine))
-    tok = llm.get_tokenizer()
-    prompts = [prompt_text(tok, p.prompt) for p in problems]
+    tok = load_tokenizer(path)
+    prompts = [{"prompt_token_ids": prompt_ids(tok, p.prompt)} for p in problems]
+    grade = make_grader("exact")  # the answer after </think>, as the pipelines grade
     result = {"model": path, "bootstrap_s": stats["bootstrap_s"], "train_s": stats["train_s"],
               "train_tokens_per_s": round(stats["tokens"] / stats["train_s"]), "params": stats["params"],
               "final_loss": stats["final_loss"], "resolve_s_this_run": round(resolve_s, 1), "n": args.n}
@@ -64,18 +65,19 @@ def main() -> None:
         texts = [o.outputs[0].text for o in outs]
         steps = [s for t_ in texts for s in split_thinking(t_)[0].split("\n\n") if s.strip()]
         labels = [label_step(s)[0] for s in steps]
-        right = [exact_match(t_, p.answer) for t_, p in zip(texts, problems)]
+        right = [grade(t_, p.answer) for t_, p in zip(texts, problems)]
         result[name] = {
             "accuracy": sum(right) / len(problems),
             "mistakes_in_wrong": dict(Counter(str(diagnose(p.solution, t_))
                                               for t_, p, r in zip(texts, problems, right) if not r)),
-            "thinking_tokens": sum(len(tok(split_thinking(t_)[0]).input_ids) for t_ in texts) / len(texts),
+            "thinking_tokens": sum(len(tok(split_thinking(t_)[0], add_special_tokens=False).input_ids)
+                                   for t_ in texts) / len(texts),
             "redundant_step_share": labels.count("redundant") / max(1, len(labels)),
             "unknown_step_share": labels.count("unknown") / max(1, len(labels)),
             "closed_think": sum(split_thinking(t_)[1] for t_ in texts) / len(texts),
             "gen_s": round(time.time() - t, 1),
         }
-        result[name + "_sample"] = prompts[0] + texts[0]
+        result[name + "_sample"] = tok.decode(prompts[0]["prompt_token_ids"]) + texts[0]
     gold = [s.get("label") for p in problems for s in p.steps]
     result["data_redundant_step_share"] = gold.count("redundant") / len(gold)
     out = Path(args.out)

@@ -64,17 +64,27 @@ def tiny_model_path(cfg: TinyConfig) -> Path:
 
 def ensure_tiny_model(cfg: TinyConfig, progress: bool = True) -> Path:
     """Return the cached tiny reasoner for ``cfg``, training it first if it is missing."""
-    path = tiny_model_path(cfg)
+    def build(out: Path) -> None:
+        t0 = time.time()
+        stats = train_tiny_model(cfg, out, progress=progress)
+        stats["bootstrap_s"] = round(time.time() - t0, 1)
+        (out / "bootstrap.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **stats}, indent=1,
+                                                       default=list))
+
+    return build_cached(tiny_model_path(cfg), build)
+
+
+def build_cached(path: Path, build) -> Path:
+    """``path`` if it is complete (a DONE marker), else ``build(tmp)`` into a fresh directory that is renamed into
+    place once whole: a crash leaves no half-built model, and of two concurrent builds the first to finish wins."""
     if (path / "DONE").exists():
         return path
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.time()
-    stats = train_tiny_model(cfg, tmp, progress=progress)
-    stats["bootstrap_s"] = round(time.time() - t0, 1)
-    (tmp / "bootstrap.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **stats}, indent=1, default=list))
+    tmp.mkdir(parents=True)
+    build(tmp)
     (tmp / "DONE").write_text("ok\n")
-    if path.exists():  # a concurrent bootstrap won the race
+    if path.exists():
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import ray
 
@@ -14,13 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(cluster) -> None:
-    """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1."""
+    """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1.
+
+    The project's packages travel with the job (Ray's ``runtime_env`` ``py_modules``), so a worker on any node
+    imports the driver's code, not whatever that node has installed.
+    """
     if ray.is_initialized():
         return
     address = cluster.address or os.environ.get("RAY_ADDRESS")
-    # Workers import the project from the driver's working tree.
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [_project_root(), os.environ.get("PYTHONPATH")])),
-                        "TOKENIZERS_PARALLELISM": "false"}}
+    env = runtime_env()
     if address:
         ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
@@ -30,8 +33,59 @@ def init_ray(cluster) -> None:
     log.info("Ray dashboard: %s", f"http://{url}" if url else "(off)")
 
 
-def _project_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def runtime_env() -> dict:
+    """Ship ``stepentropy_rl`` and ``workers`` to every node with the job; no tokenizer thread pools in actors."""
+    import stepentropy_rl
+    import workers
+
+    modules = [os.path.dirname(os.path.abspath(m.__file__)) for m in (stepentropy_rl, workers)]
+    return {"py_modules": modules, "env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+
+
+@ray.remote(num_cpus=0)
+def _write_probe(path: str, token: str) -> str:
+    """On one node: read the driver's probe in ``path`` and write this node's answer beside it."""
+    import pathlib
+
+    probe = pathlib.Path(path)
+    seen = (probe / "driver").read_text() if (probe / "driver").exists() else ""
+    (probe / token).write_text(seen)
+    return ray.get_runtime_context().get_node_id()
+
+
+def check_shared_run_dir(run_dir, writer=None) -> None:
+    """Fail fast unless every alive Ray node sees ``run_dir``: rank 0 writes checkpoints and models there and the
+    driver reads them, so on a multi-node cluster it must be a shared filesystem (NFS, a cloud bucket mount...).
+
+    A task pinned to each node reads a file the driver wrote and writes one back; ``writer(node_id, path, token)``
+    replaces that task in tests.
+    """
+    import pathlib
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = pathlib.Path(run_dir) / ".shared_check"
+    probe.mkdir(parents=True, exist_ok=True)
+    nonce = uuid.uuid4().hex
+    (probe / "driver").write_text(nonce)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if writer is None:
+        def writer(node, path, token):
+            strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+            return ray.get(_write_probe.options(scheduling_strategy=strategy).remote(path, token))
+    missing = []
+    for i, node in enumerate(nodes):
+        token = f"node{i}"
+        writer(node, str(probe), token)
+        if not (probe / token).exists() or (probe / token).read_text() != nonce:
+            missing.append(node)
+    shutil.rmtree(probe, ignore_errors=True)
+    if missing:
+        raise RuntimeError(
+            f"run_dir {str(run_dir)!r} is not shared with Ray node(s) {', '.join(m[:12] for m in missing)}: "
+            "learner rank 0 writes checkpoints and models there and the driver reads them. Point run_dir at a "
+            "filesystem every node mounts at the same path (see README, 'On a Ray cluster').")
 
 
 def spawn_rollout(cfg, model_path: str):
@@ -46,11 +100,17 @@ def spawn_rollout(cfg, model_path: str):
 def spawn_reference(cfg, model_path: str):
     c = cfg.cluster.reference
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus).remote(
-        model_path, cfg.reference.dtype, c.threads)
+        model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
 
 
-def spawn_reward(cfg, skip_id: int):
+def reference_device(num_gpus: float) -> str:
+    """The reference scores on the GPU it reserves (a 7B model on CPU would take minutes a GRPO step)."""
+    return "cuda" if num_gpus else "cpu"
+
+
+def spawn_reward(cfg, skip_id: int, close_id: int):
     from omegaconf import OmegaConf
 
     return RewardWorker.options(num_cpus=cfg.cluster.reward.num_cpus).remote(
-        OmegaConf.to_container(cfg.reward, resolve=True), cfg.data.grader, skip_id, cfg.trainer.prune.delimiter)
+        OmegaConf.to_container(cfg.reward, resolve=True), cfg.data.grader, skip_id, close_id,
+        cfg.trainer.prune.delimiter, cfg.data.grade_span)

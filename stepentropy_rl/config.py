@@ -6,11 +6,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from stepentropy_rl.cot_format import GRADE_SPANS
 from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import get_grader
 
 PIPELINES = ("prune_study", "train")
+KL_REFERENCES = ("sft", "base")
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+# ${root:} in a config is the project's checkout (shipped data files live there, e.g. data/champ_test.jsonl)
+if not OmegaConf.has_resolver("root"):
+    OmegaConf.register_new_resolver("root", lambda: PROJECT_ROOT)
 
 
 class ConfigError(ValueError):
@@ -50,15 +56,21 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
         _need(not check_paths or Path(cfg.model.path).expanduser().is_dir(),
               f"model.path: no such model directory {cfg.model.path!r}")
     else:
-        _need(cfg.model.get("tiny") is not None, "model.tiny must be set when model.path is null")
+        _need(cfg.model.get("tiny") is not None or cfg.model.get("standin") is not None,
+              "model.tiny or model.standin must be set when model.path is null")
     if cfg.data.path is not None:
         _need(not check_paths or Path(cfg.data.path).expanduser().is_file(), f"data.path: no such file {cfg.data.path!r}")
+    if cfg.pipeline == "train" and cfg.data.get("train_path") is not None:
+        _need(not check_paths or Path(cfg.data.train_path).expanduser().is_file(),
+              f"data.train_path: no such file {cfg.data.train_path!r}")
     else:
         task_config(cfg)
     try:
         get_grader(cfg.data.grader)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _need(cfg.data.get("grade_span", "answer") in GRADE_SPANS,
+          f"data.grade_span must be one of {GRADE_SPANS}, got {cfg.data.get('grade_span')!r}")
     _need(int(cfg.data.n_eval) >= 1, f"data.n_eval must be >= 1, got {cfg.data.n_eval}")
     for strategy in as_list(cfg.pruning.strategy):
         for ratio in as_list(cfg.pruning.ratio):
@@ -80,6 +92,31 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
           f"cluster.rollout.num_workers must be >= 1, got {cfg.cluster.rollout.num_workers}")
     if cfg.pipeline == "train":
         validate_training(cfg)
+    check_context(cfg, longest_prompt=1)
+
+
+def context_needs(cfg: DictConfig) -> dict[str, int]:
+    """Tokens each generation needs beyond its prompt, by the config key that sets them. Pruned-thinking answer
+    regeneration continues a CoT of up to ``rollout.max_tokens``."""
+    r = cfg.rollout
+    if cfg.pipeline == "prune_study":
+        return {"rollout.max_tokens + rollout.answer_max_tokens": int(r.max_tokens) + int(r.answer_max_tokens)}
+    t = cfg.trainer
+    return {"rollout.max_tokens + trainer.prune.answer_max_tokens": int(r.max_tokens) + int(t.prune.answer_max_tokens),
+            "trainer.grpo.max_tokens": int(t.grpo.max_tokens), "trainer.eval.max_tokens": int(t.eval.max_tokens)}
+
+
+def check_context(cfg: DictConfig, longest_prompt: int, max_model_len: int | None = None) -> None:
+    """ConfigError unless the longest prompt plus each generation budget fits the engine's context
+    (``rollout.engine.max_model_len``, else ``max_model_len``, e.g. the model's ``max_position_embeddings``):
+    vLLM would cut the response short without an error."""
+    limit = cfg.rollout.engine.get("max_model_len") or max_model_len
+    if not limit:
+        return
+    for key, need in context_needs(cfg).items():
+        _need(longest_prompt + need <= int(limit),
+              f"{key} = {need} plus the longest prompt ({longest_prompt} tokens) exceeds the engine's context "
+              f"rollout.engine.max_model_len = {limit}: raise max_model_len or lower the budget")
 
 
 def validate_training(cfg: DictConfig) -> None:
@@ -92,13 +129,21 @@ def validate_training(cfg: DictConfig) -> None:
         _need(stage in a.adv_estimator and a.adv_estimator[stage] in known_estimators(),
               f"algorithm.adv_estimator.{stage} must be one of {known_estimators()}, got "
               f"{a.adv_estimator.get(stage)!r}")
-        _need(stage in a.temperature and 0 <= float(a.temperature[stage]) <= 5,
-              f"algorithm.temperature.{stage} must be in [0, 5]")
+        _need(stage in a.temperature and 0 < float(a.temperature[stage]) <= 5,
+              f"algorithm.temperature.{stage} must be in (0, 5] (log-probs are taken at the sampling temperature)")
     _need(int(a.n_samples) >= 2, f"algorithm.n_samples must be >= 2 (a GRPO group), got {a.n_samples}")
     _need(int(a.prompts_per_step) >= 1, f"algorithm.prompts_per_step must be >= 1, got {a.prompts_per_step}")
     _need(a.prompts_per_step * a.n_samples >= cfg.cluster.learner.world_size,
           "algorithm.prompts_per_step * n_samples must be >= cluster.learner.world_size")
     _need(float(a.kl_coef) >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
+    mini = a.get("ppo_mini_batch_size") or a.prompts_per_step
+    _need(int(mini) >= 1 and a.prompts_per_step % int(mini) == 0,
+          f"algorithm.ppo_mini_batch_size must divide algorithm.prompts_per_step ({a.prompts_per_step}), got {mini}")
+    _need(int(mini) * a.n_samples >= cfg.cluster.learner.world_size,
+          "algorithm.ppo_mini_batch_size * n_samples must be >= cluster.learner.world_size")
+    _need(int(a.get("ppo_epochs", 1)) >= 1, f"algorithm.ppo_epochs must be >= 1, got {a.get('ppo_epochs')}")
+    _need(a.get("kl_reference", "sft") in KL_REFERENCES,
+          f"algorithm.kl_reference must be one of {KL_REFERENCES}, got {a.get('kl_reference')!r}")
     for check, where in ((lambda: PhaseConfig(**dict(a.phase)).validate(), "algorithm.phase"),
                          (lambda: stage_rewards(OmegaConf.to_container(cfg.reward, resolve=True)), "reward"),
                          (lambda: validate_pruning("low", t.prune.ratio), "trainer.prune")):

@@ -89,8 +89,10 @@ def score_responses(
     batch_size: int = 8,
     chunk_rows: int = 2048,
     pad_id: int = 0,
+    temperature: float = 1.0,
 ) -> list[dict[str, torch.Tensor]]:
-    """Teacher-forced per-token entropy and log-prob of each response under a HF causal LM.
+    """Teacher-forced per-token entropy and log-prob of each response under a HF causal LM, from
+    ``softmax(logits / temperature)`` (the distribution that sampled the response; verl scales logits the same way).
 
     Each batch is right-padded (``pad_id``, attention_mask 0). Entry ``t`` of the returned
     ``"entropy"``/``"logprobs"`` (1-D fp32 CPU tensors of length ``len(response)``) comes from the
@@ -103,6 +105,8 @@ def score_responses(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (the first response token must be predicted)")
     device = next(model.parameters()).device
@@ -135,6 +139,8 @@ def score_responses(
                 continue
             start = len(p) - 1 - offset
             rows = logits[i, start : start + len(r)]
+            if temperature != 1.0:
+                rows = rows.float() / temperature
             labels = torch.tensor(list(r), dtype=torch.long, device=rows.device)
             out.append({
                 "entropy": token_entropy(rows, chunk_rows).cpu(),

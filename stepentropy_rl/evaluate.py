@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import ray
 
-from stepentropy_rl.pruning import SKIP_TOKEN
-from stepentropy_rl.tasks.grading import grade_safely
-from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text
-
+from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
+from stepentropy_rl.tokenizer import prompt_ids
 
 
 def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
@@ -18,15 +16,16 @@ def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
 
 def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN) -> dict:
     """``{accuracy, thinking_tokens, skips, n}``; ``skips`` is the mean count of ``skip_token`` per sample (0 if the
-    vocabulary lacks it). A failed sample (no answer, garbage, truncated) counts as wrong."""
-    prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
+    vocabulary lacks it). ``grade(response, answer)`` (``grading.make_grader``) reads the span it was made for; a
+    failed sample (no answer, garbage, truncated) counts as wrong."""
+    prompts = [prompt_ids(tokenizer, p.prompt) for p in problems]
     outs = ray.get(rollout.generate.remote(prompts, {**sampling, "n": 1, "skip_special_tokens": False}))
     close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
     skip_id = tokenizer.get_vocab().get(skip_token)
     correct, tokens, skips = 0, 0, 0
     for p, o in zip(problems, outs):
         sample = o[0] if o else {"text": "", "token_ids": []}
-        correct += grade_safely(grade, sample["text"], p.answer)
+        correct += bool(grade(sample["text"], p.answer))
         tokens += thinking_tokens(sample["token_ids"], close_id)
         skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0
     n = len(problems)

@@ -22,7 +22,8 @@ from stepentropy_rl import algorithms
 from stepentropy_rl.batch import Sequence
 from stepentropy_rl.evaluate import thinking_tokens
 from stepentropy_rl.phase import PhaseConfig, PhaseController
-from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text
+from stepentropy_rl.remote import fetch
+from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_ids
 
 log = logging.getLogger(__name__)
 CONSOLE = ("phase/stage", "reward/total", "reward/correct", "response/think_tokens", "policy/entropy", "time/step")
@@ -61,7 +62,7 @@ def generate_with_recovery(workers, prompts: list[str], sampling: dict, push_wei
         failed = []
         for i, ref in pending.items():
             try:
-                results[i] = ray.get(ref)
+                results[i] = fetch(ref)
             except ray.exceptions.RayActorError as e:
                 log.warning("rollout worker %d died (%s); retrying its share (attempt %d)", i, type(e).__name__,
                             attempt + 1)
@@ -148,7 +149,7 @@ class GRPOTrainer:
     def push_weights(self, workers) -> float:
         t = time.time()
         blob = self.learners.state_bytes()
-        ray.get([w.load_weights.remote(blob) for w in workers])
+        fetch([w.load_weights.remote(blob) for w in workers])
         return time.time() - t
 
     # ---- one step ------------------------------------------------------------------------------------------------
@@ -156,31 +157,38 @@ class GRPOTrainer:
         a, t, timing = self.a, self.t, {}
         stage = self.phase.stage
         problems = self.prompts.next(a.prompts_per_step)
-        texts = [prompt_text(self.tok, p.prompt) for p in problems]
-        pids = [self.tok(x, add_special_tokens=False).input_ids for x in texts]
-        sampling = {"n": a.n_samples, "temperature": float(a.temperature[stage]), "top_p": float(a.top_p),
+        pids = [prompt_ids(self.tok, p.prompt) for p in problems]  # the one tokenization every actor sees
+        temperature = float(a.temperature[stage])  # log-probs, KL and entropies are of the sampling distribution
+        sampling = {"n": a.n_samples, "temperature": temperature, "top_p": float(a.top_p),
                     "max_tokens": int(t.max_tokens), "skip_special_tokens": False}
 
         if self.t.get("kill_rollout_at_step") == self.step:  # fault injection (tests): a rollout engine dies
             ray.kill(self.rollouts[0], no_restart=False)
         t0 = time.time()
-        outs = generate_with_recovery(self.rollouts, texts, sampling, self.push_weights)
+        outs = generate_with_recovery(self.rollouts, pids, sampling, self.push_weights)
         timing["gen"] = time.time() - t0
         flat = [(i, s) for i, o in enumerate(outs) for s in o]
         seqs = [Sequence(pids[i], s["token_ids"]) for i, s in flat]
 
+        # One update per rollout batch: the PPO ratio is 1 at that update, so the old log-probs (and the entropy)
+        # come from the update's own forward; with mini-batches or epochs they are scored here, before any update.
+        mini = int(a.get("ppo_mini_batch_size") or a.prompts_per_step)
+        epochs = int(a.get("ppo_epochs", 1))
+        single = epochs == 1 and mini >= a.prompts_per_step
         t0 = time.time()
-        old_lp, ent = self.learners.logprobs_and_entropy(seqs)
+        old_lp, ent = (None, None) if single else self.learners.logprobs_and_entropy(seqs, temperature)
         timing["old_logprob"] = time.time() - t0
         t0 = time.time()
         ref_lp = None
         if a.kl_coef > 0:
-            ref = ray.get(self.reference.score.remote([s.prompt_ids for s in seqs], [s.response_ids for s in seqs]))
+            ref = fetch(self.reference.score.remote([s.prompt_ids for s in seqs], [s.response_ids for s in seqs],
+                                                      self.cfg.reference.batch_size, self.cfg.reference.chunk_rows,
+                                                      temperature))
             ref_lp = [r["logprobs"] for r in ref]
         timing["ref"] = time.time() - t0
 
         t0 = time.time()
-        scores = ray.get(self.reward.score.remote(stage, [s for _, s in flat], [problems[i].answer for i, _ in flat]))
+        scores = fetch(self.reward.score.remote(stage, [s for _, s in flat], [problems[i].answer for i, _ in flat]))
         timing["reward"] = time.time() - t0
 
         t0 = time.time()
@@ -190,7 +198,9 @@ class GRPOTrainer:
                                             np.array([i for i, _ in flat]), norm_by_std=a.norm_adv_by_std,
                                             beta=a.beta)
         for k, s in enumerate(seqs):
-            s.values = {"old_logprobs": old_lp[k], "advantages": adv[k, : lengths[k]].tolist()}
+            s.values = {"advantages": adv[k, : lengths[k]].tolist()}
+            if old_lp is not None:
+                s.values["old_logprobs"] = old_lp[k]
             if ref_lp is not None:
                 s.values["ref_logprobs"] = ref_lp[k]
         timing["adv"] = time.time() - t0
@@ -198,12 +208,17 @@ class GRPOTrainer:
         t0 = time.time()
         loss = {"kind": "grpo", "clip_ratio_low": a.clip_ratio_low, "clip_ratio_high": a.clip_ratio_high,
                 "clip_ratio_c": a.clip_ratio_c, "loss_agg_mode": a.loss_agg_mode, "kl_coef": a.kl_coef,
-                "kl_type": a.kl_type}
-        update = self.learners.train_step(seqs, loss)
+                "kl_type": a.kl_type, "temperature": temperature,
+                "loss_scale_factor": a.get("loss_scale_factor") or int(t.max_tokens),
+                "old_logprobs": "current" if single else "given"}
+        update = self.update(seqs, loss, mini * a.n_samples, epochs)
         timing["update"] = time.time() - t0
 
         n_tok = sum(lengths)
-        mean_entropy = sum(sum(e) for e in ent) / max(1, n_tok)
+        if single:
+            mean_entropy = update.pop("entropy_sum") / max(1.0, update.pop("entropy_tokens"))
+        else:
+            mean_entropy = sum(sum(e) for e in ent) / max(1, n_tok)
         self.phase.update(mean_entropy, self.step)
         timing["sync"] = self.push_weights(self.rollouts)
 
@@ -218,6 +233,16 @@ class GRPOTrainer:
         metrics["phase/next_stage"] = metrics["phase/stage"]  # log_dict() already holds the stage for the next step
         metrics["phase/stage"] = 0 if stage == "compress" else 1
         return metrics
+
+    def update(self, seqs: list[Sequence], loss: dict, mini_size: int, epochs: int) -> dict:
+        """``epochs`` passes over the batch in mini-batches of ``mini_size`` samples (whole prompt groups, in order),
+        one optimizer step each (verl's ``ppo_mini_batch_size`` and ``ppo_epochs``); metrics averaged over steps.
+        From the second step on the policy has moved, so the PPO ratio and its clipping are real."""
+        steps = [self.learners.train_step(seqs[i: i + mini_size], loss)
+                 for _ in range(epochs) for i in range(0, len(seqs), mini_size)]
+        out = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
+        out["updates"] = len(steps)
+        return out
 
     def fit(self) -> None:
         """Train until ``trainer.grpo.steps``; call :meth:`resume` first to continue a killed run."""

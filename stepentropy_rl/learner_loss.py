@@ -16,10 +16,13 @@ def compute_loss(logprobs: torch.Tensor, mb, loss: dict, global_batch: dict | No
     Without ``global_batch`` the loss is this micro-batch's own aggregate (an empty mask gives 0). With it
     (``algorithms.global_batch_info`` over all micro-batches of all ranks) the loss is this micro-batch's share:
     summed over micro-batches and averaged over ranks it is the aggregate of the whole batch, so every response
-    token weighs the same whichever rank or micro-batch it lands in.
+    token weighs the same whichever rank or micro-batch it lands in. ``loss['loss_scale_factor']`` is the constant
+    that ``seq-mean-token-sum-norm`` divides by (verl's default, the padded width, depends on the split).
     """
     mask = mb.loss_mask.to(logprobs.device)
-    gb = global_batch or algorithms.global_batch_info([mask])
+    gb = dict(global_batch or algorithms.global_batch_info([mask]))
+    if loss.get("loss_scale_factor"):  # seq-mean-token-sum-norm: a constant, not the micro-batch's padded width
+        gb["loss_scale_factor"] = int(loss["loss_scale_factor"])
     if loss["kind"] == "sft":
         value = algorithms.aggregate(-logprobs, mask, "token-mean", **gb)
         return value, {"sft/nll": float(value.detach())}

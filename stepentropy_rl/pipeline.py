@@ -10,17 +10,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from stepentropy_rl import report
 from stepentropy_rl.bootstrap import TinyConfig, ensure_tiny_model
-from stepentropy_rl.config import task_config
+from stepentropy_rl.config import check_context, task_config
 from stepentropy_rl.data import generated, load_jsonl, write_jsonl
-from stepentropy_rl.tasks.grading import get_grader
+from stepentropy_rl.tasks.grading import make_grader
+from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
 
 log = logging.getLogger(__name__)
 
 
 def resolve_model(cfg: DictConfig) -> str:
-    """``model.path`` if set, else the cached tiny reasoner for ``model.tiny`` + ``data.task`` (trained if missing)."""
+    """``model.path`` if set; else the R1-format stand-in for ``model.standin``; else the cached tiny reasoner for
+    ``model.tiny`` + ``data.task`` (each built if missing)."""
     if cfg.model.path:
         return str(Path(cfg.model.path).expanduser())
+    if cfg.model.get("standin"):
+        from stepentropy_rl.r1_standin import StandinConfig, ensure_r1_standin
+
+        path = ensure_r1_standin(StandinConfig(**OmegaConf.to_container(cfg.model.standin, resolve=True)))
+        log.info("R1-format stand-in: %s", path)
+        return str(path)
     tiny = OmegaConf.to_container(cfg.model.tiny, resolve=True)
     path = ensure_tiny_model(TinyConfig(task=task_config(cfg), **tiny))
     log.info("tiny reasoner: %s", path)
@@ -39,8 +47,18 @@ def train_problems(cfg: DictConfig):
     return generated(task_config(cfg), cfg.trainer.n_train, cfg.data.seed, "train")
 
 
+def check_prompt_context(cfg: DictConfig, model_path: str, problems) -> None:
+    """Before any actor starts: the longest chat-formatted prompt plus each generation budget must fit the engine's
+    context (``config.check_context``), or vLLM would cut responses short without an error."""
+    from transformers import AutoConfig
+
+    tok = load_tokenizer(model_path)
+    longest = max((len(prompt_ids(tok, p.prompt)) for p in problems), default=0)
+    check_context(cfg, longest, getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None))
+
+
 def run(cfg: DictConfig) -> None:
-    from stepentropy_rl.cluster import init_ray, spawn_reference, spawn_rollout
+    from stepentropy_rl.cluster import check_shared_run_dir, init_ray, spawn_reference, spawn_rollout
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -48,28 +66,30 @@ def run(cfg: DictConfig) -> None:
     t0 = time.time()
     model_path = resolve_model(cfg)
     problems = eval_problems(cfg)
+    train = train_problems(cfg) if cfg.pipeline == "train" else []
+    check_prompt_context(cfg, model_path, problems + train)
+    grade = make_grader(cfg.data.grader, cfg.data.grade_span)
     init_ray(cfg.cluster)
     try:
-        from transformers import AutoTokenizer
-
+        check_shared_run_dir(run_dir)
         if cfg.pipeline == "prune_study":
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            tokenizer = load_tokenizer(model_path)
             rollout = spawn_rollout(cfg, model_path)
             reference = spawn_reference(cfg, model_path)
-            _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_path)
+            _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_path, grade)
         elif cfg.pipeline == "train":
             from stepentropy_rl.train_pipeline import run_training
 
-            run_training(cfg, run_dir, model_path, train_problems(cfg), problems, get_grader(cfg.data.grader))
+            run_training(cfg, run_dir, model_path, train, problems, grade)
     finally:
         ray.shutdown()
     log.info("done in %.0f s; outputs in %s", time.time() - t0, run_dir)
 
 
-def _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_path) -> None:
+def _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_path, grade) -> None:
     from stepentropy_rl.prune_study import run_study
 
-    res = run_study(cfg, problems, rollout, reference, tokenizer, get_grader(cfg.data.grader))
+    res = run_study(cfg, problems, rollout, reference, tokenizer, grade)
     write_jsonl(run_dir / "samples.jsonl", res.rows)
     write_jsonl(run_dir / "steps.jsonl", res.steps)
     extra = {"auroc": res.auroc, "auroc_generated": res.auroc_generated, "topk_entropy_error": res.topk_error,

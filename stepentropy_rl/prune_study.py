@@ -13,14 +13,13 @@ import math
 import zlib
 from dataclasses import dataclass
 
-import ray
-
 from stepentropy_rl.config import as_list
+from stepentropy_rl.cot_format import THINK_CLOSE, split_thinking
 from stepentropy_rl.entropy import segment_steps, step_entropies, topk_entropy
 from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.remote import fetch
 from stepentropy_rl.tasks.basket import label_step
-from stepentropy_rl.tasks.grading import grade_safely
-from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_text, token_offsets
+from stepentropy_rl.tokenizer import encode, prompt_text, token_offsets
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +42,6 @@ def answer_prefix(prompt: str, thinking: str) -> str:
     never saw before an answer), which cost the tiny reasoner 15 points of accuracy at ratio 0.
     """
     return f"{prompt}{thinking}\n{THINK_CLOSE}"
-
-
-def split_thinking(text: str) -> tuple[str, bool]:
-    """The thinking part of a response and whether ``</think>`` closed it."""
-    idx = text.find(THINK_CLOSE)
-    return (text, False) if idx < 0 else (text[:idx], True)
 
 
 def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str, aggregate: str):
@@ -74,7 +67,7 @@ def topk_error(cots: list[dict], scores: list[dict], k: int) -> dict:
 
 
 def n_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    return len(encode(tokenizer, text))
 
 
 def auroc(scores: list[float], redundant: list[bool]) -> float:
@@ -91,14 +84,14 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     strategies = as_list(pc.strategy)
     ratios = [float(r) for r in as_list(pc.ratio)]
     prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
-    prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    prompt_ids = [encode(tokenizer, p) for p in prompts]  # the one tokenization: engines get ids, never text
 
     log.info("generating %d CoTs", len(problems))
     cot_sampling = dict(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens,
                         skip_special_tokens=False, logprobs=rc.topk_logprobs or None)
-    cots = [o[0] for o in _get(rollout.generate.remote(prompts, cot_sampling))]
+    cots = [o[0] for o in fetch(rollout.generate.remote(prompt_ids, cot_sampling))]
     log.info("scoring token entropies")
-    scores = _get(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
+    scores = fetch(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
                                             cfg.reference.chunk_rows))
 
     rows, variants, steps = [], [], []
@@ -108,7 +101,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
         for j, (t, e) in enumerate(zip(texts, ents)):
             lab, kind = label_step(t)
             steps.append({"id": p.id, "index": j, "entropy": e, "label": lab, "kind": kind, "source": "generated"})
-        full_ok = grade_safely(grade, cot["text"], p.answer)
+        full_ok = grade(cot["text"], p.answer)
         for strategy in strategies:
             for ratio in ratios:
                 pruned = prune_steps(texts, ents, strategy, ratio, placeholder=pc.placeholder or None,
@@ -129,11 +122,12 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     log.info("regenerating %d answers after pruned thinking (%d distinct)", len(variants), len(unique))
     ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
                         skip_special_tokens=False)
-    by_prefix = dict(zip(unique, _get(rollout.generate.remote(unique, ans_sampling))))
+    by_prefix = dict(zip(unique, fetch(rollout.generate.remote([encode(tokenizer, u) for u in unique], ans_sampling))))
     for row, a in zip(rows, (by_prefix[v] for v in variants)):
         text = a[0]["text"] if a else ""
         row["regenerated"] = text
-        row["correct"] = bool(text) and grade_safely(grade, text, row["answer"])
+        # the regenerated text is what follows </think> after the pruned thinking
+        row["correct"] = bool(text) and grade(THINK_CLOSE + text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
@@ -166,9 +160,9 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
     labelled = [p for p in problems if p.solution and p.steps]
     if not labelled:
         return []
-    prompt_ids = [tokenizer(prompt_text(tokenizer, p.prompt), add_special_tokens=False).input_ids for p in labelled]
-    resp_ids = [tokenizer(p.solution, add_special_tokens=False).input_ids for p in labelled]
-    scores = _get(reference.score.remote(prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows))
+    prompt_ids = [encode(tokenizer, prompt_text(tokenizer, p.prompt)) for p in labelled]
+    resp_ids = [encode(tokenizer, p.solution) for p in labelled]
+    scores = fetch(reference.score.remote(prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows))
     out = []
     for p, ids, sc in zip(labelled, resp_ids, scores):
         texts, ents = scored_steps(tokenizer, ids, sc["entropy"], cfg.pruning.delimiter, cfg.pruning.aggregate)
@@ -178,8 +172,3 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
         out += [{"id": p.id, "index": j, "entropy": e, "label": s.get("label"), "kind": s.get("kind"),
                  "source": "gold"} for j, (e, s) in enumerate(zip(ents, p.steps))]
     return out
-
-
-def _get(x):
-    """``ray.get`` for an object ref; a plain value (an in-process fake worker in tests) passes through."""
-    return ray.get(x) if isinstance(x, ray.ObjectRef) else x

@@ -13,8 +13,9 @@ import numbers
 import random
 from dataclasses import dataclass
 
+from stepentropy_rl.cot_format import SKIP_TOKEN
+
 STRATEGIES = ("low", "high", "random")
-SKIP_TOKEN = "[SKIP]"
 
 # Guards floor(ratio * N) against float noise such as 0.29 * 100 = 28.999999999999996.
 _FLOOR_EPS = 1e-9

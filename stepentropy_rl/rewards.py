@@ -14,8 +14,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
-SKIP_TEXT = "[SKIP]"
-BOXED = "\\boxed{"
+from stepentropy_rl.cot_format import BOXED, SKIP_TOKEN, THINK_CLOSE, THINK_OPEN
 
 
 @dataclass(frozen=True)
@@ -46,31 +45,28 @@ def _boxed_start(text: str, start: int = 0) -> int:
 
 
 def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter: str = "\n\n",
-                think_close: str = "</think>", offsets=None) -> Sample:
-    """Build a `Sample`; ``offsets`` are per-token (start, end) char offsets into ``text`` (see tokenizer.token_offsets).
+                close_id: int | None = None) -> Sample:
+    """Build a `Sample` from a response's ids and text (decoded WITHOUT skipping special tokens).
 
-    [SKIP] is counted from the ids, so a text decoded with ``skip_special_tokens=True`` still counts its skips.
+    Counts come from the ids: ``[SKIP]`` is ``skip_id`` (so a text decoded with ``skip_special_tokens=True`` still
+    counts its skips), and the answer starts after the ``</think>`` token ``close_id``: ``answer_pos`` is the
+    number of thinking tokens. If the ids lack ``close_id`` (the tag was sampled in pieces, or no id was given)
+    the whole response counts as thinking.
 
-    >>> s = make_sample([5, 9, 5, 7], "a\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}", True, skip_id=5)
+    >>> s = make_sample([5, 9, 5, 7, 8], "a\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}", True, skip_id=5, close_id=7)
     >>> s.n_skip, s.n_steps, s.answered, s.answer_pos
-    (2, 2, True, 4)
+    (2, 2, True, 3)
     """
     ids = tuple(int(i) for i in response_ids)
-    close = text.find(think_close)
+    close = text.find(THINK_CLOSE)
     thinking = text if close < 0 else text[:close]
-    if thinking.lstrip().startswith("<think>"):
-        thinking = thinking.lstrip()[len("<think>"):]
-    n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TEXT, "").strip())
-    box = -1 if close < 0 else _boxed_start(text, close + len(think_close))
-    answered = box >= 0
+    if thinking.lstrip().startswith(THINK_OPEN):
+        thinking = thinking.lstrip()[len(THINK_OPEN):]
+    n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TOKEN, "").strip())
+    answered = close >= 0 and _boxed_start(text, close + len(THINK_CLOSE)) >= 0
     answer_pos = None
     if answered:
-        if offsets is None:
-            answer_pos = len(ids)
-        else:
-            if len(offsets) != len(ids):
-                raise ValueError(f"offsets: {len(offsets)} entries for {len(ids)} tokens")
-            answer_pos = next((i for i, (_, end) in enumerate(offsets) if end > box), len(ids))
+        answer_pos = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
     return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids.count(int(skip_id)),
                   n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos)
 
@@ -160,7 +156,7 @@ def exp_length(s: Sample, *, L: float, r: float = 0.2, scale: float = 1.0, only_
 
 @register_term("length_clip")
 def length_clip(s: Sample, *, L: int) -> float:
-    r"""Gate $g = 1[\mathrm{answer\ starts\ at\ token} \le L]$; 0 when there is no answer.
+    r"""Gate $g = 1[\mathrm{answered} \wedge n_{think} \le L]$: the thinking closes within L tokens and an answer follows.
 
     >>> length_clip(Sample(answer_pos=10), L=10), length_clip(Sample(answer_pos=11), L=10), length_clip(Sample(), L=10)
     (1.0, 0.0, 0.0)

@@ -11,30 +11,31 @@ from __future__ import annotations
 import logging
 import random
 
-import ray
-
 from stepentropy_rl.batch import Sequence
+from stepentropy_rl.cot_format import THINK_CLOSE, split_thinking
 from stepentropy_rl.pruning import prune_steps
-from stepentropy_rl.prune_study import answer_prefix, n_tokens, scored_steps, split_thinking
-from stepentropy_rl.tasks.grading import grade_safely
-from stepentropy_rl.tokenizer import EOS, THINK_CLOSE, prompt_text
+from stepentropy_rl.prune_study import answer_prefix, n_tokens, scored_steps
+from stepentropy_rl.remote import fetch
+from stepentropy_rl.tokenizer import encode, prompt_ids, prompt_text
 
 log = logging.getLogger(__name__)
 
 
 def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: dict, sampling: dict,
                          ref_batch_size: int = 16) -> tuple[list[dict], dict]:
-    """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats."""
+    """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
+
+    ``grade(response, answer)`` is the span-aware grader (``grading.make_grader``).
+    """
     prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
+    pids = [prompt_ids(tokenizer, p.prompt) for p in problems]
     if prune.get("source", "policy") == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
-        cots = [{"text": p.solution or "", "token_ids": tokenizer(p.solution or "", add_special_tokens=False).input_ids}
-                for p in problems]
+        cots = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
     else:
-        cots = [o[0] for o in ray.get(rollout.generate.remote(prompts, {**sampling, "skip_special_tokens": False}))]
-    ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if grade_safely(grade, c["text"], p.answer)
+        cots = [o[0] for o in fetch(rollout.generate.remote(pids, {**sampling, "skip_special_tokens": False}))]
+    ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if grade(c["text"], p.answer)
           and split_thinking(c["text"])[1]]
-    pids = [tokenizer(prompts[i], add_special_tokens=False).input_ids for i in ok]
-    scores = ray.get(reference.score.remote(pids, [cots[i]["token_ids"] for i in ok], ref_batch_size))
+    scores = fetch(reference.score.remote([pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size))
     candidates = []
     for i, sc in zip(ok, scores):
         texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], sc["entropy"], prune["delimiter"],
@@ -45,15 +46,16 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         thinking = pruned.text(prune["delimiter"])
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, "answer": problems[i].answer,
                            "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
-                           "n_pruned": pruned.n_pruned, "prefix": answer_prefix(prompts[i], thinking),
+                           "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], thinking)),
                            "tokens_full": n_tokens(tokenizer, prune["delimiter"].join(texts)),
                            "tokens_pruned": n_tokens(tokenizer, thinking)})
     rows = candidates
     if prune.get("keep_verified", True) and candidates:
-        regen = ray.get(rollout.generate.remote([c["prefix"] for c in candidates],
-                                                {**sampling, "max_tokens": prune["answer_max_tokens"],
-                                                 "skip_special_tokens": False}))
-        rows = [c for c, a in zip(candidates, regen) if grade_safely(grade, a[0]["text"], c["answer"])]
+        regen = fetch(rollout.generate.remote([c["prefix"] for c in candidates],
+                                             {**sampling, "max_tokens": prune["answer_max_tokens"],
+                                              "skip_special_tokens": False}))
+        # the regenerated text is what follows </think> after the pruned thinking
+        rows = [c for c, a in zip(candidates, regen) if grade(THINK_CLOSE + a[0]["text"], c["answer"])]
     for r in rows:
         r.pop("prefix")
     stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "kept": len(rows),
@@ -63,9 +65,14 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
 
 def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int, lr: float, seed: int,
             tracker=None) -> list[dict]:
-    """Fine-tune the learners on ``rows`` (loss on response tokens); linear LR decay; returns per-step metrics."""
-    seqs = [Sequence(tokenizer(prompt_text(tokenizer, r["prompt"]), add_special_tokens=False).input_ids,
-                     tokenizer(r["response"] + EOS, add_special_tokens=False).input_ids) for r in rows]
+    """Fine-tune the learners on ``rows`` (loss on response tokens); linear LR decay; returns per-step metrics.
+
+    Each response ends with the tokenizer's own EOS id (R1's ``<｜end▁of▁sentence｜>``, the tiny reasoner's
+    ``<|im_end|>``), so the model learns to stop where the engines stop.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: SFT could not teach the model to stop")
+    seqs = [sft_sequence(tokenizer, r["prompt"], r["response"]) for r in rows]
     if len(seqs) < 1:
         raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (see prune/stats.json)")
     rng = random.Random(seed)
@@ -81,3 +88,8 @@ def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int,
                         console_keys=("sft/nll", "sft/grad_norm"))
     return history
 
+
+
+def sft_sequence(tokenizer, prompt: str, response: str) -> Sequence:
+    """Prompt ids as every actor sees them, then the response ids and the tokenizer's EOS id."""
+    return Sequence(prompt_ids(tokenizer, prompt), encode(tokenizer, response) + [tokenizer.eos_token_id])

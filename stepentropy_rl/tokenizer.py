@@ -6,13 +6,17 @@ vLLM read the same ``tokenizer.json`` and give the same ids. Byte-level pre-toke
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from stepentropy_rl.cot_format import THINK_CLOSE, THINK_OPEN
+
+log = logging.getLogger(__name__)
+
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # ChatML; the generation prompt opens the thinking as R1 distills do.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -49,6 +53,43 @@ def prompt_text(tokenizer, question: str) -> str:
     """The chat-formatted prompt, ending with the generation prompt (``...assistant\\n<think>\\n``)."""
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """``text`` as ids, adding no special tokens: a chat template renders its own BOS (R1's does), so the
+    tokenizer's own BOS would come twice."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The one tokenization of a prompt that every actor uses: the rollout engines get these ids (never text, which
+    vLLM would tokenize again with the tokenizer's BOS added), the learners and the reference score them."""
+    return encode(tokenizer, prompt_text(tokenizer, question))
+
+
+def load_tokenizer(path: str | Path):
+    """``AutoTokenizer.from_pretrained(path)``, checked against the checkpoint's own ``tokenizer.json``.
+
+    transformers 5 loads a checkpoint whose config names ``LlamaTokenizerFast`` (DeepSeek-R1-Distill-Llama, or an
+    R1-Distill-Qwen tokenizer without its ``config.json``) as ``LlamaTokenizer``, which replaces the file's
+    byte-level pre-tokenizer with SentencePiece's: spaces and newlines vanish and ids silently differ from the
+    ones the model was trained on. When the ids differ on a probe text, the file is loaded as it is instead.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    raw_file = Path(path) / "tokenizer.json"
+    if raw_file.is_file():
+        raw = Tokenizer.from_file(str(raw_file))
+        if encode(tok, _PROBE) != raw.encode(_PROBE, add_special_tokens=False).ids:
+            log.warning(
+                "%s: %s does not reproduce tokenizer.json (a transformers 5 rebuild); loading the file as it is",
+                path, type(tok).__name__)
+            tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    return tok
+
+
+_PROBE = "Hello world,\n\n  so 2 + 3 = 15.\tWait é 毕.\n\n"
 
 
 def token_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:

@@ -12,8 +12,10 @@ from pathlib import Path
 import ray
 from omegaconf import OmegaConf
 
+from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
 from stepentropy_rl.data import write_jsonl
-from stepentropy_rl.pruning import SKIP_TOKEN, add_skip_token
+from stepentropy_rl.pruning import add_skip_token
+from stepentropy_rl.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,9 @@ class Stages:
 
 def make_init_model(base: str, out: Path) -> None:
     """The policy's starting point: the base model with ``[SKIP]`` as a normal added token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    tok, model = load_tokenizer(base), AutoModelForCausalLM.from_pretrained(base)
     add_skip_token(tok, model)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
@@ -56,8 +58,7 @@ def state_bytes_from_dir(path: Path) -> bytes:
 
 
 def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
-    from transformers import AutoTokenizer
-
+    """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
     from stepentropy_rl import cluster, report
     from stepentropy_rl.evaluate import evaluate
     from stepentropy_rl.grpo import GRPOTrainer
@@ -71,11 +72,11 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
     if not stages.done("init"):
         make_init_model(base_path, init)
         stages.mark("init", {"base": base_path})
-    tok = AutoTokenizer.from_pretrained(init)
+    tok = load_tokenizer(init)
     tc = cfg.trainer
     rollouts = [cluster.spawn_rollout(cfg, str(init)) for _ in range(cfg.cluster.rollout.num_workers)]
     reference = cluster.spawn_reference(cfg, str(init))
-    reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN))
+    reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
     tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, OmegaConf.to_container(cfg, resolve=True),
                       name=run_dir.name)
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
@@ -119,6 +120,9 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
             stages.mark("sft")
         eval_stage("sft", models / "sft")
         if not stages.done("grpo"):
+            # KL reference: the policy GRPO starts from (verl, TRL), or the pre-SFT base (algorithm.kl_reference)
+            if cfg.algorithm.kl_reference == "sft":
+                ray.get(reference.load.remote(str(models / "sft")))
             learners.set_lr(tc.grpo.lr)
             trainer = GRPOTrainer(cfg, train_problems, rollouts, reference, reward, learners, tok, run_dir, tracker)
             if not trainer.resume():

@@ -4,7 +4,7 @@ import os
 import pytest
 
 MICRO_OVERRIDES = ["model.tiny.hidden_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=1",
-                   "model.tiny.intermediate_size=128", "model.tiny.train_examples=2000", "model.tiny.steps=40",
+                   "model.tiny.intermediate_size=128", "model.tiny.train_examples=2000", "model.tiny.steps=250",
                    "model.tiny.batch_size=16"]
 
 
@@ -22,7 +22,8 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def micro_model(cache_dir):
-    """A 1-layer reasoner trained for a few steps: real checkpoint format, nonsense CoTs."""
+    """A 1-layer reasoner trained for 250 steps (8 s): real checkpoint format, CoTs of the task's shape that close
+    </think> with a boxed answer about half the time, nearly always a wrong one."""
     from hydra import compose, initialize_config_dir
 
     from stepentropy_rl.pipeline import resolve_model
@@ -43,3 +44,11 @@ def ray_session():
              runtime_env={"env_vars": {"PYTHONPATH": root, "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def r1_standin(cache_dir):
+    """The R1-format stand-in (real Qwen2 BPE, R1's tokens, template and vocabulary; random weights)."""
+    from stepentropy_rl.r1_standin import StandinConfig, ensure_r1_standin
+
+    return str(ensure_r1_standin(StandinConfig()))

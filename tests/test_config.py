@@ -75,9 +75,38 @@ def test_cfg_job_prints_real_scale_config():
     ("cluster.learner.param_dtype=bf16", "cluster.learner.param_dtype"),
     ("trainer.prune.ratio=2", "trainer.prune: pruning.ratio"),
     ("reward.length_budget=-5", "reward"),
+    ("algorithm.kl_reference=init", "algorithm.kl_reference"),
+    ("data.grade_span=thinking", "data.grade_span"),
+    ("algorithm.temperature.compress=0", "algorithm.temperature.compress"),
+    ("trainer.eval.max_tokens=600", "trainer.eval.max_tokens"),  # past rollout.engine.max_model_len (512)
 ])
 def test_training_config_errors(override, key):
     with initialize_config_dir(config_dir=CONF, version_base=None):
         c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", override])
     with pytest.raises(ConfigError, match=re.escape(key)):
         validate(c)
+
+
+def test_context_check_counts_the_longest_prompt():
+    from stepentropy_rl.config import check_context
+
+    c = cfg()  # prune study: CoT (384) + regenerated answer (32) after the prompt, engine context 512
+    check_context(c, longest_prompt=96)
+    with pytest.raises(ConfigError, match=re.escape("rollout.max_tokens + rollout.answer_max_tokens = 416")):
+        check_context(c, longest_prompt=97)
+    c.rollout.engine.max_model_len = None  # then the model's own limit
+    with pytest.raises(ConfigError, match="exceeds"):
+        check_context(c, longest_prompt=97, max_model_len=500)
+
+
+def test_r1_standin_experiment_composes_and_takes_another_r1_directory(r1_standin):
+    from stepentropy_rl.pipeline import resolve_model
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        c = compose("config", overrides=["+experiment=r1_standin", "run_dir=/tmp/x"])
+        other = compose("config", overrides=["+experiment=r1_standin", "run_dir=/tmp/x", f"model.path={r1_standin}"])
+    validate(c)
+    validate(other)
+    assert c.data.grader == "math" and c.data.path.endswith("data/champ_test.jsonl") and c.pipeline == "train"
+    assert resolve_model(c) == r1_standin  # built (here: cached) like the tiny reasoner
+    assert resolve_model(other) == r1_standin

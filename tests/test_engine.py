@@ -26,7 +26,9 @@ def skip_model(micro_model, tmp_path_factory):
 def engine(skip_model):
     from workers.rollout import Rollout
 
-    return Rollout(skip_model, {"dtype": "float32", "max_model_len": 512, "enforce_eager": True})
+    # processed log-probs: of the distribution that sampled (after temperature), to check the learners against
+    return Rollout(skip_model, {"dtype": "float32", "max_model_len": 512, "enforce_eager": True,
+                                "logprobs_mode": "processed_logprobs"})
 
 
 def test_skip_token_served_by_vllm_with_matching_vocab(engine, skip_model):
@@ -53,10 +55,10 @@ def test_vllm_and_transformers_same_ids_and_logprobs(engine, skip_model):
     prompts = [prompt_text(tok, p.prompt) for p in probs]
     for p in prompts:
         assert engine.tokenizer(p, add_special_tokens=False).input_ids == tok(p, add_special_tokens=False).input_ids
-    outs = engine.generate(prompts, {"temperature": 1.0, "max_tokens": 24, "logprobs": 0,
-                                     "skip_special_tokens": False})
-    ref = Reference(skip_model)
     pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    outs = engine.generate(pids, {"temperature": 1.0, "max_tokens": 24, "logprobs": 0,
+                                  "skip_special_tokens": False})
+    ref = Reference(skip_model)
     scored = ref.score(pids, [o[0]["token_ids"] for o in outs])
     for o, s in zip(outs, scored):
         assert len(s["entropy"]) == len(o[0]["token_ids"]) > 0
@@ -84,11 +86,39 @@ def test_weight_push_without_restart_matches_transformers(engine, skip_model, tm
 
     tok = AutoTokenizer.from_pretrained(skip_model)
     prompts = [prompt_text(tok, p.prompt) for p in generate(BasketConfig(), 3, 1, "test")]
-    outs = engine.generate(prompts, {"temperature": 1.0, "max_tokens": 16, "logprobs": 0, "skip_special_tokens": False})
     pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    outs = engine.generate(pids, {"temperature": 1.0, "max_tokens": 16, "logprobs": 0, "skip_special_tokens": False})
     new = Reference(str(tmp_path)).score(pids, [o[0]["token_ids"] for o in outs])
     old = Reference(skip_model).score(pids, [o[0]["token_ids"] for o in outs])
     for o, n, b in zip(outs, new, old):
         got = o[0]["logprobs"]
         assert max(abs(x - y) for x, y in zip(got, n["logprobs"])) < 1e-3
         assert max(abs(x - y) for x, y in zip(got, b["logprobs"])) > 1e-2  # the old weights are really gone
+
+
+def test_scoring_at_the_sampling_temperature_matches_vllm(engine, skip_model):
+    """Samples drawn at T=0.6: the reference (and the learners, tests/test_learner.py) score them under
+    softmax(logits / 0.6), which is what vLLM sampled from; scoring at T=1 would not match."""
+    from transformers import AutoTokenizer
+
+    from stepentropy_rl.train_pipeline import state_bytes_from_dir
+    from workers.reference import Reference
+
+    engine.load_weights(state_bytes_from_dir(skip_model))  # an earlier test of this module pushed other weights
+    tok = AutoTokenizer.from_pretrained(skip_model)
+    pids = [tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids
+            for p in generate(BasketConfig(), 4, 2, "test")]
+    outs = engine.generate(pids, {"temperature": 0.6, "top_p": 1.0, "max_tokens": 24, "logprobs": 0,
+                                  "skip_special_tokens": False})
+    ref = Reference(skip_model)
+    at_t = ref.score(pids, [o[0]["token_ids"] for o in outs], temperature=0.6)
+    at_1 = ref.score(pids, [o[0]["token_ids"] for o in outs])
+    for o, a, b in zip(outs, at_t, at_1):
+        got = o[0]["logprobs"]
+        assert max(abs(x - y) for x, y in zip(got, a["logprobs"])) < 1e-3
+        assert max(abs(x - y) for x, y in zip(got, b["logprobs"])) > 1e-2
+
+
+def test_engines_take_ids_not_text(engine):
+    with pytest.raises(TypeError, match="token ids"):
+        engine.generate(["a text prompt"], {"max_tokens": 2})

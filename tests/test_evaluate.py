@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from stepentropy_rl import evaluate as ev
-from stepentropy_rl.tasks.grading import exact_match
+from stepentropy_rl.tasks.grading import exact_match, make_grader
 
 
 class _Tok:
@@ -19,9 +19,16 @@ class _Tok:
     def apply_chat_template(self, messages, **kw):
         return messages[0]["content"]
 
+    def __call__(self, text, add_special_tokens=True):
+        return SimpleNamespace(input_ids=([0] if add_special_tokens else []) + [ord(c) for c in text])
 
-def _rollout(samples):
-    return SimpleNamespace(generate=SimpleNamespace(remote=lambda prompts, sampling: samples))
+
+def _rollout(samples, seen=None):
+    def remote(prompts, sampling):
+        if seen is not None:
+            seen.extend(prompts)
+        return samples
+    return SimpleNamespace(generate=SimpleNamespace(remote=remote))
 
 
 def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
@@ -35,3 +42,14 @@ def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
                    "skips": pytest.approx(2 / 3), "n": 3}
     no_skip_vocab = type("T", (_Tok,), {"vocab": {"</think>": 1}})()
     assert ev.evaluate(_rollout(samples), no_skip_vocab, problems, exact_match, {})["skips"] == 0
+
+
+def test_evaluate_sends_ids_and_grades_the_answer_after_think(monkeypatch):
+    """A truncated R1 response with \\boxed{} in its thinking is wrong; the engine gets ids, never text."""
+    monkeypatch.setattr(ev.ray, "get", lambda x: x)
+    problems = [SimpleNamespace(prompt="q", answer="7")]
+    truncated = [[{"text": "so 3 + 4 = \\boxed{7}, wait, let me recheck", "token_ids": [5, 5, 5]}]]
+    seen = []
+    assert ev.evaluate(_rollout(truncated, seen), _Tok(), problems, make_grader("exact"), {})["accuracy"] == 0
+    assert seen == [[ord("q")]]  # no BOS added by tokenizing: the chat template renders its own
+    assert ev.evaluate(_rollout(truncated), _Tok(), problems, make_grader("exact", "all"), {})["accuracy"] == 1

@@ -8,6 +8,8 @@ from stepentropy_rl.tokenizer import EOS, prompt_text
 
 pytestmark = pytest.mark.engine
 OPTIM = {"lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.0, "grad_clip": 1.0}
+GRPO_LOSS = {"kind": "grpo", "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0,
+             "loss_agg_mode": "token-mean", "kl_coef": 0.0, "kl_type": "low_var_kl"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,70 @@ def test_logprobs_match_single_process_reference(setup, micro_model):
         assert len(lp) == len(s.response_ids)
         assert torch.allclose(torch.tensor(lp), torch.tensor(r["logprobs"]), atol=1e-4)
         assert torch.allclose(torch.tensor(ent), torch.tensor(r["entropy"]), atol=1e-4)
+
+
+def test_logprobs_and_loss_at_the_sampling_temperature(setup, micro_model):
+    """Samples drawn at T=0.6 are scored under softmax(logits / 0.6), by the learners as by the reference; the
+    update's forward uses the same temperature, so the first PPO ratio is exactly 1 (ppo_kl 0)."""
+    from workers.reference import Reference
+
+    group, seqs, _ = setup
+    lp6, ent6 = group.logprobs_and_entropy(seqs, 0.6)
+    lp1, _ = group.logprobs_and_entropy(seqs)
+    ref = Reference(micro_model).score([s.prompt_ids for s in seqs], [s.response_ids for s in seqs], temperature=0.6)
+    for a, e, r, b in zip(lp6, ent6, ref, lp1):
+        assert torch.allclose(torch.tensor(a), torch.tensor(r["logprobs"]), atol=1e-4)
+        assert torch.allclose(torch.tensor(e), torch.tensor(r["entropy"]), atol=1e-4)
+        assert float((torch.tensor(a) - torch.tensor(b)).abs().max()) > 1e-2
+    batch = [Sequence(s.prompt_ids, s.response_ids, {"old_logprobs": lp, "advantages": [0.0] * len(lp)})
+             for s, lp in zip(seqs, lp6)]
+    loss = GRPO_LOSS
+    group.set_lr(0.0)  # measure the ratio without moving the weights
+    assert abs(group.train_step(batch, {**loss, "temperature": 0.6})["actor/ppo_kl"]) < 1e-5
+    assert abs(group.train_step(batch, loss)["actor/ppo_kl"]) > 1e-3  # scored at T=1: the ratio is off
+    group.set_lr(OPTIM["lr"])
+
+
+def test_single_update_takes_old_logprobs_and_entropy_from_its_forward(setup):
+    group, seqs, _ = setup
+    lps, ents = group.logprobs_and_entropy(seqs, 0.6)
+    batch = [Sequence(s.prompt_ids, s.response_ids, {"advantages": [1.0] * len(s.response_ids)}) for s in seqs]
+    group.set_lr(0.0)
+    m = group.train_step(batch, {**GRPO_LOSS, "temperature": 0.6, "old_logprobs": "current"})
+    group.set_lr(OPTIM["lr"])
+    assert m["actor/ppo_kl"] == 0.0 and m["actor/pg_clipfrac"] == 0.0
+    assert m["entropy_tokens"] == sum(len(s.response_ids) for s in seqs)
+    assert m["entropy_sum"] == pytest.approx(sum(map(sum, ents)), rel=1e-5)
+
+
+def test_second_update_on_a_batch_clips(setup):
+    """With mini-batches or epochs the policy moves between updates on the same rollouts: the ratio leaves 1 and
+    PPO clipping acts (with one update per batch it never can)."""
+    group, seqs, _ = setup
+    old, _ = group.logprobs_and_entropy(seqs)
+    batch = [Sequence(s.prompt_ids, s.response_ids, {"old_logprobs": lp, "advantages": [1.0] * len(lp)})
+             for s, lp in zip(seqs, old)]
+    group.set_lr(3e-2)
+    first = group.train_step(batch, {**GRPO_LOSS, "old_logprobs": "given"})
+    second = group.train_step(batch, {**GRPO_LOSS, "old_logprobs": "given"})
+    group.set_lr(OPTIM["lr"])
+    assert first["actor/pg_clipfrac"] == 0.0 and second["actor/pg_clipfrac"] > 0.0
+
+
+def test_checkpoint_round_trips_adamw_state(setup, tmp_path):
+    """Saved after optimizer steps and restored: the next step is the same as without the interruption, which
+    needs AdamW's moments, not only the weights."""
+    group, seqs, _ = setup
+    for _ in range(2):
+        group.train_step(seqs, {"kind": "sft"})
+    group.save_checkpoint(str(tmp_path / "ckpt"))
+    group.train_step(seqs, {"kind": "sft"})
+    straight, _ = group.logprobs_and_entropy(seqs)
+    group.load_checkpoint(str(tmp_path / "ckpt"))
+    group.train_step(seqs, {"kind": "sft"})
+    resumed, _ = group.logprobs_and_entropy(seqs)
+    for a, b in zip(straight, resumed):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-6)
 
 
 def test_sft_steps_lower_nll_and_checkpoint_round_trips(setup, tmp_path):

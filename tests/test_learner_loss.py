@@ -32,7 +32,8 @@ def _rows(lp, mb, idx):
 
 @pytest.mark.parametrize("loss", [{"kind": "sft"}, {**GRPO, "loss_agg_mode": "token-mean"},
                                   {**GRPO, "loss_agg_mode": "seq-mean-token-mean"},
-                                  {**GRPO, "loss_agg_mode": "seq-mean-token-sum"}])
+                                  {**GRPO, "loss_agg_mode": "seq-mean-token-sum"},
+                                  {**GRPO, "loss_agg_mode": "seq-mean-token-sum-norm", "loss_scale_factor": 16}])
 def test_split_over_ranks_and_micro_batches_equals_whole_batch(loss):
     lengths = [9, 1, 4, 7, 2, 3, 0]  # uneven lengths and one padding copy, as learner_group hands them out
     lp, mb = _batch(lengths)

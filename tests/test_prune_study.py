@@ -29,7 +29,9 @@ class FakeRollout:
 
     def _generate(self, prompts, sampling):
         out = []
-        for text in prompts:
+        for ids in prompts:
+            assert not isinstance(ids, str), "engines get token ids, never text"
+            text = self.tok.decode(ids, skip_special_tokens=False)
             p = next(p for q, p in self.by_prompt.items() if q in text)
             if p.id in self.broken:
                 out.append([{"text": "\x00garbage", "token_ids": [], "finish_reason": "length"}])
@@ -99,7 +101,7 @@ def test_identical_pruned_prefixes_are_answered_once(setup):
     roll.generate = _Remote(lambda prompts, sampling: asked.append(list(prompts)) or gen(prompts, sampling))
     res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
     regen = asked[-1]
-    assert len(regen) == len(set(regen)) < len(res.rows)
+    assert len(regen) == len(set(map(tuple, regen))) < len(res.rows)
     # at ratio 0 every strategy keeps the whole CoT, so all of them are scored on one answer per problem
     at_zero = [r for r in res.rows if r["ratio"] == 0.0]
     for pid in {r["id"] for r in at_zero}:

@@ -70,7 +70,7 @@ def test_make_sample_counts_skips_from_ids_when_text_lacks_them():
     for text in (full, stripped):
         s = make_sample(ids, text, True, skip_id=SKIP)
         assert (s.n_skip, s.n_steps, s.length, s.answered) == (3, 2, 7, True)
-        assert s.answer_pos == 7  # no offsets: the answer is taken to end the response
+        assert s.answer_pos == 7  # no </think> id given: the whole response counts as thinking
         assert s.response_ids == tuple(ids)
 
 
@@ -85,16 +85,16 @@ def test_make_sample_unclosed_think_and_no_answer():
     assert s.n_steps == 1 and s.answered
 
 
-def test_make_sample_answer_pos_from_offsets():
-    pieces = ["ab", "\n\n", "c", "</think>", "The ", "\\boxed{", "4", "}"]
-    offsets, pos = [], 0
-    for p in pieces:
-        offsets.append((pos, pos + len(p)))
-        pos += len(p)
-    s = make_sample(list(range(len(pieces))), "".join(pieces), True, skip_id=SKIP, offsets=offsets)
-    assert s.answer_pos == 5
-    with pytest.raises(ValueError, match="offsets"):
-        make_sample([1, 2], "a</think>\\boxed{1}", True, skip_id=SKIP, offsets=[(0, 1)])
+def test_make_sample_answer_pos_is_the_thinking_length_from_the_close_id():
+    """Length clipping gates on "answer within L tokens": the </think> id's index, not the response length."""
+    close = 99
+    ids = [10, 11, 12, close, 13, 14, 15, 16]
+    text = "ab\n\nc</think>The \\boxed{4}"
+    s = make_sample(ids, text, True, skip_id=SKIP, close_id=close)
+    assert (s.answer_pos, s.length) == (3, 8)
+    assert length_clip(s, L=3) == 1.0 and length_clip(s, L=2) == 0.0
+    # the tag sampled in pieces (its id absent): the whole response counts as thinking
+    assert make_sample([10, 11, 12, 13], text, True, skip_id=SKIP, close_id=close).answer_pos == 4
 
 
 def test_reward_fn_keys_weights_and_gate():

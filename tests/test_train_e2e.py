@@ -1,4 +1,9 @@
-"""The main job end to end on the micro reasoner, killed during GRPO and rerun: it resumes, never redoing a stage."""
+"""The main job end to end on the micro reasoner, killed during GRPO and rerun: it resumes, never redoing a stage.
+
+GRPO starts in the explore stage, whose reward has a format term that the micro reasoner earns on about half of its
+responses (``</think>`` then a boxed answer within 96 tokens): groups have reward spread, so advantages and the policy
+loss are not zero.
+"""
 import json
 import subprocess
 import sys
@@ -12,8 +17,8 @@ pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer.sft.batch_size=8",
          "trainer.prune.keep_verified=false", "trainer.prune.source=gold", "algorithm.prompts_per_step=4", "algorithm.n_samples=2",
-         "trainer.grpo.steps=4", "trainer.grpo.save_every=2", "trainer.grpo.max_tokens=32",
-         "trainer.eval.max_tokens=48", "rollout.max_tokens=48", "cluster.include_dashboard=false",
+         "trainer.grpo.steps=4", "trainer.grpo.save_every=2", "trainer.grpo.max_tokens=96",
+         "trainer.eval.max_tokens=96", "algorithm.phase.start=explore", "rollout.max_tokens=48", "cluster.include_dashboard=false",
          "trainer.logger.wandb=disabled", "trainer.micro_batch_size=4", *MICRO_OVERRIDES]
 
 
@@ -56,6 +61,16 @@ def test_report_has_base_sft_final(killed_then_resumed):
         m = report["models"][name]
         assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["thinking_tokens"] >= 0 and m["skips"] >= 0
     assert "| final |" in second.stdout
-    for key in ("reward/total", "reward/length_clip", "reward/exp_length", "policy/entropy", "phase/stage",
+    for key in ("reward/total", "reward/format_reward", "reward/exp_length", "policy/entropy", "phase/stage",
                 "time/gen", "time/update", "time/sync"):
         assert key in (run_dir / "metrics.jsonl").read_text(), key
+
+
+def test_grpo_steps_earn_rewards_and_move_the_policy(killed_then_resumed):
+    run_dir, _, _ = killed_then_resumed
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "phase/stage" in line]
+    assert all(s["phase/stage"] == 1 for s in steps)  # explore: correctness + format + length shaping
+    assert max(s["reward/format_reward"] for s in steps) > 0 and max(s["reward/total"] for s in steps) > 0
+    assert any(abs(s["actor/pg_loss"]) > 1e-6 for s in steps)  # non-zero advantages reached the loss
+    assert all(0 <= s["reward/format_reward"] <= 0.2 and s["response/length"] <= 96 for s in steps)

@@ -35,21 +35,26 @@ class Learner:
         self.grad_clip = optim["grad_clip"]
 
     # ---- forward passes ------------------------------------------------------------------------------------------
-    def logprobs_and_entropy(self, mbs: list[MicroBatch], chunk_rows: int = 2048) -> list[dict]:
-        """Per micro-batch, token log-probs and exact full-vocabulary entropies at loss-mask positions ([B, T])."""
+    def logprobs_and_entropy(self, mbs: list[MicroBatch], temperature: float = 1.0,
+                             chunk_rows: int = 2048) -> list[dict]:
+        """Per micro-batch, token log-probs and exact full-vocabulary entropies of softmax(logits / temperature) at
+        loss-mask positions ([B, T])."""
         self.model.eval()
         out = []
         with torch.no_grad():
             for mb in mbs:
-                lp, ent = self._forward(mb, chunk_rows, with_entropy=True)
+                lp, ent = self._forward(mb, chunk_rows, with_entropy=True, temperature=temperature)
                 out.append({"logprobs": lp.cpu(), "entropy": ent.cpu()})
         return out
 
-    def _forward(self, mb: MicroBatch, chunk_rows: int, with_entropy: bool):
+    def _forward(self, mb: MicroBatch, chunk_rows: int, with_entropy: bool, temperature: float = 1.0):
+        """Log-probs (and entropies) under softmax(logits / temperature): the distribution that sampled the batch."""
         from stepentropy_rl.entropy import token_entropy, token_logprobs
 
         ids = mb.input_ids.to(self.device)
         logits = self.model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
+        if temperature != 1.0:
+            logits.div_(temperature)  # in place, as verl does: no second [B, T, vocab] tensor
         # Position t predicts token t+1. Scoring all positions against the ids shifted left keeps ``logits``
         # contiguous (no copy of the [B, T, vocab] tensor); the last position's dummy label is dropped.
         nxt = torch.roll(ids, -1, dims=1)
@@ -68,6 +73,9 @@ class Learner:
 
         The loss is normalised by the token and sequence counts of the whole batch across ranks (verl's
         ``global_batch_info``), so the gradient is the whole batch's aggregate however it was split.
+        ``loss['old_logprobs'] == "current"`` (GRPO with one update per rollout batch): the old log-probs are this
+        forward's own, detached, and the entropy comes from the same forward (``entropy_sum``, ``entropy_tokens``),
+        which saves the separate scoring pass.
         """
         from stepentropy_rl.algorithms import global_batch_info
         from stepentropy_rl.learner_loss import SHARED_METRICS, compute_loss
@@ -76,12 +84,20 @@ class Learner:
         totals: dict[str, float] = {}
         n = len(mbs)
         gb = global_batch_info([mb.loss_mask.to(self.device) for mb in mbs], self.world_size, dist.all_reduce)
+        current = loss.get("old_logprobs") == "current"
+        ent_sum, ent_tokens = 0.0, 0.0
         for mb in mbs:
-            lp, _ = self._forward(mb, 2048, with_entropy=False)
+            lp, ent = self._forward(mb, 2048, with_entropy=current, temperature=loss.get("temperature", 1.0))
+            if current:
+                mb.old_logprobs = lp.detach()
+                mask = mb.loss_mask.to(self.device)
+                ent_sum, ent_tokens = ent_sum + float((ent * mask).sum()), ent_tokens + float(mask.sum())
             value, metrics = compute_loss(lp, mb, loss, gb)
             value.backward()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + (v if k in SHARED_METRICS else v / n)
+        if current:
+            totals.update(entropy_sum=ent_sum, entropy_tokens=ent_tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)
@@ -104,13 +120,13 @@ class Learner:
 
     def save_hf(self, path: str, tokenizer_path: str) -> None:
         """Export the policy as a HF checkpoint (rank 0 writes; a collective)."""
-        from transformers import AutoTokenizer
+        from stepentropy_rl.tokenizer import load_tokenizer
 
         state = full_state_dict(self.model, self.export_dtype)
         if self.rank == 0:
             self.model.config.dtype = self.export_dtype
             self.model.save_pretrained(path, state_dict=state)
-            AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
+            load_tokenizer(tokenizer_path).save_pretrained(path)
         dist.barrier()
 
     def save_checkpoint(self, path: str) -> None:

@@ -10,6 +10,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from stepentropy_rl.batch import Sequence, micro_batches, response_values, shard
 from workers.learner import LearnerWorker
 
+SUMMED = ("entropy_sum", "entropy_tokens")  # counts over the ranks' slices; every other metric is a rank mean
+
 
 @ray.remote(num_cpus=0)
 def _free_address() -> tuple[str, int]:
@@ -47,10 +49,12 @@ class LearnerGroup:
         pad = Sequence(seqs[0].prompt_ids, [], {k: [] for k in seqs[0].values})
         return [p + [pad] * (longest - len(p)) for p in parts]
 
-    def logprobs_and_entropy(self, seqs: list[Sequence]) -> tuple[list[list[float]], list[list[float]]]:
-        """Per sequence, log-probs and exact entropies of its response tokens under the current policy."""
+    def logprobs_and_entropy(self, seqs: list[Sequence], temperature: float = 1.0
+                             ) -> tuple[list[list[float]], list[list[float]]]:
+        """Per sequence, log-probs and exact entropies of its response tokens under the current policy at
+        ``temperature`` (the one that sampled them)."""
         parts = self._split(seqs)
-        outs = ray.get([r.logprobs_and_entropy.remote(micro_batches(p, self.mbs, self.pad_id))
+        outs = ray.get([r.logprobs_and_entropy.remote(micro_batches(p, self.mbs, self.pad_id), temperature)
                         for r, p in zip(self.ranks, parts)])
         lps, ents = [], []
         for p, real, out in zip(parts, shard(seqs, self.world_size), outs):
@@ -67,7 +71,7 @@ class LearnerGroup:
         parts = self._split(seqs)
         metrics = ray.get([r.train_step.remote(micro_batches(p, self.mbs, self.pad_id), loss)
                            for r, p in zip(self.ranks, parts)])
-        return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+        return {k: sum(m[k] for m in metrics) / (1 if k in SUMMED else len(metrics)) for k in metrics[0]}
 
     def set_lr(self, lr: float) -> None:
         ray.get([r.set_lr.remote(lr) for r in self.ranks])

@@ -8,23 +8,38 @@ from stepentropy_rl.entropy import score_responses
 
 
 class Reference:
-    """Frozen causal LM for teacher-forced scoring (full-vocabulary entropy and log-probs, fp32)."""
+    """Frozen causal LM for teacher-forced scoring (full-vocabulary entropy and log-probs, fp32).
 
-    def __init__(self, model_path: str, dtype: str = "float32", threads: int = 0):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    ``device`` None places the model on the GPU Ray gave this actor (``cluster.reference.num_gpus``), else the CPU.
+    """
 
+    def __init__(self, model_path: str, dtype: str = "float32", threads: int = 0, device: str | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.dtype = getattr(torch, dtype)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.load(model_path)
+
+    def load(self, model_path: str) -> str:
+        """(Re)load the frozen model, e.g. the SFT model as the KL reference of GRPO."""
+        from transformers import AutoModelForCausalLM
+
+        from stepentropy_rl.tokenizer import load_tokenizer
+
+        self.model = None  # free the old weights first
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device).eval()
+        tok = load_tokenizer(model_path)
+        self.pad_id = tok.pad_token_id or 0
+        self.model_path = model_path
+        return model_path
 
     def score(self, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16,
-              chunk_rows: int = 2048) -> list[dict[str, list[float]]]:
-        """Per pair ``{entropy, logprobs}`` over the response tokens, as plain lists (cheap to ship through Ray)."""
+              chunk_rows: int = 2048, temperature: float = 1.0) -> list[dict[str, list[float]]]:
+        """Per pair ``{entropy, logprobs}`` over the response tokens of softmax(logits / temperature), as plain lists
+        (cheap to ship through Ray). GRPO passes the temperature that sampled the responses."""
         with torch.no_grad():
             out = score_responses(self.model, prompts, responses, batch_size=batch_size, chunk_rows=chunk_rows,
-                                  pad_id=self.pad_id)
+                                  pad_id=self.pad_id, temperature=temperature)
         return [{k: v.tolist() for k, v in o.items()} for o in out]
 
 

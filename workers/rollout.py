@@ -6,9 +6,16 @@ from typing import Any
 
 import ray
 
+from stepentropy_rl.tokenizer import load_tokenizer
+
 
 class Rollout:
-    """One vLLM engine. ``generate`` takes chat-formatted prompt strings (or token-id lists) and returns samples.
+    """One vLLM engine. ``generate`` takes prompts as token ids and returns samples.
+
+    Prompts are ids, never text: vLLM would tokenize a text prompt again with the tokenizer's BOS added, and a
+    chat template that renders its own BOS (R1's) would start every prompt with two. Output text is decoded from
+    the sampled ids with the project's checked tokenizer (``tokenizer.load_tokenizer``), so every actor reads the
+    same tokenization.
 
     ``engine`` holds extra ``vllm.LLM`` keyword arguments (``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
     ``enforce_eager``, ...). On CPU the KV cache size comes from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``).
@@ -23,16 +30,20 @@ class Rollout:
         engine = dict(engine or {})
         engine.setdefault("worker_extension_cls", "workers.vllm_ext.WeightSync")
         self.llm = LLM(model=model_path, seed=seed, **engine)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = load_tokenizer(model_path)
 
-    def generate(self, prompts: list, sampling: dict[str, Any]) -> list[list[dict]]:
-        """For each prompt, ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason, logprobs}``."""
+    def generate(self, prompts: list[list[int]], sampling: dict[str, Any]) -> list[list[dict]]:
+        """For each prompt (token ids), ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason,
+        logprobs}``; ``skip_special_tokens`` (default True) applies to ``text``."""
         from vllm import SamplingParams
 
-        params = SamplingParams(**sampling)
-        inputs = [{"prompt_token_ids": list(p)} if not isinstance(p, str) else p for p in prompts]
-        outs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[_sample(c) for c in o.outputs] for o in outs]
+        if any(isinstance(p, str) or not all(isinstance(t, int) for t in p) for p in prompts):
+            raise TypeError("Rollout.generate takes prompts as lists of token ids (tokenizer.prompt_ids), not text")
+        skip = sampling.get("skip_special_tokens", True)
+        params = SamplingParams(**{**sampling, "detokenize": False})
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [[_sample(c, self.tokenizer.decode(list(c.token_ids), skip_special_tokens=skip)) for c in o.outputs]
+                for o in outs]
 
     def load_weights(self, blob: bytes) -> int:
         """Replace the engine's weights with a full state dict (safetensors bytes); no restart.
@@ -47,11 +58,11 @@ class Rollout:
         return self.model_path
 
 
-def _sample(c) -> dict:
+def _sample(c, text: str) -> dict:
     """A vLLM CompletionOutput as plain data; sampled-token log-probs when they were requested."""
     lps = [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)] if c.logprobs else None
     topk = [[lp.logprob for lp in d.values()] for d in c.logprobs] if c.logprobs else None
-    return {"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason,
+    return {"text": text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason,
             "logprobs": lps, "topk_logprobs": topk, "cumulative_logprob": c.cumulative_logprob}
 
 

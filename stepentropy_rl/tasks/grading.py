@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
+from stepentropy_rl.cot_format import answer_text
+
 _POOL = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grader")
 
 
@@ -68,3 +70,26 @@ def get_grader(name: str):
     if name not in GRADERS:
         raise ValueError(f"data.grader must be one of {sorted(GRADERS)}, got {name!r}")
     return GRADERS[name]
+
+
+def make_grader(name: str, span: str = "answer", timeout_s: float = 5.0):
+    """``grade(response, answer) -> bool``: grader ``name`` on the response's ``span`` (see
+    ``cot_format.answer_text``: by default the answer after ``</think>``, and no ``</think>`` is wrong). Garbage
+    and timeouts count as wrong; math grading enforces ``timeout_s`` off the main thread.
+
+    >>> grade = make_grader("exact")
+    >>> grade("5 + 3 = \\\\boxed{8} wait", "8"), grade("x</think>The answer is \\\\boxed{8}.", "8")
+    (False, True)
+    """
+    base = get_grader(name)
+    answer_text(" ", span)  # validates span now
+
+    def grade(response: str, answer: str) -> bool:
+        text = answer_text(response, span)
+        if text is None:
+            return False
+        if base is math_match:
+            return math_match(text, answer, timeout_s=timeout_s)
+        return grade_safely(base, text, answer)
+
+    return grade

@@ -1,0 +1,55 @@
+"""Convert CHAMP (Mao et al. 2024, MIT; shipped by the ``champ-dataset`` package) into the project's JSONL format.
+
+    python data/convert_champ.py            # writes data/champ_train.jsonl and data/champ_test.jsonl
+
+Of the 270 competition problems, those whose final answer is a number or a fraction are kept (math-verify grades
+them without ambiguity); the rest (formulas in n, "Yes"/"No", prose) are left out. Each row carries the reference
+solution in the response layout the project trains on: the solution's steps separated by blank lines, then
+``\\n</think>\\n\\nThe answer is \\boxed{...}.``. Problems are split by a hash of their identifier (one in four to
+test), so the split never changes when the package reorders them.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+import zlib
+from pathlib import Path
+
+NUMERIC = re.compile(r"-?\d+(\.\d+)?(/\d+)?")
+
+
+def champ_problems() -> dict:
+    import champ_dataset
+
+    return json.loads((Path(champ_dataset.__file__).parent / "dataset_files" / "v0.json").read_text())["problems"]
+
+
+def convert(problems: dict) -> tuple[list[dict], list[dict]]:
+    """(train rows, test rows) in the project's format, sorted by id."""
+    train, test = [], []
+    for pid in sorted(problems):
+        p = problems[pid]
+        answer = p["_answer"].strip()
+        if not NUMERIC.fullmatch(answer):
+            continue
+        sol = p["solution"]
+        steps = [s["_text"].strip() for s in (ast.literal_eval(sol) if isinstance(sol, str) else sol)["steps"]]
+        thinking = "\n\n".join(s for s in steps if s)
+        row = {"id": f"champ-{pid}", "prompt": p["_text"].strip(), "answer": answer,
+               "solution": f"{thinking}\n</think>\n\nThe answer is \\boxed{{{answer}}}."}
+        (test if zlib.crc32(pid.encode()) % 4 == 0 else train).append(row)
+    return train, test
+
+
+def main(out_dir: str = str(Path(__file__).parent)) -> None:
+    train, test = convert(champ_problems())
+    for name, rows in (("champ_train.jsonl", train), ("champ_test.jsonl", test)):
+        path = Path(out_dir) / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        print(f"{path}: {len(rows)} problems")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

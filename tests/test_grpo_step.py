@@ -1,0 +1,134 @@
+"""One GRPO step's glue with test doubles whose rewards we choose: group ids per prompt, the advantage of each
+sample, the old/reference log-prob mapping, and the sampling temperature reaching every scorer."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from stepentropy_rl.data import Example
+from stepentropy_rl.grpo import GRPOTrainer
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class _Tok:
+    def apply_chat_template(self, messages, **kw):
+        return messages[0]["content"]
+
+    def __call__(self, text, add_special_tokens=True):
+        return SimpleNamespace(input_ids=[ord(c) for c in text])
+
+    def convert_tokens_to_ids(self, t):
+        return 7
+
+
+def _remote(fn):
+    return SimpleNamespace(remote=fn)
+
+
+class Rollout:
+    """Sample j of prompt "q<i>" has text "<i>:<j>" and 2 + j tokens."""
+
+    def __init__(self):
+        self.generate, self.load_weights = _remote(self._generate), _remote(lambda blob: None)
+
+    def _generate(self, prompts, sampling):
+        assert all(isinstance(p, list) for p in prompts)
+        idx = ["".join(map(chr, p))[1:] for p in prompts]
+        return [[{"text": f"{i}:{j}", "token_ids": [100 + int(i)] * (2 + j)} for j in range(sampling["n"])]
+                for i in idx]
+
+
+class Reward:
+    """Totals by (prompt, sample): prompt 0 -> [1, 0], prompt 1 -> [0, 2], prompt 2 -> [5, 5]."""
+
+    TOTALS = {"0": [1.0, 0.0], "1": [0.0, 2.0], "2": [5.0, 5.0]}
+
+    def __init__(self):
+        self.score = _remote(self._score)
+
+    def _score(self, stage, samples, answers):
+        out = []
+        for s, a in zip(samples, answers):
+            i, j = s["text"].split(":")
+            assert i == a, "each sample is graded against its own prompt's answer"
+            out.append({"total": self.TOTALS[i][int(j)], "correct": 1.0})
+        return out
+
+
+class Reference:
+    def __init__(self):
+        self.temperatures, self.score = [], _remote(self._score)
+
+    def _score(self, prompts, responses, batch_size, chunk_rows, temperature):
+        self.temperatures.append(temperature)
+        return [{"logprobs": [-10.0 * (k + 1)] * len(r), "entropy": [0.0] * len(r)} for k, r in enumerate(responses)]
+
+
+class Learners:
+    def __init__(self):
+        self.temperatures, self.batches = [], []
+
+    def logprobs_and_entropy(self, seqs, temperature=1.0):
+        self.temperatures.append(temperature)
+        return [[-(k + 1.0)] * len(s.response_ids) for k, s in enumerate(seqs)], \
+            [[0.5] * len(s.response_ids) for s in seqs]
+
+    def train_step(self, seqs, loss):
+        self.batches.append((seqs, loss))
+        out = {"pg_loss": 0.0}
+        if loss["old_logprobs"] == "current":  # the update's own forward scores old log-probs and entropy
+            out.update(entropy_sum=0.5 * sum(len(s.response_ids) for s in seqs),
+                       entropy_tokens=float(sum(len(s.response_ids) for s in seqs)))
+        return out
+
+    def state_bytes(self):
+        return b"weights"
+
+
+def _trainer(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose("config", overrides=[
+            "+experiment=entropy_guided", f"run_dir={tmp_path}", "algorithm.prompts_per_step=3", "algorithm.n_samples=2",
+            "algorithm.phase.mode=compress", "algorithm.adv_estimator.compress=grpo", "algorithm.temperature.compress=0.6",
+            *overrides])
+    problems = [Example(id=str(i), prompt=f"q{i}", answer=str(i)) for i in range(3)]
+    t = GRPOTrainer(cfg, problems, [Rollout(), Rollout()], Reference(), Reward(), Learners(), _Tok(), tmp_path, None)
+    t.prompts.next = lambda k: problems[:k]  # a fixed order, so the expected rewards are known
+    return t
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    return _trainer(tmp_path)
+
+
+def test_train_step_glue(trainer):
+    metrics = trainer.train_step()
+    (seqs, loss), = trainer.learners.batches  # one update per rollout batch
+    assert [s.response_ids[0] - 100 for s in seqs] == [0, 0, 1, 1, 2, 2]  # prompt order kept over 2 workers
+    assert [len(s.response_ids) for s in seqs] == [2, 3, 2, 3, 2, 3]
+    adv = [s.values["advantages"] for s in seqs]
+    for a, s in zip(adv, seqs):
+        assert len(a) == len(s.response_ids) and len(set(a)) == 1  # one outcome advantage over every token
+    # GRPO within each prompt's group (unbiased std of 2 = |r0 - r1| / sqrt 2): +-0.7071, and 0 for a tied group
+    assert [a[0] for a in adv] == pytest.approx([0.7071, -0.7071, -0.7071, 0.7071, 0.0, 0.0], abs=1e-3)
+    assert [s.values["ref_logprobs"][0] for s in seqs] == [-10.0, -20.0, -30.0, -40.0, -50.0, -60.0]
+    # a single update takes its old log-probs (and the entropy) from its own forward: no separate scoring pass
+    assert "old_logprobs" not in seqs[0].values and loss["old_logprobs"] == "current"
+    assert trainer.learners.temperatures == [] and trainer.reference.temperatures == [0.6]
+    assert loss["temperature"] == 0.6 and loss["kind"] == "grpo"
+    assert metrics["reward/total"] == pytest.approx(13 / 6) and metrics["policy/entropy"] == pytest.approx(0.5)
+
+
+def test_mini_batches_and_epochs_score_old_logprobs_first(tmp_path):
+    trainer = _trainer(tmp_path, "algorithm.ppo_mini_batch_size=1", "algorithm.ppo_epochs=2")
+    metrics = trainer.train_step()
+    batches = trainer.learners.batches
+    assert len(batches) == 6 and metrics["actor/updates"] == 6  # 3 mini-batches of one prompt group, 2 epochs
+    assert [[s.response_ids[0] - 100 for s in b] for b, _ in batches] == [[0, 0], [1, 1], [2, 2]] * 2
+    assert all(loss["old_logprobs"] == "given" for _, loss in batches)
+    seqs = [s for b, _ in batches[:3] for s in b]
+    assert [s.values["old_logprobs"][0] for s in seqs] == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
+    assert trainer.learners.temperatures == [0.6]

