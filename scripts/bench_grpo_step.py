@@ -1,5 +1,5 @@
 """Benchmark one GRPO step's time split: generation, old log-probs + entropy, reference, reward, advantages,
-update, weight sync. Runs the main job with a few GRPO steps (tiny settings by default) and reads the timings the
+update, weight sync (and its MB/s: the policy streamed from learner rank 0 into every engine). Runs the main job with a few GRPO steps (tiny settings by default) and reads the timings the
 trainer logs (``time/*`` in metrics.jsonl); prints and saves the mean over steps after the first (warm-up).
 
     python scripts/bench_grpo_step.py [--steps 4] [--out runs/bench_grpo_step.json] [hydra overrides ...]
@@ -32,7 +32,9 @@ def main() -> None:
     rows = [r for r in rows if "time/step" in r][1:] or [r for r in rows if "time/step" in r]
     mean = {p: sum(r[f"time/{p}"] for r in rows) / len(rows) for p in PARTS}
     total = sum(mean.values())
+    sync_mb = rows[0].get("sync/bytes", 0) / 2**20
     result = {"steps_measured": len(rows), "samples_per_step": rows[0].get("samples"), "step_s": total,
+              "sync_mb": sync_mb, "sync_mb_per_s": sync_mb / mean["sync"] if mean["sync"] else None,
               "split_s": mean, "split_share": {p: v / total for p, v in mean.items()}, "overrides": args.overrides,
               "run_dir": str(run_dir)}
     out = ROOT / args.out
@@ -41,6 +43,9 @@ def main() -> None:
     print(f"GRPO step {total:.2f} s (mean of {len(rows)} steps after warm-up)")
     for p in PARTS:
         print(f"  {p:>12}: {mean[p]:7.3f} s  {100 * mean[p] / total:5.1f}%")
+    if result["sync_mb_per_s"]:
+        print(f"weight sync: {sync_mb:.1f} MB a push at {result['sync_mb_per_s']:.0f} MB/s, "
+              f"{100 * mean['sync'] / total:.1f}% of the step")
     print(f"saved {out}")
 
 

@@ -53,7 +53,8 @@ class Prompts:
 
 def generate_with_recovery(workers, prompts: list[str], sampling: dict, push_weights, retries: int = 2) -> list:
     """Split prompts over the rollout workers. A worker that died is restarted by Ray (``max_restarts``); it then
-    serves the initial weights, so the current ones are pushed again before its share of the step is retried."""
+    serves the initial weights, so ``push_weights(restarted_workers)`` pushes the current ones again before its share
+    of the step is retried."""
     shares = [prompts[i::len(workers)] for i in range(len(workers))]
     results: list = [None] * len(workers)
     for attempt in range(retries + 1):
@@ -105,6 +106,35 @@ def token_rewards(totals: list[float], lengths: list[int]) -> tuple[torch.Tensor
     return rewards, mask
 
 
+class WeightBroadcast:
+    """The driver's side of weight sync (``weight_sync``): opens the group of learner rank 0 and every engine, plans
+    the buckets once, and starts each push on the learners and the engines together. Only the plan (names, shapes)
+    passes through the driver. ``reopen`` makes a new group, e.g. after Ray restarted a dead engine."""
+
+    def __init__(self, learners, rollouts, backend: str, bucket_mb: float):
+        from stepentropy_rl.weight_sync import plan_buckets, plan_bytes
+
+        self.learners, self.rollouts, self.backend = learners, rollouts, backend
+        dtype, specs = learners.weight_specs()
+        self.plan = plan_buckets(specs, dtype, bucket_mb)
+        self.bytes = plan_bytes(self.plan)
+        self.open = False
+
+    def reopen(self) -> None:
+        world = 1 + len(self.rollouts)
+        host, port, hosting = self.learners.open_weight_group(world, self.backend)
+        fetch([hosting] + [w.open_weight_group.remote(host, port, i + 1, world, self.backend)
+                           for i, w in enumerate(self.rollouts)])
+        self.open = True
+
+    def push(self) -> int:
+        """Push the learners' current weights into every engine; returns the bytes sent."""
+        if not self.open:
+            self.reopen()
+        return fetch(self.learners.push_weights(self.plan) + [w.receive_weights.remote(self.plan)
+                                                               for w in self.rollouts])[0]
+
+
 class GRPOTrainer:
     def __init__(self, cfg, problems, rollouts, reference, reward, learners, tokenizer, run_dir: Path, tracker):
         self.cfg, self.a, self.t = cfg, cfg.algorithm, cfg.trainer.grpo
@@ -114,6 +144,8 @@ class GRPOTrainer:
         self.dir = Path(run_dir) / "grpo"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.phase = PhaseController(PhaseConfig(**dict(self.a.phase)))
+        lc = cfg.cluster.learner
+        self.sync = WeightBroadcast(learners, rollouts, lc.backend, float(lc.get("sync_bucket_mb", 256)))
         self.prompts = Prompts(problems, cfg.seed)
         self.step = 0
         algorithms.register_absolute_advantage()
@@ -142,14 +174,16 @@ class GRPOTrainer:
         self.step, self.prompts.epoch, self.prompts.index = state["step"], state["epoch"], state["index"]
         self.phase.load_state_dict(state["phase"])
         torch.random.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-        self.push_weights(self.rollouts)
+        self.push_weights()
         log.info("resumed GRPO from %s (step %d, stage %s)", path, self.step, self.phase.stage)
         return True
 
-    def push_weights(self, workers) -> float:
+    def push_weights(self, reopen: bool = False) -> float:
+        """Stream the current policy into every engine; ``reopen`` first rebuilds the group (an engine restarted)."""
         t = time.time()
-        blob = self.learners.state_bytes()
-        fetch([w.load_weights.remote(blob) for w in workers])
+        if reopen:
+            self.sync.reopen()
+        self.sync.push()
         return time.time() - t
 
     # ---- one step ------------------------------------------------------------------------------------------------
@@ -165,7 +199,7 @@ class GRPOTrainer:
         if self.t.get("kill_rollout_at_step") == self.step:  # fault injection (tests): a rollout engine dies
             ray.kill(self.rollouts[0], no_restart=False)
         t0 = time.time()
-        outs = generate_with_recovery(self.rollouts, pids, sampling, self.push_weights)
+        outs = generate_with_recovery(self.rollouts, pids, sampling, lambda restarted: self.push_weights(reopen=True))
         timing["gen"] = time.time() - t0
         flat = [(i, s) for i, o in enumerate(outs) for s in o]
         seqs = [Sequence(pids[i], s["token_ids"]) for i, s in flat]
@@ -220,11 +254,11 @@ class GRPOTrainer:
         else:
             mean_entropy = sum(sum(e) for e in ent) / max(1, n_tok)
         self.phase.update(mean_entropy, self.step)
-        timing["sync"] = self.push_weights(self.rollouts)
+        timing["sync"] = self.push_weights()
 
         metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
         think = [thinking_tokens(s.response_ids, self.close_id) for s in seqs]
-        metrics.update({"samples": len(seqs), "response/length": n_tok / len(seqs), "response/think_tokens": float(np.mean(think)),
+        metrics.update({"samples": len(seqs), "sync/bytes": self.sync.bytes, "response/length": n_tok / len(seqs), "response/think_tokens": float(np.mean(think)),
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),
                         **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},

@@ -44,19 +44,6 @@ def make_init_model(base: str, out: Path) -> None:
     tmp.rename(out)
 
 
-def state_bytes_from_dir(path: Path) -> bytes:
-    """A saved HF checkpoint as one complete safetensors blob (tied ``lm_head`` included) for a weight push."""
-    from safetensors.torch import load_file, save
-    from transformers import AutoConfig
-
-    state = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        state.update(load_file(f))
-    if AutoConfig.from_pretrained(path).tie_word_embeddings and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
-    return save(state)
-
-
 def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
     """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
     from stepentropy_rl import cluster, report
@@ -85,7 +72,7 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
     def eval_stage(name: str, model_dir: Path) -> None:
         if stages.done(f"eval_{name}"):
             return
-        ray.get([w.load_weights.remote(state_bytes_from_dir(model_dir)) for w in rollouts[:1]])
+        ray.get(rollouts[0].load_weights_from.remote(str(model_dir)))  # the engine reads the shared run dir
         res = evaluate(rollouts[0], tok, eval_problems, grade, eval_sampling)
         (run_dir / "eval").mkdir(exist_ok=True)
         (run_dir / "eval" / f"{name}.json").write_text(json.dumps(res))
@@ -126,7 +113,7 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
             learners.set_lr(tc.grpo.lr)
             trainer = GRPOTrainer(cfg, train_problems, rollouts, reference, reward, learners, tok, run_dir, tracker)
             if not trainer.resume():
-                trainer.push_weights(rollouts)
+                trainer.push_weights()
             trainer.fit()
             learners.save_hf(str(models / "final"), str(init))
             stages.mark("grpo", {"steps": trainer.step})

@@ -40,3 +40,26 @@ def test_write_is_atomic(tmp_path):
     f = tmp_path / "out.jsonl"
     write_jsonl(f, [{"a": 1}])
     assert f.read_text() == '{"a": 1}\n' and not list(tmp_path.glob("*.tmp"))
+
+
+def test_shipped_champ_files_are_what_the_converter_writes(tmp_path):
+    """data/champ_*.jsonl are data/convert_champ.py's output on the champ-dataset package, row for row."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("champ_dataset")
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("convert_champ", root / "data" / "convert_champ.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(str(tmp_path))
+    for name in ("champ_train.jsonl", "champ_test.jsonl"):
+        assert (tmp_path / name).read_text() == (root / "data" / name).read_text()
+    rows = [json.loads(line) for line in (root / "data" / "champ_test.jsonl").read_text().splitlines()]
+    assert all("\n</think>\n\nThe answer is \\boxed{" + r["answer"] + "}." in r["solution"] for r in rows)
+    from stepentropy_rl.data import load_jsonl
+
+    assert len(load_jsonl(root / "data" / "champ_train.jsonl")) == 72 and len(rows) == 13

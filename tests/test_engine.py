@@ -66,12 +66,12 @@ def test_vllm_and_transformers_same_ids_and_logprobs(engine, skip_model):
         assert abs(sum(s["logprobs"]) - o[0]["cumulative_logprob"]) < 1e-2 * len(s["logprobs"])
 
 
-def test_weight_push_without_restart_matches_transformers(engine, skip_model, tmp_path):
-    """Weights pushed into the running engine (learner -> rollout path) give the new model's log-probs."""
+def test_weights_loaded_from_a_directory_without_restart_match_transformers(engine, skip_model, tmp_path):
+    """The eval path: the running engine reads a checkpoint directory itself (no blob through the driver) and
+    gives the new model's log-probs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stepentropy_rl.train_pipeline import state_bytes_from_dir
     from workers.reference import Reference
 
     model = AutoModelForCausalLM.from_pretrained(skip_model)
@@ -81,8 +81,7 @@ def test_weight_push_without_restart_matches_transformers(engine, skip_model, tm
             p += 0.05 * torch.randn(p.shape, generator=gen)
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(skip_model).save_pretrained(tmp_path)
-    blob = state_bytes_from_dir(tmp_path)
-    assert engine.load_weights(blob) > 0
+    assert engine.load_weights_from(str(tmp_path)) == str(tmp_path)
 
     tok = AutoTokenizer.from_pretrained(skip_model)
     prompts = [prompt_text(tok, p.prompt) for p in generate(BasketConfig(), 3, 1, "test")]
@@ -101,10 +100,9 @@ def test_scoring_at_the_sampling_temperature_matches_vllm(engine, skip_model):
     softmax(logits / 0.6), which is what vLLM sampled from; scoring at T=1 would not match."""
     from transformers import AutoTokenizer
 
-    from stepentropy_rl.train_pipeline import state_bytes_from_dir
     from workers.reference import Reference
 
-    engine.load_weights(state_bytes_from_dir(skip_model))  # an earlier test of this module pushed other weights
+    engine.load_weights_from(skip_model)  # an earlier test of this module loaded other weights
     tok = AutoTokenizer.from_pretrained(skip_model)
     pids = [tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids
             for p in generate(BasketConfig(), 4, 2, "test")]

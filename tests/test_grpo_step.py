@@ -31,7 +31,9 @@ class Rollout:
     """Sample j of prompt "q<i>" has text "<i>:<j>" and 2 + j tokens."""
 
     def __init__(self):
-        self.generate, self.load_weights = _remote(self._generate), _remote(lambda blob: None)
+        self.generate = _remote(self._generate)
+        self.open_weight_group = _remote(lambda *a: None)
+        self.receive_weights = _remote(lambda plan: len(plan))
 
     def _generate(self, prompts, sampling):
         assert all(isinstance(p, list) for p in prompts)
@@ -83,8 +85,14 @@ class Learners:
                        entropy_tokens=float(sum(len(s.response_ids) for s in seqs)))
         return out
 
-    def state_bytes(self):
-        return b"weights"
+    def weight_specs(self):
+        return "float32", [("w", [4])]
+
+    def open_weight_group(self, world_size, backend):
+        return "127.0.0.1", 0, None
+
+    def push_weights(self, plan):
+        return [16]
 
 
 def _trainer(tmp_path, *overrides):

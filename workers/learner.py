@@ -109,6 +109,39 @@ class Learner:
             g["lr"] = lr
 
     # ---- weights and checkpoints ---------------------------------------------------------------------------------
+    def _export_items(self) -> list:
+        """``(name, sharded tensor)`` of everything a weight push sends, in state-dict order (the same on every
+        rank); a tied ``lm_head.weight`` is sent too, since the engines need the complete state dict."""
+        items = list(self.model.state_dict().items())
+        if getattr(self.model.config, "tie_word_embeddings", False) and "lm_head.weight" not in dict(items):
+            items.append(("lm_head.weight", dict(items)["model.embed_tokens.weight"]))
+        return items
+
+    def weight_specs(self) -> tuple[str, list]:
+        """The export dtype and ``[(name, full shape)]`` of a weight push, for ``weight_sync.plan_buckets``."""
+        return str(self.export_dtype).removeprefix("torch."), [(n, list(t.shape)) for n, t in self._export_items()]
+
+    def open_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 hosts the weight-sync group with the engines (``weight_sync.open_group``); other ranks stay out."""
+        from stepentropy_rl.weight_sync import open_group
+
+        if self.rank == 0:
+            self._weight_group = open_group(host, port, 0, world_size, backend)
+
+    def push_weights(self, plan: list) -> int:
+        """A collective over the learner ranks: each full tensor is all-gathered in turn and rank 0 broadcasts the
+        buckets of ``plan`` to the engines; returns the bytes rank 0 sent (0 elsewhere)."""
+        from stepentropy_rl.weight_sync import send
+
+        def full_tensors():
+            for name, t in self._export_items():
+                full = t.full_tensor() if hasattr(t, "full_tensor") else t
+                yield name, full.to(self.export_dtype)
+
+        group = self._weight_group[1] if self.rank == 0 else None
+        with torch.no_grad():
+            return send(group, plan, full_tensors(), self.device)
+
     def state_bytes(self) -> bytes | None:
         """Full state dict as safetensors bytes on rank 0 (every rank must call: it is a collective)."""
         from safetensors.torch import save

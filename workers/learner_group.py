@@ -33,6 +33,7 @@ class LearnerGroup:
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
         ray.get(self.pg.ready())
         at = [PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i) for i in range(world_size)]
+        self._at_rank0 = at[0]
         addr, port = ray.get(_free_address.options(scheduling_strategy=at[0]).remote())
         self.ranks = [LearnerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=at[i]).remote(
             i, world_size, addr, port, model_path, optim, backend, dtype, threads, param_dtype)
@@ -75,6 +76,19 @@ class LearnerGroup:
 
     def set_lr(self, lr: float) -> None:
         ray.get([r.set_lr.remote(lr) for r in self.ranks])
+
+    def weight_specs(self) -> tuple[str, list]:
+        return ray.get(self.ranks[0].weight_specs.remote())
+
+    def open_weight_group(self, world_size: int, backend: str) -> tuple[str, int, ray.ObjectRef]:
+        """A fresh address on rank 0's node; rank 0 starts hosting the weight-sync group there (the returned ref
+        completes once every engine has joined)."""
+        host, port = ray.get(_free_address.options(scheduling_strategy=self._at_rank0).remote())
+        return host, port, self.ranks[0].open_weight_group.remote(host, port, world_size, backend)
+
+    def push_weights(self, plan: list) -> list[ray.ObjectRef]:
+        """Start a weight push on every rank (the engines must receive at the same time); refs to the bytes sent."""
+        return [r.push_weights.remote(plan) for r in self.ranks]
 
     def state_bytes(self) -> bytes:
         return ray.get([r.state_bytes.remote() for r in self.ranks])[0]

@@ -45,14 +45,24 @@ class Rollout:
         return [[_sample(c, self.tokenizer.decode(list(c.token_ids), skip_special_tokens=skip)) for c in o.outputs]
                 for o in outs]
 
-    def load_weights(self, blob: bytes) -> int:
-        """Replace the engine's weights with a full state dict (safetensors bytes); no restart.
+    def open_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        """Join the weight-sync group of learner rank 0 (``stepentropy_rl.weight_sync``) as ``rank``."""
+        self.llm.collective_rpc("open_weight_group", args=(host, port, rank, world_size, backend))
+
+    def receive_weights(self, plan: list) -> int:
+        """Take the policy's weights as learner rank 0 broadcasts them (no restart); returns the tensors loaded.
 
         The prefix cache is reset afterwards, or attention cached under the old weights would be reused.
         """
-        n = self.llm.collective_rpc("load_state_bytes", args=(blob,))[0]
+        n = self.llm.collective_rpc("receive_weights", args=(plan,))[0]
         self.llm.reset_prefix_cache()
         return n
+
+    def load_weights_from(self, model_dir: str) -> str:
+        """Serve the checkpoint in ``model_dir`` (a run directory every node sees), read by the engine itself."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        return model_dir
 
     def ping(self) -> str:
         return self.model_path

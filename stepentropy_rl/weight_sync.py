@@ -1,0 +1,94 @@
+"""Weight sync without a full-model blob: learner rank 0 streams the policy to every rollout engine in buckets.
+
+Learner rank 0 and the engines form their own collective group (rank 0 = the learner, ranks 1.. = engines), made
+from a TCP store, so it needs none of the processes' default groups: gloo on CPU, NCCL on GPU, the same code path.
+Every learner rank walks the state dict in the same order (each ``full_tensor()`` is an FSDP all-gather); rank 0
+packs the full tensors into flat buckets of ``bucket_mb`` and broadcasts each; an engine turns each received bucket
+into ``(name, tensor)`` views and feeds them to vLLM's ``reload_weights`` as they arrive. Peak extra memory is one
+bucket on each side; nothing passes through the driver or Ray's object store.
+
+A plan (``plan_buckets``) is plain data, ``[[dtype, numel, [[name, shape, offset, numel], ...]], ...]``, so it
+crosses Ray and vLLM's RPC unchanged.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("gloo", "nccl")
+
+
+def plan_buckets(specs: Iterable[tuple[str, tuple[int, ...]]], dtype: str, bucket_mb: float) -> list:
+    """Group tensors (in order) into buckets of at most ``bucket_mb`` MiB; a larger tensor gets a bucket of its own.
+
+    >>> plan_buckets([("a", (2, 3)), ("b", (4,)), ("c", (8,))], "float32", 40 / 2**20)
+    [['float32', 10, [['a', [2, 3], 0, 6], ['b', [4], 6, 4]]], ['float32', 8, [['c', [8], 0, 8]]]]
+    """
+    limit = max(1, int(bucket_mb * 2**20) // torch.empty(0, dtype=getattr(torch, dtype)).element_size())
+    buckets, entries, used = [], [], 0
+    for name, shape in specs:
+        numel = int(torch.Size(shape).numel())
+        if entries and used + numel > limit:
+            buckets.append([dtype, used, entries])
+            entries, used = [], 0
+        entries.append([name, list(shape), used, numel])
+        used += numel
+    if entries:
+        buckets.append([dtype, used, entries])
+    return buckets
+
+
+def plan_bytes(plan: list) -> int:
+    return sum(numel * torch.empty(0, dtype=getattr(torch, dtype)).element_size() for dtype, numel, _ in plan)
+
+
+def open_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 600.0):
+    """A process group of its own (rank 0 hosts the TCP store); returns ``(store, group)`` (keep both alive)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"weight sync backend must be one of {BACKENDS}, got {backend!r}")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+    prefixed = dist.PrefixStore("weight_sync", store)
+    if backend == "gloo":
+        group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+    else:
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        group = dist.ProcessGroupNCCL(prefixed, rank, world_size, opts)
+    return store, group
+
+
+def _broadcast(group, buf: torch.Tensor) -> None:
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    group.broadcast([buf], opts).wait()
+
+
+def send(group, plan: list, tensors: Iterator[tuple[str, torch.Tensor]], device) -> int:
+    """Rank 0: pack ``tensors`` (in plan order, names checked) into each bucket and broadcast it; returns bytes sent.
+    ``group`` None: consume ``tensors`` only (the other learner ranks, whose all-gathers the iteration drives)."""
+    sent = 0
+    for dtype, numel, entries in plan:
+        buf = torch.empty(numel, dtype=getattr(torch, dtype), device=device) if group is not None else None
+        for name, shape, offset, n in entries:
+            got, tensor = next(tensors)
+            if got != name:
+                raise RuntimeError(f"weight sync: expected {name!r} from the learner, got {got!r}")
+            if buf is not None:
+                buf[offset: offset + n].copy_(tensor.reshape(-1))
+        if group is not None:
+            _broadcast(group, buf)
+            sent += buf.numel() * buf.element_size()
+    return sent
+
+
+def receive(group, plan: list, device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Engine: each bucket as it arrives, cut into ``(name, tensor)`` views."""
+    for dtype, numel, entries in plan:
+        buf = torch.empty(numel, dtype=getattr(torch, dtype), device=device)
+        _broadcast(group, buf)
+        for name, shape, offset, n in entries:
+            yield name, buf[offset: offset + n].view(shape)

@@ -1,0 +1,123 @@
+"""Weight sync over a collective group: buckets planned, streamed from learner rank 0, rebuilt by each engine."""
+import multiprocessing as mp
+import socket
+
+import pytest
+import torch
+
+from stepentropy_rl.weight_sync import open_group, plan_buckets, plan_bytes, receive, send
+
+
+def test_plan_keeps_order_and_bucket_size():
+    specs = [("embed", (10, 4)), ("a", (3,)), ("b", (2, 2)), ("head", (10, 4))]
+    plan = plan_buckets(specs, "bfloat16", 16 * 2 / 2**20)  # 16 bf16 elements a bucket
+    assert [[e[0] for e in b[2]] for b in plan] == [["embed"], ["a", "b"], ["head"]]  # oversized: a bucket each
+    assert [b[1] for b in plan] == [40, 7, 40] and plan_bytes(plan) == 87 * 2
+    assert [e[0] for b in plan for e in b[2]] == [n for n, _ in specs]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _member(rank, world, port, plan, state, q):
+    _, group = open_group("127.0.0.1", port, rank, world, "gloo", timeout_s=60)
+    if rank == 0:
+        q.put((rank, send(group, plan, iter(state.items()), "cpu")))
+    else:
+        q.put((rank, {name: t.clone() for name, t in receive(group, plan, "cpu")}))
+
+
+def test_three_members_receive_every_tensor_exactly():
+    """Rank 0 (the learner) broadcasts multi-bucket plans; both engines rebuild the same state dict."""
+    g = torch.Generator().manual_seed(0)
+    state = {"embed": torch.randn(50, 8, generator=g), "norm": torch.randn(8, generator=g),
+             "head": torch.randn(50, 8, generator=g)}
+    plan = plan_buckets([(k, tuple(v.shape)) for k, v in state.items()], "float32", 1e-3)  # 262 floats a bucket
+    assert len(plan) == 3
+    ctx, port = mp.get_context("spawn"), _free_port()
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_member, args=(r, 3, port, plan, state, q)) for r in range(3)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=120) for _ in range(3))
+    for p in procs:
+        p.join(timeout=60)
+    assert got[0] == plan_bytes(plan)
+    for rank in (1, 2):
+        assert set(got[rank]) == set(state) and all(torch.equal(got[rank][k], v) for k, v in state.items())
+
+
+def test_send_checks_the_plan_against_the_learners_names():
+    plan = plan_buckets([("a", (2,))], "float32", 1.0)
+    with pytest.raises(RuntimeError, match="expected 'a'"):
+        send(None, plan, iter([("b", torch.zeros(2))]), "cpu")
+
+
+@pytest.mark.engine
+def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_one(ray_session, micro_model):
+    """After SFT steps the engine samples from the learners' weights (log-probs equal); Ray restarts a killed engine
+    with the initial weights, and a re-opened group brings it back to the learners' weights."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from stepentropy_rl.batch import Sequence
+    from stepentropy_rl.grpo import WeightBroadcast, wait_alive
+    from stepentropy_rl.tasks.basket import BasketConfig, generate
+    from stepentropy_rl.tokenizer import prompt_ids
+    from workers.learner_group import LearnerGroup
+    from workers.rollout import RolloutWorker
+
+    tok = AutoTokenizer.from_pretrained(micro_model)
+    probs = generate(BasketConfig(), 4, 3, "test")
+    seqs = [Sequence(prompt_ids(tok, p.prompt), tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id])
+            for p in probs]
+    learners = LearnerGroup(micro_model, world_size=2, num_cpus=0.25, num_gpus=0,
+                            optim={"lr": 1e-2, "betas": [0.9, 0.99], "weight_decay": 0.0, "grad_clip": 1.0},
+                            micro_batch_size=2, pad_id=tok.pad_token_id)
+    engine = RolloutWorker.options(num_cpus=0.25, max_restarts=1, max_task_retries=0).remote(
+        micro_model, {"dtype": "float32", "max_model_len": 512, "enforce_eager": True})
+    try:
+        sync = WeightBroadcast(learners, [engine], "gloo", bucket_mb=0.05)
+        assert len(sync.plan) > 3  # several buckets
+        for _ in range(3):
+            learners.train_step(seqs, {"kind": "sft"})
+
+        def gap() -> float:
+            outs = ray.get(engine.generate.remote([s.prompt_ids for s in seqs],
+                                                  {"temperature": 1.0, "max_tokens": 12, "logprobs": 0}))
+            scored = [Sequence(s.prompt_ids, o[0]["token_ids"]) for s, o in zip(seqs, outs)]
+            lps, _ = learners.logprobs_and_entropy(scored)
+            return max(abs(a - b) for o, lp in zip(outs, lps) for a, b in zip(o[0]["logprobs"], lp))
+
+        assert gap() > 1e-2  # the engine still serves the initial weights
+        assert sync.push() == sync.bytes == plan_bytes(sync.plan)
+        assert gap() < 1e-3
+        ray.kill(engine, no_restart=False)
+        _wait_until_gone(engine)
+        wait_alive([engine])
+        assert gap() > 1e-2  # restarted from the initial checkpoint
+        sync.reopen()
+        sync.push()
+        assert gap() < 1e-3
+    finally:
+        learners.shutdown()
+        ray.kill(engine)
+
+
+def _wait_until_gone(actor, timeout_s: float = 60.0) -> None:
+    """ray.kill is asynchronous: wait until a call to the actor fails before waiting for its restart."""
+    import time
+
+    import ray
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the killed actor kept answering")
