@@ -158,6 +158,8 @@ def validate_training(cfg: DictConfig) -> None:
           f"cluster.learner.world_size must be >= 1, got {cfg.cluster.learner.world_size}")
     _need(cfg.cluster.learner.backend in ("gloo", "nccl"),
           f"cluster.learner.backend must be gloo or nccl, got {cfg.cluster.learner.backend!r}")
+    _need(float(cfg.cluster.learner.get("sync_bucket_mb", 256)) > 0,
+          f"cluster.learner.sync_bucket_mb must be > 0, got {cfg.cluster.learner.get('sync_bucket_mb')}")
     dtypes = ("float32", "bfloat16", "float16")
     _need(cfg.cluster.learner.dtype in dtypes,
           f"cluster.learner.dtype must be one of {dtypes}, got {cfg.cluster.learner.dtype!r}")

@@ -79,6 +79,9 @@ def test_cfg_job_prints_real_scale_config():
     ("data.grade_span=thinking", "data.grade_span"),
     ("algorithm.temperature.compress=0", "algorithm.temperature.compress"),
     ("trainer.eval.max_tokens=600", "trainer.eval.max_tokens"),  # past rollout.engine.max_model_len (512)
+    ("cluster.learner.sync_bucket_mb=0", "cluster.learner.sync_bucket_mb"),
+    ("algorithm.ppo_mini_batch_size=3", "algorithm.ppo_mini_batch_size"),  # must divide prompts_per_step (16)
+    ("algorithm.ppo_epochs=0", "algorithm.ppo_epochs"),
 ])
 def test_training_config_errors(override, key):
     with initialize_config_dir(config_dir=CONF, version_base=None):

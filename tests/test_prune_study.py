@@ -120,3 +120,27 @@ def test_failed_samples_count_as_wrong_never_dropped(setup):
 def test_auroc_direction():
     assert auroc([0.1, 0.2, 3.0, 4.0], [True, True, False, False]) == 1.0
     assert auroc([3.0, 4.0, 0.1, 0.2], [True, True, False, False]) == 0.0
+
+
+def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
+    """The main job's default prune stage: the policy's own CoTs (source: policy), graded on the answer after
+    </think>, scored by the reference, pruned low-entropy first, and kept only if the answer regenerated after the
+    pruned thinking is still right. A CoT that failed is never pruned into SFT data."""
+    from stepentropy_rl.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll = FakeRollout(probs, broken_ids=[probs[0].id])
+    roll.tok = tok
+    prune = {"source": "policy", "ratio": 0.5, "aggregate": "sum", "placeholder": "[SKIP]", "delimiter": "\n\n",
+             "protect_first": False, "protect_last": False, "keep_verified": True, "answer_max_tokens": 16}
+    rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                       {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    assert stats["problems"] == 12 and stats["correct_cots"] == 11 == stats["pruned"]  # the broken CoT is out
+    assert 0 < stats["kept"] == len(rows) < stats["pruned"]  # CoTs that lost an essential step fail the re-check
+    by_id = {p.id: p for p in probs}
+    for r in rows:
+        p = by_id[r["id"]]
+        assert all(s["text"] in r["response"] for s in p.steps if s["label"] == "essential")
+        assert r["response"].count("[SKIP]") == r["n_pruned"] > 0
+        assert r["response"].endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")

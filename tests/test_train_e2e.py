@@ -74,3 +74,12 @@ def test_grpo_steps_earn_rewards_and_move_the_policy(killed_then_resumed):
     assert max(s["reward/format_reward"] for s in steps) > 0 and max(s["reward/total"] for s in steps) > 0
     assert any(abs(s["actor/pg_loss"]) > 1e-6 for s in steps)  # non-zero advantages reached the loss
     assert all(0 <= s["reward/format_reward"] <= 0.2 and s["response/length"] <= 96 for s in steps)
+
+
+def test_kl_reference_is_the_policy_grpo_starts_from(killed_then_resumed):
+    """algorithm.kl_reference=sft (default): at the first GRPO step policy and reference are the same SFT model, so
+    the KL term is 0; against the pre-SFT base (the old behaviour) it would not be."""
+    run_dir, _, _ = killed_then_resumed
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "phase/stage" in line]
+    assert abs(steps[0]["actor/kl_loss"]) < 1e-6 and max(abs(s["actor/kl_loss"]) for s in steps) > 0

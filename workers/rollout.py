@@ -60,7 +60,7 @@ class Rollout:
 
     def load_weights_from(self, model_dir: str) -> str:
         """Serve the checkpoint in ``model_dir`` (a run directory every node sees), read by the engine itself."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir, "is_checkpoint_format": True})
+        self.llm.collective_rpc("load_checkpoint_dir", args=(model_dir,))
         self.llm.reset_prefix_cache()
         return model_dir
 

@@ -3,7 +3,8 @@
 Installed with ``LLM(..., worker_extension_cls="workers.vllm_ext.WeightSync")`` and reached through
 ``llm.collective_rpc``. The received ``(name, tensor)`` views go through the worker's own ``reload_weights``, which
 handles repacking (CPU) and tied weights; the complete state dict is streamed, since a partial one would leave
-stale weights. See ``stepentropy_rl.weight_sync``.
+stale weights. See ``stepentropy_rl.weight_sync``. ``load_checkpoint_dir`` streams a saved checkpoint the same way
+(vLLM's own reload from a path skips a tied ``lm_head`` that the files do not hold, leaving the old one).
 """
 from __future__ import annotations
 
@@ -20,3 +21,37 @@ class WeightSync:
         _, group = self._weight_group
         self.reload_weights(weights_iterator=receive(group, plan, self.device), is_checkpoint_format=True)
         return sum(len(entries) for _, _, entries in plan)
+
+    def load_checkpoint_dir(self, path: str) -> int:
+        """Load the safetensors checkpoint in ``path`` tensor by tensor; a tied ``lm_head`` gets the embedding."""
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.safetensors checkpoint")
+
+        def tensors():
+            names = set()
+            for f in files:
+                with safe_open(str(f), "pt") as sf:
+                    for name in sf.keys():
+                        names.add(name)
+                        yield name, sf.get_tensor(name)
+            if "lm_head.weight" not in names and getattr(self.model_config.hf_config, "tie_word_embeddings", False):
+                for f in files:
+                    with safe_open(str(f), "pt") as sf:
+                        if "model.embed_tokens.weight" in sf.keys():
+                            yield "lm_head.weight", sf.get_tensor("model.embed_tokens.weight")
+
+        count = 0
+
+        def counted():
+            nonlocal count
+            for item in tensors():
+                count += 1
+                yield item
+
+        self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
+        return count
