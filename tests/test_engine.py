@@ -120,3 +120,22 @@ def test_scoring_at_the_sampling_temperature_matches_vllm(engine, skip_model):
 def test_engines_take_ids_not_text(engine):
     with pytest.raises(TypeError, match="token ids"):
         engine.generate(["a text prompt"], {"max_tokens": 2})
+
+
+def test_text_is_what_vllm_detokenizes(engine):
+    """Samples' text is decoded by the project's tokenizer from the ids; it matches vLLM's own detokenization, which
+    leaves out the EOS that ended a sample (the id stays in token_ids)."""
+    from vllm import SamplingParams
+
+    tok = engine.tokenizer
+    pids = [tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids
+            for p in generate(BasketConfig(), 8, 4, "test")]
+    ours = engine.generate(pids, {"temperature": 0.0, "max_tokens": 96, "skip_special_tokens": False})
+    theirs = engine.llm.generate([{"prompt_token_ids": p} for p in pids],
+                                 SamplingParams(temperature=0.0, max_tokens=96, skip_special_tokens=False),
+                                 use_tqdm=False)
+    stopped = 0
+    for o, t in zip(ours, theirs):
+        assert o[0]["text"] == t.outputs[0].text and o[0]["token_ids"] == list(t.outputs[0].token_ids)
+        stopped += o[0]["finish_reason"] == "stop" and o[0]["token_ids"][-1] == tok.eos_token_id
+    assert stopped > 0  # the case that matters: a sample that ended on EOS

@@ -42,7 +42,7 @@ class Rollout:
         skip = sampling.get("skip_special_tokens", True)
         params = SamplingParams(**{**sampling, "detokenize": False})
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        return [[_sample(c, self.tokenizer.decode(list(c.token_ids), skip_special_tokens=skip)) for c in o.outputs]
+        return [[_sample(c, self.tokenizer.decode(_text_ids(c), skip_special_tokens=skip)) for c in o.outputs]
                 for o in outs]
 
     def open_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
@@ -66,6 +66,14 @@ class Rollout:
 
     def ping(self) -> str:
         return self.model_path
+
+
+def _text_ids(c) -> list[int]:
+    """The ids whose text vLLM would return: all but the EOS or stop token that ended the sample (it stays in
+    ``token_ids``, where rewards and the learners see it)."""
+    ids = list(c.token_ids)
+    ended_on_token = c.finish_reason == "stop" and (c.stop_reason is None or isinstance(c.stop_reason, int))
+    return ids[:-1] if ended_on_token and ids else ids
 
 
 def _sample(c, text: str) -> dict:
