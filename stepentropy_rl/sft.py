@@ -89,7 +89,6 @@ def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int,
     return history
 
 
-
 def sft_sequence(tokenizer, prompt: str, response: str) -> Sequence:
     """Prompt ids as every actor sees them, then the response ids and the tokenizer's EOS id."""
     return Sequence(prompt_ids(tokenizer, prompt), encode(tokenizer, response) + [tokenizer.eos_token_id])
