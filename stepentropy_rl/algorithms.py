@@ -2,7 +2,7 @@
 
 The rest of the project calls these functions and never touches verl internals:
 
-* :func:`register_absolute_advantage` adds our positive-only "absolute" estimator to verl's registry;
+* our positive-only "absolute" estimator registers itself in verl's registry on import;
 * :func:`compute_advantages` dispatches any registered estimator ("grpo", "rloo", "absolute", ...);
 * :func:`policy_loss` / :func:`kl_loss` / :func:`entropy_loss` / :func:`aggregate` wrap verl's
   policy-loss registry, ``kl_penalty`` and ``agg_loss``.
@@ -27,6 +27,23 @@ ABSOLUTE = "absolute"
 LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
+def _register_ours(name: str):
+    """verl's ``register_adv_est`` at import, tolerant of a stale copy of our own function (``importlib.reload``)."""
+    def deco(fn):
+        current = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
+        if current is not None and current is not fn:
+            ours = (getattr(current, "__module__", None), getattr(current, "__qualname__", None)) == (
+                fn.__module__, fn.__qualname__)
+            if not ours:
+                raise ValueError(f"advantage estimator {name!r} is already registered to {current!r}")
+            del core_algos.ADV_ESTIMATOR_REGISTRY[name]
+        if current is not fn:
+            core_algos.register_adv_est(name)(fn)
+        return fn
+    return deco
+
+
+@_register_ours(ABSOLUTE)
 def compute_absolute_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -56,24 +73,12 @@ def compute_absolute_advantage(
 
 
 def register_absolute_advantage() -> None:
-    """Register :func:`compute_absolute_advantage` in verl's registry as "absolute" (idempotent).
-
-    verl's ``register_adv_est`` raises if a *different* function holds the name; a stale copy of
-    our own function (e.g. after ``importlib.reload``) is replaced, anything else is an error.
-    """
-    current = core_algos.ADV_ESTIMATOR_REGISTRY.get(ABSOLUTE)
-    if current is not None and current is not compute_absolute_advantage:
-        ours = (getattr(current, "__module__", None), getattr(current, "__qualname__", None)) == (
-            __name__, compute_absolute_advantage.__qualname__)
-        if not ours:
-            raise ValueError(f"advantage estimator {ABSOLUTE!r} is already registered to {current!r}")
-        del core_algos.ADV_ESTIMATOR_REGISTRY[ABSOLUTE]
-    core_algos.register_adv_est(ABSOLUTE)(compute_absolute_advantage)
+    """(Re-)register "absolute" in verl's registry (idempotent); importing this module already did it."""
+    _register_ours(ABSOLUTE)(compute_absolute_advantage)
 
 
 def known_estimators() -> list[str]:
-    """Names accepted by :func:`compute_advantages` (verl's registry plus "absolute")."""
-    register_absolute_advantage()
+    """Names accepted by :func:`compute_advantages` (verl's registry, "absolute" included)."""
     return sorted(core_algos.ADV_ESTIMATOR_REGISTRY)
 
 

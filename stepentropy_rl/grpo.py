@@ -148,7 +148,6 @@ class GRPOTrainer:
         self.sync = WeightBroadcast(learners, rollouts, lc.backend, float(lc.get("sync_bucket_mb", 256)))
         self.prompts = Prompts(problems, cfg.seed)
         self.step = 0
-        algorithms.register_absolute_advantage()
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     def _latest(self) -> Path | None:

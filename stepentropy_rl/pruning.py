@@ -14,8 +14,35 @@ import random
 from dataclasses import dataclass
 
 from stepentropy_rl.cot_format import SKIP_TOKEN
+from stepentropy_rl.registry import Registry
 
-STRATEGIES = ("low", "high", "random")
+# name -> choose(candidates, scores, k, seed) -> indices to prune; ``candidates`` are the unprotected step indices
+STRATEGIES = Registry("pruning strategy")
+register_strategy = STRATEGIES.register
+
+
+def _ranked(candidates: list[int], scores, sign: float) -> list[int]:
+    if any(math.isnan(float(scores[i])) for i in candidates):
+        raise ValueError("scores contain NaN; cannot rank steps")
+    return sorted(candidates, key=lambda i: (sign * float(scores[i]), i))
+
+
+@register_strategy("low")
+def lowest_first(candidates: list[int], scores, k: int, seed: int) -> list[int]:
+    """The ``k`` lowest-scoring steps (ties: the earlier step). Paper 1's pruning."""
+    return _ranked(candidates, scores, 1.0)[:k]
+
+
+@register_strategy("high")
+def highest_first(candidates: list[int], scores, k: int, seed: int) -> list[int]:
+    """The ``k`` highest-scoring steps (ties: the earlier step). Paper 1's high-entropy baseline."""
+    return _ranked(candidates, scores, -1.0)[:k]
+
+
+@register_strategy("random")
+def seeded_random(candidates: list[int], scores, k: int, seed: int) -> list[int]:
+    """``random.Random(seed).sample(candidates, k)``. Paper 1's random baseline."""
+    return random.Random(seed).sample(candidates, k)
 
 # Guards floor(ratio * N) against float noise such as 0.29 * 100 = 28.999999999999996.
 _FLOOR_EPS = 1e-9
@@ -85,16 +112,7 @@ def prune_steps(
     candidates = [i for i in range(n) if i not in protected]
     k = min(_n_to_prune(ratio, n), len(candidates))
 
-    if strategy == "random":
-        chosen = random.Random(seed).sample(candidates, k)
-    else:
-        vals = [float(scores[i]) for i in candidates]
-        if any(math.isnan(v) for v in vals):
-            raise ValueError("scores contain NaN; cannot rank steps")
-        sign = 1.0 if strategy == "low" else -1.0
-        chosen = sorted(candidates, key=lambda i: (sign * float(scores[i]), i))[:k]
-
-    chosen_set = set(chosen)
+    chosen_set = set(STRATEGIES[strategy](candidates, scores, k, seed))
     pruned = [i in chosen_set for i in range(n)]
     if placeholder:
         out = [placeholder if p else s for s, p in zip(steps, pruned)]

@@ -12,9 +12,9 @@ import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Callable
 
 from stepentropy_rl.cot_format import BOXED, SKIP_TOKEN, THINK_CLOSE, THINK_OPEN
+from stepentropy_rl.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,8 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
                   n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos)
 
 
-TERMS: dict[str, Callable[..., float]] = {}
-
-
-def register_term(name: str):
-    """Decorator adding a term ``fn(s: Sample, **params) -> float`` to `TERMS` under ``name``."""
-    def deco(fn):
-        if name == "total" or name in TERMS:
-            raise ValueError(f"reward term name {name!r} is reserved or already registered")
-        TERMS[name] = fn
-        return fn
-    return deco
+TERMS = Registry("reward term", reserved=("total",))  # name -> term(s: Sample, **params) -> float
+register_term = TERMS.register
 
 
 def _real(name: str, value, lo=-math.inf, hi=math.inf, open_lo=False, open_hi=False) -> float:

@@ -31,3 +31,21 @@ def test_grade_safely_turns_a_crashing_grader_into_wrong():
 
     assert grade_safely(broken, "x", "1") is False
     assert grade_safely(exact_match, r"\boxed{1}", "1") is True
+
+
+def test_a_registered_grader_is_usable_by_name():
+    import pytest
+
+    from stepentropy_rl.tasks.grading import GRADERS, get_grader, make_grader, register_grader
+
+    @register_grader("lenient_test")
+    def lenient(response, answer):
+        return answer in response
+
+    try:
+        assert get_grader("lenient_test") is lenient
+        assert make_grader("lenient_test")("x </think> it is 42", "42") is True
+        with pytest.raises(ValueError, match="already registered"):
+            register_grader("exact")(lenient)
+    finally:
+        GRADERS.pop("lenient_test")

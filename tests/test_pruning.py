@@ -255,3 +255,20 @@ def test_add_skip_token_qwen(qwen):
     # text without the token is unaffected
     plain = "Let x = [SKIP ] and SKIP it."
     assert tok.encode(plain, add_special_tokens=False) == ref.encode(plain)
+
+
+def test_a_registered_strategy_is_usable_by_name():
+    from stepentropy_rl.pruning import register_strategy
+
+    @register_strategy("every_other_test")
+    def every_other(candidates, scores, k, seed):
+        return candidates[::2][:k]
+
+    try:
+        validate_pruning("every_other_test", 0.5)
+        assert prune_steps(["a", "b", "c", "d"], [0, 0, 0, 0], "every_other_test", 0.5).pruned == [True, False,
+                                                                                                  True, False]
+        with pytest.raises(ValueError, match="already registered"):
+            register_strategy("low")(every_other)
+    finally:
+        STRATEGIES.pop("every_other_test")

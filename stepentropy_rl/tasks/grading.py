@@ -4,8 +4,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 from stepentropy_rl.cot_format import answer_text
+from stepentropy_rl.registry import Registry
 
 _POOL = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grader")
+GRADERS = Registry("grader")  # name -> grade(response, answer) -> bool  (data.grader)
+register_grader = GRADERS.register
 
 
 def extract_boxed(text: str) -> str | None:
@@ -25,6 +28,7 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+@register_grader("exact")
 def exact_match(response: str, answer: str) -> bool:
     """The last boxed answer equals ``answer`` as a string (whitespace-stripped).
 
@@ -43,6 +47,7 @@ def _math_verify(response: str, answer: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=None))
 
 
+@register_grader("math")
 def math_match(response: str, answer: str, timeout_s: float = 5.0) -> bool:
     """math-verify equivalence, run off the main thread with our own timeout (math-verify's uses signal.alarm).
 
@@ -55,7 +60,6 @@ def math_match(response: str, answer: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-GRADERS = {"exact": exact_match, "math": math_match}
 
 
 def grade_safely(grade, response: str, answer: str) -> bool:
