@@ -195,8 +195,6 @@ class GRPOTrainer:
         sampling = {"n": a.n_samples, "temperature": temperature, "top_p": float(a.top_p),
                     "max_tokens": int(t.max_tokens), "skip_special_tokens": False}
 
-        if self.t.get("kill_rollout_at_step") == self.step:  # fault injection (tests): a rollout engine dies
-            ray.kill(self.rollouts[0], no_restart=False)
         t0 = time.time()
         outs = generate_with_recovery(self.rollouts, pids, sampling, lambda restarted: self.push_weights(reopen=True))
         timing["gen"] = time.time() - t0
@@ -277,14 +275,17 @@ class GRPOTrainer:
         out["updates"] = len(steps)
         return out
 
-    def fit(self) -> None:
-        """Train until ``trainer.grpo.steps``; call :meth:`resume` first to continue a killed run."""
-        fail_at = self.t.get("crash_after_step")  # fault injection for the resume test
+    def fit(self, hooks: list = ()) -> None:
+        """Train until ``trainer.grpo.steps``; call :meth:`resume` first to continue a killed run. Each hook's
+        optional ``before_step(trainer)`` and ``after_step(trainer)`` run around every step (after its checkpoint),
+        e.g. ``faults.FaultInjection``."""
         while self.step < self.t.steps:
+            for h in hooks:
+                getattr(h, "before_step", lambda t: None)(self)
             metrics = self.train_step()
             self.tracker.log(metrics, step=self.step, console_keys=CONSOLE)
             self.step += 1
             if self.step % self.t.save_every == 0 or self.step == self.t.steps:
                 self.save()
-            if fail_at is not None and self.step == fail_at:
-                raise SystemExit(f"crash_after_step={fail_at}: simulated driver failure")
+            for h in hooks:
+                getattr(h, "after_step", lambda t: None)(self)

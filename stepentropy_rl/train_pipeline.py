@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
 from stepentropy_rl.data import write_jsonl
+from stepentropy_rl.faults import FaultInjection
 from stepentropy_rl.pruning import add_skip_token
 from stepentropy_rl.tokenizer import load_tokenizer
 
@@ -114,7 +115,8 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
             trainer = GRPOTrainer(cfg, train_problems, rollouts, reference, reward, learners, tok, run_dir, tracker)
             if not trainer.resume():
                 trainer.push_weights()
-            trainer.fit()
+            faults = FaultInjection.from_config(tc.grpo)
+            trainer.fit(hooks=[faults] if faults else [])
             learners.save_hf(str(models / "final"), str(init))
             stages.mark("grpo", {"steps": trainer.step})
         eval_stage("final", models / "final")

@@ -140,3 +140,26 @@ def test_mini_batches_and_epochs_score_old_logprobs_first(tmp_path):
     seqs = [s for b, _ in batches[:3] for s in b]
     assert [s.values["old_logprobs"][0] for s in seqs] == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     assert trainer.learners.temperatures == [0.6]
+
+
+def test_fit_runs_hooks_around_steps_and_an_injected_crash_ends_it(tmp_path):
+    """Fault injection is a hook (stepentropy_rl/faults.py), not a branch in the training step."""
+    from stepentropy_rl.faults import FaultInjection
+
+    t = _trainer(tmp_path, "trainer.grpo.steps=3", "trainer.grpo.save_every=1")
+    t.tracker = SimpleNamespace(log=lambda *a, **k: None)
+    t.learners.save_checkpoint = lambda path: Path(path).mkdir(parents=True)
+    seen = []
+
+    class Recorder:
+        def before_step(self, trainer):
+            seen.append(("before", trainer.step))
+
+        def after_step(self, trainer):
+            seen.append(("after", trainer.step))
+
+    with pytest.raises(SystemExit, match="crash_after_step=2"):
+        t.fit(hooks=[Recorder(), FaultInjection(crash_after_step=2)])
+    assert seen == [("before", 0), ("after", 1), ("before", 1), ("after", 2)]
+    assert (tmp_path / "grpo" / "latest").read_text() == "step_2"  # checkpointed before the crash
+    assert FaultInjection.from_config({"kill_rollout_at_step": None, "crash_after_step": None}) is None
