@@ -255,7 +255,8 @@ class GRPOTrainer:
 
         metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
         think = [thinking_tokens(s.response_ids, self.close_id) for s in seqs]
-        metrics.update({"samples": len(seqs), "sync/bytes": self.sync.bytes, "response/length": n_tok / len(seqs), "response/think_tokens": float(np.mean(think)),
+        metrics.update({"samples": len(seqs), "sync/bytes": self.sync.bytes, "response/length": n_tok / len(seqs),
+                        "response/think_tokens": float(np.mean(think)),
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),
                         **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},

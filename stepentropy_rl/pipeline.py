@@ -47,12 +47,11 @@ def train_problems(cfg: DictConfig):
     return generated(task_config(cfg), cfg.trainer.n_train, cfg.data.seed, "train")
 
 
-def check_prompt_context(cfg: DictConfig, model_path: str, problems) -> None:
+def check_prompt_context(cfg: DictConfig, model_path: str, tok, problems) -> None:
     """Before any actor starts: the longest chat-formatted prompt plus each generation budget must fit the engine's
     context (``config.check_context``), or vLLM would cut responses short without an error."""
     from transformers import AutoConfig
 
-    tok = load_tokenizer(model_path)
     longest = max((len(prompt_ids(tok, p.prompt)) for p in problems), default=0)
     check_context(cfg, longest, getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None))
 
@@ -67,13 +66,13 @@ def run(cfg: DictConfig) -> None:
     model_path = resolve_model(cfg)
     problems = eval_problems(cfg)
     train = train_problems(cfg) if cfg.pipeline == "train" else []
-    check_prompt_context(cfg, model_path, problems + train)
+    tokenizer = load_tokenizer(model_path)
+    check_prompt_context(cfg, model_path, tokenizer, problems + train)
     grade = make_grader(cfg.data.grader, cfg.data.grade_span)
     init_ray(cfg.cluster)
     try:
         check_shared_run_dir(run_dir)
         if cfg.pipeline == "prune_study":
-            tokenizer = load_tokenizer(model_path)
             rollout = spawn_rollout(cfg, model_path)
             reference = spawn_reference(cfg, model_path)
             _prune_study(cfg, run_dir, problems, rollout, reference, tokenizer, model_path, grade)

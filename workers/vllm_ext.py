@@ -32,26 +32,20 @@ class WeightSync:
         if not files:
             raise FileNotFoundError(f"{path}: no *.safetensors checkpoint")
 
+        loaded = []
+
         def tensors():
-            names = set()
             for f in files:
                 with safe_open(str(f), "pt") as sf:
                     for name in sf.keys():
-                        names.add(name)
+                        loaded.append(name)
                         yield name, sf.get_tensor(name)
-            if "lm_head.weight" not in names and getattr(self.model_config.hf_config, "tie_word_embeddings", False):
+            if "lm_head.weight" not in loaded and getattr(self.model_config.hf_config, "tie_word_embeddings", False):
                 for f in files:
                     with safe_open(str(f), "pt") as sf:
                         if "model.embed_tokens.weight" in sf.keys():
+                            loaded.append("lm_head.weight")
                             yield "lm_head.weight", sf.get_tensor("model.embed_tokens.weight")
 
-        count = 0
-
-        def counted():
-            nonlocal count
-            for item in tensors():
-                count += 1
-                yield item
-
-        self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
-        return count
+        self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+        return len(loaded)
