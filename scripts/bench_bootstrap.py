@@ -29,22 +29,22 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from stepentropy_rl.pipeline import resolve_model
-    from stepentropy_rl.tasks.basket import diagnose, label_step
-    from stepentropy_rl.config import task_config
-    from stepentropy_rl.data import generated
+    from stepentropy_rl.config import build
     from stepentropy_rl.cot_format import split_thinking
+    from stepentropy_rl.data import generated
+    from stepentropy_rl.driver.run import resolve_model
+    from stepentropy_rl.tasks.basket import diagnose, label_step
     from stepentropy_rl.tasks.grading import make_grader
     from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
-        cfg = compose("config", overrides=["run_dir=/tmp", *args.overrides])
+        cfg = build(compose("config", overrides=["run_dir=/tmp", "+experiment=prune_sweep", *args.overrides]))
     t0 = time.time()
     path = resolve_model(cfg)
     resolve_s = time.time() - t0
     stats = json.loads((Path(path) / "bootstrap.json").read_text())
-    problems = generated(task_config(cfg), args.n, cfg.data.seed, "test")
+    problems = generated(cfg.data.task, args.n, cfg.data.seed, "test")
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -25,6 +25,8 @@ from verl.workers.config import ActorConfig
 
 ABSOLUTE = "absolute"
 LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# verl's kl_penalty estimators; a trailing "+" takes the k2 gradient with the estimator's value (straight-through)
+KL_TYPES = tuple(k + plus for k in ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3") for plus in ("", "+"))
 
 
 def _register_ours(name: str):

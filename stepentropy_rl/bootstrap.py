@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from stepentropy_rl.batch import Sequence, collate
+from stepentropy_rl.files import atomic_dir
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
 
@@ -48,6 +48,15 @@ class TinyConfig:
     threads: int = 0  # torch threads; 0 = all cores
     bf16: bool = True  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
+
+    def __post_init__(self):
+        from stepentropy_rl.typed import positive
+
+        positive(self, "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_position_embeddings", "train_examples", "steps", "batch_size", integer=True)
+        positive(self, "lr")
+        positive(self, "warmup_steps", "threads", allow_zero=True, integer=True)
+        positive(self, "weight_decay", allow_zero=True)
 
     def key(self) -> str:
         blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)
@@ -79,15 +88,9 @@ def build_cached(path: Path, build) -> Path:
     place once whole: a crash leaves no half-built model, and of two concurrent builds the first to finish wins."""
     if (path / "DONE").exists():
         return path
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    (tmp / "DONE").write_text("ok\n")
-    if path.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    with atomic_dir(path) as tmp:
+        build(tmp)
+        (tmp / "DONE").write_text("ok\n")
     return path
 
 

@@ -1,17 +1,29 @@
-"""Config validation: every impossible value fails before any actor starts, with the key that holds it."""
+"""The typed config: one dataclass per config group (``conf/<group>/*.yaml``), checked in ``__post_init__``.
+
+``build(cfg)`` turns the composed Hydra config into a :class:`JobConfig` once, at start-up, before any stage runs:
+unknown keys, wrong types and impossible values fail there with the dotted key that holds them. Everything after
+start-up takes its typed sub-config (``cfg.trainer.grpo``, ``cfg.cluster.learner``, ...).
+"""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from stepentropy_rl.bootstrap import TinyConfig
 from stepentropy_rl.cot_format import GRADE_SPANS
+from stepentropy_rl.phase import STAGES, PhaseConfig
 from stepentropy_rl.pruning import validate_pruning
+from stepentropy_rl.r1_standin import StandinConfig
 from stepentropy_rl.tasks.basket import BasketConfig
-from stepentropy_rl.tasks.grading import get_grader
+from stepentropy_rl.typed import ConfigError, from_dict, need, one_of, positive
 
-PIPELINES = ("prune_study", "train")
+DTYPES = ("float32", "bfloat16", "float16")
 KL_REFERENCES = ("sft", "base")
 
 
@@ -30,149 +42,402 @@ if not OmegaConf.has_resolver("shipped_data"):
     OmegaConf.register_new_resolver("shipped_data", shipped_data_dir)
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work."""
-
-
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
 def as_list(x) -> list:
     """A config value that may be one item or a list of them, as a list."""
-    return list(x) if isinstance(x, (list, tuple, ListConfig)) else [x]
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def task_config(cfg: DictConfig) -> BasketConfig:
-    raw = OmegaConf.to_container(cfg.data.task, resolve=True)
-    raw["ops"] = tuple(raw.get("ops", ("add",)))
-    try:
-        task = BasketConfig(**raw)
-    except TypeError as e:
-        raise ConfigError(f"data.task: {e}") from None
-    try:
-        task.validate()
-    except ValueError as e:
-        raise ConfigError(f"data.{e}") from None
-    return task
+# ---- model, data, generation -------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    """``model.path`` (a HF checkpoint directory) if set; else the R1-format stand-in (``standin``) or the tiny
+    reasoner (``tiny``), built and cached on first use."""
+
+    path: Optional[str] = None
+    dtype: str = "float32"  # the reference model's
+    tiny: Optional[TinyConfig] = None  # its task is data.task (resolve_model sets it)
+    standin: Optional[StandinConfig] = None
+
+    def __post_init__(self):
+        one_of(self, "dtype", DTYPES)
+        need(self.path is not None or self.tiny is not None or self.standin is not None, "tiny",
+             "or model.standin must be set when model.path is null")
 
 
-def validate(cfg: DictConfig, check_paths: bool = True) -> None:
-    """Raise ConfigError naming the first impossible key. ``check_paths=False`` checks a config for another
-    machine (model and data files need not exist here)."""
-    _need(cfg.pipeline in PIPELINES,
-          f"pipeline must be one of {PIPELINES} (choose one with +experiment=prune_sweep), got {cfg.pipeline!r}")
-    if cfg.model.path is not None:
-        _need(not check_paths or Path(cfg.model.path).expanduser().is_dir(),
-              f"model.path: no such model directory {cfg.model.path!r}")
-    else:
-        _need(cfg.model.get("tiny") is not None or cfg.model.get("standin") is not None,
-              "model.tiny or model.standin must be set when model.path is null")
-    if cfg.data.path is not None:
-        _need(not check_paths or Path(cfg.data.path).expanduser().is_file(), f"data.path: no such file {cfg.data.path!r}")
-    if cfg.pipeline == "train" and cfg.data.get("train_path") is not None:
-        _need(not check_paths or Path(cfg.data.train_path).expanduser().is_file(),
-              f"data.train_path: no such file {cfg.data.train_path!r}")
-    else:
-        task_config(cfg)
-    try:
-        get_grader(cfg.data.grader)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _need(cfg.data.get("grade_span", "answer") in GRADE_SPANS,
-          f"data.grade_span must be one of {GRADE_SPANS}, got {cfg.data.get('grade_span')!r}")
-    _need(int(cfg.data.n_eval) >= 1, f"data.n_eval must be >= 1, got {cfg.data.n_eval}")
-    for strategy in as_list(cfg.pruning.strategy):
-        for ratio in as_list(cfg.pruning.ratio):
-            try:
-                validate_pruning(strategy, ratio)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-    _need(cfg.pruning.aggregate in ("sum", "mean"),
-          f"pruning.aggregate must be 'sum' or 'mean', got {cfg.pruning.aggregate!r}")
-    _need(bool(cfg.pruning.delimiter), "pruning.delimiter must be a non-empty string")
-    r = cfg.rollout
-    for key in ("temperature", "answer_temperature"):
-        v = float(r[key])
-        _need(math.isfinite(v) and v >= 0, f"rollout.{key} must be >= 0, got {r[key]}")
-    _need(0 < float(r.top_p) <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
-    for key in ("max_tokens", "answer_max_tokens"):
-        _need(int(r[key]) >= 1, f"rollout.{key} must be >= 1, got {r[key]}")
-    _need(int(cfg.cluster.rollout.num_workers) >= 1,
-          f"cluster.rollout.num_workers must be >= 1, got {cfg.cluster.rollout.num_workers}")
-    if cfg.pipeline == "train":
-        validate_training(cfg)
-    check_context(cfg, longest_prompt=1)
+@dataclass
+class DataConfig:
+    path: Optional[str] = None  # held-out JSONL; null = generated from ``task``
+    train_path: Optional[str] = None  # training JSONL; null = generated from ``task``
+    grader: str = "exact"
+    grade_span: str = "answer"
+    seed: int = 0
+    n_eval: int = 200
+    task: Optional[BasketConfig] = None
+
+    def __post_init__(self):
+        from stepentropy_rl.tasks.grading import GRADERS
+
+        one_of(self, "grader", GRADERS)
+        one_of(self, "grade_span", GRADE_SPANS)
+        positive(self, "n_eval", integer=True)
 
 
-def context_needs(cfg: DictConfig) -> dict[str, int]:
+@dataclass
+class RolloutConfig:
+    """vLLM sampling for the study and the prune stage; ``engine``: extra ``vllm.LLM`` keyword arguments."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 384
+    answer_temperature: float = 0.6
+    answer_max_tokens: int = 32
+    seed: int = 0
+    topk_logprobs: int = 20
+    kv_cache_gib: int = 1
+    engine: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        positive(self, "temperature", "answer_temperature", "topk_logprobs", "kv_cache_gib", allow_zero=True)
+        positive(self, "max_tokens", "answer_max_tokens", integer=True)
+        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        limit = self.engine.get("max_model_len")
+        need(limit is None or (isinstance(limit, int) and limit >= 1), "engine.max_model_len",
+             f"must be null or an integer >= 1, got {limit!r}")
+
+
+@dataclass
+class StepPruning:
+    """How steps are cut, scored and replaced: shared by the study (``pruning``) and the prune stage."""
+
+    placeholder: str = "[SKIP]"  # any text; "" deletes the step
+    aggregate: str = "sum"  # step entropy: sum or mean of its token entropies
+    delimiter: str = "\n\n"
+    protect_first: bool = False
+    protect_last: bool = False
+
+    def __post_init__(self):
+        one_of(self, "aggregate", ("sum", "mean"))
+        need(bool(self.delimiter), "delimiter", "must be a non-empty string")
+
+
+@dataclass
+class PruningConfig(StepPruning):
+    """The static study's pruning; ``strategy`` and ``ratio`` may be one value or a list (a sweep)."""
+
+    strategy: Any = "low"
+    ratio: Any = 0.8
+    seed: int = 0  # for strategy=random
+
+    def __post_init__(self):
+        super().__post_init__()
+        for strategy in as_list(self.strategy):
+            for ratio in as_list(self.ratio):
+                try:
+                    validate_pruning(strategy, ratio)
+                except ValueError as e:
+                    raise ConfigError(str(e).removeprefix("pruning.")) from None
+
+
+@dataclass
+class ReferenceConfig:
+    dtype: str = "float32"
+    batch_size: int = 16
+    chunk_rows: int = 2048  # rows of logits per entropy chunk: bounds memory with a 151k vocabulary
+
+    def __post_init__(self):
+        one_of(self, "dtype", DTYPES)
+        positive(self, "batch_size", "chunk_rows", integer=True)
+
+
+# ---- cluster -----------------------------------------------------------------------------------------------------
+@dataclass
+class RolloutCluster:
+    num_workers: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0
+    max_restarts: int = 2
+
+    def __post_init__(self):
+        positive(self, "num_workers", integer=True)
+        positive(self, "num_cpus", "num_gpus", allow_zero=True)
+        positive(self, "max_restarts", allow_zero=True, integer=True)
+
+
+@dataclass
+class ReferenceCluster:
+    num_cpus: float = 0.25
+    num_gpus: float = 0
+    threads: int = 0
+
+    def __post_init__(self):
+        positive(self, "num_cpus", "num_gpus", allow_zero=True)
+        positive(self, "threads", allow_zero=True, integer=True)
+
+
+@dataclass
+class RewardCluster:
+    num_cpus: float = 0.1
+
+    def __post_init__(self):
+        positive(self, "num_cpus", allow_zero=True)
+
+
+@dataclass
+class LearnerCluster:
+    """FSDP2 learner ranks: ``dtype`` of parameters and optimizer state, ``param_dtype`` the mixed-precision compute
+    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``."""
+
+    world_size: int = 2
+    num_cpus: float = 0.5
+    num_gpus: float = 0
+    backend: str = "gloo"
+    dtype: str = "float32"
+    param_dtype: Optional[str] = None
+    threads: int = 1
+    sync_bucket_mb: float = 64
+
+    def __post_init__(self):
+        positive(self, "world_size", integer=True)
+        positive(self, "num_cpus", "num_gpus", allow_zero=True)
+        positive(self, "threads", allow_zero=True, integer=True)
+        positive(self, "sync_bucket_mb")
+        one_of(self, "backend", ("gloo", "nccl"))
+        one_of(self, "dtype", DTYPES)
+        one_of(self, "param_dtype", (None, *DTYPES))
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # a Ray cluster to join (or RAY_ADDRESS); null = start one here
+    num_cpus: Optional[int] = None
+    dashboard_host: str = "127.0.0.1"
+    include_dashboard: bool = True
+    rollout: RolloutCluster = field(default_factory=RolloutCluster)
+    reference: ReferenceCluster = field(default_factory=ReferenceCluster)
+    reward: RewardCluster = field(default_factory=RewardCluster)
+    learner: LearnerCluster = field(default_factory=LearnerCluster)
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+@dataclass
+class AlgorithmConfig:
+    """GRPO; sizes are global and counted in prompts; ``temperature`` and ``adv_estimator`` per phase stage."""
+
+    prompts_per_step: int = 16
+    n_samples: int = 4
+    ppo_mini_batch_size: Optional[int] = None  # null = prompts_per_step: one optimizer step per rollout batch
+    ppo_epochs: int = 1
+    top_p: float = 1.0
+    temperature: dict[str, float] = field(default_factory=lambda: {"compress": 0.6, "explore": 1.0})
+    adv_estimator: dict[str, str] = field(default_factory=lambda: {"compress": "grpo", "explore": "grpo"})
+    norm_adv_by_std: bool = True
+    beta: float = 1.0
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    clip_ratio_c: float = 3.0
+    loss_agg_mode: str = "token-mean"
+    loss_scale_factor: Optional[float] = None
+    kl_coef: float = 0.001
+    kl_type: str = "low_var_kl"
+    kl_reference: str = "sft"
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
+
+    def __post_init__(self):
+        from stepentropy_rl.algorithms import KL_TYPES, LOSS_AGG_MODES, known_estimators
+
+        positive(self, "prompts_per_step", "ppo_epochs", integer=True)
+        need(self.n_samples >= 2, "n_samples", f"must be >= 2 (a GRPO group), got {self.n_samples}")
+        if self.ppo_mini_batch_size is None:
+            self.ppo_mini_batch_size = self.prompts_per_step
+        need(self.ppo_mini_batch_size >= 1 and self.prompts_per_step % self.ppo_mini_batch_size == 0,
+             "ppo_mini_batch_size", f"must divide algorithm.prompts_per_step ({self.prompts_per_step}), "
+                                    f"got {self.ppo_mini_batch_size}")
+        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        for stage in STAGES:
+            t = self.temperature.get(stage)
+            need(t is not None and math.isfinite(t) and 0 < t <= 5, f"temperature.{stage}",
+                 f"must be in (0, 5] (log-probs are taken at the sampling temperature), got {t}")
+            need(self.adv_estimator.get(stage) in known_estimators(), f"adv_estimator.{stage}",
+                 f"must be one of {known_estimators()}, got {self.adv_estimator.get(stage)!r}")
+        positive(self, "beta", "clip_ratio_low", "clip_ratio_high")
+        need(self.clip_ratio_c > 1, "clip_ratio_c", f"must be > 1 (dual clip), got {self.clip_ratio_c}")
+        positive(self, "kl_coef", allow_zero=True)
+        if self.loss_scale_factor is not None:
+            positive(self, "loss_scale_factor")
+        one_of(self, "loss_agg_mode", LOSS_AGG_MODES)
+        one_of(self, "kl_type", KL_TYPES)
+        one_of(self, "kl_reference", KL_REFERENCES)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    betas: tuple[float, ...] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        positive(self, "lr", "grad_clip")
+        positive(self, "weight_decay", allow_zero=True)
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+             f"must be two numbers in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class PruneStageConfig(StepPruning):
+    """The prune stage that makes the SFT data: whose CoTs (``source``: policy | gold), pruned at ``ratio``."""
+
+    source: str = "policy"
+    ratio: float = 0.2
+    keep_verified: bool = True  # keep a pruned CoT only if the answer regenerated after it is still right
+    answer_max_tokens: int = 32
+
+    def __post_init__(self):
+        super().__post_init__()
+        one_of(self, "source", ("policy", "gold"))
+        try:
+            validate_pruning("low", self.ratio)
+        except ValueError as e:
+            raise ConfigError(f"ratio: {e}") from None
+        positive(self, "answer_max_tokens", integer=True)
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        positive(self, "epochs", "batch_size", integer=True)
+        positive(self, "lr")
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 40
+    max_tokens: int = 160
+    lr: float = 1e-4
+    save_every: int = 5
+    crash_after_step: Optional[int] = None  # fault injection (driver/faults.py): exit after this step
+    kill_rollout_at_step: Optional[int] = None  # fault injection: kill rollout engine 0 before this step
+
+    def __post_init__(self):
+        positive(self, "steps", "max_tokens", "save_every", integer=True)
+        positive(self, "lr")
+
+
+@dataclass
+class EvalConfig:
+    temperature: float = 0.6
+    max_tokens: int = 384
+
+    def __post_init__(self):
+        positive(self, "temperature", allow_zero=True)
+        positive(self, "max_tokens", integer=True)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: str = "offline"  # offline | online | disabled
+    project: str = "stepentropy_rl"
+
+    def __post_init__(self):
+        one_of(self, "wandb", ("offline", "online", "disabled"))
+
+
+@dataclass
+class TrainerConfig:
+    n_train: int = 512
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    prune: PruneStageConfig = field(default_factory=PruneStageConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    micro_batch_size: int = 16  # per learner rank
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self):
+        positive(self, "n_train", "micro_batch_size", integer=True)
+
+
+# ---- the job -----------------------------------------------------------------------------------------------------
+@dataclass
+class JobConfig:
+    """The whole run. ``reward`` stays a mapping (term lists per stage, checked by ``rewards.stage_rewards``)."""
+
+    pipeline: str
+    run_dir: str
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig
+    pruning: PruningConfig
+    cluster: ClusterConfig
+    reward: dict[str, Any]
+    algorithm: AlgorithmConfig
+    trainer: TrainerConfig
+    reference: ReferenceConfig
+    seed: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self):
+        from stepentropy_rl.rewards import stage_rewards
+
+        train = self.pipeline == "train"
+        need(self.data.task is not None or (self.data.path is not None and self.model.tiny is None
+                                            and (not train or self.data.train_path is not None)),
+             "data.task", "must be set to generate problems (data.path or data.train_path is null, or the tiny "
+                          "reasoner is trained on the task)")
+        a, world = self.algorithm, self.cluster.learner.world_size
+        need(a.ppo_mini_batch_size * a.n_samples >= world, "algorithm.ppo_mini_batch_size",
+             f"* algorithm.n_samples must be >= cluster.learner.world_size ({world}): every rank needs a sample")
+        try:
+            stage_rewards(self.reward)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"reward: {e}") from None
+        check_context(self, longest_prompt=1)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (tuples as lists): for the run directory and the trackers."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def build(cfg: DictConfig | dict, check_paths: bool = True) -> JobConfig:
+    """The typed config of a composed Hydra config: every key checked, ConfigError naming the first bad one.
+    ``check_paths=False`` checks a config for another machine (model and data files need not exist here)."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.pop("hydra", None)
+    job = from_dict(JobConfig, raw)
+    if check_paths:
+        for key, path, is_dir in (("model.path", job.model.path, True), ("data.path", job.data.path, False),
+                                  ("data.train_path", job.data.train_path if job.pipeline == "train" else None,
+                                   False)):
+            if path is not None:
+                p = Path(path).expanduser()
+                if not (p.is_dir() if is_dir else p.is_file()):
+                    raise ConfigError(f"{key}: no such {'model directory' if is_dir else 'file'} {path!r}")
+    return job
+
+
+def context_needs(cfg: JobConfig) -> dict[str, int]:
     """Tokens each generation needs beyond its prompt, by the config key that sets them. Pruned-thinking answer
     regeneration continues a CoT of up to ``rollout.max_tokens``."""
     r = cfg.rollout
     if cfg.pipeline == "prune_study":
-        return {"rollout.max_tokens + rollout.answer_max_tokens": int(r.max_tokens) + int(r.answer_max_tokens)}
+        return {"rollout.max_tokens + rollout.answer_max_tokens": r.max_tokens + r.answer_max_tokens}
     t = cfg.trainer
-    return {"rollout.max_tokens + trainer.prune.answer_max_tokens": int(r.max_tokens) + int(t.prune.answer_max_tokens),
-            "trainer.grpo.max_tokens": int(t.grpo.max_tokens), "trainer.eval.max_tokens": int(t.eval.max_tokens)}
+    return {"rollout.max_tokens + trainer.prune.answer_max_tokens": r.max_tokens + t.prune.answer_max_tokens,
+            "trainer.grpo.max_tokens": t.grpo.max_tokens, "trainer.eval.max_tokens": t.eval.max_tokens}
 
 
-def check_context(cfg: DictConfig, longest_prompt: int, max_model_len: int | None = None) -> None:
+def check_context(cfg: JobConfig, longest_prompt: int, max_model_len: int | None = None) -> None:
     """ConfigError unless the longest prompt plus each generation budget fits the engine's context
     (``rollout.engine.max_model_len``, else ``max_model_len``, e.g. the model's ``max_position_embeddings``):
     vLLM would cut the response short without an error."""
     limit = cfg.rollout.engine.get("max_model_len") or max_model_len
     if not limit:
         return
-    for key, need in context_needs(cfg).items():
-        _need(longest_prompt + need <= int(limit),
-              f"{key} = {need} plus the longest prompt ({longest_prompt} tokens) exceeds the engine's context "
-              f"rollout.engine.max_model_len = {limit}: raise max_model_len or lower the budget")
-
-
-def validate_training(cfg: DictConfig) -> None:
-    from stepentropy_rl.algorithms import known_estimators
-    from stepentropy_rl.phase import STAGES, PhaseConfig
-    from stepentropy_rl.rewards import stage_rewards
-
-    a, t = cfg.algorithm, cfg.trainer
-    for stage in STAGES:
-        _need(stage in a.adv_estimator and a.adv_estimator[stage] in known_estimators(),
-              f"algorithm.adv_estimator.{stage} must be one of {known_estimators()}, got "
-              f"{a.adv_estimator.get(stage)!r}")
-        _need(stage in a.temperature and 0 < float(a.temperature[stage]) <= 5,
-              f"algorithm.temperature.{stage} must be in (0, 5] (log-probs are taken at the sampling temperature)")
-    _need(int(a.n_samples) >= 2, f"algorithm.n_samples must be >= 2 (a GRPO group), got {a.n_samples}")
-    _need(int(a.prompts_per_step) >= 1, f"algorithm.prompts_per_step must be >= 1, got {a.prompts_per_step}")
-    _need(a.prompts_per_step * a.n_samples >= cfg.cluster.learner.world_size,
-          "algorithm.prompts_per_step * n_samples must be >= cluster.learner.world_size")
-    _need(float(a.kl_coef) >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
-    mini = a.get("ppo_mini_batch_size") or a.prompts_per_step
-    _need(int(mini) >= 1 and a.prompts_per_step % int(mini) == 0,
-          f"algorithm.ppo_mini_batch_size must divide algorithm.prompts_per_step ({a.prompts_per_step}), got {mini}")
-    _need(int(mini) * a.n_samples >= cfg.cluster.learner.world_size,
-          "algorithm.ppo_mini_batch_size * n_samples must be >= cluster.learner.world_size")
-    _need(int(a.get("ppo_epochs", 1)) >= 1, f"algorithm.ppo_epochs must be >= 1, got {a.get('ppo_epochs')}")
-    _need(a.get("kl_reference", "sft") in KL_REFERENCES,
-          f"algorithm.kl_reference must be one of {KL_REFERENCES}, got {a.get('kl_reference')!r}")
-    for check, where in ((lambda: PhaseConfig(**dict(a.phase)).validate(), "algorithm.phase"),
-                         (lambda: stage_rewards(OmegaConf.to_container(cfg.reward, resolve=True)), "reward"),
-                         (lambda: validate_pruning("low", t.prune.ratio), "trainer.prune")):
-        try:
-            check()
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where}: {e}") from None
-    for key in ("steps", "save_every", "max_tokens"):
-        _need(int(t.grpo[key]) >= 1, f"trainer.grpo.{key} must be >= 1, got {t.grpo[key]}")
-    _need(int(t.n_train) >= 1, f"trainer.n_train must be >= 1, got {t.n_train}")
-    _need(int(cfg.cluster.learner.world_size) >= 1,
-          f"cluster.learner.world_size must be >= 1, got {cfg.cluster.learner.world_size}")
-    _need(cfg.cluster.learner.backend in ("gloo", "nccl"),
-          f"cluster.learner.backend must be gloo or nccl, got {cfg.cluster.learner.backend!r}")
-    _need(float(cfg.cluster.learner.get("sync_bucket_mb", 256)) > 0,
-          f"cluster.learner.sync_bucket_mb must be > 0, got {cfg.cluster.learner.get('sync_bucket_mb')}")
-    dtypes = ("float32", "bfloat16", "float16")
-    _need(cfg.cluster.learner.dtype in dtypes,
-          f"cluster.learner.dtype must be one of {dtypes}, got {cfg.cluster.learner.dtype!r}")
-    _need(cfg.cluster.learner.get("param_dtype") in (None, *dtypes),
-          f"cluster.learner.param_dtype must be null or one of {dtypes}, got {cfg.cluster.learner.get('param_dtype')!r}")
+    for key, n in context_needs(cfg).items():
+        need(longest_prompt + n <= int(limit), key,
+             f"= {n} plus the longest prompt ({longest_prompt} tokens) exceeds the engine's context "
+             f"rollout.engine.max_model_len = {limit}: raise max_model_len or lower the budget")

@@ -23,6 +23,62 @@ def split_thinking(text: str) -> tuple[str, bool]:
     return (text, False) if idx < 0 else (text[:idx], True)
 
 
+def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
+    """Tokens before the ``</think>`` id (all of them if it never closed): the thinking length, counted from ids.
+
+    >>> thinking_tokens([4, 4, 7, 9], close_id=7), thinking_tokens([4, 4], close_id=7)
+    (2, 2)
+    """
+    if close_id is not None and close_id in token_ids:
+        return token_ids.index(close_id)
+    return len(token_ids)
+
+
+def answer_prefix(prompt: str, thinking: str) -> str:
+    r"""Prompt + (pruned) thinking + ``\n</think>``: the model writes the answer from there.
+
+    The step-entropy paper appends ``\n</think>\n\n``; we stop at the tag because a prompt string that ends in
+    whitespace tokenizes differently from the same characters mid-text (a trailing "\n\n" merges into one token the
+    model never saw before an answer), which cost the tiny reasoner 15 points of accuracy at ratio 0.
+
+    >>> answer_prefix("Q<think>\n", "a\n\n[SKIP]")
+    'Q<think>\na\n\n[SKIP]\n</think>'
+    """
+    return f"{prompt}{thinking}\n{THINK_CLOSE}"
+
+
+def boxed_span(text: str, start: int = 0, last: bool = False) -> tuple[int, int] | None:
+    r"""``(i, j)`` of the first (or ``last``) ``\boxed{...}`` at or after ``start`` whose braces close (nested braces
+    allowed): ``text[i]`` starts ``\boxed{`` and ``text[j]`` is its closing brace; None if there is none.
+
+    >>> t = "so \\boxed{3} then \\boxed{\\frac{1}{2}} and \\boxed{4"
+    >>> t[slice(*boxed_span(t))], t[slice(*boxed_span(t, last=True))], boxed_span("\\boxed{4")
+    ('\\boxed{3', '\\boxed{\\frac{1}{2}', None)
+    """
+    found, i = None, text.find(BOXED, start)
+    while i >= 0:
+        depth = 1
+        for j in range(i + len(BOXED), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                if not last:
+                    return i, j
+                found = (i, j)
+                break
+        i = text.find(BOXED, i + 1)
+    return found
+
+
+def boxed_answer(text: str) -> str | None:
+    r"""Content of the last ``\boxed{...}`` in ``text``, stripped; None if there is none or its braces never close.
+
+    >>> boxed_answer("so \\boxed{3} then \\boxed{ \\frac{1}{2} }"), boxed_answer("\\boxed{3} \\boxed{4")
+    ('\\frac{1}{2}', None)
+    """
+    span = boxed_span(text, max(0, text.rfind(BOXED)))
+    return None if span is None else text[span[0] + len(BOXED): span[1]].strip()
+
+
 def answer_text(response: str, span: str = "answer") -> str | None:
     """What a grader reads: with ``span="answer"`` the text after the first ``</think>`` (None if the thinking never
     closed: a truncated response has no answer, whatever its thinking contains); with ``"all"`` the whole response.
@@ -34,5 +90,5 @@ def answer_text(response: str, span: str = "answer") -> str | None:
         raise ValueError(f"data.grade_span must be one of {GRADE_SPANS}, got {span!r}")
     if span == "all":
         return response
-    idx = response.find(THINK_CLOSE)
-    return None if idx < 0 else response[idx + len(THINK_CLOSE):]
+    thinking, closed = split_thinking(response)
+    return response[len(thinking) + len(THINK_CLOSE):] if closed else None

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepentropy_rl.files import atomic_write_jsonl
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 
 
@@ -71,9 +72,4 @@ def generated(task: BasketConfig, n: int, seed: int, split: str) -> list[Example
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     """Write rows atomically (temp file, then rename): a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    tmp.replace(path)
+    atomic_write_jsonl(path, rows)

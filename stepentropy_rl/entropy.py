@@ -262,3 +262,16 @@ def topk_entropy(topk_logprobs: Sequence[Mapping[int, Any] | Sequence[float]]) -
             h -= rest * math.log(rest)
         result.append(max(h, 0.0))
     return result
+
+
+def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str, aggregate: str
+                 ) -> tuple[list[str], list[float]]:
+    """The thinking of a response given as token ids, cut into steps on ``delimiter``: (step texts, step entropies),
+    a step's entropy being the ``aggregate`` (sum | mean) of its tokens' ``entropy`` (one value per id)."""
+    from stepentropy_rl.cot_format import split_thinking
+    from stepentropy_rl.tokenizer import token_offsets
+
+    text, offsets = token_offsets(tokenizer, ids)
+    thinking, _ = split_thinking(text)
+    spans = segment_steps(thinking, offsets, delimiter)
+    return [s.text.strip() for s in spans], step_entropies(entropy, spans, aggregate)

@@ -56,11 +56,14 @@ class PhaseConfig:
     fixed_compress_steps: int = 10
     switch_on: str = "stall"
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
         """Raise ValueError naming the first impossible key."""
         def need(ok: bool, msg: str) -> None:
             if not ok:
-                raise ValueError(f"phase.{msg}")
+                raise ValueError(msg)
 
         need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
         need(self.start in STAGES, f"start must be one of {STAGES}, got {self.start!r}")

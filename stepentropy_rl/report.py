@@ -1,9 +1,10 @@
 """Run outputs: summary table (console + markdown), summary.json, and the accuracy-vs-ratio plot."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from stepentropy_rl.files import atomic_write_json
 
 
 def summary_table(results: list[dict]) -> str:
@@ -17,9 +18,7 @@ def summary_table(results: list[dict]) -> str:
 def write_summary(run_dir: Path, results: list[dict], extra: dict) -> Path:
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in extra.items()}
     path = run_dir / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"results": results, **clean}, indent=1))
-    tmp.replace(path)
+    atomic_write_json(path, {"results": results, **clean})
     (run_dir / "summary.md").write_text(summary_table(results) + "\n\n" + "\n".join(
         f"- {k}: {v}" for k, v in clean.items()) + "\n")
     return path
@@ -66,9 +65,7 @@ def write_training_report(run_dir: Path, models: dict) -> dict:
     """``report.json``: ``models: {base, sft, final}`` each ``{accuracy, thinking_tokens, skips, n}``; a table."""
     rep = {"models": {k: {"accuracy": v["accuracy"], "thinking_tokens": v["thinking_tokens"],
                           "skips": v.get("skips", 0.0), "n": v["n"]} for k, v in models.items()}}
-    tmp = run_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(rep, indent=1))
-    tmp.replace(run_dir / "report.json")
+    atomic_write_json(run_dir / "report.json", rep)
     table = training_table(rep["models"])
     (run_dir / "report.md").write_text(table + "\n")
     print(table)

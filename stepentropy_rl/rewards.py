@@ -13,7 +13,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from stepentropy_rl.cot_format import BOXED, SKIP_TOKEN, THINK_CLOSE, THINK_OPEN
+from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE, THINK_OPEN, boxed_span, split_thinking
 from stepentropy_rl.registry import Registry
 
 
@@ -31,19 +31,6 @@ class Sample:
     answer_pos: int | None = None  # token index where the answer's \boxed{ starts
 
 
-def _boxed_start(text: str, start: int = 0) -> int:
-    """Char index of the first ``\\boxed{`` at or after ``start`` whose braces close, else -1."""
-    i = text.find(BOXED, start)
-    while i >= 0:
-        depth = 1
-        for ch in text[i + len(BOXED):]:
-            depth += {"{": 1, "}": -1}.get(ch, 0)
-            if depth == 0:
-                return i
-        i = text.find(BOXED, i + 1)
-    return -1
-
-
 def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter: str = "\n\n",
                 close_id: int | None = None) -> Sample:
     """Build a `Sample` from a response's ids and text (decoded WITHOUT skipping special tokens).
@@ -58,12 +45,11 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     (2, 2, True, 3)
     """
     ids = tuple(int(i) for i in response_ids)
-    close = text.find(THINK_CLOSE)
-    thinking = text if close < 0 else text[:close]
+    thinking, closed = split_thinking(text)
     if thinking.lstrip().startswith(THINK_OPEN):
         thinking = thinking.lstrip()[len(THINK_OPEN):]
     n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TOKEN, "").strip())
-    answered = close >= 0 and _boxed_start(text, close + len(THINK_CLOSE)) >= 0
+    answered = closed and boxed_span(text, len(thinking) + len(THINK_CLOSE)) is not None
     answer_pos = None
     if answered:
         answer_pos = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)

@@ -61,6 +61,11 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens ``text`` encodes to (no special tokens added)."""
+    return len(encode(tokenizer, text))
+
+
 def prompt_ids(tokenizer, question: str) -> list[int]:
     """The one tokenization of a prompt that every actor uses: the rollout engines get these ids (never text, which
     vLLM would tokenize again with the tokenizer's BOS added), the learners and the reference score them."""

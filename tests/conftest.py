@@ -26,12 +26,13 @@ def micro_model(cache_dir):
     </think> with a boxed answer about half the time, nearly always a wrong one."""
     from hydra import compose, initialize_config_dir
 
-    from stepentropy_rl.pipeline import resolve_model
+    from stepentropy_rl.config import build
+    from stepentropy_rl.driver.run import resolve_model
 
     conf = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
-        cfg = compose("config", overrides=["run_dir=/tmp", *MICRO_OVERRIDES])
-    return resolve_model(cfg)
+        cfg = compose("config", overrides=["+experiment=prune_sweep", "run_dir=/tmp", *MICRO_OVERRIDES])
+    return resolve_model(build(cfg))
 
 
 @pytest.fixture(scope="session")

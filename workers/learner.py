@@ -13,26 +13,31 @@ import torch
 import torch.distributed as dist
 
 from stepentropy_rl.batch import MicroBatch
+from stepentropy_rl.config import LearnerCluster, OptimConfig
 
 
 class Learner:
+    """Rank ``rank`` of ``world_size``; ``cluster``: ``config.LearnerCluster`` (backend, dtypes, threads),
+    ``optim``: ``config.OptimConfig`` (AdamW)."""
+
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 optim: dict, backend: str = "gloo", dtype: str = "float32", threads: int = 0,
-                 param_dtype: str | None = None):
+                 cluster: LearnerCluster, optim: OptimConfig):
         from transformers import AutoModelForCausalLM
 
-        if threads:
-            torch.set_num_threads(threads)
+        if cluster.threads:
+            torch.set_num_threads(cluster.threads)
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        dist.init_process_group(cluster.backend, rank=rank, world_size=world_size)
         self.rank, self.world_size = rank, world_size
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device)
-        self.model = shard_model(model, param_dtype)
-        self.export_dtype = getattr(torch, param_dtype or dtype)  # weights leave the learner in the compute dtype
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]),
-                                       weight_decay=optim["weight_decay"])
-        self.grad_clip = optim["grad_clip"]
+        nccl = cluster.backend == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cluster.dtype)).to(self.device)
+        self.model = shard_model(model, cluster.param_dtype)
+        # weights leave the learner in the compute dtype
+        self.export_dtype = getattr(torch, cluster.param_dtype or cluster.dtype)
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                       weight_decay=optim.weight_decay)
+        self.grad_clip = optim.grad_clip
 
     # ---- forward passes ------------------------------------------------------------------------------------------
     def logprobs_and_entropy(self, mbs: list[MicroBatch], temperature: float = 1.0,

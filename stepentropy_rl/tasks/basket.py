@@ -39,10 +39,14 @@ class BasketConfig:
     redundancy: float = 0.4  # probability of inserting a redundant step at each chance
     max_redundant_run: int = 3  # hard cap on consecutive redundant steps
 
+    def __post_init__(self):
+        self.ops = tuple(self.ops)
+        self.validate()
+
     def validate(self) -> None:
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
-                raise ValueError(f"task.{key} {msg}")
+                raise ValueError(f"{key} {msg}")
 
         need(1 <= self.min_people <= self.max_people <= len(NAMES), "min_people/max_people",
              f"must satisfy 1 <= min_people <= max_people <= {len(NAMES)}, got {self.min_people}, {self.max_people}")

@@ -3,29 +3,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
-from stepentropy_rl.cot_format import answer_text
+from stepentropy_rl.cot_format import answer_text, boxed_answer
 from stepentropy_rl.registry import Registry
 
 _POOL = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grader")
 GRADERS = Registry("grader")  # name -> grade(response, answer) -> bool  (data.grader)
 register_grader = GRADERS.register
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None.
-
-    >>> extract_boxed("so \\\\boxed{3} then \\\\boxed{\\\\frac{1}{2}}")
-    '\\\\frac{1}{2}'
-    """
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j].strip()
-    return None
 
 
 @register_grader("exact")
@@ -35,7 +18,7 @@ def exact_match(response: str, answer: str) -> bool:
     >>> exact_match("The answer is \\\\boxed{15}.", "15"), exact_match("\\\\boxed{16}", "15")
     (True, False)
     """
-    got = extract_boxed(response)
+    got = boxed_answer(response)
     return got is not None and got == str(answer).strip()
 
 

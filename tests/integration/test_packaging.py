@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_non_editable_install_composes_and_validates_from_elsewhere(tmp_path):
@@ -15,17 +15,19 @@ def test_non_editable_install_composes_and_validates_from_elsewhere(tmp_path):
     assert pip.returncode == 0, pip.stderr[-2000:]
     assert (site / "stepentropy_rl" / "conf" / "experiment" / "r1_standin.yaml").is_file()
     assert (site / "stepentropy_rl" / "shipped_data" / "champ_test.jsonl").is_file()
-    assert (site / "stepentropy_rl" / "tasks" / "__init__.py").is_file() and (site / "stepentropy_rl" / "py.typed").is_file()
+    for pkg in ("tasks", "driver"):
+        assert (site / "stepentropy_rl" / pkg / "__init__.py").is_file()
+    assert (site / "stepentropy_rl" / "py.typed").is_file()
     env = {**os.environ, "PYTHONPATH": str(site)}
     job = subprocess.run([sys.executable, "-m", "stepentropy_rl.main", "+experiment=r1_standin", "--cfg", "job",
                           "--resolve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stderr[-2000:]
     assert f"path: {site}/stepentropy_rl/shipped_data/champ_test.jsonl" in job.stdout
     check = ("import stepentropy_rl, workers; from hydra import compose, initialize_config_module; "
-             "from stepentropy_rl.config import validate\n"
+             "from stepentropy_rl.config import build\n"
              "with initialize_config_module('stepentropy_rl.conf', version_base=None):\n"
              "    c = compose('config', overrides=['+experiment=r1_standin', 'run_dir=/tmp/x'])\n"
-             "validate(c)\n"
+             "assert build(c).cluster.learner.world_size == 2\n"
              "print(stepentropy_rl.__file__, workers.__file__)")
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)

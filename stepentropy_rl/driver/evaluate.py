@@ -1,17 +1,8 @@
-"""Held-out evaluation: accuracy and mean thinking tokens of the model a rollout worker currently serves."""
+"""Held-out evaluation: accuracy and mean thinking tokens of the model a rollout group currently serves."""
 from __future__ import annotations
 
-import ray
-
-from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
+from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE, thinking_tokens
 from stepentropy_rl.tokenizer import prompt_ids
-
-
-def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
-    """Tokens before ``</think>`` (all of them if it never closed), counted from ids."""
-    if close_id is not None and close_id in token_ids:
-        return token_ids.index(close_id)
-    return len(token_ids)
 
 
 def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN) -> dict:
@@ -19,7 +10,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     vocabulary lacks it). ``grade(response, answer)`` (``grading.make_grader``) reads the span it was made for; a
     failed sample (no answer, garbage, truncated) counts as wrong."""
     prompts = [prompt_ids(tokenizer, p.prompt) for p in problems]
-    outs = ray.get(rollout.generate.remote(prompts, {**sampling, "n": 1, "skip_special_tokens": False}))
+    outs = rollout.generate(prompts, {**sampling, "n": 1, "skip_special_tokens": False})
     close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
     skip_id = tokenizer.get_vocab().get(skip_token)
     correct, tokens, skips = 0, 0, 0

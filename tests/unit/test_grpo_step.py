@@ -6,10 +6,13 @@ from types import SimpleNamespace
 import pytest
 from hydra import compose, initialize_config_dir
 
+from stepentropy_rl.config import build
 from stepentropy_rl.data import Example
-from stepentropy_rl.grpo import GRPOTrainer
+from stepentropy_rl.driver.grpo import GRPOTrainer
+from stepentropy_rl.driver.roles import Actors
+from stepentropy_rl.driver.rollout_group import RolloutGroup
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 class _Tok:
@@ -101,8 +104,13 @@ def _trainer(tmp_path, *overrides):
             "+experiment=entropy_guided", f"run_dir={tmp_path}", "algorithm.prompts_per_step=3", "algorithm.n_samples=2",
             "algorithm.phase.mode=compress", "algorithm.adv_estimator.compress=grpo", "algorithm.temperature.compress=0.6",
             *overrides])
+    job = build(cfg)
     problems = [Example(id=str(i), prompt=f"q{i}", answer=str(i)) for i in range(3)]
-    t = GRPOTrainer(cfg, problems, [Rollout(), Rollout()], Reference(), Reward(), Learners(), _Tok(), tmp_path, None)
+    learners = Learners()
+    rollouts = RolloutGroup([Rollout(), Rollout()], "init")
+    rollouts.attach_learners(learners, "gloo", 1.0)
+    actors = Actors(rollouts, Reference(), Reward(), learners)
+    t = GRPOTrainer(job.algorithm, job.trainer.grpo, job.reference, actors, problems, _Tok(), tmp_path, None)
     t.prompts.next = lambda k: problems[:k]  # a fixed order, so the expected rewards are known
     return t
 
@@ -126,6 +134,7 @@ def test_train_step_glue(trainer):
     # a single update takes its old log-probs (and the entropy) from its own forward: no separate scoring pass
     assert "old_logprobs" not in seqs[0].values and loss["old_logprobs"] == "current"
     assert trainer.learners.temperatures == [] and trainer.reference.temperatures == [0.6]
+    assert metrics["sync/version"] == 1 and trainer.rollouts.serving == "policy@1"  # the step pushed its update
     assert loss["temperature"] == 0.6 and loss["kind"] == "grpo"
     assert metrics["reward/total"] == pytest.approx(13 / 6) and metrics["policy/entropy"] == pytest.approx(0.5)
 
@@ -144,7 +153,7 @@ def test_mini_batches_and_epochs_score_old_logprobs_first(tmp_path):
 
 def test_fit_runs_hooks_around_steps_and_an_injected_crash_ends_it(tmp_path):
     """Fault injection is a hook (stepentropy_rl/faults.py), not a branch in the training step."""
-    from stepentropy_rl.faults import FaultInjection
+    from stepentropy_rl.driver.faults import FaultInjection
 
     t = _trainer(tmp_path, "trainer.grpo.steps=3", "trainer.grpo.save_every=1")
     t.tracker = SimpleNamespace(log=lambda *a, **k: None)
@@ -162,4 +171,4 @@ def test_fit_runs_hooks_around_steps_and_an_injected_crash_ends_it(tmp_path):
         t.fit(hooks=[Recorder(), FaultInjection(crash_after_step=2)])
     assert seen == [("before", 0), ("after", 1), ("before", 1), ("after", 2)]
     assert (tmp_path / "grpo" / "latest").read_text() == "step_2"  # checkpointed before the crash
-    assert FaultInjection.from_config({"kill_rollout_at_step": None, "crash_after_step": None}) is None
+    assert FaultInjection.from_config(t.t) is None

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from stepentropy_rl import evaluate as ev
+from stepentropy_rl.driver import evaluate as ev
 from stepentropy_rl.tasks.grading import exact_match, make_grader
 
 
@@ -24,15 +24,15 @@ class _Tok:
 
 
 def _rollout(samples, seen=None):
-    def remote(prompts, sampling):
+    """A rollout group double: ``generate`` returns ``samples``."""
+    def generate(prompts, sampling):
         if seen is not None:
             seen.extend(prompts)
         return samples
-    return SimpleNamespace(generate=SimpleNamespace(remote=remote))
+    return SimpleNamespace(generate=generate)
 
 
 def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
-    monkeypatch.setattr(ev.ray, "get", lambda x: x)
     problems = [SimpleNamespace(prompt=f"q{i}", answer="7") for i in range(3)]
     samples = [[{"text": "a [SKIP] b </think> \\boxed{7}", "token_ids": [5, 2, 5, 2, 1, 9]}],
                [{"text": "no answer", "token_ids": [5, 5, 5]}],
@@ -46,7 +46,6 @@ def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
 
 def test_evaluate_sends_ids_and_grades_the_answer_after_think(monkeypatch):
     """A truncated R1 response with \\boxed{} in its thinking is wrong; the engine gets ids, never text."""
-    monkeypatch.setattr(ev.ray, "get", lambda x: x)
     problems = [SimpleNamespace(prompt="q", answer="7")]
     truncated = [[{"text": "so 3 + 4 = \\boxed{7}, wait, let me recheck", "token_ids": [5, 5, 5]}]]
     seen = []

@@ -12,48 +12,49 @@ import logging
 import random
 
 from stepentropy_rl.batch import Sequence
-from stepentropy_rl.cot_format import THINK_CLOSE, split_thinking
+from stepentropy_rl.config import PruneStageConfig, SFTConfig
+from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
+from stepentropy_rl.driver.remote import fetch
+from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
-from stepentropy_rl.prune_study import answer_prefix, n_tokens, scored_steps
-from stepentropy_rl.remote import fetch
-from stepentropy_rl.tokenizer import encode, prompt_ids, prompt_text
+from stepentropy_rl.tokenizer import count_tokens, encode, prompt_ids, prompt_text
 
 log = logging.getLogger(__name__)
 
 
-def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: dict, sampling: dict,
+def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: PruneStageConfig, sampling: dict,
                          ref_batch_size: int = 16) -> tuple[list[dict], dict]:
     """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
 
-    ``grade(response, answer)`` is the span-aware grader (``grading.make_grader``).
+    ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
+    span-aware grader (``grading.make_grader``).
     """
     prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
     pids = [prompt_ids(tokenizer, p.prompt) for p in problems]
-    if prune.get("source", "policy") == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
+    if prune.source == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
         cots = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
     else:
-        cots = [o[0] for o in fetch(rollout.generate.remote(pids, {**sampling, "skip_special_tokens": False}))]
+        cots = [o[0] for o in rollout.generate(pids, {**sampling, "skip_special_tokens": False})]
     ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if grade(c["text"], p.answer)
           and split_thinking(c["text"])[1]]
     scores = fetch(reference.score.remote([pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size))
     candidates = []
     for i, sc in zip(ok, scores):
-        texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], sc["entropy"], prune["delimiter"],
-                                   prune["aggregate"])
-        pruned = prune_steps(texts, ents, "low", prune["ratio"], placeholder=prune["placeholder"] or None,
-                             protect_first=prune["protect_first"], protect_last=prune["protect_last"])
-        answer_part = cots[i]["text"].split(THINK_CLOSE, 1)[1]
-        thinking = pruned.text(prune["delimiter"])
+        texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], sc["entropy"], prune.delimiter,
+                                   prune.aggregate)
+        pruned = prune_steps(texts, ents, "low", prune.ratio, placeholder=prune.placeholder or None,
+                             protect_first=prune.protect_first, protect_last=prune.protect_last)
+        answer_part = answer_text(cots[i]["text"])
+        thinking = pruned.text(prune.delimiter)
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, "answer": problems[i].answer,
                            "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
                            "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], thinking)),
-                           "tokens_full": n_tokens(tokenizer, prune["delimiter"].join(texts)),
-                           "tokens_pruned": n_tokens(tokenizer, thinking)})
+                           "tokens_full": count_tokens(tokenizer, prune.delimiter.join(texts)),
+                           "tokens_pruned": count_tokens(tokenizer, thinking)})
     rows = candidates
-    if prune.get("keep_verified", True) and candidates:
-        regen = fetch(rollout.generate.remote([c["prefix"] for c in candidates],
-                                             {**sampling, "max_tokens": prune["answer_max_tokens"],
-                                              "skip_special_tokens": False}))
+    if prune.keep_verified and candidates:
+        regen = rollout.generate([c["prefix"] for c in candidates],
+                                 {**sampling, "max_tokens": prune.answer_max_tokens, "skip_special_tokens": False})
         # the regenerated text is what follows </think> after the pruned thinking
         rows = [c for c, a in zip(candidates, regen) if grade(THINK_CLOSE + a[0]["text"], c["answer"])]
     for r in rows:
@@ -63,8 +64,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     return rows, stats
 
 
-def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int, lr: float, seed: int,
-            tracker=None) -> list[dict]:
+def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tracker=None) -> list[dict]:
     """Fine-tune the learners on ``rows`` (loss on response tokens); linear LR decay; returns per-step metrics.
 
     Each response ends with the tokenizer's own EOS id (R1's ``<｜end▁of▁sentence｜>``, the tiny reasoner's
@@ -76,11 +76,11 @@ def run_sft(rows: list[dict], learners, tokenizer, epochs: int, batch_size: int,
     if len(seqs) < 1:
         raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (see prune/stats.json)")
     rng = random.Random(seed)
-    steps = max(1, epochs * len(seqs) // batch_size)
+    steps = max(1, sft.epochs * len(seqs) // sft.batch_size)
     history = []
     for step in range(steps):
-        learners.set_lr(lr * (1 - step / steps))
-        batch = rng.sample(seqs, min(batch_size, len(seqs)))
+        learners.set_lr(sft.lr * (1 - step / steps))
+        batch = rng.sample(seqs, min(sft.batch_size, len(seqs)))
         m = learners.train_step(batch, {"kind": "sft"})
         history.append(m)
         if tracker:

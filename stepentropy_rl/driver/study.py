@@ -14,12 +14,13 @@ import zlib
 from dataclasses import dataclass
 
 from stepentropy_rl.config import as_list
-from stepentropy_rl.cot_format import THINK_CLOSE, split_thinking
-from stepentropy_rl.entropy import segment_steps, step_entropies, topk_entropy
+from stepentropy_rl.driver import register_pipeline
+from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
+from stepentropy_rl.entropy import scored_steps, topk_entropy
 from stepentropy_rl.pruning import prune_steps
-from stepentropy_rl.remote import fetch
+from stepentropy_rl.driver.remote import fetch
 from stepentropy_rl.tasks.basket import label_step
-from stepentropy_rl.tokenizer import encode, prompt_text, token_offsets
+from stepentropy_rl.tokenizer import count_tokens, encode, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +33,6 @@ class StudyResult:
     auroc: float
     auroc_generated: float
     topk_error: dict  # error of the top-k entropy estimate against the exact entropy
-
-
-def answer_prefix(prompt: str, thinking: str) -> str:
-    """Prompt + (pruned) thinking + ``\n</think>``; the model writes the answer from there.
-
-    The paper appends ``\n</think>\n\n``; we stop at the tag because a prompt string that ends in whitespace
-    tokenizes differently from the same characters mid-text (a trailing "\n\n" merges into one token the model
-    never saw before an answer), which cost the tiny reasoner 15 points of accuracy at ratio 0.
-    """
-    return f"{prompt}{thinking}\n{THINK_CLOSE}"
-
-
-def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str, aggregate: str):
-    """Segment the thinking of a response given as token ids; return (step texts, step entropies)."""
-    text, offsets = token_offsets(tokenizer, ids)
-    thinking, _ = split_thinking(text)
-    spans = segment_steps(thinking, offsets, delimiter)
-    return [s.text.strip() for s in spans], step_entropies(entropy, spans, aggregate)
 
 
 def topk_error(cots: list[dict], scores: list[dict], k: int) -> dict:
@@ -66,10 +49,6 @@ def topk_error(cots: list[dict], scores: list[dict], k: int) -> dict:
             "mean_exact_nats": sum(exact) / len(exact)}
 
 
-def n_tokens(tokenizer, text: str) -> int:
-    return len(encode(tokenizer, text))
-
-
 def auroc(scores: list[float], redundant: list[bool]) -> float:
     """AUROC of ``-score`` for finding redundant steps (1.0: every redundant step has lower entropy); nan if one class."""
     from sklearn.metrics import roc_auc_score
@@ -80,6 +59,7 @@ def auroc(scores: list[float], redundant: list[bool]) -> float:
 
 
 def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResult:
+    """``rollout``: a ``RolloutGroup`` (or anything with its ``generate``); ``reference``: the actor (``score``)."""
     pc, rc = cfg.pruning, cfg.rollout
     strategies = as_list(pc.strategy)
     ratios = [float(r) for r in as_list(pc.ratio)]
@@ -89,7 +69,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     log.info("generating %d CoTs", len(problems))
     cot_sampling = dict(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens,
                         skip_special_tokens=False, logprobs=rc.topk_logprobs or None)
-    cots = [o[0] for o in fetch(rollout.generate.remote(prompt_ids, cot_sampling))]
+    cots = [o[0] for o in rollout.generate(prompt_ids, cot_sampling)]
     log.info("scoring token entropies")
     scores = fetch(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
                                             cfg.reference.chunk_rows))
@@ -97,7 +77,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     rows, variants, steps = [], [], []
     for p, prompt, cot, sc in zip(problems, prompts, cots, scores):
         texts, ents = scored_steps(tokenizer, cot["token_ids"], sc["entropy"], pc.delimiter, pc.aggregate)
-        n_think = n_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
+        n_think = count_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
         for j, (t, e) in enumerate(zip(texts, ents)):
             lab, kind = label_step(t)
             steps.append({"id": p.id, "index": j, "entropy": e, "label": lab, "kind": kind, "source": "generated"})
@@ -113,7 +93,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
                              "full_cot_correct": full_ok, "finish_reason": cot["finish_reason"],
                              "n_steps": len(texts), "n_pruned": pruned.n_pruned,
                              "thinking_tokens_full": n_think,
-                             "thinking_tokens": n_tokens(tokenizer, thinking),
+                             "thinking_tokens": count_tokens(tokenizer, thinking),
                              "thinking": thinking})
 
     # Strategies that prune the same steps (every strategy at ratio 0, or when floor(kappa * N) = 0) give the same
@@ -122,7 +102,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     log.info("regenerating %d answers after pruned thinking (%d distinct)", len(variants), len(unique))
     ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
                         skip_special_tokens=False)
-    by_prefix = dict(zip(unique, fetch(rollout.generate.remote([encode(tokenizer, u) for u in unique], ans_sampling))))
+    by_prefix = dict(zip(unique, rollout.generate([encode(tokenizer, u) for u in unique], ans_sampling)))
     for row, a in zip(rows, (by_prefix[v] for v in variants)):
         text = a[0]["text"] if a else ""
         row["regenerated"] = text
@@ -172,3 +152,30 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
         out += [{"id": p.id, "index": j, "entropy": e, "label": s.get("label"), "kind": s.get("kind"),
                  "source": "gold"} for j, (e, s) in enumerate(zip(ents, p.steps))]
     return out
+
+
+@register_pipeline("prune_study")
+def study_pipeline(job) -> StudyResult:
+    """The static study on the held-out problems; writes samples, steps, summary (json, md) and the accuracy plot."""
+    from pathlib import Path
+
+    from stepentropy_rl import report
+    from stepentropy_rl.data import write_jsonl
+    from stepentropy_rl.driver.roles import spawn_reference, spawn_rollouts
+
+    cfg, run_dir = job.cfg, job.run_dir
+    rollouts, reference = spawn_rollouts(cfg, job.model_path), spawn_reference(cfg, job.model_path)
+    res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade)
+    write_jsonl(run_dir / "samples.jsonl", res.rows)
+    write_jsonl(run_dir / "steps.jsonl", res.steps)
+    extra = {"auroc": res.auroc, "auroc_generated": res.auroc_generated, "topk_entropy_error": res.topk_error,
+             "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
+             "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
+    report.write_summary(run_dir, res.summary, extra)
+    report.plot_accuracy(run_dir, res.summary,
+                         f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
+    print(report.summary_table(res.summary))
+    print(f"AUROC (low step entropy -> labelled redundant step): gold {res.auroc:.3f}, "
+          f"generated {res.auroc_generated:.3f}")
+    print(f"outputs: {run_dir}")
+    return res

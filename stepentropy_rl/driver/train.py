@@ -10,11 +10,13 @@ import logging
 from pathlib import Path
 
 import ray
-from omegaconf import OmegaConf
 
 from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
+from stepentropy_rl.config import JobConfig
 from stepentropy_rl.data import write_jsonl
-from stepentropy_rl.faults import FaultInjection
+from stepentropy_rl.driver import register_pipeline
+from stepentropy_rl.driver.faults import FaultInjection
+from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
 from stepentropy_rl.tokenizer import load_tokenizer
 
@@ -30,7 +32,7 @@ class Stages:
         return (self.dir / f"{name}.done").exists()
 
     def mark(self, name: str, info: dict | None = None) -> None:
-        (self.dir / f"{name}.done").write_text(json.dumps(info or {}) + "\n")
+        atomic_write_json(self.dir / f"{name}.done", info or {}, indent=None)
 
 
 def make_init_model(base: str, out: Path) -> None:
@@ -39,20 +41,25 @@ def make_init_model(base: str, out: Path) -> None:
 
     tok, model = load_tokenizer(base), AutoModelForCausalLM.from_pretrained(base)
     add_skip_token(tok, model)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
 
-def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
+@register_pipeline("train", train_data=True)
+def train_pipeline(job) -> dict:
+    """init -> eval base -> prune -> SFT -> eval SFT -> GRPO -> eval final -> report (each stage once)."""
+    return run_training(job.cfg, job.run_dir, job.model_path, job.train_problems, job.eval_problems, job.grade)
+
+
+def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
     """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
-    from stepentropy_rl import cluster, report
-    from stepentropy_rl.evaluate import evaluate
-    from stepentropy_rl.grpo import GRPOTrainer
-    from stepentropy_rl.sft import build_pruned_dataset, run_sft
-    from stepentropy_rl.tracking import Tracker
-    from workers.learner_group import LearnerGroup
+    from stepentropy_rl import report
+    from stepentropy_rl.driver import roles
+    from stepentropy_rl.driver.evaluate import evaluate
+    from stepentropy_rl.driver.grpo import GRPOTrainer
+    from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
+    from stepentropy_rl.driver.tracking import Tracker
 
     stages, models = Stages(run_dir), run_dir / "models"
     models.mkdir(exist_ok=True)
@@ -62,21 +69,20 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
         stages.mark("init", {"base": base_path})
     tok = load_tokenizer(init)
     tc = cfg.trainer
-    rollouts = [cluster.spawn_rollout(cfg, str(init)) for _ in range(cfg.cluster.rollout.num_workers)]
-    reference = cluster.spawn_reference(cfg, str(init))
-    reward = cluster.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
-    tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, OmegaConf.to_container(cfg, resolve=True),
-                      name=run_dir.name)
+    rollouts = roles.spawn_rollouts(cfg, str(init))
+    reference = roles.spawn_reference(cfg, str(init))
+    reward = roles.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
+    tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, cfg.to_dict(), name=run_dir.name)
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
                      "max_tokens": int(tc.eval.max_tokens)}
 
     def eval_stage(name: str, model_dir: Path) -> None:
         if stages.done(f"eval_{name}"):
             return
-        ray.get(rollouts[0].load_weights_from.remote(str(model_dir)))  # the engine reads the shared run dir
-        res = evaluate(rollouts[0], tok, eval_problems, grade, eval_sampling)
+        rollouts.serve(str(model_dir))  # the engines read the shared run dir
+        res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling)
         (run_dir / "eval").mkdir(exist_ok=True)
-        (run_dir / "eval" / f"{name}.json").write_text(json.dumps(res))
+        atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
         log.info("eval %s: accuracy %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name, res["accuracy"],
                  res["thinking_tokens"], res["skips"])
         stages.mark(f"eval_{name}", res)
@@ -87,23 +93,21 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
         prune_dir.mkdir(exist_ok=True)
         sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
                     "max_tokens": int(cfg.rollout.max_tokens)}
-        # rollouts[0] serves init here: it was spawned from it and only eval_base ran before (also on init)
-        rows, stats = build_pruned_dataset(train_problems, rollouts[0], reference, tok, grade,
-                                           OmegaConf.to_container(tc.prune), sampling, cfg.reference.batch_size)
+        rollouts.serve(str(init))  # the policy's own CoTs
+        rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade,
+                                           tc.prune, sampling, cfg.reference.batch_size)
         write_jsonl(prune_dir / "sft_data.jsonl", rows)
-        (prune_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+        atomic_write_json(prune_dir / "stats.json", stats)
         log.info("prune stage: %s", stats)
         stages.mark("prune", stats)
     rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
 
     lc = cfg.cluster.learner
     start = models / "sft" if stages.done("sft") else init
-    learners = LearnerGroup(str(start), lc.world_size, lc.num_cpus, lc.num_gpus, OmegaConf.to_container(tc.optim),
-                            tc.micro_batch_size, tok.pad_token_id, lc.backend, lc.dtype, lc.threads,
-                            lc.get("param_dtype"))
+    learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id)
     try:
         if not stages.done("sft"):
-            run_sft(rows, learners, tok, tc.sft.epochs, tc.sft.batch_size, tc.sft.lr, cfg.seed, tracker)
+            run_sft(rows, learners, tok, tc.sft, cfg.seed, tracker)
             learners.save_hf(str(models / "sft"), str(init))
             stages.mark("sft")
         eval_stage("sft", models / "sft")
@@ -112,7 +116,10 @@ def run_training(cfg, run_dir: Path, base_path: str, train_problems, eval_proble
             if cfg.algorithm.kl_reference == "sft":
                 ray.get(reference.load.remote(str(models / "sft")))
             learners.set_lr(tc.grpo.lr)
-            trainer = GRPOTrainer(cfg, train_problems, rollouts, reference, reward, learners, tok, run_dir, tracker)
+            rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb)
+            actors = roles.Actors(rollouts, reference, reward, learners)
+            trainer = GRPOTrainer(cfg.algorithm, tc.grpo, cfg.reference, actors, train_problems, tok, run_dir, tracker,
+                                  seed=cfg.seed)
             if not trainer.resume():
                 trainer.push_weights()
             faults = FaultInjection.from_config(tc.grpo)

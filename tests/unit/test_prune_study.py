@@ -4,14 +4,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer
 
+from stepentropy_rl.config import build
 from stepentropy_rl.data import generated
-from stepentropy_rl.prune_study import auroc, run_study
+from stepentropy_rl.driver.study import auroc, run_study
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import exact_match
 from stepentropy_rl.tokenizer import train_tokenizer
 from pathlib import Path
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 class _Remote:
@@ -25,9 +26,7 @@ class FakeRollout:
     def __init__(self, problems, broken_ids=()):
         self.by_prompt = {p.prompt: p for p in problems}
         self.broken = set(broken_ids)
-        self.generate = _Remote(self._generate)
-
-    def _generate(self, prompts, sampling):
+    def generate(self, prompts, sampling):
         out = []
         for ids in prompts:
             assert not isinstance(ids, str), "engines get token ids, never text"
@@ -75,7 +74,7 @@ def setup():
     tok = AutoTokenizer.from_pretrained("/tmp/_fake_tok")
     with initialize_config_dir(config_dir=CONF, version_base=None):
         cfg = compose("config", overrides=["+experiment=prune_sweep", "run_dir=/tmp/x"])
-    return probs, tok, cfg
+    return probs, tok, build(cfg)
 
 
 def test_oracle_entropy_low_pruning_keeps_accuracy_high_pruning_destroys_it(setup):
@@ -97,8 +96,8 @@ def test_identical_pruned_prefixes_are_answered_once(setup):
     roll = FakeRollout(probs)
     roll.tok = tok
     asked = []
-    gen = roll.generate.remote
-    roll.generate = _Remote(lambda prompts, sampling: asked.append(list(prompts)) or gen(prompts, sampling))
+    gen = roll.generate
+    roll.generate = lambda prompts, sampling: asked.append(list(prompts)) or gen(prompts, sampling)
     res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
     regen = asked[-1]
     assert len(regen) == len(set(map(tuple, regen))) < len(res.rows)
@@ -126,14 +125,14 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
     """The main job's default prune stage: the policy's own CoTs (source: policy), graded on the answer after
     </think>, scored by the reference, pruned low-entropy first, and kept only if the answer regenerated after the
     pruned thinking is still right. A CoT that failed is never pruned into SFT data."""
-    from stepentropy_rl.sft import build_pruned_dataset
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
     from stepentropy_rl.tasks.grading import make_grader
 
     probs, tok, _ = setup
     roll = FakeRollout(probs, broken_ids=[probs[0].id])
     roll.tok = tok
-    prune = {"source": "policy", "ratio": 0.5, "aggregate": "sum", "placeholder": "[SKIP]", "delimiter": "\n\n",
-             "protect_first": False, "protect_last": False, "keep_verified": True, "answer_max_tokens": 16}
+    prune = PruneStageConfig(source="policy", ratio=0.5, keep_verified=True, answer_max_tokens=16)
     rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
                                        {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     assert stats["problems"] == 12 and stats["correct_cots"] == 11 == stats["pruned"]  # the broken CoT is out

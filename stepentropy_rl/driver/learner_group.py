@@ -1,20 +1,19 @@
-"""Spawns the learner ranks together in one Ray placement group and drives them as one process group."""
+"""Drives the learner ranks (one Ray placement group) as one process group: split batches, gather results."""
 from __future__ import annotations
 
 import socket
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from stepentropy_rl.batch import Sequence, micro_batches, response_values, shard
-from workers.learner import LearnerWorker
 
 SUMMED = ("entropy_sum", "entropy_tokens")  # counts over the ranks' slices; every other metric is a rank mean
 
 
 @ray.remote(num_cpus=0)
-def _free_address() -> tuple[str, int]:
+def free_address() -> tuple[str, int]:
     """An address and free port on the node that runs rank 0 (scheduled into its bundle)."""
     with socket.socket() as s:
         s.bind(("", 0))
@@ -22,23 +21,13 @@ def _free_address() -> tuple[str, int]:
 
 
 class LearnerGroup:
-    """``world_size`` FSDP2 ranks. Batches are split evenly by rank; results come back in the input order."""
+    """The driver's handle on ``world_size`` FSDP2 ranks (spawned by ``roles.spawn_learners``). Batches are split
+    evenly by rank; results come back in the input order."""
 
-    def __init__(self, model_path: str, world_size: int, num_cpus: float, num_gpus: float, optim: dict,
-                 micro_batch_size: int, pad_id: int, backend: str = "gloo", dtype: str = "float32",
-                 threads: int = 0, param_dtype: str | None = None):
-        if world_size < 1:
-            raise ValueError(f"cluster.learner.world_size must be >= 1, got {world_size}")
-        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
-        self.pg = placement_group([bundle] * world_size, strategy="PACK")
-        ray.get(self.pg.ready())
-        at = [PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i) for i in range(world_size)]
-        self._at_rank0 = at[0]
-        addr, port = ray.get(_free_address.options(scheduling_strategy=at[0]).remote())
-        self.ranks = [LearnerWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=at[i]).remote(
-            i, world_size, addr, port, model_path, optim, backend, dtype, threads, param_dtype)
-            for i in range(world_size)]
-        self.world_size, self.mbs, self.pad_id = world_size, micro_batch_size, pad_id
+    def __init__(self, ranks: list, pg, micro_batch_size: int, pad_id: int):
+        self.ranks, self.pg, self.world_size = ranks, pg, len(ranks)
+        self._at_rank0 = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+        self.mbs, self.pad_id = micro_batch_size, pad_id
 
     def _split(self, seqs: list[Sequence]) -> list[list[Sequence]]:
         """Even slices by rank. Every rank must run the same number of micro-batches (FSDP collectives), so the
@@ -83,7 +72,7 @@ class LearnerGroup:
     def open_weight_group(self, world_size: int, backend: str) -> tuple[str, int, ray.ObjectRef]:
         """A fresh address on rank 0's node; rank 0 starts hosting the weight-sync group there (the returned ref
         completes once every engine has joined)."""
-        host, port = ray.get(_free_address.options(scheduling_strategy=self._at_rank0).remote())
+        host, port = ray.get(free_address.options(scheduling_strategy=self._at_rank0).remote())
         return host, port, self.ranks[0].open_weight_group.remote(host, port, world_size, backend)
 
     def push_weights(self, plan: list) -> list[ray.ObjectRef]:

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import MICRO_OVERRIDES
 
 pytestmark = pytest.mark.engine
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer.sft.batch_size=8",
          "trainer.prune.keep_verified=false", "trainer.prune.source=gold", "algorithm.prompts_per_step=4", "algorithm.n_samples=2",
          "trainer.grpo.steps=4", "trainer.grpo.save_every=2", "trainer.grpo.max_tokens=96",
@@ -34,7 +34,7 @@ def killed_then_resumed(micro_model, tmp_path_factory):
     first = _main(run_dir, "trainer.grpo.crash_after_step=3", "trainer.grpo.kill_rollout_at_step=1")
     assert first.returncode != 0 and "simulated driver failure" in first.stderr + first.stdout
     # the vLLM rollout actor killed before step 1 was restarted by Ray, re-synced, and step 1 retried
-    assert "rollout worker 0 died" in first.stderr + first.stdout
+    assert "rollout engine 0 died" in first.stderr + first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
     second = _main(run_dir)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

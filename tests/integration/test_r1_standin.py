@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from stepentropy_rl.config import build
 from stepentropy_rl.r1_standin import BOS, EOS
 from stepentropy_rl.tokenizer import encode, load_tokenizer, prompt_ids, prompt_text
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BOS_ID, EOS_ID, CLOSE_ID = 151646, 151643, 151649
 RESPONSE = ("First, 2 + 3 = 5, so \\boxed{5} seems right.\n\nWait, let me check: 3 + 2 = 5.\n</think>\n\n"
@@ -61,7 +64,7 @@ def test_load_tokenizer_undoes_the_transformers5_llama_rebuild(r1_standin, tmp_p
 
 
 def test_sft_sequences_end_with_the_tokenizers_eos(tok):
-    from stepentropy_rl.sft import sft_sequence
+    from stepentropy_rl.driver.sft import sft_sequence
 
     seq = sft_sequence(tok, "What is 2+3?", RESPONSE)
     assert seq.response_ids[-1] == EOS_ID
@@ -76,7 +79,7 @@ def test_reward_service_on_an_r1_response(tok):
 
     from workers.reward import RewardService
 
-    root = OmegaConf.create({"reward": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "reward" /
+    root = OmegaConf.create({"reward": OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "reward" /
                                                       "entropy_guided.yaml")})
     cfg = root.reward
     ids = encode(tok, RESPONSE)
@@ -98,7 +101,7 @@ def test_reward_service_on_an_r1_response(tok):
 def test_init_model_adds_skip_in_the_spare_rows(r1_standin, tmp_path):
     from transformers import AutoConfig
 
-    from stepentropy_rl.train_pipeline import make_init_model
+    from stepentropy_rl.driver.train import make_init_model
 
     make_init_model(r1_standin, tmp_path / "init")
     init = load_tokenizer(tmp_path / "init")
@@ -111,9 +114,23 @@ def test_init_model_adds_skip_in_the_spare_rows(r1_standin, tmp_path):
 
 
 def test_reference_sits_on_the_device_it_reserves(r1_standin):
-    from stepentropy_rl.cluster import reference_device
+    from stepentropy_rl.driver.roles import reference_device
     from workers.reference import Reference
 
     assert reference_device(1) == "cuda" and reference_device(0) == "cpu"
     ref = Reference(r1_standin, device="meta")  # any device but the CPU default shows the move
     assert {p.device.type for p in ref.model.parameters()} == {"meta"}
+
+
+def test_r1_standin_experiment_composes_and_takes_another_r1_directory(r1_standin):
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.driver.run import resolve_model
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        c = compose("config", overrides=["+experiment=r1_standin", "run_dir=/tmp/x"])
+        other = compose("config", overrides=["+experiment=r1_standin", "run_dir=/tmp/x", f"model.path={r1_standin}"])
+    c, other = build(c), build(other)
+    assert c.data.grader == "math" and c.data.path.endswith("data/champ_test.jsonl") and c.pipeline == "train"
+    assert resolve_model(c) == r1_standin  # built (here: cached) like the tiny reasoner
+    assert resolve_model(other) == r1_standin

@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from stepentropy_rl.batch import Sequence
+from stepentropy_rl.config import LearnerCluster, OptimConfig
+from stepentropy_rl.driver.roles import spawn_learners
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text
 
 pytestmark = pytest.mark.engine
-OPTIM = {"lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.0, "grad_clip": 1.0}
+OPTIM = OptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0, grad_clip=1.0)
 GRPO_LOSS = {"kind": "grpo", "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0,
              "loss_agg_mode": "token-mean", "kl_coef": 0.0, "kl_type": "low_var_kl"}
 
@@ -16,14 +18,12 @@ GRPO_LOSS = {"kind": "grpo", "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "cl
 def setup(ray_session, micro_model):
     from transformers import AutoTokenizer
 
-    from workers.learner_group import LearnerGroup
-
     tok = AutoTokenizer.from_pretrained(micro_model)
     seqs = [Sequence(tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids,
                      tok(p.solution + EOS, add_special_tokens=False).input_ids)
             for p in generate(BasketConfig(), 5, 0, "test")]  # odd count: exercises the padding copy
-    group = LearnerGroup(micro_model, world_size=2, num_cpus=0.5, num_gpus=0, optim=OPTIM, micro_batch_size=2,
-                         pad_id=tok.pad_token_id)
+    group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.5), OPTIM, micro_batch_size=2,
+                           pad_id=tok.pad_token_id)
     yield group, seqs, tok
     group.shutdown()
 
@@ -60,7 +60,7 @@ def test_logprobs_and_loss_at_the_sampling_temperature(setup, micro_model):
     group.set_lr(0.0)  # measure the ratio without moving the weights
     assert abs(group.train_step(batch, {**loss, "temperature": 0.6})["actor/ppo_kl"]) < 1e-5
     assert abs(group.train_step(batch, loss)["actor/ppo_kl"]) > 1e-3  # scored at T=1: the ratio is off
-    group.set_lr(OPTIM["lr"])
+    group.set_lr(OPTIM.lr)
 
 
 def test_single_update_takes_old_logprobs_and_entropy_from_its_forward(setup):
@@ -69,7 +69,7 @@ def test_single_update_takes_old_logprobs_and_entropy_from_its_forward(setup):
     batch = [Sequence(s.prompt_ids, s.response_ids, {"advantages": [1.0] * len(s.response_ids)}) for s in seqs]
     group.set_lr(0.0)
     m = group.train_step(batch, {**GRPO_LOSS, "temperature": 0.6, "old_logprobs": "current"})
-    group.set_lr(OPTIM["lr"])
+    group.set_lr(OPTIM.lr)
     assert m["actor/ppo_kl"] == 0.0 and m["actor/pg_clipfrac"] == 0.0
     assert m["entropy_tokens"] == sum(len(s.response_ids) for s in seqs)
     assert m["entropy_sum"] == pytest.approx(sum(map(sum, ents)), rel=1e-5)
@@ -85,7 +85,7 @@ def test_second_update_on_a_batch_clips(setup):
     group.set_lr(3e-2)
     first = group.train_step(batch, {**GRPO_LOSS, "old_logprobs": "given"})
     second = group.train_step(batch, {**GRPO_LOSS, "old_logprobs": "given"})
-    group.set_lr(OPTIM["lr"])
+    group.set_lr(OPTIM.lr)
     assert first["actor/pg_clipfrac"] == 0.0 and second["actor/pg_clipfrac"] > 0.0
 
 
@@ -138,12 +138,11 @@ def test_full_state_export_loads_in_transformers(setup, micro_model, tmp_path):
 def test_mixed_precision_computes_in_bf16_trains_and_exports_bf16(ray_session, micro_model):
     from safetensors.torch import load
 
-    from workers.learner_group import LearnerGroup
     from workers.reference import Reference
 
     tok_seqs = _seqs(micro_model, 3)
-    group = LearnerGroup(micro_model, world_size=2, num_cpus=0.25, num_gpus=0, optim=OPTIM, micro_batch_size=2,
-                         pad_id=0, param_dtype="bfloat16")
+    group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25, param_dtype="bfloat16"), OPTIM,
+                           micro_batch_size=2, pad_id=0)
     try:
         lps, _ = group.logprobs_and_entropy(tok_seqs)
         ref = Reference(micro_model).score([s.prompt_ids for s in tok_seqs], [s.response_ids for s in tok_seqs])

@@ -10,7 +10,7 @@ from stepentropy_rl.rewards import (TERMS, RewardFn, Sample, TermSpec, correctne
                                     skip_count, skip_ratio, stage_rewards)
 
 SKIP = 99
-CONF = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf", "reward")
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf", "reward")
 
 
 def test_correctness():

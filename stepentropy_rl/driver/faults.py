@@ -5,7 +5,7 @@ by the training pipeline as a hook, so the training step itself has no fault bra
 """
 from __future__ import annotations
 
-import ray
+from stepentropy_rl.config import GRPOConfig
 
 
 class FaultInjection:
@@ -16,13 +16,13 @@ class FaultInjection:
         self.kill_at, self.crash_after = kill_rollout_at_step, crash_after_step
 
     @classmethod
-    def from_config(cls, grpo_cfg) -> "FaultInjection | None":
-        kill, crash = grpo_cfg.get("kill_rollout_at_step"), grpo_cfg.get("crash_after_step")
+    def from_config(cls, grpo: GRPOConfig) -> "FaultInjection | None":
+        kill, crash = grpo.kill_rollout_at_step, grpo.crash_after_step
         return None if kill is None and crash is None else cls(kill, crash)
 
     def before_step(self, trainer) -> None:
         if self.kill_at == trainer.step:
-            ray.kill(trainer.rollouts[0], no_restart=False)
+            trainer.rollouts.kill(0)
 
     def after_step(self, trainer) -> None:
         if self.crash_after == trainer.step:

@@ -1,12 +1,18 @@
-"""Ray start-up and actor placement, from ``conf/cluster``."""
+"""Ray start-up and the one place that spawns every role (rollout engines, reference, reward service, learner
+ranks), placed as ``conf/cluster`` says."""
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 
 import ray
 
+from stepentropy_rl.config import ClusterConfig, JobConfig, LearnerCluster, OptimConfig
+from stepentropy_rl.driver.learner_group import LearnerGroup
+from stepentropy_rl.driver.rollout_group import RolloutGroup
+from workers.learner import LearnerWorker
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
 from workers.rollout import RolloutWorker
@@ -14,7 +20,17 @@ from workers.rollout import RolloutWorker
 log = logging.getLogger(__name__)
 
 
-def init_ray(cluster) -> None:
+@dataclass
+class Actors:
+    """Every role of a training run: the rollout group, the reference and reward actors, the learner group."""
+
+    rollouts: RolloutGroup
+    reference: object
+    reward: object
+    learners: LearnerGroup
+
+
+def init_ray(cluster: ClusterConfig) -> None:
     """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1.
 
     The project's packages travel with the job (Ray's ``runtime_env`` ``py_modules``), so a worker on any node
@@ -88,16 +104,19 @@ def check_shared_run_dir(run_dir, writer=None) -> None:
             "filesystem every node mounts at the same path (see README, 'On a Ray cluster').")
 
 
-def spawn_rollout(cfg, model_path: str):
+def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
+    """``cluster.rollout.num_workers`` vLLM engines serving ``model_path``, as one ``RolloutGroup``."""
     c = cfg.cluster.rollout
-    # No automatic task retries: a restarted engine serves the initial weights, so the driver re-pushes the
-    # current ones before retrying (grpo.generate_with_recovery).
-    return RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                 max_task_retries=0).remote(
+    # No automatic task retries: a restarted engine serves the initial weights, so the group restores what it
+    # served before retrying (RolloutGroup.generate).
+    engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
+                                     max_task_retries=0).remote(
         model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib)
+        for _ in range(int(c.num_workers))]
+    return RolloutGroup(engines, model_path)
 
 
-def spawn_reference(cfg, model_path: str):
+def spawn_reference(cfg: JobConfig, model_path: str):
     c = cfg.cluster.reference
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus).remote(
         model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
@@ -108,9 +127,28 @@ def reference_device(num_gpus: float) -> str:
     return "cuda" if num_gpus else "cpu"
 
 
-def spawn_reward(cfg, skip_id: int, close_id: int):
-    from omegaconf import OmegaConf
-
+def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
     return RewardWorker.options(num_cpus=cfg.cluster.reward.num_cpus).remote(
-        OmegaConf.to_container(cfg.reward, resolve=True), cfg.data.grader, skip_id, close_id,
-        cfg.trainer.prune.delimiter, cfg.data.grade_span)
+        cfg.reward, cfg.data.grader, skip_id, close_id, cfg.trainer.prune.delimiter, cfg.data.grade_span)
+
+
+def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig, micro_batch_size: int,
+                   pad_id: int) -> LearnerGroup:
+    """``learner.world_size`` FSDP2 ranks (``cluster.learner``) in one placement group (PACK), rank 0 hosting the
+    process group on a free port of its node."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from stepentropy_rl.driver.learner_group import free_address
+
+    world = int(learner.world_size)
+    if world < 1:
+        raise ValueError(f"cluster.learner.world_size must be >= 1, got {world}")
+    bundle = {"CPU": learner.num_cpus, **({"GPU": learner.num_gpus} if learner.num_gpus else {})}
+    pg = placement_group([bundle] * world, strategy="PACK")
+    ray.get(pg.ready())
+    at = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i) for i in range(world)]
+    addr, port = ray.get(free_address.options(scheduling_strategy=at[0]).remote())
+    ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i])
+             .remote(i, world, addr, port, model_path, learner, optim) for i in range(world)]
+    return LearnerGroup(ranks, pg, micro_batch_size, pad_id)

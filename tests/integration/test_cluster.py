@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from stepentropy_rl.cluster import check_shared_run_dir, runtime_env
+from stepentropy_rl.driver.roles import check_shared_run_dir, runtime_env
 
 
 def test_runtime_env_ships_the_project_packages():

@@ -1,11 +1,12 @@
-from stepentropy_rl.tasks.grading import exact_match, extract_boxed, get_grader, grade_safely, math_match
+from stepentropy_rl.cot_format import boxed_answer
+from stepentropy_rl.tasks.grading import exact_match, get_grader, grade_safely, math_match
 import pytest
 
 
-def test_extract_boxed():
-    assert extract_boxed(r"x \boxed{1} y \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
-    assert extract_boxed("no box") is None
-    assert extract_boxed(r"\boxed{unclosed") is None
+def test_boxed_answer():
+    assert boxed_answer(r"x \boxed{1} y \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+    assert boxed_answer("no box") is None
+    assert boxed_answer(r"\boxed{unclosed") is None
 
 
 def test_exact_match():

@@ -51,7 +51,7 @@ def test_shipped_champ_files_are_what_the_converter_writes(tmp_path):
     import pytest
 
     pytest.importorskip("champ_dataset")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("convert_champ", root / "data" / "convert_champ.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 
 from stepentropy_rl import algorithms
 from stepentropy_rl.batch import Sequence
-from stepentropy_rl.evaluate import thinking_tokens
-from stepentropy_rl.phase import PhaseConfig, PhaseController
-from stepentropy_rl.remote import fetch
-from stepentropy_rl.tokenizer import THINK_CLOSE, prompt_ids
+from stepentropy_rl.cot_format import THINK_CLOSE, thinking_tokens
+from stepentropy_rl.driver.remote import fetch
+from stepentropy_rl.files import atomic_write_text
+from stepentropy_rl.config import AlgorithmConfig, GRPOConfig, ReferenceConfig
+from stepentropy_rl.phase import PhaseController
+from stepentropy_rl.tokenizer import prompt_ids
 
 log = logging.getLogger(__name__)
 CONSOLE = ("phase/stage", "reward/total", "reward/correct", "response/think_tokens", "policy/entropy", "time/step")
@@ -51,50 +51,6 @@ class Prompts:
         return out
 
 
-def generate_with_recovery(workers, prompts: list[str], sampling: dict, push_weights, retries: int = 2) -> list:
-    """Split prompts over the rollout workers. A worker that died is restarted by Ray (``max_restarts``); it then
-    serves the initial weights, so ``push_weights(restarted_workers)`` pushes the current ones again before its share
-    of the step is retried."""
-    shares = [prompts[i::len(workers)] for i in range(len(workers))]
-    results: list = [None] * len(workers)
-    for attempt in range(retries + 1):
-        pending = {i: workers[i].generate.remote(shares[i], sampling) for i in range(len(workers))
-                   if results[i] is None and shares[i]}
-        failed = []
-        for i, ref in pending.items():
-            try:
-                results[i] = fetch(ref)
-            except ray.exceptions.RayActorError as e:
-                log.warning("rollout worker %d died (%s); retrying its share (attempt %d)", i, type(e).__name__,
-                            attempt + 1)
-                failed.append(i)
-        if not failed:
-            break
-        if attempt == retries:
-            raise RuntimeError(f"rollout workers {failed} kept failing after {retries} retries")
-        wait_alive([workers[i] for i in failed])
-        push_weights([workers[i] for i in failed])
-    out: list = [None] * len(prompts)
-    for i, res in enumerate(results):
-        for j, r in enumerate(res or []):
-            out[i + j * len(workers)] = r
-    return out
-
-
-def wait_alive(workers, timeout_s: float = 600.0) -> None:
-    """Block until every (restarting) actor answers ``ping``; an engine restart takes tens of seconds."""
-    deadline = time.time() + timeout_s
-    for w in workers:
-        while True:
-            try:
-                ray.get(w.ping.remote(), timeout=max(1.0, deadline - time.time()))
-                break
-            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-                if time.time() > deadline:
-                    raise RuntimeError(f"a rollout worker did not come back within {timeout_s:.0f} s") from None
-                time.sleep(1.0)
-
-
 def token_rewards(totals: list[float], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """verl's layout: the sequence reward on the last response token; mask over response tokens."""
     width = max(1, max(lengths))
@@ -106,47 +62,22 @@ def token_rewards(totals: list[float], lengths: list[int]) -> tuple[torch.Tensor
     return rewards, mask
 
 
-class WeightBroadcast:
-    """The driver's side of weight sync (``weight_sync``): opens the group of learner rank 0 and every engine, plans
-    the buckets once, and starts each push on the learners and the engines together. Only the plan (names, shapes)
-    passes through the driver. ``reopen`` makes a new group, e.g. after Ray restarted a dead engine."""
-
-    def __init__(self, learners, rollouts, backend: str, bucket_mb: float):
-        from stepentropy_rl.weight_sync import plan_buckets, plan_bytes
-
-        self.learners, self.rollouts, self.backend = learners, rollouts, backend
-        dtype, specs = learners.weight_specs()
-        self.plan = plan_buckets(specs, dtype, bucket_mb)
-        self.bytes = plan_bytes(self.plan)
-        self.open = False
-
-    def reopen(self) -> None:
-        world = 1 + len(self.rollouts)
-        host, port, hosting = self.learners.open_weight_group(world, self.backend)
-        fetch([hosting] + [w.open_weight_group.remote(host, port, i + 1, world, self.backend)
-                           for i, w in enumerate(self.rollouts)])
-        self.open = True
-
-    def push(self) -> int:
-        """Push the learners' current weights into every engine; returns the bytes sent."""
-        if not self.open:
-            self.reopen()
-        return fetch(self.learners.push_weights(self.plan) + [w.receive_weights.remote(self.plan)
-                                                               for w in self.rollouts])[0]
-
-
 class GRPOTrainer:
-    def __init__(self, cfg, problems, rollouts, reference, reward, learners, tokenizer, run_dir: Path, tracker):
-        self.cfg, self.a, self.t = cfg, cfg.algorithm, cfg.trainer.grpo
-        self.rollouts, self.reference, self.reward, self.learners = rollouts, reference, reward, learners
+    """``actors`` (``roles.Actors``): a ``RolloutGroup`` with the learners attached (weight pushes), the reference
+    and reward actors (or in-process doubles) with ``score``, and a ``LearnerGroup``. ``scoring``: the reference's
+    batch sizes; ``seed``: the prompt order's."""
+
+    def __init__(self, algorithm: AlgorithmConfig, grpo: GRPOConfig, scoring: ReferenceConfig, actors, problems,
+                 tokenizer, run_dir: Path, tracker, seed: int = 0):
+        self.a, self.t, self.scoring = algorithm, grpo, scoring
+        self.rollouts, self.reference, self.reward, self.learners = (actors.rollouts, actors.reference, actors.reward,
+                                                                     actors.learners)
         self.tok, self.tracker = tokenizer, tracker
         self.close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
         self.dir = Path(run_dir) / "grpo"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.phase = PhaseController(PhaseConfig(**dict(self.a.phase)))
-        lc = cfg.cluster.learner
-        self.sync = WeightBroadcast(learners, rollouts, lc.backend, float(lc.get("sync_bucket_mb", 256)))
-        self.prompts = Prompts(problems, cfg.seed)
+        self.phase = PhaseController(self.a.phase)
+        self.prompts = Prompts(problems, seed)
         self.step = 0
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
@@ -160,9 +91,7 @@ class GRPOTrainer:
         state = {"step": self.step, "epoch": self.prompts.epoch, "index": self.prompts.index,
                  "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist()}
         (path / "driver.json").write_text(json.dumps(state))
-        tmp = self.dir / "latest.tmp"
-        tmp.write_text(path.name)
-        os.replace(tmp, self.dir / "latest")  # the pointer moves only once the checkpoint is whole
+        atomic_write_text(self.dir / "latest", path.name)  # the pointer moves only once the checkpoint is whole
 
     def resume(self) -> bool:
         path = self._latest()
@@ -177,13 +106,9 @@ class GRPOTrainer:
         log.info("resumed GRPO from %s (step %d, stage %s)", path, self.step, self.phase.stage)
         return True
 
-    def push_weights(self, reopen: bool = False) -> float:
-        """Stream the current policy into every engine; ``reopen`` first rebuilds the group (an engine restarted)."""
-        t = time.time()
-        if reopen:
-            self.sync.reopen()
-        self.sync.push()
-        return time.time() - t
+    def push_weights(self) -> dict:
+        """Stream the current policy into every engine (``RolloutGroup.push_weights``)."""
+        return self.rollouts.push_weights()
 
     # ---- one step ------------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -196,15 +121,14 @@ class GRPOTrainer:
                     "max_tokens": int(t.max_tokens), "skip_special_tokens": False}
 
         t0 = time.time()
-        outs = generate_with_recovery(self.rollouts, pids, sampling, lambda restarted: self.push_weights(reopen=True))
+        outs = self.rollouts.generate(pids, sampling)
         timing["gen"] = time.time() - t0
         flat = [(i, s) for i, o in enumerate(outs) for s in o]
         seqs = [Sequence(pids[i], s["token_ids"]) for i, s in flat]
 
         # One update per rollout batch: the PPO ratio is 1 at that update, so the old log-probs (and the entropy)
         # come from the update's own forward; with mini-batches or epochs they are scored here, before any update.
-        mini = int(a.get("ppo_mini_batch_size") or a.prompts_per_step)
-        epochs = int(a.get("ppo_epochs", 1))
+        mini, epochs = a.ppo_mini_batch_size, a.ppo_epochs
         single = epochs == 1 and mini >= a.prompts_per_step
         t0 = time.time()
         old_lp, ent = (None, None) if single else self.learners.logprobs_and_entropy(seqs, temperature)
@@ -213,7 +137,7 @@ class GRPOTrainer:
         ref_lp = None
         if a.kl_coef > 0:
             ref = fetch(self.reference.score.remote([s.prompt_ids for s in seqs], [s.response_ids for s in seqs],
-                                                      self.cfg.reference.batch_size, self.cfg.reference.chunk_rows,
+                                                      self.scoring.batch_size, self.scoring.chunk_rows,
                                                       temperature))
             ref_lp = [r["logprobs"] for r in ref]
         timing["ref"] = time.time() - t0
@@ -240,7 +164,7 @@ class GRPOTrainer:
         loss = {"kind": "grpo", "clip_ratio_low": a.clip_ratio_low, "clip_ratio_high": a.clip_ratio_high,
                 "clip_ratio_c": a.clip_ratio_c, "loss_agg_mode": a.loss_agg_mode, "kl_coef": a.kl_coef,
                 "kl_type": a.kl_type, "temperature": temperature,
-                "loss_scale_factor": a.get("loss_scale_factor") or int(t.max_tokens),
+                "loss_scale_factor": a.loss_scale_factor or t.max_tokens,
                 "old_logprobs": "current" if single else "given"}
         update = self.update(seqs, loss, mini * a.n_samples, epochs)
         timing["update"] = time.time() - t0
@@ -251,11 +175,12 @@ class GRPOTrainer:
         else:
             mean_entropy = sum(sum(e) for e in ent) / max(1, n_tok)
         self.phase.update(mean_entropy, self.step)
-        timing["sync"] = self.push_weights()
+        sync = self.push_weights()
+        timing["sync"] = sync["seconds"]
 
         metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
         think = [thinking_tokens(s.response_ids, self.close_id) for s in seqs]
-        metrics.update({"samples": len(seqs), "sync/bytes": self.sync.bytes, "response/length": n_tok / len(seqs),
+        metrics.update({"samples": len(seqs), "sync/bytes": sync["bytes"], "sync/version": sync["version"], "response/length": n_tok / len(seqs),
                         "response/think_tokens": float(np.mean(think)),
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),

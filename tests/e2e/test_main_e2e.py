@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import MICRO_OVERRIDES
 
 pytestmark = pytest.mark.engine
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -64,19 +64,19 @@ def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_o
     from transformers import AutoTokenizer
 
     from stepentropy_rl.batch import Sequence
-    from stepentropy_rl.grpo import WeightBroadcast, wait_alive
+    from stepentropy_rl.config import LearnerCluster, OptimConfig
+    from stepentropy_rl.driver.roles import spawn_learners
+    from stepentropy_rl.driver.rollout_group import WeightBroadcast, wait_alive
     from stepentropy_rl.tasks.basket import BasketConfig, generate
     from stepentropy_rl.tokenizer import prompt_ids
-    from workers.learner_group import LearnerGroup
     from workers.rollout import RolloutWorker
 
     tok = AutoTokenizer.from_pretrained(micro_model)
     probs = generate(BasketConfig(), 4, 3, "test")
     seqs = [Sequence(prompt_ids(tok, p.prompt), tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id])
             for p in probs]
-    learners = LearnerGroup(micro_model, world_size=2, num_cpus=0.25, num_gpus=0,
-                            optim={"lr": 1e-2, "betas": [0.9, 0.99], "weight_decay": 0.0, "grad_clip": 1.0},
-                            micro_batch_size=2, pad_id=tok.pad_token_id)
+    learners = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25), OptimConfig(lr=1e-2),
+                              micro_batch_size=2, pad_id=tok.pad_token_id)
     engine = RolloutWorker.options(num_cpus=0.25, max_restarts=1, max_task_retries=0).remote(
         micro_model, {"dtype": "float32", "max_model_len": 512, "enforce_eager": True})
     try:

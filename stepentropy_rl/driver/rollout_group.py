@@ -1,0 +1,140 @@
+"""The rollout engines as one: generation split over them with recovery, weight pushes with a version number, and
+loading saved weights for evaluation. The group knows what its engines serve, so a restarted engine gets it back.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+
+from stepentropy_rl.driver.remote import fetch
+
+log = logging.getLogger(__name__)
+
+
+class WeightBroadcast:
+    """The driver's side of weight sync (``weight_sync``): opens the group of learner rank 0 and every engine, plans
+    the buckets once, and starts each push on the learners and the engines together. Only the plan (names, shapes)
+    passes through the driver. ``reopen`` makes a new group, e.g. after Ray restarted a dead engine."""
+
+    def __init__(self, learners, engines, backend: str, bucket_mb: float):
+        from stepentropy_rl.weight_sync import plan_buckets, plan_bytes
+
+        self.learners, self.engines, self.backend = learners, engines, backend
+        dtype, specs = learners.weight_specs()
+        self.plan = plan_buckets(specs, dtype, bucket_mb)
+        self.bytes = plan_bytes(self.plan)
+        self.open = False
+
+    def reopen(self) -> None:
+        world = 1 + len(self.engines)
+        host, port, hosting = self.learners.open_weight_group(world, self.backend)
+        fetch([hosting] + [w.open_weight_group.remote(host, port, i + 1, world, self.backend)
+                           for i, w in enumerate(self.engines)])
+        self.open = True
+
+    def push(self) -> int:
+        """Push the learners' current weights into every engine; returns the bytes sent."""
+        if not self.open:
+            self.reopen()
+        return fetch(self.learners.push_weights(self.plan) + [w.receive_weights.remote(self.plan)
+                                                               for w in self.engines])[0]
+
+
+class RolloutGroup:
+    """``engines``: rollout actors started from ``model_path`` (``roles.spawn_rollouts``), restartable by Ray.
+
+    ``serving`` says what every engine holds: a model directory, or ``policy@<version>`` once the learners pushed
+    weights (``version`` counts pushes). An engine that died mid-request is restarted by Ray with ``model_path``;
+    the group waits for it, gives it ``serving`` again, and retries its share.
+    """
+
+    def __init__(self, engines: list, model_path: str, retries: int = 2, restart_timeout_s: float = 600.0):
+        if not engines:
+            raise ValueError("a rollout group needs at least one engine")
+        self.engines, self.spawned_from = list(engines), str(model_path)
+        self.serving, self.version = str(model_path), 0
+        self.retries, self.restart_timeout_s = retries, restart_timeout_s
+        self.sync: WeightBroadcast | None = None
+
+    def __len__(self) -> int:
+        return len(self.engines)
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], sampling: dict) -> list[list[dict]]:
+        """Per prompt (token ids), the engines' samples (``Rollout.generate``), in the input order. Prompts are dealt
+        round-robin over the engines; a share whose engine died is retried up to ``retries`` times."""
+        n = len(self.engines)
+        shares = [prompts[i::n] for i in range(n)]
+        results: list = [None] * n
+        for attempt in range(self.retries + 1):
+            pending = {i: self.engines[i].generate.remote(shares[i], sampling) for i in range(n)
+                       if results[i] is None and shares[i]}
+            failed = []
+            for i, ref in pending.items():
+                try:
+                    results[i] = fetch(ref)
+                except ray.exceptions.RayActorError as e:
+                    log.warning("rollout engine %d died (%s); retrying its share (attempt %d)", i, type(e).__name__,
+                                attempt + 1)
+                    failed.append(i)
+            if not failed:
+                break
+            if attempt == self.retries:
+                raise RuntimeError(f"rollout engines {failed} kept failing after {self.retries} retries")
+            restarted = [self.engines[i] for i in failed]
+            wait_alive(restarted, self.restart_timeout_s)
+            self._restore(restarted)
+        out: list = [None] * len(prompts)
+        for i, res in enumerate(results):
+            for j, r in enumerate(res or []):
+                out[i + j * n] = r
+        return out
+
+    def _restore(self, restarted: list) -> None:
+        """Give engines that Ray restarted (they serve ``spawned_from``) what the group serves."""
+        if self.serving.startswith("policy@"):
+            self.sync.reopen()  # the old group lost a member: every engine joins a new one
+            self.sync.push()
+        elif self.serving != self.spawned_from:
+            fetch([w.load_weights_from.remote(self.serving) for w in restarted])
+
+    # ---- weights -------------------------------------------------------------------------------------------------
+    def attach_learners(self, learners, backend: str, bucket_mb: float) -> None:
+        """Weight pushes come from ``learners`` (``LearnerGroup``) over a ``backend`` group in ``bucket_mb`` buckets."""
+        self.sync = WeightBroadcast(learners, self.engines, backend, bucket_mb)
+
+    def push_weights(self) -> dict:
+        """Stream the learners' current policy into every engine: ``{bytes, seconds, version}``."""
+        if self.sync is None:
+            raise RuntimeError("attach_learners before pushing weights")
+        t = time.time()
+        sent = self.sync.push()
+        self.version += 1
+        self.serving = f"policy@{self.version}"
+        return {"bytes": sent, "seconds": time.time() - t, "version": self.version}
+
+    def serve(self, model_dir: str) -> None:
+        """Every engine serves the checkpoint in ``model_dir`` (a directory every node sees), unless it already does."""
+        if self.serving != str(model_dir):
+            fetch([w.load_weights_from.remote(str(model_dir)) for w in self.engines])
+            self.serving = str(model_dir)
+
+    def kill(self, index: int = 0) -> None:
+        """Kill engine ``index`` as a crash would (Ray restarts it); for fault injection."""
+        ray.kill(self.engines[index], no_restart=False)
+
+
+def wait_alive(actors, timeout_s: float = 600.0) -> None:
+    """Block until every (restarting) actor answers ``ping``; an engine restart takes tens of seconds."""
+    deadline = time.time() + timeout_s
+    for w in actors:
+        while True:
+            try:
+                ray.get(w.ping.remote(), timeout=max(1.0, deadline - time.time()))
+                break
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.time() > deadline:
+                    raise RuntimeError(f"a rollout engine did not come back within {timeout_s:.0f} s") from None
+                time.sleep(1.0)

@@ -1,0 +1,57 @@
+"""Writes that a crash cannot leave half done: write beside the target, then rename over it (atomic on POSIX)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: readers see the old file or the whole new one.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> atomic_write_text(p, "x\\n").read_text(), sorted(q.name for q in p.parent.iterdir())
+    ('x\\n', ['a.txt'])
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows) -> Path:
+    """One JSON object per line, written atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a fresh temp directory beside ``path``; when the block ends without an error it is renamed to ``path``.
+    If ``path`` appeared meanwhile (another process built it) the temp directory is dropped and ``path`` kept; after
+    an error the temp directory is removed and ``path`` never exists half-built.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()) / "model"
+    >>> with atomic_dir(d) as tmp: _ = (tmp / "w").write_text("1")
+    >>> (d / "w").read_text(), sorted(q.name for q in d.parent.iterdir())
+    ('1', ['model'])
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
