@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from stepentropy_rl.batch import Sequence, collate
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.files import atomic_dir
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
@@ -153,7 +153,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     tokens, t0, loss_ema = 0, time.time(), None
     bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
     for step in bar:
-        mb = collate([Sequence(p, r) for p, r in next(batches)], tok.pad_token_id)
+        mb = Batch.from_pairs(*zip(*next(batches)), pad_id=tok.pad_token_id)
         labels = mb.input_ids.masked_fill(mb.loss_mask == 0, -100)  # loss on the solution only
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=labels).loss

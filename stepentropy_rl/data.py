@@ -23,6 +23,8 @@ class DataError(ValueError):
 
 @dataclass
 class Example:
+    """One problem: its prompt, the answer to grade against, and (embedded task) a gold solution with step labels."""
+
     id: str
     prompt: str
     answer: str
@@ -31,6 +33,7 @@ class Example:
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
+    """Every row of a JSONL file as an ``Example``; a ``DataError`` naming ``file:line`` for a row that is not one."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data.path: no such file {str(path)!r}")
@@ -46,6 +49,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
 
 
 def parse_row(line: str, where: str) -> Example:
+    """One JSON row (``prompt``, ``answer``; optional ``id``, ``solution``, ``steps``); ``where`` names it in errors."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -67,6 +71,7 @@ def parse_row(line: str, where: str) -> Example:
 
 
 def generated(task: BasketConfig, n: int, seed: int, split: str) -> list[Example]:
+    """``n`` embedded-task problems of ``split`` (``tasks.basket.generate``) as Examples, gold steps labelled."""
     return [Example(**{k: v for k, v in p.to_row().items()}) for p in generate(task, n, seed, split)]
 
 

@@ -23,6 +23,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
+    """``obj`` as JSON (one trailing newline), written atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 

@@ -1,17 +1,22 @@
-"""Losses the learners optimise, on a MicroBatch: SFT (NLL on response tokens) and GRPO (verl policy loss + KL)."""
+"""Losses the learners optimise, on a micro-batch: SFT (NLL on response tokens) and GRPO (verl policy loss + KL)."""
 from __future__ import annotations
 
 import torch
 
 from stepentropy_rl import algorithms
+from stepentropy_rl.batch import Batch
 
 
 # Metrics that are this micro-batch's share of a global aggregate: learners sum them over micro-batches.
 SHARED_METRICS = ("sft/nll", "actor/pg_loss", "actor/kl_loss")
 
 
-def compute_loss(logprobs: torch.Tensor, mb, loss: dict, global_batch: dict | None = None) -> tuple[torch.Tensor, dict]:
+def compute_loss(logprobs: torch.Tensor, mb: Batch, loss: dict, global_batch: dict | None = None,
+                 old_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """``logprobs``: [B, T] log-probs of ``mb.input_ids`` (0 outside the loss mask). Returns (loss, metrics).
+
+    GRPO reads ``mb``'s columns ``advantages``, ``old_logprobs`` (unless ``old_logprobs`` is given: the update's own
+    detached forward) and ``ref_logprobs`` (when ``loss['kl_coef'] > 0``), each [B, T] like ``logprobs``.
 
     Without ``global_batch`` the loss is this micro-batch's own aggregate (an empty mask gives 0). With it
     (``algorithms.global_batch_info`` over all micro-batches of all ranks) the loss is this micro-batch's share:
@@ -28,16 +33,16 @@ def compute_loss(logprobs: torch.Tensor, mb, loss: dict, global_batch: dict | No
         return value, {"sft/nll": float(value.detach())}
     if loss["kind"] != "grpo":
         raise ValueError(f"loss kind must be sft or grpo, got {loss['kind']!r}")
-    old = mb.old_logprobs.to(logprobs.device)
-    adv = mb.advantages.to(logprobs.device)
+    old = (old_logprobs if old_logprobs is not None else mb.columns["old_logprobs"]).to(logprobs.device)
+    adv = mb.columns["advantages"].to(logprobs.device)
     pg, metrics = algorithms.policy_loss(old, logprobs, adv, mask, clip_ratio_low=loss["clip_ratio_low"],
                                          clip_ratio_high=loss["clip_ratio_high"], clip_ratio_c=loss["clip_ratio_c"],
                                          loss_agg_mode=loss["loss_agg_mode"], global_batch=gb)
     out = {f"actor/{k}": float(v) for k, v in metrics.items()}
     out["actor/pg_loss"] = float(pg.detach())
     value = pg
-    if loss.get("kl_coef", 0.0) > 0 and mb.ref_logprobs is not None:
-        kl = algorithms.kl_loss(logprobs, mb.ref_logprobs.to(logprobs.device), mask, kind=loss["kl_type"],
+    if loss.get("kl_coef", 0.0) > 0 and "ref_logprobs" in mb.columns:
+        kl = algorithms.kl_loss(logprobs, mb.columns["ref_logprobs"].to(logprobs.device), mask, kind=loss["kl_type"],
                                 loss_agg_mode=loss["loss_agg_mode"], global_batch=gb)
         value = value + loss["kl_coef"] * kl
         out["actor/kl_loss"] = float(kl.detach())

@@ -8,6 +8,7 @@ from stepentropy_rl.files import atomic_write_json
 
 
 def summary_table(results: list[dict]) -> str:
+    """The study's summary rows (strategy, ratio, accuracy, thinking tokens, kept fraction, n) as a Markdown table."""
     lines = ["| strategy | ratio | accuracy | thinking tokens | kept | n |", "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['strategy']} | {r['ratio']:.2f} | {100 * r['accuracy']:.1f}% | "
@@ -16,6 +17,7 @@ def summary_table(results: list[dict]) -> str:
 
 
 def write_summary(run_dir: Path, results: list[dict], extra: dict) -> Path:
+    """``summary.json`` (atomically; NaN as null) and ``summary.md`` of the study; returns the JSON path."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in extra.items()}
     path = run_dir / "summary.json"
     atomic_write_json(path, {"results": results, **clean})
@@ -25,6 +27,7 @@ def write_summary(run_dir: Path, results: list[dict], extra: dict) -> Path:
 
 
 def plot_accuracy(run_dir: Path, results: list[dict], title: str) -> Path:
+    """``accuracy_vs_ratio.png``: accuracy against the pruning ratio, one line per strategy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,6 +54,7 @@ def plot_accuracy(run_dir: Path, results: list[dict], title: str) -> Path:
 
 
 def training_table(models: dict) -> str:
+    """The training report (base, SFT, final: accuracy, thinking tokens and their share of the base's, [SKIP]s)."""
     base = models["base"]
     lines = ["| model | accuracy | thinking tokens | vs. base tokens | [SKIP] per sample | n |",
              "|---|---|---|---|---|---|"]

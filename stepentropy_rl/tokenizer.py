@@ -46,6 +46,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, whole_numbers: int = 100)
 
 
 def save_tokenizer(tok: PreTrainedTokenizerFast, path: str | Path) -> None:
+    """Save ``tok`` as a HF tokenizer directory."""
     tok.save_pretrained(str(path))
 
 

@@ -42,6 +42,7 @@ def positive(obj, *keys: str, allow_zero: bool = False, integer: bool = False) -
 
 
 def one_of(obj, key: str, choices) -> None:
+    """``getattr(obj, key)`` is one of ``choices``, else ConfigError listing them."""
     v = getattr(obj, key)
     need(v in tuple(choices), key, f"must be one of {tuple(choices)}, got {v!r}")
 

@@ -42,6 +42,7 @@ def plan_buckets(specs: Iterable[tuple[str, tuple[int, ...]]], dtype: str, bucke
 
 
 def plan_bytes(plan: list) -> int:
+    """Bytes one weight push sends under ``plan`` (``plan_buckets``)."""
     return sum(numel * torch.empty(0, dtype=getattr(torch, dtype)).element_size() for dtype, numel, _ in plan)
 
 

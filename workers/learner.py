@@ -12,7 +12,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from stepentropy_rl.batch import MicroBatch
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import LearnerCluster, OptimConfig
 
 
@@ -40,19 +40,21 @@ class Learner:
         self.grad_clip = optim.grad_clip
 
     # ---- forward passes ------------------------------------------------------------------------------------------
-    def logprobs_and_entropy(self, mbs: list[MicroBatch], temperature: float = 1.0,
-                             chunk_rows: int = 2048) -> list[dict]:
-        """Per micro-batch, token log-probs and exact full-vocabulary entropies of softmax(logits / temperature) at
-        loss-mask positions ([B, T])."""
+    def logprobs_and_entropy(self, batch: Batch, micro_batch_size: int, temperature: float = 1.0,
+                             chunk_rows: int = 2048) -> dict[str, torch.Tensor]:
+        """Columns ``logprobs`` and ``entropy`` ([B, T] like ``batch``, 0 off the loss mask): token log-probs and
+        exact full-vocabulary entropies of softmax(logits / temperature), computed ``micro_batch_size`` rows at a
+        time."""
         self.model.eval()
-        out = []
+        lps, ents = [], []
         with torch.no_grad():
-            for mb in mbs:
+            for mb in batch.chunk(micro_batch_size):
                 lp, ent = self._forward(mb, chunk_rows, with_entropy=True, temperature=temperature)
-                out.append({"logprobs": lp.cpu(), "entropy": ent.cpu()})
-        return out
+                lps.append(_pad_to(lp.cpu(), batch.width))
+                ents.append(_pad_to((ent * mb.loss_mask.to(ent.device)).cpu(), batch.width))
+        return {"logprobs": torch.cat(lps), "entropy": torch.cat(ents)}
 
-    def _forward(self, mb: MicroBatch, chunk_rows: int, with_entropy: bool, temperature: float = 1.0):
+    def _forward(self, mb: Batch, chunk_rows: int, with_entropy: bool, temperature: float = 1.0):
         """Log-probs (and entropies) under softmax(logits / temperature): the distribution that sampled the batch."""
         from stepentropy_rl.entropy import token_entropy, token_logprobs
 
@@ -73,8 +75,9 @@ class Learner:
         return lp * mb.loss_mask.to(self.device), ent
 
     # ---- updates -------------------------------------------------------------------------------------------------
-    def train_step(self, mbs: list[MicroBatch], loss: dict) -> dict:
-        """One optimizer step over all micro-batches (gradient accumulation). ``loss['kind']``: sft | grpo.
+    def train_step(self, batch: Batch, micro_batch_size: int, loss: dict) -> dict:
+        """One optimizer step over ``batch`` in micro-batches of ``micro_batch_size`` rows (gradient accumulation).
+        ``loss['kind']``: sft | grpo; GRPO reads the columns ``advantages``, ``old_logprobs``, ``ref_logprobs``.
 
         The loss is normalised by the token and sequence counts of the whole batch across ranks (verl's
         ``global_batch_info``), so the gradient is the whole batch's aggregate however it was split.
@@ -87,17 +90,19 @@ class Learner:
 
         self.model.train()
         totals: dict[str, float] = {}
+        mbs = batch.chunk(micro_batch_size)
         n = len(mbs)
         gb = global_batch_info([mb.loss_mask.to(self.device) for mb in mbs], self.world_size, dist.all_reduce)
         current = loss.get("old_logprobs") == "current"
         ent_sum, ent_tokens = 0.0, 0.0
         for mb in mbs:
             lp, ent = self._forward(mb, 2048, with_entropy=current, temperature=loss.get("temperature", 1.0))
+            old = None
             if current:
-                mb.old_logprobs = lp.detach()
+                old = lp.detach()
                 mask = mb.loss_mask.to(self.device)
                 ent_sum, ent_tokens = ent_sum + float((ent * mask).sum()), ent_tokens + float(mask.sum())
-            value, metrics = compute_loss(lp, mb, loss, gb)
+            value, metrics = compute_loss(lp, mb, loss, gb, old_logprobs=old)
             value.backward()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + (v if k in SHARED_METRICS else v / n)
@@ -186,6 +191,11 @@ class Learner:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _pad_to(t: torch.Tensor, width: int) -> torch.Tensor:
+    """[b, t] zero-padded on the right to [b, width] (a micro-batch is trimmed to its own width)."""
+    return t if t.shape[1] == width else torch.nn.functional.pad(t, (0, width - t.shape[1]))
 
 
 def shard_model(model, param_dtype: str | None = None):

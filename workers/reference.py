@@ -4,6 +4,7 @@ from __future__ import annotations
 import ray
 import torch
 
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.entropy import score_responses
 
 
@@ -33,14 +34,16 @@ class Reference:
         self.model_path = model_path
         return model_path
 
-    def score(self, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16,
-              chunk_rows: int = 2048, temperature: float = 1.0) -> list[dict[str, list[float]]]:
-        """Per pair ``{entropy, logprobs}`` over the response tokens of softmax(logits / temperature), as plain lists
-        (cheap to ship through Ray). GRPO passes the temperature that sampled the responses."""
+    def score(self, batch: Batch, batch_size: int = 16, chunk_rows: int = 2048,
+              temperature: float = 1.0) -> dict[str, torch.Tensor]:
+        """Columns ``entropy`` and ``logprobs`` ([B, T] like ``batch``) of its response tokens under
+        softmax(logits / temperature); GRPO passes the temperature that sampled the responses."""
+        rows = range(len(batch))
         with torch.no_grad():
-            out = score_responses(self.model, prompts, responses, batch_size=batch_size, chunk_rows=chunk_rows,
-                                  pad_id=self.pad_id, temperature=temperature)
-        return [{k: v.tolist() for k, v in o.items()} for o in out]
+            out = score_responses(self.model, [batch.prompt_ids(i) for i in rows], [batch.response_ids(i) for i in rows],
+                                  batch_size=batch_size, chunk_rows=chunk_rows, pad_id=self.pad_id,
+                                  temperature=temperature)
+        return {k: batch.response_column([o[k] for o in out]) for k in ("entropy", "logprobs")}
 
 
 ReferenceWorker = ray.remote(Reference)

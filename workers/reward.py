@@ -6,7 +6,9 @@ garbage output counts as wrong. Counts ([SKIP], length) come from token ids.
 from __future__ import annotations
 
 import ray
+import torch
 
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.rewards import make_sample, stage_rewards
 from stepentropy_rl.tasks.grading import make_grader
 
@@ -21,19 +23,20 @@ class RewardService:
         self.grade = make_grader(grader, grade_span, grade_timeout_s)  # garbage or timeout: wrong, never a crash
         self.skip_id, self.close_id, self.delimiter = skip_id, close_id, delimiter
 
-    def score(self, stage: str, responses: list[dict], answers: list[str]) -> list[dict[str, float]]:
-        """Per response ``{term: value, ..., total, correct}`` under the reward of ``stage``."""
+    def score(self, stage: str, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-sample columns ([B] float) ``{term, ..., total, correct, length, n_skip, answered}`` under the reward
+        of ``stage``, for the responses of ``batch`` (its ``text`` and ``answer`` meta; counts from its ids)."""
         if stage not in self.fns:
             raise ValueError(f"reward.stages has no stage {stage!r}; stages: {sorted(self.fns)}")
         fn, out = self.fns[stage], []
-        for r, answer in zip(responses, answers):
-            correct = self.grade(r["text"], answer)
-            s = make_sample(r["token_ids"], r["text"], correct, self.skip_id, self.delimiter, self.close_id)
+        for i, (text, answer) in enumerate(zip(batch.meta["text"], batch.meta["answer"])):
+            correct = self.grade(text, answer)
+            s = make_sample(batch.response_ids(i), text, correct, self.skip_id, self.delimiter, self.close_id)
             terms = fn(s)
             terms.update(correct=float(correct), length=float(s.length), n_skip=float(s.n_skip),
                          answered=float(s.answered))
             out.append(terms)
-        return out
+        return {k: torch.tensor([t[k] for t in out], dtype=torch.float32) for k in out[0]} if out else {}
 
 
 RewardWorker = ray.remote(RewardService)

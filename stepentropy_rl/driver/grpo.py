@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from stepentropy_rl import algorithms
-from stepentropy_rl.batch import Sequence
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.cot_format import THINK_CLOSE, thinking_tokens
 from stepentropy_rl.driver.remote import fetch
 from stepentropy_rl.files import atomic_write_text
@@ -51,15 +51,17 @@ class Prompts:
         return out
 
 
-def token_rewards(totals: list[float], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's layout: the sequence reward on the last response token; mask over response tokens."""
-    width = max(1, max(lengths))
-    rewards, mask = torch.zeros(len(totals), width), torch.zeros(len(totals), width)
-    for i, (r, n) in enumerate(zip(totals, lengths)):
-        if n:
-            rewards[i, n - 1] = r
-            mask[i, :n] = 1
-    return rewards, mask
+def outcome_rewards(batch: Batch, totals: torch.Tensor) -> torch.Tensor:
+    """verl's layout, in the batch's: each sample's reward on its last response token, 0 elsewhere ([B, T]).
+
+    >>> b = Batch.from_pairs([[1, 2], [3]], [[4, 5], [6]], pad_id=0)
+    >>> outcome_rewards(b, torch.tensor([1.0, -2.0])).tolist()
+    [[0.0, 0.0, 0.0, 1.0], [0.0, -2.0, 0.0, 0.0]]
+    """
+    rewards = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    rows = torch.nonzero(batch.response_lens > 0).flatten()  # an empty response has no token to carry it
+    rewards[rows, batch.last_response_index()[rows]] = totals[rows].float()
+    return rewards
 
 
 class GRPOTrainer:
@@ -73,6 +75,7 @@ class GRPOTrainer:
         self.rollouts, self.reference, self.reward, self.learners = (actors.rollouts, actors.reference, actors.reward,
                                                                      actors.learners)
         self.tok, self.tracker = tokenizer, tracker
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
         self.dir = Path(run_dir) / "grpo"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +115,9 @@ class GRPOTrainer:
 
     # ---- one step ------------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
+        """One GRPO step on one ``Batch``: the rollout makes it, and the learners, the reference and the reward
+        service each add their columns (old log-probs and entropy, reference log-probs, reward terms) before the
+        advantages are added and the learners update on it."""
         a, t, timing = self.a, self.t, {}
         stage = self.phase.stage
         problems = self.prompts.next(a.prompts_per_step)
@@ -124,40 +130,36 @@ class GRPOTrainer:
         outs = self.rollouts.generate(pids, sampling)
         timing["gen"] = time.time() - t0
         flat = [(i, s) for i, o in enumerate(outs) for s in o]
-        seqs = [Sequence(pids[i], s["token_ids"]) for i, s in flat]
+        batch = Batch.from_pairs([pids[i] for i, _ in flat], [s["token_ids"] for _, s in flat], self.pad_id,
+                                 group=[i for i, _ in flat], text=[s["text"] for _, s in flat],
+                                 answer=[problems[i].answer for i, _ in flat])
 
         # One update per rollout batch: the PPO ratio is 1 at that update, so the old log-probs (and the entropy)
         # come from the update's own forward; with mini-batches or epochs they are scored here, before any update.
         mini, epochs = a.ppo_mini_batch_size, a.ppo_epochs
         single = epochs == 1 and mini >= a.prompts_per_step
         t0 = time.time()
-        old_lp, ent = (None, None) if single else self.learners.logprobs_and_entropy(seqs, temperature)
+        if not single:
+            old = self.learners.logprobs_and_entropy(batch, temperature)
+            batch = batch.union({"old_logprobs": old["logprobs"], "entropy": old["entropy"]})
         timing["old_logprob"] = time.time() - t0
         t0 = time.time()
-        ref_lp = None
         if a.kl_coef > 0:
-            ref = fetch(self.reference.score.remote([s.prompt_ids for s in seqs], [s.response_ids for s in seqs],
-                                                      self.scoring.batch_size, self.scoring.chunk_rows,
+            ref = fetch(self.reference.score.remote(batch, self.scoring.batch_size, self.scoring.chunk_rows,
                                                       temperature))
-            ref_lp = [r["logprobs"] for r in ref]
+            batch = batch.union({"ref_logprobs": ref["logprobs"]})
         timing["ref"] = time.time() - t0
 
         t0 = time.time()
-        scores = fetch(self.reward.score.remote(stage, [s for _, s in flat], [problems[i].answer for i, _ in flat]))
+        scores = fetch(self.reward.score.remote(stage, batch))
+        batch = batch.union({f"reward/{k}": v for k, v in scores.items()})
         timing["reward"] = time.time() - t0
 
         t0 = time.time()
-        lengths = [len(s.response_ids) for s in seqs]
-        rewards, mask = token_rewards([sc["total"] for sc in scores], lengths)
-        adv = algorithms.compute_advantages(a.adv_estimator[stage], rewards, mask,
-                                            np.array([i for i, _ in flat]), norm_by_std=a.norm_adv_by_std,
-                                            beta=a.beta)
-        for k, s in enumerate(seqs):
-            s.values = {"advantages": adv[k, : lengths[k]].tolist()}
-            if old_lp is not None:
-                s.values["old_logprobs"] = old_lp[k]
-            if ref_lp is not None:
-                s.values["ref_logprobs"] = ref_lp[k]
+        adv = algorithms.compute_advantages(a.adv_estimator[stage], outcome_rewards(batch, scores["total"]),
+                                            batch.loss_mask, np.array(batch.meta["group"]),
+                                            norm_by_std=a.norm_adv_by_std, beta=a.beta)
+        batch = batch.union({"advantages": adv})
         timing["adv"] = time.time() - t0
 
         t0 = time.time()
@@ -166,24 +168,24 @@ class GRPOTrainer:
                 "kl_type": a.kl_type, "temperature": temperature,
                 "loss_scale_factor": a.loss_scale_factor or t.max_tokens,
                 "old_logprobs": "current" if single else "given"}
-        update = self.update(seqs, loss, mini * a.n_samples, epochs)
+        update = self.update(batch, loss, mini * a.n_samples, epochs)
         timing["update"] = time.time() - t0
 
-        n_tok = sum(lengths)
+        n_tok = float(batch.loss_mask.sum())
         if single:
             mean_entropy = update.pop("entropy_sum") / max(1.0, update.pop("entropy_tokens"))
         else:
-            mean_entropy = sum(sum(e) for e in ent) / max(1, n_tok)
+            mean_entropy = float(batch.columns["entropy"].sum()) / max(1.0, n_tok)
         self.phase.update(mean_entropy, self.step)
         sync = self.push_weights()
         timing["sync"] = sync["seconds"]
 
-        metrics = {f"reward/{k}": float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
-        think = [thinking_tokens(s.response_ids, self.close_id) for s in seqs]
-        metrics.update({"samples": len(seqs), "sync/bytes": sync["bytes"], "sync/version": sync["version"], "response/length": n_tok / len(seqs),
-                        "response/think_tokens": float(np.mean(think)),
+        metrics = {f"reward/{k}": float(v.mean()) for k, v in scores.items()}
+        think = [thinking_tokens(batch.response_ids(i), self.close_id) for i in range(len(batch))]
+        metrics.update({"samples": len(batch), "sync/bytes": sync["bytes"], "sync/version": sync["version"],
+                        "response/length": n_tok / len(batch), "response/think_tokens": float(np.mean(think)),
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
-                        "adv/mean": float((adv * mask).sum() / mask.sum().clamp(min=1)),
+                        "adv/mean": float((adv * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
                         **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},
                         **self.phase.log_dict(), **{f"time/{k}": v for k, v in timing.items()}})
         metrics["time/step"] = sum(timing.values())
@@ -191,12 +193,12 @@ class GRPOTrainer:
         metrics["phase/stage"] = 0 if stage == "compress" else 1
         return metrics
 
-    def update(self, seqs: list[Sequence], loss: dict, mini_size: int, epochs: int) -> dict:
+    def update(self, batch: Batch, loss: dict, mini_size: int, epochs: int) -> dict:
         """``epochs`` passes over the batch in mini-batches of ``mini_size`` samples (whole prompt groups, in order),
         one optimizer step each (verl's ``ppo_mini_batch_size`` and ``ppo_epochs``); metrics averaged over steps.
         From the second step on the policy has moved, so the PPO ratio and its clipping are real."""
-        steps = [self.learners.train_step(seqs[i: i + mini_size], loss)
-                 for _ in range(epochs) for i in range(0, len(seqs), mini_size)]
+        steps = [self.learners.train_step(batch.select(range(i, min(i + mini_size, len(batch)))), loss)
+                 for _ in range(epochs) for i in range(0, len(batch), mini_size)]
         out = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
         out["updates"] = len(steps)
         return out

@@ -4,10 +4,11 @@ from __future__ import annotations
 import socket
 
 import ray
+import torch
 from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from stepentropy_rl.batch import Sequence, micro_batches, response_values, shard
+from stepentropy_rl.batch import Batch, shard
 
 SUMMED = ("entropy_sum", "entropy_tokens")  # counts over the ranks' slices; every other metric is a rank mean
 
@@ -29,38 +30,27 @@ class LearnerGroup:
         self._at_rank0 = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
         self.mbs, self.pad_id = micro_batch_size, pad_id
 
-    def _split(self, seqs: list[Sequence]) -> list[list[Sequence]]:
-        """Even slices by rank. Every rank must run the same number of micro-batches (FSDP collectives), so the
-        shorter slices get one padding copy with an empty response (zero loss mask)."""
-        if len(seqs) < self.world_size:
-            raise ValueError(f"a batch of {len(seqs)} sequences cannot feed {self.world_size} learner ranks")
-        parts = shard(seqs, self.world_size)
-        longest = len(parts[0])
-        pad = Sequence(seqs[0].prompt_ids, [], {k: [] for k in seqs[0].values})
-        return [p + [pad] * (longest - len(p)) for p in parts]
+    def _split(self, batch: Batch) -> tuple[list[Batch], list[range]]:
+        """Even row slices by rank. Every rank must run the same number of micro-batches (FSDP collectives), so the
+        shorter slices get one padding copy with an empty loss mask."""
+        if len(batch) < self.world_size:
+            raise ValueError(f"a batch of {len(batch)} sequences cannot feed {self.world_size} learner ranks")
+        rows = shard(len(batch), self.world_size)
+        longest = len(rows[0])
+        return [batch.select(r).padded_rows(longest - len(r)) for r in rows], rows
 
-    def logprobs_and_entropy(self, seqs: list[Sequence], temperature: float = 1.0
-                             ) -> tuple[list[list[float]], list[list[float]]]:
-        """Per sequence, log-probs and exact entropies of its response tokens under the current policy at
-        ``temperature`` (the one that sampled them)."""
-        parts = self._split(seqs)
-        outs = ray.get([r.logprobs_and_entropy.remote(micro_batches(p, self.mbs, self.pad_id), temperature)
-                        for r, p in zip(self.ranks, parts)])
-        lps, ents = [], []
-        for p, real, out in zip(parts, shard(seqs, self.world_size), outs):
-            for i, res in enumerate(out):
-                chunk = p[i * self.mbs: (i + 1) * self.mbs]
-                lps += response_values(res["logprobs"], chunk)
-                ents += response_values(res["entropy"], chunk)
-            drop = len(p) - len(real)  # padding copies sit at the end of each slice
-            if drop:
-                del lps[-drop:], ents[-drop:]
-        return lps, ents
+    def logprobs_and_entropy(self, batch: Batch, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+        """Columns ``logprobs`` and ``entropy`` ([B, T] like ``batch``) of its response tokens under the current
+        policy at ``temperature`` (the one that sampled them)."""
+        parts, rows = self._split(batch)
+        outs = ray.get([r.logprobs_and_entropy.remote(p, self.mbs, temperature) for r, p in zip(self.ranks, parts)])
+        return {k: torch.cat([o[k][: len(r)] for o, r in zip(outs, rows)]) for k in outs[0]}
 
-    def train_step(self, seqs: list[Sequence], loss: dict) -> dict:
-        parts = self._split(seqs)
-        metrics = ray.get([r.train_step.remote(micro_batches(p, self.mbs, self.pad_id), loss)
-                           for r, p in zip(self.ranks, parts)])
+    def train_step(self, batch: Batch, loss: dict) -> dict:
+        """One optimizer step on every rank over its slice of ``batch``; metrics averaged over ranks (``SUMMED``
+        ones added)."""
+        parts, _ = self._split(batch)
+        metrics = ray.get([r.train_step.remote(p, self.mbs, loss) for r, p in zip(self.ranks, parts)])
         return {k: sum(m[k] for m in metrics) / (1 if k in SUMMED else len(metrics)) for k in metrics[0]}
 
     def set_lr(self, lr: float) -> None:

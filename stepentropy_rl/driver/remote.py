@@ -1,4 +1,4 @@
-"""Calling workers: ``fetch`` resolves what a ``.remote()`` call returned."""
+"""Calling workers: ``fetch`` resolves what a ``.remote()`` call returned; ``token_entropies`` asks the reference."""
 from __future__ import annotations
 
 import ray
@@ -10,3 +10,16 @@ def fetch(x):
     if isinstance(x, ray.ObjectRef) or (isinstance(x, list) and x and isinstance(x[0], ray.ObjectRef)):
         return ray.get(x)
     return x
+
+
+def token_entropies(reference, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 16,
+                    chunk_rows: int = 2048) -> list[list[float]]:
+    """Exact per-token entropies of each response (teacher-forced by the reference actor, or a double with its
+    ``score``), as lists for the pure step functions (``entropy.scored_steps``)."""
+    from stepentropy_rl.batch import Batch
+
+    if not prompts:
+        return []
+    batch = Batch.from_pairs(prompts, responses, pad_id=0)
+    scored = batch.union(fetch(reference.score.remote(batch, batch_size, chunk_rows)))
+    return [e.tolist() for e in scored.per_response("entropy")]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import random
 
-from stepentropy_rl.batch import Sequence
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
-from stepentropy_rl.driver.remote import fetch
+from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_ids, prompt_text
@@ -37,10 +37,10 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         cots = [o[0] for o in rollout.generate(pids, {**sampling, "skip_special_tokens": False})]
     ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if grade(c["text"], p.answer)
           and split_thinking(c["text"])[1]]
-    scores = fetch(reference.score.remote([pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size))
+    entropies = token_entropies(reference, [pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size)
     candidates = []
-    for i, sc in zip(ok, scores):
-        texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], sc["entropy"], prune.delimiter,
+    for i, ent in zip(ok, entropies):
+        texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], ent, prune.delimiter,
                                    prune.aggregate)
         pruned = prune_steps(texts, ents, "low", prune.ratio, placeholder=prune.placeholder or None,
                              protect_first=prune.protect_first, protect_last=prune.protect_last)
@@ -72,16 +72,16 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: SFT could not teach the model to stop")
-    seqs = [sft_sequence(tokenizer, r["prompt"], r["response"]) for r in rows]
-    if len(seqs) < 1:
+    if not rows:
         raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (see prune/stats.json)")
+    data = sft_batch(tokenizer, rows)
     rng = random.Random(seed)
-    steps = max(1, sft.epochs * len(seqs) // sft.batch_size)
+    steps = max(1, sft.epochs * len(data) // sft.batch_size)
     history = []
     for step in range(steps):
         learners.set_lr(sft.lr * (1 - step / steps))
-        batch = rng.sample(seqs, min(sft.batch_size, len(seqs)))
-        m = learners.train_step(batch, {"kind": "sft"})
+        m = learners.train_step(data.select(rng.sample(range(len(data)), min(sft.batch_size, len(data)))),
+                                {"kind": "sft"})
         history.append(m)
         if tracker:
             tracker.log({f"sft/{k.split('/')[-1]}": v for k, v in m.items()}, step=step,
@@ -89,6 +89,8 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
     return history
 
 
-def sft_sequence(tokenizer, prompt: str, response: str) -> Sequence:
-    """Prompt ids as every actor sees them, then the response ids and the tokenizer's EOS id."""
-    return Sequence(prompt_ids(tokenizer, prompt), encode(tokenizer, response) + [tokenizer.eos_token_id])
+def sft_batch(tokenizer, rows: list[dict]) -> Batch:
+    """Each row's prompt ids as every actor sees them, then its response ids and the tokenizer's EOS id."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Batch.from_pairs([prompt_ids(tokenizer, r["prompt"]) for r in rows],
+                            [encode(tokenizer, r["response"]) + [tokenizer.eos_token_id] for r in rows], pad)

@@ -18,7 +18,7 @@ from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
 from stepentropy_rl.entropy import scored_steps, topk_entropy
 from stepentropy_rl.pruning import prune_steps
-from stepentropy_rl.driver.remote import fetch
+from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_text
 
@@ -35,13 +35,13 @@ class StudyResult:
     topk_error: dict  # error of the top-k entropy estimate against the exact entropy
 
 
-def topk_error(cots: list[dict], scores: list[dict], k: int) -> dict:
+def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
     """Mean absolute and relative error (nats) of vLLM top-k entropy against the exact full-vocabulary entropy."""
     exact, approx = [], []
-    for c, s in zip(cots, scores):
+    for c, e in zip(cots, entropies):
         if c.get("topk_logprobs"):
             approx += topk_entropy(c["topk_logprobs"])
-            exact += s["entropy"]
+            exact += e
     if not exact:
         return {}
     err = sum(abs(a - e) for a, e in zip(approx, exact))
@@ -71,12 +71,12 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
                         skip_special_tokens=False, logprobs=rc.topk_logprobs or None)
     cots = [o[0] for o in rollout.generate(prompt_ids, cot_sampling)]
     log.info("scoring token entropies")
-    scores = fetch(reference.score.remote(prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
-                                            cfg.reference.chunk_rows))
+    entropies = token_entropies(reference, prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
+                                cfg.reference.chunk_rows)
 
     rows, variants, steps = [], [], []
-    for p, prompt, cot, sc in zip(problems, prompts, cots, scores):
-        texts, ents = scored_steps(tokenizer, cot["token_ids"], sc["entropy"], pc.delimiter, pc.aggregate)
+    for p, prompt, cot, ent in zip(problems, prompts, cots, entropies):
+        texts, ents = scored_steps(tokenizer, cot["token_ids"], ent, pc.delimiter, pc.aggregate)
         n_think = count_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
         for j, (t, e) in enumerate(zip(texts, ents)):
             lab, kind = label_step(t)
@@ -112,7 +112,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     summary = summarize(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
-    return StudyResult(rows=rows, summary=summary, steps=steps, topk_error=topk_error(cots, scores, rc.topk_logprobs),
+    return StudyResult(rows=rows, summary=summary, steps=steps, topk_error=topk_error(cots, entropies, rc.topk_logprobs),
                        auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
                        auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
 
@@ -142,10 +142,10 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
         return []
     prompt_ids = [encode(tokenizer, prompt_text(tokenizer, p.prompt)) for p in labelled]
     resp_ids = [encode(tokenizer, p.solution) for p in labelled]
-    scores = fetch(reference.score.remote(prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows))
+    entropies = token_entropies(reference, prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows)
     out = []
-    for p, ids, sc in zip(labelled, resp_ids, scores):
-        texts, ents = scored_steps(tokenizer, ids, sc["entropy"], cfg.pruning.delimiter, cfg.pruning.aggregate)
+    for p, ids, ent in zip(labelled, resp_ids, entropies):
+        texts, ents = scored_steps(tokenizer, ids, ent, cfg.pruning.delimiter, cfg.pruning.aggregate)
         if len(texts) != len(p.steps):
             log.warning("%s: %d segments vs %d labelled steps; skipped for AUROC", p.id, len(texts), len(p.steps))
             continue

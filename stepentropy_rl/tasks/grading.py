@@ -54,6 +54,7 @@ def grade_safely(grade, response: str, answer: str) -> bool:
 
 
 def get_grader(name: str):
+    """The grader registered as ``name`` (``data.grader``); ValueError listing the known ones."""
     if name not in GRADERS:
         raise ValueError(f"data.grader must be one of {sorted(GRADERS)}, got {name!r}")
     return GRADERS[name]

@@ -59,7 +59,7 @@ def test_vllm_and_transformers_same_ids_and_logprobs(engine, skip_model):
     outs = engine.generate(pids, {"temperature": 1.0, "max_tokens": 24, "logprobs": 0,
                                   "skip_special_tokens": False})
     ref = Reference(skip_model)
-    scored = ref.score(pids, [o[0]["token_ids"] for o in outs])
+    scored = _score(ref, pids, [o[0]["token_ids"] for o in outs])
     for o, s in zip(outs, scored):
         assert len(s["entropy"]) == len(o[0]["token_ids"]) > 0
         assert all(e >= 0 for e in s["entropy"])
@@ -87,8 +87,8 @@ def test_weights_loaded_from_a_directory_without_restart_match_transformers(engi
     prompts = [prompt_text(tok, p.prompt) for p in generate(BasketConfig(), 3, 1, "test")]
     pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
     outs = engine.generate(pids, {"temperature": 1.0, "max_tokens": 16, "logprobs": 0, "skip_special_tokens": False})
-    new = Reference(str(tmp_path)).score(pids, [o[0]["token_ids"] for o in outs])
-    old = Reference(skip_model).score(pids, [o[0]["token_ids"] for o in outs])
+    new = _score(Reference(str(tmp_path)), pids, [o[0]["token_ids"] for o in outs])
+    old = _score(Reference(skip_model), pids, [o[0]["token_ids"] for o in outs])
     for o, n, b in zip(outs, new, old):
         got = o[0]["logprobs"]
         assert max(abs(x - y) for x, y in zip(got, n["logprobs"])) < 1e-3
@@ -109,8 +109,8 @@ def test_scoring_at_the_sampling_temperature_matches_vllm(engine, skip_model):
     outs = engine.generate(pids, {"temperature": 0.6, "top_p": 1.0, "max_tokens": 24, "logprobs": 0,
                                   "skip_special_tokens": False})
     ref = Reference(skip_model)
-    at_t = ref.score(pids, [o[0]["token_ids"] for o in outs], temperature=0.6)
-    at_1 = ref.score(pids, [o[0]["token_ids"] for o in outs])
+    at_t = _score(ref, pids, [o[0]["token_ids"] for o in outs], temperature=0.6)
+    at_1 = _score(ref, pids, [o[0]["token_ids"] for o in outs])
     for o, a, b in zip(outs, at_t, at_1):
         got = o[0]["logprobs"]
         assert max(abs(x - y) for x, y in zip(got, a["logprobs"])) < 1e-3
@@ -139,3 +139,13 @@ def test_text_is_what_vllm_detokenizes(engine):
         assert o[0]["text"] == t.outputs[0].text and o[0]["token_ids"] == list(t.outputs[0].token_ids)
         stopped += o[0]["finish_reason"] == "stop" and o[0]["token_ids"][-1] == tok.eos_token_id
     assert stopped > 0  # the case that matters: a sample that ended on EOS
+
+
+def _score(reference, prompts, responses, temperature=1.0) -> list[dict]:
+    """The reference's columns for these pairs, cut back into per-response ``{entropy, logprobs}`` lists."""
+    from stepentropy_rl.batch import Batch
+
+    batch = Batch.from_pairs(prompts, responses, pad_id=0)
+    cols = batch.union(reference.score(batch, temperature=temperature))
+    ent, lp = cols.per_response("entropy"), cols.per_response("logprobs")
+    return [{"entropy": e.tolist(), "logprobs": lp_i.tolist()} for e, lp_i in zip(ent, lp)]

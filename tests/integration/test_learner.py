@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from stepentropy_rl.batch import Sequence
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import LearnerCluster, OptimConfig
 from stepentropy_rl.driver.roles import spawn_learners
 from stepentropy_rl.tasks.basket import BasketConfig, generate
@@ -19,26 +19,32 @@ def setup(ray_session, micro_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(micro_model)
-    seqs = [Sequence(tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids,
-                     tok(p.solution + EOS, add_special_tokens=False).input_ids)
-            for p in generate(BasketConfig(), 5, 0, "test")]  # odd count: exercises the padding copy
+    batch = _batch(tok, 5, seed=0)  # odd count: exercises the padding copy
     group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.5), OPTIM, micro_batch_size=2,
                            pad_id=tok.pad_token_id)
-    yield group, seqs, tok
+    yield group, batch, tok
     group.shutdown()
+
+
+def _scores(scorer, batch, temperature=1.0):
+    """Per response, (log-probs, entropies) as 1-D tensors from a learner group or a reference (both return columns)."""
+    out = scorer.logprobs_and_entropy(batch, temperature) if hasattr(scorer, "logprobs_and_entropy") else \
+        scorer.score(batch, temperature=temperature)
+    assert out["logprobs"].shape == out["entropy"].shape == batch.input_ids.shape
+    cols = batch.union(out)
+    return cols.per_response("logprobs"), cols.per_response("entropy")
 
 
 def test_logprobs_match_single_process_reference(setup, micro_model):
     from workers.reference import Reference
 
-    group, seqs, _ = setup
-    lps, ents = group.logprobs_and_entropy(seqs)
-    ref = Reference(micro_model).score([s.prompt_ids for s in seqs], [s.response_ids for s in seqs])
-    assert len(lps) == len(seqs)
-    for lp, ent, r, s in zip(lps, ents, ref, seqs):
-        assert len(lp) == len(s.response_ids)
-        assert torch.allclose(torch.tensor(lp), torch.tensor(r["logprobs"]), atol=1e-4)
-        assert torch.allclose(torch.tensor(ent), torch.tensor(r["entropy"]), atol=1e-4)
+    group, batch, _ = setup
+    lps, ents = _scores(group, batch)
+    ref_lps, ref_ents = _scores(Reference(micro_model), batch)
+    assert len(lps) == len(batch)
+    for i, (lp, ent, rlp, rent) in enumerate(zip(lps, ents, ref_lps, ref_ents)):
+        assert len(lp) == len(batch.response_ids(i))
+        assert torch.allclose(lp, rlp, atol=1e-4) and torch.allclose(ent, rent, atol=1e-4)
 
 
 def test_logprobs_and_loss_at_the_sampling_temperature(setup, micro_model):
@@ -46,45 +52,43 @@ def test_logprobs_and_loss_at_the_sampling_temperature(setup, micro_model):
     update's forward uses the same temperature, so the first PPO ratio is exactly 1 (ppo_kl 0)."""
     from workers.reference import Reference
 
-    group, seqs, _ = setup
-    lp6, ent6 = group.logprobs_and_entropy(seqs, 0.6)
-    lp1, _ = group.logprobs_and_entropy(seqs)
-    ref = Reference(micro_model).score([s.prompt_ids for s in seqs], [s.response_ids for s in seqs], temperature=0.6)
-    for a, e, r, b in zip(lp6, ent6, ref, lp1):
-        assert torch.allclose(torch.tensor(a), torch.tensor(r["logprobs"]), atol=1e-4)
-        assert torch.allclose(torch.tensor(e), torch.tensor(r["entropy"]), atol=1e-4)
-        assert float((torch.tensor(a) - torch.tensor(b)).abs().max()) > 1e-2
-    batch = [Sequence(s.prompt_ids, s.response_ids, {"old_logprobs": lp, "advantages": [0.0] * len(lp)})
-             for s, lp in zip(seqs, lp6)]
+    group, batch, _ = setup
+    lp6, ent6 = _scores(group, batch, 0.6)
+    lp1, _ = _scores(group, batch)
+    ref_lp, ref_ent = _scores(Reference(micro_model), batch, 0.6)
+    for a, e, rl, re, b in zip(lp6, ent6, ref_lp, ref_ent, lp1):
+        assert torch.allclose(a, rl, atol=1e-4) and torch.allclose(e, re, atol=1e-4)
+        assert float((a - b).abs().max()) > 1e-2
+    given = batch.union({"old_logprobs": batch.response_column(lp6),
+                         "advantages": torch.zeros_like(batch.loss_mask)})
     loss = GRPO_LOSS
     group.set_lr(0.0)  # measure the ratio without moving the weights
-    assert abs(group.train_step(batch, {**loss, "temperature": 0.6})["actor/ppo_kl"]) < 1e-5
-    assert abs(group.train_step(batch, loss)["actor/ppo_kl"]) > 1e-3  # scored at T=1: the ratio is off
+    assert abs(group.train_step(given, {**loss, "temperature": 0.6})["actor/ppo_kl"]) < 1e-5
+    assert abs(group.train_step(given, loss)["actor/ppo_kl"]) > 1e-3  # scored at T=1: the ratio is off
     group.set_lr(OPTIM.lr)
 
 
 def test_single_update_takes_old_logprobs_and_entropy_from_its_forward(setup):
-    group, seqs, _ = setup
-    lps, ents = group.logprobs_and_entropy(seqs, 0.6)
-    batch = [Sequence(s.prompt_ids, s.response_ids, {"advantages": [1.0] * len(s.response_ids)}) for s in seqs]
+    group, batch, _ = setup
+    _, ents = _scores(group, batch, 0.6)
+    ones = batch.union({"advantages": batch.loss_mask.clone()})
     group.set_lr(0.0)
-    m = group.train_step(batch, {**GRPO_LOSS, "temperature": 0.6, "old_logprobs": "current"})
+    m = group.train_step(ones, {**GRPO_LOSS, "temperature": 0.6, "old_logprobs": "current"})
     group.set_lr(OPTIM.lr)
     assert m["actor/ppo_kl"] == 0.0 and m["actor/pg_clipfrac"] == 0.0
-    assert m["entropy_tokens"] == sum(len(s.response_ids) for s in seqs)
-    assert m["entropy_sum"] == pytest.approx(sum(map(sum, ents)), rel=1e-5)
+    assert m["entropy_tokens"] == float(batch.loss_mask.sum())
+    assert m["entropy_sum"] == pytest.approx(float(sum(e.sum() for e in ents)), rel=1e-5)
 
 
 def test_second_update_on_a_batch_clips(setup):
     """With mini-batches or epochs the policy moves between updates on the same rollouts: the ratio leaves 1 and
     PPO clipping acts (with one update per batch it never can)."""
-    group, seqs, _ = setup
-    old, _ = group.logprobs_and_entropy(seqs)
-    batch = [Sequence(s.prompt_ids, s.response_ids, {"old_logprobs": lp, "advantages": [1.0] * len(lp)})
-             for s, lp in zip(seqs, old)]
+    group, batch, _ = setup
+    old = group.logprobs_and_entropy(batch)["logprobs"]
+    given = batch.union({"old_logprobs": old, "advantages": batch.loss_mask.clone()})
     group.set_lr(3e-2)
-    first = group.train_step(batch, {**GRPO_LOSS, "old_logprobs": "given"})
-    second = group.train_step(batch, {**GRPO_LOSS, "old_logprobs": "given"})
+    first = group.train_step(given, {**GRPO_LOSS, "old_logprobs": "given"})
+    second = group.train_step(given, {**GRPO_LOSS, "old_logprobs": "given"})
     group.set_lr(OPTIM.lr)
     assert first["actor/pg_clipfrac"] == 0.0 and second["actor/pg_clipfrac"] > 0.0
 
@@ -92,33 +96,31 @@ def test_second_update_on_a_batch_clips(setup):
 def test_checkpoint_round_trips_adamw_state(setup, tmp_path):
     """Saved after optimizer steps and restored: the next step is the same as without the interruption, which
     needs AdamW's moments, not only the weights."""
-    group, seqs, _ = setup
+    group, batch, _ = setup
     for _ in range(2):
-        group.train_step(seqs, {"kind": "sft"})
+        group.train_step(batch, {"kind": "sft"})
     group.save_checkpoint(str(tmp_path / "ckpt"))
-    group.train_step(seqs, {"kind": "sft"})
-    straight, _ = group.logprobs_and_entropy(seqs)
+    group.train_step(batch, {"kind": "sft"})
+    straight = group.logprobs_and_entropy(batch)["logprobs"]
     group.load_checkpoint(str(tmp_path / "ckpt"))
-    group.train_step(seqs, {"kind": "sft"})
-    resumed, _ = group.logprobs_and_entropy(seqs)
-    for a, b in zip(straight, resumed):
-        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-6)
+    group.train_step(batch, {"kind": "sft"})
+    resumed = group.logprobs_and_entropy(batch)["logprobs"]
+    assert torch.allclose(straight, resumed, atol=1e-6)
 
 
 def test_sft_steps_lower_nll_and_checkpoint_round_trips(setup, tmp_path):
-    group, seqs, _ = setup
-    before, _ = group.logprobs_and_entropy(seqs)
+    group, batch, _ = setup
+    before = group.logprobs_and_entropy(batch)["logprobs"]
     group.save_checkpoint(str(tmp_path / "ckpt"))
-    nll = [group.train_step(seqs, {"kind": "sft"})["sft/nll"] for _ in range(4)]
+    nll = [group.train_step(batch, {"kind": "sft"})["sft/nll"] for _ in range(4)]
     # 5 sequences on 2 ranks (one padding copy): the loss is the token-mean over the whole batch
-    assert nll[0] == pytest.approx(-sum(map(sum, before)) / sum(map(len, before)), rel=1e-4)
+    assert nll[0] == pytest.approx(-float(before.sum()) / float(batch.loss_mask.sum()), rel=1e-4)
     assert nll[-1] < nll[0]
-    after, _ = group.logprobs_and_entropy(seqs)
-    assert sum(map(sum, after)) > sum(map(sum, before))
+    after = group.logprobs_and_entropy(batch)["logprobs"]
+    assert float(after.sum()) > float(before.sum())
     group.load_checkpoint(str(tmp_path / "ckpt"))
-    restored, _ = group.logprobs_and_entropy(seqs)
-    for a, b in zip(restored, before):
-        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    restored = group.logprobs_and_entropy(batch)["logprobs"]
+    assert torch.allclose(restored, before, atol=1e-5)
 
 
 def test_full_state_export_loads_in_transformers(setup, micro_model, tmp_path):
@@ -140,18 +142,19 @@ def test_mixed_precision_computes_in_bf16_trains_and_exports_bf16(ray_session, m
 
     from workers.reference import Reference
 
-    tok_seqs = _seqs(micro_model, 3)
+    from transformers import AutoTokenizer
+
+    batch = _batch(AutoTokenizer.from_pretrained(micro_model), 3, seed=1)
     group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25, param_dtype="bfloat16"), OPTIM,
                            micro_batch_size=2, pad_id=0)
     try:
-        lps, _ = group.logprobs_and_entropy(tok_seqs)
-        ref = Reference(micro_model).score([s.prompt_ids for s in tok_seqs], [s.response_ids for s in tok_seqs])
-        gap = max(float((torch.tensor(lp) - torch.as_tensor(r["logprobs"])).abs().max()) for lp, r in zip(lps, ref))
+        lps = group.logprobs_and_entropy(batch)["logprobs"]
+        gap = float((lps - Reference(micro_model).score(batch)["logprobs"]).abs().max())
         assert 0 < gap < 0.5  # computed in bf16: close to the fp32 reference, not equal to it
         before = load(group.state_bytes())
         assert all(v.dtype == torch.bfloat16 for v in before.values() if v.is_floating_point())
         for _ in range(3):
-            metrics = group.train_step(tok_seqs, {"kind": "sft"})
+            metrics = group.train_step(batch, {"kind": "sft"})
         assert torch.isfinite(torch.tensor(metrics["sft/nll"]))
         after = load(group.state_bytes())
         assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -159,10 +162,9 @@ def test_mixed_precision_computes_in_bf16_trains_and_exports_bf16(ray_session, m
         group.shutdown()
 
 
-def _seqs(model_path, n):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    return [Sequence(tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids,
-                     tok(p.solution + EOS, add_special_tokens=False).input_ids)
-            for p in generate(BasketConfig(), n, 1, "test")]
+def _batch(tok, n: int, seed: int) -> Batch:
+    """``n`` held-out basket problems with their gold solutions as responses."""
+    problems = generate(BasketConfig(), n, seed, "test")
+    return Batch.from_pairs([tok(prompt_text(tok, p.prompt), add_special_tokens=False).input_ids for p in problems],
+                            [tok(p.solution + EOS, add_special_tokens=False).input_ids for p in problems],
+                            pad_id=tok.pad_token_id)

@@ -2,9 +2,11 @@
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import build
 from stepentropy_rl.r1_standin import BOS, EOS
 from stepentropy_rl.tokenizer import encode, load_tokenizer, prompt_ids, prompt_text
@@ -64,9 +66,10 @@ def test_load_tokenizer_undoes_the_transformers5_llama_rebuild(r1_standin, tmp_p
 
 
 def test_sft_sequences_end_with_the_tokenizers_eos(tok):
-    from stepentropy_rl.driver.sft import sft_sequence
+    from stepentropy_rl.driver.sft import sft_batch
 
-    seq = sft_sequence(tok, "What is 2+3?", RESPONSE)
+    batch = sft_batch(tok, [{"prompt": "What is 2+3?", "response": RESPONSE}])
+    seq = SimpleNamespace(prompt_ids=batch.prompt_ids(0), response_ids=batch.response_ids(0))
     assert seq.response_ids[-1] == EOS_ID
     assert encode(tok, "<|im_end|>")[0] not in seq.response_ids  # ChatML's EOS is ordinary text here
     assert seq.prompt_ids == prompt_ids(tok, "What is 2+3?") and seq.prompt_ids.count(BOS_ID) == 1
@@ -86,16 +89,17 @@ def test_reward_service_on_an_r1_response(tok):
     n_think = ids.index(CLOSE_ID)
     cfg.length_budget = n_think  # thinking fits, the whole response does not
     service = RewardService(OmegaConf.to_container(cfg, resolve=True), "math", -1, CLOSE_ID)
-    full = {"text": tok.decode(ids, skip_special_tokens=False), "token_ids": ids}
     cut = ids[: n_think - 2]
-    truncated = {"text": tok.decode(cut, skip_special_tokens=False), "token_ids": cut}
-    assert "\\boxed{5}" in truncated["text"]
-    got, trunc = service.score("compress", [full, truncated], ["5", "5"])
-    assert len(ids) > n_think and got["length_clip"] == 1.0 and got["correct"] == 1.0 and got["total"] > 0
-    assert trunc["correct"] == 0.0 and trunc["total"] == 0.0
+    texts = [tok.decode(r, skip_special_tokens=False) for r in (ids, cut)]
+    assert "\\boxed{5}" in texts[1]
+    pid = prompt_ids(tok, "What is 2+3?")
+    batch = Batch.from_pairs([pid, pid], [ids, cut], pad_id=0, text=texts, answer=["5", "5"])
+    got = service.score("compress", batch)  # per-sample columns: [full, truncated]
+    assert len(ids) > n_think and got["length_clip"][0] == 1.0 and got["correct"][0] == 1.0 and got["total"][0] > 0
+    assert got["correct"][1] == 0.0 and got["total"][1] == 0.0
     cfg.length_budget = n_think - 1
     tight = RewardService(OmegaConf.to_container(cfg, resolve=True), "math", -1, CLOSE_ID)
-    assert tight.score("compress", [full], ["5"])[0]["length_clip"] == 0.0
+    assert tight.score("compress", batch)["length_clip"][0] == 0.0
 
 
 def test_init_model_adds_skip_in_the_spare_rows(r1_standin, tmp_path):

@@ -4,7 +4,6 @@ import os
 import pytest
 import ray
 
-from stepentropy_rl.driver.grpo import Prompts, token_rewards
 from stepentropy_rl.driver.rollout_group import RolloutGroup
 
 pytestmark = pytest.mark.engine
@@ -83,17 +82,3 @@ def test_an_engine_that_keeps_dying_ends_the_step_with_an_error(ray_session, tmp
     group = RolloutGroup([Dies.remote()], "initial", retries=1)
     with pytest.raises(RuntimeError, match="kept failing after 1 retries"):
         group.generate(["a"], {})
-
-
-def test_prompt_stream_resumes_at_the_same_position():
-    probs = list(range(10))
-    a = Prompts(probs, seed=3)
-    first = a.next(7)
-    b = Prompts(probs, seed=3, epoch=a.epoch, index=a.index)
-    assert a.next(8) == b.next(8)
-    assert sorted(first + Prompts(probs, seed=3, epoch=0, index=7).next(3)) == probs
-
-
-def test_token_rewards_on_last_token():
-    r, m = token_rewards([1.0, -2.0], [3, 1])
-    assert r.tolist() == [[0, 0, 1.0], [-2.0, 0, 0]] and m.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -63,7 +63,7 @@ def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_o
     import ray
     from transformers import AutoTokenizer
 
-    from stepentropy_rl.batch import Sequence
+    from stepentropy_rl.batch import Batch
     from stepentropy_rl.config import LearnerCluster, OptimConfig
     from stepentropy_rl.driver.roles import spawn_learners
     from stepentropy_rl.driver.rollout_group import WeightBroadcast, wait_alive
@@ -73,8 +73,9 @@ def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_o
 
     tok = AutoTokenizer.from_pretrained(micro_model)
     probs = generate(BasketConfig(), 4, 3, "test")
-    seqs = [Sequence(prompt_ids(tok, p.prompt), tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id])
-            for p in probs]
+    pids = [prompt_ids(tok, p.prompt) for p in probs]
+    sft = Batch.from_pairs(pids, [tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id]
+                                  for p in probs], tok.pad_token_id)
     learners = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25), OptimConfig(lr=1e-2),
                               micro_batch_size=2, pad_id=tok.pad_token_id)
     engine = RolloutWorker.options(num_cpus=0.25, max_restarts=1, max_task_retries=0).remote(
@@ -83,14 +84,13 @@ def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_o
         sync = WeightBroadcast(learners, [engine], "gloo", bucket_mb=0.05)
         assert len(sync.plan) > 3  # several buckets
         for _ in range(3):
-            learners.train_step(seqs, {"kind": "sft"})
+            learners.train_step(sft, {"kind": "sft"})
 
         def gap() -> float:
-            outs = ray.get(engine.generate.remote([s.prompt_ids for s in seqs],
-                                                  {"temperature": 1.0, "max_tokens": 12, "logprobs": 0}))
-            scored = [Sequence(s.prompt_ids, o[0]["token_ids"]) for s, o in zip(seqs, outs)]
-            lps, _ = learners.logprobs_and_entropy(scored)
-            return max(abs(a - b) for o, lp in zip(outs, lps) for a, b in zip(o[0]["logprobs"], lp))
+            outs = ray.get(engine.generate.remote(pids, {"temperature": 1.0, "max_tokens": 12, "logprobs": 0}))
+            sampled = Batch.from_pairs(pids, [o[0]["token_ids"] for o in outs], tok.pad_token_id)
+            engine_lp = sampled.response_column([o[0]["logprobs"] for o in outs])
+            return float((learners.logprobs_and_entropy(sampled)["logprobs"] - engine_lp).abs().max())
 
         assert gap() > 1e-2  # the engine still serves the initial weights
         assert sync.push() == sync.bytes == plan_bytes(sync.plan)

@@ -1,14 +1,16 @@
-"""One GRPO step's glue with test doubles whose rewards we choose: group ids per prompt, the advantage of each
-sample, the old/reference log-prob mapping, and the sampling temperature reaching every scorer."""
+"""One GRPO step's glue with test doubles whose rewards we choose: one Batch from rollout to loss, to which each
+worker adds its columns; group ids per prompt, the advantage of each sample, the old/reference log-prob mapping, and
+the sampling temperature reaching every scorer."""
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from stepentropy_rl.config import build
 from stepentropy_rl.data import Example
-from stepentropy_rl.driver.grpo import GRPOTrainer
+from stepentropy_rl.driver.grpo import GRPOTrainer, Prompts
 from stepentropy_rl.driver.roles import Actors
 from stepentropy_rl.driver.rollout_group import RolloutGroup
 
@@ -21,6 +23,8 @@ class _Tok:
 
     def __call__(self, text, add_special_tokens=True):
         return SimpleNamespace(input_ids=[ord(c) for c in text])
+
+    pad_token_id = 0
 
     def convert_tokens_to_ids(self, t):
         return 7
@@ -53,39 +57,44 @@ class Reward:
     def __init__(self):
         self.score = _remote(self._score)
 
-    def _score(self, stage, samples, answers):
-        out = []
-        for s, a in zip(samples, answers):
-            i, j = s["text"].split(":")
-            assert i == a, "each sample is graded against its own prompt's answer"
-            out.append({"total": self.TOTALS[i][int(j)], "correct": 1.0})
-        return out
+    def _score(self, stage, batch):
+        totals = []
+        for text, answer in zip(batch.meta["text"], batch.meta["answer"]):
+            i, j = text.split(":")
+            assert i == answer, "each sample is graded against its own prompt's answer"
+            totals.append(self.TOTALS[i][int(j)])
+        return {"total": torch.tensor(totals), "correct": torch.ones(len(totals))}
 
 
 class Reference:
+    """Reference log-prob -10 * (k + 1) on every response token of sample k."""
+
     def __init__(self):
         self.temperatures, self.score = [], _remote(self._score)
 
-    def _score(self, prompts, responses, batch_size, chunk_rows, temperature):
+    def _score(self, batch, batch_size, chunk_rows, temperature):
         self.temperatures.append(temperature)
-        return [{"logprobs": [-10.0 * (k + 1)] * len(r), "entropy": [0.0] * len(r)} for k, r in enumerate(responses)]
+        per_row = -10.0 * torch.arange(1, len(batch) + 1, dtype=torch.float32)[:, None]
+        return {"logprobs": per_row * batch.loss_mask, "entropy": torch.zeros_like(batch.loss_mask)}
 
 
 class Learners:
+    """Old log-prob -(k + 1) and entropy 0.5 on every response token of sample k."""
+
     def __init__(self):
         self.temperatures, self.batches = [], []
 
-    def logprobs_and_entropy(self, seqs, temperature=1.0):
+    def logprobs_and_entropy(self, batch, temperature=1.0):
         self.temperatures.append(temperature)
-        return [[-(k + 1.0)] * len(s.response_ids) for k, s in enumerate(seqs)], \
-            [[0.5] * len(s.response_ids) for s in seqs]
+        per_row = -torch.arange(1, len(batch) + 1, dtype=torch.float32)[:, None]
+        return {"logprobs": per_row * batch.loss_mask, "entropy": 0.5 * batch.loss_mask}
 
-    def train_step(self, seqs, loss):
-        self.batches.append((seqs, loss))
+    def train_step(self, batch, loss):
+        self.batches.append((batch, loss))
         out = {"pg_loss": 0.0}
         if loss["old_logprobs"] == "current":  # the update's own forward scores old log-probs and entropy
-            out.update(entropy_sum=0.5 * sum(len(s.response_ids) for s in seqs),
-                       entropy_tokens=float(sum(len(s.response_ids) for s in seqs)))
+            n = float(batch.loss_mask.sum())
+            out.update(entropy_sum=0.5 * n, entropy_tokens=n)
         return out
 
     def weight_specs(self):
@@ -120,19 +129,28 @@ def trainer(tmp_path):
     return _trainer(tmp_path)
 
 
+def _first(batch, name):
+    """The first response token's value of a per-token column, per sample."""
+    return [float(v[0]) for v in batch.per_response(name)]
+
+
 def test_train_step_glue(trainer):
     metrics = trainer.train_step()
-    (seqs, loss), = trainer.learners.batches  # one update per rollout batch
-    assert [s.response_ids[0] - 100 for s in seqs] == [0, 0, 1, 1, 2, 2]  # prompt order kept over 2 workers
-    assert [len(s.response_ids) for s in seqs] == [2, 3, 2, 3, 2, 3]
-    adv = [s.values["advantages"] for s in seqs]
-    for a, s in zip(adv, seqs):
-        assert len(a) == len(s.response_ids) and len(set(a)) == 1  # one outcome advantage over every token
+    (batch, loss), = trainer.learners.batches  # one update per rollout batch
+    rows = range(len(batch))
+    assert [batch.response_ids(i)[0] - 100 for i in rows] == [0, 0, 1, 1, 2, 2]  # prompt order kept over 2 engines
+    assert [len(batch.response_ids(i)) for i in rows] == [2, 3, 2, 3, 2, 3]
+    assert batch.meta["group"] == [0, 0, 1, 1, 2, 2]
+    for i, a in enumerate(batch.per_response("advantages")):
+        assert len(a) == len(batch.response_ids(i)) and len(set(a.tolist())) == 1  # one outcome advantage a token
+    off = batch.columns["advantages"] * (1 - batch.loss_mask)
+    assert float(off.abs().sum()) == 0.0  # nothing on prompt or padding positions
     # GRPO within each prompt's group (unbiased std of 2 = |r0 - r1| / sqrt 2): +-0.7071, and 0 for a tied group
-    assert [a[0] for a in adv] == pytest.approx([0.7071, -0.7071, -0.7071, 0.7071, 0.0, 0.0], abs=1e-3)
-    assert [s.values["ref_logprobs"][0] for s in seqs] == [-10.0, -20.0, -30.0, -40.0, -50.0, -60.0]
+    assert _first(batch, "advantages") == pytest.approx([0.7071, -0.7071, -0.7071, 0.7071, 0.0, 0.0], abs=1e-3)
+    assert _first(batch, "ref_logprobs") == [-10.0, -20.0, -30.0, -40.0, -50.0, -60.0]
+    assert batch.columns["reward/total"].tolist() == [1.0, 0.0, 0.0, 2.0, 5.0, 5.0]  # the reward service's columns
     # a single update takes its old log-probs (and the entropy) from its own forward: no separate scoring pass
-    assert "old_logprobs" not in seqs[0].values and loss["old_logprobs"] == "current"
+    assert "old_logprobs" not in batch.columns and loss["old_logprobs"] == "current"
     assert trainer.learners.temperatures == [] and trainer.reference.temperatures == [0.6]
     assert metrics["sync/version"] == 1 and trainer.rollouts.serving == "policy@1"  # the step pushed its update
     assert loss["temperature"] == 0.6 and loss["kind"] == "grpo"
@@ -144,11 +162,11 @@ def test_mini_batches_and_epochs_score_old_logprobs_first(tmp_path):
     metrics = trainer.train_step()
     batches = trainer.learners.batches
     assert len(batches) == 6 and metrics["actor/updates"] == 6  # 3 mini-batches of one prompt group, 2 epochs
-    assert [[s.response_ids[0] - 100 for s in b] for b, _ in batches] == [[0, 0], [1, 1], [2, 2]] * 2
+    assert [[b.response_ids(i)[0] - 100 for i in range(len(b))] for b, _ in batches] == [[0, 0], [1, 1], [2, 2]] * 2
     assert all(loss["old_logprobs"] == "given" for _, loss in batches)
-    seqs = [s for b, _ in batches[:3] for s in b]
-    assert [s.values["old_logprobs"][0] for s in seqs] == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
+    assert [v for b, _ in batches[:3] for v in _first(b, "old_logprobs")] == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     assert trainer.learners.temperatures == [0.6]
+    assert metrics["policy/entropy"] == pytest.approx(0.5)
 
 
 def test_fit_runs_hooks_around_steps_and_an_injected_crash_ends_it(tmp_path):
@@ -172,3 +190,12 @@ def test_fit_runs_hooks_around_steps_and_an_injected_crash_ends_it(tmp_path):
     assert seen == [("before", 0), ("after", 1), ("before", 1), ("after", 2)]
     assert (tmp_path / "grpo" / "latest").read_text() == "step_2"  # checkpointed before the crash
     assert FaultInjection.from_config(t.t) is None
+
+
+def test_prompt_stream_resumes_at_the_same_position():
+    probs = list(range(10))
+    a = Prompts(probs, seed=3)
+    first = a.next(7)
+    b = Prompts(probs, seed=3, epoch=a.epoch, index=a.index)
+    assert a.next(8) == b.next(8)
+    assert sorted(first + Prompts(probs, seed=3, epoch=0, index=7).next(3)) == probs

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stepentropy_rl.algorithms import global_batch_info
-from stepentropy_rl.batch import MicroBatch
+from stepentropy_rl.batch import Batch
 from stepentropy_rl.learner_loss import SHARED_METRICS, compute_loss
 
 GRPO = {"kind": "grpo", "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0, "kl_coef": 0.1,
@@ -18,16 +18,17 @@ def _batch(lengths, seed=0):
     for i, n in enumerate(lengths):
         mask[i, 2: 2 + n] = 1
     lp = -torch.rand(len(lengths), t, generator=g) * mask
-    mb = MicroBatch(input_ids=torch.zeros(len(lengths), t, dtype=torch.long), attention_mask=torch.ones(len(lengths), t),
-                    loss_mask=mask, old_logprobs=lp + 0.1 * torch.randn(lp.shape, generator=g) * mask,
-                    ref_logprobs=lp + 0.2 * torch.randn(lp.shape, generator=g) * mask,
-                    advantages=torch.randn(len(lengths), 1, generator=g).expand(-1, t) * mask)
+    columns = {"old_logprobs": lp + 0.1 * torch.randn(lp.shape, generator=g) * mask,
+               "ref_logprobs": lp + 0.2 * torch.randn(lp.shape, generator=g) * mask,
+               "advantages": torch.randn(len(lengths), 1, generator=g).expand(-1, t) * mask}
+    mb = Batch(input_ids=torch.zeros(len(lengths), t, dtype=torch.long),
+               attention_mask=torch.ones(len(lengths), t, dtype=torch.long), loss_mask=mask,
+               prompt_lens=torch.full((len(lengths),), 2), columns=columns)
     return lp, mb
 
 
 def _rows(lp, mb, idx):
-    sub = MicroBatch(**{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in vars(mb).items()})
-    return lp[idx], sub
+    return lp[idx], mb.select(idx)
 
 
 @pytest.mark.parametrize("loss", [{"kind": "sft"}, {**GRPO, "loss_agg_mode": "token-mean"},

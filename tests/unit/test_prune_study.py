@@ -1,6 +1,7 @@
 """The study's accounting with in-process fake workers: failures count as wrong, kept fractions add up."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer
 
@@ -51,9 +52,9 @@ class FakeReference:
         self.tok = tok
         self.score = _Remote(self._score)
 
-    def _score(self, prompts, responses, *a):
+    def _score(self, batch, *a):
         out = []
-        for ids in responses:
+        for ids in (batch.response_ids(i) for i in range(len(batch))):
             text = self.tok.decode(ids)
             ents, pos = [], 0
             for t in ids:
@@ -62,8 +63,8 @@ class FakeReference:
                 step = text[line_start + 2 if line_start >= 0 else 0:].split("\n\n")[0]
                 ents.append(2.0 if step.startswith("Now ") else 0.1)
                 pos += len(piece)
-            out.append({"entropy": ents, "logprobs": [0.0] * len(ids)})
-        return out
+            out.append(ents)
+        return {"entropy": batch.response_column(out), "logprobs": torch.zeros_like(batch.loss_mask)}
 
 
 @pytest.fixture(scope="module")
