@@ -11,7 +11,8 @@ def summary_table(results: list[dict]) -> str:
     """The study's summary rows (strategy, ratio, accuracy, thinking tokens, kept fraction, n) as a Markdown table."""
     lines = ["| strategy | ratio | accuracy | thinking tokens | kept | n |", "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['strategy']} | {r['ratio']:.2f} | {100 * r['accuracy']:.1f}% | "
+        err = f" ± {100 * r['accuracy_stderr']:.1f}" if "accuracy_stderr" in r else ""
+        lines.append(f"| {r['strategy']} | {r['ratio']:.2f} | {100 * r['accuracy']:.1f}{err}% | "
                      f"{r['thinking_tokens']:.1f} | {100 * r['kept_fraction']:.1f}% | {r['n']} |")
     return "\n".join(lines)
 
@@ -54,21 +55,34 @@ def plot_accuracy(run_dir: Path, results: list[dict], title: str) -> Path:
 
 
 def training_table(models: dict) -> str:
-    """The training report (base, SFT, final: accuracy, thinking tokens and their share of the base's, [SKIP]s)."""
+    """The training report: accuracy with its standard error, thinking tokens and their share of the base's,
+    [SKIP]s, and where the problems have labelled steps the redundant share of the thinking and the CoTs right at
+    every step."""
     base = models["base"]
-    lines = ["| model | accuracy | thinking tokens | vs. base tokens | [SKIP] per sample | n |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | accuracy | thinking tokens | vs. base tokens | redundant tokens | all steps right | "
+             "[SKIP] per sample | n |", "|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
+
     for name, m in models.items():
         rel = m["thinking_tokens"] / base["thinking_tokens"] if base["thinking_tokens"] else float("nan")
-        lines.append(f"| {name} | {100 * m['accuracy']:.1f}% | {m['thinking_tokens']:.1f} | {100 * rel:.0f}% | "
-                     f"{m.get('skips', 0.0):.2f} | {m['n']} |")
+        err = m.get("accuracy_stderr")
+        acc = f"{100 * m['accuracy']:.1f}" + (f" ± {100 * err:.1f}%" if err is not None else "%")
+        lines.append(f"| {name} | {acc} | {m['thinking_tokens']:.1f} | {100 * rel:.0f}% | "
+                     f"{pct(m.get('redundant_fraction'))} | {pct(m.get('steps_right'))} | {m.get('skips', 0.0):.2f} | "
+                     f"{m['n']} |")
     return "\n".join(lines)
 
 
+REPORT_KEYS = ("accuracy", "accuracy_stderr", "thinking_tokens", "skips", "redundant_fraction", "steps_right",
+               "right_by_luck", "n")
+
+
 def write_training_report(run_dir: Path, models: dict) -> dict:
-    """``report.json``: ``models: {base, sft, final}`` each ``{accuracy, thinking_tokens, skips, n}``; a table."""
-    rep = {"models": {k: {"accuracy": v["accuracy"], "thinking_tokens": v["thinking_tokens"],
-                          "skips": v.get("skips", 0.0), "n": v["n"]} for k, v in models.items()}}
+    """``report.json``: ``models: {base, sft, final}``, each with the ``REPORT_KEYS`` its eval measured
+    (``driver/evaluate.py``); ``report.md`` and the console get the table."""
+    rep = {"models": {k: {key: v[key] for key in REPORT_KEYS if key in v} for k, v in models.items()}}
     atomic_write_json(run_dir / "report.json", rep)
     table = training_table(rep["models"])
     (run_dir / "report.md").write_text(table + "\n")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
+from stepentropy_rl.cot_stats import binomial_stderr
 from stepentropy_rl.entropy import scored_steps, topk_entropy
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.driver.remote import token_entropies
@@ -128,8 +129,9 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
         for ratio in ratios:
             sel = [r for r in rows if r["strategy"] == strategy and r["ratio"] == ratio]
             full = sum(r["thinking_tokens_full"] for r in sel)
-            out.append({"strategy": strategy, "ratio": ratio, "n": len(sel),
-                        "accuracy": sum(r["correct"] for r in sel) / max(1, len(sel)),
+            acc = sum(r["correct"] for r in sel) / max(1, len(sel))
+            out.append({"strategy": strategy, "ratio": ratio, "n": len(sel), "accuracy": acc,
+                        "accuracy_stderr": binomial_stderr(acc, len(sel)),
                         "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / max(1, len(sel)),
                         "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full)})
     return out

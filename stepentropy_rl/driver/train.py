@@ -83,8 +83,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling)
         (run_dir / "eval").mkdir(exist_ok=True)
         atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
-        log.info("eval %s: accuracy %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name, res["accuracy"],
-                 res["thinking_tokens"], res["skips"])
+        log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
+                 res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
         stages.mark(f"eval_{name}", res)
 
     eval_stage("base", init)

@@ -38,8 +38,9 @@ def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
                [{"text": "no answer", "token_ids": [5, 5, 5]}],
                []]  # a failed request counts as wrong
     res = ev.evaluate(_rollout(samples), _Tok(), problems, exact_match, {})
-    assert res == {"accuracy": pytest.approx(1 / 3), "thinking_tokens": pytest.approx((4 + 3 + 0) / 3),
-                   "skips": pytest.approx(2 / 3), "n": 3}
+    assert res == {"accuracy": pytest.approx(1 / 3), "accuracy_stderr": pytest.approx((2 / 9 / 3) ** 0.5),
+                   "thinking_tokens": pytest.approx((4 + 3 + 0) / 3), "skips": pytest.approx(2 / 3), "n": 3}
+    assert "redundant_fraction" not in res  # no labelled gold steps: nothing to measure it against
     no_skip_vocab = type("T", (_Tok,), {"vocab": {"</think>": 1}})()
     assert ev.evaluate(_rollout(samples), no_skip_vocab, problems, exact_match, {})["skips"] == 0
 
@@ -52,3 +53,26 @@ def test_evaluate_sends_ids_and_grades_the_answer_after_think(monkeypatch):
     assert ev.evaluate(_rollout(truncated, seen), _Tok(), problems, make_grader("exact"), {})["accuracy"] == 0
     assert seen == [[ord("q")]]  # no BOS added by tokenizing: the chat template renders its own
     assert ev.evaluate(_rollout(truncated), _Tok(), problems, make_grader("exact", "all"), {})["accuracy"] == 1
+
+
+def test_labelled_problems_report_redundant_tokens_and_steps_right():
+    """On the embedded task: the gold CoT is right at every step; a CoT with a wrong carry that still ends on the
+    right total is right by luck; the redundant share counts the tokens of steps labelled redundant."""
+    from stepentropy_rl.data import generated
+    from stepentropy_rl.tasks.basket import BasketConfig
+    from stepentropy_rl.tokenizer import encode, train_tokenizer
+
+    problems = generated(BasketConfig(redundancy=0.6), 3, 0, "test")
+    tok = train_tokenizer([p.prompt + "\n" + p.solution for p in generated(BasketConfig(), 200, 1, "train")], 400)
+    first_move = next(s["text"] for s in problems[1].steps if s["label"] == "essential")
+    a, b = first_move.split(": ")[1].split(" = ")[0].split(" ", 1)
+    lucky = problems[1].solution.replace(f": {a} ", f": {int(a) + 1} ", 1)  # carried total off by one
+    texts = [problems[0].solution, lucky, "Now nobody."]
+    samples = [[{"text": t, "token_ids": encode(tok, t)}] for t in texts]
+    res = ev.evaluate(_rollout(samples), tok, problems, exact_match, {})
+    assert res["accuracy"] == pytest.approx(2 / 3) and res["steps_right"] == pytest.approx(1 / 3)
+    assert res["right_by_luck"] == pytest.approx(1 / 3)
+    count = lambda t: len(encode(tok, t))  # noqa: E731
+    red = sum(count(s["text"]) for p in problems[:2] for s in p.steps if s["label"] == "redundant")
+    total = sum(count(s["text"]) for p in problems[:2] for s in p.steps) + count("Now nobody.")
+    assert 0 < red and res["redundant_fraction"] == pytest.approx(red / total, abs=0.03)

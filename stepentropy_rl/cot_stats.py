@@ -1,0 +1,38 @@
+"""What a set of CoTs is made of, beyond its answers: how much of the thinking is redundant, how many CoTs are right
+at every step, and the sampling error of an accuracy. Pure functions; ``driver/evaluate.py`` applies them."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from stepentropy_rl.cot_format import split_thinking
+from stepentropy_rl.entropy import segment_steps
+from stepentropy_rl.tokenizer import token_offsets
+
+
+def binomial_stderr(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` independent samples: sqrt(p (1 - p) / n).
+
+    >>> round(binomial_stderr(0.98, 200), 4), binomial_stderr(1.0, 10), binomial_stderr(0.5, 0)
+    (0.0099, 0.0, nan)
+    """
+    return math.sqrt(p * (1 - p) / n) if n > 0 else math.nan
+
+
+def step_token_labels(tokenizer, ids: list[int], labeler: Callable[[str], tuple[str, str]],
+                      delimiter: str = "\n\n") -> list[tuple[str, int]]:
+    """Each thinking step of a response given as ids: ``(label, tokens)``, the label from ``labeler(step text)``
+    (e.g. ``tasks.basket.label_step``: essential | redundant | unknown) and the tokens the step holds."""
+    text, offsets = token_offsets(tokenizer, ids)
+    thinking, _ = split_thinking(text)
+    return [(labeler(s.text)[0], s.n_tokens) for s in segment_steps(thinking, offsets, delimiter)]
+
+
+def redundant_fraction(steps: list[list[tuple[str, int]]]) -> float:
+    """Share of all thinking tokens (over every CoT) that sit in steps labelled redundant; nan without tokens.
+
+    >>> redundant_fraction([[("essential", 6), ("redundant", 4)], [("redundant", 10)]])
+    0.7
+    """
+    total = sum(n for cot in steps for _, n in cot)
+    return sum(n for cot in steps for label, n in cot if label == "redundant") / total if total else math.nan
