@@ -5,7 +5,8 @@
 Prints and saves: bootstrap seconds (measured when the cached model was trained), tokens/s, params, held-out
 accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean
 thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
-the distribution it learned, so the two shares should match), and one sample CoT.
+the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
+share of CoTs right at every step, and one sample CoT. ``data=basket_verbose`` measures the R1-like verbose style.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from stepentropy_rl.config import build
+    from stepentropy_rl.cot_stats import binomial_stderr, redundant_fraction, step_token_labels
     from stepentropy_rl.cot_format import split_thinking
     from stepentropy_rl.data import generated
     from stepentropy_rl.driver.run import resolve_model
@@ -63,11 +65,15 @@ def main() -> None:
                                                     max_tokens=cfg.rollout.max_tokens,
                                                     skip_special_tokens=False), use_tqdm=False)
         texts = [o.outputs[0].text for o in outs]
+        ids = [list(o.outputs[0].token_ids) for o in outs]
         steps = [s for t_ in texts for s in split_thinking(t_)[0].split("\n\n") if s.strip()]
         labels = [label_step(s)[0] for s in steps]
         right = [grade(t_, p.answer) for t_, p in zip(texts, problems)]
+        acc = sum(right) / len(problems)
         result[name] = {
-            "accuracy": sum(right) / len(problems),
+            "accuracy": acc, "accuracy_stderr": binomial_stderr(acc, len(problems)),
+            "steps_right": sum(diagnose(p.solution, t_) is None for t_, p in zip(texts, problems)) / len(problems),
+            "redundant_token_share": redundant_fraction([step_token_labels(tok, i, label_step) for i in ids]),
             "mistakes_in_wrong": dict(Counter(str(diagnose(p.solution, t_))
                                               for t_, p, r in zip(texts, problems, right) if not r)),
             "thinking_tokens": sum(len(tok(split_thinking(t_)[0], add_special_tokens=False).input_ids)

@@ -13,7 +13,16 @@ may insert *redundant* steps whose content follows from what precedes them, of t
 - ``reflect``  "Wait, let me reread: Ann 3. Yes."            (a "wait, let me check" reflection)
 
 Whether a redundant step comes is a fork: at each gap one is inserted with probability ``redundancy``, repeatedly
-(geometric runs), so the choice never becomes certain. Everything is generated deterministically from a seed.
+(geometric runs), so the choice never becomes certain.
+
+``style="verbose"`` writes R1-like reasoning instead: most of the thinking restates and re-checks what came before,
+and nearly all of it is fixed by the context, so its entropy measures redundancy and not the model's uncertainty:
+
+- ``problem``  "The basket starts with 3 coins. Fay puts in 3, Lea puts in 2."   (first: the problem restated)
+- after every move a ``verify`` and a ``restate`` step, then with probability ``redundancy`` a ``reflect``;
+- ``recap``    "Let me add it all up again: 3 + 3 + 2 = 8. Yes."                 (last: the whole sum re-checked)
+
+Everything is generated deterministically from a seed.
 """
 from __future__ import annotations
 
@@ -24,7 +33,9 @@ from dataclasses import dataclass, field
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Ned", "Oli", "Pam")
 ITEMS = ("apples", "pears", "coins", "books", "shells", "stamps", "eggs", "cards")
 KINDS = ("restate", "verify", "announce", "reflect")
+VERBOSE_KINDS = ("problem", "verify", "restate", "reflect", "recap")
 OPS = ("add", "sub")
+STYLES = ("terse", "verbose")
 
 
 @dataclass
@@ -38,6 +49,7 @@ class BasketConfig:
     ops: tuple = ("add",)  # "add" (puts in) and/or "sub" (takes out)
     redundancy: float = 0.4  # probability of inserting a redundant step at each chance
     max_redundant_run: int = 3  # hard cap on consecutive redundant steps
+    style: str = "terse"  # terse: optional redundant steps; verbose: R1-like re-checking (see the module docstring)
 
     def __post_init__(self):
         self.ops = tuple(self.ops)
@@ -55,6 +67,7 @@ class BasketConfig:
         need(len(self.ops) > 0 and set(self.ops) <= set(OPS), "ops", f"must be a non-empty subset of {OPS}, got {self.ops}")
         need(0.0 <= self.redundancy < 1.0, "redundancy", f"must be in [0, 1), got {self.redundancy}")
         need(self.max_redundant_run >= 0, "max_redundant_run", f"must be >= 0, got {self.max_redundant_run}")
+        need(self.style in STYLES, "style", f"must be one of {STYLES}, got {self.style!r}")
 
 
 @dataclass
@@ -120,6 +133,9 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
     prompt = " ".join(lines) + f" How many {item} are in the basket at the end?"
 
     order = rng.sample(range(n), n)  # the writer's choice of which person to handle next
+    if cfg.style == "verbose":
+        return Problem(id=pid, prompt=prompt, answer=str(_final(start, moves)),
+                       steps=_verbose_steps(rng, cfg, start, moves, order, item))
     steps: list[Step] = []
     cur, last = start, None
 
@@ -144,6 +160,30 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
     return Problem(id=pid, prompt=prompt, answer=str(cur), steps=steps)
 
 
+def _final(start: int, moves) -> int:
+    return start + sum(q if op == "add" else -q for _, op, q in moves)
+
+
+def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, order, item: str) -> list[Step]:
+    """R1-like: the problem restated, every move checked and its result restated (and sometimes reread), the whole
+    sum re-checked at the end; the essential moves are the same as in the terse style."""
+    said = ", ".join(f"{name} {'puts in' if op == 'add' else 'takes out'} {q}" for name, op, q in moves)
+    steps = [Step(f"The basket starts with {start} {item}. {said}.", "redundant", "problem")]
+    cur, chain = start, []
+    for idx in order:
+        name, op, q = moves[idx]
+        sign, new = _sign(op), cur + q if op == "add" else cur - q
+        steps += [Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"),
+                  Step(f"Check: {cur} {sign} {q} = {new}. Correct.", "redundant", "verify"),
+                  Step(f"So the basket has {new} {item} now.", "redundant", "restate")]
+        if rng.random() < cfg.redundancy:
+            steps.append(Step(f"Wait, let me reread: {name} {q}. Yes.", "redundant", "reflect"))
+        chain.append(f"{sign} {q}")
+        cur = new
+    steps.append(Step(f"Let me add it all up again: {start} {' '.join(chain)} = {cur}. Yes.", "redundant", "recap"))
+    return steps
+
+
 def _redundant_text(kind: str, position: str, cur: int, last, item: str) -> str:
     if kind == "announce":
         return "Let me go through the people one at a time." if position == "first" else "Let me take the next person."
@@ -163,7 +203,8 @@ def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list
 
 
 _PATTERNS = (("Now ", "essential", "move"), ("So the basket has ", "redundant", "restate"),
-             ("Check: ", "redundant", "verify"), ("Let me ", "redundant", "announce"),
+             ("Check: ", "redundant", "verify"), ("The basket starts with ", "redundant", "problem"),
+             ("Let me add it all up again", "redundant", "recap"), ("Let me ", "redundant", "announce"),
              ("Wait, let me reread", "redundant", "reflect"))
 
 

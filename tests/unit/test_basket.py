@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from stepentropy_rl.tasks.basket import KINDS, BasketConfig, generate, label_step
+from stepentropy_rl.tasks.basket import KINDS, BasketConfig, diagnose, generate, label_step
 
 
 def _moves(prompt):
@@ -113,3 +113,24 @@ def test_diagnose_names_the_first_mistake():
     assert diagnose(p.solution, with_second("Now it is")) == "unparsed step"
     assert diagnose(p.solution, p.solution.replace(ess[2], "So the basket has 1 coins now.")) == "missed person"
     assert diagnose(p.solution, p.solution.replace(f"boxed{{{p.answer}}}", f"boxed{{{int(p.answer) + 1}}}")) == "wrong answer line"
+
+
+def test_verbose_style_is_r1_like_and_labelled():
+    """style=verbose: the problem restated, every move checked and restated, the sum re-checked; labels come back
+    from the text, the gold CoT passes diagnose, and most of the thinking is redundant (by characters here; the
+    eval measures tokens)."""
+    terse = generate(BasketConfig(), 1, 0, "test")[0]
+    cfg = BasketConfig(style="verbose", redundancy=0.5)
+    verbose = generate(cfg, 1, 0, "test")[0]
+    moves = lambda p: [s.text for s in p.steps if s.label == "essential"]  # noqa: E731
+    assert (verbose.prompt, verbose.answer, moves(verbose)) == (terse.prompt, terse.answer, moves(terse))
+    kinds = [s.kind for s in verbose.steps]
+    assert kinds[0] == "problem" and kinds[-1] == "recap" and kinds.count("verify") == kinds.count("move")
+    share = []
+    for p in generate(cfg, 50, 1, "test"):
+        assert all(label_step(s.text) == (s.label, s.kind) for s in p.steps)
+        assert diagnose(p.solution, p.solution) is None
+        share.append(sum(len(s.text) for s in p.steps if s.label == "redundant") / sum(len(s.text) for s in p.steps))
+    assert min(share) > 0.6
+    with pytest.raises(ValueError, match="style"):
+        BasketConfig(style="chatty")

@@ -1,0 +1,122 @@
+"""The controller claim, tested: entropy-phase switching vs the paper's fixed schedule vs compress-only vs
+explore-only, the same number of GRPO steps, several seeds. One table and one plot of final accuracy against final
+thinking tokens (the Pareto front), mean and spread over seeds.
+
+    python scripts/bench_controller.py [--seeds 0 1 2] [--out runs/bench_controller] [hydra overrides ...]
+
+Per seed the stages before GRPO (init, eval base, prune, SFT, eval SFT) run once, in the first mode's run
+directory; every other mode starts from a copy of it, so the modes differ only in GRPO. ``seed`` and
+``rollout.seed`` take the seed. Saves ``results.json``, ``table.md`` and ``pareto.png`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("entropy", "fixed", "compress", "explore")
+AFTER_SFT = ("grpo", "models/final", "eval/final.json", "stages/grpo.done", "stages/eval_final.done",
+             "metrics.jsonl", "report.json", "report.md")
+
+
+def run_mode(run_dir: Path, mode: str, seed: int, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
+           f"algorithm.phase.mode={mode}", f"seed={seed}", f"rollout.seed={seed}", "trainer.logger.wandb=disabled",
+           "cluster.include_dashboard=false", *overrides]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((run_dir / "report.json").read_text())["models"]
+
+
+def fork_after_sft(src: Path, dst: Path) -> None:
+    """``dst``: ``src`` with everything GRPO and the final eval wrote removed, so the rerun resumes at GRPO."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    for rel in AFTER_SFT:
+        p = dst / rel
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def summarize(results: dict) -> list[dict]:
+    rows = []
+    for mode in MODES:
+        finals = [results[s][mode]["final"] for s in results if mode in results[s]]
+        if not finals:
+            continue
+        acc = [f["accuracy"] for f in finals]
+        tok = [f["thinking_tokens"] for f in finals]
+        rel = [results[s][mode]["final"]["thinking_tokens"] / results[s][mode]["base"]["thinking_tokens"]
+               for s in results if mode in results[s]]
+        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+        rows.append({"mode": mode, "seeds": len(finals), "accuracy": statistics.mean(acc), "accuracy_sd": sd(acc),
+                     "thinking_tokens": statistics.mean(tok), "thinking_tokens_sd": sd(tok),
+                     "vs_base": statistics.mean(rel)})
+    return rows
+
+
+def plot(results: dict, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, r in enumerate(rows):
+        color = f"C{i}"
+        pts = [results[s][r["mode"]]["final"] for s in results if r["mode"] in results[s]]
+        ax.scatter([p["thinking_tokens"] for p in pts], [100 * p["accuracy"] for p in pts], color=color, alpha=0.35)
+        ax.errorbar(r["thinking_tokens"], 100 * r["accuracy"], xerr=r["thinking_tokens_sd"],
+                    yerr=100 * r["accuracy_sd"], fmt="o", color=color, capsize=3, label=r["mode"])
+    base = [results[s][MODES[0]]["base"] for s in results]
+    ax.scatter([b["thinking_tokens"] for b in base], [100 * b["accuracy"] for b in base], marker="x", color="k",
+               label="base")
+    ax.set_xlabel("final thinking tokens (held-out mean)")
+    ax.set_ylabel("final accuracy (%)")
+    ax.set_title(f"GRPO phase modes, {len(results)} seeds (points: seeds; bars: mean ± sd)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/bench_controller")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for seed in args.seeds:
+        per = results.setdefault(str(seed), {})
+        first = out / f"seed{seed}_{MODES[0]}"
+        for mode in MODES:
+            if mode in per:
+                continue  # a rerun keeps what an earlier run measured
+            run_dir = out / f"seed{seed}_{mode}"
+            if mode != MODES[0]:
+                fork_after_sft(first, run_dir)
+            per[mode] = run_mode(run_dir, mode, seed, args.overrides)
+            results_path.write_text(json.dumps(results, indent=1))
+            print(f"seed {seed} {mode}: final {100 * per[mode]['final']['accuracy']:.1f}% / "
+                  f"{per[mode]['final']['thinking_tokens']:.1f} tokens", flush=True)
+    rows = summarize(results)
+    lines = ["| mode | seeds | final accuracy (mean ± sd) | final thinking tokens (mean ± sd) | vs. base |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['seeds']} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_sd']:.1f}% | "
+              f"{r['thinking_tokens']:.1f} ± {r['thinking_tokens_sd']:.1f} | {100 * r['vs_base']:.0f}% |" for r in rows]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(results, rows, out / "pareto.png")
+    print("\n".join(lines))
+    print(f"saved {out / 'results.json'}, {out / 'table.md'}, {out / 'pareto.png'}")
+
+
+if __name__ == "__main__":
+    main()
