@@ -4,8 +4,10 @@ thinking tokens (the Pareto front), mean and spread over seeds.
 
     python scripts/bench_controller.py [--seeds 0 1 2] [--out runs/bench_controller] [hydra overrides ...]
 
-Per seed the stages before GRPO (init, eval base, prune, SFT, eval SFT) run once, in the first mode's run
-directory; every other mode starts from a copy of it, so the modes differ only in GRPO. ``seed`` and
+Per seed the stages before GRPO (init, eval base, prune, SFT, eval SFT) run once, in a preparation run
+(``seed<N>_prep``, a whole job in the first mode); every mode, the first included, then reruns from a copy of it cut
+back to before GRPO. So the modes differ only in GRPO, and each starts with a fresh engine: vLLM on CPU takes no
+per-request seed, so an engine that had already generated (eval, prune) would sample differently. ``seed`` and
 ``rollout.seed`` take the seed. Saves ``results.json``, ``table.md`` and ``pareto.png`` under ``--out``.
 """
 from __future__ import annotations
@@ -96,13 +98,14 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for seed in args.seeds:
         per = results.setdefault(str(seed), {})
-        first = out / f"seed{seed}_{MODES[0]}"
+        prep = out / f"seed{seed}_prep"
+        if not (prep / "stages" / "eval_sft.done").exists():
+            run_mode(prep, MODES[0], seed, args.overrides)
         for mode in MODES:
             if mode in per:
                 continue  # a rerun keeps what an earlier run measured
             run_dir = out / f"seed{seed}_{mode}"
-            if mode != MODES[0]:
-                fork_after_sft(first, run_dir)
+            fork_after_sft(prep, run_dir)
             per[mode] = run_mode(run_dir, mode, seed, args.overrides)
             results_path.write_text(json.dumps(results, indent=1))
             print(f"seed {seed} {mode}: final {100 * per[mode]['final']['accuracy']:.1f}% / "

@@ -117,6 +117,7 @@ def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
 
 
 def spawn_reference(cfg: JobConfig, model_path: str):
+    """The frozen reference model (exact entropies for pruning, log-probs for the KL), on the GPU it reserves."""
     c = cfg.cluster.reference
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus).remote(
         model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
@@ -128,6 +129,8 @@ def reference_device(num_gpus: float) -> str:
 
 
 def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
+    """The reward service: grades with ``data.grader`` on ``data.grade_span`` and scores every ``reward`` term;
+    ``skip_id`` and ``close_id`` are the policy tokenizer's ids of ``[SKIP]`` and ``</think>``."""
     return RewardWorker.options(num_cpus=cfg.cluster.reward.num_cpus).remote(
         cfg.reward, cfg.data.grader, skip_id, close_id, cfg.trainer.prune.delimiter, cfg.data.grade_span)
 
