@@ -35,8 +35,10 @@ def test_each_job_writes_summary_plot_and_samples(sweep):
         strategies = {r["strategy"] for r in summary["results"]}
         assert strategies in ({"low", "random"}, {"high"})
         for r in summary["results"]:
-            assert set(r) == {"strategy", "ratio", "accuracy", "thinking_tokens", "kept_fraction", "n"}
+            assert set(r) == {"strategy", "ratio", "accuracy", "accuracy_stderr", "thinking_tokens", "kept_fraction",
+                              "n"}
             assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and r["ratio"] in (0.0, 0.5)
+            assert r["accuracy_stderr"] == pytest.approx((r["accuracy"] * (1 - r["accuracy"]) / 6) ** 0.5)
         samples = [json.loads(line) for line in (job / "samples.jsonl").read_text().splitlines()]
         assert len(samples) == 6 * len(strategies) * 2
         assert (job / "accuracy_vs_ratio.png").stat().st_size > 1000

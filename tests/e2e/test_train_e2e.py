@@ -60,6 +60,10 @@ def test_report_has_base_sft_final(killed_then_resumed):
     for name in ("base", "sft", "final"):
         m = report["models"][name]
         assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["thinking_tokens"] >= 0 and m["skips"] >= 0
+        assert m["accuracy_stderr"] == pytest.approx((m["accuracy"] * (1 - m["accuracy"]) / 8) ** 0.5)
+        # the embedded task's labelled steps: how much thinking is redundant, how many CoTs are right at every step
+        assert 0 <= m["redundant_fraction"] <= 1 and 0 <= m["right_by_luck"] <= m["accuracy"]
+        assert m["steps_right"] + m["right_by_luck"] >= m["accuracy"] - 1e-9
     assert "| final |" in second.stdout
     for key in ("reward/total", "reward/format_reward", "reward/exp_length", "policy/entropy", "phase/stage",
                 "time/gen", "time/update", "time/sync"):
