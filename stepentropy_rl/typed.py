@@ -93,7 +93,10 @@ def _coerce(tp, v, key: str):
             if type(None) in args:
                 return None
             raise ConfigError(f"{key} must be set, got null")
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the key that is wrong inside it
+            return _coerce(options[0], v, key)
+        for arg in options:
             try:
                 return _coerce(arg, v, key)
             except ConfigError:
