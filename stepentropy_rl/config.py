@@ -366,7 +366,7 @@ class TrainerConfig:
 class JobConfig:
     """The whole run. ``reward`` stays a mapping (term lists per stage, checked by ``rewards.stage_rewards``)."""
 
-    pipeline: str
+    pipeline: Optional[str]  # a registered pipeline (driver.run.pipeline_for checks it); set by +experiment=NAME
     run_dir: str
     model: ModelConfig
     data: DataConfig

@@ -51,6 +51,13 @@ def test_cli_reports_config_error_before_starting_anything(tmp_path):
     assert "config error: pruning.ratio must be in [0, 1], got 1.5" in out.stderr
 
 
+def test_cli_without_an_experiment_says_how_to_choose_one(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "stepentropy_rl.main", f"run_dir={tmp_path}"], capture_output=True,
+                         text=True, cwd=Path(CONF).parent, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "config error: pipeline must be one of ['prune_study', 'train'] (choose one with +experiment=NAME" in out.stderr
+
+
 def test_real_scale_configs_compose_and_build():
     for experiment in ("step_entropy", "entropy_guided", "prune_sweep"):
         with initialize_config_dir(config_dir=CONF, version_base=None):
