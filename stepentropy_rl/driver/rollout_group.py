@@ -58,9 +58,6 @@ class RolloutGroup:
         self.retries, self.restart_timeout_s = retries, restart_timeout_s
         self.sync: WeightBroadcast | None = None
 
-    def __len__(self) -> int:
-        return len(self.engines)
-
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], sampling: dict) -> list[list[dict]]:
         """Per prompt (token ids), the engines' samples (``Rollout.generate``), in the input order. Prompts are dealt
