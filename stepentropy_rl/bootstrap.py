@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -24,7 +25,10 @@ from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # bump when the task text or training recipe changes meaning
+FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's text is in the key already)
+# The recipe measured for each task style (n=500 held out, scripts/bench_bootstrap.py; README): the verbose style's
+# sequences are 3x longer, so it gets fewer steps and a heavier loss on the essential steps to fit the same time.
+RECIPES = {"terse": {"steps": 1100, "essential_weight": 1.0}, "verbose": {"steps": 700, "essential_weight": 4.0}}
 
 
 @dataclass
@@ -40,26 +44,40 @@ class TinyConfig:
     intermediate_size: int = 512
     max_position_embeddings: int = 512
     train_examples: int = 40000
-    steps: int = 1100
+    steps: Optional[int] = None  # None: the recipe measured for the task's style (RECIPES)
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
     threads: int = 0  # torch threads; 0 = all cores
     bf16: bool = True  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
+    essential_weight: Optional[float] = None  # loss weight of essential-step tokens but their first; None: RECIPES
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
 
     def __post_init__(self):
         from stepentropy_rl.typed import positive
 
         positive(self, "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                 "max_position_embeddings", "train_examples", "steps", "batch_size", integer=True)
+                 "max_position_embeddings", "train_examples", "batch_size", integer=True)
+        if self.steps is not None:
+            positive(self, "steps", integer=True)
+        if self.essential_weight is not None:
+            positive(self, "essential_weight")
         positive(self, "lr")
         positive(self, "warmup_steps", "threads", allow_zero=True, integer=True)
         positive(self, "weight_decay", allow_zero=True)
 
+    def resolved(self) -> "TinyConfig":
+        """This config with each unset recipe value (None) taken from ``RECIPES`` for the task's style."""
+        recipe = RECIPES[self.task.style]
+        return dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+
     def key(self) -> str:
-        blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)
+        """Hash of the recipe and of sample training text: a change to the task's wording is a new model, even
+        where no config value moved."""
+        sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
+        blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self), "sample": sample}, sort_keys=True,
+                          default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -68,11 +86,12 @@ def cache_root() -> Path:
 
 
 def tiny_model_path(cfg: TinyConfig) -> Path:
-    return cache_root() / f"tiny-{cfg.key()}"
+    return cache_root() / f"tiny-{cfg.resolved().key()}"
 
 
 def ensure_tiny_model(cfg: TinyConfig, progress: bool = True) -> Path:
     """Return the cached tiny reasoner for ``cfg``, training it first if it is missing."""
+    cfg = cfg.resolved()
     def build(out: Path) -> None:
         t0 = time.time()
         stats = train_tiny_model(cfg, out, progress=progress)
@@ -94,18 +113,31 @@ def build_cached(path: Path, build) -> Path:
     return path
 
 
-def _encode(tok, problems) -> list[tuple[list[int], list[int]]]:
+def _encode(tok, problems, essential_weight: float) -> list[tuple[list[int], list[int], list[float]]]:
+    """(prompt ids, response ids, response loss weights): ``essential_weight`` on the tokens of essential steps but
+    their first, so that a small model learns the lookups sooner. The first token of a step is where the writer
+    chooses which step comes next (a re-check or the next move); weighting it would bias that choice (measured:
+    p(re-check) 0.18 where the data has 0.5)."""
     head, tail = prompt_text(tok, "\x00").split("\x00")  # render the chat template once
     prompts = tok([head + p.prompt + tail for p in problems], add_special_tokens=False).input_ids
-    resps = tok([p.solution + EOS for p in problems], add_special_tokens=False).input_ids
-    return list(zip(prompts, resps))
+    enc = tok([p.solution + EOS for p in problems], add_special_tokens=False, return_offsets_mapping=True)
+    weights = []
+    for p, offsets in zip(problems, enc.offset_mapping):
+        spans, pos = [], 0
+        for step in p.steps:  # the thinking opens the solution, its steps in order
+            start = p.solution.index(step.text, pos)
+            pos = start + len(step.text)
+            if step.label == "essential":
+                spans.append((start, pos))
+        weights.append([essential_weight if any(a < s < b for a, b in spans) else 1.0 for s, _ in offsets])
+    return list(zip(prompts, enc.input_ids, weights))
 
 
 def _length_bucketed(data, batch_size: int, rng: random.Random, pool: int = 16):
     """Endless batches; each pool of ``pool`` batches is sorted by length so padding stays small."""
     while True:
         sample = rng.sample(data, batch_size * pool)
-        sample.sort(key=lambda pr: len(pr[0]) + len(pr[1]))
+        sample.sort(key=lambda row: len(row[0]) + len(row[1]))
         batches = [sample[i: i + batch_size] for i in range(0, len(sample), batch_size)]
         rng.shuffle(batches)
         yield from batches
@@ -137,7 +169,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     model.config.eos_token_id = tok.convert_tokens_to_ids(EOS)
     model.config.pad_token_id = tok.pad_token_id
     model.config.bos_token_id = tok.bos_token_id
-    data = _encode(tok, problems)
+    data = _encode(tok, problems, cfg.essential_weight)
     batches = _length_bucketed(data, cfg.batch_size, random.Random(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
@@ -153,10 +185,21 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     tokens, t0, loss_ema = 0, time.time(), None
     bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
     for step in bar:
-        mb = Batch.from_pairs(*zip(*next(batches)), pad_id=tok.pad_token_id)
-        labels = mb.input_ids.masked_fill(mb.loss_mask == 0, -100)  # loss on the solution only
+        prompts, resps, resp_weights = zip(*next(batches))
+        mb = Batch.from_pairs(prompts, resps, pad_id=tok.pad_token_id)
+        weight = torch.zeros_like(mb.loss_mask)  # loss on the solution only
+        for i, (p, w) in enumerate(zip(prompts, resp_weights)):
+            weight[i, len(p): len(p) + len(w)] = torch.tensor(w)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=labels).loss
+            if cfg.essential_weight == 1.0:  # the model's own loss: the terse recipe's figures were measured on it
+                labels = mb.input_ids.masked_fill(weight == 0, -100)
+                loss = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=labels).loss
+            else:
+                logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+        if cfg.essential_weight != 1.0:
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), mb.input_ids[:, 1:],
+                                                    reduction="none")
+            loss = (nll * weight[:, 1:]).sum() / weight[:, 1:].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

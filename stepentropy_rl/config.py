@@ -72,12 +72,14 @@ class DataConfig:
     grade_span: str = "answer"
     seed: int = 0
     n_eval: int = 200
+    overlong: str = "error"  # a prompt too long for the engine's context: error (naming the row) | skip (counted)
     task: Optional[BasketConfig] = None
 
     def __post_init__(self):
         from stepentropy_rl.tasks.grading import GRADERS
 
         one_of(self, "grader", GRADERS)
+        one_of(self, "overlong", ("error", "skip"))
         one_of(self, "grade_span", GRADE_SPANS)
         positive(self, "n_eval", integer=True)
 
@@ -395,7 +397,7 @@ class JobConfig:
             stage_rewards(self.reward)
         except (TypeError, ValueError, KeyError) as e:
             raise ConfigError(f"reward: {e}") from None
-        check_context(self, longest_prompt=1)
+        check_context(self, prompt_tokens=1)
 
     def to_dict(self) -> dict:
         """Plain JSON-able data (tuples as lists): for the run directory and the trackers."""
@@ -430,14 +432,14 @@ def context_needs(cfg: JobConfig) -> dict[str, int]:
             "trainer.grpo.max_tokens": t.grpo.max_tokens, "trainer.eval.max_tokens": t.eval.max_tokens}
 
 
-def check_context(cfg: JobConfig, longest_prompt: int, max_model_len: int | None = None) -> None:
-    """ConfigError unless the longest prompt plus each generation budget fits the engine's context
+def check_context(cfg: JobConfig, prompt_tokens: int, max_model_len: int | None = None) -> None:
+    """ConfigError unless a prompt of ``prompt_tokens`` plus each generation budget fits the engine's context
     (``rollout.engine.max_model_len``, else ``max_model_len``, e.g. the model's ``max_position_embeddings``):
     vLLM would cut the response short without an error."""
     limit = cfg.rollout.engine.get("max_model_len") or max_model_len
     if not limit:
         return
     for key, n in context_needs(cfg).items():
-        need(longest_prompt + n <= int(limit), key,
-             f"= {n} plus the longest prompt ({longest_prompt} tokens) exceeds the engine's context "
+        need(prompt_tokens + n <= int(limit), key,
+             f"= {n} plus a prompt of {prompt_tokens} tokens exceeds the engine's context "
              f"rollout.engine.max_model_len = {limit}: raise max_model_len or lower the budget")

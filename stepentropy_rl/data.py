@@ -30,6 +30,7 @@ class Example:
     answer: str
     solution: str | None = None
     steps: list = field(default_factory=list)  # [{"text", "label", "kind"}] when known
+    where: str = ""  # "file:line" of a row read from a file, for error messages
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
@@ -38,8 +39,13 @@ def load_jsonl(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"data.path: no such file {str(path)!r}")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:  # a UTF-8 byte-order mark (Windows editors write one) is dropped from the first line
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column "
+                                f"{e.start + 1}); re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             rows.append(parse_row(line, f"{path}:{lineno}"))
@@ -67,7 +73,7 @@ def parse_row(line: str, where: str) -> Example:
     if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in steps):
         raise DataError(f"{where}: 'steps' must be a list of objects with a 'text' string")
     return Example(id=str(row.get("id", where)), prompt=prompt, answer=answer.strip(),
-                   solution=row.get("solution"), steps=steps)
+                   solution=row.get("solution"), steps=steps, where=where)
 
 
 def generated(task: BasketConfig, n: int, seed: int, split: str) -> list[Example]:

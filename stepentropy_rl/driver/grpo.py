@@ -20,11 +20,13 @@ from stepentropy_rl import algorithms
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.cot_format import THINK_CLOSE, thinking_tokens
 from stepentropy_rl.driver.remote import fetch
+from stepentropy_rl.driver.tracking import require_finite
 from stepentropy_rl.files import atomic_write_text
 from stepentropy_rl.config import AlgorithmConfig, GRPOConfig, ReferenceConfig
 from stepentropy_rl.phase import PhaseController
 from stepentropy_rl.tokenizer import prompt_ids
 
+TRAINED = ("actor/", "policy/")  # metrics of the update and the policy: NaN here means a diverged model
 log = logging.getLogger(__name__)
 CONSOLE = ("phase/stage", "reward/total", "reward/correct", "response/think_tokens", "policy/entropy", "time/step")
 
@@ -211,6 +213,7 @@ class GRPOTrainer:
             for h in hooks:
                 getattr(h, "before_step", lambda t: None)(self)
             metrics = self.train_step()
+            require_finite({k: v for k, v in metrics.items() if k.startswith(TRAINED)}, f"GRPO step {self.step}")
             self.tracker.log(metrics, step=self.step, console_keys=CONSOLE)
             self.step += 1
             if self.step % self.t.save_every == 0 or self.step == self.t.steps:

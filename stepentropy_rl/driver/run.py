@@ -11,8 +11,9 @@ import ray
 from omegaconf import OmegaConf
 
 from stepentropy_rl.bootstrap import ensure_tiny_model
-from stepentropy_rl.config import JobConfig, check_context
-from stepentropy_rl.data import generated, load_jsonl
+from stepentropy_rl.config import JobConfig, check_context, context_needs
+from stepentropy_rl.data import DataError, generated, load_jsonl
+from stepentropy_rl.files import atomic_write_json
 from stepentropy_rl.tasks.grading import make_grader
 from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
 
@@ -48,13 +49,32 @@ def train_problems(cfg: JobConfig):
     return generated(cfg.data.task, cfg.trainer.n_train, cfg.data.seed, "train")
 
 
-def check_prompt_context(cfg: JobConfig, model_path: str, tok, problems) -> None:
-    """Before any actor starts: the longest chat-formatted prompt plus each generation budget must fit the engine's
-    context (``config.check_context``), or vLLM would cut responses short without an error."""
+def fit_context(cfg: JobConfig, model_path: str, tok, problems: list, what: str) -> list:
+    """The problems whose chat-formatted prompt plus each generation budget fits the engine's context, before any
+    actor starts (vLLM would cut a response short without an error, or reject the request mid-run). A prompt that
+    does not fit is a ``DataError`` naming its row, or under ``data.overlong=skip`` dropped and counted in
+    ``data_report.json``; a budget that leaves no room even for the shortest prompt is a ``ConfigError`` naming
+    the budget's key (so a skip never leaves no data)."""
     from transformers import AutoConfig
 
-    longest = max((len(prompt_ids(tok, p.prompt)) for p in problems), default=0)
-    check_context(cfg, longest, getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None))
+    limit = cfg.rollout.engine.get("max_model_len") or getattr(AutoConfig.from_pretrained(model_path),
+                                                                 "max_position_embeddings", None)
+    if not problems or not limit:
+        return problems
+    lengths = [len(prompt_ids(tok, p.prompt)) for p in problems]
+    check_context(cfg, min(lengths), limit)  # the shortest prompt: no room for any row
+    key, budget = max(context_needs(cfg).items(), key=lambda kv: kv[1])
+    fits = [n + budget <= int(limit) for n in lengths]
+    if cfg.data.overlong == "error" and not all(fits):
+        i = fits.index(False)
+        raise DataError(f"{problems[i].where or problems[i].id}: the prompt is {lengths[i]} tokens; with {key} = "
+                        f"{budget} it exceeds the engine's context of {limit} tokens (set data.overlong=skip to "
+                        f"drop such rows, or raise rollout.engine.max_model_len)")
+    kept = [p for p, ok in zip(problems, fits) if ok]
+    if len(kept) < len(problems):
+        log.warning("%s data: skipped %d of %d prompts too long for the context (data.overlong=skip)",
+                    what, len(problems) - len(kept), len(problems))
+    return kept
 
 
 @dataclass
@@ -91,13 +111,18 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     """Write the config, resolve the model, load the problems and the tokenizer, and check that every prompt and
     generation budget fits the engine's context: all before any actor starts."""
     run_dir = Path(cfg.run_dir)
+    problems = eval_problems(cfg)  # a bad data file fails here, before the model is built or anything is written
+    train = train_problems(cfg) if pipeline.train_data else []
+    model_path = resolve_model(cfg)
+    tokenizer = load_tokenizer(model_path)
+    counts = {"eval": len(problems), "train": len(train)}
+    problems = fit_context(cfg, model_path, tokenizer, problems, "eval")
+    train = fit_context(cfg, model_path, tokenizer, train, "train")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg.to_dict()))
-    model_path = resolve_model(cfg)
-    problems = eval_problems(cfg)
-    train = train_problems(cfg) if pipeline.train_data else []
-    tokenizer = load_tokenizer(model_path)
-    check_prompt_context(cfg, model_path, tokenizer, problems + train)
+    atomic_write_json(run_dir / "data_report.json",
+                      {what: {"rows": counts[what], "used": len(rows), "skipped_overlong": counts[what] - len(rows)}
+                       for what, rows in (("eval", problems), ("train", train))})
     return Job(cfg, run_dir, model_path, tokenizer, problems, train, make_grader(cfg.data.grader, cfg.data.grade_span))
 
 

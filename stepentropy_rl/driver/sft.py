@@ -15,6 +15,7 @@ from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
 from stepentropy_rl.driver.remote import token_entropies
+from stepentropy_rl.driver.tracking import require_finite
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_ids, prompt_text
@@ -82,6 +83,7 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
         learners.set_lr(sft.lr * (1 - step / steps))
         m = learners.train_step(data.select(rng.sample(range(len(data)), min(sft.batch_size, len(data)))),
                                 {"kind": "sft"})
+        require_finite(m, f"SFT step {step}")  # a diverged SFT is not saved or marked done
         history.append(m)
         if tracker:
             tracker.log({f"sft/{k.split('/')[-1]}": v for k, v in m.items()}, step=step,

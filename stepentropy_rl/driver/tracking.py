@@ -10,6 +10,19 @@ from pathlib import Path
 log = logging.getLogger("stepentropy_rl")
 
 
+class NonFiniteError(RuntimeError):
+    """A training step produced a NaN or infinite metric; the step is neither logged nor checkpointed."""
+
+
+def require_finite(metrics: dict, where: str) -> None:
+    """``NonFiniteError`` naming the metrics of ``where`` that are NaN or infinite: a stage must not be marked done,
+    or a checkpoint written, on a diverged model (rerun from the last checkpoint with a lower learning rate)."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteError(f"{where}: {bad} is not finite; nothing of this step is kept. Lower the learning rate "
+                             f"and rerun the same command to resume from the last checkpoint")
+
+
 class Tracker:
     def __init__(self, run_dir: Path, wandb_mode: str = "offline", project: str = "stepentropy_rl",
                  config: dict | None = None, name: str | None = None):

@@ -1,11 +1,26 @@
-"""The embedded task: basket word problems with verbose, step-labelled reasoning.
+"""The embedded task: basket word problems with step-labelled reasoning, terse or R1-like verbose.
 
 A problem: a basket starts with some items; people put items in or take them out; how many are in it at the end?
 "A basket has 3 coins. Put in: Fay 3, Lea 2, Eve 1. How many coins are in the basket at the end?"
 Each quantity follows its person's name directly, so a small model learns the lookup as one-hop copying.
-The reasoning handles one person per *essential* step, in an order the writer chooses (a real choice: which quantity
-to work on next), so each essential step carries information the answer needs. Between essential steps the writer
-may insert *redundant* steps whose content follows from what precedes them, of the kinds real reasoning models show:
+The reasoning handles one person per *essential* step ("Now Fay 3: 3 + 3 = 6."), in an order the writer chooses (a
+real choice: which quantity to work on next), so each essential step carries information the answer needs.
+
+``style="verbose"`` writes R1-like reasoning: most of the thinking restates and re-checks what came
+before, and all of it is fixed by the context, so its entropy measures redundancy and not the model's uncertainty:
+
+- ``problem``  "The basket starts with 3."                                (first: the start restated)
+- after every move a ``verify`` ("Check: 3 + 3 = 6. Correct.") and a ``restate`` ("So the basket has 6 now."), then
+  with probability ``redundancy`` a ``reflect`` ("Wait, let me check that again: 6 - 3 = 3. Yes.");
+- ``recap``    "Let me make sure: after everyone, the basket has 8. Yes."   (last: the total confirmed)
+
+Each routine step (problem, verify, restate, recap) is left out with probability ``omit``.
+
+Each redundant step copies numbers from the step just before it. Steps that copied a name or the item word from far
+back, or the list of people, stayed uncertain after the bootstrap (the model had not learned those copies), so their
+entropy would have measured the model's failure to copy rather than redundancy.
+
+``style="terse"`` (the default) writes one step per person, and between them the writer may insert *redundant* steps:
 
 - ``restate``  "So the basket has 8 apples now."             (restates the running result)
 - ``verify``   "Check: 5 + 3 = 8. Correct."                   (re-verifies the last step)
@@ -14,13 +29,6 @@ may insert *redundant* steps whose content follows from what precedes them, of t
 
 Whether a redundant step comes is a fork: at each gap one is inserted with probability ``redundancy``, repeatedly
 (geometric runs), so the choice never becomes certain.
-
-``style="verbose"`` writes R1-like reasoning instead: most of the thinking restates and re-checks what came before,
-and nearly all of it is fixed by the context, so its entropy measures redundancy and not the model's uncertainty:
-
-- ``problem``  "The basket starts with 3 coins. Fay puts in 3, Lea puts in 2."   (first: the problem restated)
-- after every move a ``verify`` and a ``restate`` step, then with probability ``redundancy`` a ``reflect``;
-- ``recap``    "Let me add it all up again: 3 + 3 + 2 = 8. Yes."                 (last: the whole sum re-checked)
 
 Everything is generated deterministically from a seed.
 """
@@ -47,8 +55,9 @@ class BasketConfig:
     max_quantity: int = 5  # each person moves 1..max_quantity items
     start_max: int = 5  # the basket starts with 0..start_max items
     ops: tuple = ("add",)  # "add" (puts in) and/or "sub" (takes out)
-    redundancy: float = 0.4  # probability of inserting a redundant step at each chance
+    redundancy: float = 0.4  # terse: chance of each redundant step; verbose: of a re-check after each move
     max_redundant_run: int = 3  # hard cap on consecutive redundant steps
+    omit: float = 0.15  # verbose: chance that each routine step (start, check, restate, final check) is left out
     style: str = "terse"  # terse: optional redundant steps; verbose: R1-like re-checking (see the module docstring)
 
     def __post_init__(self):
@@ -67,6 +76,7 @@ class BasketConfig:
         need(len(self.ops) > 0 and set(self.ops) <= set(OPS), "ops", f"must be a non-empty subset of {OPS}, got {self.ops}")
         need(0.0 <= self.redundancy < 1.0, "redundancy", f"must be in [0, 1), got {self.redundancy}")
         need(self.max_redundant_run >= 0, "max_redundant_run", f"must be >= 0, got {self.max_redundant_run}")
+        need(0.0 <= self.omit < 1.0, "omit", f"must be in [0, 1), got {self.omit}")
         need(self.style in STYLES, "style", f"must be one of {STYLES}, got {self.style!r}")
 
 
@@ -125,17 +135,13 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
     # Takes are bounded so that the count never drops below zero in any order of work.
     start += sum(q for q, op in zip(qty, ops) if op == "sub")
     moves = list(zip(names, ops, qty))
-    lines = [f"A basket has {start} {item}."]
-    for op, head in (("add", "Put in"), ("sub", "Take out")):
-        group = [f"{name} {q}" for name, o, q in moves if o == op]
-        if group:
-            lines.append(f"{head}: " + ", ".join(group) + ".")
-    prompt = " ".join(lines) + f" How many {item} are in the basket at the end?"
+    given = _moves_text(moves)
+    prompt = f"A basket has {start} {item}. {given} How many {item} are in the basket at the end?"
 
     order = rng.sample(range(n), n)  # the writer's choice of which person to handle next
     if cfg.style == "verbose":
         return Problem(id=pid, prompt=prompt, answer=str(_final(start, moves)),
-                       steps=_verbose_steps(rng, cfg, start, moves, order, item))
+                       steps=_verbose_steps(rng, cfg, start, moves, order))
     steps: list[Step] = []
     cur, last = start, None
 
@@ -160,28 +166,42 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
     return Problem(id=pid, prompt=prompt, answer=str(cur), steps=steps)
 
 
+def _moves_text(moves) -> str:
+    """"Put in: Fay 3, Lea 2. Take out: Eve 1." -- each quantity right after its person's name."""
+    lines = []
+    for op, head in (("add", "Put in"), ("sub", "Take out")):
+        group = [f"{name} {q}" for name, o, q in moves if o == op]
+        if group:
+            lines.append(f"{head}: " + ", ".join(group) + ".")
+    return " ".join(lines)
+
+
 def _final(start: int, moves) -> int:
     return start + sum(q if op == "add" else -q for _, op, q in moves)
 
 
-def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, order, item: str) -> list[Step]:
-    """R1-like: the problem restated, every move checked and its result restated (and sometimes reread), the whole
-    sum re-checked at the end; the essential moves are the same as in the terse style."""
-    said = ", ".join(f"{name} {'puts in' if op == 'add' else 'takes out'} {q}" for name, op, q in moves)
-    steps = [Step(f"The basket starts with {start} {item}. {said}.", "redundant", "problem")]
-    cur, chain = start, []
+def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, order) -> list[Step]:
+    """R1-like: the start restated, every move checked and its result restated (and sometimes re-checked), the total
+    confirmed at the end; the essential moves are the same as in the terse style. Each redundant step copies numbers
+    from the step before it: a copy at a short distance, which the tiny model learns (see the module docstring).
+    Each routine step is left out with probability ``omit``, so the model reads what is there rather than counting
+    positions: with every step always present, it answered by position and failed on any pruned CoT."""
+    def routine(text: str, kind: str) -> list[Step]:
+        return [] if rng.random() < cfg.omit else [Step(text, "redundant", kind)]
+
+    steps = routine(f"The basket starts with {start}.", "problem")
+    cur = start
     for idx in order:
         name, op, q = moves[idx]
         sign, new = _sign(op), cur + q if op == "add" else cur - q
-        steps += [Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"),
-                  Step(f"Check: {cur} {sign} {q} = {new}. Correct.", "redundant", "verify"),
-                  Step(f"So the basket has {new} {item} now.", "redundant", "restate")]
+        steps.append(Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"))
+        steps += routine(f"Check: {cur} {sign} {q} = {new}. Correct.", "verify")
+        steps += routine(f"So the basket has {new} now.", "restate")
         if rng.random() < cfg.redundancy:
-            steps.append(Step(f"Wait, let me reread: {name} {q}. Yes.", "redundant", "reflect"))
-        chain.append(f"{sign} {q}")
+            steps.append(Step(f"Wait, let me check that again: {new} {'-' if op == 'add' else '+'} {q} = {cur}. Yes.",
+                              "redundant", "reflect"))
         cur = new
-    steps.append(Step(f"Let me add it all up again: {start} {' '.join(chain)} = {cur}. Yes.", "redundant", "recap"))
-    return steps
+    return steps + routine(f"Let me make sure: after everyone, the basket has {cur}. Yes.", "recap")
 
 
 def _redundant_text(kind: str, position: str, cur: int, last, item: str) -> str:
@@ -204,8 +224,9 @@ def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list
 
 _PATTERNS = (("Now ", "essential", "move"), ("So the basket has ", "redundant", "restate"),
              ("Check: ", "redundant", "verify"), ("The basket starts with ", "redundant", "problem"),
-             ("Let me add it all up again", "redundant", "recap"), ("Let me ", "redundant", "announce"),
-             ("Wait, let me reread", "redundant", "reflect"))
+             ("Let me make sure", "redundant", "recap"), ("Let me ", "redundant", "announce"),
+             ("Wait, let me reread", "redundant", "reflect"),
+             ("Wait, let me check that again", "redundant", "reflect"))
 
 
 def label_step(text: str) -> tuple[str, str]:

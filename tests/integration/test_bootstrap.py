@@ -14,6 +14,24 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig().key() == TinyConfig().key()
     assert TinyConfig(steps=5).key() != TinyConfig().key()
     assert TinyConfig(task=BasketConfig(redundancy=0.1)).key() != TinyConfig().key()
+    assert TinyConfig(essential_weight=2.0).key() != TinyConfig().key()
+
+
+def test_the_recipe_follows_the_task_style():
+    """Unset steps / essential_weight take the recipe measured for the style; a set value wins."""
+    terse, verbose = TinyConfig().resolved(), TinyConfig(task=BasketConfig(style="verbose")).resolved()
+    assert (terse.steps, terse.essential_weight) == (1100, 1.0) and (verbose.steps, verbose.essential_weight) == (700, 4.0)
+    assert TinyConfig(steps=5, task=BasketConfig(style="verbose")).resolved().steps == 5
+    assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0).resolved().key()
+
+
+def test_cache_key_follows_the_task_wording(monkeypatch):
+    """A reworded step is a new model even though no config value moved (a stale cache once served the old text)."""
+    from stepentropy_rl.tasks import basket
+
+    before = TinyConfig().key()
+    monkeypatch.setattr(basket, "answer_sentence", lambda answer: f"So the answer is \\boxed{{{answer}}}.")
+    assert TinyConfig().key() != before
 
 
 def test_bootstrap_trains_once_then_reuses_cache(tmp_path, monkeypatch):

@@ -50,7 +50,7 @@ def test_essential_steps_carry_each_move_once_and_running_totals_follow():
 
 def test_redundant_steps_follow_from_what_precedes():
     seen = set()
-    for p in generate(BasketConfig(redundancy=0.6), 200, 2):
+    for p in generate(BasketConfig(style="terse", redundancy=0.6), 200, 2):
         last_ess, total = None, int(re.search(r"A basket has (\d+)", p.prompt).group(1))
         for s in p.steps:
             if s.label == "essential":
@@ -68,9 +68,9 @@ def test_redundant_steps_follow_from_what_precedes():
 
 
 def test_redundancy_rate_and_difficulty_are_honoured():
-    none = generate(BasketConfig(redundancy=0.0), 100, 0)
+    none = generate(BasketConfig(style="terse", redundancy=0.0), 100, 0)
     assert all(s.label == "essential" for p in none for s in p.steps)
-    many = generate(BasketConfig(redundancy=0.6), 100, 0)
+    many = generate(BasketConfig(style="terse", redundancy=0.6), 100, 0)
     share = sum(s.label == "redundant" for p in many for s in p.steps) / sum(len(p.steps) for p in many)
     assert 0.3 < share < 0.8
     big = generate(BasketConfig(min_people=5, max_people=5, max_quantity=9), 50, 0)
@@ -78,15 +78,17 @@ def test_redundancy_rate_and_difficulty_are_honoured():
     assert max(abs(q) for p in big for q in _moves(p.prompt).values()) == 9
 
 
-def test_labels_recoverable_from_text():
-    for p in generate(BasketConfig(), 100, 0):
+@pytest.mark.parametrize("style", ["terse", "verbose"])
+def test_labels_recoverable_from_text(style):
+    for p in generate(BasketConfig(style=style), 100, 0):
         for s in p.steps:
             assert label_step(s.text) == (s.label, s.kind)
     assert label_step("garbage")[0] == "unknown"
 
 
 @pytest.mark.parametrize("kw,key", [({"min_people": 0}, "min_people"), ({"max_quantity": 0}, "max_quantity"),
-                                    ({"ops": ("mul",)}, "ops"), ({"redundancy": 1.0}, "redundancy")])
+                                    ({"ops": ("mul",)}, "ops"), ({"redundancy": 1.0}, "redundancy"),
+                                    ({"omit": 1.0}, "omit")])
 def test_bad_task_config(kw, key):
     with pytest.raises(ValueError, match=key):
         generate(BasketConfig(**kw), 1, 0)
@@ -116,21 +118,47 @@ def test_diagnose_names_the_first_mistake():
 
 
 def test_verbose_style_is_r1_like_and_labelled():
-    """style=verbose: the problem restated, every move checked and restated, the sum re-checked; labels come back
-    from the text, the gold CoT passes diagnose, and most of the thinking is redundant (by characters here; the
-    eval measures tokens)."""
-    terse = generate(BasketConfig(), 1, 0, "test")[0]
+    """style=verbose: the start restated, every move checked and restated, sometimes re-checked, the
+    total confirmed, each routine step left out now and then; every redundant step copies numbers from what precedes
+    it; labels come back from the text, the gold CoT passes diagnose, and most of the thinking is redundant (by
+    characters here; the eval measures tokens)."""
+    terse = generate(BasketConfig(style="terse"), 1, 0, "test")[0]
     cfg = BasketConfig(style="verbose", redundancy=0.5)
     verbose = generate(cfg, 1, 0, "test")[0]
     moves = lambda p: [s.text for s in p.steps if s.label == "essential"]  # noqa: E731
     assert (verbose.prompt, verbose.answer, moves(verbose)) == (terse.prompt, terse.answer, moves(terse))
-    kinds = [s.kind for s in verbose.steps]
-    assert kinds[0] == "problem" and kinds[-1] == "recap" and kinds.count("verify") == kinds.count("move")
-    share = []
-    for p in generate(cfg, 50, 1, "test"):
+    share, kinds = [], []
+    for p in generate(cfg, 200, 1, "test"):
+        total = int(re.search(r"A basket has (\d+)", p.prompt).group(1))
+        after = []  # kinds since the last move
+        for i, s in enumerate(p.steps):
+            kinds.append(s.kind)
+            if s.kind == "problem":
+                assert i == 0 and s.text == f"The basket starts with {total}."
+            elif s.kind == "move":
+                a, sign, q, new = re.search(r": (\d+) ([+-]) (\d+) = (\d+)\.$", s.text).groups()
+                assert int(a) == total
+                total, after = int(new), []
+            elif s.kind == "verify":
+                assert after == [] and s.text == f"Check: {a} {sign} {q} = {new}. Correct."
+            elif s.kind == "restate":
+                assert set(after) <= {"verify"} and s.text == f"So the basket has {total} now."
+            elif s.kind == "reflect":
+                undo = "-" if sign == "+" else "+"
+                assert s.text == f"Wait, let me check that again: {new} {undo} {q} = {a}. Yes."
+            else:
+                assert s.kind == "recap" and i == len(p.steps) - 1
+                assert s.text == f"Let me make sure: after everyone, the basket has {total}. Yes."
+            if s.kind != "move":
+                after.append(s.kind)
+        assert p.answer == str(total)
         assert all(label_step(s.text) == (s.label, s.kind) for s in p.steps)
         assert diagnose(p.solution, p.solution) is None
         share.append(sum(len(s.text) for s in p.steps if s.label == "redundant") / sum(len(s.text) for s in p.steps))
-    assert min(share) > 0.6
+    n_moves = kinds.count("move")
+    for kind, per in (("verify", n_moves), ("restate", n_moves), ("problem", 200), ("recap", 200)):
+        assert 0.75 < kinds.count(kind) / per < 0.95, kind  # left out with probability omit = 0.15 (the default)
+    assert 0.35 < kinds.count("reflect") / n_moves < 0.65
+    assert sum(share) / len(share) > 0.7
     with pytest.raises(ValueError, match="style"):
         BasketConfig(style="chatty")

@@ -123,9 +123,9 @@ def test_context_check_counts_the_longest_prompt():
     from stepentropy_rl.config import check_context
 
     c = build(cfg())  # prune study: CoT (384) + regenerated answer (32) after the prompt, engine context 512
-    check_context(c, longest_prompt=96)
+    check_context(c, prompt_tokens=96)
     with pytest.raises(ConfigError, match=re.escape("rollout.max_tokens + rollout.answer_max_tokens = 416")):
-        check_context(c, longest_prompt=97)
+        check_context(c, prompt_tokens=97)
     c.rollout.engine["max_model_len"] = None  # then the model's own limit
     with pytest.raises(ConfigError, match="exceeds"):
-        check_context(c, longest_prompt=97, max_model_len=500)
+        check_context(c, prompt_tokens=97, max_model_len=500)
