@@ -143,6 +143,20 @@ def _length_bucketed(data, batch_size: int, rng: random.Random, pool: int = 16):
         yield from batches
 
 
+def _loss(model, mb: Batch, weight: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Weighted mean NLL of the next token, sum(w * nll) / sum(w). With 0/1 weights it is the model's own loss: the
+    terse recipe's figures were measured on it, and the same sum in another floating-point order trains a
+    measurably different model (README)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if bool(((weight == 0) | (weight == 1)).all()):
+            labels = mb.input_ids.masked_fill(weight == 0, -100)
+            return model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=labels).loss
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), mb.input_ids[:, 1:],
+                                            reduction="none")
+    return (nll * weight[:, 1:]).sum() / weight[:, 1:].sum()
+
+
 def build_model(cfg: TinyConfig, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -159,6 +173,8 @@ def build_model(cfg: TinyConfig, vocab: int):
 def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     """Train tokenizer and model for ``cfg`` and save both under ``out``; returns training stats."""
     from tqdm import tqdm
+
+    cfg = cfg.resolved()
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -190,16 +206,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
         weight = torch.zeros_like(mb.loss_mask)  # loss on the solution only
         for i, (p, w) in enumerate(zip(prompts, resp_weights)):
             weight[i, len(p): len(p) + len(w)] = torch.tensor(w)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            if cfg.essential_weight == 1.0:  # the model's own loss: the terse recipe's figures were measured on it
-                labels = mb.input_ids.masked_fill(weight == 0, -100)
-                loss = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask, labels=labels).loss
-            else:
-                logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-        if cfg.essential_weight != 1.0:
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), mb.input_ids[:, 1:],
-                                                    reduction="none")
-            loss = (nll * weight[:, 1:]).sum() / weight[:, 1:].sum()
+        loss = _loss(model, mb, weight, cfg.bf16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
