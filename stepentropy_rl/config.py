@@ -73,6 +73,8 @@ class DataConfig:
     seed: int = 0
     n_eval: int = 200
     overlong: str = "error"  # a prompt too long for the engine's context: error (naming the row) | skip (counted)
+    grade_timeout_s: float = 5.0  # math grader: math-verify's budget per sample, in a worker process
+    grade_workers: int = 2  # math grader: worker processes per grading process (driver, reward service)
     task: Optional[BasketConfig] = None
 
     def __post_init__(self):
@@ -81,7 +83,8 @@ class DataConfig:
         one_of(self, "grader", GRADERS)
         one_of(self, "overlong", ("error", "skip"))
         one_of(self, "grade_span", GRADE_SPANS)
-        positive(self, "n_eval", integer=True)
+        positive(self, "n_eval", "grade_workers", integer=True)
+        positive(self, "grade_timeout_s")
 
 
 @dataclass
@@ -116,6 +119,7 @@ class StepPruning:
     delimiter: str = "\n\n"
     protect_first: bool = False
     protect_last: bool = False
+    merge_runs: bool = False  # one placeholder per run of consecutive pruned steps (paper 1: one per step)
 
     def __post_init__(self):
         one_of(self, "aggregate", ("sum", "mean"))
@@ -214,6 +218,7 @@ class ClusterConfig:
     num_cpus: Optional[int] = None
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = True
+    loopback_only: bool = True  # a Ray started here listens on loopback only (driver.network)
     rollout: RolloutCluster = field(default_factory=RolloutCluster)
     reference: ReferenceCluster = field(default_factory=ReferenceCluster)
     reward: RewardCluster = field(default_factory=RewardCluster)

@@ -92,13 +92,18 @@ def prune_steps(
     protect_first: bool = False,
     protect_last: bool = False,
     seed: int = 0,
+    merge_runs: bool = False,
 ) -> PrunedCoT:
     """Prune ``floor(ratio * len(steps))`` steps (capped at the number of unprotected steps).
 
     ``low`` prunes the lowest scores first, ``high`` the highest; ties go to the lower
     step index. ``random`` draws ``random.Random(seed).sample`` over unprotected steps.
     `placeholder` None or "" deletes pruned steps; any other string replaces each
-    pruned step (one placeholder per pruned step, consecutive ones are not merged).
+    pruned step: one placeholder per pruned step, or with ``merge_runs`` one per run of
+    consecutive pruned steps (paper 1 does not merge; an option, off by default).
+
+    >>> prune_steps(["a", "b", "c", "d"], [0, 1, 2, 3], "low", 0.5, merge_runs=True).steps
+    ['[SKIP]', 'c', 'd']
     """
     validate_pruning(strategy, ratio)
     n = len(steps)
@@ -115,7 +120,8 @@ def prune_steps(
     chosen_set = set(STRATEGIES[strategy](candidates, scores, k, seed))
     pruned = [i in chosen_set for i in range(n)]
     if placeholder:
-        out = [placeholder if p else s for s, p in zip(steps, pruned)]
+        out = [placeholder if p else s for i, (s, p) in enumerate(zip(steps, pruned))
+               if not (p and merge_runs and i and pruned[i - 1])]
     else:
         out = [s for s, p in zip(steps, pruned) if not p]
     return PrunedCoT(steps=out, pruned=pruned, n_pruned=len(chosen_set))

@@ -46,12 +46,27 @@ def plan_bytes(plan: list) -> int:
     return sum(numel * torch.empty(0, dtype=getattr(torch, dtype)).element_size() for dtype, numel, _ in plan)
 
 
-def open_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 600.0):
-    """A process group of its own (rank 0 hosts the TCP store); returns ``(store, group)`` (keep both alive)."""
+def make_store(url: str, rank: int, world_size: int, timeout: datetime.timedelta):
+    """The store behind a rendezvous URL (``driver.network.rendezvous``): ``file://PATH`` (a local run: no socket)
+    or ``tcp://HOST:PORT`` (rank 0 hosts it)."""
+    if url.startswith("file://"):
+        store = dist.FileStore(url[len("file://"):], world_size)
+        store.set_timeout(timeout)
+        return store
+    if url.startswith("tcp://"):
+        host, port = url[len("tcp://"):].rsplit(":", 1)
+        return dist.TCPStore(host, int(port), world_size, is_master=rank == 0, timeout=timeout,
+                             wait_for_workers=False)
+    raise ValueError(f"rendezvous must be file://PATH or tcp://HOST:PORT, got {url!r}")
+
+
+def open_group(url: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0):
+    """A process group of its own, met at ``url`` (:func:`make_store`); returns ``(store, group)`` (keep both
+    alive)."""
     if backend not in BACKENDS:
         raise ValueError(f"weight sync backend must be one of {BACKENDS}, got {backend!r}")
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+    store = make_store(url, rank, world_size, timeout)
     prefixed = dist.PrefixStore("weight_sync", store)
     if backend == "gloo":
         group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)

@@ -6,8 +6,6 @@ HF export; checkpoints are sharded with torch.distributed.checkpoint (DCP), so t
 """
 from __future__ import annotations
 
-import os
-
 import ray
 import torch
 import torch.distributed as dist
@@ -20,14 +18,13 @@ class Learner:
     """Rank ``rank`` of ``world_size``; ``cluster``: ``config.LearnerCluster`` (backend, dtypes, threads),
     ``optim``: ``config.OptimConfig`` (AdamW)."""
 
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 cluster: LearnerCluster, optim: OptimConfig):
+    def __init__(self, rank: int, world_size: int, rendezvous: str, model_path: str, cluster: LearnerCluster,
+                 optim: OptimConfig):
         from transformers import AutoModelForCausalLM
 
         if cluster.threads:
             torch.set_num_threads(cluster.threads)
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        dist.init_process_group(cluster.backend, rank=rank, world_size=world_size)
+        dist.init_process_group(cluster.backend, init_method=rendezvous, rank=rank, world_size=world_size)
         self.rank, self.world_size = rank, world_size
         nccl = cluster.backend == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
@@ -131,12 +128,12 @@ class Learner:
         """The export dtype and ``[(name, full shape)]`` of a weight push, for ``weight_sync.plan_buckets``."""
         return str(self.export_dtype).removeprefix("torch."), [(n, list(t.shape)) for n, t in self._export_items()]
 
-    def open_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
+    def open_weight_group(self, url: str, world_size: int, backend: str) -> None:
         """Rank 0 hosts the weight-sync group with the engines (``weight_sync.open_group``); other ranks stay out."""
         from stepentropy_rl.weight_sync import open_group
 
         if self.rank == 0:
-            self._weight_group = open_group(host, port, 0, world_size, backend)
+            self._weight_group = open_group(url, 0, world_size, backend)
 
     def push_weights(self, plan: list) -> int:
         """A collective over the learner ranks: each full tensor is all-gathered in turn and rank 0 broadcasts the

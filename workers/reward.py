@@ -1,7 +1,7 @@
 """Reward service: a Ray actor that grades responses and scores every reward term of the current stage.
 
-Grading runs with a timeout off the main thread (math-verify's own timeouts need signal.alarm); a timeout or
-garbage output counts as wrong. Counts ([SKIP], length) come from token ids.
+Math grading runs in worker processes with real timeouts (``grader_pool``); a timeout or garbage output counts as
+wrong. Counts ([SKIP], length) come from token ids.
 """
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import torch
 
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.rewards import make_sample, stage_rewards
-from stepentropy_rl.tasks.grading import make_grader
+from stepentropy_rl.config import DataConfig
+from stepentropy_rl.tasks.grading import grader_of
 
 
 class RewardService:
-    """``skip_id`` and ``close_id`` are the ids of ``[SKIP]`` and ``</think>``; ``grade_span`` what the grader reads
-    (``answer``: the text after ``</think>``, so a truncated response is wrong whatever its thinking holds)."""
+    """``skip_id`` and ``close_id`` are the ids of ``[SKIP]`` and ``</think>``; ``data`` names the grader and the
+    span it reads (``answer``: the text after ``</think>``, so a truncated response is wrong whatever its thinking
+    holds)."""
 
-    def __init__(self, reward_cfg: dict, grader: str, skip_id: int, close_id: int, delimiter: str = "\n\n",
-                 grade_span: str = "answer", grade_timeout_s: float = 5.0):
+    def __init__(self, reward_cfg: dict, data: DataConfig, skip_id: int, close_id: int, delimiter: str = "\n\n"):
         self.fns = stage_rewards(reward_cfg)
-        self.grade = make_grader(grader, grade_span, grade_timeout_s)  # garbage or timeout: wrong, never a crash
+        self.grade = grader_of(data)  # garbage or timeout: wrong, never a crash
         self.skip_id, self.close_id, self.delimiter = skip_id, close_id, delimiter
 
     def score(self, stage: str, batch: Batch) -> dict[str, torch.Tensor]:
@@ -29,8 +30,8 @@ class RewardService:
         if stage not in self.fns:
             raise ValueError(f"reward.stages has no stage {stage!r}; stages: {sorted(self.fns)}")
         fn, out = self.fns[stage], []
-        for i, (text, answer) in enumerate(zip(batch.meta["text"], batch.meta["answer"])):
-            correct = self.grade(text, answer)
+        grades = self.grade.many(batch.meta["text"], batch.meta["answer"])
+        for i, (text, correct) in enumerate(zip(batch.meta["text"], grades)):
             s = make_sample(batch.response_ids(i), text, correct, self.skip_id, self.delimiter, self.close_id)
             terms = fn(s)
             terms.update(correct=float(correct), length=float(s.length), n_skip=float(s.n_skip),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 
 class WeightSync:
-    def open_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+    def open_weight_group(self, url: str, rank: int, world_size: int, backend: str) -> None:
         from stepentropy_rl.weight_sync import open_group
 
-        self._weight_group = open_group(host, port, rank, world_size, backend)  # replaces a previous group
+        self._weight_group = open_group(url, rank, world_size, backend)  # replaces a previous group
 
     def receive_weights(self, plan: list) -> int:
         from stepentropy_rl.weight_sync import receive

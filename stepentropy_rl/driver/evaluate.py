@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE, thinking_tokens
 from stepentropy_rl.cot_stats import binomial_stderr, redundant_fraction, step_token_labels
+from stepentropy_rl.tasks.grading import grade_all
 from stepentropy_rl.tokenizer import prompt_ids
 
 
@@ -30,10 +31,10 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
     skip_id = tokenizer.get_vocab().get(skip_token)
     with_steps = labelled(problems)
+    samples = [o[0] if o else {"text": "", "token_ids": []} for o in outs]
+    grades = grade_all(grade, [s["text"] for s in samples], [p.answer for p in problems])
     correct, tokens, skips, steps, right, lucky = 0, 0, 0, [], 0, 0
-    for p, o in zip(problems, outs):
-        sample = o[0] if o else {"text": "", "token_ids": []}
-        ok = bool(grade(sample["text"], p.answer))
+    for p, sample, ok in zip(problems, samples, grades):
         correct += ok
         tokens += thinking_tokens(sample["token_ids"], close_id)
         skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0

@@ -1,24 +1,15 @@
 """Drives the learner ranks (one Ray placement group) as one process group: split batches, gather results."""
 from __future__ import annotations
 
-import socket
-
 import ray
 import torch
 from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from stepentropy_rl.batch import Batch, shard
+from stepentropy_rl.driver.network import rendezvous
 
 SUMMED = ("entropy_sum", "entropy_tokens")  # counts over the ranks' slices; every other metric is a rank mean
-
-
-@ray.remote(num_cpus=0)
-def free_address() -> tuple[str, int]:
-    """An address and free port on the node that runs rank 0 (scheduled into its bundle)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
 
 
 class LearnerGroup:
@@ -59,11 +50,11 @@ class LearnerGroup:
     def weight_specs(self) -> tuple[str, list]:
         return ray.get(self.ranks[0].weight_specs.remote())
 
-    def open_weight_group(self, world_size: int, backend: str) -> tuple[str, int, ray.ObjectRef]:
-        """A fresh address on rank 0's node; rank 0 starts hosting the weight-sync group there (the returned ref
-        completes once every engine has joined)."""
-        host, port = ray.get(free_address.options(scheduling_strategy=self._at_rank0).remote())
-        return host, port, self.ranks[0].open_weight_group.remote(host, port, world_size, backend)
+    def open_weight_group(self, world_size: int, backend: str) -> tuple[str, ray.ObjectRef]:
+        """A fresh rendezvous on rank 0's node (``network.rendezvous``); rank 0 starts hosting the weight-sync group
+        there (the returned ref completes once every engine has joined)."""
+        url = ray.get(rendezvous.options(scheduling_strategy=self._at_rank0).remote())
+        return url, self.ranks[0].open_weight_group.remote(url, world_size, backend)
 
     def push_weights(self, plan: list) -> list[ray.ObjectRef]:
         """Start a weight push on every rank (the engines must receive at the same time); refs to the bytes sent."""

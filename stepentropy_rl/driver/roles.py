@@ -11,6 +11,7 @@ import ray
 
 from stepentropy_rl.config import ClusterConfig, JobConfig, LearnerCluster, OptimConfig
 from stepentropy_rl.driver.learner_group import LearnerGroup
+from stepentropy_rl.driver.network import use_loopback_only
 from stepentropy_rl.driver.rollout_group import RolloutGroup
 from workers.learner import LearnerWorker
 from workers.reference import ReferenceWorker
@@ -31,7 +32,8 @@ class Actors:
 
 
 def init_ray(cluster: ClusterConfig) -> None:
-    """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1.
+    """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1,
+    listening on loopback only unless ``cluster.loopback_only`` is false (``network.use_loopback_only``).
 
     The project's packages travel with the job (Ray's ``runtime_env`` ``py_modules``), so a worker on any node
     imports the driver's code, not whatever that node has installed.
@@ -43,6 +45,8 @@ def init_ray(cluster: ClusterConfig) -> None:
     if address:
         ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
+        if cluster.loopback_only:
+            env["env_vars"].update(use_loopback_only())
         ctx = ray.init(num_cpus=cluster.num_cpus, include_dashboard=cluster.include_dashboard,
                        dashboard_host=cluster.dashboard_host, runtime_env=env, log_to_driver=True)
     url = getattr(ctx, "dashboard_url", None)
@@ -132,17 +136,17 @@ def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
     """The reward service: grades with ``data.grader`` on ``data.grade_span`` and scores every ``reward`` term;
     ``skip_id`` and ``close_id`` are the policy tokenizer's ids of ``[SKIP]`` and ``</think>``."""
     return RewardWorker.options(num_cpus=cfg.cluster.reward.num_cpus).remote(
-        cfg.reward, cfg.data.grader, skip_id, close_id, cfg.trainer.prune.delimiter, cfg.data.grade_span)
+        cfg.reward, cfg.data, skip_id, close_id, cfg.trainer.prune.delimiter)
 
 
 def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig, micro_batch_size: int,
                    pad_id: int) -> LearnerGroup:
-    """``learner.world_size`` FSDP2 ranks (``cluster.learner``) in one placement group (PACK), rank 0 hosting the
-    process group on a free port of its node."""
+    """``learner.world_size`` FSDP2 ranks (``cluster.learner``) in one placement group (PACK), meeting at a
+    rendezvous on rank 0's node (``network.rendezvous``)."""
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from stepentropy_rl.driver.learner_group import free_address
+    from stepentropy_rl.driver.network import rendezvous
 
     world = int(learner.world_size)
     if world < 1:
@@ -151,7 +155,7 @@ def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig,
     pg = placement_group([bundle] * world, strategy="PACK")
     ray.get(pg.ready())
     at = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i) for i in range(world)]
-    addr, port = ray.get(free_address.options(scheduling_strategy=at[0]).remote())
+    url = ray.get(rendezvous.options(scheduling_strategy=at[0]).remote())
     ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i])
-             .remote(i, world, addr, port, model_path, learner, optim) for i in range(world)]
+             .remote(i, world, url, model_path, learner, optim) for i in range(world)]
     return LearnerGroup(ranks, pg, micro_batch_size, pad_id)

@@ -29,8 +29,8 @@ class WeightBroadcast:
 
     def reopen(self) -> None:
         world = 1 + len(self.engines)
-        host, port, hosting = self.learners.open_weight_group(world, self.backend)
-        fetch([hosting] + [w.open_weight_group.remote(host, port, i + 1, world, self.backend)
+        url, hosting = self.learners.open_weight_group(world, self.backend)
+        fetch([hosting] + [w.open_weight_group.remote(url, i + 1, world, self.backend)
                            for i, w in enumerate(self.engines)])
         self.open = True
 

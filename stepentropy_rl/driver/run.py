@@ -14,7 +14,7 @@ from stepentropy_rl.bootstrap import ensure_tiny_model
 from stepentropy_rl.config import JobConfig, check_context, context_needs
 from stepentropy_rl.data import DataError, generated, load_jsonl
 from stepentropy_rl.files import atomic_write_json
-from stepentropy_rl.tasks.grading import make_grader
+from stepentropy_rl.tasks.grading import grader_of
 from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     atomic_write_json(run_dir / "data_report.json",
                       {what: {"rows": counts[what], "used": len(rows), "skipped_overlong": counts[what] - len(rows)}
                        for what, rows in (("eval", problems), ("train", train))})
-    return Job(cfg, run_dir, model_path, tokenizer, problems, train, make_grader(cfg.data.grader, cfg.data.grade_span))
+    return Job(cfg, run_dir, model_path, tokenizer, problems, train, grader_of(cfg.data))
 
 
 def run(cfg: JobConfig) -> None:

@@ -18,6 +18,7 @@ from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.driver.tracking import require_finite
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.tasks.grading import grade_all
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_ids, prompt_text
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,16 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         cots = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
     else:
         cots = [o[0] for o in rollout.generate(pids, {**sampling, "skip_special_tokens": False})]
-    ok = [i for i, (p, c) in enumerate(zip(problems, cots)) if grade(c["text"], p.answer)
-          and split_thinking(c["text"])[1]]
+    grades = grade_all(grade, [c["text"] for c in cots], [p.answer for p in problems])
+    ok = [i for i, (c, right) in enumerate(zip(cots, grades)) if right and split_thinking(c["text"])[1]]
     entropies = token_entropies(reference, [pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size)
     candidates = []
     for i, ent in zip(ok, entropies):
         texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], ent, prune.delimiter,
                                    prune.aggregate)
         pruned = prune_steps(texts, ents, "low", prune.ratio, placeholder=prune.placeholder or None,
-                             protect_first=prune.protect_first, protect_last=prune.protect_last)
+                             protect_first=prune.protect_first, protect_last=prune.protect_last,
+                             merge_runs=prune.merge_runs)
         answer_part = answer_text(cots[i]["text"])
         thinking = pruned.text(prune.delimiter)
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, "answer": problems[i].answer,
@@ -57,7 +59,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         regen = rollout.generate([c["prefix"] for c in candidates],
                                  {**sampling, "max_tokens": prune.answer_max_tokens, "skip_special_tokens": False})
         # the regenerated text is what follows </think> after the pruned thinking
-        rows = [c for c, a in zip(candidates, regen) if grade(THINK_CLOSE + a[0]["text"], c["answer"])]
+        kept = grade_all(grade, [THINK_CLOSE + a[0]["text"] for a in regen], [c["answer"] for c in candidates])
+        rows = [c for c, keep in zip(candidates, kept) if keep]
     for r in rows:
         r.pop("prefix")
     stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "kept": len(rows),

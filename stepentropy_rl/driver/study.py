@@ -87,7 +87,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
             for ratio in ratios:
                 pruned = prune_steps(texts, ents, strategy, ratio, placeholder=pc.placeholder or None,
                                      protect_first=pc.protect_first, protect_last=pc.protect_last,
-                                     seed=zlib.crc32(f"{pc.seed}/{p.id}".encode()))
+                                     merge_runs=pc.merge_runs, seed=zlib.crc32(f"{pc.seed}/{p.id}".encode()))
                 thinking = pruned.text(pc.delimiter)
                 variants.append(answer_prefix(prompt, thinking))
                 rows.append({"id": p.id, "strategy": strategy, "ratio": ratio, "answer": p.answer,

@@ -1,12 +1,10 @@
 """Answer extraction and grading: exact match for the embedded task, math-verify for real math."""
 from __future__ import annotations
 
-import concurrent.futures as cf
-
 from stepentropy_rl.cot_format import answer_text, boxed_answer
 from stepentropy_rl.registry import Registry
+from stepentropy_rl.tasks.grader_pool import shared_pool
 
-_POOL = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grader")
 GRADERS = Registry("grader")  # name -> grade(response, answer) -> bool  (data.grader)
 register_grader = GRADERS.register
 
@@ -22,27 +20,11 @@ def exact_match(response: str, answer: str) -> bool:
     return got is not None and got == str(answer).strip()
 
 
-def _math_verify(response: str, answer: str) -> bool:
-    from math_verify import parse, verify  # imported lazily: it is slow to import
-
-    gold = parse(f"${answer}$", parsing_timeout=None)
-    pred = parse(response, parsing_timeout=None)
-    return bool(verify(gold, pred, timeout_seconds=None))
-
-
 @register_grader("math")
 def math_match(response: str, answer: str, timeout_s: float = 5.0) -> bool:
-    """math-verify equivalence, run off the main thread with our own timeout (math-verify's uses signal.alarm).
-
-    A timeout or a parser error counts as wrong.
-    """
-    fut = _POOL.submit(_math_verify, response, answer)
-    try:
-        return fut.result(timeout=timeout_s)
-    except Exception:  # timeout or garbage input: wrong, never a crash
-        return False
-
-
+    """math-verify equivalence, in a worker process with a real timeout (``grader_pool``); a timeout or a parser
+    error counts as wrong."""
+    return shared_pool(timeout_s=timeout_s).grade([response], [answer])[0]
 
 
 def grade_safely(grade, response: str, answer: str) -> bool:
@@ -60,24 +42,52 @@ def get_grader(name: str):
     return GRADERS[name]
 
 
-def make_grader(name: str, span: str = "answer", timeout_s: float = 5.0):
+class Grader:
     """``grade(response, answer) -> bool``: grader ``name`` on the response's ``span`` (see
-    ``cot_format.answer_text``: by default the answer after ``</think>``, and no ``</think>`` is wrong). Garbage
-    and timeouts count as wrong; math grading enforces ``timeout_s`` off the main thread.
+    ``cot_format.answer_text``: by default the answer after ``</think>``, and no ``</think>`` is wrong); ``many``
+    grades a batch at once (math grading: spread over ``workers`` processes, ``timeout_s`` each). Garbage and
+    timeouts count as wrong, never as a crash.
 
     >>> grade = make_grader("exact")
     >>> grade("5 + 3 = \\\\boxed{8} wait", "8"), grade("x</think>The answer is \\\\boxed{8}.", "8")
     (False, True)
     """
-    base = get_grader(name)
-    answer_text(" ", span)  # validates span now
 
-    def grade(response: str, answer: str) -> bool:
-        text = answer_text(response, span)
-        if text is None:
-            return False
-        if base is math_match:
-            return math_match(text, answer, timeout_s=timeout_s)
-        return grade_safely(base, text, answer)
+    def __init__(self, name: str, span: str = "answer", timeout_s: float = 5.0, workers: int = 2):
+        self.base, self.span = get_grader(name), span
+        self.timeout_s, self.workers = timeout_s, workers
+        answer_text(" ", span)  # validates span now
 
-    return grade
+    def __call__(self, response: str, answer: str) -> bool:
+        return self.many([response], [answer])[0]
+
+    def many(self, responses, answers) -> list[bool]:
+        texts = [answer_text(r, self.span) for r in responses]
+        out = [False] * len(texts)
+        todo = [i for i, t in enumerate(texts) if t is not None]
+        if self.base is math_match:
+            pool = shared_pool(self.workers, self.timeout_s)
+            for i, ok in zip(todo, pool.grade([texts[i] for i in todo], [answers[i] for i in todo])):
+                out[i] = ok
+        else:
+            for i in todo:
+                out[i] = grade_safely(self.base, texts[i], answers[i])
+        return out
+
+
+def make_grader(name: str, span: str = "answer", timeout_s: float = 5.0, workers: int = 2) -> Grader:
+    """The :class:`Grader` for ``data.grader`` / ``data.grade_span`` / ``data.grade_timeout_s`` /
+    ``data.grade_workers``."""
+    return Grader(name, span, timeout_s, workers)
+
+
+def grader_of(data) -> Grader:
+    """The :class:`Grader` a ``DataConfig`` asks for."""
+    return Grader(data.grader, data.grade_span, data.grade_timeout_s, data.grade_workers)
+
+
+def grade_all(grade, responses, answers) -> list[bool]:
+    """``grade`` over pairs: in one batch when it is a :class:`Grader`, else one call each."""
+    if hasattr(grade, "many"):
+        return grade.many(list(responses), list(answers))
+    return [bool(grade(r, a)) for r, a in zip(responses, answers)]

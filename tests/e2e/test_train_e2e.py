@@ -4,11 +4,18 @@ GRPO starts in the explore stage, whose reward has a format term that the micro 
 responses (``</think>`` then a boxed answer within 96 tokens): groups have reward spread, so advantages and the policy
 loss are not zero.
 """
+import ipaddress
 import json
+import re
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from tests.conftest import MICRO_OVERRIDES
@@ -36,9 +43,61 @@ def killed_then_resumed(micro_model, tmp_path_factory):
     # the vLLM rollout actor killed before step 1 was restarted by Ray, re-synced, and step 1 retried
     assert "rollout engine 0 died" in first.stderr + first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
-    second = _main(run_dir)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    second = _watched(run_dir, "cluster.include_dashboard=true")
+    assert second.returncode == 0, second.stdout[-6000:]
     return run_dir, marks, second
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+
+def _watched(run_dir, *extra):
+    """The main job, while every listening socket of its process tree is recorded and its dashboard is asked for
+    data without Ray's token: ``(returncode, stdout, sockets {(ip, port): process}, dashboard HTTP status)``."""
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
+           *SMALL, *extra]
+    log_path = run_dir.parent / f"{run_dir.name}_watched.log"
+    sockets, status = {}, None
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        root, deadline = psutil.Process(proc.pid), time.time() + 900
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            for p in tree:
+                try:
+                    for c in p.net_connections(kind="inet"):
+                        if c.status == psutil.CONN_LISTEN:
+                            sockets.setdefault((c.laddr.ip, c.laddr.port), p.name())
+                except psutil.Error:
+                    pass
+            url = re.search(r"Ray dashboard: (http://\S+)", log_path.read_text())
+            if status is None and url:
+                try:
+                    status = urllib.request.urlopen(url.group(1) + "/api/version", timeout=10).status
+                except urllib.error.HTTPError as e:
+                    status = e.code
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.kill()
+    return SimpleNamespace(returncode=proc.wait(), stdout=log_path.read_text(), sockets=sockets, dashboard=status)
+
+
+def test_a_local_run_listens_on_loopback_only_and_its_dashboard_wants_the_token(killed_then_resumed):
+    """Ray (GCS, raylet, agents, every worker), vLLM, the learners' process group and the weight-sync group: every
+    listening socket of the run is on a loopback address; the dashboard answers 401 without Ray's token."""
+    _, _, run = killed_then_resumed
+    names = set(run.sockets.values())
+    assert "gcs_server" in names and "raylet" in names and any("Learner" in n for n in names), names
+    open_ = {k: v for k, v in run.sockets.items() if not _is_loopback(k[0])}
+    assert not open_, f"listening beyond loopback: {open_}"
+    assert run.dashboard == 401
 
 
 def test_resume_continues_from_last_checkpoint(killed_then_resumed):

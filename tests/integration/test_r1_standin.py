@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from stepentropy_rl.batch import Batch
-from stepentropy_rl.config import build
+from stepentropy_rl.config import DataConfig, build
 from stepentropy_rl.r1_standin import BOS, EOS
 from stepentropy_rl.tokenizer import encode, load_tokenizer, prompt_ids, prompt_text
 
@@ -88,7 +88,7 @@ def test_reward_service_on_an_r1_response(tok):
     ids = encode(tok, RESPONSE)
     n_think = ids.index(CLOSE_ID)
     cfg.length_budget = n_think  # thinking fits, the whole response does not
-    service = RewardService(OmegaConf.to_container(cfg, resolve=True), "math", -1, CLOSE_ID)
+    service = RewardService(OmegaConf.to_container(cfg, resolve=True), DataConfig(grader="math"), -1, CLOSE_ID)
     cut = ids[: n_think - 2]
     texts = [tok.decode(r, skip_special_tokens=False) for r in (ids, cut)]
     assert "\\boxed{5}" in texts[1]
@@ -98,7 +98,7 @@ def test_reward_service_on_an_r1_response(tok):
     assert len(ids) > n_think and got["length_clip"][0] == 1.0 and got["correct"][0] == 1.0 and got["total"][0] > 0
     assert got["correct"][1] == 0.0 and got["total"][1] == 0.0
     cfg.length_budget = n_think - 1
-    tight = RewardService(OmegaConf.to_container(cfg, resolve=True), "math", -1, CLOSE_ID)
+    tight = RewardService(OmegaConf.to_container(cfg, resolve=True), DataConfig(grader="math"), -1, CLOSE_ID)
     assert tight.score("compress", batch)["length_clip"][0] == 0.0
 
 

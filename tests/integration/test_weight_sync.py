@@ -22,24 +22,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _member(rank, world, port, plan, state, q):
-    _, group = open_group("127.0.0.1", port, rank, world, "gloo", timeout_s=60)
+def _member(rank, world, url, plan, state, q):
+    _, group = open_group(url, rank, world, "gloo", timeout_s=60)
     if rank == 0:
         q.put((rank, send(group, plan, iter(state.items()), "cpu")))
     else:
         q.put((rank, {name: t.clone() for name, t in receive(group, plan, "cpu")}))
 
 
-def test_three_members_receive_every_tensor_exactly():
-    """Rank 0 (the learner) broadcasts multi-bucket plans; both engines rebuild the same state dict."""
+@pytest.mark.parametrize("store", ["tcp", "file"])
+def test_three_members_receive_every_tensor_exactly(store, tmp_path):
+    """Rank 0 (the learner) broadcasts multi-bucket plans; both engines rebuild the same state dict, meeting over a
+    TCP store (a cluster) or a file store (a local run, no listening socket)."""
     g = torch.Generator().manual_seed(0)
     state = {"embed": torch.randn(50, 8, generator=g), "norm": torch.randn(8, generator=g),
              "head": torch.randn(50, 8, generator=g)}
     plan = plan_buckets([(k, tuple(v.shape)) for k, v in state.items()], "float32", 1e-3)  # 262 floats a bucket
     assert len(plan) == 3
-    ctx, port = mp.get_context("spawn"), _free_port()
+    ctx = mp.get_context("spawn")
+    url = f"tcp://127.0.0.1:{_free_port()}" if store == "tcp" else f"file://{tmp_path / 'store'}"
     q = ctx.Queue()
-    procs = [ctx.Process(target=_member, args=(r, 3, port, plan, state, q)) for r in range(3)]
+    procs = [ctx.Process(target=_member, args=(r, 3, url, plan, state, q)) for r in range(3)]
     for p in procs:
         p.start()
     got = dict(q.get(timeout=120) for _ in range(3))
@@ -48,6 +51,15 @@ def test_three_members_receive_every_tensor_exactly():
     assert got[0] == plan_bytes(plan)
     for rank in (1, 2):
         assert set(got[rank]) == set(state) and all(torch.equal(got[rank][k], v) for k, v in state.items())
+
+
+def test_a_bad_rendezvous_is_named():
+    import datetime
+
+    from stepentropy_rl.weight_sync import make_store
+
+    with pytest.raises(ValueError, match="rendezvous must be"):
+        make_store("udp://x:1", 0, 1, datetime.timedelta(seconds=1))
 
 
 def test_send_checks_the_plan_against_the_learners_names():

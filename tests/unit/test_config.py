@@ -37,6 +37,9 @@ def test_default_sweep_builds_the_typed_config():
     ("data.task.redundancy=2", "data.task.redundancy must be in [0, 1), got 2.0"),
     ("model.tiny.lr=-1", "model.tiny.lr must be a finite number > 0, got -1.0"),
     ("data.grader=fuzzy", "data.grader"),
+    ("data.grade_timeout_s=0", "data.grade_timeout_s"),
+    ("data.grade_workers=0", "data.grade_workers"),
+    ("trainer.prune.merge_runs=maybe", "merge_runs"),
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):

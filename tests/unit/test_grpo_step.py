@@ -101,7 +101,7 @@ class Learners:
         return "float32", [("w", [4])]
 
     def open_weight_group(self, world_size, backend):
-        return "127.0.0.1", 0, None
+        return "tcp://127.0.0.1:0", None
 
     def push_weights(self, plan):
         return [16]

@@ -1,0 +1,120 @@
+"""math-verify in worker processes with real timeouts.
+
+Why processes: math-verify's own timeouts use ``signal.alarm``, which works only in a main thread, and a thread pool
+with them off holds a hung parse (``\\boxed{10^{10^{10}}}`` against ``3`` never returns) for good, so that every later
+grade times out. Here each sample runs in a pebble worker process, math-verify's alarms on inside it; a worker that
+has not answered ``kill_after_s`` after it started is killed and replaced, and the sample counts as wrong. Responses
+are clipped to their last ``max_chars`` characters (where the final answer is) and at most ``window`` samples are in
+flight, so a burst of huge answers is graded in bounded memory.
+
+Workers are forked: spawn and forkserver re-run the caller's main module in each worker, which breaks any script
+without a ``__main__`` guard. A forked worker that deadlocks on a lock another thread held at the fork is caught by
+the same hard limit and replaced.
+"""
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import importlib
+import logging
+import multiprocessing
+from collections import deque
+
+from pebble import ProcessPool
+
+log = logging.getLogger(__name__)
+
+
+def _warm_up() -> None:
+    importlib.import_module("math_verify")  # slow to import: once per worker, not per sample
+
+
+def verify_one(response: str, answer: str, timeout_s: float) -> bool:
+    """math-verify equivalence of ``response`` to ``answer`` with math-verify's own (alarm) timeouts; run in a worker."""
+    from math_verify import parse, verify
+
+    budget = max(1, int(timeout_s))
+    gold = parse(f"${answer}$", parsing_timeout=budget)
+    pred = parse(response, parsing_timeout=budget)
+    return bool(verify(gold, pred, timeout_seconds=budget))
+
+
+class MathGraderPool:
+    """``grade(responses, answers) -> list[bool]`` on ``workers`` processes; failures and timeouts are ``False``.
+
+    ``stats`` counts what went wrong since the pool was made: ``timeouts`` (workers killed), ``errors`` (a sample
+    that made math-verify raise) and ``clipped`` (responses longer than ``max_chars``)."""
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, max_chars: int = 4096, window: int | None = None,
+                 fn=verify_one, kill_after_s: float | None = None):
+        if workers < 1 or timeout_s <= 0 or max_chars < 1:
+            raise ValueError(f"workers, timeout_s and max_chars must be positive, got {workers}, {timeout_s}, "
+                             f"{max_chars}")
+        self.timeout_s, self.max_chars, self.fn = timeout_s, max_chars, fn
+        # gold parse + response parse + verify may each take timeout_s; past that the worker is killed
+        self.kill_after_s = kill_after_s or 3 * timeout_s + 2
+        self.window = window or 4 * workers
+        self.stats = {"graded": 0, "timeouts": 0, "errors": 0, "clipped": 0}
+        self._pool = ProcessPool(max_workers=workers, initializer=_warm_up,
+                                 context=multiprocessing.get_context("fork"))
+
+    def _submit(self, response: str, answer: str):
+        response, answer = str(response), str(answer)
+        if len(response) > self.max_chars:
+            self.stats["clipped"] += 1
+            response = response[-self.max_chars:]
+        return self._pool.schedule(self.fn, args=(response, answer[: self.max_chars], self.timeout_s),
+                                   timeout=self.kill_after_s)
+
+    def _result(self, fut) -> bool:
+        self.stats["graded"] += 1
+        try:
+            return bool(fut.result())
+        except cf.TimeoutError:
+            self.stats["timeouts"] += 1
+        except Exception:  # garbage that makes math-verify raise, or a worker that died: wrong, never a crash
+            self.stats["errors"] += 1
+        return False
+
+    def grade(self, responses, answers) -> list[bool]:
+        """One bool per pair, in order; at most ``window`` samples are in the workers' queue at once."""
+        responses, answers = list(responses), list(answers)
+        if len(responses) != len(answers):
+            raise ValueError(f"got {len(responses)} responses for {len(answers)} answers")
+        before = self.stats["timeouts"]
+        out: list[bool] = [False] * len(responses)
+        pending: deque = deque()
+        for i, (r, a) in enumerate(zip(responses, answers)):
+            if len(pending) >= self.window:
+                j, fut = pending.popleft()
+                out[j] = self._result(fut)
+            pending.append((i, self._submit(r, a)))
+        while pending:
+            j, fut = pending.popleft()
+            out[j] = self._result(fut)
+        if self.stats["timeouts"] > before:
+            log.warning("math grader: %d of %d samples hit the %.0f s limit and count as wrong; their workers were "
+                        "replaced", self.stats["timeouts"] - before, len(responses), self.kill_after_s)
+        return out
+
+    def close(self) -> None:
+        self._pool.stop()
+        self._pool.join()
+
+
+_POOLS: dict[tuple, MathGraderPool] = {}
+
+
+def shared_pool(workers: int = 2, timeout_s: float = 5.0) -> MathGraderPool:
+    """This process's pool for ``(workers, timeout_s)``, made on first use and stopped at exit."""
+    key = (workers, timeout_s)
+    if key not in _POOLS:
+        _POOLS[key] = MathGraderPool(workers, timeout_s)
+    return _POOLS[key]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()

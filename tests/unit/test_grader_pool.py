@@ -1,0 +1,90 @@
+"""The math grader in worker processes: hung parses are cut, workers replaced, bursts graded in bounded memory."""
+import random
+
+import psutil
+import pytest
+
+from stepentropy_rl.tasks.grader_pool import MathGraderPool, verify_one
+
+HANG = r"so \boxed{10^{10^{10}}}"  # against 3, math-verify evaluates 10^(10^10): it never returns on its own
+
+
+def verify_without_timeouts(response, answer, timeout_s):
+    """math-verify as the old thread-pool grader ran it: its own timeouts off (they need the main thread)."""
+    from math_verify import parse, verify
+
+    return bool(verify(parse(f"${answer}$", parsing_timeout=None), parse(response, parsing_timeout=None),
+                       timeout_seconds=None))
+
+
+def test_a_hung_parse_is_killed_its_worker_replaced_and_later_grades_stay_right():
+    """Three hangs on two workers held every thread of the old pool for good; here each is killed at the hard limit
+    and the correct samples after them are still graded right."""
+    pool = MathGraderPool(workers=2, timeout_s=1, fn=verify_without_timeouts, kill_after_s=2)
+    try:
+        got = pool.grade([HANG, HANG, HANG, r"\boxed{\frac{1}{2}}", r"\boxed{3}"], ["3", "3", "3", "0.5", "3"])
+        assert got == [False, False, False, True, True]
+        assert pool.stats["timeouts"] == 3
+        assert pool.grade([r"\boxed{4}"], ["4"]) == [True]  # the replaced workers serve
+    finally:
+        pool.close()
+
+
+def test_math_verifys_own_alarm_cuts_the_hang_inside_the_worker():
+    pool = MathGraderPool(workers=1, timeout_s=1)
+    try:
+        assert pool.grade([HANG, r"\boxed{3}"], ["3", "3"]) == [False, True]
+        assert pool.stats["timeouts"] == 0  # no kill needed: the alarm works in the worker's main thread
+    finally:
+        pool.close()
+
+
+def test_a_burst_of_10000_with_garbage_and_1mb_answers_in_bounded_memory():
+    rng = random.Random(0)
+    huge = [r"\boxed{" + "9" * 1_000_000 + "}", "x^{" * 350_000]  # 1 MB each
+    letters = "abcdefghijklmnopqrstuvwxyz{}\\^_ ()[]!?$"
+    responses, answers, want = [], [], []
+    for i in range(10_000):
+        kind = i % 10
+        if kind < 5:
+            a = rng.randint(0, 99)
+            r = rng.choice([a, a + 1])
+            responses.append(f"so \\boxed{{{r}}}")
+            want.append(r == a)
+        elif kind < 8:  # garbage without digits, so that math-verify cannot find an answer in it
+            responses.append("".join(rng.choice(letters) for _ in range(60)))
+            a = 7
+            want.append(False)
+        else:
+            responses.append(huge[kind - 8])
+            a = 7
+            want.append(False)
+        answers.append(str(a))
+    me = psutil.Process()
+    others = {p.pid for p in me.children(recursive=True)}  # e.g. a Ray session other tests started
+    pool = MathGraderPool(workers=2, timeout_s=2)
+    try:
+        rss_before = me.memory_info().rss
+        got = pool.grade(responses, answers)
+        workers = [p for p in me.children(recursive=True) if p.pid not in others]
+        assert got == want
+        assert pool.stats["clipped"] == 2000 and pool.stats["graded"] == 10_000
+        assert me.memory_info().rss - rss_before < 200 * 2**20
+        assert workers and all(w.memory_info().rss < 600 * 2**20 for w in workers)
+    finally:
+        pool.close()
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="positive"):
+        MathGraderPool(workers=0)
+    pool = MathGraderPool(workers=1)
+    try:
+        with pytest.raises(ValueError, match="responses"):
+            pool.grade(["a"], [])
+    finally:
+        pool.close()
+
+
+def test_verify_one_in_process():
+    assert verify_one(r"\boxed{\frac{1}{2}}", "0.5", 2) and not verify_one(r"\boxed{2}", "0.5", 2)
