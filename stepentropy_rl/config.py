@@ -174,18 +174,21 @@ class ReferenceCluster:
     num_cpus: float = 0.25
     num_gpus: float = 0
     threads: int = 0
+    max_restarts: int = 2  # a dead reference is restarted by Ray (it reloads its model) and the call retried
 
     def __post_init__(self):
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
-        positive(self, "threads", allow_zero=True, integer=True)
+        positive(self, "threads", "max_restarts", allow_zero=True, integer=True)
 
 
 @dataclass
 class RewardCluster:
     num_cpus: float = 0.1
+    max_restarts: int = 2  # a dead reward service is restarted by Ray and the call retried (it keeps no state)
 
     def __post_init__(self):
         positive(self, "num_cpus", allow_zero=True)
+        positive(self, "max_restarts", allow_zero=True, integer=True)
 
 
 @dataclass
@@ -327,11 +330,13 @@ class GRPOConfig:
     lr: float = 1e-4
     save_every: int = 5
     crash_after_step: Optional[int] = None  # fault injection (driver/faults.py): exit after this step
-    kill_rollout_at_step: Optional[int] = None  # fault injection: kill rollout engine 0 before this step
+    kill_at_step: dict[str, int] = field(default_factory=dict)  # fault injection: {role: step} (driver/faults.py)
 
     def __post_init__(self):
         positive(self, "steps", "max_tokens", "save_every", integer=True)
         positive(self, "lr")
+        roles = ("rollout", "reference", "reward", "learner")
+        need(set(self.kill_at_step) <= set(roles), "kill_at_step", f"roles must be among {list(roles)}")
 
 
 @dataclass

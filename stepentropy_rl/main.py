@@ -25,17 +25,18 @@ def main(cfg: DictConfig) -> None:
 
 def launch(cfg: DictConfig) -> None:
     """Run the composed config; a user error (bad config value, bad data row) exits with one line naming it."""
+    from stepentropy_rl.driver.remote import ActorLost
     from stepentropy_rl.driver.run import pipeline_for, run
 
     try:
         job = build(cfg)  # the typed config, every key checked, before anything starts
         pipeline_for(job)
         run(job)  # data files and context budgets are checked before any actor starts or any stage runs
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ActorLost) as e:
         if os.environ.get("STEPENTROPY_TRACEBACK"):
             raise
-        kind = "config" if isinstance(e, ConfigError) else "data"
-        raise SystemExit(f"{kind} error: {e} (STEPENTROPY_TRACEBACK=1 shows where)") from None
+        kind = {ConfigError: "config error", DataError: "data error"}.get(type(e), "run stopped")
+        raise SystemExit(f"{kind}: {e} (STEPENTROPY_TRACEBACK=1 shows where)") from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
-"""Calling workers: ``fetch`` resolves what a ``.remote()`` call returned; ``token_entropies`` asks the reference."""
+"""Calling workers: ``fetch`` resolves what a ``.remote()`` call returned; ``token_entropies`` asks the reference;
+``ActorLost`` stops a run whose learner died."""
 from __future__ import annotations
 
 import ray
+
+
+class ActorLost(RuntimeError):
+    """A role that cannot be restarted in place died (a learner rank: its process group is gone); the run stops and
+    a rerun of the same command resumes from the last checkpoint."""
 
 
 def fetch(x):

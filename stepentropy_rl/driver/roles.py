@@ -121,9 +121,11 @@ def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
 
 
 def spawn_reference(cfg: JobConfig, model_path: str):
-    """The frozen reference model (exact entropies for pruning, log-probs for the KL), on the GPU it reserves."""
+    """The frozen reference model (exact entropies for pruning, log-probs for the KL), on the GPU it reserves; Ray
+    restarts a dead one (it reloads ``model_path``) and retries the call."""
     c = cfg.cluster.reference
-    return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus).remote(
+    return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
+                                   max_task_retries=c.max_restarts).remote(
         model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
 
 
@@ -134,8 +136,11 @@ def reference_device(num_gpus: float) -> str:
 
 def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
     """The reward service: grades with ``data.grader`` on ``data.grade_span`` and scores every ``reward`` term;
-    ``skip_id`` and ``close_id`` are the policy tokenizer's ids of ``[SKIP]`` and ``</think>``."""
-    return RewardWorker.options(num_cpus=cfg.cluster.reward.num_cpus).remote(
+    ``skip_id`` and ``close_id`` are the policy tokenizer's ids of ``[SKIP]`` and ``</think>``. It keeps no state, so
+    Ray restarts a dead one and retries the call."""
+    c = cfg.cluster.reward
+    return RewardWorker.options(num_cpus=c.num_cpus, max_restarts=c.max_restarts,
+                                max_task_retries=c.max_restarts).remote(
         cfg.reward, cfg.data, skip_id, close_id, cfg.trainer.prune.delimiter)
 
 

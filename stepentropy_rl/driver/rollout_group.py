@@ -38,8 +38,11 @@ class WeightBroadcast:
         """Push the learners' current weights into every engine; returns the bytes sent."""
         if not self.open:
             self.reopen()
-        return fetch(self.learners.push_weights(self.plan) + [w.receive_weights.remote(self.plan)
-                                                               for w in self.engines])[0]
+        try:
+            return fetch(self.learners.push_weights(self.plan) + [w.receive_weights.remote(self.plan)
+                                                                   for w in self.engines])[0]
+        except ray.exceptions.RayActorError as e:
+            raise self.learners.lost(e, "a weight push") from e
 
 
 class RolloutGroup:

@@ -38,10 +38,15 @@ def _main(run_dir, *extra):
 @pytest.fixture(scope="module")
 def killed_then_resumed(micro_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train")
-    first = _main(run_dir, "trainer.grpo.crash_after_step=3", "trainer.grpo.kill_rollout_at_step=1")
+    first = _main(run_dir, "trainer.grpo.crash_after_step=3", "+trainer.grpo.kill_at_step.rollout=1",
+                  "+trainer.grpo.kill_at_step.reference=1", "+trainer.grpo.kill_at_step.reward=2")
     assert first.returncode != 0 and "simulated driver failure" in first.stderr + first.stdout
     # the vLLM rollout actor killed before step 1 was restarted by Ray, re-synced, and step 1 retried
     assert "rollout engine 0 died" in first.stderr + first.stdout
+    # the reference (before step 1) and the reward service (before step 2) were killed -9; Ray restarted each and the
+    # step's call was retried, so the run went on to the simulated crash after step 3
+    for role, step in (("reference", 1), ("reward", 2)):
+        assert f"fault injection: killed the {role} before step {step}" in first.stderr + first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
     second = _watched(run_dir, "cluster.include_dashboard=true")
     assert second.returncode == 0, second.stdout[-6000:]
@@ -146,3 +151,20 @@ def test_kl_reference_is_the_policy_grpo_starts_from(killed_then_resumed):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "phase/stage" in line]
     assert abs(steps[0]["actor/kl_loss"]) < 1e-6 and max(abs(s["actor/kl_loss"]) for s in steps) > 0
+
+
+def test_a_dead_learner_stops_the_run_with_one_line_and_the_rerun_resumes(micro_model, tmp_path):
+    """Learner rank 1 killed -9 before GRPO step 1 (step 0 checkpointed): the run stops naming it, without a
+    traceback and without a stage marked done that was not; the same command then resumes at step 1."""
+    run_dir = tmp_path / "learner_death"
+    few = ["trainer.grpo.steps=2", "trainer.grpo.save_every=1"]
+    first = _main(run_dir, *few, "+trainer.grpo.kill_at_step.learner=1")
+    assert first.returncode != 0
+    assert "run stopped: learner rank 1 of 2 died during" in first.stderr, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    assert not (run_dir / "stages" / "grpo.done").exists() and (run_dir / "grpo" / "step_1").is_dir()
+    second = _main(run_dir, *few)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "phase/stage" in line]
+    assert steps == [0, 1]

@@ -40,6 +40,8 @@ def test_default_sweep_builds_the_typed_config():
     ("data.grade_timeout_s=0", "data.grade_timeout_s"),
     ("data.grade_workers=0", "data.grade_workers"),
     ("trainer.prune.merge_runs=maybe", "merge_runs"),
+    ("+trainer.grpo.kill_at_step.driver=1", "trainer.grpo.kill_at_step roles must be among"),
+    ("cluster.reward.max_restarts=-1", "cluster.reward.max_restarts"),
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
