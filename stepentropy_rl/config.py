@@ -328,12 +328,13 @@ class GRPOConfig:
     steps: int = 40
     max_tokens: int = 160
     lr: float = 1e-4
-    save_every: int = 5
+    save_every: int = 1  # a killed run redoes the steps after its last checkpoint
+    keep_last: int = 2  # GRPO checkpoints kept on disk
     crash_after_step: Optional[int] = None  # fault injection (driver/faults.py): exit after this step
     kill_at_step: dict[str, int] = field(default_factory=dict)  # fault injection: {role: step} (driver/faults.py)
 
     def __post_init__(self):
-        positive(self, "steps", "max_tokens", "save_every", integer=True)
+        positive(self, "steps", "max_tokens", "save_every", "keep_last", integer=True)
         positive(self, "lr")
         roles = ("rollout", "reference", "reward", "learner")
         need(set(self.kill_at_step) <= set(roles), "kill_at_step", f"roles must be among {list(roles)}")

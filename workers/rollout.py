@@ -64,6 +64,17 @@ class Rollout:
         self.llm.reset_prefix_cache()
         return model_dir
 
+    def rng_state(self) -> bytes:
+        """The sampler's random state (requests without a seed draw from torch's global generator)."""
+        import torch
+
+        return torch.get_rng_state().numpy().tobytes()
+
+    def set_rng_state(self, state: bytes) -> None:
+        import torch
+
+        torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+
     def ping(self) -> str:
         return self.model_path
 

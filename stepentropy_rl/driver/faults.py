@@ -19,6 +19,13 @@ ROLES = ("rollout", "reference", "reward", "learner")
 log = logging.getLogger(__name__)
 
 
+def die_at(point: str) -> None:
+    """SIGKILL this process if ``STEPENTROPY_DIE_AT`` names ``point``: the kill harness's moments inside a stage
+    (``scripts/kill_harness.py``), where its work is done or its files half written but it is not marked done."""
+    if os.environ.get("STEPENTROPY_DIE_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _pid(_actor) -> int:
     return os.getpid()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from stepentropy_rl import algorithms
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.cot_format import THINK_CLOSE, thinking_tokens
+from stepentropy_rl.driver.faults import die_at
 from stepentropy_rl.driver.remote import fetch
 from stepentropy_rl.driver.tracking import require_finite
 from stepentropy_rl.files import atomic_write_text
@@ -91,12 +93,19 @@ class GRPOTrainer:
         return self.dir / marker.read_text().strip() if marker.exists() else None
 
     def save(self) -> None:
+        """Learner shards (DCP) and driver state under ``grpo/step_N``; the ``latest`` pointer moves only once both
+        are whole, then all but the last ``trainer.grpo.keep_last`` checkpoints are removed."""
         path = self.dir / f"step_{self.step}"
         self.learners.save_checkpoint(str(path / "learner"))
+        die_at("checkpoint_learner_saved")
         state = {"step": self.step, "epoch": self.prompts.epoch, "index": self.prompts.index,
-                 "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist()}
-        (path / "driver.json").write_text(json.dumps(state))
-        atomic_write_text(self.dir / "latest", path.name)  # the pointer moves only once the checkpoint is whole
+                 "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist(),
+                 "metrics_bytes": self.tracker.size(), "engine_rng": self.rollouts.rng_states()}
+        atomic_write_text(path / "driver.json", json.dumps(state))
+        atomic_write_text(self.dir / "latest", path.name)
+        steps = sorted((int(p.name.split("_")[1]) for p in self.dir.glob("step_*") if p.name.split("_")[1].isdigit()))
+        for old in steps[: -self.t.keep_last]:
+            shutil.rmtree(self.dir / f"step_{old}", ignore_errors=True)
 
     def resume(self) -> bool:
         path = self._latest()
@@ -107,6 +116,8 @@ class GRPOTrainer:
         self.step, self.prompts.epoch, self.prompts.index = state["step"], state["epoch"], state["index"]
         self.phase.load_state_dict(state["phase"])
         torch.random.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.tracker.rewind(state.get("metrics_bytes"))  # rows of steps after this checkpoint are made again
+        self.rollouts.set_rng_states(state.get("engine_rng"))  # the next rollouts sample as the first run's did
         self.push_weights()
         log.info("resumed GRPO from %s (step %d, stage %s)", path, self.step, self.phase.stage)
         return True

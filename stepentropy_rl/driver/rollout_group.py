@@ -3,6 +3,7 @@ loading saved weights for evaluation. The group knows what its engines serve, so
 """
 from __future__ import annotations
 
+import base64
 import logging
 import time
 
@@ -120,6 +121,23 @@ class RolloutGroup:
         if self.serving != str(model_dir):
             fetch([w.load_weights_from.remote(str(model_dir)) for w in self.engines])
             self.serving = str(model_dir)
+
+    # ---- random state -------------------------------------------------------------------------------------------
+    def rng_states(self) -> list[str]:
+        """Each engine's sampler state (base64), saved with every checkpoint and stage marker: a rerun after a crash
+        restores it (``set_rng_states``) and samples what the uninterrupted run would have."""
+        return [base64.b64encode(s).decode() for s in fetch([w.rng_state.remote() for w in self.engines])]
+
+    def set_rng_states(self, states: list[str] | None) -> bool:
+        """Restore ``rng_states``; False (and nothing changed) when there are none or the engine count differs."""
+        if not states:
+            return False
+        if len(states) != len(self.engines):
+            log.warning("not restoring the engines' random state: saved for %d engines, %d now; sampling differs "
+                        "from an uninterrupted run", len(states), len(self.engines))
+            return False
+        fetch([w.set_rng_state.remote(base64.b64decode(s)) for w, s in zip(self.engines, states)])
+        return True
 
     def kill(self, index: int = 0) -> None:
         """Kill engine ``index`` as a crash would (Ray restarts it); for fault injection."""

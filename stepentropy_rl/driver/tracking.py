@@ -48,6 +48,18 @@ class Tracker:
             shown = " ".join(f"{k.split('/')[-1]}={_fmt(row.get(k))}" for k in console_keys if k in row)
             log.info("step %d | %s", step, shown)
 
+    def size(self) -> int:
+        """Bytes of ``metrics.jsonl`` so far: a checkpoint or a finished stage records it (:meth:`rewind`)."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def rewind(self, size: int | None) -> None:
+        """Drop what was logged after ``size`` bytes: the rows of steps a killed run made after its last checkpoint
+        (or of a stage it did not finish), which the rerun makes again; so every step is in the file once, in
+        order. wandb keeps what it was sent."""
+        if size is not None and self.path.exists() and self.path.stat().st_size > size:
+            with self.path.open("r+b") as f:
+                f.truncate(size)
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()

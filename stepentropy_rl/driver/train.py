@@ -15,7 +15,7 @@ from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
 from stepentropy_rl.config import JobConfig
 from stepentropy_rl.data import write_jsonl
 from stepentropy_rl.driver import register_pipeline
-from stepentropy_rl.driver.faults import FaultInjection
+from stepentropy_rl.driver.faults import FaultInjection, die_at
 from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
 from stepentropy_rl.tokenizer import load_tokenizer
@@ -33,6 +33,18 @@ class Stages:
 
     def mark(self, name: str, info: dict | None = None) -> None:
         atomic_write_json(self.dir / f"{name}.done", info or {}, indent=None)
+
+    def info(self, name: str) -> dict:
+        """What ``mark`` recorded for a finished stage ({} if it is not done)."""
+        path = self.dir / f"{name}.done"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def latest(self, key: str):
+        """``key`` as the last finished stage that recorded it (in pipeline order) left it, or None."""
+        return next((self.info(s)[key] for s in reversed(ORDER) if key in self.info(s)), None)
+
+
+ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")
 
 
 def make_init_model(base: str, out: Path) -> None:
@@ -75,17 +87,21 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, cfg.to_dict(), name=run_dir.name)
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
                      "max_tokens": int(tc.eval.max_tokens)}
+    # a rerun after a crash: the engines' sampler state as the last finished stage left it, so that the next stage
+    # samples what it would have in one uninterrupted run (a GRPO checkpoint restores its own)
+    rollouts.set_rng_states(stages.latest("engine_rng"))
 
     def eval_stage(name: str, model_dir: Path) -> None:
         if stages.done(f"eval_{name}"):
             return
         rollouts.serve(str(model_dir))  # the engines read the shared run dir
         res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling)
+        die_at("eval_done")
         (run_dir / "eval").mkdir(exist_ok=True)
         atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
         log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
                  res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
-        stages.mark(f"eval_{name}", res)
+        stages.mark(f"eval_{name}", {**res, "engine_rng": rollouts.rng_states()})
 
     eval_stage("base", init)
     prune_dir = run_dir / "prune"
@@ -97,9 +113,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade,
                                            tc.prune, sampling, cfg.reference.batch_size)
         write_jsonl(prune_dir / "sft_data.jsonl", rows)
+        die_at("prune_written")
         atomic_write_json(prune_dir / "stats.json", stats)
         log.info("prune stage: %s", stats)
-        stages.mark("prune", stats)
+        stages.mark("prune", {**stats, "metrics_bytes": tracker.size(), "engine_rng": rollouts.rng_states()})
     rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
 
     lc = cfg.cluster.learner
@@ -107,25 +124,34 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id)
     try:
         if not stages.done("sft"):
+            tracker.rewind(stages.info("prune").get("metrics_bytes"))  # a killed SFT's rows are made again
             run_sft(rows, learners, tok, tc.sft, cfg.seed, tracker)
+            learners.save_checkpoint(str(run_dir / "sft_state"))  # the optimizer state GRPO continues with
             learners.save_hf(str(models / "sft"), str(init))
-            stages.mark("sft")
+            die_at("sft_saved")
+            stages.mark("sft", {"metrics_bytes": tracker.size()})
         eval_stage("sft", models / "sft")
         if not stages.done("grpo"):
             # KL reference: the policy GRPO starts from (verl, TRL), or the pre-SFT base (algorithm.kl_reference)
             if cfg.algorithm.kl_reference == "sft":
                 ray.get(reference.load.remote(str(models / "sft")))
+            fresh = not (run_dir / "grpo" / "latest").exists()
+            if fresh and start != init and (run_dir / "sft_state").exists():
+                learners.load_checkpoint(str(run_dir / "sft_state"))  # as if SFT had just finished in this run
+                log.info("GRPO starts from the SFT learners' state, SFT optimizer state included (%s)",
+                         run_dir / "sft_state")
             learners.set_lr(tc.grpo.lr)
             rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb)
             actors = roles.Actors(rollouts, reference, reward, learners)
             trainer = GRPOTrainer(cfg.algorithm, tc.grpo, cfg.reference, actors, train_problems, tok, run_dir, tracker,
                                   seed=cfg.seed)
             if not trainer.resume():
+                tracker.rewind(stages.info("sft").get("metrics_bytes"))  # rows of steps before any checkpoint
                 trainer.push_weights()
             faults = FaultInjection.from_config(tc.grpo)
             trainer.fit(hooks=[faults] if faults else [])
             learners.save_hf(str(models / "final"), str(init))
-            stages.mark("grpo", {"steps": trainer.step})
+            stages.mark("grpo", {"steps": trainer.step, "engine_rng": rollouts.rng_states()})
         eval_stage("final", models / "final")
     finally:
         learners.shutdown()

@@ -41,6 +41,9 @@ class Rollout:
         self.generate = _remote(self._generate)
         self.open_weight_group = _remote(lambda *a: None)
         self.receive_weights = _remote(lambda plan: len(plan))
+        self.rng = b"\x01"
+        self.rng_state = _remote(lambda: self.rng)
+        self.set_rng_state = _remote(lambda s: setattr(self, "rng", s))
 
     def _generate(self, prompts, sampling):
         assert all(isinstance(p, list) for p in prompts)
@@ -174,7 +177,7 @@ def test_fit_runs_hooks_around_steps_and_an_injected_crash_ends_it(tmp_path):
     from stepentropy_rl.driver.faults import FaultInjection
 
     t = _trainer(tmp_path, "trainer.grpo.steps=3", "trainer.grpo.save_every=1")
-    t.tracker = SimpleNamespace(log=lambda *a, **k: None)
+    t.tracker = SimpleNamespace(log=lambda *a, **k: None, size=lambda: 0)
     t.learners.save_checkpoint = lambda path: Path(path).mkdir(parents=True)
     seen = []
 
@@ -199,3 +202,30 @@ def test_prompt_stream_resumes_at_the_same_position():
     b = Prompts(probs, seed=3, epoch=a.epoch, index=a.index)
     assert a.next(8) == b.next(8)
     assert sorted(first + Prompts(probs, seed=3, epoch=0, index=7).next(3)) == probs
+
+
+def test_a_checkpoint_every_step_the_last_two_kept_and_a_resume_drops_rows_logged_after_its_checkpoint(tmp_path):
+    """Also: each checkpoint holds every engine's sampler state, and a resume gives it back to the new engines."""
+    import json
+
+    from stepentropy_rl.driver.tracking import Tracker
+
+    def trainer():
+        t = _trainer(tmp_path, "trainer.grpo.steps=3")  # save_every 1, keep_last 2: the CPU defaults
+        t.tracker = Tracker(tmp_path, "disabled")
+        t.learners.save_checkpoint = lambda path: Path(path).mkdir(parents=True)
+        t.learners.load_checkpoint = lambda path: None
+        return t
+
+    first = trainer()
+    for i, engine in enumerate(first.rollouts.engines):
+        engine.rng = bytes([7, i])
+    first.fit()
+    assert sorted(p.name for p in (tmp_path / "grpo").glob("step_*")) == ["step_2", "step_3"]
+    metrics = tmp_path / "metrics.jsonl"
+    with metrics.open("a") as f:  # a killed run logged a step after its last checkpoint, and half a row
+        f.write(json.dumps({"step": 3, "phase/stage": 0}) + "\n" + '{"step": 4, "pha')
+    again = trainer()
+    assert again.resume() and again.step == 3
+    assert [e.rng for e in again.rollouts.engines] == [bytes([7, 0]), bytes([7, 1])]
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [0, 1, 2]

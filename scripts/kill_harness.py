@@ -1,0 +1,164 @@
+"""kill -9 the main job at random moments and rerun the same command until it finishes; then check what survived.
+
+    python scripts/kill_harness.py --kills 10 --run-dir runs/harness -- +experiment=entropy_guided ...overrides
+
+Each attempt runs the command and the driver gets SIGKILL: at the named moments below (the driver kills itself there,
+``STEPENTROPY_DIE_AT``), a seeded random time into GRPO, or a seeded random time after start. After the last kill the command runs to the end. Checked:
+every rerun starts, the last one finishes; ``metrics.jsonl`` holds each GRPO step once, in order, and the SFT rows
+once; no GRPO step that a checkpoint held was done again; every stage is marked done and ``report.json`` is whole.
+With ``--reference-run DIR`` the same command also runs once without a kill into ``DIR``, and the two reports must be
+the same (the engines' sampler state is saved with every stage marker and checkpoint and restored on a rerun).
+The figures go to ``--out`` (JSON) and the console.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# moments inside the driver (stepentropy_rl.driver.faults.die_at), in the order the pipeline reaches them: a stage's
+# work is done or its files half written, and it is not marked done yet
+POINTS = ("eval_done", "prune_written", "sft_saved", "checkpoint_learner_saved")
+
+
+def _stage(run_dir: Path) -> str:
+    """Which stage the run was in: the first not marked done."""
+    from stepentropy_rl.driver.train import ORDER
+
+    done = {p.stem for p in (run_dir / "stages").glob("*.done")} if (run_dir / "stages").exists() else set()
+    return next((s for s in ORDER if s not in done), "report")
+
+
+def _latest(run_dir: Path) -> int | None:
+    marker = run_dir / "grpo" / "latest"
+    return int(marker.read_text().strip().split("_")[1]) if marker.exists() else None
+
+
+def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) -> dict:
+    """One run of ``cmd``. ``kill``: None (run to the end), ``("point", name)`` (the driver kills itself there),
+    ``("after", s)`` (SIGKILL ``s`` seconds after start) or ``("grpo", s)`` (``s`` seconds after this attempt logs
+    its first GRPO step, so that the kill lands mid-step, mid-sync or mid-checkpoint)."""
+    env = dict(os.environ, **({"STEPENTROPY_DIE_AT": kill[1]} if kill and kill[0] == "point" else {}))
+    start, deadline = time.time(), time.time() + timeout_s
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        fire = start + kill[1] if kill and kill[0] == "after" else None
+        while proc.poll() is None and time.time() < deadline:
+            if fire is None and kill and kill[0] == "grpo" and grpo_steps_logged(log.read_text(errors="replace")):
+                fire = time.time() + kill[1]
+            if fire is not None and time.time() >= fire:
+                os.kill(proc.pid, signal.SIGKILL)  # the driver, as kill -9 would
+                break
+            time.sleep(0.1)
+        if proc.poll() is None and fire is None:
+            proc.kill()
+        proc.wait()
+        try:  # what the dead driver started (its local Ray, the engines) goes with it, as on a crash of its machine
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return {"rc": proc.returncode, "seconds": round(time.time() - start, 1)}
+
+
+def grpo_steps_logged(log_text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"\] - step (\d+) \| stage=", log_text)]  # GRPO's console line, not SFT's
+
+
+def _report(run_dir: Path) -> dict:
+    path = run_dir / "report.json"
+    return json.loads(path.read_text())["models"] if path.exists() else {}
+
+
+def run(args, cmd: list[str]) -> dict:
+    run_dir = Path(args.run_dir)
+    logs = run_dir.parent / f"{run_dir.name}_harness_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    # in the order the run reaches them: inside eval, prune, SFT and the first checkpoint write; then random moments
+    # of GRPO; then inside the final eval; then random moments of start-up (Ray, vLLM, the learners coming up)
+    n_grpo = max(1, args.kills - len(POINTS) - 1 - args.startup_kills)
+    plan = [("point", p) for p in POINTS] + [("grpo", rng.uniform(0.0, args.grpo_window)) for _ in range(n_grpo)]
+    plan += [("point", "eval_done")] + [("after", rng.uniform(args.min_delay, args.max_delay))
+                                        for _ in range(args.startup_kills)]
+    attempts, violations = [], []
+    for i, kill in enumerate([*plan, None]):
+        before = {"stage": _stage(run_dir), "checkpoint": _latest(run_dir)}
+        res = _attempt(cmd, logs / f"attempt_{i:02d}.log", kill, args.timeout)
+        text = (logs / f"attempt_{i:02d}.log").read_text(errors="replace")
+        steps = grpo_steps_logged(text)
+        if before["checkpoint"] is not None and steps and min(steps) < before["checkpoint"]:
+            violations.append(f"attempt {i} redid GRPO step {min(steps)} although step_{before['checkpoint']} "
+                              "was checkpointed")
+        if (before["stage"] == "grpo" and before["checkpoint"] is None and steps
+                and "SFT optimizer state included" not in text):
+            violations.append(f"attempt {i} started GRPO without the SFT learners' optimizer state")
+        attempts.append({"attempt": i, "kill": kill and (kill[1] if kill[0] == "point" else f"{kill[0]} +{kill[1]:.1f} s"),
+                         "stage_at_start": before["stage"], "stage_at_end": _stage(run_dir), **res,
+                         "grpo_steps_run": steps})
+        print(json.dumps(attempts[-1]), flush=True)
+        if kill is None and res["rc"] != 0:
+            violations.append(f"the final rerun failed with exit code {res['rc']} (see {logs})")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grpo = [r["step"] for r in rows if "phase/stage" in r]
+    sft = [r["step"] for r in rows if "sft/nll" in r]
+    if grpo != list(range(len(grpo))):
+        violations.append(f"metrics.jsonl GRPO steps are not each once in order: {grpo}")
+    if sft != sorted(set(sft)):
+        violations.append(f"metrics.jsonl SFT steps repeat: {sft}")
+    models = _report(run_dir)
+    if set(models) != {"base", "sft", "final"}:
+        violations.append("report.json is missing or incomplete")
+    differs = None
+    if args.reference_run:  # the same command, never killed
+        ref_dir = Path(args.reference_run)
+        if not (ref_dir / "report.json").exists():
+            _attempt([c if not c.startswith("run_dir=") else f"run_dir={ref_dir}" for c in cmd],
+                     logs / "reference.log", None, args.timeout)
+        reference = _report(ref_dir)
+        differs = {m: {k: [v, reference.get(m, {}).get(k)] for k, v in models.get(m, {}).items()
+                       if v != reference.get(m, {}).get(k)} for m in ("base", "sft", "final")}
+        differs = {m: d for m, d in differs.items() if d}
+        if differs or not reference:
+            violations.append(f"the report differs from the uninterrupted run's ({ref_dir}): {differs}")
+    killed = [a for a in attempts if a["rc"] == -signal.SIGKILL]
+    out = {"kills": len(killed), "attempts": attempts, "grpo_steps": grpo, "sft_rows": len(sft),
+           "stages_killed": sorted({a["stage_at_end"] for a in killed}), "report": models,
+           "report_differs_from_uninterrupted": differs, "violations": violations}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grpo-window", type=float, default=1.5,
+                    help="GRPO kills land up to this many seconds after an attempt's first GRPO step")
+    ap.add_argument("--startup-kills", type=int, default=2)
+    ap.add_argument("--min-delay", type=float, default=3.0, help="seconds after start, for the start-up kills")
+    ap.add_argument("--max-delay", type=float, default=15.0)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for the final, uninterrupted rerun")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--reference-run", default=None,
+                    help="also run the command once without a kill into this directory (kept if it has a report) and "
+                         "require the same report")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the main job (after --)")
+    args = ap.parse_args()
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", f"run_dir={args.run_dir}", *args.overrides]
+    out = run(args, cmd)
+    print(f"{out['kills']} kills in stages {out['stages_killed']}; GRPO steps {out['grpo_steps']}; "
+          f"violations: {out['violations'] or 'none'}")
+    sys.exit(1 if out["violations"] else 0)
+
+
+if __name__ == "__main__":
+    main()
