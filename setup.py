@@ -10,6 +10,7 @@ CORE = [
     "safetensors>=0.4",
     "verl==0.9.1",
     "math-verify==0.9.0",
+    "datasets>=3",  # data.path: Parquet files and dataset directories; data/prepare_*.py write verl's Parquet
     "pebble==5.2.3",  # the math grader's worker processes (killed and replaced on a hung parse)
     "psutil>=5.9",  # the loopback interface of a local run
     "numpy",

@@ -64,10 +64,19 @@ class ModelConfig:
              "or model.standin must be set when model.path is null")
 
 
+# DeepSeek-R1's usage recommendation for math: the directive in the user message, no system prompt
+R1_INSTRUCTION = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
 @dataclass
 class DataConfig:
-    path: Optional[str] = None  # held-out JSONL; null = generated from ``task``
-    train_path: Optional[str] = None  # training JSONL; null = generated from ``task``
+    path: Optional[str] = None  # held-out problems (.jsonl/.json/.parquet/dataset dir); null = generated from ``task``
+    train_path: Optional[str] = None  # training problems, the same kinds; null = generated from ``task``
+    prompt_key: str = "prompt"  # a string or chat messages (verl)
+    answer_key: Optional[str] = None  # dotted for nested fields; null = "answer", else verl's reward_model.ground_truth
+    prompt_template: str = R1_INSTRUCTION  # the user message; {prompt} is the question
+    system_prompt: Optional[str] = None  # a system message for every prompt (a row's own comes first)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # to apply_chat_template, e.g. enable_thinking
     grader: str = "exact"
     grade_span: str = "answer"
     seed: int = 0
@@ -78,10 +87,20 @@ class DataConfig:
     task: Optional[BasketConfig] = None
 
     def __post_init__(self):
-        from stepentropy_rl.tasks.grading import GRADERS
+        from stepentropy_rl.hooks import split_spec
+        from stepentropy_rl.tasks.grading import GRADERS, get_grader
 
-        one_of(self, "grader", GRADERS)
+        spec = split_spec(self.grader)
+        if spec:  # a user's grader: by absolute path, since the reward actor may run elsewhere; loaded once to check
+            self.grader = f"{Path(spec[0]).expanduser().resolve()}:{spec[1]}"
+            try:
+                get_grader(self.grader)
+            except ValueError as e:
+                raise ConfigError(str(e).removeprefix("data.")) from None  # from_dict puts "data." back
+        else:
+            one_of(self, "grader", GRADERS)
         one_of(self, "overlong", ("error", "skip"))
+        need("{prompt}" in self.prompt_template, "prompt_template", "must contain {prompt}, where the question goes")
         one_of(self, "grade_span", GRADE_SPANS)
         positive(self, "n_eval", "grade_workers", integer=True)
         positive(self, "grade_timeout_s")
@@ -99,10 +118,12 @@ class RolloutConfig:
     seed: int = 0
     topk_logprobs: int = 20
     kv_cache_gib: int = 1
+    log_level: str = "WARNING"  # vLLM's own logging in the engines (VLLM_LOGGING_LEVEL): INFO prints every request
     engine: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         positive(self, "temperature", "answer_temperature", "topk_logprobs", "kv_cache_gib", allow_zero=True)
+        one_of(self, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
         positive(self, "max_tokens", "answer_max_tokens", integer=True)
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         limit = self.engine.get("max_model_len")
@@ -354,6 +375,8 @@ class EvalConfig:
 class LoggerConfig:
     wandb: str = "offline"  # offline | online | disabled
     project: str = "stepentropy_rl"
+    group: Optional[str] = None  # wandb group; null = the sweep directory under a Hydra multirun
+    tensorboard: bool = False  # also write TensorBoard event files under run_dir/tensorboard
 
     def __post_init__(self):
         one_of(self, "wandb", ("offline", "online", "disabled"))
@@ -397,13 +420,18 @@ class JobConfig:
         from stepentropy_rl.rewards import stage_rewards
 
         train = self.pipeline == "train"
-        need(self.data.task is not None or (self.data.path is not None and self.model.tiny is None
+        need(self.data.task is not None or self.model.tiny is None, "model",
+             "is the tiny reasoner, which knows only the embedded task (data=basket); with other data choose a "
+             "model, e.g. model=r1_distill_qwen_7b model.path=/path/to/checkpoint")
+        need(self.data.task is not None or (self.data.path is not None
                                             and (not train or self.data.train_path is not None)),
-             "data.task", "must be set to generate problems (data.path or data.train_path is null, or the tiny "
-                          "reasoner is trained on the task)")
+             "data.task", "must be set to generate problems (data.path or data.train_path is null)")
         a, world = self.algorithm, self.cluster.learner.world_size
         need(a.ppo_mini_batch_size * a.n_samples >= world, "algorithm.ppo_mini_batch_size",
              f"* algorithm.n_samples must be >= cluster.learner.world_size ({world}): every rank needs a sample")
+        custom = self.reward.get("custom")
+        if isinstance(custom, dict) and custom.get("path"):  # the reward actor may run elsewhere: an absolute path
+            custom["path"] = str(Path(custom["path"]).expanduser().resolve())
         try:
             stage_rewards(self.reward)
         except (TypeError, ValueError, KeyError) as e:
@@ -422,13 +450,16 @@ def build(cfg: DictConfig | dict, check_paths: bool = True) -> JobConfig:
     raw.pop("hydra", None)
     job = from_dict(JobConfig, raw)
     if check_paths:
+        from stepentropy_rl.data import prepare_hint
+
         for key, path, is_dir in (("model.path", job.model.path, True), ("data.path", job.data.path, False),
                                   ("data.train_path", job.data.train_path if job.pipeline == "train" else None,
                                    False)):
             if path is not None:
                 p = Path(path).expanduser()
-                if not (p.is_dir() if is_dir else p.is_file()):
-                    raise ConfigError(f"{key}: no such {'model directory' if is_dir else 'file'} {path!r}")
+                if not (p.is_dir() if is_dir else p.exists()):  # data: a file or a dataset directory
+                    raise ConfigError(f"{key}: no such {'model directory' if is_dir else 'file'} {path!r}"
+                                      + ("" if is_dir else prepare_hint(p)))
     return job
 
 

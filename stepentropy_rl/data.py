@@ -1,20 +1,33 @@
-"""Problems for the pipeline: generated from the embedded task, or read from a JSONL file in the project's format.
+"""Problems for the pipeline: generated from the embedded task, or read from a file or a dataset directory.
 
-Format, one JSON object a line::
+``load_problems(path)`` reads, by what ``path`` is:
+
+- ``.jsonl``: the project's format, one JSON object a line::
 
     {"id": "gsm8k-17", "prompt": "question text", "answer": "42",
      "solution": "optional reference response", "steps": [{"text": ..., "label": "essential"|"redundant"}]}
 
-``prompt`` and ``answer`` are required; a malformed row raises ``DataError`` naming the file and line.
+- ``.json``: a JSON array of such objects;
+- ``.parquet``: verl's schema (``prompt`` as chat messages, ``data_source``, ``reward_model.ground_truth``,
+  ``extra_info``), as verl's ``examples/data_preprocess`` scripts and ``data/prepare_*.py`` write it, or flat rows;
+- a directory: a Hugging Face dataset saved with ``save_to_disk``, or a folder of data files ``datasets`` can read
+  (a hub snapshot); a ``DatasetDict`` gives its ``test`` split for evaluation and ``train`` for training.
+
+The prompt is ``prompt_key`` (a string, or chat messages whose last user message is the question); the answer is
+``answer_key`` (dotted for nested fields; by default ``answer``, else verl's ``reward_model.ground_truth``). A row
+that cannot be used raises ``DataError`` naming ``file:line`` (``file:row N`` for Parquet and datasets).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepentropy_rl.files import atomic_write_jsonl
 from stepentropy_rl.tasks.basket import BasketConfig, generate
+
+VERL_ANSWER = "reward_model.ground_truth"
 
 
 class DataError(ValueError):
@@ -23,7 +36,8 @@ class DataError(ValueError):
 
 @dataclass
 class Example:
-    """One problem: its prompt, the answer to grade against, and (embedded task) a gold solution with step labels."""
+    """One problem: its prompt, the answer to grade against, and (embedded task) a gold solution with step labels.
+    ``data_source`` and ``extra_info`` are verl's, passed on to custom reward functions."""
 
     id: str
     prompt: str
@@ -31,49 +45,104 @@ class Example:
     solution: str | None = None
     steps: list = field(default_factory=list)  # [{"text", "label", "kind"}] when known
     where: str = ""  # "file:line" of a row read from a file, for error messages
+    system: str | None = None  # a system message that came with the row (verl's chat prompts)
+    data_source: str = ""
+    extra_info: dict = field(default_factory=dict)
+    chat_kwargs: dict = field(default_factory=dict)  # to the chat template (data.chat_template_kwargs)
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
-    """Every row of a JSONL file as an ``Example``; a ``DataError`` naming ``file:line`` for a row that is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.path: no such file {str(path)!r}")
-    rows = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:  # a UTF-8 byte-order mark (Windows editors write one) is dropped from the first line
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column "
-                                f"{e.start + 1}); re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            rows.append(parse_row(line, f"{path}:{lineno}"))
+def as_asked(problems: list[Example], template: str = "{prompt}", system: str | None = None,
+             chat_kwargs: dict | None = None) -> list[Example]:
+    """The problems as the model is asked them: the question put into ``template`` at ``{prompt}``, ``system`` as
+    the system message where a row has none, ``chat_kwargs`` for the chat template."""
+    return [dataclasses.replace(p, prompt=template.replace("{prompt}", p.prompt), system=p.system or system,
+                                chat_kwargs=dict(chat_kwargs or {})) for p in problems]
+
+
+def load_problems(path: str | Path, prompt_key: str = "prompt", answer_key: str | None = None,
+                  split: str = "test") -> list[Example]:
+    """Every row of ``path`` (see the module doc) as an ``Example``; ``split``: which split of a ``DatasetDict``."""
+    return [to_example(row, where, prompt_key, answer_key) for where, row in read_rows(path, split)]
+
+
+def load_jsonl(path: str | Path, prompt_key: str = "prompt", answer_key: str | None = None) -> list[Example]:
+    """Every row of a JSONL file as an ``Example`` (``load_problems`` of a ``.jsonl`` file)."""
+    return load_problems(path, prompt_key, answer_key)
+
+
+def read_rows(path: str | Path, split: str = "test") -> list[tuple[str, object]]:
+    """``(where, row)`` for every row of ``path`` as it is stored (any kind in the module doc); ``where`` is
+    ``file:line`` or ``file:row N``. A file that cannot be read, or holds no rows, raises ``DataError``."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"data.path: no such file {str(path)!r}{prepare_hint(path)}")
+    if path.is_dir():
+        rows = _dataset_rows(path, split)
+    elif path.suffix == ".parquet":
+        rows = _parquet_rows(path)
+    elif path.suffix == ".json":
+        rows = _json_rows(path)
+    else:
+        rows = _jsonl_rows(path)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
 
 
-def parse_row(line: str, where: str) -> Example:
-    """One JSON row (``prompt``, ``answer``; optional ``id``, ``solution``, ``steps``); ``where`` names it in errors."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+def _jsonl_rows(path: Path) -> list[tuple[str, object]]:
+    rows = []
+    with path.open("rb") as f:
+        if f.read(4) == b"PAR1":  # verl's datasets are Parquet: read as one, not as broken text
+            raise DataError(f"{path}: this is a Parquet file; give it the .parquet suffix")
+        f.seek(0)
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:  # a UTF-8 byte-order mark (Windows editors write one) is dropped from the first line
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column "
+                                f"{e.start + 1}); re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                rows.append((where, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def to_example(row, where: str, prompt_key: str = "prompt", answer_key: str | None = None) -> Example:
+    """One row (a dict) as an ``Example``: the prompt and answer checked, verl's chat prompt and ground truth read."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    prompt, answer = row.get("prompt"), row.get("answer")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError(f"{where}: 'prompt' must be a non-empty string")
+    prompt, system = _prompt(row.get(prompt_key), where, prompt_key)
+    key = answer_key or ("answer" if "answer" in row or "reward_model" not in row else VERL_ANSWER)
+    answer = _get(row, key)
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if not isinstance(answer, str) or not answer.strip():
-        raise DataError(f"{where}: 'answer' must be a non-empty string or number")
-    steps = row.get("steps") or []
+        raise DataError(f"{where}: '{key}' must be a non-empty string or number")
+    extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
+    steps = row.get("steps") or _json_list(extra.get("steps"))  # verl's Parquet (to_verl_row) keeps them as text
     if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in steps):
         raise DataError(f"{where}: 'steps' must be a list of objects with a 'text' string")
-    return Example(id=str(row.get("id", where)), prompt=prompt, answer=answer.strip(),
-                   solution=row.get("solution"), steps=steps, where=where)
+    source = str(row.get("data_source") or "")
+    pid = row.get("id", row.get("unique_id", extra.get("id") or None))
+    if pid is None and "index" in extra:
+        pid = f"{source or 'row'}-{extra['index']}"
+    return Example(id=str(pid if pid is not None else where), prompt=prompt, answer=answer.strip(),
+                   solution=row.get("solution") or extra.get("solution") or None, steps=steps, where=where, system=system, data_source=source,
+                   extra_info=extra)
+
+
+def to_verl_row(ex: Example, data_source: str, split: str, index: int, ability: str = "math") -> dict:
+    """``ex`` in verl's RL dataset schema (the question as the user message; the project's fields in ``extra_info``)."""
+    messages = ([{"role": "system", "content": ex.system}] if ex.system else []) + [
+        {"role": "user", "content": ex.prompt}]
+    extra = {"split": split, "index": index, "id": ex.id, "solution": ex.solution or "",
+             "steps": json.dumps(ex.steps) if ex.steps else ""}
+    return {"data_source": data_source, "prompt": messages, "ability": ability,
+            "reward_model": {"style": "rule", "ground_truth": ex.answer}, "extra_info": extra}
 
 
 def generated(task: BasketConfig, n: int, seed: int, split: str) -> list[Example]:
@@ -84,3 +153,85 @@ def generated(task: BasketConfig, n: int, seed: int, split: str) -> list[Example
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     """Write rows atomically (temp file, then rename): a crash never leaves a half-written file."""
     atomic_write_jsonl(path, rows)
+
+
+# ---- readers -------------------------------------------------------------------------------------------------------
+def _json_list(text):
+    try:
+        return json.loads(text) if isinstance(text, str) and text.startswith("[") else []
+    except json.JSONDecodeError:
+        return None  # reported as bad 'steps'
+
+
+def _get(row: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(row, dict):
+            return None
+        row = row.get(part)
+    return row
+
+
+def _prompt(value, where: str, key: str) -> tuple[str, str | None]:
+    """(question, system message) from a string or verl's chat messages."""
+    system = None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value):
+        users = [m.get("content") for m in value if m.get("role") == "user"]
+        system = next((m.get("content") for m in value if m.get("role") == "system"), None)
+        value = users[-1] if users else None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: '{key}' must be a non-empty string or chat messages with a user message")
+    return value, system
+
+
+def _json_rows(path: Path) -> list[tuple[str, object]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {e.start}); re-save the file as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file holds one array of rows "
+                        "(use .jsonl for one row a line)") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json file must hold a JSON array of rows, got {type(data).__name__}")
+    return [(f"{path}:[{i}]", row) for i, row in enumerate(data)]
+
+
+def _parquet_rows(path: Path) -> list[tuple[str, object]]:
+    import datasets
+    from datasets import Dataset
+
+    datasets.disable_progress_bars()  # one small local file: no bars on the console
+    try:
+        ds = Dataset.from_parquet(str(path), keep_in_memory=True)
+    except Exception as e:  # pyarrow's ArrowInvalid and friends: not a Parquet file
+        raise DataError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
+    return [(f"{path}:row {i + 1}", row) for i, row in enumerate(ds)]
+
+
+def _dataset_rows(path: Path, split: str) -> list[tuple[str, object]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            ds = datasets.load_from_disk(str(path), keep_in_memory=True)
+        else:
+            ds = datasets.load_dataset(str(path), keep_in_memory=True)
+    except Exception as e:
+        raise DataError(f"{path}: not a dataset directory the datasets library can read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = [split] + (["validation"] if split == "test" else [])
+        name = next((n for n in names if n in ds), None)
+        if name is None:
+            raise DataError(f"{path}: no '{split}' split (it has {sorted(ds)})")
+        ds = ds[name]
+    return [(f"{path}:row {i + 1}", row) for i, row in enumerate(ds)]
+
+
+def prepare_hint(path: Path) -> str:
+    """Where a file ``data/prepare_<name>.py`` writes (``data/<name>_<split>.*``) is missing: say how to make it."""
+    name = path.name.split("_")[0]
+    script = Path(__file__).resolve().parents[1] / "data" / f"prepare_{name}.py"
+    return f" (write it with: python data/prepare_{name}.py; see data/README.md)" if script.exists() else ""

@@ -20,7 +20,21 @@ log = logging.getLogger("stepentropy_rl")
 @hydra.main(version_base=None, config_path="pkg://stepentropy_rl.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(cfg.log_level)
-    launch(cfg)
+    launch(in_sweep_group(cfg))
+
+
+def in_sweep_group(cfg: DictConfig) -> DictConfig:
+    """Under a Hydra multirun, the jobs' trackers share a group: the sweep directory (unless ``trainer.logger.group``
+    names one)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    if hc is not None and hc.mode == RunMode.MULTIRUN and cfg.trainer.logger.get("group") is None:
+        with open_dict(cfg):
+            cfg.trainer.logger.group = str(hc.sweep.dir)
+    return cfg
 
 
 def launch(cfg: DictConfig) -> None:

@@ -29,10 +29,14 @@ class Sample:
     length: int = 0  # len(response_ids)
     answered: bool = False  # closed </think> and has a \boxed{...} answer after it
     answer_pos: int | None = None  # token index where the answer's \boxed{ starts
+    ground_truth: str = ""  # the problem's answer; with data_source and extra_info, what verl's scorers take
+    data_source: str = ""
+    extra_info: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter: str = "\n\n",
-                close_id: int | None = None) -> Sample:
+                close_id: int | None = None, ground_truth: str = "", data_source: str = "",
+                extra_info: dict | None = None) -> Sample:
     """Build a `Sample` from a response's ids and text (decoded WITHOUT skipping special tokens).
 
     Counts come from the ids: ``[SKIP]`` is ``skip_id`` (so a text decoded with ``skip_special_tokens=True`` still
@@ -54,7 +58,8 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     if answered:
         answer_pos = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
     return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids.count(int(skip_id)),
-                  n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos)
+                  n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos,
+                  ground_truth=str(ground_truth), data_source=str(data_source or ""), extra_info=dict(extra_info or {}))
 
 
 TERMS = Registry("reward term", reserved=("total",))  # name -> term(s: Sample, **params) -> float
@@ -152,6 +157,20 @@ def format_reward(s: Sample, *, value: float = 0.5) -> float:
     return float(value) if s.answered else 0.0
 
 
+@register_term("custom")
+def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
+    r"""$r = \mathrm{name}(\mathrm{data\_source}, y, \mathrm{ground\_truth}, \mathrm{extra\_info})$: a user's scorer with
+    verl's ``compute_score`` signature, from the file ``path`` (``reward.custom``); a dict result gives its ``score``.
+    Only loaded, not called, when the config is checked."""
+    from stepentropy_rl.hooks import load_function
+
+    fn = load_function(path, name, "reward.custom")
+    if s is _PROBE:  # the config check: the file and the function exist; the user's code runs on real samples only
+        return 0.0
+    score = fn(s.data_source, s.text, s.ground_truth, s.extra_info)
+    return _real(f"reward.custom: {name}() returned", score["score"] if isinstance(score, dict) else score)
+
+
 @dataclass
 class TermSpec:
     name: str
@@ -227,6 +246,17 @@ def from_config(cfg_terms, path: str = "reward.terms") -> RewardFn:
 
 
 def stage_rewards(reward_cfg) -> dict[str, RewardFn]:
-    """One `RewardFn` per stage of a ``reward`` config group (``stages: {name: [terms]}``)."""
-    return {name: from_config(reward_cfg["stages"][name], path=f"reward.stages.{name}")
+    """One `RewardFn` per stage of a ``reward`` config group (``stages: {name: [terms]}``). ``custom: {path, name,
+    weight}`` adds the term ``custom`` (a user's verl-style scorer) to every stage when its ``path`` is set."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(reward_cfg):
+        reward_cfg = OmegaConf.to_container(reward_cfg, resolve=True)
+    extra, c = [], reward_cfg.get("custom")
+    if c is not None and (not isinstance(c, dict) or set(c) - {"path", "name", "weight"}):
+        raise ValueError(f"reward.custom must be {{path, name, weight}} (name and weight optional), got {c!r}")
+    if c and c.get("path"):  # path null: no custom term
+        extra = [{"name": "custom", "weight": c.get("weight", 1.0),
+                  "params": {"path": str(c["path"]), "name": c.get("name") or "compute_score"}}]
+    return {name: from_config(list(reward_cfg["stages"][name]) + extra, path=f"reward.stages.{name}")
             for name in reward_cfg["stages"]}

@@ -50,10 +50,19 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, path: str | Path) -> None:
     tok.save_pretrained(str(path))
 
 
-def prompt_text(tokenizer, question: str) -> str:
-    """The chat-formatted prompt, ending with the generation prompt (``...assistant\\n<think>\\n``)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+def prompt_text(tokenizer, prompt) -> str:
+    """The chat-formatted prompt, ending with the generation prompt (``...assistant\\n<think>\\n``).
+
+    ``prompt``: the user message (a string), or a problem (``data.Example``, or a row dict) with ``prompt`` and
+    optional ``system`` and ``chat_kwargs`` (extra chat-template arguments, e.g. Qwen3's ``enable_thinking``)."""
+    if isinstance(prompt, str):
+        question, system, kwargs = prompt, None, {}
+    elif isinstance(prompt, dict):
+        question, system, kwargs = prompt["prompt"], prompt.get("system"), prompt.get("chat_kwargs") or {}
+    else:
+        question, system, kwargs = prompt.prompt, getattr(prompt, "system", None), getattr(prompt, "chat_kwargs", {})
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -67,10 +76,10 @@ def count_tokens(tokenizer, text: str) -> int:
     return len(encode(tokenizer, text))
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
+def prompt_ids(tokenizer, prompt) -> list[int]:
     """The one tokenization of a prompt that every actor uses: the rollout engines get these ids (never text, which
     vLLM would tokenize again with the tokenizer's BOS added), the learners and the reference score them."""
-    return encode(tokenizer, prompt_text(tokenizer, question))
+    return encode(tokenizer, prompt_text(tokenizer, prompt))
 
 
 def load_tokenizer(path: str | Path):

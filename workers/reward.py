@@ -17,7 +17,8 @@ from stepentropy_rl.tasks.grading import grader_of
 class RewardService:
     """``skip_id`` and ``close_id`` are the ids of ``[SKIP]`` and ``</think>``; ``data`` names the grader and the
     span it reads (``answer``: the text after ``</think>``, so a truncated response is wrong whatever its thinking
-    holds)."""
+    holds). A user's scorer (``reward.custom``) or grader (``data.grader=file.py:function``) is imported here, in
+    the actor's own process, from its file."""
 
     def __init__(self, reward_cfg: dict, data: DataConfig, skip_id: int, close_id: int, delimiter: str = "\n\n"):
         self.fns = stage_rewards(reward_cfg)
@@ -29,10 +30,12 @@ class RewardService:
         of ``stage``, for the responses of ``batch`` (its ``text`` and ``answer`` meta; counts from its ids)."""
         if stage not in self.fns:
             raise ValueError(f"reward.stages has no stage {stage!r}; stages: {sorted(self.fns)}")
-        fn, out = self.fns[stage], []
-        grades = self.grade.many(batch.meta["text"], batch.meta["answer"])
-        for i, (text, correct) in enumerate(zip(batch.meta["text"], grades)):
-            s = make_sample(batch.response_ids(i), text, correct, self.skip_id, self.delimiter, self.close_id)
+        fn, out, meta = self.fns[stage], [], batch.meta
+        grades = self.grade.many(meta["text"], meta["answer"])
+        for i, (text, correct) in enumerate(zip(meta["text"], grades)):
+            s = make_sample(batch.response_ids(i), text, correct, self.skip_id, self.delimiter, self.close_id,
+                            ground_truth=meta["answer"][i], data_source=meta.get("data_source", [""] * len(grades))[i],
+                            extra_info=meta.get("extra_info", [{}] * len(grades))[i])
             terms = fn(s)
             terms.update(correct=float(correct), length=float(s.length), n_skip=float(s.n_skip),
                          answered=float(s.answered))

@@ -18,11 +18,14 @@ class Rollout:
     same tokenization.
 
     ``engine`` holds extra ``vllm.LLM`` keyword arguments (``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
-    ``enforce_eager``, ...). On CPU the KV cache size comes from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``).
+    ``enforce_eager``, ...). On CPU the KV cache size comes from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``);
+    ``log_level`` is vLLM's own (``rollout.log_level``).
     """
 
-    def __init__(self, model_path: str, engine: dict | None = None, seed: int = 0, kv_cache_gib: int = 1):
+    def __init__(self, model_path: str, engine: dict | None = None, seed: int = 0, kv_cache_gib: int = 1,
+                 log_level: str = "WARNING"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        os.environ["VLLM_LOGGING_LEVEL"] = log_level  # read when vllm is first imported, just below
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process per actor: simpler under Ray
         from vllm import LLM
 

@@ -26,7 +26,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     step)."""
     from stepentropy_rl.tasks.basket import diagnose, label_step
 
-    prompts = [prompt_ids(tokenizer, p.prompt) for p in problems]
+    prompts = [prompt_ids(tokenizer, p) for p in problems]
     outs = rollout.generate(prompts, {**sampling, "n": 1, "skip_special_tokens": False})
     close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
     skip_id = tokenizer.get_vocab().get(skip_token)

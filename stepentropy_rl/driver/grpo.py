@@ -134,7 +134,7 @@ class GRPOTrainer:
         a, t, timing = self.a, self.t, {}
         stage = self.phase.stage
         problems = self.prompts.next(a.prompts_per_step)
-        pids = [prompt_ids(self.tok, p.prompt) for p in problems]  # the one tokenization every actor sees
+        pids = [prompt_ids(self.tok, p) for p in problems]  # the one tokenization every actor sees
         temperature = float(a.temperature[stage])  # log-probs, KL and entropies are of the sampling distribution
         sampling = {"n": a.n_samples, "temperature": temperature, "top_p": float(a.top_p),
                     "max_tokens": int(t.max_tokens), "skip_special_tokens": False}
@@ -145,7 +145,9 @@ class GRPOTrainer:
         flat = [(i, s) for i, o in enumerate(outs) for s in o]
         batch = Batch.from_pairs([pids[i] for i, _ in flat], [s["token_ids"] for _, s in flat], self.pad_id,
                                  group=[i for i, _ in flat], text=[s["text"] for _, s in flat],
-                                 answer=[problems[i].answer for i, _ in flat])
+                                 answer=[problems[i].answer for i, _ in flat],
+                                 data_source=[getattr(problems[i], "data_source", "") for i, _ in flat],
+                                 extra_info=[getattr(problems[i], "extra_info", {}) for i, _ in flat])
 
         # One update per rollout batch: the PPO ratio is 1 at that update, so the old log-probs (and the entropy)
         # come from the update's own forward; with mini-batches or epochs they are scored here, before any update.

@@ -115,7 +115,7 @@ def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
     # served before retrying (RolloutGroup.generate).
     engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
                                      max_task_retries=0).remote(
-        model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib)
+        model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
         for _ in range(int(c.num_workers))]
     return RolloutGroup(engines, model_path)
 

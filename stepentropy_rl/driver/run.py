@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from stepentropy_rl.bootstrap import ensure_tiny_model
 from stepentropy_rl.config import JobConfig, check_context, context_needs
-from stepentropy_rl.data import DataError, generated, load_jsonl
+from stepentropy_rl.data import DataError, as_asked, generated, load_problems
 from stepentropy_rl.files import atomic_write_json
 from stepentropy_rl.tasks.grading import grader_of
 from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
@@ -38,15 +38,22 @@ def resolve_model(cfg: JobConfig) -> str:
 
 
 def eval_problems(cfg: JobConfig):
-    if cfg.data.path:
-        return load_jsonl(cfg.data.path)[: cfg.data.n_eval]
-    return generated(cfg.data.task, cfg.data.n_eval, cfg.data.seed, "test")
+    """The held-out problems as the model is asked them (``data.prompt_template``, ``system_prompt``, ...)."""
+    d = cfg.data
+    if d.path:
+        problems = load_problems(d.path, d.prompt_key, d.answer_key, "test")[: d.n_eval]
+    else:
+        problems = generated(d.task, d.n_eval, d.seed, "test")
+    return as_asked(problems, d.prompt_template, d.system_prompt, d.chat_template_kwargs)
 
 
 def train_problems(cfg: JobConfig):
-    if cfg.data.train_path:
-        return load_jsonl(cfg.data.train_path)[: cfg.trainer.n_train]
-    return generated(cfg.data.task, cfg.trainer.n_train, cfg.data.seed, "train")
+    d = cfg.data
+    if d.train_path:
+        problems = load_problems(d.train_path, d.prompt_key, d.answer_key, "train")[: cfg.trainer.n_train]
+    else:
+        problems = generated(d.task, cfg.trainer.n_train, d.seed, "train")
+    return as_asked(problems, d.prompt_template, d.system_prompt, d.chat_template_kwargs)
 
 
 def fit_context(cfg: JobConfig, model_path: str, tok, problems: list, what: str) -> list:
@@ -61,7 +68,7 @@ def fit_context(cfg: JobConfig, model_path: str, tok, problems: list, what: str)
                                                                  "max_position_embeddings", None)
     if not problems or not limit:
         return problems
-    lengths = [len(prompt_ids(tok, p.prompt)) for p in problems]
+    lengths = [len(prompt_ids(tok, p)) for p in problems]
     check_context(cfg, min(lengths), limit)  # the shortest prompt: no room for any row
     key, budget = max(context_needs(cfg).items(), key=lambda kv: kv[1])
     fits = [n + budget <= int(limit) for n in lengths]

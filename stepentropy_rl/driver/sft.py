@@ -31,8 +31,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
     span-aware grader (``grading.make_grader``).
     """
-    prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
-    pids = [prompt_ids(tokenizer, p.prompt) for p in problems]
+    prompts = [prompt_text(tokenizer, p) for p in problems]
+    pids = [prompt_ids(tokenizer, p) for p in problems]
     if prune.source == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
         cots = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
     else:
@@ -49,7 +49,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                              merge_runs=prune.merge_runs)
         answer_part = answer_text(cots[i]["text"])
         thinking = pruned.text(prune.delimiter)
-        candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, "answer": problems[i].answer,
+        asked = {k: v for k, v in (("system", problems[i].system), ("chat_kwargs", problems[i].chat_kwargs)) if v}
+        candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, **asked, "answer": problems[i].answer,
                            "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
                            "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], thinking)),
                            "tokens_full": count_tokens(tokenizer, prune.delimiter.join(texts)),
@@ -97,5 +98,5 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
 def sft_batch(tokenizer, rows: list[dict]) -> Batch:
     """Each row's prompt ids as every actor sees them, then its response ids and the tokenizer's EOS id."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Batch.from_pairs([prompt_ids(tokenizer, r["prompt"]) for r in rows],
+    return Batch.from_pairs([prompt_ids(tokenizer, r) for r in rows],
                             [encode(tokenizer, r["response"]) + [tokenizer.eos_token_id] for r in rows], pad)

@@ -24,6 +24,7 @@ from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_text
 
 log = logging.getLogger(__name__)
+SAMPLES_LOGGED = 200  # rows of the study's samples table sent to the trackers (samples.jsonl has them all)
 
 
 @dataclass
@@ -64,7 +65,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     pc, rc = cfg.pruning, cfg.rollout
     strategies = as_list(pc.strategy)
     ratios = [float(r) for r in as_list(pc.ratio)]
-    prompts = [prompt_text(tokenizer, p.prompt) for p in problems]
+    prompts = [prompt_text(tokenizer, p) for p in problems]
     prompt_ids = [encode(tokenizer, p) for p in prompts]  # the one tokenization: engines get ids, never text
 
     log.info("generating %d CoTs", len(problems))
@@ -142,7 +143,7 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
     labelled = [p for p in problems if p.solution and p.steps]
     if not labelled:
         return []
-    prompt_ids = [encode(tokenizer, prompt_text(tokenizer, p.prompt)) for p in labelled]
+    prompt_ids = [encode(tokenizer, prompt_text(tokenizer, p)) for p in labelled]
     resp_ids = [encode(tokenizer, p.solution) for p in labelled]
     entropies = token_entropies(reference, prompt_ids, resp_ids, cfg.reference.batch_size, cfg.reference.chunk_rows)
     out = []
@@ -164,6 +165,7 @@ def study_pipeline(job) -> StudyResult:
     from stepentropy_rl import report
     from stepentropy_rl.data import write_jsonl
     from stepentropy_rl.driver.roles import spawn_reference, spawn_rollouts
+    from stepentropy_rl.driver.tracking import Tracker
 
     cfg, run_dir = job.cfg, job.run_dir
     rollouts, reference = spawn_rollouts(cfg, job.model_path), spawn_reference(cfg, job.model_path)
@@ -174,8 +176,14 @@ def study_pipeline(job) -> StudyResult:
              "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
     report.write_summary(run_dir, res.summary, extra)
-    report.plot_accuracy(run_dir, res.summary,
-                         f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
+    plot = report.plot_accuracy(run_dir, res.summary,
+                                f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
+    tracker = Tracker(run_dir, cfg.trainer.logger, cfg.to_dict())
+    samples = [{k: r[k] for k in ("id", "strategy", "ratio", "n_pruned", "n_steps", "thinking", "regenerated",
+                                  "correct") if k in r} for r in res.rows[:SAMPLES_LOGGED]]
+    tracker.results({k: v for k, v in extra.items() if isinstance(v, (int, float))},
+                    {"results": res.summary, "samples": samples}, {"accuracy_vs_ratio": plot})
+    tracker.finish()
     print(report.summary_table(res.summary))
     print(f"AUROC (low step entropy -> labelled redundant step): gold {res.auroc:.3f}, "
           f"generated {res.auroc_generated:.3f}")

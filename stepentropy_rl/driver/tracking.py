@@ -1,11 +1,19 @@
 """Metrics: a JSONL file in the run directory (append-only, so a resumed run keeps its history), the console,
-and wandb (offline unless configured; ``logger.wandb=disabled`` turns it off)."""
+wandb (offline unless configured; ``logger.wandb=disabled`` turns it off) and TensorBoard (``logger.tensorboard``).
+
+The wandb run id is made from the run directory's absolute path, so a rerun of the same directory resumes its wandb
+run and two directories (two sweeps' ``job 0``) never share one; ``logger.group`` (under a Hydra multirun: the
+sweep directory) groups a sweep's jobs. ``tracking.json`` in the run directory says where the metrics went.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import zlib
 from pathlib import Path
+
+from stepentropy_rl.files import atomic_write_json
 
 log = logging.getLogger("stepentropy_rl")
 
@@ -23,19 +31,37 @@ def require_finite(metrics: dict, where: str) -> None:
                              f"and rerun the same command to resume from the last checkpoint")
 
 
+def run_id(run_dir: Path) -> str:
+    """``<dir name>-<crc32 of its absolute path>``: stable across reruns of one directory, distinct between two."""
+    path = Path(run_dir).resolve()
+    return f"{path.name}-{zlib.crc32(str(path).encode()):08x}"
+
+
 class Tracker:
-    def __init__(self, run_dir: Path, wandb_mode: str = "offline", project: str = "stepentropy_rl",
-                 config: dict | None = None, name: str | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.run = None
-        if wandb_mode != "disabled":
+    """``logger``: a ``LoggerConfig`` (``wandb`` mode, ``project``, ``group``, ``tensorboard``); None logs to the
+    JSONL file and the console only."""
+
+    def __init__(self, run_dir: Path, logger=None, config: dict | None = None):
+        run_dir = Path(run_dir)
+        self.path = run_dir / "metrics.jsonl"
+        self.run, self.tb = None, None
+        where = {"metrics": str(self.path)}
+        if logger is not None and logger.wandb != "disabled":
             try:
                 import wandb
 
-                self.run = wandb.init(project=project, dir=str(run_dir), mode=wandb_mode, config=config,
-                                      name=name, resume="allow", id=name)
+                self.run = wandb.init(project=logger.project, dir=str(run_dir), mode=logger.wandb, config=config,
+                                      name=run_dir.name, id=run_id(run_dir), group=logger.group, resume="allow")
+                where["wandb"] = {"id": self.run.id, "project": logger.project, "group": logger.group,
+                                  "mode": logger.wandb}
             except Exception as e:  # tracking must never kill training
                 log.warning("wandb unavailable (%s); metrics go to %s only", e, self.path)
+        if logger is not None and logger.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            where["tensorboard"] = str(run_dir / "tensorboard")
+        atomic_write_json(run_dir / "tracking.json", where)
 
     def log(self, metrics: dict, step: int, console_keys: tuple = ()) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -44,6 +70,10 @@ class Tracker:
         if self.run is not None:
             # wandb's own step counter stays monotonic across stages (SFT, then GRPO restarting at 0)
             self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        if self.tb is not None:  # tags carry their stage (sft/..., reward/...), so each has its own step axis
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
         if console_keys:
             shown = " ".join(f"{k.split('/')[-1]}={_fmt(row.get(k))}" for k in console_keys if k in row)
             log.info("step %d | %s", step, shown)
@@ -60,9 +90,37 @@ class Tracker:
             with self.path.open("r+b") as f:
                 f.truncate(size)
 
+    def results(self, summary: dict, tables: dict[str, list[dict]], images: dict[str, Path]) -> None:
+        """A finished job's results: ``summary`` values, row tables and image files (wandb's summary, Tables and
+        Images; TensorBoard's text and images). The JSONL and the run directory have them already."""
+        if self.run is not None:
+            import wandb
+
+            self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            for name, rows in tables.items():
+                if rows:
+                    cols = list(rows[0])
+                    self.run.log({name: wandb.Table(columns=cols, data=[[_cell(r.get(c)) for c in cols]
+                                                                        for r in rows])})
+            self.run.log({name: wandb.Image(str(path)) for name, path in images.items() if Path(path).exists()})
+        if self.tb is not None:
+            for name, rows in tables.items():
+                if rows:
+                    cols = list(rows[0])
+                    text = "\n".join(["|" + "|".join(cols) + "|", "|" + "---|" * len(cols)] +
+                                     ["|" + "|".join(str(_cell(r.get(c))) for c in cols) + "|" for r in rows])
+                    self.tb.add_text(name, text)
+            for name, path in images.items():
+                if Path(path).exists():
+                    import matplotlib.image
+
+                    self.tb.add_image(name, matplotlib.image.imread(str(path))[..., :3], dataformats="HWC")
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _plain(v):
@@ -71,6 +129,11 @@ def _plain(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def _cell(v):
+    """A table cell wandb accepts: numbers and strings as they are, anything else as JSON text."""
+    return v if isinstance(v, (int, float, str)) or v is None else json.dumps(v)
 
 
 def _fmt(v) -> str:

@@ -84,7 +84,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     rollouts = roles.spawn_rollouts(cfg, str(init))
     reference = roles.spawn_reference(cfg, str(init))
     reward = roles.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
-    tracker = Tracker(run_dir, tc.logger.wandb, tc.logger.project, cfg.to_dict(), name=run_dir.name)
+    tracker = Tracker(run_dir, tc.logger, cfg.to_dict())
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
                      "max_tokens": int(tc.eval.max_tokens)}
     # a rerun after a crash: the engines' sampler state as the last finished stage left it, so that the next stage

@@ -36,10 +36,30 @@ def grade_safely(grade, response: str, answer: str) -> bool:
 
 
 def get_grader(name: str):
-    """The grader registered as ``name`` (``data.grader``); ValueError listing the known ones."""
+    """The grader registered as ``name`` (``data.grader``), or a user's ``file.py:function`` (``user_grader``);
+    ValueError listing the known ones."""
+    from stepentropy_rl.hooks import load_function, split_spec
+
+    spec = split_spec(name)
+    if spec:
+        return user_grader(load_function(*spec, "data.grader"))
     if name not in GRADERS:
-        raise ValueError(f"data.grader must be one of {sorted(GRADERS)}, got {name!r}")
+        raise ValueError(f"data.grader must be one of {sorted(GRADERS)} or path/to/file.py:function, got {name!r}")
     return GRADERS[name]
+
+
+def user_grader(fn):
+    """``fn(solution_str, ground_truth)`` as a grader: right when it returns True or a score of at least 1 (verl's
+    rule-based scorers give 1.0 for a right answer and 0 or a small format score otherwise).
+
+    >>> user_grader(lambda s, g: 1.0)("x", "y"), user_grader(lambda s, g: 0.1)("x", "y"), user_grader(lambda s, g: True)("x", "y")
+    (True, False, True)
+    """
+    def grade(response: str, answer: str) -> bool:
+        r = fn(response, answer)
+        return r is True or (isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 1)
+
+    return grade
 
 
 class Grader:

@@ -52,3 +52,17 @@ def test_gold_steps_are_scored_with_labels(sweep):
     gold = [s for s in steps if s["source"] == "gold"]
     assert gold and {s["label"] for s in gold} == {"essential", "redundant"}
     assert all(s["entropy"] >= 0 for s in gold)
+
+
+def test_the_sweep_is_one_wandb_group_and_collects_into_one_table(sweep):
+    proc, jobs = sweep
+    out = jobs[0].parent
+    tracked = [json.loads((job / "tracking.json").read_text())["wandb"] for job in jobs]
+    assert [t["group"] for t in tracked] == [str(out)] * 2 and len({t["id"] for t in tracked}) == 2
+    res = subprocess.run([sys.executable, "-m", "stepentropy_rl.collect", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((out / "collected.json").read_text())
+    assert len(rows) == 3 * 2  # (low, random) x 2 ratios in job 0, high x 2 ratios in job 1
+    assert {r["label"] for r in rows} == {'pruning.strategy=["low", "random"]', "pruning.strategy=high"}
+    assert (out / "accuracy_vs_ratio.png").exists() and (out / "accuracy_vs_tokens.png").exists()

@@ -6,6 +6,7 @@ loss are not zero.
 """
 import ipaddress
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+import torch
 
 from tests.conftest import MICRO_OVERRIDES
 
@@ -105,6 +107,15 @@ def test_a_local_run_listens_on_loopback_only_and_its_dashboard_wants_the_token(
     assert run.dashboard == 401
 
 
+def test_the_console_carries_no_vllm_info_lines(killed_then_resumed):
+    """rollout.log_level (WARNING by default) quiets vLLM's per-request and per-weight-load INFO lines, which Ray
+    forwards from the engines to the driver's console."""
+    _, _, second = killed_then_resumed
+    vllm_info = [line for line in second.stdout.splitlines() if re.search(r"\bINFO \d\d-\d\d [\d:]+ \[\w+\.py:\d+\]", line)]
+    assert not vllm_info, vllm_info[:5]
+    assert "eval final: accuracy" in second.stdout  # the project's own INFO lines stay
+
+
 def test_resume_continues_from_last_checkpoint(killed_then_resumed):
     run_dir, _, _ = killed_then_resumed
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -170,3 +181,67 @@ def test_a_dead_learner_stops_the_run_with_one_line_and_the_rerun_resumes(micro_
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "phase/stage" in line]
     assert steps == [0, 1]
+
+
+def test_export_writes_a_model_card_and_the_checkpoint_weights(killed_then_resumed, tmp_path):
+    """``stepentropy_rl.export``: the last GRPO checkpoint's shards hold the final model's weights; a rotated-away
+    step or an existing output is one clear line."""
+    from safetensors.torch import load_file
+
+    run_dir, _, _ = killed_then_resumed
+    last = max(int(p.name.split("_")[1]) for p in (run_dir / "grpo").glob("step_*"))
+    for args in ([str(tmp_path / "final")], [str(tmp_path / "ckpt"), "--step", str(last)]):
+        res = subprocess.run([sys.executable, "-m", "stepentropy_rl.export", str(run_dir), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    final, ckpt = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("final", "ckpt"))
+    assert set(ckpt) <= set(final) and all(torch.equal(final[k], ckpt[k]) for k in ckpt)
+    card = (tmp_path / "ckpt" / "README.md").read_text()
+    assert "`[SKIP]` is one added token" in card and "--reasoning-parser deepseek_r1" in card and "| final |" in card
+    for args, msg in (([str(tmp_path / "x"), "--step", "0"], "no GRPO checkpoint for step 0 (kept: ["),
+                      ([str(tmp_path / "final")], "exists; give a new directory")):
+        res = subprocess.run([sys.executable, "-m", "stepentropy_rl.export", str(run_dir), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode != 0 and msg in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_the_export_serves_chat_requests_with_vllms_openai_server(killed_then_resumed, tmp_path):
+    """The README's recipe: vLLM's OpenAI server (module form, which the CPU build runs) with R1's reasoning parser
+    answers a chat request on the exported model."""
+    import json as _json
+    import socket
+
+    run_dir, _, _ = killed_then_resumed
+    out = tmp_path / "served"
+    subprocess.run([sys.executable, "-m", "stepentropy_rl.export", str(run_dir), str(out)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="WARNING")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(out), "--served-model-name",
+           "served", "--reasoning-parser", "deepseek_r1", "--host", "127.0.0.1", "--port", str(port),
+           "--max-model-len", "512"]
+    log = tmp_path / "server.log"
+    with log.open("w") as f:
+        server = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and server.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        assert server.poll() is None, log.read_text()[-3000:]
+        body = _json.dumps({"model": "served", "max_tokens": 64, "temperature": 0,
+                            "messages": [{"role": "user", "content": "A basket has 2 pears. Put in: Ann 4, Lea 1. "
+                                          "How many pears are in the basket at the end?"}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
+                                     {"Content-Type": "application/json"})
+        message = _json.loads(urllib.request.urlopen(req, timeout=120).read())["choices"][0]["message"]
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        assert thinking, message  # the parser split the thinking off
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -69,6 +69,18 @@ def test_bad_data_is_named_before_anything_runs(micro_model, tmp_path, case):
     assert not run_dir.exists()
 
 
+def test_a_bad_row_of_a_verl_parquet_file_is_named(micro_model, tmp_path):
+    from datasets import Dataset
+
+    rows = [{"data_source": "x", "prompt": [{"role": "user", "content": "1+1?"}],
+             "reward_model": {"style": "rule", "ground_truth": gt}} for gt in ("2", "")]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "test.parquet"))
+    msg = launch_error(["+experiment=prune_sweep", f"run_dir={tmp_path / 'run'}", f"model.path={micro_model}",
+                        f"data.path={tmp_path / 'test.parquet'}"])
+    assert msg.startswith("data error: ") and "test.parquet:row 2: 'reward_model.ground_truth'" in msg, msg
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_training_rows_are_named(micro_model, tmp_path):
     run_dir, train = tmp_path / "run", data_file(tmp_path, b'{"prompt": 3, "answer": 1}\n', "train.jsonl")
     msg = launch_error(["+experiment=entropy_guided", f"run_dir={run_dir}", f"model.path={micro_model}",
@@ -124,6 +136,7 @@ CONFIG_CASES = {
     "budget past the context": ("trainer.grpo.max_tokens=100000", "trainer.grpo.max_tokens"),
     "unknown overlong policy": ("data.overlong=truncate", "data.overlong"),
     "missing data file": ("data.path=/nonexistent/rows.jsonl", "data.path"),
+    "prompt template without its slot": ("data.prompt_template=Solve.", "data.prompt_template"),
 }
 
 

@@ -134,3 +134,17 @@ def test_context_check_counts_the_longest_prompt():
     c.rollout.engine["max_model_len"] = None  # then the model's own limit
     with pytest.raises(ConfigError, match="exceeds"):
         check_context(c, prompt_tokens=97, max_model_len=500)
+
+
+def test_help_lists_every_experiment_and_the_main_knobs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "stepentropy_rl.main", "--help"], cwd=root, capture_output=True,
+                         text=True, timeout=120).stdout
+    listed = out.split("Experiments (+experiment=NAME):")[1].split("Main knobs:")[0]
+    for exp in (root / "conf" / "experiment").glob("*.yaml"):
+        assert f"  {exp.stem} " in listed, exp.stem  # a new experiment needs its line in conf/config.yaml's help
+    assert "trainer.prune.ratio" in out and "reward.custom.path" in out and "data: aime, basket" in out

@@ -42,24 +42,88 @@ def test_write_is_atomic(tmp_path):
     assert f.read_text() == '{"a": 1}\n' and not list(tmp_path.glob("*.tmp"))
 
 
-def test_shipped_champ_files_are_what_the_converter_writes(tmp_path):
-    """data/champ_*.jsonl are data/convert_champ.py's output on the champ-dataset package, row for row."""
-    import importlib.util
-    import json
+def test_shipped_champ_files_hold_boxed_reference_solutions():
+    """(That they are data/prepare_champ.py's output: tests/unit/test_prepare_data.py.)"""
     from pathlib import Path
 
-    import pytest
-
-    pytest.importorskip("champ_dataset")
     root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("convert_champ", root / "data" / "convert_champ.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(str(tmp_path))
-    for name in ("champ_train.jsonl", "champ_test.jsonl"):
-        assert (tmp_path / name).read_text() == (root / "data" / name).read_text()
     rows = [json.loads(line) for line in (root / "data" / "champ_test.jsonl").read_text().splitlines()]
     assert all("\n</think>\n\nThe answer is \\boxed{" + r["answer"] + "}." in r["solution"] for r in rows)
-    from stepentropy_rl.data import load_jsonl
-
     assert len(load_jsonl(root / "data" / "champ_train.jsonl")) == 72 and len(rows) == 13
+
+
+def verl_rows():
+    return [{"data_source": "openai/gsm8k", "ability": "math",
+             "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}],
+             "reward_model": {"style": "rule", "ground_truth": "2"}, "extra_info": {"split": "test", "index": 0}},
+            {"data_source": "openai/gsm8k", "ability": "math", "prompt": [{"role": "user", "content": "2+2?"}],
+             "reward_model": {"style": "rule", "ground_truth": "4"}, "extra_info": {"split": "test", "index": 1}}]
+
+
+def test_verl_parquet_rows_read_as_problems(tmp_path):
+    from datasets import Dataset
+
+    from stepentropy_rl.data import load_problems
+
+    Dataset.from_list(verl_rows()).to_parquet(str(tmp_path / "test.parquet"))
+    a, b = load_problems(tmp_path / "test.parquet")
+    assert (a.prompt, a.answer, a.system, a.data_source, a.id) == ("1+1?", "2", "Be brief.", "openai/gsm8k",
+                                                                   "openai/gsm8k-0")
+    assert (b.answer, b.system, b.extra_info["index"]) == ("4", None, 1)
+    assert a.where.endswith("test.parquet:row 1")
+
+
+def test_a_json_array_keys_and_dataset_directories(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from stepentropy_rl.data import load_problems
+
+    rows = [{"question": "1+1?", "meta": {"final": 2}}, {"question": "2+2?", "meta": {"final": "4"}}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    got = load_problems(tmp_path / "rows.json", prompt_key="question", answer_key="meta.final")
+    assert [(g.prompt, g.answer) for g in got] == [("1+1?", "2"), ("2+2?", "4")]
+    # save_to_disk: the split the caller asks for
+    DatasetDict(train=Dataset.from_list(verl_rows()[:1]), test=Dataset.from_list(verl_rows()[1:])).save_to_disk(
+        str(tmp_path / "saved"))
+    assert load_problems(tmp_path / "saved", split="train")[0].prompt == "1+1?"
+    assert load_problems(tmp_path / "saved", split="test")[0].prompt == "2+2?"
+    # a hub snapshot: data files the datasets library finds by their names
+    snap = tmp_path / "snapshot" / "data"
+    snap.mkdir(parents=True)
+    Dataset.from_list(verl_rows()).to_parquet(str(snap / "test-00000-of-00001.parquet"))
+    assert [p.answer for p in load_problems(tmp_path / "snapshot")] == ["2", "4"]
+    with pytest.raises(DataError, match="no 'validation' split|no 'train' split"):
+        load_problems(tmp_path / "snapshot", split="train")
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("missing ground truth", "rows.parquet:row 2: 'reward_model.ground_truth' must be"),
+    ("messages without a user turn", "rows.parquet:row 2: 'prompt' must be a non-empty string or chat messages"),
+    ("not parquet", "rows.parquet: cannot be read as Parquet"),
+    ("parquet named .jsonl", "rows.jsonl: this is a Parquet file"),
+    ("json that is not an array", "rows.json: a .json file must hold a JSON array"),
+    ("broken json", "rows.json:1: not valid JSON"),
+])
+def test_bad_files_of_every_kind_are_named(tmp_path, case, msg):
+    from datasets import Dataset
+
+    from stepentropy_rl.data import load_problems
+
+    rows = verl_rows()
+    path = tmp_path / "rows.parquet"
+    if case == "missing ground truth":
+        rows[1]["reward_model"] = {"style": "rule", "ground_truth": None}
+        Dataset.from_list(rows).to_parquet(str(path))
+    elif case == "messages without a user turn":
+        rows[1]["prompt"] = [{"role": "system", "content": "x"}]
+        Dataset.from_list(rows).to_parquet(str(path))
+    elif case == "not parquet":
+        path.write_text("id,prompt\n1,2\n")
+    elif case == "parquet named .jsonl":
+        Dataset.from_list(rows).to_parquet(str(path))
+        path = path.rename(tmp_path / "rows.jsonl")
+    else:
+        path = tmp_path / "rows.json"
+        path.write_text('{"prompt": "q"}' if case == "json that is not an array" else "[{")
+    with pytest.raises(DataError, match=msg):
+        load_problems(path)

@@ -212,7 +212,7 @@ def test_a_checkpoint_every_step_the_last_two_kept_and_a_resume_drops_rows_logge
 
     def trainer():
         t = _trainer(tmp_path, "trainer.grpo.steps=3")  # save_every 1, keep_last 2: the CPU defaults
-        t.tracker = Tracker(tmp_path, "disabled")
+        t.tracker = Tracker(tmp_path)
         t.learners.save_checkpoint = lambda path: Path(path).mkdir(parents=True)
         t.learners.load_checkpoint = lambda path: None
         return t

@@ -1,6 +1,6 @@
-"""Convert CHAMP (Mao et al. 2024, MIT; shipped by the ``champ-dataset`` package) into the project's JSONL format.
+"""CHAMP (Mao et al. 2024, MIT; shipped by the ``champ-dataset`` package), as the project's JSONL and verl's Parquet.
 
-    python data/convert_champ.py            # writes data/champ_train.jsonl and data/champ_test.jsonl
+    python data/prepare_champ.py            # writes data/champ_{train,test}.{jsonl,parquet}
 
 Of the 270 competition problems, those whose final answer is a number or a fraction are kept (math-verify grades
 them without ambiguity); the rest (formulas in n, "Yes"/"No", prose) are left out. Each row carries the reference
@@ -13,9 +13,12 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 import zlib
 from pathlib import Path
+
+from common import cli, response, write_splits
+
+from stepentropy_rl.data import to_example
 
 NUMERIC = re.compile(r"-?\d+(\.\d+)?(/\d+)?")
 
@@ -38,18 +41,17 @@ def convert(problems: dict) -> tuple[list[dict], list[dict]]:
         steps = [s["_text"].strip() for s in (ast.literal_eval(sol) if isinstance(sol, str) else sol)["steps"]]
         thinking = "\n\n".join(s for s in steps if s)
         row = {"id": f"champ-{pid}", "prompt": p["_text"].strip(), "answer": answer,
-               "solution": f"{thinking}\n</think>\n\nThe answer is \\boxed{{{answer}}}."}
+               "solution": response(thinking, answer)}
         (test if zlib.crc32(pid.encode()) % 4 == 0 else train).append(row)
     return train, test
 
 
-def main(out_dir: str = str(Path(__file__).parent)) -> None:
+def main() -> None:
+    args = cli(__doc__, None)
     train, test = convert(champ_problems())
-    for name, rows in (("champ_train.jsonl", train), ("champ_test.jsonl", test)):
-        path = Path(out_dir) / name
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        print(f"{path}: {len(rows)} problems")
+    write_splits(args.out, "champ", {"train": [to_example(r, r["id"]) for r in train],
+                                     "test": [to_example(r, r["id"]) for r in test]}, "champ")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

@@ -1,0 +1,43 @@
+"""AIME problems from a local copy in one of their published formats, as the project's JSONL and verl's Parquet.
+
+    python data/prepare_aime.py --src path/to/aime_2024.jsonl   # writes data/aime_test.{jsonl,parquet}
+
+``--src``: a ``.jsonl``, ``.json`` or ``.parquet`` file (or a folder of them) with a problem and an integer answer
+per row, under any of the published spellings: ``problem``/``answer`` (AI-MO/aimo-validation-aime, with ``id``,
+``solution``, ``url``), ``Problem``/``Answer`` (Maxwell-Jia/AIME_2024, with ``ID``, ``Solution``) or
+``question``/``answer`` (AIME 2025 copies). AIME answers are integers from 0 to 999; a row with another answer is
+an error naming it. An evaluation set: one split, ``test``.
+"""
+from __future__ import annotations
+
+from common import DataError, Example, cli, number, rows_of, write_splits
+from common import problem as as_problem
+
+KINDS = ("*.jsonl", "*.json", "*.parquet")
+
+
+def convert(rows: list[dict], where: str) -> list[Example]:
+    out = []
+    for i, row in enumerate(rows):
+        problem = str(row.get("problem") or row.get("question") or "").strip()
+        answer = number(str(row.get("answer", "")))
+        if not problem or not answer.lstrip("0").isdigit() and answer != "0":
+            raise DataError(f"{where} row {i + 1}: needs a problem and an integer answer (got {answer!r})")
+        answer = str(int(answer))
+        if not 0 <= int(answer) <= 999:
+            raise DataError(f"{where} row {i + 1}: an AIME answer is 0-999, got {answer}")
+        out.append(as_problem(row.get("id") or f"aime-{i}", problem, answer, row.get("solution")))
+    return out
+
+
+def main() -> None:
+    args = cli(__doc__, "an AIME file (.jsonl, .json, .parquet) or a folder of them")
+    files = [args.src] if args.src.is_file() else sorted(p for k in KINDS for p in args.src.glob(k))
+    if not files:
+        raise SystemExit(f"no AIME files under {args.src} (looked for {', '.join(KINDS)})")
+    examples = [e for f in files for e in convert(rows_of(f), str(f))]
+    write_splits(args.out, "aime", {"test": examples}, "aime")
+
+
+if __name__ == "__main__":
+    main()

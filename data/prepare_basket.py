@@ -1,0 +1,41 @@
+"""The embedded basket task's splits frozen to files, with the gold solutions and their step labels.
+
+    python data/prepare_basket.py                      # data/basket_{train,test}.{jsonl,parquet}, the terse style
+    python data/prepare_basket.py --data basket_verbose   # data/basket_verbose_{train,test}.*, the R1-like style
+
+The problems are those the pipeline generates itself with the same seed (``data.seed``), so a run on
+``data.path=data/basket_test.jsonl data.train_path=data/basket_train.jsonl`` sees the same problems as one on the
+generated task; other tools can read them (verl's Parquet, with the step labels in ``extra_info.steps``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import HERE, write_splits
+
+from stepentropy_rl.config import build
+from stepentropy_rl.data import generated
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=("basket", "basket_verbose"), default="basket",
+                    help="the conf/data config whose task to freeze")
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0, help="data.seed")
+    ap.add_argument("--out", type=Path, default=HERE)
+    args = ap.parse_args()
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("stepentropy_rl.conf", version_base=None):
+        cfg = compose("config", overrides=[f"data={args.data}", "run_dir=unused"])
+    task = build(cfg, check_paths=False).data.task
+    write_splits(args.out, args.data, {"train": generated(task, args.n_train, args.seed, "train"),
+                                       "test": generated(task, args.n_test, args.seed, "test")},
+                 f"stepentropy_rl/{args.data}")
+
+
+if __name__ == "__main__":
+    main()

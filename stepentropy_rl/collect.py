@@ -1,0 +1,140 @@
+"""Merge the jobs of a sweep into one table and two plots.
+
+    python -m stepentropy_rl.collect SWEEP_DIR [--out DIR]
+
+Every directory under ``SWEEP_DIR`` holding a study's ``summary.json`` or a training job's ``report.json`` is a job;
+its ``config.yaml`` gives the settings, and the keys whose values differ between the jobs label them (a Hydra
+multirun over ``pruning.ratio`` gives ``pruning.ratio=0.4``, ...). Written to ``--out`` (default ``SWEEP_DIR``):
+``collected.json`` (every row), ``collected.md`` (the table), ``accuracy_vs_ratio.png`` (study rows) and
+``accuracy_vs_tokens.png`` (every row: accuracy against thinking tokens, with its standard error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from stepentropy_rl.files import atomic_write_json
+
+IGNORED = ("run_dir", "hydra")  # differ between jobs by construction
+
+
+def find_jobs(sweep: Path) -> list[Path]:
+    """Job directories under ``sweep`` (itself included), in path order."""
+    hits = {p.parent for name in ("summary.json", "report.json") for p in sweep.rglob(name)}
+    return sorted(hits)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def labels(jobs: list[Path], sweep: Path, most: int = 4) -> dict[Path, str]:
+    """Each job's label: the config keys set in every job whose values differ between them (``key=value``,
+    comma-separated); the job's directory when there are none or more than ``most`` (unrelated runs)."""
+    configs = {}
+    for job in jobs:
+        path = job / "config.yaml"
+        configs[job] = _flat(yaml.safe_load(path.read_text())) if path.exists() else {}
+    keys = set.intersection(*(set(c) for c in configs.values())) if configs else set()
+    varying = [k for k in sorted(keys) if not k.startswith(IGNORED)
+               and len({json.dumps(c[k], default=str) for c in configs.values()}) > 1]
+    if not varying or len(varying) > most:
+        return {job: str(job.relative_to(sweep)) if job != sweep else job.name for job in jobs}
+    return {job: ", ".join(f"{k}={configs[job][k]}" for k in varying) for job in jobs}
+
+
+def collect(sweep: Path) -> list[dict]:
+    """One row per (job, strategy, ratio) of a study and per (job, model) of a training report."""
+    jobs = find_jobs(sweep)
+    names, rows = labels(jobs, sweep), []
+    for job in jobs:
+        base = {"job": str(job.relative_to(sweep)) if job != sweep else ".", "label": names[job]}
+        if (job / "summary.json").exists():
+            for r in json.loads((job / "summary.json").read_text())["results"]:
+                rows.append({**base, "kind": "study", **r})
+        if (job / "report.json").exists():
+            models = json.loads((job / "report.json").read_text())["models"]
+            for model, m in models.items():
+                rows.append({**base, "kind": "train", "model": model, **m})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| job | what | accuracy | thinking tokens | n |", "|---|---|---|---|---|"]
+    for r in rows:
+        what = f"{r['strategy']} @ {r['ratio']:.2f}" if r["kind"] == "study" else r["model"]
+        err = r.get("accuracy_stderr")
+        acc = f"{100 * r['accuracy']:.1f}" + (f" ± {100 * err:.1f}%" if err is not None else "%")
+        lines.append(f"| {r['label']} | {what} | {acc} | {r['thinking_tokens']:.1f} | {r['n']} |")
+    return "\n".join(lines)
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    study = [r for r in rows if r["kind"] == "study"]
+    if study:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for key in dict.fromkeys((r["label"], r["strategy"]) for r in study):
+            pts = sorted((r["ratio"], 100 * r["accuracy"], 100 * r.get("accuracy_stderr", 0.0)) for r in study
+                         if (r["label"], r["strategy"]) == key)
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=f"{key[1]} ({key[0]})")
+        written.append(_save(fig, ax, "pruning ratio", out / "accuracy_vs_ratio.png"))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        sel = [r for r in rows if r["label"] == label]
+        ax.errorbar([r["thinking_tokens"] for r in sel], [100 * r["accuracy"] for r in sel],
+                    yerr=[100 * r.get("accuracy_stderr", 0.0) for r in sel], fmt="o", capsize=2, label=label)
+        for r in sel:
+            ax.annotate(r.get("model") or f"{r['strategy']}@{r['ratio']:g}", (r["thinking_tokens"], 100 * r["accuracy"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    written.append(_save(fig, ax, "thinking tokens (mean)", out / "accuracy_vs_tokens.png"))
+    return written
+
+
+def _save(fig, ax, xlabel: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set(xlabel=xlabel, ylabel="accuracy (%)", ylim=(-2, 102))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: a sweep has many jobs
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", type=Path, help="a sweep (Hydra multirun) directory, or any folder of run directories")
+    ap.add_argument("--out", type=Path, default=None, help="where the table and plots go (default: SWEEP)")
+    args = ap.parse_args(argv)
+    rows = collect(args.sweep)
+    if not rows:
+        raise SystemExit(f"no job under {args.sweep} has a summary.json or report.json")
+    out = args.out or args.sweep
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "collected.json", rows)
+    (out / "collected.md").write_text(table(rows) + "\n")
+    written = plots(rows, out)
+    print(table(rows))
+    print(f"{len({r['job'] for r in rows})} jobs, {len(rows)} rows: {out / 'collected.json'}, "
+          + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""python -m stepentropy_rl.collect: a sweep's jobs merged into one table and two plots, labelled by what differs."""
+import json
+
+import yaml
+
+from stepentropy_rl.collect import main
+
+
+def job(path, ratio, summary=None, report=None):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"run_dir": str(path), "seed": 0,
+                                                      "pruning": {"ratio": ratio, "strategy": "low"}}))
+    if summary:
+        (path / "summary.json").write_text(json.dumps({"results": summary, "auroc": 0.9}))
+    if report:
+        (path / "report.json").write_text(json.dumps({"models": report}))
+
+
+def row(ratio, acc):
+    return {"strategy": "low", "ratio": ratio, "n": 100, "accuracy": acc, "accuracy_stderr": 0.04,
+            "thinking_tokens": 100 * (1 - ratio), "kept_fraction": 1 - ratio}
+
+
+def test_a_sweep_becomes_one_table_and_two_plots(tmp_path, capsys):
+    sweep = tmp_path / "multirun" / "2026-12-01" / "10-00-00"
+    job(sweep / "0", 0.2, summary=[row(0.2, 0.9)])
+    job(sweep / "1", 0.6, summary=[row(0.6, 0.5)])
+    job(sweep / "2", 0.6, report={"base": {"accuracy": 0.95, "accuracy_stderr": 0.01, "thinking_tokens": 160.0, "n": 500},
+                                  "final": {"accuracy": 0.96, "accuracy_stderr": 0.01, "thinking_tokens": 62.0, "n": 500}})
+    (sweep / "3").mkdir()  # a job that died before writing anything
+    main([str(sweep)])
+    rows = json.loads((sweep / "collected.json").read_text())
+    assert [(r["job"], r["kind"], r.get("model", r.get("ratio"))) for r in rows] == [
+        ("0", "study", 0.2), ("1", "study", 0.6), ("2", "train", "base"), ("2", "train", "final")]
+    assert {r["label"] for r in rows} == {"pruning.ratio=0.2", "pruning.ratio=0.6"}
+    md = (sweep / "collected.md").read_text()
+    assert "| pruning.ratio=0.6 | final | 96.0 ± 1.0% | 62.0 | 500 |" in md
+    for png in ("accuracy_vs_ratio.png", "accuracy_vs_tokens.png"):
+        assert (sweep / png).stat().st_size > 5000
+    assert "3 jobs, 4 rows" in capsys.readouterr().out
+
+
+def test_an_empty_folder_is_one_clear_line(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="no job under .* has a summary.json or report.json"):
+        main([str(tmp_path)])

@@ -1,0 +1,147 @@
+"""data/prepare_*.py on small fixture files in each dataset's published format (written here): each writes the
+project's JSONL and verl's Parquet, and both read back as the same problems."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stepentropy_rl.data import load_problems
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prepare(name, *args):
+    return subprocess.run([sys.executable, str(ROOT / "data" / f"prepare_{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def jsonl(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def parquet(path: Path, rows):
+    from datasets import Dataset
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(rows).to_parquet(str(path))
+
+
+def both(out: Path, name: str, split: str):
+    """The split read from the JSONL and from the verl Parquet, after checking that they agree."""
+    a, b = load_problems(out / f"{name}_{split}.jsonl"), load_problems(out / f"{name}_{split}.parquet")
+    fields = [(e.id, e.prompt, e.answer, e.solution, e.steps) for e in a]
+    assert fields == [(e.id, e.prompt, e.answer, e.solution, e.steps) for e in b]
+    assert {e.data_source for e in b} and all(e.extra_info["split"] == split for e in b)
+    return a, b
+
+
+GSM8K = [{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                      "How many clips did Natalia sell altogether in April and May?",
+          "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                    "altogether in April and May.\n#### 72"},
+         {"question": "A shop sold 1,000 pens and 234 more. How many?", "answer": "1000+234=<<1000+234=1234>>1234\n"
+                                                                                   "#### 1,234"}]
+
+
+@pytest.mark.parametrize("layout", ["openai jsonl", "hf parquet"])
+def test_gsm8k_in_both_published_layouts(tmp_path, layout):
+    src, out = tmp_path / "gsm8k", tmp_path / "out"
+    for split in ("train", "test"):
+        if layout == "openai jsonl":
+            jsonl(src / f"{split}.jsonl", GSM8K)
+        else:
+            parquet(src / "main" / f"{split}-00000-of-00001.parquet", GSM8K)
+    res = prepare("gsm8k", "--src", src, "--out", out)
+    assert res.returncode == 0, res.stderr
+    rows, _ = both(out, "gsm8k", "train")
+    assert [r.answer for r in rows] == ["72", "1234"]
+    assert rows[0].solution == ("Natalia sold 48/2 = 24 clips in May.\n\nNatalia sold 48+24 = 72 clips altogether in "
+                                "April and May.\n</think>\n\nThe answer is \\boxed{72}.")
+    assert (out / "gsm8k_test.parquet").exists()
+
+
+def test_a_gsm8k_row_without_its_answer_line_is_named(tmp_path):
+    jsonl(tmp_path / "src" / "train.jsonl", [GSM8K[0], {"question": "q", "answer": "no final line"}])
+    res = prepare("gsm8k", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert res.returncode != 0 and "gsm8k train row 2" in res.stderr
+
+
+def test_math500_keeps_latex_answers(tmp_path):
+    rows = [{"problem": "Convert $(0,3)$ to polar coordinates.", "solution": "We have $r = 3$ ... $\\boxed{(3, "
+             "\\frac{\\pi}{2})}$.", "answer": "\\left( 3, \\frac{\\pi}{2} \\right)", "subject": "Precalculus",
+             "level": 2, "unique_id": "test/precalculus/807.json"},
+            {"problem": "What is $1+1$?", "solution": "", "answer": "2", "subject": "Algebra", "level": 1,
+             "unique_id": "test/algebra/1.json"}]
+    jsonl(tmp_path / "MATH-500" / "test.jsonl", rows)
+    res = prepare("math500", "--src", tmp_path / "MATH-500", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    got, _ = both(tmp_path / "out", "math500", "test")
+    assert [g.answer for g in got] == [rows[0]["answer"], "2"] and got[0].id == "test/precalculus/807.json"
+    assert got[1].solution is None and not (tmp_path / "out" / "math500_train.jsonl").exists()
+
+
+def test_aime_in_its_published_spellings(tmp_path):
+    parquet(tmp_path / "src" / "aime_2024.parquet",
+            [{"ID": "2024-I-1", "Problem": "Every morning Aya ...", "Solution": "...", "Answer": 204}])
+    jsonl(tmp_path / "src" / "aimo.jsonl", [{"id": 60, "problem": "Find ...", "solution": "...", "answer": "033",
+                                             "url": "https://..."}])
+    res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    got, _ = both(tmp_path / "out", "aime", "test")
+    assert [(g.id, g.answer) for g in got] == [("2024-I-1", "204"), ("60", "33")]  # files by name
+
+
+def test_an_aime_answer_that_is_not_an_integer_is_named(tmp_path):
+    jsonl(tmp_path / "a.jsonl", [{"problem": "p", "answer": "12"}, {"problem": "p", "answer": "x/2"}])
+    res = prepare("aime", "--src", tmp_path / "a.jsonl", "--out", tmp_path / "out")
+    assert res.returncode != 0 and "a.jsonl row 2" in res.stderr
+
+
+def test_basket_freezes_the_generated_splits_with_their_step_labels(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.data import generated
+
+    res = prepare("basket", "--data", "basket_verbose", "--n-train", 5, "--n-test", 3, "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    got, from_parquet = both(tmp_path, "basket_verbose", "test")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        task = build(compose("config", overrides=["data=basket_verbose", "run_dir=x"]), check_paths=False).data.task
+    want = generated(task, 3, 0, "test")
+    assert [(g.prompt, g.answer, g.steps) for g in got] == [(w.prompt, w.answer, w.steps) for w in want]
+    assert {s["label"] for g in got for s in g.steps} == {"essential", "redundant"}
+    assert json.loads(from_parquet[0].extra_info["steps"]) == want[0].steps
+
+
+def test_shipped_champ_files_are_what_the_script_writes(tmp_path):
+    """data/champ_*.jsonl are data/prepare_champ.py's output on the champ-dataset package, row for row."""
+    pytest.importorskip("champ_dataset")
+    res = prepare("champ", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    for name in ("champ_train.jsonl", "champ_test.jsonl"):
+        assert (tmp_path / name).read_text() == (ROOT / "data" / name).read_text()
+    both(tmp_path, "champ", "test")
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math500", "aime"])
+def test_each_dataset_config_reads_what_its_script_writes(tmp_path, monkeypatch, name):
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import ConfigError, build
+
+    monkeypatch.chdir(tmp_path)  # the configs' paths are relative to where the user runs
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        tiny = compose("config", overrides=["+experiment=prune_sweep", f"data={name}", "run_dir=run"])
+        cfg = compose("config", overrides=["+experiment=prune_sweep", f"data={name}", "run_dir=run",
+                                           "model=r1_distill_qwen_7b", f"model.path={tmp_path}"])
+    with pytest.raises(ConfigError, match="the tiny reasoner, which knows only the embedded task"):
+        build(tiny, check_paths=False)
+    with pytest.raises(ConfigError, match=rf"data.path: no such file .*python data/prepare_{name}.py"):
+        build(cfg)
+    jsonl(tmp_path / "data" / f"{name}_test.jsonl", [{"prompt": "1+1?", "answer": "2"}])
+    job = build(cfg)
+    assert job.data.grader == "math" and load_problems(job.data.path)[0].answer == "2"

@@ -1,0 +1,44 @@
+"""Where metrics go: the JSONL file always, wandb (offline) with one run per run directory and a sweep's group,
+TensorBoard on request."""
+import json
+
+from stepentropy_rl.config import LoggerConfig
+from stepentropy_rl.driver.tracking import Tracker, run_id
+
+
+def test_run_ids_are_stable_for_a_directory_and_distinct_between_two_sweeps(tmp_path):
+    a, b = tmp_path / "sweep_a" / "0", tmp_path / "sweep_b" / "0"  # job 0 of two sweeps
+    assert run_id(a) == run_id(a) and run_id(a) != run_id(b) and run_id(a).startswith("0-")
+
+
+def test_tensorboard_gets_the_scalars_tables_and_images(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plt.plot([0, 1], [1, 0])
+    plt.savefig(tmp_path / "plot.png")
+    t = Tracker(tmp_path, LoggerConfig(wandb="disabled", tensorboard=True))
+    for step in range(3):
+        t.log({"reward/total": 0.5 * step, "phase/stage": 0}, step=step)
+    t.results({"auroc": 0.9}, {"results": [{"ratio": 0.2, "accuracy": 0.9}]}, {"accuracy_vs_ratio": tmp_path / "plot.png"})
+    t.finish()
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [e.value for e in events.Scalars("reward/total")] == [0.0, 0.5, 1.0]
+    assert "accuracy_vs_ratio" in events.Tags()["images"]
+    assert json.loads((tmp_path / "tracking.json").read_text())["tensorboard"] == str(tmp_path / "tensorboard")
+
+
+def test_wandb_offline_run_is_named_by_its_directory_and_grouped(tmp_path):
+    run_dir = tmp_path / "sweep" / "0"
+    run_dir.mkdir(parents=True)
+    t = Tracker(run_dir, LoggerConfig(wandb="offline", group=str(tmp_path / "sweep")), {"seed": 0})
+    t.log({"reward/total": 1.0}, step=0)
+    t.results({"auroc": 0.9}, {"samples": [{"id": "a", "thinking": "x", "steps": [1, 2]}]}, {})
+    t.finish()
+    where = json.loads((run_dir / "tracking.json").read_text())["wandb"]
+    assert where == {"id": run_id(run_dir), "project": "stepentropy_rl", "group": str(tmp_path / "sweep"),
+                     "mode": "offline"}
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id(run_dir)}"))
