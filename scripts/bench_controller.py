@@ -6,9 +6,9 @@ thinking tokens (the Pareto front), mean and spread over seeds.
 
 Per seed the stages before GRPO (init, eval base, prune, SFT, eval SFT) run once, in a preparation run
 (``seed<N>_prep``, a whole job in the first mode); every mode, the first included, then reruns from a copy of it cut
-back to before GRPO. So the modes differ only in GRPO, and each starts with a fresh engine: vLLM on CPU takes no
-per-request seed, so an engine that had already generated (eval, prune) would sample differently. ``seed`` and
-``rollout.seed`` take the seed. Saves ``results.json``, ``table.md`` and ``pareto.png`` under ``--out``.
+back to before GRPO. So the modes differ only in GRPO, and each starts from the engines' sampler state that the
+preparation run saved when its SFT eval finished (the stage marker holds it). ``seed`` and ``rollout.seed`` take
+the seed. Saves ``results.json``, ``table.md`` and ``pareto.png`` under ``--out``.
 """
 from __future__ import annotations
 

@@ -199,6 +199,7 @@ class GRPOTrainer:
         think = [thinking_tokens(batch.response_ids(i), self.close_id) for i in range(len(batch))]
         metrics.update({"samples": len(batch), "sync/bytes": sync["bytes"], "sync/version": sync["version"],
                         "response/length": n_tok / len(batch), "response/think_tokens": float(np.mean(think)),
+                        "perf/tokens_per_s": n_tok / max(timing["gen"], 1e-9),  # generated tokens a second
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
                         **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},

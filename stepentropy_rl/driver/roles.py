@@ -31,9 +31,10 @@ class Actors:
     learners: LearnerGroup
 
 
-def init_ray(cluster: ClusterConfig) -> None:
+def init_ray(cluster: ClusterConfig, namespace: str | None = None) -> None:
     """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1,
     listening on loopback only unless ``cluster.loopback_only`` is false (``network.use_loopback_only``).
+    ``namespace``: the run's, so its actors' names (``rollout-0``, ``learner-1``, ...) are its own on a shared cluster.
 
     The project's packages travel with the job (Ray's ``runtime_env`` ``py_modules``), so a worker on any node
     imports the driver's code, not whatever that node has installed.
@@ -43,14 +44,29 @@ def init_ray(cluster: ClusterConfig) -> None:
     address = cluster.address or os.environ.get("RAY_ADDRESS")
     env = runtime_env()
     if address:
-        ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ctx = ray.init(address=address, runtime_env=env, log_to_driver=True, namespace=namespace)
     else:
         if cluster.loopback_only:
             env["env_vars"].update(use_loopback_only())
         ctx = ray.init(num_cpus=cluster.num_cpus, include_dashboard=cluster.include_dashboard,
-                       dashboard_host=cluster.dashboard_host, runtime_env=env, log_to_driver=True)
+                       dashboard_host=cluster.dashboard_host, runtime_env=env, log_to_driver=True,
+                       namespace=namespace)
     url = getattr(ctx, "dashboard_url", None)
     log.info("Ray dashboard: %s", f"http://{url}" if url else "(off)")
+    node = next((n for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")), None)
+    if node:  # Prometheus format: the run's gauges (stepentropy_*) with Ray's own
+        log.info("Ray metrics: http://%s:%s/metrics", node["NodeManagerAddress"], node["MetricsExportPort"])
+
+
+def named(name: str) -> str:
+    """``name`` for an actor (the dashboard lists actors by it), or ``name.2``, ... when an actor of this namespace
+    holds it already (a second group spawned in one session)."""
+    taken = set(ray.util.list_named_actors())
+    i, out = 1, name
+    while out in taken:
+        i += 1
+        out = f"{name}.{i}"
+    return out
 
 
 def runtime_env() -> dict:
@@ -114,9 +130,9 @@ def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
     # No automatic task retries: a restarted engine serves the initial weights, so the group restores what it
     # served before retrying (RolloutGroup.generate).
     engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                     max_task_retries=0).remote(
+                                     max_task_retries=0, name=named(f"rollout-{i}")).remote(
         model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
-        for _ in range(int(c.num_workers))]
+        for i in range(int(c.num_workers))]
     return RolloutGroup(engines, model_path)
 
 
@@ -125,7 +141,7 @@ def spawn_reference(cfg: JobConfig, model_path: str):
     restarts a dead one (it reloads ``model_path``) and retries the call."""
     c = cfg.cluster.reference
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                   max_task_retries=c.max_restarts).remote(
+                                   max_task_retries=c.max_restarts, name=named("reference")).remote(
         model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
 
 
@@ -140,7 +156,7 @@ def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
     Ray restarts a dead one and retries the call."""
     c = cfg.cluster.reward
     return RewardWorker.options(num_cpus=c.num_cpus, max_restarts=c.max_restarts,
-                                max_task_retries=c.max_restarts).remote(
+                                max_task_retries=c.max_restarts, name=named("reward")).remote(
         cfg.reward, cfg.data, skip_id, close_id, cfg.trainer.prune.delimiter)
 
 
@@ -161,6 +177,7 @@ def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig,
     ray.get(pg.ready())
     at = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i) for i in range(world)]
     url = ray.get(rendezvous.options(scheduling_strategy=at[0]).remote())
-    ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i])
+    ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i],
+                                   name=named(f"learner-{i}"))
              .remote(i, world, url, model_path, learner, optim) for i in range(world)]
     return LearnerGroup(ranks, pg, micro_batch_size, pad_id)

@@ -136,11 +136,12 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
 def run(cfg: JobConfig) -> None:
     """The one driver entry: prepare the job, start (or join) Ray, run the configured pipeline."""
     from stepentropy_rl.driver.roles import check_shared_run_dir, init_ray
+    from stepentropy_rl.driver.tracking import run_id
 
     t0 = time.time()
     pipeline = pipeline_for(cfg)
     job = prepare(cfg, pipeline)
-    init_ray(cfg.cluster)
+    init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
     try:
         check_shared_run_dir(job.run_dir)
         pipeline(job)

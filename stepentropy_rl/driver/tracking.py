@@ -61,6 +61,7 @@ class Tracker:
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             where["tensorboard"] = str(run_dir / "tensorboard")
+        self.gauges = _ray_gauges(run_dir.name)  # the Ray dashboard's metrics, when Ray is up
         atomic_write_json(run_dir / "tracking.json", where)
 
     def log(self, metrics: dict, step: int, console_keys: tuple = ()) -> None:
@@ -70,6 +71,8 @@ class Tracker:
         if self.run is not None:
             # wandb's own step counter stays monotonic across stages (SFT, then GRPO restarting at 0)
             self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        if self.gauges is not None:
+            self.gauges.update(row)
         if self.tb is not None:  # tags carry their stage (sft/..., reward/...), so each has its own step axis
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -129,6 +132,16 @@ def _plain(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def _ray_gauges(run: str):
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from stepentropy_rl.driver.ray_metrics import RayGauges
+
+    return RayGauges(run)
 
 
 def _cell(v):

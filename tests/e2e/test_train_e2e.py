@@ -40,18 +40,19 @@ def _main(run_dir, *extra):
 @pytest.fixture(scope="module")
 def killed_then_resumed(micro_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train")
-    first = _main(run_dir, "trainer.grpo.crash_after_step=3", "+trainer.grpo.kill_at_step.rollout=1",
-                  "+trainer.grpo.kill_at_step.reference=1", "+trainer.grpo.kill_at_step.reward=2")
-    assert first.returncode != 0 and "simulated driver failure" in first.stderr + first.stdout
+    first = _watched(run_dir, "trainer.grpo.crash_after_step=3", "+trainer.grpo.kill_at_step.rollout=1",
+                     "+trainer.grpo.kill_at_step.reference=1", "+trainer.grpo.kill_at_step.reward=2")
+    assert first.returncode != 0 and "simulated driver failure" in first.stdout
     # the vLLM rollout actor killed before step 1 was restarted by Ray, re-synced, and step 1 retried
-    assert "rollout engine 0 died" in first.stderr + first.stdout
+    assert "rollout engine 0 died" in first.stdout
     # the reference (before step 1) and the reward service (before step 2) were killed -9; Ray restarted each and the
     # step's call was retried, so the run went on to the simulated crash after step 3
     for role, step in (("reference", 1), ("reward", 2)):
-        assert f"fault injection: killed the {role} before step {step}" in first.stderr + first.stdout
+        assert f"fault injection: killed the {role} before step {step}" in first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
     second = _watched(run_dir, "cluster.include_dashboard=true")
     assert second.returncode == 0, second.stdout[-6000:]
+    second.first_run_gauges = first.gauges
     return run_dir, marks, second
 
 
@@ -61,14 +62,16 @@ def _is_loopback(ip: str) -> bool:
 
 
 def _watched(run_dir, *extra):
-    """The main job, while every listening socket of its process tree is recorded and its dashboard is asked for
-    data without Ray's token: ``(returncode, stdout, sockets {(ip, port): process}, dashboard HTTP status)``."""
+    """The main job, while every listening socket of its process tree is recorded, its dashboard is asked for data
+    without Ray's token, and its Prometheus metrics are read: ``(returncode, stdout, sockets {(ip, port): process},
+    dashboard HTTP status, {gauge: last value} of the run's stepentropy_* gauges)``."""
     cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
            *SMALL, *extra]
     log_path = run_dir.parent / f"{run_dir.name}_watched.log"
-    sockets, status = {}, None
+    sockets, status, gauges, scraped = {}, None, {}, 0.0
+    env = dict(os.environ, RAY_metrics_report_interval_ms="1000")  # export each second, not every ten
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         root, deadline = psutil.Process(proc.pid), time.time() + 900
         while proc.poll() is None and time.time() < deadline:
             try:
@@ -90,10 +93,20 @@ def _watched(run_dir, *extra):
                     status = e.code
                 except OSError:
                     pass
+            metrics = re.search(r"Ray metrics: (http://\S+)", log_path.read_text())
+            if metrics and time.time() - scraped > 1.0:
+                scraped = time.time()
+                try:
+                    text = urllib.request.urlopen(metrics.group(1), timeout=5).read().decode()
+                    for m in re.finditer(r"^(\w*stepentropy_\w+)\{[^}]*\} (\S+)$", text, re.M):
+                        gauges[m.group(1)] = float(m.group(2))
+                except OSError:
+                    pass
             time.sleep(0.2)
         if proc.poll() is None:
             proc.kill()
-    return SimpleNamespace(returncode=proc.wait(), stdout=log_path.read_text(), sockets=sockets, dashboard=status)
+    return SimpleNamespace(returncode=proc.wait(), stdout=log_path.read_text(), sockets=sockets, dashboard=status,
+                           gauges=gauges)
 
 
 def test_a_local_run_listens_on_loopback_only_and_its_dashboard_wants_the_token(killed_then_resumed):
@@ -105,6 +118,16 @@ def test_a_local_run_listens_on_loopback_only_and_its_dashboard_wants_the_token(
     open_ = {k: v for k, v in run.sockets.items() if not _is_loopback(k[0])}
     assert not open_, f"listening beyond loopback: {open_}"
     assert run.dashboard == 401
+
+
+def test_the_run_moves_on_the_ray_dashboards_metrics(killed_then_resumed):
+    """The run's step, stage, SFT loss, reward, entropy, thinking tokens and throughput are Ray gauges, read from the
+    node's Prometheus endpoint while the first run went (SFT, then GRPO until its simulated crash)."""
+    _, _, second = killed_then_resumed
+    seen = {k.split("stepentropy_", 1)[1]: v for k, v in second.first_run_gauges.items()}
+    assert {"step", "sft_nll", "phase_stage", "reward_total", "policy_entropy", "response_think_tokens",
+            "perf_tokens_per_s"} <= set(seen), sorted(seen)
+    assert seen["step"] >= 1 and seen["perf_tokens_per_s"] > 0
 
 
 def test_the_console_carries_no_vllm_info_lines(killed_then_resumed):

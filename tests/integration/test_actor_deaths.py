@@ -89,3 +89,26 @@ def _stops(actor, timeout_s: float = 60.0) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def test_actors_are_named_by_role_and_rank_for_the_dashboard(ray_session, micro_model):
+    """``rollout-0``, ``reference``, ``reward``, ``learner-0``, ``learner-1``: a second group in the same namespace
+    gets ``.2``, ... instead of failing on a taken name."""
+    import re
+
+    from stepentropy_rl.driver.roles import named
+
+    first, second = spawn_reward(_job(), skip_id=-1, close_id=-1), spawn_reward(_job(), skip_id=-1, close_id=-1)
+    group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25),
+                           OptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0, grad_clip=1.0),
+                           micro_batch_size=2, pad_id=0)
+    try:
+        names = set(ray.util.list_named_actors())
+        rewards = {n for n in names if re.fullmatch(r"reward(\.\d+)?", n)}
+        assert len(rewards) >= 2 and {re.fullmatch(r"learner-[01](\.\d+)?", n) is not None for n in names} >= {True}
+        assert {n.split(".")[0] for n in names} >= {"reward", "learner-0", "learner-1"}
+        assert named("reward") not in names
+    finally:
+        group.shutdown()
+        for a in (first, second):
+            ray.kill(a)

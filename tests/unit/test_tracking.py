@@ -42,3 +42,11 @@ def test_wandb_offline_run_is_named_by_its_directory_and_grouped(tmp_path):
     assert where == {"id": run_id(run_dir), "project": "stepentropy_rl", "group": str(tmp_path / "sweep"),
                      "mode": "offline"}
     assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id(run_dir)}"))
+
+
+def test_gauge_names_are_prometheus_names():
+    from stepentropy_rl.driver.ray_metrics import EXPORTED, gauge_name
+
+    assert gauge_name("reward/skip_ratio") == "stepentropy_reward_skip_ratio"
+    assert gauge_name("perf/tokens_per_s") == "stepentropy_perf_tokens_per_s"
+    assert "reward/" in EXPORTED and not "sync/bytes".startswith(EXPORTED)
