@@ -32,6 +32,7 @@ class Rollout:
         self.model_path = model_path
         engine = dict(engine or {})
         engine.setdefault("worker_extension_cls", "workers.vllm_ext.WeightSync")
+        quiet_rotary_reload_warning()
         self.llm = LLM(model=model_path, seed=seed, **engine)
         self.tokenizer = load_tokenizer(model_path)
 
@@ -80,6 +81,18 @@ class Rollout:
 
     def ping(self) -> str:
         return self.model_path
+
+
+def quiet_rotary_reload_warning() -> None:
+    """vLLM warns "RotaryEmbedding: Failed to load weights" on every weight reload: the rotary cos/sin cache is a
+    buffer no checkpoint holds, and vLLM keeps it, as it should. Only that line is dropped."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record) -> bool:
+            return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_Drop())
 
 
 def _text_ids(c) -> list[int]:

@@ -136,6 +136,7 @@ def test_the_console_carries_no_vllm_info_lines(killed_then_resumed):
     _, _, second = killed_then_resumed
     vllm_info = [line for line in second.stdout.splitlines() if re.search(r"\bINFO \d\d-\d\d [\d:]+ \[\w+\.py:\d+\]", line)]
     assert not vllm_info, vllm_info[:5]
+    assert "RotaryEmbedding: Failed to load weights" not in second.stdout  # vLLM's false alarm on every reload
     assert "eval final: accuracy" in second.stdout  # the project's own INFO lines stay
 
 
