@@ -53,3 +53,12 @@ def r1_standin(cache_dir):
     from stepentropy_rl.r1_standin import StandinConfig, ensure_r1_standin
 
     return str(ensure_r1_standin(StandinConfig()))
+
+
+@pytest.fixture
+def scorer(tmp_path):
+    """A user's reward file (``tests.unit.test_hooks.SCORER``): verl's ``compute_score``, another scorer, a grader."""
+    from tests.unit.test_hooks import SCORER
+
+    (tmp_path / "my_reward.py").write_text(SCORER)
+    return str(tmp_path / "my_reward.py")

@@ -41,7 +41,7 @@ class Stages:
 
     def latest(self, key: str):
         """``key`` as the last finished stage that recorded it (in pipeline order) left it, or None."""
-        return next((self.info(s)[key] for s in reversed(ORDER) if key in self.info(s)), None)
+        return next((info[key] for info in map(self.info, reversed(ORDER)) if key in info), None)
 
 
 ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")

@@ -1,15 +1,8 @@
 """A user's reward and grader reach the reward service: the Ray actor imports the user's file in its own process."""
-import pytest
 import torch
 
 from stepentropy_rl.batch import Batch
-from tests.unit.test_hooks import REWARD, SCORER
-
-
-@pytest.fixture
-def scorer(tmp_path):
-    (tmp_path / "my_reward.py").write_text(SCORER)
-    return str(tmp_path / "my_reward.py")
+from tests.unit.test_hooks import REWARD
 
 
 def test_the_reward_actor_imports_the_users_file_itself(scorer, ray_session):

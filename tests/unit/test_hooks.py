@@ -22,12 +22,6 @@ REWARD = {"stages": {"compress": [{"name": "length_clip", "gate": True, "params"
                      "explore": [{"name": "correctness", "params": {"value": 1.0}}]}}
 
 
-@pytest.fixture
-def scorer(tmp_path):
-    (tmp_path / "my_reward.py").write_text(SCORER)
-    return str(tmp_path / "my_reward.py")
-
-
 def sample(text, answer="7", **kw):
     return make_sample([1, 2, 9, 3], text, True, skip_id=5, close_id=9, ground_truth=answer, **kw)
 
