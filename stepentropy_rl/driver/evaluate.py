@@ -15,7 +15,8 @@ def labelled(problems) -> bool:
                                   and all("label" in s for s in p.steps) for p in problems)
 
 
-def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN) -> dict:
+def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN,
+             cots: bool = False) -> dict:
     """``{accuracy, accuracy_stderr, thinking_tokens, skips, n}``; ``skips`` is the mean count of ``skip_token`` per
     sample (0 if the vocabulary lacks it). ``grade(response, answer)`` (``grading.make_grader``) reads the span it
     was made for; a failed sample (no answer, garbage, truncated) counts as wrong.
@@ -23,7 +24,12 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     With labelled problems (:func:`labelled`) also ``redundant_fraction`` (share of thinking tokens in steps
     ``basket.label_step`` calls redundant), ``steps_right`` (share of CoTs ``basket.diagnose`` finds no mistake in:
     every move, carry and the answer line right) and ``right_by_luck`` (share with the right answer but a wrong
-    step)."""
+    step).
+
+    ``cots=True`` adds ``cots``: one ``cot_record`` per problem (for the viewer), with token entropies estimated
+    from vLLM's top-k log-probs when ``sampling`` asks for them (``logprobs=k``): the evaluated policy's own."""
+    from stepentropy_rl.cot_record import cot_record
+    from stepentropy_rl.entropy import topk_entropy
     from stepentropy_rl.tasks.basket import diagnose, label_step
 
     prompts = [prompt_ids(tokenizer, p) for p in problems]
@@ -33,19 +39,31 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     with_steps = labelled(problems)
     samples = [o[0] if o else {"text": "", "token_ids": []} for o in outs]
     grades = grade_all(grade, [s["text"] for s in samples], [p.answer for p in problems])
-    correct, tokens, skips, steps, right, lucky = 0, 0, 0, [], 0, 0
+    correct, tokens, skips, steps, right, lucky, records = 0, 0, 0, [], 0, 0, []
     for p, sample, ok in zip(problems, samples, grades):
         correct += ok
-        tokens += thinking_tokens(sample["token_ids"], close_id)
+        n_think = thinking_tokens(sample["token_ids"], close_id)
+        tokens += n_think
         skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0
+        mistake = None
         if with_steps:
             steps.append(step_token_labels(tokenizer, sample["token_ids"], label_step))
-            clean = diagnose(p.solution, sample["text"]) is None
-            right += clean
-            lucky += ok and not clean
+            mistake = diagnose(p.solution, sample["text"])
+            right += mistake is None
+            lucky += ok and mistake is not None
+        if cots:
+            topk = sample.get("topk_logprobs")
+            records.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "correct": bool(ok),
+                            "finish_reason": sample.get("finish_reason"), "thinking_tokens": n_think,
+                            "mistake": mistake,
+                            "entropy_source": f"vLLM top-{sampling['logprobs']} log-probs" if topk else None,
+                            **cot_record(tokenizer, sample["token_ids"], topk_entropy(topk) if topk else None,
+                                         labeler=label_step if with_steps else None)})
     n = len(problems)
     out = {"accuracy": correct / n, "accuracy_stderr": binomial_stderr(correct / n, n), "thinking_tokens": tokens / n,
            "skips": skips / n, "n": n}
     if with_steps:
         out.update(redundant_fraction=redundant_fraction(steps), steps_right=right / n, right_by_luck=lucky / n)
+    if cots:
+        out["cots"] = records
     return out

@@ -20,6 +20,7 @@ import torch
 from stepentropy_rl import algorithms
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.cot_format import THINK_CLOSE, thinking_tokens
+from stepentropy_rl.driver import progress
 from stepentropy_rl.driver.faults import die_at
 from stepentropy_rl.driver.remote import fetch
 from stepentropy_rl.driver.tracking import require_finite
@@ -223,6 +224,7 @@ class GRPOTrainer:
         """Train until ``trainer.grpo.steps``; call :meth:`resume` first to continue a killed run. Each hook's
         optional ``before_step(trainer)`` and ``after_step(trainer)`` run around every step (after its checkpoint),
         e.g. ``faults.FaultInjection``."""
+        bar = progress.bar(self.t.steps, "GRPO", "step", initial=self.step)  # a resumed run: where it left off
         while self.step < self.t.steps:
             for h in hooks:
                 getattr(h, "before_step", lambda t: None)(self)
@@ -230,7 +232,9 @@ class GRPOTrainer:
             require_finite({k: v for k, v in metrics.items() if k.startswith(TRAINED)}, f"GRPO step {self.step}")
             self.tracker.log(metrics, step=self.step, console_keys=CONSOLE)
             self.step += 1
+            bar.update(1)
             if self.step % self.t.save_every == 0 or self.step == self.t.steps:
                 self.save()
             for h in hooks:
                 getattr(h, "after_step", lambda t: None)(self)
+        bar.close()

@@ -26,6 +26,15 @@ def token_entropies(reference, prompts: list[list[int]], responses: list[list[in
 
     if not prompts:
         return []
+    from stepentropy_rl.driver import progress
+
     batch = Batch.from_pairs(prompts, responses, pad_id=0)
-    scored = batch.union(fetch(reference.score.remote(batch, batch_size, chunk_rows)))
+    board = progress.board()
+    if board is None:
+        ref = reference.score.remote(batch, batch_size, chunk_rows)
+    else:
+        key = f"score/{id(batch)}"
+        ref = reference.score.remote(batch, batch_size, chunk_rows, progress=(board, key))
+        progress.wait([ref], [key], "scoring entropies", len(batch), "CoT")
+    scored = batch.union(fetch(ref))
     return [e.tolist() for e in scored.per_response("entropy")]

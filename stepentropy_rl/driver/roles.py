@@ -13,6 +13,7 @@ from stepentropy_rl.config import ClusterConfig, JobConfig, LearnerCluster, Opti
 from stepentropy_rl.driver.learner_group import LearnerGroup
 from stepentropy_rl.driver.network import use_loopback_only
 from stepentropy_rl.driver.rollout_group import RolloutGroup
+from workers.board import BoardWorker
 from workers.learner import LearnerWorker
 from workers.reference import ReferenceWorker
 from workers.reward import RewardWorker
@@ -31,16 +32,21 @@ class Actors:
     learners: LearnerGroup
 
 
-def init_ray(cluster: ClusterConfig, namespace: str | None = None) -> None:
+def init_ray(cluster: ClusterConfig, namespace: str | None = None) -> bool:
     """Join ``cluster.address`` (or RAY_ADDRESS) if set, else start a local Ray with the dashboard on 127.0.0.1,
     listening on loopback only unless ``cluster.loopback_only`` is false (``network.use_loopback_only``).
     ``namespace``: the run's, so its actors' names (``rollout-0``, ``learner-1``, ...) are its own on a shared cluster.
+    Returns whether it started (or joined) Ray here; False when this process was already in a Ray session (a Ray
+    task of ``hydra/launcher=ray``), which then must not be shut down by the run: its actors still get the run's
+    namespace (``named``) and are released by ``release_actors``.
 
     The project's packages travel with the job (Ray's ``runtime_env`` ``py_modules``), so a worker on any node
     imports the driver's code, not whatever that node has installed.
     """
+    global _namespace
+    _namespace = namespace
     if ray.is_initialized():
-        return
+        return False
     address = cluster.address or os.environ.get("RAY_ADDRESS")
     env = runtime_env()
     if address:
@@ -56,26 +62,46 @@ def init_ray(cluster: ClusterConfig, namespace: str | None = None) -> None:
     node = next((n for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")), None)
     if node:  # Prometheus format: the run's gauges (stepentropy_*) with Ray's own
         log.info("Ray metrics: http://%s:%s/metrics", node["NodeManagerAddress"], node["MetricsExportPort"])
+    return True
 
 
-def named(name: str) -> str:
-    """``name`` for an actor (the dashboard lists actors by it), or ``name.2``, ... when an actor of this namespace
-    holds it already (a second group spawned in one session)."""
-    taken = set(ray.util.list_named_actors())
+_namespace: str | None = None  # the run's Ray namespace (``init_ray``)
+
+
+def named(name: str) -> dict:
+    """Actor options naming it ``name`` (the dashboard lists actors by it) in the run's namespace, or ``name.2``, ...
+    when an actor there holds the name already (a second group spawned in one session)."""
+    ns = _namespace or ray.get_runtime_context().namespace
+    taken = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns}
     i, out = 1, name
     while out in taken:
         i += 1
         out = f"{name}.{i}"
-    return out
+    return {"name": out, "namespace": ns}
+
+
+def release_actors() -> int:
+    """Kill the actors of the run's namespace: a run inside a Ray task does not shut Ray down, and the session
+    outlives it (``hydra/launcher=ray``). Returns how many were killed."""
+    if _namespace is None or not ray.is_initialized():
+        return 0
+    mine = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == _namespace]
+    for name in mine:
+        try:
+            ray.kill(ray.get_actor(name, namespace=_namespace))
+        except ValueError:
+            pass  # gone already
+    return len(mine)
 
 
 def runtime_env() -> dict:
-    """Ship ``stepentropy_rl`` and ``workers`` to every node with the job; no tokenizer thread pools in actors."""
+    """Ship ``stepentropy_rl`` and ``workers`` to every node with the job; no tokenizer thread pools in actors, and no
+    Hugging Face progress bars in them (each would print one line per weight load; the driver draws the bars)."""
     import stepentropy_rl
     import workers
 
     modules = [os.path.dirname(os.path.abspath(m.__file__)) for m in (stepentropy_rl, workers)]
-    return {"py_modules": modules, "env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    return {"py_modules": modules, "env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
 
 
 @ray.remote(num_cpus=0)
@@ -124,13 +150,18 @@ def check_shared_run_dir(run_dir, writer=None) -> None:
             "filesystem every node mounts at the same path (see README, 'On a Ray cluster').")
 
 
+def spawn_board():
+    """The run's progress board (``workers/board.py``), named ``progress``: no CPU, the driver's bars read it."""
+    return BoardWorker.options(num_cpus=0, **named("progress")).remote()
+
+
 def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
     """``cluster.rollout.num_workers`` vLLM engines serving ``model_path``, as one ``RolloutGroup``."""
     c = cfg.cluster.rollout
     # No automatic task retries: a restarted engine serves the initial weights, so the group restores what it
     # served before retrying (RolloutGroup.generate).
     engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                     max_task_retries=0, name=named(f"rollout-{i}")).remote(
+                                     max_task_retries=0, **named(f"rollout-{i}")).remote(
         model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
         for i in range(int(c.num_workers))]
     return RolloutGroup(engines, model_path)
@@ -141,7 +172,7 @@ def spawn_reference(cfg: JobConfig, model_path: str):
     restarts a dead one (it reloads ``model_path``) and retries the call."""
     c = cfg.cluster.reference
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                   max_task_retries=c.max_restarts, name=named("reference")).remote(
+                                   max_task_retries=c.max_restarts, **named("reference")).remote(
         model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
 
 
@@ -156,7 +187,7 @@ def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
     Ray restarts a dead one and retries the call."""
     c = cfg.cluster.reward
     return RewardWorker.options(num_cpus=c.num_cpus, max_restarts=c.max_restarts,
-                                max_task_retries=c.max_restarts, name=named("reward")).remote(
+                                max_task_retries=c.max_restarts, **named("reward")).remote(
         cfg.reward, cfg.data, skip_id, close_id, cfg.trainer.prune.delimiter)
 
 
@@ -178,6 +209,6 @@ def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig,
     at = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i) for i in range(world)]
     url = ray.get(rendezvous.options(scheduling_strategy=at[0]).remote())
     ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i],
-                                   name=named(f"learner-{i}"))
+                                   **named(f"learner-{i}"))
              .remote(i, world, url, model_path, learner, optim) for i in range(world)]
     return LearnerGroup(ranks, pg, micro_batch_size, pad_id)

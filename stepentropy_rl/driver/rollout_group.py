@@ -4,11 +4,13 @@ loading saved weights for evaluation. The group knows what its engines serve, so
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import time
 
 import ray
 
+from stepentropy_rl.driver import progress
 from stepentropy_rl.driver.remote import fetch
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class RolloutGroup:
         self.serving, self.version = str(model_path), 0
         self.retries, self.restart_timeout_s = retries, restart_timeout_s
         self.sync: WeightBroadcast | None = None
+        self._calls = itertools.count()  # names each generate's progress counters
 
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], sampling: dict) -> list[list[dict]]:
@@ -69,9 +72,14 @@ class RolloutGroup:
         n = len(self.engines)
         shares = [prompts[i::n] for i in range(n)]
         results: list = [None] * n
+        board, call = progress.board(), next(self._calls)
         for attempt in range(self.retries + 1):
-            pending = {i: self.engines[i].generate.remote(shares[i], sampling) for i in range(n)
+            asked = {i: {**sampling, "progress": (board, f"gen{call}.{attempt}/{i}")} if board else sampling
+                     for i in range(n)}
+            pending = {i: self.engines[i].generate.remote(shares[i], asked[i]) for i in range(n)
                        if results[i] is None and shares[i]}
+            progress.wait(list(pending.values()), [asked[i]["progress"][1] for i in pending] if board else [],
+                          "generating", sum(len(shares[i]) for i in pending) * int(sampling.get("n", 1)), "sample")
             failed = []
             for i, ref in pending.items():
                 try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import ray
 from omegaconf import OmegaConf
 
+from stepentropy_rl.driver import progress
 from stepentropy_rl.bootstrap import ensure_tiny_model
 from stepentropy_rl.config import JobConfig, check_context, context_needs
 from stepentropy_rl.data import DataError, as_asked, generated, load_problems
@@ -135,16 +136,22 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
 
 def run(cfg: JobConfig) -> None:
     """The one driver entry: prepare the job, start (or join) Ray, run the configured pipeline."""
-    from stepentropy_rl.driver.roles import check_shared_run_dir, init_ray
+    from stepentropy_rl.driver.roles import check_shared_run_dir, init_ray, release_actors
     from stepentropy_rl.driver.tracking import run_id
 
     t0 = time.time()
     pipeline = pipeline_for(cfg)
     job = prepare(cfg, pipeline)
-    init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
+    started = init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
     try:
         check_shared_run_dir(job.run_dir)
-        pipeline(job)
+        progress.start(cfg.trainer.progress)
+        with progress.logs_above_bars():
+            pipeline(job)
     finally:
-        ray.shutdown()
+        progress.stop()
+        if started:
+            ray.shutdown()
+        else:  # inside a Ray task (hydra/launcher=ray) the session is the launcher's: only this run's actors go
+            release_actors()
     log.info("done in %.0f s; outputs in %s", time.time() - t0, job.run_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 
+from stepentropy_rl.driver import progress
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
@@ -83,6 +84,7 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
     rng = random.Random(seed)
     steps = max(1, sft.epochs * len(data) // sft.batch_size)
     history = []
+    bar = progress.bar(steps, "SFT", "step")
     for step in range(steps):
         learners.set_lr(sft.lr * (1 - step / steps))
         m = learners.train_step(data.select(rng.sample(range(len(data)), min(sft.batch_size, len(data)))),
@@ -92,6 +94,8 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
         if tracker:
             tracker.log({f"sft/{k.split('/')[-1]}": v for k, v in m.items()}, step=step,
                         console_keys=("sft/nll", "sft/grad_norm"))
+        bar.update(1)
+    bar.close()
     return history
 
 

@@ -17,6 +17,7 @@ from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
 from stepentropy_rl.cot_stats import binomial_stderr
+from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps, topk_entropy
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.driver.remote import token_entropies
@@ -32,6 +33,7 @@ class StudyResult:
     rows: list  # per-problem, per (strategy, ratio)
     summary: list  # {strategy, ratio, accuracy, thinking_tokens, kept_fraction, n}
     steps: list  # per step: {id, index, entropy, label, kind, source}
+    cots: list  # per problem: cot_record + {id, prompt, answer, correct, variants: [{strategy, ratio, pruned, ...}]}
     auroc: float
     auroc_generated: float
     topk_error: dict  # error of the top-k entropy estimate against the exact entropy
@@ -76,14 +78,17 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     entropies = token_entropies(reference, prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
                                 cfg.reference.chunk_rows)
 
-    rows, variants, steps = [], [], []
+    rows, variants, steps, records = [], [], [], []
     for p, prompt, cot, ent in zip(problems, prompts, cots, entropies):
-        texts, ents = scored_steps(tokenizer, cot["token_ids"], ent, pc.delimiter, pc.aggregate)
+        rec = cot_record(tokenizer, cot["token_ids"], ent, pc.delimiter, pc.aggregate, label_step)
+        texts, ents = step_texts(rec), [s["entropy"] for s in rec["steps"]]
         n_think = count_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
-        for j, (t, e) in enumerate(zip(texts, ents)):
-            lab, kind = label_step(t)
-            steps.append({"id": p.id, "index": j, "entropy": e, "label": lab, "kind": kind, "source": "generated"})
+        steps += [{"id": p.id, "index": j, "entropy": s["entropy"], "label": s["label"], "kind": s["kind"],
+                   "source": "generated"} for j, s in enumerate(rec["steps"])]
         full_ok = grade(cot["text"], p.answer)
+        records.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "correct": full_ok,
+                        "finish_reason": cot["finish_reason"], "entropy_source": "exact (reference model)",
+                        **rec, "variants": []})
         for strategy in strategies:
             for ratio in ratios:
                 pruned = prune_steps(texts, ents, strategy, ratio, placeholder=pc.placeholder or None,
@@ -97,6 +102,9 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
                              "thinking_tokens_full": n_think,
                              "thinking_tokens": count_tokens(tokenizer, thinking),
                              "thinking": thinking})
+                records[-1]["variants"].append({"strategy": strategy, "ratio": ratio, "thinking_tokens":
+                                                rows[-1]["thinking_tokens"],
+                                                "pruned": [i for i, f in enumerate(pruned.pruned) if f]})
 
     # Strategies that prune the same steps (every strategy at ratio 0, or when floor(kappa * N) = 0) give the same
     # prefix: it is answered once, so they are scored on the same sample.
@@ -105,16 +113,17 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
                         skip_special_tokens=False)
     by_prefix = dict(zip(unique, rollout.generate([encode(tokenizer, u) for u in unique], ans_sampling)))
-    for row, a in zip(rows, (by_prefix[v] for v in variants)):
+    shown = [v for rec in records for v in rec["variants"]]  # in the order of ``rows``
+    for row, a, view in zip(rows, (by_prefix[v] for v in variants), shown):
         text = a[0]["text"] if a else ""
-        row["regenerated"] = text
+        row["regenerated"] = view["regenerated"] = text
         # the regenerated text is what follows </think> after the pruned thinking
-        row["correct"] = bool(text) and grade(THINK_CLOSE + text, row["answer"])
+        row["correct"] = view["correct"] = bool(text) and grade(THINK_CLOSE + text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
-    return StudyResult(rows=rows, summary=summary, steps=steps, topk_error=topk_error(cots, entropies, rc.topk_logprobs),
+    return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, topk_error=topk_error(cots, entropies, rc.topk_logprobs),
                        auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
                        auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
 
@@ -172,6 +181,7 @@ def study_pipeline(job) -> StudyResult:
     res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade)
     write_jsonl(run_dir / "samples.jsonl", res.rows)
     write_jsonl(run_dir / "steps.jsonl", res.steps)
+    write_jsonl(run_dir / "cots.jsonl", res.cots)
     extra = {"auroc": res.auroc, "auroc_generated": res.auroc_generated, "topk_entropy_error": res.topk_error,
              "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
@@ -187,5 +197,5 @@ def study_pipeline(job) -> StudyResult:
     print(report.summary_table(res.summary))
     print(f"AUROC (low step entropy -> labelled redundant step): gold {res.auroc:.3f}, "
           f"generated {res.auroc_generated:.3f}")
-    print(f"outputs: {run_dir}")
+    print(f"outputs: {run_dir} (look at the CoTs: python -m stepentropy_rl.view {run_dir})")
     return res

@@ -86,7 +86,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     reward = roles.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
     tracker = Tracker(run_dir, tc.logger, cfg.to_dict())
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
-                     "max_tokens": int(tc.eval.max_tokens)}
+                     "max_tokens": int(tc.eval.max_tokens), "logprobs": tc.eval.topk_logprobs or None}
     # a rerun after a crash: the engines' sampler state as the last finished stage left it, so that the next stage
     # samples what it would have in one uninterrupted run (a GRPO checkpoint restores its own)
     rollouts.set_rng_states(stages.latest("engine_rng"))
@@ -95,9 +95,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         if stages.done(f"eval_{name}"):
             return
         rollouts.serve(str(model_dir))  # the engines read the shared run dir
-        res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling)
+        res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling, cots=True)
         die_at("eval_done")
         (run_dir / "eval").mkdir(exist_ok=True)
+        write_jsonl(run_dir / "eval" / f"{name}.cots.jsonl", res.pop("cots"))  # python -m stepentropy_rl.view
         atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
         log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
                  res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])

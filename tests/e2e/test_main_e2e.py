@@ -66,3 +66,40 @@ def test_the_sweep_is_one_wandb_group_and_collects_into_one_table(sweep):
     assert len(rows) == 3 * 2  # (low, random) x 2 ratios in job 0, high x 2 ratios in job 1
     assert {r["label"] for r in rows} == {'pruning.strategy=["low", "random"]', "pruning.strategy=high"}
     assert (out / "accuracy_vs_ratio.png").exists() and (out / "accuracy_vs_tokens.png").exists()
+
+
+def test_the_viewer_shows_a_study_job_in_chromium(sweep, tmp_path):
+    from tests.chromium import Browser, chromium_binary
+
+    _, jobs = sweep
+    cots = [json.loads(line) for line in (jobs[0] / "cots.jsonl").read_text().splitlines()]
+    assert len(cots) == 6 and all(c["entropy_source"].startswith("exact") for c in cots)
+    assert {(v["strategy"], v["ratio"]) for v in cots[0]["variants"]} == {(s, r) for s in ("low", "random")
+                                                                          for r in (0.0, 0.5)}
+    out = tmp_path / "view.html"
+    proc = subprocess.run([sys.executable, "-m", "stepentropy_rl.view", str(jobs[0]), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    chromium_binary()
+    with Browser() as b:
+        b.open(out.as_uri() + f"#source=0&id={cots[0]['id']}&strategy=low&ratio=0.5")
+        low = next(v for v in cots[0]["variants"] if v["strategy"] == "low" and v["ratio"] == 0.5)
+        assert b.eval("[...document.querySelectorAll('.step.pruned')].map(e => Number(e.dataset.index))") == low[
+            "pruned"]
+        assert b.console == []
+
+
+def test_a_sweep_runs_as_ray_tasks_through_hydra_ray_launcher(micro_model, tmp_path):
+    """``hydra/launcher=ray``: the jobs run concurrently as Ray tasks in the launcher's Ray session; each run keeps
+    its actors in its own namespace (no name clash), leaves the session up for the other job and releases its
+    actors when done."""
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", "-m", "+experiment=prune_sweep", "hydra/launcher=ray",
+           "pruning.ratio=0.0,0.5", "pruning.strategy=low", "data.n_eval=4", "rollout.max_tokens=32",
+           "cluster.include_dashboard=false", "trainer.logger.wandb=disabled", f"hydra.sweep.dir={tmp_path}",
+           *MICRO_OVERRIDES]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Ray Launcher is launching 2 jobs" in out and out.count("_run_job pid=") > 0
+    for job in ("job0", "job1"):
+        assert json.loads((tmp_path / job / "summary.json").read_text())["results"][0]["n"] == 4

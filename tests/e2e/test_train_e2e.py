@@ -50,7 +50,7 @@ def killed_then_resumed(micro_model, tmp_path_factory):
     for role, step in (("reference", 1), ("reward", 2)):
         assert f"fault injection: killed the {role} before step {step}" in first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
-    second = _watched(run_dir, "cluster.include_dashboard=true")
+    second = _watched(run_dir, "cluster.include_dashboard=true", "trainer.progress=true")
     assert second.returncode == 0, second.stdout[-6000:]
     second.first_run_gauges = first.gauges
     return run_dir, marks, second
@@ -269,3 +269,41 @@ def test_the_export_serves_chat_requests_with_vllms_openai_server(killed_then_re
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_each_eval_saves_its_cots_and_the_viewer_shows_them(killed_then_resumed, tmp_path):
+    """The evals' CoTs carry the evaluated policy's token entropies from vLLM's top-k log-probs, the labels of the
+    embedded task and the verdicts the report counts; the viewer's page loads them in Chromium."""
+    from tests.chromium import Browser, chromium_binary
+
+    run_dir, _, _ = killed_then_resumed
+    report = json.loads((run_dir / "report.json").read_text())
+    for name in ("base", "sft", "final"):
+        cots = [json.loads(line) for line in (run_dir / "eval" / f"{name}.cots.jsonl").read_text().splitlines()]
+        assert len(cots) == 8 and sum(c["correct"] for c in cots) / 8 == report["models"][name]["accuracy"]
+        assert all(c["entropy_source"].startswith("vLLM top-") for c in cots)
+        assert any(t[2] > 0 for c in cots for t in c["tokens"])
+        steps = [s for c in cots for s in c["steps"]]
+        assert steps and all(s["entropy"] >= 0 for s in steps)
+        assert sum(c["mistake"] is None for c in cots) / 8 == pytest.approx(report["models"][name]["steps_right"])
+    out = tmp_path / "view.html"
+    proc = subprocess.run([sys.executable, "-m", "stepentropy_rl.view", str(run_dir), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    chromium_binary()
+    with Browser() as b:
+        b.open(out.as_uri() + "#source=2")
+        assert b.eval("document.getElementById('source').selectedOptions[0].textContent") == "eval: final (8)"
+        assert b.eval("document.querySelectorAll('#steps .step').length") > 0 and b.console == []
+
+
+def test_progress_bars_with_eta_and_no_worker_bars(killed_then_resumed):
+    """``trainer.progress=true`` (auto turns them on at a terminal): the driver draws generation and GRPO bars with
+    elapsed<remaining; the actors' own Hugging Face bars (one line per weight load) are gone."""
+    _, _, second = killed_then_resumed
+    out = second.stdout.replace("\r", "\n")
+    for desc, unit in (("generating", "sample"), ("GRPO", "step")):
+        assert re.search(rf"{desc}: +\d+%\|.*\| \d+/\d+ \[\d\d:\d\d<\d\d:\d\d, .*({unit}/s|s/{unit})\]", out), desc
+    # the resumed run starts its GRPO bar where the checkpoint left off, not at 0
+    assert re.search(r"GRPO: +50%\|.*\| 2/4 \[", out) and not re.search(r"GRPO: +0%\|.*\| 0/4 ", out)
+    assert "Loading weights" not in out and "Writing model shards" not in out

@@ -107,7 +107,7 @@ def test_actors_are_named_by_role_and_rank_for_the_dashboard(ray_session, micro_
         rewards = {n for n in names if re.fullmatch(r"reward(\.\d+)?", n)}
         assert len(rewards) >= 2 and {re.fullmatch(r"learner-[01](\.\d+)?", n) is not None for n in names} >= {True}
         assert {n.split(".")[0] for n in names} >= {"reward", "learner-0", "learner-1"}
-        assert named("reward") not in names
+        assert named("reward")["name"] not in names
     finally:
         group.shutdown()
         for a in (first, second):

@@ -69,6 +69,11 @@ class FakeReference:
 
 @pytest.fixture(scope="module")
 def setup():
+    return study_inputs()
+
+
+def study_inputs():
+    """12 labelled problems, a tokenizer trained on them, the study's config."""
     probs = generated(BasketConfig(redundancy=0.5), 12, 0, "test")
     tok = train_tokenizer([p.prompt + "\n" + p.solution for p in probs], 400)
     tok.save_pretrained("/tmp/_fake_tok")
