@@ -165,6 +165,7 @@ def test_report_has_base_sft_final(killed_then_resumed):
         # the embedded task's labelled steps: how much thinking is redundant, how many CoTs are right at every step
         assert 0 <= m["redundant_fraction"] <= 1 and 0 <= m["right_by_luck"] <= m["accuracy"]
         assert m["steps_right"] + m["right_by_luck"] >= m["accuracy"] - 1e-9
+        assert sum(m["mistakes"].values()) == round((1 - m["steps_right"]) * 8)  # each wrong CoT: its first mistake
     assert "| final |" in second.stdout
     for key in ("reward/total", "reward/format_reward", "reward/exp_length", "policy/entropy", "phase/stage",
                 "time/gen", "time/update", "time/sync"):
