@@ -38,7 +38,7 @@ class Reference:
               temperature: float = 1.0, progress: tuple | None = None) -> dict[str, torch.Tensor]:
         """Columns ``entropy`` and ``logprobs`` ([B, T] like ``batch``) of its response tokens under
         softmax(logits / temperature); GRPO passes the temperature that sampled the responses. ``progress``:
-        (board, key) to report scored rows to (``stepentropy_rl.progress``)."""
+        (board, key) to report scored rows to (``stepentropy_rl.progress_report``)."""
         from stepentropy_rl.progress_report import Reporter
 
         prompts = [batch.prompt_ids(i) for i in range(len(batch))]

@@ -45,22 +45,25 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
         n_think = thinking_tokens(sample["token_ids"], close_id)
         tokens += n_think
         skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0
-        mistake = None
-        if with_steps:
-            steps.append(step_token_labels(tokenizer, sample["token_ids"], label_step))
+        mistake, rec = None, None
+        if cots:
+            topk = sample.get("topk_logprobs")
+            rec = cot_record(tokenizer, sample["token_ids"], topk_entropy(topk) if topk else None,
+                             labeler=label_step if with_steps else None)
+        if with_steps:  # the record's steps when there is one: the ids are decoded and cut once
+            steps.append([(s["label"], s["tok"][1] - s["tok"][0]) for s in rec["steps"]] if rec else
+                         step_token_labels(tokenizer, sample["token_ids"], label_step))
             mistake = diagnose(p.solution, sample["text"])
             if mistake:
                 mistakes[mistake] = mistakes.get(mistake, 0) + 1
             right += mistake is None
             lucky += ok and mistake is not None
-        if cots:
-            topk = sample.get("topk_logprobs")
+        if rec is not None:
             records.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "correct": bool(ok),
                             "finish_reason": sample.get("finish_reason"), "thinking_tokens": n_think,
                             "mistake": mistake,
                             "entropy_source": f"vLLM top-{sampling['logprobs']} log-probs" if topk else None,
-                            **cot_record(tokenizer, sample["token_ids"], topk_entropy(topk) if topk else None,
-                                         labeler=label_step if with_steps else None)})
+                            **rec})
     n = len(problems)
     out = {"accuracy": correct / n, "accuracy_stderr": binomial_stderr(correct / n, n), "thinking_tokens": tokens / n,
            "skips": skips / n, "n": n}
