@@ -1,10 +1,10 @@
 """The embedded basket task's splits frozen to files, with the gold solutions and their step labels.
 
-    python data/prepare_basket.py                      # data/basket_{train,test}.{jsonl,parquet}, the terse style
-    python data/prepare_basket.py --data basket_verbose   # data/basket_verbose_{train,test}.*, the R1-like style
+    python data/prepare_basket.py                    # data/basket_verbose_{train,test}.{jsonl,parquet}, the default
+    python data/prepare_basket.py --data basket      # data/basket_{train,test}.*, the terse variant
 
 The problems are those the pipeline generates itself with the same seed (``data.seed``), so a run on
-``data.path=data/basket_test.jsonl data.train_path=data/basket_train.jsonl`` sees the same problems as one on the
+``data.path=data/basket_verbose_test.jsonl data.train_path=data/basket_verbose_train.jsonl`` sees the same problems as one on the
 generated task; other tools can read them (verl's Parquet, with the step labels in ``extra_info.steps``).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from stepentropy_rl.data import generated
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=("basket", "basket_verbose"), default="basket",
+    ap.add_argument("--data", choices=("basket", "basket_verbose"), default="basket_verbose",
                     help="the conf/data config whose task to freeze")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=500)

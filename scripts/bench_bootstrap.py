@@ -6,7 +6,7 @@ Prints and saves: bootstrap seconds (measured when the cached model was trained)
 accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean
 thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
 the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
-share of CoTs right at every step, and one sample CoT. ``data=basket_verbose`` measures the R1-like verbose style.
+share of CoTs right at every step, and one sample CoT. ``data=basket`` measures the terse variant.
 """
 from __future__ import annotations
 

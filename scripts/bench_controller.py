@@ -4,10 +4,11 @@ thinking tokens (the Pareto front), mean and spread over seeds.
 
     python scripts/bench_controller.py [--seeds 0 1 2] [--out runs/bench_controller] [hydra overrides ...]
 
-Per seed the stages before GRPO (init, eval base, prune, SFT, eval SFT) run once, in a preparation run
-(``seed<N>_prep``, a whole job in the first mode); every mode, the first included, then reruns from a copy of it cut
-back to before GRPO. So the modes differ only in GRPO, and each starts from the engines' sampler state that the
-preparation run saved when its SFT eval finished (the stage marker holds it). ``seed`` and ``rollout.seed`` take
+Per seed the first mode runs as a whole job (``seed<N>_entropy``: init, eval base, prune, SFT, eval SFT, GRPO,
+eval final); every other mode reruns from a copy of it cut back to before GRPO. So the modes differ only in GRPO, and
+each starts from the engines' sampler state that the first run saved when its SFT eval finished (the stage marker
+holds it), as a resumed run does: the first mode's own rerun would end with its report (the kill harness checks
+that), so it is not run twice. ``seed`` and ``rollout.seed`` take
 the seed. Saves ``results.json``, ``table.md`` and ``pareto.png`` under ``--out``.
 """
 from __future__ import annotations
@@ -98,14 +99,13 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for seed in args.seeds:
         per = results.setdefault(str(seed), {})
-        prep = out / f"seed{seed}_prep"
-        if not (prep / "stages" / "eval_sft.done").exists():
-            run_mode(prep, MODES[0], seed, args.overrides)
+        first = out / f"seed{seed}_{MODES[0]}"
         for mode in MODES:
             if mode in per:
                 continue  # a rerun keeps what an earlier run measured
             run_dir = out / f"seed{seed}_{mode}"
-            fork_after_sft(prep, run_dir)
+            if mode != MODES[0]:
+                fork_after_sft(first, run_dir)
             per[mode] = run_mode(run_dir, mode, seed, args.overrides)
             results_path.write_text(json.dumps(results, indent=1))
             print(f"seed {seed} {mode}: final {100 * per[mode]['final']['accuracy']:.1f}% / "

@@ -321,11 +321,13 @@ class PruneStageConfig(StepPruning):
     source: str = "policy"
     ratio: float = 0.2
     keep_verified: bool = True  # keep a pruned CoT only if the answer regenerated after it is still right
+    verify_with: str = "deletion"  # what the check reads: the pruned steps deleted | the SFT row's placeholder
     answer_max_tokens: int = 32
 
     def __post_init__(self):
         super().__post_init__()
         one_of(self, "source", ("policy", "gold"))
+        one_of(self, "verify_with", ("deletion", "placeholder"))
         try:
             validate_pruning("low", self.ratio)
         except ValueError as e:

@@ -79,10 +79,12 @@ REPORT_KEYS = ("accuracy", "accuracy_stderr", "thinking_tokens", "skips", "redun
                "right_by_luck", "mistakes", "n")
 
 
-def write_training_report(run_dir: Path, models: dict) -> dict:
+def write_training_report(run_dir: Path, models: dict, stage_seconds: dict | None = None) -> dict:
     """``report.json``: ``models: {base, sft, final}``, each with the ``REPORT_KEYS`` its eval measured
-    (``driver/evaluate.py``); ``report.md`` and the console get the table."""
-    rep = {"models": {k: {key: v[key] for key in REPORT_KEYS if key in v} for k, v in models.items()}}
+    (``driver/evaluate.py``), and ``stage_seconds``, each stage's wall time when it ran; ``report.md`` and the
+    console get the table."""
+    rep = {"models": {k: {key: v[key] for key in REPORT_KEYS if key in v} for k, v in models.items()},
+           "stage_seconds": stage_seconds or {}}
     atomic_write_json(run_dir / "report.json", rep)
     table = training_table(rep["models"])
     (run_dir / "report.md").write_text(table + "\n")

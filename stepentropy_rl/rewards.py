@@ -87,16 +87,24 @@ def correctness(s: Sample, *, value: float = 2.0) -> float:
 
 @register_term("skip_ratio")
 def skip_ratio(s: Sample, *, high: float = 0.8, high_reward: float = 1.0, low: float = 0.5,
-               low_reward: float = 0.5) -> float:
-    r"""$\rho = n_{skip}/(n_{steps}+n_{skip})$ (0 if both 0); $r = r_{hi}$ if $\rho \ge hi$, $r_{lo}$ if $\rho \ge lo$, else 0.
+               low_reward: float = 0.5, graded: bool = False) -> float:
+    r"""$\rho = n_{skip}/(n_{steps}+n_{skip})$ (0 if both 0); $r = r_{hi}$ if $\rho \ge hi$, $r_{lo}$ if $\rho \ge lo$, else 0
+    (paper 1's tiers). ``graded``: $r = r_{hi} \min(\rho / hi, 1)$, which rewards every extra skip (an option: with
+    one ``[SKIP]`` per gap the tiers give every sample of a group the same 0.5).
 
     >>> skip_ratio(Sample(n_skip=8, n_steps=2)), skip_ratio(Sample(n_skip=1, n_steps=1)), skip_ratio(Sample())
     (1.0, 0.5, 0.0)
+    >>> skip_ratio(Sample(n_skip=2, n_steps=3), graded=True), skip_ratio(Sample(n_skip=9, n_steps=1), graded=True)
+    (0.5, 1.0)
     """
     if not _real("skip_ratio.low", low, 0, 1) <= _real("skip_ratio.high", high, 0, 1):
         raise ValueError(f"skip_ratio.low must be <= skip_ratio.high, got low={low}, high={high}")
+    if not isinstance(graded, bool):
+        raise ValueError(f"skip_ratio.graded must be true or false, got {graded!r}")
     total = s.n_steps + s.n_skip
     ratio = s.n_skip / total if total else 0.0
+    if graded:
+        return float(high_reward) * min(ratio / high, 1.0) if high > 0 else float(high_reward)
     return float(high_reward) if ratio >= high else float(low_reward) if ratio >= low else 0.0
 
 

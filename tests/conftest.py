@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-MICRO_OVERRIDES = ["model.tiny.hidden_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=1",
+MICRO_OVERRIDES = ["data=basket", "model.tiny.hidden_size=64", "model.tiny.num_layers=1", "model.tiny.num_heads=1",
                    "model.tiny.intermediate_size=128", "model.tiny.train_examples=2000", "model.tiny.steps=250",
                    "model.tiny.batch_size=16"]
 

@@ -29,6 +29,11 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                          ref_batch_size: int = 16) -> tuple[list[dict], dict]:
     """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
 
+    ``prune.keep_verified`` keeps a row only if the policy, given the pruned thinking, still answers right; it reads
+    the thinking with the pruned steps deleted (``verify_with: deletion``) or with the row's placeholder
+    (``placeholder``). The base model has never seen ``[SKIP]``: a small one loses the thread after it (README), so
+    with ``placeholder`` the check measured that, not whether the kept steps still carry the answer.
+
     ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
     span-aware grader (``grading.make_grader``).
     """
@@ -50,10 +55,14 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                              merge_runs=prune.merge_runs)
         answer_part = answer_text(cots[i]["text"])
         thinking = pruned.text(prune.delimiter)
+        probe = thinking
+        if prune.verify_with == "deletion" and prune.placeholder:  # the same steps, left out without a trace
+            probe = prune_steps(texts, ents, "low", prune.ratio, placeholder=None, protect_first=prune.protect_first,
+                                protect_last=prune.protect_last).text(prune.delimiter)
         asked = {k: v for k, v in (("system", problems[i].system), ("chat_kwargs", problems[i].chat_kwargs)) if v}
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, **asked, "answer": problems[i].answer,
                            "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
-                           "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], thinking)),
+                           "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], probe)),
                            "tokens_full": count_tokens(tokenizer, prune.delimiter.join(texts)),
                            "tokens_pruned": count_tokens(tokenizer, thinking)})
     rows = candidates

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import ray
@@ -24,15 +25,26 @@ log = logging.getLogger(__name__)
 
 
 class Stages:
+    """Stage markers; each records ``seconds``, the wall time since the previous mark in this process (or since the
+    markers were opened), so a stage's time includes starting the actors it waited for."""
+
     def __init__(self, run_dir: Path):
         self.dir = run_dir / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._since = time.monotonic()
 
     def done(self, name: str) -> bool:
         return (self.dir / f"{name}.done").exists()
 
     def mark(self, name: str, info: dict | None = None) -> None:
-        atomic_write_json(self.dir / f"{name}.done", info or {}, indent=None)
+        now = time.monotonic()
+        atomic_write_json(self.dir / f"{name}.done", {**(info or {}), "seconds": round(now - self._since, 1)},
+                          indent=None)
+        self._since = now
+
+    def seconds(self) -> dict:
+        """Wall seconds of each finished stage, as recorded when it ran (pipeline order)."""
+        return {name: self.info(name)["seconds"] for name in ORDER if "seconds" in self.info(name)}
 
     def info(self, name: str) -> dict:
         """What ``mark`` recorded for a finished stage ({} if it is not done)."""
@@ -158,4 +170,4 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         learners.shutdown()
         tracker.finish()
     table = {name: json.loads((run_dir / "eval" / f"{name}.json").read_text()) for name in ("base", "sft", "final")}
-    return report.write_training_report(run_dir, table)
+    return report.write_training_report(run_dir, table, stages.seconds())

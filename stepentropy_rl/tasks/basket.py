@@ -10,17 +10,21 @@ real choice: which quantity to work on next), so each essential step carries inf
 before, and all of it is fixed by the context, so its entropy measures redundancy and not the model's uncertainty:
 
 - ``problem``  "The basket starts with 3."                                (first: the start restated)
-- after every move a ``verify`` ("Check: 3 + 3 = 6. Correct.") and a ``restate`` ("So the basket has 6 now."), then
-  with probability ``redundancy`` a ``reflect`` ("Wait, let me check that again: 6 - 3 = 3. Yes.");
+- after every move a ``reread`` ("Reading it again: Fay 3. Yes."), a ``verify`` ("Check: 3 + 3 = 6. Correct.") and a
+  ``restate`` ("So the basket has 6 now."), then with probability ``redundancy`` a ``reflect`` ("Wait, let me check
+  that again: 6 - 3 = 3. Yes.");
 - ``recap``    "Let me make sure: after everyone, the basket has 8. Yes."   (last: the total confirmed)
 
-Each routine step (problem, verify, restate, recap) is left out with probability ``omit``.
+Each routine step (problem, reread, verify, restate, recap) is left out with probability ``omit``, and with
+probability ``omit`` the thinking stops right after the last move, so that ``</think>`` can follow any step (without
+it the model kept reasoning after ``</think>`` whenever pruning removed the last checks). About 80% of the steps and
+of the thinking tokens are redundant, so pruning 80% of the steps keeps every essential one in most CoTs.
 
 Each redundant step copies numbers from the step just before it. Steps that copied a name or the item word from far
 back, or the list of people, stayed uncertain after the bootstrap (the model had not learned those copies), so their
 entropy would have measured the model's failure to copy rather than redundancy.
 
-``style="terse"`` (the default) writes one step per person, and between them the writer may insert *redundant* steps:
+``style="terse"`` (``data=basket``; the default is ``data=basket_verbose``) writes one step per person, and between them the writer may insert *redundant* steps:
 
 - ``restate``  "So the basket has 8 apples now."             (restates the running result)
 - ``verify``   "Check: 5 + 3 = 8. Correct."                   (re-verifies the last step)
@@ -41,7 +45,7 @@ from dataclasses import dataclass, field
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Ned", "Oli", "Pam")
 ITEMS = ("apples", "pears", "coins", "books", "shells", "stamps", "eggs", "cards")
 KINDS = ("restate", "verify", "announce", "reflect")
-VERBOSE_KINDS = ("problem", "verify", "restate", "reflect", "recap")
+VERBOSE_KINDS = ("problem", "reread", "verify", "restate", "reflect", "recap")
 OPS = ("add", "sub")
 STYLES = ("terse", "verbose")
 
@@ -58,6 +62,7 @@ class BasketConfig:
     redundancy: float = 0.4  # terse: chance of each redundant step; verbose: of a re-check after each move
     max_redundant_run: int = 3  # hard cap on consecutive redundant steps
     omit: float = 0.15  # verbose: chance that each routine step (start, check, restate, final check) is left out
+    stop_early: float = 0.05  # verbose: chance that the thinking stops right after the last move
     style: str = "terse"  # terse: optional redundant steps; verbose: R1-like re-checking (see the module docstring)
 
     def __post_init__(self):
@@ -77,6 +82,7 @@ class BasketConfig:
         need(0.0 <= self.redundancy < 1.0, "redundancy", f"must be in [0, 1), got {self.redundancy}")
         need(self.max_redundant_run >= 0, "max_redundant_run", f"must be >= 0, got {self.max_redundant_run}")
         need(0.0 <= self.omit < 1.0, "omit", f"must be in [0, 1), got {self.omit}")
+        need(0.0 <= self.stop_early < 1.0, "stop_early", f"must be in [0, 1), got {self.stop_early}")
         need(self.style in STYLES, "style", f"must be one of {STYLES}, got {self.style!r}")
 
 
@@ -181,7 +187,7 @@ def _final(start: int, moves) -> int:
 
 
 def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, order) -> list[Step]:
-    """R1-like: the start restated, every move checked and its result restated (and sometimes re-checked), the total
+    """R1-like: the start restated, every move reread, checked and its result restated (and sometimes re-checked), the total
     confirmed at the end; the essential moves are the same as in the terse style. Each redundant step copies numbers
     from the step before it: a copy at a short distance, which the tiny model learns (see the module docstring).
     Each routine step is left out with probability ``omit``, so the model reads what is there rather than counting
@@ -195,12 +201,15 @@ def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, ord
         name, op, q = moves[idx]
         sign, new = _sign(op), cur + q if op == "add" else cur - q
         steps.append(Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"))
+        steps += routine(f"Reading it again: {name} {q}. Yes.", "reread")
         steps += routine(f"Check: {cur} {sign} {q} = {new}. Correct.", "verify")
         steps += routine(f"So the basket has {new} now.", "restate")
         if rng.random() < cfg.redundancy:
             steps.append(Step(f"Wait, let me check that again: {new} {'-' if op == 'add' else '+'} {q} = {cur}. Yes.",
                               "redundant", "reflect"))
         cur = new
+    if rng.random() < cfg.stop_early:  # now and then the thinking stops right after the last move
+        return steps[:max(i for i, s in enumerate(steps) if s.label == "essential") + 1]
     return steps + routine(f"Let me make sure: after everyone, the basket has {cur}. Yes.", "recap")
 
 
@@ -223,7 +232,7 @@ def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list
 
 
 _PATTERNS = (("Now ", "essential", "move"), ("So the basket has ", "redundant", "restate"),
-             ("Check: ", "redundant", "verify"), ("The basket starts with ", "redundant", "problem"),
+             ("Check: ", "redundant", "verify"), ("Reading it again: ", "redundant", "reread"), ("The basket starts with ", "redundant", "problem"),
              ("Let me make sure", "redundant", "recap"), ("Let me ", "redundant", "announce"),
              ("Wait, let me reread", "redundant", "reflect"),
              ("Wait, let me check that again", "redundant", "reflect"))

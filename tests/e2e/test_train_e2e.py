@@ -167,6 +167,9 @@ def test_report_has_base_sft_final(killed_then_resumed):
         assert m["steps_right"] + m["right_by_luck"] >= m["accuracy"] - 1e-9
         assert sum(m["mistakes"].values()) == round((1 - m["steps_right"]) * 8)  # each wrong CoT: its first mistake
     assert "| final |" in second.stdout
+    # each stage's wall time as it ran, the killed GRPO's included: the split of point 7 in issue 8
+    assert list(report["stage_seconds"]) == ["init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final"]
+    assert all(s >= 0 for s in report["stage_seconds"].values()) and report["stage_seconds"]["sft"] > 0
     for key in ("reward/total", "reward/format_reward", "reward/exp_length", "policy/entropy", "phase/stage",
                 "time/gen", "time/update", "time/sync"):
         assert key in (run_dir / "metrics.jsonl").read_text(), key

@@ -88,7 +88,7 @@ def test_labels_recoverable_from_text(style):
 
 @pytest.mark.parametrize("kw,key", [({"min_people": 0}, "min_people"), ({"max_quantity": 0}, "max_quantity"),
                                     ({"ops": ("mul",)}, "ops"), ({"redundancy": 1.0}, "redundancy"),
-                                    ({"omit": 1.0}, "omit")])
+                                    ({"omit": 1.0}, "omit"), ({"stop_early": -0.1}, "stop_early")])
 def test_bad_task_config(kw, key):
     with pytest.raises(ValueError, match=key):
         generate(BasketConfig(**kw), 1, 0)
@@ -118,16 +118,17 @@ def test_diagnose_names_the_first_mistake():
 
 
 def test_verbose_style_is_r1_like_and_labelled():
-    """style=verbose: the start restated, every move checked and restated, sometimes re-checked, the
-    total confirmed, each routine step left out now and then; every redundant step copies numbers from what precedes
+    """style=verbose: the start restated, every move reread, checked and restated, sometimes re-checked, the
+    total confirmed, each routine step left out now and then, and now and then the thinking stops right after the last
+    move (so </think> can follow any step); every redundant step copies numbers from what precedes
     it; labels come back from the text, the gold CoT passes diagnose, and most of the thinking is redundant (by
     characters here; the eval measures tokens)."""
     terse = generate(BasketConfig(style="terse"), 1, 0, "test")[0]
-    cfg = BasketConfig(style="verbose", redundancy=0.5)
+    cfg = BasketConfig(style="verbose", redundancy=0.5, stop_early=0.1)
     verbose = generate(cfg, 1, 0, "test")[0]
     moves = lambda p: [s.text for s in p.steps if s.label == "essential"]  # noqa: E731
     assert (verbose.prompt, verbose.answer, moves(verbose)) == (terse.prompt, terse.answer, moves(terse))
-    share, kinds = [], []
+    share, kinds, early = [], [], 0
     for p in generate(cfg, 200, 1, "test"):
         total = int(re.search(r"A basket has (\d+)", p.prompt).group(1))
         after = []  # kinds since the last move
@@ -136,13 +137,15 @@ def test_verbose_style_is_r1_like_and_labelled():
             if s.kind == "problem":
                 assert i == 0 and s.text == f"The basket starts with {total}."
             elif s.kind == "move":
-                a, sign, q, new = re.search(r": (\d+) ([+-]) (\d+) = (\d+)\.$", s.text).groups()
+                name, a, sign, q, new = re.search(r"Now (\w+) \d+: (\d+) ([+-]) (\d+) = (\d+)\.$", s.text).groups()
                 assert int(a) == total
                 total, after = int(new), []
+            elif s.kind == "reread":
+                assert after == [] and s.text == f"Reading it again: {name} {q}. Yes."
             elif s.kind == "verify":
-                assert after == [] and s.text == f"Check: {a} {sign} {q} = {new}. Correct."
+                assert set(after) <= {"reread"} and s.text == f"Check: {a} {sign} {q} = {new}. Correct."
             elif s.kind == "restate":
-                assert set(after) <= {"verify"} and s.text == f"So the basket has {total} now."
+                assert set(after) <= {"reread", "verify"} and s.text == f"So the basket has {total} now."
             elif s.kind == "reflect":
                 undo = "-" if sign == "+" else "+"
                 assert s.text == f"Wait, let me check that again: {new} {undo} {q} = {a}. Yes."
@@ -152,13 +155,16 @@ def test_verbose_style_is_r1_like_and_labelled():
             if s.kind != "move":
                 after.append(s.kind)
         assert p.answer == str(total)
+        early += p.steps[-1].kind == "move"
         assert all(label_step(s.text) == (s.label, s.kind) for s in p.steps)
         assert diagnose(p.solution, p.solution) is None
         share.append(sum(len(s.text) for s in p.steps if s.label == "redundant") / sum(len(s.text) for s in p.steps))
     n_moves = kinds.count("move")
-    for kind, per in (("verify", n_moves), ("restate", n_moves), ("problem", 200), ("recap", 200)):
+    for kind, per in (("reread", n_moves), ("verify", n_moves), ("restate", n_moves), ("problem", 200)):
         assert 0.75 < kinds.count(kind) / per < 0.95, kind  # left out with probability omit = 0.15 (the default)
     assert 0.35 < kinds.count("reflect") / n_moves < 0.65
-    assert sum(share) / len(share) > 0.7
+    assert 0.65 < kinds.count("recap") / 200 < 0.87  # kept with probability (1 - stop_early)(1 - omit)
+    assert 8 < early < 40  # the thinking ends at the last move with probability stop_early
+    assert sum(share) / len(share) > 0.75
     with pytest.raises(ValueError, match="style"):
         BasketConfig(style="chatty")

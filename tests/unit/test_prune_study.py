@@ -149,3 +149,45 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
         assert all(s["text"] in r["response"] for s in p.steps if s["label"] == "essential")
         assert r["response"].count("[SKIP]") == r["n_pruned"] > 0
         assert r["response"].endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
+
+
+class SkipBlindRollout(FakeRollout):
+    """A base that has never seen ``[SKIP]``: after one it loses the thread and answers wrong."""
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        for ids, o in zip(prompts, out):
+            text = self.tok.decode(ids, skip_special_tokens=False)
+            if text.endswith("</think>") and "[SKIP]" in text:
+                o[0]["text"] = "The answer isLet me"
+        return out
+
+
+@pytest.mark.parametrize("verify_with", ["deletion", "placeholder"])
+def test_the_keep_check_reads_the_pruned_thinking_without_the_placeholder(setup, verify_with):
+    """``trainer.prune.verify_with=deletion`` (the default) asks whether the kept steps still carry the answer, with
+    the pruned ones left out; the SFT rows still hold ``[SKIP]``. Checked with the placeholder, a base that cannot
+    read it keeps nothing (the verbose tiny reasoner kept 6 of 495)."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll = SkipBlindRollout(probs)
+    roll.tok = tok
+    prune = PruneStageConfig(ratio=0.5, merge_runs=True, answer_max_tokens=16, verify_with=verify_with)
+    rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                       {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    if verify_with == "placeholder":
+        assert stats["pruned"] == 12 and rows == []
+        return
+    assert 0 < stats["kept"] == len(rows) < stats["pruned"] == 12  # losing an essential step still fails
+    for r in rows:
+        assert "[SKIP]" in r["response"]
+
+
+def test_verify_with_is_checked():
+    from stepentropy_rl.config import ConfigError, PruneStageConfig
+
+    with pytest.raises(ConfigError, match="verify_with"):
+        PruneStageConfig(verify_with="both")

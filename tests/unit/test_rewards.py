@@ -30,6 +30,17 @@ def test_skip_ratio_rejects_low_above_high():
         skip_ratio(Sample(), high=0.4, low=0.6)
 
 
+def test_graded_skip_ratio_rewards_every_extra_skip_and_is_an_option():
+    """``graded``: r = r_hi * min(rho / high, 1); the tiers give 0.5 to rho = 0.5 and 0.6 alike (one [SKIP] per gap
+    puts every sample of a group there), the graded variant tells them apart. Off by default; a non-bool is named."""
+    assert skip_ratio(Sample(n_skip=5, n_steps=5)) == skip_ratio(Sample(n_skip=6, n_steps=4)) == 0.5
+    assert skip_ratio(Sample(n_skip=5, n_steps=5), graded=True) == pytest.approx(0.625)
+    assert skip_ratio(Sample(n_skip=6, n_steps=4), graded=True) == pytest.approx(0.75)
+    assert skip_ratio(Sample(n_skip=0, n_steps=4), graded=True) == 0.0
+    with pytest.raises(ValueError, match="graded"):
+        stage_rewards({"stages": {"compress": [{"name": "skip_ratio", "params": {"graded": "maybe"}}]}})
+
+
 def test_skip_count_and_length_threshold_boundaries():
     assert skip_count(Sample(n_skip=100)) == 0.0
     assert skip_count(Sample(n_skip=101)) == -2.0
