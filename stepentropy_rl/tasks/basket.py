@@ -16,7 +16,7 @@ before, and all of it is fixed by the context, so its entropy measures redundanc
 - ``recap``    "Let me make sure: after everyone, the basket has 8. Yes."   (last: the total confirmed)
 
 Each routine step (problem, reread, verify, restate, recap) is left out with probability ``omit``, and with
-probability ``omit`` the thinking stops right after the last move, so that ``</think>`` can follow any step (without
+probability ``stop_early`` the thinking stops right after the last move, so that ``</think>`` can follow any step (without
 it the model kept reasoning after ``</think>`` whenever pruning removed the last checks). About 80% of the steps and
 of the thinking tokens are redundant, so pruning 80% of the steps keeps every essential one in most CoTs.
 
@@ -24,7 +24,8 @@ Each redundant step copies numbers from the step just before it. Steps that copi
 back, or the list of people, stayed uncertain after the bootstrap (the model had not learned those copies), so their
 entropy would have measured the model's failure to copy rather than redundancy.
 
-``style="terse"`` (``data=basket``; the default is ``data=basket_verbose``) writes one step per person, and between them the writer may insert *redundant* steps:
+``style="terse"`` (``data=basket``; the default config is ``data=basket_verbose``) writes one step per person, and
+between them the writer may insert *redundant* steps:
 
 - ``restate``  "So the basket has 8 apples now."             (restates the running result)
 - ``verify``   "Check: 5 + 3 = 8. Correct."                   (re-verifies the last step)
