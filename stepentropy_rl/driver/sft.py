@@ -56,9 +56,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         answer_part = answer_text(cots[i]["text"])
         thinking = pruned.text(prune.delimiter)
         probe = thinking
-        if prune.verify_with == "deletion" and prune.placeholder:  # the same steps, left out without a trace
-            probe = prune_steps(texts, ents, "low", prune.ratio, placeholder=None, protect_first=prune.protect_first,
-                                protect_last=prune.protect_last).text(prune.delimiter)
+        if prune.verify_with == "deletion":  # the same steps, left out without a trace
+            probe = prune.delimiter.join(t for t, cut in zip(texts, pruned.pruned) if not cut)
         asked = {k: v for k, v in (("system", problems[i].system), ("chat_kwargs", problems[i].chat_kwargs)) if v}
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, **asked, "answer": problems[i].answer,
                            "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
