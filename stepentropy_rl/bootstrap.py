@@ -20,7 +20,9 @@ from typing import Optional
 import torch
 
 from stepentropy_rl.batch import Batch
+from stepentropy_rl.cot_format import THINK_CLOSE
 from stepentropy_rl.files import atomic_dir
+from stepentropy_rl.heap import freed_memory_kept
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
 
@@ -52,6 +54,7 @@ class TinyConfig:
     threads: int = 0  # torch threads; 0 = all cores
     bf16: bool = True  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
     essential_weight: Optional[float] = None  # loss weight of essential-step tokens but their first; None: RECIPES
+    pruned_reading: float = 0.0  # share of examples read with redundant steps deleted, loss on the answer (_encode)
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
 
     def __post_init__(self):
@@ -63,6 +66,8 @@ class TinyConfig:
             positive(self, "steps", integer=True)
         if self.essential_weight is not None:
             positive(self, "essential_weight")
+        if not 0.0 <= self.pruned_reading < 1.0:
+            raise ValueError(f"model.tiny.pruned_reading must be in [0, 1), got {self.pruned_reading}")
         positive(self, "lr")
         positive(self, "warmup_steps", "threads", allow_zero=True, integer=True)
         positive(self, "weight_decay", allow_zero=True)
@@ -76,8 +81,10 @@ class TinyConfig:
         """Hash of the recipe and of sample training text: a change to the task's wording is a new model, even
         where no config value moved."""
         sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
-        blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self), "sample": sample}, sort_keys=True,
-                          default=list)
+        fields = dataclasses.asdict(self)
+        if not fields["pruned_reading"]:  # a recipe without it hashes as before the knob: its caches stay valid
+            del fields["pruned_reading"]
+        blob = json.dumps({"v": FORMAT_VERSION, **fields, "sample": sample}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -94,7 +101,8 @@ def ensure_tiny_model(cfg: TinyConfig, progress: bool = True) -> Path:
     cfg = cfg.resolved()
     def build(out: Path) -> None:
         t0 = time.time()
-        stats = train_tiny_model(cfg, out, progress=progress)
+        with freed_memory_kept():
+            stats = train_tiny_model(cfg, out, progress=progress)
         stats["bootstrap_s"] = round(time.time() - t0, 1)
         (out / "bootstrap.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **stats}, indent=1,
                                                        default=list))
@@ -113,16 +121,36 @@ def build_cached(path: Path, build) -> Path:
     return path
 
 
-def _encode(tok, problems, essential_weight: float) -> list[tuple[list[int], list[int], list[float]]]:
+def read_pruned(problem, rng: random.Random):
+    """``problem`` with its redundant steps deleted at random (each kept with one probability drawn uniformly), as
+    step pruning leaves a CoT; every essential step stays."""
+    keep = rng.random()
+    return dataclasses.replace(problem, steps=[s for s in problem.steps
+                                               if s.label == "essential" or rng.random() < keep])
+
+
+def _encode(tok, problems, essential_weight: float, pruned_reading: float = 0.0,
+            seed: int = 0) -> list[tuple[list[int], list[int], list[float]]]:
     """(prompt ids, response ids, response loss weights): ``essential_weight`` on the tokens of essential steps but
     their first, so that a small model learns the lookups sooner. The first token of a step is where the writer
     chooses which step comes next (a re-check or the next move); weighting it would bias that choice (measured:
-    p(re-check) 0.18 where the data has 0.5)."""
+    p(re-check) 0.18 where the data has 0.5).
+
+    A share ``pruned_reading`` of the examples is read pruned (``read_pruned``) with the loss on the answer after
+    ``</think>`` only: the model learns to answer from a CoT that pruning left bare, as R1 reads one, without
+    learning to write one (trained on bare CoTs, it wrote them: 0% redundant tokens at greedy)."""
+    rng = random.Random(f"{seed}/pruned_reading")  # its own stream: the batches stay those of the recipe without it
+    reading = [pruned_reading > 0 and rng.random() < pruned_reading for _ in problems]
+    problems = [read_pruned(p, rng) if r else p for p, r in zip(problems, reading)]
     head, tail = prompt_text(tok, "\x00").split("\x00")  # render the chat template once
     prompts = tok([head + p.prompt + tail for p in problems], add_special_tokens=False).input_ids
     enc = tok([p.solution + EOS for p in problems], add_special_tokens=False, return_offsets_mapping=True)
     weights = []
-    for p, offsets in zip(problems, enc.offset_mapping):
+    for p, offsets, r in zip(problems, enc.offset_mapping, reading):
+        if r:  # the answer only: every token up to and including </think> is context
+            answer_from = p.solution.index(THINK_CLOSE) + len(THINK_CLOSE)
+            weights.append([1.0 if s >= answer_from else 0.0 for s, _ in offsets])
+            continue
         spans, pos = [], 0
         for step in p.steps:  # the thinking opens the solution, its steps in order
             start = p.solution.index(step.text, pos)
@@ -185,7 +213,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     model.config.eos_token_id = tok.convert_tokens_to_ids(EOS)
     model.config.pad_token_id = tok.pad_token_id
     model.config.bos_token_id = tok.bos_token_id
-    data = _encode(tok, problems, cfg.essential_weight)
+    data = _encode(tok, problems, cfg.essential_weight, cfg.pruned_reading, cfg.seed)
     batches = _length_bucketed(data, cfg.batch_size, random.Random(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 

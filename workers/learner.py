@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import LearnerCluster, OptimConfig
+from stepentropy_rl.heap import keep_freed_memory
 
 
 class Learner:
@@ -28,6 +29,8 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         nccl = cluster.backend == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        if not nccl:
+            keep_freed_memory()  # a CPU rank trains until it exits (stepentropy_rl/heap.py)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cluster.dtype)).to(self.device)
         self.model = shard_model(model, cluster.param_dtype)
         # weights leave the learner in the compute dtype

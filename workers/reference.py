@@ -6,6 +6,7 @@ import torch
 
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.entropy import score_responses
+from stepentropy_rl.heap import keep_freed_memory
 
 
 class Reference:
@@ -19,6 +20,8 @@ class Reference:
             torch.set_num_threads(threads)
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            keep_freed_memory()  # it scores until it exits (stepentropy_rl/heap.py)
         self.load(model_path)
 
     def load(self, model_path: str) -> str:

@@ -49,7 +49,9 @@ class Rollout:
         sampling = dict(sampling)
         progress = sampling.pop("progress", None)  # (board, key): finished samples are reported there
         skip = sampling.get("skip_special_tokens", True)
-        params = SamplingParams(**{**sampling, "detokenize": False})
+        # flat log-probs: a few flat lists per sample instead of a dict of objects per token (top-20 log-probs doubled
+        # the base evaluation's generation time, 23 s -> 44 s for 500 CoTs of 230 tokens, on 2 cores)
+        params = SamplingParams(**{**sampling, "detokenize": False, "flat_logprobs": True})
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
                                  use_tqdm=vllm_bar(progress) if progress else False)
         return [[_sample(c, self.tokenizer.decode(_text_ids(c), skip_special_tokens=skip)) for c in o.outputs]
@@ -109,10 +111,25 @@ def _text_ids(c) -> list[int]:
     return ids[:-1] if ended_on_token and ids else ids
 
 
+def _logprobs(c) -> tuple[list | None, list | None]:
+    """Per sampled token its log-prob and its position's top-k log-probs, the sampled token's among them once (as
+    vLLM's per-token dicts hold them), read from vLLM's flat log-probs; (None, None) if none were asked for."""
+    flat = c.logprobs
+    if not flat:
+        return None, None
+    sampled, topk = [], []
+    for token, start, end in zip(c.token_ids, flat.start_indices, flat.end_indices):
+        position: dict = {}
+        for tid, lp in zip(flat.token_ids[start:end], flat.logprobs[start:end]):
+            position.setdefault(tid, lp)
+        sampled.append(position[token])
+        topk.append(list(position.values()))
+    return sampled, topk
+
+
 def _sample(c, text: str) -> dict:
     """A vLLM CompletionOutput as plain data; sampled-token log-probs when they were requested."""
-    lps = [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)] if c.logprobs else None
-    topk = [[lp.logprob for lp in d.values()] for d in c.logprobs] if c.logprobs else None
+    lps, topk = _logprobs(c)
     return {"text": text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason,
             "logprobs": lps, "topk_logprobs": topk, "cumulative_logprob": c.cumulative_logprob}
 

@@ -96,6 +96,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     rollouts = roles.spawn_rollouts(cfg, str(init))
     reference = roles.spawn_reference(cfg, str(init))
     reward = roles.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
+    # the learners start with the engines: their start-up overlaps the base evaluation's
+    lc = cfg.cluster.learner
+    start = models / "sft" if stages.done("sft") else init
+    learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id)
     tracker = Tracker(run_dir, tc.logger, cfg.to_dict())
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
                      "max_tokens": int(tc.eval.max_tokens), "logprobs": tc.eval.topk_logprobs or None}
@@ -116,26 +120,23 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
                  res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
         stages.mark(f"eval_{name}", {**res, "engine_rng": rollouts.rng_states()})
 
-    eval_stage("base", init)
-    prune_dir = run_dir / "prune"
-    if not stages.done("prune"):
-        prune_dir.mkdir(exist_ok=True)
-        sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
-                    "max_tokens": int(cfg.rollout.max_tokens)}
-        rollouts.serve(str(init))  # the policy's own CoTs
-        rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade,
-                                           tc.prune, sampling, cfg.reference.batch_size)
-        write_jsonl(prune_dir / "sft_data.jsonl", rows)
-        die_at("prune_written")
-        atomic_write_json(prune_dir / "stats.json", stats)
-        log.info("prune stage: %s", stats)
-        stages.mark("prune", {**stats, "metrics_bytes": tracker.size(), "engine_rng": rollouts.rng_states()})
-    rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
-
-    lc = cfg.cluster.learner
-    start = models / "sft" if stages.done("sft") else init
-    learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id)
     try:
+        eval_stage("base", init)
+        prune_dir = run_dir / "prune"
+        if not stages.done("prune"):
+            prune_dir.mkdir(exist_ok=True)
+            sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
+                        "max_tokens": int(cfg.rollout.max_tokens)}
+            rollouts.serve(str(init))  # the policy's own CoTs
+            rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade,
+                                               tc.prune, sampling, cfg.reference.batch_size)
+            write_jsonl(prune_dir / "sft_data.jsonl", rows)
+            die_at("prune_written")
+            atomic_write_json(prune_dir / "stats.json", stats)
+            log.info("prune stage: %s", stats)
+            stages.mark("prune", {**stats, "metrics_bytes": tracker.size(), "engine_rng": rollouts.rng_states()})
+        rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
+
         if not stages.done("sft"):
             tracker.rewind(stages.info("prune").get("metrics_bytes"))  # a killed SFT's rows are made again
             run_sft(rows, learners, tok, tc.sft, cfg.seed, tracker)

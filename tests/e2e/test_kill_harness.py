@@ -14,6 +14,7 @@ pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(1800)  # the harness's own limit is 1500 s; pytest's 900 s default cut it on a busy machine
 def test_ten_kills_across_every_stage_lose_nothing_and_end_with_the_uninterrupted_report(micro_model, tmp_path):
     out = tmp_path / "harness.json"
     overrides = ["+experiment=entropy_guided", *SMALL, "trainer.grpo.steps=16", "trainer.grpo.save_every=1"]

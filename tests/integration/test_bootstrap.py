@@ -15,6 +15,9 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(steps=5).key() != TinyConfig().key()
     assert TinyConfig(task=BasketConfig(redundancy=0.1)).key() != TinyConfig().key()
     assert TinyConfig(essential_weight=2.0).key() != TinyConfig().key()
+    assert TinyConfig(pruned_reading=0.1).key() != TinyConfig().key()
+    # a recipe without pruned reading hashes as before the knob existed (measured keys of the cached models)
+    assert TinyConfig().resolved().key() == "10b7f01db633"
 
 
 def test_the_recipe_follows_the_task_style():
@@ -49,3 +52,47 @@ def test_bootstrap_trains_once_then_reuses_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bootstrap, "train_tiny_model", lambda *a, **k: pytest.fail("retrained a cached model"))
     assert ensure_tiny_model(cfg, progress=False) == path
+
+
+def test_pruned_reading_trains_the_answer_after_a_pruned_cot_only():
+    """A share ``pruned_reading`` of the examples keeps every essential step but only some redundant ones, and only
+    the answer after </think> carries loss (the model reads such CoTs but is not taught to write them); the other
+    examples are what the recipe without it trains on, token for token."""
+    from stepentropy_rl.bootstrap import _encode, prompt_text_raw
+    from stepentropy_rl.tasks.basket import generate
+    from stepentropy_rl.tokenizer import train_tokenizer
+
+    problems = generate(BasketConfig(style="verbose", redundancy=0.7), 300, 0)
+    tok = train_tokenizer([prompt_text_raw(p) for p in problems], 300, whole_numbers=100)
+    plain, mixed = _encode(tok, problems, 4.0), _encode(tok, problems, 4.0, pruned_reading=0.3, seed=1)
+    read = [i for i, (a, b) in enumerate(zip(plain, mixed)) if a != b]
+    assert 60 < len(read) < 120
+    for i in read:
+        _, response, weight = mixed[i]
+        text = tok.decode(response)
+        thinking, answer = text.split("</think>")
+        assert [s.text for s in problems[i].steps if s.label == "essential"] == [
+            line for line in thinking.strip().split("\n\n") if line.startswith("Now ")]
+        assert tok.decode([t for t, w in zip(response, weight) if w]) == answer
+        assert set(weight) == {0.0, 1.0}
+    assert sum(len(mixed[i][1]) for i in read) < sum(len(plain[i][1]) for i in read)
+    with pytest.raises(ValueError, match="pruned_reading"):
+        TinyConfig(pruned_reading=1.0)
+
+
+def test_keeping_freed_memory_does_not_change_the_model(tmp_path, monkeypatch):
+    """The bootstrap keeps freed memory in the heap (stepentropy_rl/heap.py) for speed; the weights it trains are
+    the same to the bit as without."""
+    import torch
+    from safetensors.torch import load_file
+
+    from stepentropy_rl import heap
+
+    def weights(cache: str):
+        monkeypatch.setenv("STEPENTROPY_CACHE", str(tmp_path / cache))
+        return load_file(ensure_tiny_model(TinyConfig(**{**MICRO, "steps": 6}), progress=False) / "model.safetensors")
+
+    kept = weights("kept")
+    monkeypatch.setattr(heap, "_libc", lambda: None)
+    plain = weights("plain")
+    assert kept.keys() == plain.keys() and all(torch.equal(kept[k], plain[k]) for k in kept)
