@@ -148,3 +148,19 @@ def test_help_lists_every_experiment_and_the_main_knobs():
     for exp in (root / "conf" / "experiment").glob("*.yaml"):
         assert f"  {exp.stem} " in listed, exp.stem  # a new experiment needs its line in conf/config.yaml's help
     assert "trainer.prune.ratio" in out and "reward.custom.path" in out and "data: aime, basket" in out
+
+
+@pytest.mark.parametrize("experiment", ["step_entropy", "prune_sweep"])
+def test_graded_skip_ratio_is_a_plain_override_of_paper1s_reward(experiment):
+    """The README's ``reward.stages.compress.1.params.graded=true`` composes without ``+`` (both the experiment and
+    the reward group name the key) and reaches the reward: rho = 0.6 earns the low tier (0.5) by default and
+    1.0 * 0.6 / 0.8 graded."""
+    from stepentropy_rl.rewards import Sample, stage_rewards
+
+    def ratio_reward(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            c = compose("config", overrides=[f"+experiment={experiment}", "run_dir=/tmp/x", *overrides])
+        return stage_rewards(c.reward)["compress"](Sample(n_skip=3, n_steps=2))["skip_ratio"]
+
+    assert ratio_reward() == 0.5
+    assert ratio_reward("reward.stages.compress.1.params.graded=true") == pytest.approx(0.75)
