@@ -17,7 +17,19 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(essential_weight=2.0).key() != TinyConfig().key()
     assert TinyConfig(pruned_reading=0.1).key() != TinyConfig().key()
     # a recipe without pruned reading hashes as before the knob existed (measured keys of the cached models)
-    assert TinyConfig().resolved().key() == "10b7f01db633"
+    assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
+    assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
+
+
+def test_bf16_follows_the_cpu_unless_set(monkeypatch):
+    """Unset, bf16 autocast is on where the CPU has AVX-512 and off on AVX2 only, where PyTorch emulates it (a
+    bootstrap step 17x slower); the resolved value is in the cache key, so each precision has its own model."""
+    for has_avx512 in (True, False):
+        monkeypatch.setattr(bootstrap, "fast_bf16", lambda: has_avx512)
+        assert TinyConfig().resolved().bf16 is has_avx512
+        assert TinyConfig(bf16=not has_avx512).resolved().bf16 is (not has_avx512)
+        assert TinyConfig().resolved().key() == TinyConfig(bf16=has_avx512).resolved().key()
+    assert isinstance(bootstrap.fast_bf16(), bool)
 
 
 def test_the_recipe_follows_the_task_style():
