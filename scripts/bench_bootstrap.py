@@ -6,7 +6,8 @@ Prints and saves: bootstrap seconds (measured when the cached model was trained)
 accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean
 thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
 the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
-share of CoTs right at every step, and one sample CoT. ``data=basket`` measures the terse variant.
+share of CoTs right at every step, the teacher-forced share of quantities predicted from their person's name
+(``bootstrap.lookup_accuracy``) beside what binding them at random scores, and one sample CoT. ``data=basket`` measures the terse variant.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def main() -> None:
     grade = make_grader("exact")  # the answer after </think>, as the pipelines grade
     result = {"model": path, "bootstrap_s": stats["bootstrap_s"], "train_s": stats["train_s"],
               "train_tokens_per_s": round(stats["tokens"] / stats["train_s"]), "params": stats["params"],
-              "final_loss": stats["final_loss"], "resolve_s_this_run": round(resolve_s, 1), "n": args.n}
+              "final_loss": stats["final_loss"], "resolve_s_this_run": round(resolve_s, 1), "n": args.n,
+              **_lookup(stats, path, cfg.data.task)}
     for name, temp in (("greedy", 0.0), ("t0.6", 0.6), ("t1.0", 1.0)):
         t = time.time()
         outs = llm.generate(prompts, SamplingParams(temperature=temp, top_p=0.95 if temp == 0.6 else 1.0,
@@ -94,6 +96,21 @@ def main() -> None:
             print(f"{k:>28}: {v}")
     print("\nsample CoT (T=0.6):\n" + result["t0.6_sample"])
     print(f"\nsaved {out}")
+
+
+def _lookup(stats: dict, path: str, task) -> dict:
+    """``bootstrap.lookup_accuracy`` and its chance level, as the bootstrap recorded them or measured now (a model
+    cached before the bootstrap recorded them)."""
+    from transformers import AutoModelForCausalLM
+
+    from stepentropy_rl.bootstrap import chance_lookup_accuracy, held_out_lookups, lookup_accuracy
+    from stepentropy_rl.tokenizer import load_tokenizer
+
+    if "lookup_accuracy" not in stats:
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        stats = {"lookup_accuracy": round(lookup_accuracy(model, load_tokenizer(path), task), 4),
+                 "chance_lookup_accuracy": round(chance_lookup_accuracy(held_out_lookups(task)), 4)}
+    return {k: stats[k] for k in ("lookup_accuracy", "chance_lookup_accuracy")}
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def test_bootstrap_trains_once_then_reuses_cache(tmp_path, monkeypatch):
     assert (path / "DONE").exists() and path.parent == tmp_path
     stats = json.loads((path / "bootstrap.json").read_text())
     assert stats["config"]["steps"] == 3 and stats["bootstrap_s"] > 0
+    assert 0 <= stats["lookup_accuracy"] <= 1 and 0.6 < stats["chance_lookup_accuracy"] < 0.75
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -90,6 +91,52 @@ def test_pruned_reading_trains_the_answer_after_a_pruned_cot_only():
     assert sum(len(mixed[i][1]) for i in read) < sum(len(plain[i][1]) for i in read)
     with pytest.raises(ValueError, match="pruned_reading"):
         TinyConfig(pruned_reading=1.0)
+
+
+def test_lookup_accuracy_scores_the_quantity_after_each_name():
+    """Teacher-forced: a model that predicts every next token scores 1; one that predicts every token but writes each
+    quantity as another number scores 0."""
+    import torch
+
+    from stepentropy_rl.bootstrap import lookup_accuracy, prompt_text_raw
+    from stepentropy_rl.tasks.basket import generate
+    from stepentropy_rl.tokenizer import train_tokenizer
+
+    task = BasketConfig(style="verbose")
+    tok = train_tokenizer([prompt_text_raw(p) for p in generate(task, 200, 0)], 300, whole_numbers=100)
+    numbers = torch.tensor(sorted(tok.convert_tokens_to_ids(tok.tokenize(f" {q}")[0])
+                                  for q in range(1, task.max_quantity + 1)))
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, misbinds: bool):
+            super().__init__()
+            self.misbinds = misbinds
+
+        def forward(self, input_ids, attention_mask):
+            following = torch.roll(input_ids, -1, dims=1)
+            if self.misbinds:  # every quantity becomes another one
+                index = torch.searchsorted(numbers, following).clamp(max=len(numbers) - 1)
+                following = torch.where(numbers[index] == following, numbers[(index + 1) % len(numbers)], following)
+            return type("Out", (), {"logits": torch.nn.functional.one_hot(following, len(tok) + 1).float()})
+
+    assert lookup_accuracy(Oracle(misbinds=False), tok, task, n=20) == 1.0
+    assert lookup_accuracy(Oracle(misbinds=True), tok, task, n=20) == 0.0
+
+
+def test_chance_lookup_accuracy_is_binding_the_quantities_at_random():
+    """Expected score of writing the most frequent unused quantity: 1/3 + 1/2 + 1 over three distinct quantities;
+    with two equal ones the first move is right with p=2/3."""
+    from stepentropy_rl.bootstrap import chance_lookup_accuracy
+    from stepentropy_rl.tasks.basket import Problem, Step
+
+    def problem(*quantities):
+        steps = [Step(f"Now {n} {q}: 0 + {q} = {q}.", "essential", "move") for n, q in zip(("Ann", "Ben", "Cal"), quantities)]
+        return Problem(id="p", prompt="", answer="0", steps=steps)
+
+    assert chance_lookup_accuracy([problem(1, 2, 3)]) == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
+    assert chance_lookup_accuracy([problem(2, 2, 3)]) == pytest.approx((1 + 1 / 2 + 1) / 3)
+    assert chance_lookup_accuracy([problem(3, 2, 2)]) == pytest.approx((0 + 1 + 1) / 3)
+    assert chance_lookup_accuracy([problem(4, 4, 4)]) == 1.0
 
 
 def test_keeping_freed_memory_does_not_change_the_model(tmp_path, monkeypatch):
