@@ -7,7 +7,8 @@ accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wr
 thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
 the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
 share of CoTs right at every step, the teacher-forced share of quantities predicted from their person's name
-(``bootstrap.lookup_accuracy``) beside what binding them at random scores, and one sample CoT. ``data=basket`` measures the terse variant.
+(``bootstrap.lookup_accuracy``) beside what binding them at random scores, and one sample CoT. ``data=basket``
+measures the terse variant.
 """
 from __future__ import annotations
 

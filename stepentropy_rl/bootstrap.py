@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,8 +212,8 @@ def chance_lookup_accuracy(problems) -> float:
     quantity not yet used (a random one of them on a tie). Exact expectation over ``problems``' moves."""
     hits, total = 0.0, 0
     for problem in problems:
-        solution = problem.solution
-        left = [int(re.match(r"\d+", solution[c:])[0]) for c in _essential_spans(problem)[1]]
+        left = [int(step.text[slice(*at)]) for step in problem.steps
+                if step.label == "essential" and (at := lookup_span(step.text)) is not None]
         for q in list(left):
             top = max(left.count(v) for v in left)
             likeliest = {v for v in left if left.count(v) == top}

@@ -249,6 +249,8 @@ def label_step(text: str) -> tuple[str, str]:
 
 
 _MOVE = re.compile(r"Now (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)\.")
+
+
 def lookup_span(step_text: str) -> tuple[int, int] | None:
     """Where a move step writes the quantity it looks up by its person's name ("Now Fay 3: ..." -> the "3"), as a
     character span; None for any other step. The total comes out right whichever person a quantity is bound to, so
