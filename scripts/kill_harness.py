@@ -3,7 +3,8 @@
     python scripts/kill_harness.py --kills 10 --run-dir runs/harness -- +experiment=entropy_guided ...overrides
 
 Each attempt runs the command and the driver gets SIGKILL: at the named moments below (the driver kills itself there,
-``STEPENTROPY_DIE_AT``), a seeded random time into GRPO, or a seeded random time after start. After the last kill the command runs to the end. Checked:
+``STEPENTROPY_DIE_AT``), a seeded random time into GRPO, or a seeded random time after the driver's Ray is up (while
+the engines, the reference and the learners come up). After the last kill the command runs to the end. Checked:
 every rerun starts, the last one finishes; ``metrics.jsonl`` holds each GRPO step once, in order, and the SFT rows
 once; no GRPO step that a checkpoint held was done again; every stage is marked done and ``report.json`` is whole.
 With ``--reference-run DIR`` the same command also runs once without a kill into ``DIR``, and the two reports must be
@@ -43,16 +44,19 @@ def _latest(run_dir: Path) -> int | None:
 
 def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) -> dict:
     """One run of ``cmd``. ``kill``: None (run to the end), ``("point", name)`` (the driver kills itself there),
-    ``("after", s)`` (SIGKILL ``s`` seconds after start) or ``("grpo", s)`` (``s`` seconds after this attempt logs
+    ``("ray", s)`` (SIGKILL ``s`` seconds after this attempt logs that its Ray is up, so that the kill lands while the
+    actors start: the driver alone needs ~10 s to get there) or ``("grpo", s)`` (``s`` seconds after this attempt logs
     its first GRPO step, so that the kill lands mid-step, mid-sync or mid-checkpoint)."""
     env = dict(os.environ, **({"STEPENTROPY_DIE_AT": kill[1]} if kill and kill[0] == "point" else {}))
     start, deadline = time.time(), time.time() + timeout_s
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        fire = start + kill[1] if kill and kill[0] == "after" else None
+        fire = None
         while proc.poll() is None and time.time() < deadline:
-            if fire is None and kill and kill[0] == "grpo" and grpo_steps_logged(log.read_text(errors="replace")):
-                fire = time.time() + kill[1]
+            if fire is None and kill and kill[0] in ("grpo", "ray"):
+                text = log.read_text(errors="replace")
+                if grpo_steps_logged(text) if kill[0] == "grpo" else RAY_UP.search(text):
+                    fire = time.time() + kill[1]
             if fire is not None and time.time() >= fire:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver, as kill -9 would
                 break
@@ -65,6 +69,9 @@ def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) ->
         except ProcessLookupError:
             pass
     return {"rc": proc.returncode, "seconds": round(time.time() - start, 1)}
+
+
+RAY_UP = re.compile(r"Started a local Ray instance|Connected to Ray cluster")
 
 
 def grpo_steps_logged(log_text: str) -> list[int]:
@@ -82,10 +89,11 @@ def run(args, cmd: list[str]) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     # in the order the run reaches them: inside eval, prune, SFT and the first checkpoint write; then random moments
-    # of GRPO; then inside the final eval; then random moments of start-up (Ray, vLLM, the learners coming up)
+    # of GRPO; then inside the final eval; then random moments of start-up (after Ray is up: vLLM, the reference,
+    # the reward service and the learners coming up)
     n_grpo = max(1, args.kills - len(POINTS) - 1 - args.startup_kills)
     plan = [("point", p) for p in POINTS] + [("grpo", rng.uniform(0.0, args.grpo_window)) for _ in range(n_grpo)]
-    plan += [("point", "eval_done")] + [("after", rng.uniform(args.min_delay, args.max_delay))
+    plan += [("point", "eval_done")] + [("ray", rng.uniform(0.0, args.startup_window))
                                         for _ in range(args.startup_kills)]
     attempts, violations = [], []
     for i, kill in enumerate([*plan, None]):
@@ -143,8 +151,8 @@ def main() -> None:
     ap.add_argument("--grpo-window", type=float, default=1.5,
                     help="GRPO kills land up to this many seconds after an attempt's first GRPO step")
     ap.add_argument("--startup-kills", type=int, default=2)
-    ap.add_argument("--min-delay", type=float, default=3.0, help="seconds after start, for the start-up kills")
-    ap.add_argument("--max-delay", type=float, default=15.0)
+    ap.add_argument("--startup-window", type=float, default=15.0,
+                    help="start-up kills land up to this many seconds after an attempt's Ray is up")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for the final, uninterrupted rerun")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--out", default=None)

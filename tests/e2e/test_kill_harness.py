@@ -1,6 +1,7 @@
 """kill -9 anywhere, nothing lost: scripts/kill_harness.py kills the micro main job's driver 10 times across its
-stages (inside eval, prune, SFT and a checkpoint write; at random moments of GRPO and of start-up), reruns the same
-command each time, and checks what survived; the report must be the one the same command writes without a kill."""
+stages (inside eval, prune, SFT and a checkpoint write; at random moments of GRPO and of start-up once Ray is up),
+reruns the same command each time, and checks what survived; the report must be the one the same command writes
+without a kill."""
 import json
 import subprocess
 import sys
@@ -27,5 +28,7 @@ def test_ten_kills_across_every_stage_lose_nothing_and_end_with_the_uninterrupte
     assert res["kills"] >= 10, res["attempts"]
     assert {"eval_base", "prune", "sft", "grpo", "eval_final"} <= set(res["stages_killed"]), res["stages_killed"]
     assert res["grpo_steps"] == list(range(16)) and res["attempts"][-1]["rc"] == 0
+    startup = [a["rc"] for a in res["attempts"] if str(a["kill"]).startswith("ray +")]
+    assert startup == [-9, -9], res["attempts"]  # both landed after Ray was up, while the actors came up
     assert set(res["report"]) == {"base", "sft", "final"}
     assert res["report_differs_from_uninterrupted"] == {}, res["report_differs_from_uninterrupted"]
