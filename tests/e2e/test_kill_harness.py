@@ -29,6 +29,6 @@ def test_ten_kills_across_every_stage_lose_nothing_and_end_with_the_uninterrupte
     assert {"eval_base", "prune", "sft", "grpo", "eval_final"} <= set(res["stages_killed"]), res["stages_killed"]
     assert res["grpo_steps"] == list(range(16)) and res["attempts"][-1]["rc"] == 0
     startup = [a["rc"] for a in res["attempts"] if str(a["kill"]).startswith("ray +")]
-    assert startup == [-9, -9], res["attempts"]  # both landed after Ray was up, while the actors came up
+    assert startup == [-9, -9], res["attempts"]  # each waited for its attempt's Ray to be up, then landed
     assert set(res["report"]) == {"base", "sft", "final"}
     assert res["report_differs_from_uninterrupted"] == {}, res["report_differs_from_uninterrupted"]
