@@ -23,10 +23,7 @@ from verl.trainer.ppo import core_algos
 from verl.utils.torch_functional import entropy_from_logits
 from verl.workers.config import ActorConfig
 
-ABSOLUTE = "absolute"
-LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-# verl's kl_penalty estimators; a trailing "+" takes the k2 gradient with the estimator's value (straight-through)
-KL_TYPES = tuple(k + plus for k in ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3") for plus in ("", "+"))
+from stepentropy_rl.verl_names import ABSOLUTE, LOSS_AGG_MODES
 
 
 def _register_ours(name: str):

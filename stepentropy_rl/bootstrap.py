@@ -1,134 +1,26 @@
 """Bootstrap the tiny reasoner: train a small Llama and its tokenizer from scratch on the embedded task, on CPU.
 
-The result is cached under ``~/.cache/stepentropy_rl/tiny-<hash>`` keyed by the whole config, so later runs load
-it instead of training. It is a plain HF checkpoint (``config.json``, safetensors, tokenizer), served by vLLM as is.
+``tiny_config.ensure_tiny_model`` caches the result under ``~/.cache/stepentropy_rl/tiny-<hash>`` keyed by the whole
+config, so later runs load it instead of training. It is a plain HF checkpoint (``config.json``, safetensors, tokenizer), served by vLLM as is.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.cot_format import THINK_CLOSE
-from stepentropy_rl.files import atomic_dir
-from stepentropy_rl.heap import freed_memory_kept
 from stepentropy_rl.tasks.basket import BasketConfig, generate, lookup_span
+from stepentropy_rl.tiny_config import TinyConfig
 from stepentropy_rl.tokenizer import EOS, prompt_text, train_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's text is in the key already)
-# The recipe measured for each task style (n=500 held out, scripts/bench_bootstrap.py; README): the verbose style's
-# sequences are 3x longer, so it gets fewer steps and a heavier loss on the essential steps to fit the same time.
-RECIPES = {"terse": {"steps": 1100, "essential_weight": 1.0}, "verbose": {"steps": 700, "essential_weight": 4.0}}
-
-
-@dataclass
-class TinyConfig:
-    """Architecture and training recipe of the tiny reasoner."""
-
-    task: BasketConfig = field(default_factory=BasketConfig)
-    seed: int = 0
-    vocab_size: int = 512  # BPE target; the embedding is padded to a multiple of 64
-    hidden_size: int = 192
-    num_layers: int = 4
-    num_heads: int = 3
-    intermediate_size: int = 512
-    max_position_embeddings: int = 512
-    train_examples: int = 40000
-    steps: Optional[int] = None  # None: the recipe measured for the task's style (RECIPES)
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 30
-    weight_decay: float = 0.01
-    threads: int = 0  # torch threads; 0 = all cores
-    bf16: Optional[bool] = None  # bf16 autocast for the forward pass (weights stay fp32); None: fast_bf16()
-    essential_weight: Optional[float] = None  # loss weight of essential-step tokens but their first; None: RECIPES
-    pruned_reading: float = 0.0  # share of examples read with redundant steps deleted, loss on the answer (_encode)
-    attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
-
-    def __post_init__(self):
-        from stepentropy_rl.typed import positive
-
-        positive(self, "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                 "max_position_embeddings", "train_examples", "batch_size", integer=True)
-        if self.steps is not None:
-            positive(self, "steps", integer=True)
-        if self.essential_weight is not None:
-            positive(self, "essential_weight")
-        if not 0.0 <= self.pruned_reading < 1.0:
-            raise ValueError(f"model.tiny.pruned_reading must be in [0, 1), got {self.pruned_reading}")
-        positive(self, "lr")
-        positive(self, "warmup_steps", "threads", allow_zero=True, integer=True)
-        positive(self, "weight_decay", allow_zero=True)
-
-    def resolved(self) -> "TinyConfig":
-        """This config with each unset recipe value (None) taken from ``RECIPES`` for the task's style, and bf16
-        from ``fast_bf16()`` where unset."""
-        recipe = {**RECIPES[self.task.style], "bf16": fast_bf16()}
-        return dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
-
-    def key(self) -> str:
-        """Hash of the recipe and of sample training text: a change to the task's wording is a new model, even
-        where no config value moved."""
-        sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
-        fields = dataclasses.asdict(self)
-        if not fields["pruned_reading"]:  # a recipe without it hashes as before the knob: its caches stay valid
-            del fields["pruned_reading"]
-        blob = json.dumps({"v": FORMAT_VERSION, **fields, "sample": sample}, sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def fast_bf16() -> bool:
-    """Whether this CPU has AVX-512 (or AVX512-BF16, AMX), where oneDNN computes bf16 fast. On an AVX2-only CPU it
-    falls back to a reference kernel: a bootstrap step of the verbose recipe took 25 s in bf16 against 1.5 s in fp32
-    (AMD EPYC, 2 cores). The two precisions train different models, so the resolved value is in the cache key."""
-    cpu = torch.cpu
-    checks = ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("STEPENTROPY_CACHE", Path.home() / ".cache" / "stepentropy_rl"))
-
-
-def tiny_model_path(cfg: TinyConfig) -> Path:
-    return cache_root() / f"tiny-{cfg.resolved().key()}"
-
-
-def ensure_tiny_model(cfg: TinyConfig, progress: bool = True) -> Path:
-    """Return the cached tiny reasoner for ``cfg``, training it first if it is missing."""
-    cfg = cfg.resolved()
-    def build(out: Path) -> None:
-        t0 = time.time()
-        with freed_memory_kept():
-            stats = train_tiny_model(cfg, out, progress=progress)
-        stats["bootstrap_s"] = round(time.time() - t0, 1)
-        (out / "bootstrap.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **stats}, indent=1,
-                                                       default=list))
-
-    return build_cached(tiny_model_path(cfg), build)
-
-
-def build_cached(path: Path, build) -> Path:
-    """``path`` if it is complete (a DONE marker), else ``build(tmp)`` into a fresh directory that is renamed into
-    place once whole: a crash leaves no half-built model, and of two concurrent builds the first to finish wins."""
-    if (path / "DONE").exists():
-        return path
-    with atomic_dir(path) as tmp:
-        build(tmp)
-        (tmp / "DONE").write_text("ok\n")
-    return path
 
 
 def read_pruned(problem, rng: random.Random):

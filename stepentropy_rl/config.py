@@ -15,12 +15,12 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from stepentropy_rl.bootstrap import TinyConfig
 from stepentropy_rl.cot_format import GRADE_SPANS
 from stepentropy_rl.phase import STAGES, PhaseConfig
 from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.r1_standin import StandinConfig
 from stepentropy_rl.tasks.basket import BasketConfig
+from stepentropy_rl.tiny_config import TinyConfig
 from stepentropy_rl.typed import ConfigError, from_dict, need, one_of, positive
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -274,7 +274,7 @@ class AlgorithmConfig:
     phase: PhaseConfig = field(default_factory=PhaseConfig)
 
     def __post_init__(self):
-        from stepentropy_rl.algorithms import KL_TYPES, LOSS_AGG_MODES, known_estimators
+        from stepentropy_rl.verl_names import ADV_ESTIMATORS, KL_TYPES, LOSS_AGG_MODES, is_estimator
 
         positive(self, "prompts_per_step", "ppo_epochs", integer=True)
         need(self.n_samples >= 2, "n_samples", f"must be >= 2 (a GRPO group), got {self.n_samples}")
@@ -288,8 +288,8 @@ class AlgorithmConfig:
             t = self.temperature.get(stage)
             need(t is not None and math.isfinite(t) and 0 < t <= 5, f"temperature.{stage}",
                  f"must be in (0, 5] (log-probs are taken at the sampling temperature), got {t}")
-            need(self.adv_estimator.get(stage) in known_estimators(), f"adv_estimator.{stage}",
-                 f"must be one of {known_estimators()}, got {self.adv_estimator.get(stage)!r}")
+            need(is_estimator(self.adv_estimator.get(stage)), f"adv_estimator.{stage}",
+                 f"must be one of {list(ADV_ESTIMATORS)}, got {self.adv_estimator.get(stage)!r}")
         positive(self, "beta", "clip_ratio_low", "clip_ratio_high")
         need(self.clip_ratio_c > 1, "clip_ratio_c", f"must be > 1 (dual clip), got {self.clip_ratio_c}")
         positive(self, "kl_coef", allow_zero=True)

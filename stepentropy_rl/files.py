@@ -56,3 +56,18 @@ def atomic_dir(path: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STEPENTROPY_CACHE", Path.home() / ".cache" / "stepentropy_rl"))
+
+
+def build_cached(path: Path, build) -> Path:
+    """``path`` if it is complete (a DONE marker), else ``build(tmp)`` into a fresh directory that is renamed into
+    place once whole: a crash leaves no half-built model, and of two concurrent builds the first to finish wins."""
+    if (path / "DONE").exists():
+        return path
+    with atomic_dir(path) as tmp:
+        build(tmp)
+        (tmp / "DONE").write_text("ok\n")
+    return path

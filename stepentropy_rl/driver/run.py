@@ -11,11 +11,11 @@ import ray
 from omegaconf import OmegaConf
 
 from stepentropy_rl.driver import progress
-from stepentropy_rl.bootstrap import ensure_tiny_model
 from stepentropy_rl.config import JobConfig, check_context, context_needs
 from stepentropy_rl.data import DataError, as_asked, generated, load_problems
 from stepentropy_rl.files import atomic_write_json
 from stepentropy_rl.tasks.grading import grader_of
+from stepentropy_rl.tiny_config import ensure_tiny_model
 from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
 
 log = logging.getLogger(__name__)

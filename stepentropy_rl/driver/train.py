@@ -81,7 +81,6 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     from stepentropy_rl import report
     from stepentropy_rl.driver import roles
     from stepentropy_rl.driver.evaluate import evaluate
-    from stepentropy_rl.driver.grpo import GRPOTrainer
     from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
     from stepentropy_rl.driver.tracking import Tracker
 
@@ -100,6 +99,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     lc = cfg.cluster.learner
     start = models / "sft" if stages.done("sft") else init
     learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id)
+    from stepentropy_rl.driver.grpo import GRPOTrainer  # verl: 7 s on 2 cores, while the actors start
+
     tracker = Tracker(run_dir, tc.logger, cfg.to_dict())
     eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
                      "max_tokens": int(tc.eval.max_tokens), "logprobs": tc.eval.topk_logprobs or None}

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from stepentropy_rl import bootstrap
-from stepentropy_rl.bootstrap import TinyConfig, ensure_tiny_model
 from stepentropy_rl.tasks.basket import BasketConfig
+from stepentropy_rl.tiny_config import TinyConfig, ensure_tiny_model
 
 MICRO = dict(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64, train_examples=200, steps=3,
              batch_size=4, vocab_size=300)
@@ -24,12 +24,18 @@ def test_cache_key_depends_on_every_setting():
 def test_bf16_follows_the_cpu_unless_set(monkeypatch):
     """Unset, bf16 autocast is on where the CPU has AVX-512 and off on AVX2 only, where PyTorch emulates it (a
     bootstrap step 17x slower); the resolved value is in the cache key, so each precision has its own model."""
+    import torch
+
+    from stepentropy_rl import tiny_config
+
+    torch_says = any(getattr(torch.cpu, name, lambda: False)()
+                     for name in ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    assert tiny_config.fast_bf16() is torch_says  # read from /proc/cpuinfo here; torch's own check agrees
     for has_avx512 in (True, False):
-        monkeypatch.setattr(bootstrap, "fast_bf16", lambda: has_avx512)
+        monkeypatch.setattr(tiny_config, "fast_bf16", lambda: has_avx512)
         assert TinyConfig().resolved().bf16 is has_avx512
         assert TinyConfig(bf16=not has_avx512).resolved().bf16 is (not has_avx512)
         assert TinyConfig().resolved().key() == TinyConfig(bf16=has_avx512).resolved().key()
-    assert isinstance(bootstrap.fast_bf16(), bool)
 
 
 def test_the_recipe_follows_the_task_style():

@@ -116,6 +116,31 @@ def test_unknown_estimator_names_config_key_and_known_ones():
     assert "grpo" in str(err.value) and "absolute" in str(err.value) and "rloo" in str(err.value)
 
 
+def test_names_known_without_verl_are_verls():
+    """Config validation checks names against ``verl_names`` without importing verl: they must be verl's own."""
+    from stepentropy_rl import verl_names
+
+    assert sorted(verl_names.ADV_ESTIMATORS) == alg.known_estimators()
+    lp = torch.tensor([[-1.0, -2.0]])
+    for kind in verl_names.KL_TYPES:  # verl raises on a kl_penalty it does not know
+        assert torch.isfinite(alg.kl_loss(lp, lp - 0.5, torch.ones(1, 2), kind=kind))
+    with pytest.raises(NotImplementedError):
+        alg.kl_loss(lp, lp, torch.ones(1, 2), kind="k9")
+
+
+def test_an_estimator_the_user_registers_passes_config_validation():
+    from verl.trainer.ppo import core_algos
+
+    from stepentropy_rl.verl_names import is_estimator
+
+    assert not is_estimator("my_estimator")
+    core_algos.register_adv_est("my_estimator")(lambda **kw: None)
+    try:
+        assert is_estimator("my_estimator")
+    finally:
+        del core_algos.ADV_ESTIMATOR_REGISTRY["my_estimator"]
+
+
 def _logps(ratios, shape=None):
     ratio = torch.tensor(ratios, dtype=torch.float64)
     if shape is not None:

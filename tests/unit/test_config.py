@@ -164,3 +164,17 @@ def test_graded_skip_ratio_is_a_plain_override_of_paper1s_reward(experiment):
 
     assert ratio_reward() == 0.5
     assert ratio_reward("reward.stages.compress.1.params.graded=true") == pytest.approx(0.75)
+
+
+def test_the_config_and_a_cached_model_path_import_no_torch_transformers_or_verl():
+    """The driver starts Ray without torch, transformers or verl (13 s of imports on 2 cores, paid later while the
+    actors start): config validation reads verl's names from ``verl_names``, a tiny model's cache path needs no torch."""
+    code = ("import sys; from hydra import compose, initialize_config_dir; import stepentropy_rl.main\n"
+            "from stepentropy_rl.config import build; from stepentropy_rl.tiny_config import tiny_model_path\n"
+            "with initialize_config_dir(config_dir=sys.argv[1], version_base=None):\n"
+            "    job = build(compose('config', overrides=['+experiment=entropy_guided', 'run_dir=/tmp/x']))\n"
+            "tiny_model_path(job.model.tiny)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'verl', 'vllm'}))")
+    out = subprocess.run([sys.executable, "-c", code, CONF], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
