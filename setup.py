@@ -14,7 +14,6 @@ CORE = [
     "pebble==5.2.3",  # the math grader's worker processes (killed and replaced on a hung parse)
     "psutil>=5.9",  # the loopback interface of a local run
     "numpy",
-    "scikit-learn",
     "matplotlib",
     "tqdm",
     "rich",

@@ -19,6 +19,26 @@ def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n > 0 else math.nan
 
 
+def auroc(scores: list[float], redundant: list[bool]) -> float:
+    """AUROC of ``-score`` for finding redundant steps: P(s_r < s_e) + P(s_r = s_e) / 2 over pairs of a redundant
+    step r and an essential step e (1.0: every redundant step has lower entropy); nan if one class is missing.
+    The Mann-Whitney U statistic on average ranks, O(n log n). Ours rather than scikit-learn's ``roc_auc_score``:
+    with scikit-learn installed, transformers imports it in every process (2 s each on 2 cores, measured).
+
+    >>> auroc([0.1, 0.5, 0.5, 2.0], [True, True, False, False]), auroc([1.0], [True])
+    (0.875, nan)
+    """
+    import numpy as np
+
+    x, pos = -np.asarray(scores, dtype=float), np.asarray(redundant, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties share their average rank
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def step_token_labels(tokenizer, ids: list[int], labeler: Callable[[str], tuple[str, str]],
                       delimiter: str = "\n\n") -> list[tuple[str, int]]:
     """Each thinking step of a response given as ids: ``(label, tokens)``, the label from ``labeler(step text)``

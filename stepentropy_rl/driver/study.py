@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import logging
-import math
 import zlib
 from dataclasses import dataclass
 
 from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
-from stepentropy_rl.cot_stats import binomial_stderr
+from stepentropy_rl.cot_stats import auroc, binomial_stderr
 from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps, topk_entropy
 from stepentropy_rl.pruning import prune_steps
@@ -51,15 +50,6 @@ def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
     err = sum(abs(a - e) for a, e in zip(approx, exact))
     return {"k": k, "tokens": len(exact), "mae_nats": err / len(exact), "relative": err / max(1e-12, sum(exact)),
             "mean_exact_nats": sum(exact) / len(exact)}
-
-
-def auroc(scores: list[float], redundant: list[bool]) -> float:
-    """AUROC of ``-score`` for finding redundant steps (1.0: every redundant step has lower entropy); nan if one class."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(redundant)) < 2:
-        return math.nan
-    return float(roc_auc_score(redundant, [-s for s in scores]))
 
 
 def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResult:

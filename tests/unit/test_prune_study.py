@@ -1,4 +1,5 @@
 """The study's accounting with in-process fake workers: failures count as wrong, kept fractions add up."""
+import math
 
 import pytest
 import torch
@@ -125,6 +126,23 @@ def test_failed_samples_count_as_wrong_never_dropped(setup):
 def test_auroc_direction():
     assert auroc([0.1, 0.2, 3.0, 4.0], [True, True, False, False]) == 1.0
     assert auroc([3.0, 4.0, 0.1, 0.2], [True, True, False, False]) == 0.0
+
+
+def test_auroc_is_the_pairwise_definition_with_ties_counting_half():
+    """Rank-based AUROC equals its definition over every (redundant, essential) pair, on data full of ties."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(2, 40)
+        scores = [rng.choice([0.0, 0.5, 1.0, 1.5, rng.random()]) for _ in range(n)]
+        labels = [rng.random() < 0.4 for _ in range(n)]
+        if len(set(labels)) < 2:
+            continue
+        pairs = [(r, e) for r, lr in zip(scores, labels) if lr for e, le in zip(scores, labels) if not le]
+        expected = sum(1.0 if r < e else 0.5 if r == e else 0.0 for r, e in pairs) / len(pairs)
+        assert auroc(scores, labels) == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(auroc([1.0, 2.0], [False, False]))
 
 
 def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
