@@ -1,7 +1,8 @@
 """Bootstrap the tiny reasoner: train a small Llama and its tokenizer from scratch on the embedded task, on CPU.
 
 ``tiny_config.ensure_tiny_model`` caches the result under ``~/.cache/stepentropy_rl/tiny-<hash>`` keyed by the whole
-config, so later runs load it instead of training. It is a plain HF checkpoint (``config.json``, safetensors, tokenizer), served by vLLM as is.
+config, so later runs load it instead of training. It is a plain HF checkpoint (``config.json``, safetensors,
+tokenizer), served by vLLM as is.
 """
 from __future__ import annotations
 
