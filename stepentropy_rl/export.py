@@ -81,7 +81,7 @@ def model_card(run_dir: Path, what: str, name: str, out: Path) -> str:
 
 def export(run_dir: Path, out: Path, step: int | None = None) -> Path:
     """Write the HF model directory ``out`` (atomically: a half-written export never appears under its name)."""
-    from stepentropy_rl.tokenizer import load_tokenizer
+    from stepentropy_rl.tokenizer import copy_tokenizer
 
     run_dir = Path(run_dir)
     what, path = source(run_dir, step)
@@ -94,7 +94,7 @@ def export(run_dir: Path, out: Path, step: int | None = None) -> Path:
                 (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
         else:
             load_checkpoint_model(init, path).save_pretrained(tmp)
-            load_tokenizer(init).save_pretrained(tmp)
+            copy_tokenizer(init, tmp)
         (tmp / "README.md").write_text(model_card(run_dir, what, out.name, out.resolve()))
     return out
 

@@ -163,13 +163,13 @@ class Learner:
 
     def save_hf(self, path: str, tokenizer_path: str) -> None:
         """Export the policy as a HF checkpoint (rank 0 writes; a collective)."""
-        from stepentropy_rl.tokenizer import load_tokenizer
+        from stepentropy_rl.tokenizer import copy_tokenizer
 
         state = full_state_dict(self.model, self.export_dtype)
         if self.rank == 0:
             self.model.config.dtype = self.export_dtype
             self.model.save_pretrained(path, state_dict=state)
-            load_tokenizer(tokenizer_path).save_pretrained(path)
+            copy_tokenizer(tokenizer_path, path)
         dist.barrier()
 
     def save_checkpoint(self, path: str) -> None:

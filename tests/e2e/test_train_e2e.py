@@ -1,4 +1,6 @@
-"""The main job end to end on the micro reasoner, killed during GRPO and rerun: it resumes, never redoing a stage.
+"""The main job end to end on the micro reasoner: its rollout engine, reference and reward service killed -9 during
+GRPO (each restarted by Ray, the step retried), then a learner rank (the run stops), then the same command again: it
+resumes, never redoing a stage.
 
 GRPO starts in the explore stage, whose reward has a format term that the micro reasoner earns on about half of its
 responses (``</think>`` then a boxed answer within 96 tokens): groups have reward spread, so advantages and the policy
@@ -31,28 +33,23 @@ SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer
          "trainer.logger.wandb=disabled", "trainer.micro_batch_size=4", *MICRO_OVERRIDES]
 
 
-def _main(run_dir, *extra):
-    cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
-           *SMALL, *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def killed_then_resumed(micro_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train")
-    first = _watched(run_dir, "trainer.grpo.crash_after_step=3", "+trainer.grpo.kill_at_step.rollout=1",
-                     "+trainer.grpo.kill_at_step.reference=1", "+trainer.grpo.kill_at_step.reward=2")
-    assert first.returncode != 0 and "simulated driver failure" in first.stdout
+    first = _watched(run_dir, "+trainer.grpo.kill_at_step.rollout=1", "+trainer.grpo.kill_at_step.reference=1",
+                     "+trainer.grpo.kill_at_step.reward=2", "+trainer.grpo.kill_at_step.learner=3")
+    assert first.returncode != 0
     # the vLLM rollout actor killed before step 1 was restarted by Ray, re-synced, and step 1 retried
     assert "rollout engine 0 died" in first.stdout
     # the reference (before step 1) and the reward service (before step 2) were killed -9; Ray restarted each and the
-    # step's call was retried, so the run went on to the simulated crash after step 3
+    # step's call was retried, so the run went on until learner rank 1 was killed before step 3
     for role, step in (("reference", 1), ("reward", 2)):
         assert f"fault injection: killed the {role} before step {step}" in first.stdout
     marks = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir()}
+    first.checkpoints = sorted(p.name for p in (run_dir / "grpo").glob("step_*"))
     second = _watched(run_dir, "cluster.include_dashboard=true", "trainer.progress=true")
     assert second.returncode == 0, second.stdout[-6000:]
-    second.first_run_gauges = first.gauges
+    second.first = first
     return run_dir, marks, second
 
 
@@ -122,9 +119,9 @@ def test_a_local_run_listens_on_loopback_only_and_its_dashboard_wants_the_token(
 
 def test_the_run_moves_on_the_ray_dashboards_metrics(killed_then_resumed):
     """The run's step, stage, SFT loss, reward, entropy, thinking tokens and throughput are Ray gauges, read from the
-    node's Prometheus endpoint while the first run went (SFT, then GRPO until its simulated crash)."""
+    node's Prometheus endpoint while the first run went (SFT, then GRPO until a learner died)."""
     _, _, second = killed_then_resumed
-    seen = {k.split("stepentropy_", 1)[1]: v for k, v in second.first_run_gauges.items()}
+    seen = {k.split("stepentropy_", 1)[1]: v for k, v in second.first.gauges.items()}
     assert {"step", "sft_nll", "phase_stage", "reward_total", "policy_entropy", "response_think_tokens",
             "perf_tokens_per_s"} <= set(seen), sorted(seen)
     assert seen["step"] >= 1 and seen["perf_tokens_per_s"] > 0
@@ -194,21 +191,18 @@ def test_kl_reference_is_the_policy_grpo_starts_from(killed_then_resumed):
     assert abs(steps[0]["actor/kl_loss"]) < 1e-6 and max(abs(s["actor/kl_loss"]) for s in steps) > 0
 
 
-def test_a_dead_learner_stops_the_run_with_one_line_and_the_rerun_resumes(micro_model, tmp_path):
-    """Learner rank 1 killed -9 before GRPO step 1 (step 0 checkpointed): the run stops naming it, without a
-    traceback and without a stage marked done that was not; the same command then resumes at step 1."""
-    run_dir = tmp_path / "learner_death"
-    few = ["trainer.grpo.steps=2", "trainer.grpo.save_every=1"]
-    first = _main(run_dir, *few, "+trainer.grpo.kill_at_step.learner=1")
-    assert first.returncode != 0
-    assert "run stopped: learner rank 1 of 2 died during" in first.stderr, first.stderr[-3000:]
-    assert "Traceback" not in first.stderr
-    assert not (run_dir / "stages" / "grpo.done").exists() and (run_dir / "grpo" / "step_1").is_dir()
-    second = _main(run_dir, *few)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if "phase/stage" in line]
-    assert steps == [0, 1]
+def test_a_dead_learner_stops_the_run_with_one_line_and_the_rerun_resumes(killed_then_resumed):
+    """Learner rank 1 killed -9 before GRPO step 3 (steps 0-2 done, the checkpoint after step 1 kept): the run stops
+    naming it, without a traceback and without a stage marked done that was not; the same command then resumes from
+    that checkpoint and finishes (``test_resume_continues_from_last_checkpoint``)."""
+    run_dir, marks, second = killed_then_resumed
+    first = second.first
+    assert "fault injection: killed the learner before step 3" in first.stdout
+    after = first.stdout.split("fault injection: killed the learner before step 3", 1)[1]
+    assert "run stopped: learner rank 1 of 2 died during" in after, after[-3000:]
+    assert "Traceback" not in after, after[-3000:]
+    assert "grpo.done" not in marks and "eval_final.done" not in marks
+    assert first.checkpoints == ["step_2"] and second.returncode == 0
 
 
 def test_export_writes_a_model_card_and_the_checkpoint_weights(killed_then_resumed, tmp_path):

@@ -65,6 +65,23 @@ def test_load_tokenizer_undoes_the_transformers5_llama_rebuild(r1_standin, tmp_p
     assert encode(load_tokenizer(tmp_path), text) == good
 
 
+def test_a_saved_model_gets_the_tokenizer_files_as_they_were(tok, r1_standin, tmp_path):
+    """Learners and export copy the tokenizer files (``copy_tokenizer``) instead of loading and re-saving them: the
+    same bytes, so the same ids and template; a directory without them is one clear error."""
+    from stepentropy_rl.tokenizer import copy_tokenizer
+
+    names = copy_tokenizer(r1_standin, tmp_path)
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(names)
+    assert all((tmp_path / n).read_bytes() == (Path(r1_standin) / n).read_bytes() for n in names)
+    shutil.copy(Path(r1_standin) / "config.json", tmp_path / "config.json")
+    copied = load_tokenizer(tmp_path)
+    assert encode(copied, RESPONSE) == encode(tok, RESPONSE)
+    assert prompt_text(copied, "What is 2+3?") == prompt_text(tok, "What is 2+3?")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        copy_tokenizer(tmp_path / "empty", tmp_path)
+
+
 def test_sft_sequences_end_with_the_tokenizers_eos(tok):
     from stepentropy_rl.driver.sft import sft_batch
 
