@@ -192,7 +192,7 @@ def test_kl_reference_is_the_policy_grpo_starts_from(killed_then_resumed):
 
 
 def test_a_dead_learner_stops_the_run_with_one_line_and_the_rerun_resumes(killed_then_resumed):
-    """Learner rank 1 killed -9 before GRPO step 3 (steps 0-2 done, the checkpoint after step 1 kept): the run stops
+    """Learner rank 1 killed -9 before GRPO step 3 (steps 0-2 done, the checkpoint of steps 0-1 kept): the run stops
     naming it, without a traceback and without a stage marked done that was not; the same command then resumes from
     that checkpoint and finishes (``test_resume_continues_from_last_checkpoint``)."""
     run_dir, marks, second = killed_then_resumed
