@@ -140,6 +140,17 @@ def _loss(model, mb: Batch, weight: torch.Tensor, bf16: bool) -> torch.Tensor:
     return (nll * weight[:, 1:]).sum() / weight[:, 1:].sum()
 
 
+def _compiled(model):
+    """``model`` compiled by inductor for training (one graph for every sequence length). It generates C++, so it
+    needs a compiler; without one the error says what to do instead of failing at the first step."""
+    import shutil
+
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise RuntimeError("model.tiny.compile=true needs a C++ compiler for torch.compile (install g++), or set "
+                           "model.tiny.compile=false, which trains another model (its own cache entry)")
+    return torch.compile(model, dynamic=True)
+
+
 def build_model(cfg: TinyConfig, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -181,6 +192,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.set_attn_implementation(cfg.attn_implementation)
     model.train()
+    forward = _compiled(model) if cfg.compile else model
     tokens, t0, loss_ema = 0, time.time(), None
     bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
     for step in bar:
@@ -189,7 +201,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
         weight = torch.zeros_like(mb.loss_mask)  # loss on the solution only
         for i, (p, w) in enumerate(zip(prompts, resp_weights)):
             weight[i, len(p): len(p) + len(w)] = torch.tensor(w)
-        loss = _loss(model, mb, weight, cfg.bf16)
+        loss = _loss(forward, mb, weight, cfg.bf16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -197,7 +209,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
         opt.zero_grad(set_to_none=True)
         tokens += int(mb.attention_mask.sum())
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}", refresh=False)
     model.eval()
     model.set_attn_implementation("sdpa")  # the saved config stays the default one
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from stepentropy_rl.tasks.basket import BasketConfig, generate
 FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's text is in the key already)
 # The recipe measured for each task style (n=500 held out, scripts/bench_bootstrap.py; README): the verbose style's
 # sequences are 3x longer, so it gets fewer steps and a heavier loss on the essential steps to fit the same time.
-RECIPES = {"terse": {"steps": 1100, "essential_weight": 1.0}, "verbose": {"steps": 700, "essential_weight": 4.0}}
+RECIPES = {"terse": {"steps": 1100, "essential_weight": 1.0, "compile": False},
+           "verbose": {"steps": 700, "essential_weight": 4.0, "compile": False}}
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TinyConfig:
     bf16: Optional[bool] = None  # bf16 autocast for the forward pass (weights stay fp32); None: fast_bf16()
     essential_weight: Optional[float] = None  # loss weight of essential-step tokens but their first; None: RECIPES
     pruned_reading: float = 0.0  # share of examples read with redundant steps deleted, loss on the answer (_encode)
+    compile: Optional[bool] = None  # torch.compile the training forward and backward (inductor); None: RECIPES
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
 
     def __post_init__(self):
@@ -69,8 +71,9 @@ class TinyConfig:
         where no config value moved."""
         sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
         fields = dataclasses.asdict(self)
-        if not fields["pruned_reading"]:  # a recipe without it hashes as before the knob: its caches stay valid
-            del fields["pruned_reading"]
+        for knob in ("pruned_reading", "compile"):  # a recipe without it hashes as before the knob: caches stay valid
+            if not fields[knob]:
+                del fields[knob]
         blob = json.dumps({"v": FORMAT_VERSION, **fields, "sample": sample}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

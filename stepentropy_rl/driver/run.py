@@ -121,6 +121,12 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     run_dir = Path(cfg.run_dir)
     problems = eval_problems(cfg)  # a bad data file fails here, before the model is built or anything is written
     train = train_problems(cfg) if pipeline.train_data else []
+    from stepentropy_rl.config import ConfigError
+    from stepentropy_rl.driver.evaluate import labelled
+
+    if train and cfg.trainer.prune.keep_essential and not labelled(train):
+        raise ConfigError("trainer.prune.keep_essential needs step labels (the embedded task's generated data); the "
+                          "training rows have none")
     model_path = resolve_model(cfg)
     tokenizer = load_tokenizer(model_path)
     counts = {"eval": len(problems), "train": len(train)}

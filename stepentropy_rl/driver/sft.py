@@ -4,6 +4,8 @@ Prune: the policy writes CoTs for the training problems (or, with ``source: gold
 are used); the correct ones are scored (exact token entropies from
 the reference), their lowest-entropy steps replaced by ``[SKIP]`` at ``ratio``, and the answer is regenerated after
 the pruned thinking; a pruned CoT is kept for SFT only if that answer is still right (``keep_verified``).
+On labelled data (the embedded task) each row also counts the essential steps pruning took out (``lost_essential``):
+the answer check cannot see them where a later step restates the total, and SFT then learns to skip a needed step.
 SFT: the learners fine-tune on ``prompt -> pruned thinking </think> answer``, loss on the response tokens only.
 """
 from __future__ import annotations
@@ -16,9 +18,11 @@ from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
 from stepentropy_rl.driver.remote import token_entropies
+from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.driver.tracking import require_finite
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tasks.grading import grade_all
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_ids, prompt_text
 
@@ -34,9 +38,17 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     (``placeholder``). The base model has never seen ``[SKIP]``: a small one loses the thread after it (README), so
     with ``placeholder`` the check measured that, not whether the kept steps still carry the answer.
 
+    On labelled problems each row gains ``lost_essential`` (pruned steps that ``basket.label_step`` calls
+    essential) and the stats ``kept_missing_essential`` (kept rows with any); ``prune.keep_essential`` drops those
+    rows (labelled data only).
+
     ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
     span-aware grader (``grading.make_grader``).
     """
+    with_labels = labelled(problems)
+    if prune.keep_essential and not with_labels:
+        raise ValueError("trainer.prune.keep_essential needs step labels (the embedded task's data); these problems "
+                         "have none")
     prompts = [prompt_text(tokenizer, p) for p in problems]
     pids = [prompt_ids(tokenizer, p) for p in problems]
     if prune.source == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
@@ -64,6 +76,9 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                            "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], probe)),
                            "tokens_full": count_tokens(tokenizer, prune.delimiter.join(texts)),
                            "tokens_pruned": count_tokens(tokenizer, thinking)})
+        if with_labels:
+            candidates[-1]["lost_essential"] = sum(cut and label_step(t)[0] == "essential"
+                                                   for t, cut in zip(texts, pruned.pruned))
     rows = candidates
     if prune.keep_verified and candidates:
         regen = rollout.generate([c["prefix"] for c in candidates],
@@ -73,8 +88,17 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         rows = [c for c, keep in zip(candidates, kept) if keep]
     for r in rows:
         r.pop("prefix")
+    missing = sum(r.get("lost_essential", 0) > 0 for r in rows)
+    if prune.keep_essential:
+        rows = [r for r in rows if not r["lost_essential"]]
+    elif with_labels and missing > 0.1 * max(1, len(rows)):
+        log.warning("pruning took a labelled essential step out of %d of the %d kept CoTs (the answer check passes "
+                    "where a later step restates the total); SFT learns to skip it. trainer.prune.keep_essential=true "
+                    "drops them (README: the last-essential-step effect)", missing, len(rows))
     stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "kept": len(rows),
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
+    if with_labels:
+        stats["kept_missing_essential"] = missing
     return rows, stats
 
 

@@ -88,6 +88,14 @@ def test_bad_training_rows_are_named(micro_model, tmp_path):
     assert "train.jsonl:1: 'prompt'" in msg and not run_dir.exists()
 
 
+def test_keep_essential_on_unlabelled_training_rows_is_named(micro_model, tmp_path):
+    run_dir = tmp_path / "run"
+    msg = launch_error(["+experiment=entropy_guided", f"run_dir={run_dir}", f"model.path={micro_model}",
+                        f"data.train_path={data_file(tmp_path, GOOD.encode() + NL, 'train.jsonl')}",
+                        "trainer.prune.keep_essential=true"])
+    assert msg.startswith("config error: trainer.prune.keep_essential needs step labels") and not run_dir.exists()
+
+
 def test_every_row_overlong_under_skip_is_an_error(micro_model, tmp_path):
     """Skipping never leaves no data: when even the shortest prompt does not fit, the budget's key is named."""
     msg = launch_error(["+experiment=prune_sweep", f"run_dir={tmp_path / 'run'}", f"model.path={micro_model}",

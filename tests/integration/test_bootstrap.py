@@ -16,7 +16,8 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(task=BasketConfig(redundancy=0.1)).key() != TinyConfig().key()
     assert TinyConfig(essential_weight=2.0).key() != TinyConfig().key()
     assert TinyConfig(pruned_reading=0.1).key() != TinyConfig().key()
-    # a recipe without pruned reading hashes as before the knob existed (measured keys of the cached models)
+    assert TinyConfig(compile=True).resolved().key() != TinyConfig(compile=False).resolved().key()
+    # a recipe without pruned reading or compile hashes as before the knobs existed (keys of the cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
 
@@ -44,6 +45,40 @@ def test_the_recipe_follows_the_task_style():
     assert (terse.steps, terse.essential_weight) == (1100, 1.0) and (verbose.steps, verbose.essential_weight) == (700, 4.0)
     assert TinyConfig(steps=5, task=BasketConfig(style="verbose")).resolved().steps == 5
     assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0).resolved().key()
+
+
+def test_compiled_training_step_matches_eager():
+    """``model.tiny.compile``: the inductor-compiled forward gives the eager loss and gradients up to float rounding
+    (it trains another model only through that rounding), for two sequence lengths with one compiled graph."""
+    import torch
+
+    from stepentropy_rl.batch import Batch
+
+    cfg = TinyConfig(**MICRO).resolved()
+    model = bootstrap.build_model(cfg, 300)
+    model.set_attn_implementation("eager")
+    compiled = bootstrap._compiled(model)
+    for width in (7, 11):
+        prompts, responses = [[1, 2, 3]] * 2, [list(range(5, 5 + width)), list(range(9, 9 + width - 2))]
+        mb = Batch.from_pairs(prompts, responses, pad_id=0)
+        weight = mb.loss_mask * 4.0
+        grads = []
+        for forward in (model, compiled):
+            loss = bootstrap._loss(forward, mb, weight, bf16=False)
+            loss.backward()
+            grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+            model.zero_grad(set_to_none=True)
+        (eager_loss, eager_grads), (compiled_loss, compiled_grads) = grads
+        assert torch.allclose(eager_loss, compiled_loss, rtol=1e-4)
+        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(eager_grads, compiled_grads))
+
+
+def test_compile_without_a_cpp_compiler_says_what_to_do(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="model.tiny.compile=false"):
+        bootstrap._compiled(object())
 
 
 def test_cache_key_follows_the_task_wording(monkeypatch):

@@ -209,3 +209,78 @@ def test_verify_with_is_checked():
 
     with pytest.raises(ConfigError, match="verify_with"):
         PruneStageConfig(verify_with="both")
+
+
+class LeakyRollout(FakeRollout):
+    """A base that answers right after any pruned thinking, as the verbose reasoner does where a step restating the
+    total survived: the answer check cannot see a lost move."""
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        for ids, o in zip(prompts, out):
+            text = self.tok.decode(ids, skip_special_tokens=False)
+            if text.endswith("</think>"):
+                p = next(p for q, p in self.by_prompt.items() if q in text)
+                o[0]["text"] = f"The answer is \\boxed{{{p.answer}}}."
+        return out
+
+
+class LastMoveLow(FakeReference):
+    """The last-essential-step effect: in about half the CoTs the last move is the lowest-entropy step (it is forced);
+    elsewhere the oracle's 2.0 on every move, 0.1 on the rest."""
+
+    def _score(self, batch, *a):
+        out = []
+        for ids in (batch.response_ids(i) for i in range(len(batch))):
+            text = self.tok.decode(ids)
+            last, forced = text.rfind("\n\nNow ") + 2, len(text) % 2 == 1
+            ents, pos = [], 0
+            for t in ids:
+                line_start = text.rfind("\n\n", 0, pos + 1)
+                start = line_start + 2 if line_start >= 0 else 0
+                step = text[start:].split("\n\n")[0]
+                ents.append(0.01 if forced and start == last else 2.0 if step.startswith("Now ") else 0.1)
+                pos += len(self.tok.decode([t]))
+            out.append(ents)
+        return {"entropy": batch.response_column(out), "logprobs": torch.zeros_like(batch.loss_mask)}
+
+
+@pytest.mark.parametrize("keep_essential", [False, True])
+def test_the_prune_stage_counts_the_essential_steps_it_lost(setup, caplog, keep_essential):
+    """Where a restated total lets the answer check pass, a CoT that lost its last move is kept; on labelled data
+    each row counts its lost essential steps, the stats count the rows, a warning names the effect, and
+    ``trainer.prune.keep_essential`` drops those rows."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll = LeakyRollout(probs)
+    roll.tok = tok
+    prune = PruneStageConfig(ratio=0.2, answer_max_tokens=16, keep_essential=keep_essential)
+    with caplog.at_level("WARNING"):
+        rows, stats = build_pruned_dataset(probs, roll, LastMoveLow(tok), tok, make_grader("exact"), prune,
+                                           {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    by_id = {p.id: p for p in probs}
+    lost = {r["id"]: sum(s["text"] not in r["response"] for s in by_id[r["id"]].steps if s["label"] == "essential")
+            for r in rows}
+    assert all(r["lost_essential"] == lost[r["id"]] for r in rows)
+    if keep_essential:
+        assert 0 < len(rows) == stats["kept"] < stats["pruned"] == 12 and not any(lost.values())
+        assert stats["kept_missing_essential"] == 12 - len(rows) and "essential step" not in caplog.text
+    else:
+        assert len(rows) == stats["kept"] == 12
+        assert 0 < stats["kept_missing_essential"] == sum(map(bool, lost.values())) < 12
+        assert "took a labelled essential step out of" in caplog.text
+
+
+def test_keep_essential_needs_labelled_data(setup):
+    import dataclasses
+
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+
+    probs, tok, _ = setup
+    with pytest.raises(ValueError, match="keep_essential needs step labels"):
+        build_pruned_dataset([dataclasses.replace(p, steps=[]) for p in probs], None, None, tok, None,
+                             PruneStageConfig(keep_essential=True), {})
