@@ -45,8 +45,8 @@ def _latest(run_dir: Path) -> int | None:
 def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) -> dict:
     """One run of ``cmd``. ``kill``: None (run to the end), ``("point", name)`` (the driver kills itself there),
     ``("ray", s)`` (SIGKILL ``s`` seconds after this attempt logs that its Ray is up, so that the kill lands while the
-    actors start: the driver alone needs ~10 s on 2 cores to get there) or ``("grpo", s)`` (``s`` seconds after this attempt logs
-    its first GRPO step, so that the kill lands mid-step, mid-sync or mid-checkpoint)."""
+    actors start: the driver alone needs ~10 s on 2 cores to get there) or ``("grpo", s)`` (``s`` seconds after this
+    attempt logs its first GRPO step, so that the kill lands mid-step, mid-sync or mid-checkpoint)."""
     env = dict(os.environ, **({"STEPENTROPY_DIE_AT": kill[1]} if kill and kill[0] == "point" else {}))
     start, deadline = time.time(), time.time() + timeout_s
     with log.open("w") as out:

@@ -341,10 +341,12 @@ class SFTConfig:
     epochs: int = 4
     batch_size: int = 32
     lr: float = 1e-3
+    min_steps: int = 0  # at least this many optimizer steps, however few rows the prune stage kept (0: epochs decide)
 
     def __post_init__(self):
         positive(self, "epochs", "batch_size", integer=True)
         positive(self, "lr")
+        positive(self, "min_steps", allow_zero=True, integer=True)
 
 
 @dataclass

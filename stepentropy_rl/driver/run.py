@@ -11,8 +11,9 @@ import ray
 from omegaconf import OmegaConf
 
 from stepentropy_rl.driver import progress
-from stepentropy_rl.config import JobConfig, check_context, context_needs
+from stepentropy_rl.config import ConfigError, JobConfig, check_context, context_needs
 from stepentropy_rl.data import DataError, as_asked, generated, load_problems
+from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.files import atomic_write_json
 from stepentropy_rl.tasks.grading import grader_of
 from stepentropy_rl.tiny_config import ensure_tiny_model
@@ -103,7 +104,6 @@ def pipeline_for(cfg: JobConfig):
     """The registered pipeline named by ``cfg.pipeline``; ConfigError listing the known ones otherwise."""
     import importlib
 
-    from stepentropy_rl.config import ConfigError
     from stepentropy_rl.driver import PIPELINES
 
     for module in BUILTIN_PIPELINES:
@@ -121,9 +121,6 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     run_dir = Path(cfg.run_dir)
     problems = eval_problems(cfg)  # a bad data file fails here, before the model is built or anything is written
     train = train_problems(cfg) if pipeline.train_data else []
-    from stepentropy_rl.config import ConfigError
-    from stepentropy_rl.driver.evaluate import labelled
-
     if train and cfg.trainer.prune.keep_essential and not labelled(train):
         raise ConfigError("trainer.prune.keep_essential needs step labels (the embedded task's generated data); the "
                           "training rows have none")

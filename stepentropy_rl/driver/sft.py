@@ -114,7 +114,7 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
         raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (see prune/stats.json)")
     data = sft_batch(tokenizer, rows)
     rng = random.Random(seed)
-    steps = max(1, sft.epochs * len(data) // sft.batch_size)
+    steps = sft_steps(sft, len(data))
     history = []
     bar = progress.bar(steps, "SFT", "step")
     for step in range(steps):
@@ -129,6 +129,15 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
         bar.update(1)
     bar.close()
     return history
+
+
+def sft_steps(sft: SFTConfig, rows: int) -> int:
+    """Optimizer steps: ``epochs`` passes over the rows, at least ``min_steps`` (a small kept set is seen more often).
+
+    Measured on the AMX CPU's compiled base: 172 rows x 4 epochs (21 steps at lr 1e-3) left the model half-way into
+    the pruned format (SFT 36.8%, stray bytes in a third of the CoTs); 86 steps held it (90.4%).
+    """
+    return max(1, sft.min_steps, sft.epochs * rows // sft.batch_size)
 
 
 def sft_batch(tokenizer, rows: list[dict]) -> Batch:

@@ -1,0 +1,43 @@
+"""SFT's step count: epochs over the kept rows, floored by ``min_steps`` so that a small kept set is not under-trained."""
+import pytest
+
+from stepentropy_rl.config import SFTConfig
+from stepentropy_rl.driver import sft
+
+
+@pytest.mark.parametrize("rows,min_steps,expected", [
+    (172, 0, 21),    # 4 epochs x 172 rows / 32: the AMX run that left SFT at 36.8%
+    (172, 80, 80),   # the floor lifts it
+    (800, 80, 100),  # a large kept set already trains longer: the floor changes nothing
+    (3, 0, 1),       # fewer rows than a batch still trains a step
+])
+def test_steps_are_epochs_over_the_rows_at_least_min_steps(rows, min_steps, expected):
+    assert sft.sft_steps(SFTConfig(epochs=4, batch_size=32, min_steps=min_steps), rows) == expected
+
+
+class _Learners:
+    def __init__(self):
+        self.lrs = []
+
+    def set_lr(self, lr):
+        self.lrs.append(lr)
+
+    def train_step(self, batch, loss):
+        return {"actor/nll": 1.0}
+
+
+class _Rows(list):
+    def select(self, idx):
+        return idx
+
+
+class _Tok:
+    eos_token_id, pad_token_id = 2, 0
+
+
+def test_run_sft_takes_the_floored_steps_with_the_lr_decaying_over_all_of_them(monkeypatch):
+    monkeypatch.setattr(sft, "sft_batch", lambda tok, rows: _Rows(rows))
+    learners = _Learners()
+    history = sft.run_sft([{"prompt": "q", "response": "r"}] * 8, learners, _Tok(),
+                          SFTConfig(epochs=1, batch_size=4, lr=1e-3, min_steps=10), seed=0)
+    assert len(history) == 10 and learners.lrs[0] == 1e-3 and learners.lrs[-1] == pytest.approx(1e-4)
