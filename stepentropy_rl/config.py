@@ -322,7 +322,8 @@ class PruneStageConfig(StepPruning):
     ratio: float = 0.2
     keep_verified: bool = True  # keep a pruned CoT only if the answer regenerated after it is still right
     verify_with: str = "deletion"  # what the check reads: the pruned steps deleted | the SFT row's placeholder
-    keep_essential: bool = False  # labelled data only: also drop a pruned CoT that lost a labelled essential step
+    # also drop a pruned CoT that lost a labelled essential step: true | false | null (where the data has labels)
+    keep_essential: Optional[bool] = None
     answer_max_tokens: int = 32
 
     def __post_init__(self):

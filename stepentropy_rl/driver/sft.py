@@ -40,13 +40,14 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
 
     On labelled problems each row gains ``lost_essential`` (pruned steps that ``basket.label_step`` calls
     essential) and the stats ``kept_missing_essential`` (kept rows with any); ``prune.keep_essential`` drops those
-    rows (labelled data only).
+    rows (``None``: wherever the problems are labelled; ``True`` on unlabelled problems is an error).
 
     ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
     span-aware grader (``grading.make_grader``).
     """
     with_labels = labelled(problems)
-    if prune.keep_essential and not with_labels:
+    drop_lost = with_labels if prune.keep_essential is None else prune.keep_essential
+    if drop_lost and not with_labels:
         raise ValueError("trainer.prune.keep_essential needs step labels (the embedded task's data); these problems "
                          "have none")
     prompts = [prompt_text(tokenizer, p) for p in problems]
@@ -89,7 +90,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     for r in rows:
         r.pop("prefix")
     missing = sum(r.get("lost_essential", 0) > 0 for r in rows)
-    if prune.keep_essential:
+    if drop_lost:
         rows = [r for r in rows if not r["lost_essential"]]
     elif with_labels and missing > 0.1 * max(1, len(rows)):
         log.warning("pruning took a labelled essential step out of %d of the %d kept CoTs (the answer check passes "

@@ -245,11 +245,11 @@ class LastMoveLow(FakeReference):
         return {"entropy": batch.response_column(out), "logprobs": torch.zeros_like(batch.loss_mask)}
 
 
-@pytest.mark.parametrize("keep_essential", [False, True])
+@pytest.mark.parametrize("keep_essential", [False, True, None])
 def test_the_prune_stage_counts_the_essential_steps_it_lost(setup, caplog, keep_essential):
     """Where a restated total lets the answer check pass, a CoT that lost its last move is kept; on labelled data
     each row counts its lost essential steps, the stats count the rows, a warning names the effect, and
-    ``trainer.prune.keep_essential`` drops those rows."""
+    ``trainer.prune.keep_essential`` (true, or null on labelled data) drops those rows."""
     from stepentropy_rl.config import PruneStageConfig
     from stepentropy_rl.driver.sft import build_pruned_dataset
     from stepentropy_rl.tasks.grading import make_grader
@@ -265,7 +265,7 @@ def test_the_prune_stage_counts_the_essential_steps_it_lost(setup, caplog, keep_
     lost = {r["id"]: sum(s["text"] not in r["response"] for s in by_id[r["id"]].steps if s["label"] == "essential")
             for r in rows}
     assert all(r["lost_essential"] == lost[r["id"]] for r in rows)
-    if keep_essential:
+    if keep_essential is not False:
         assert 0 < len(rows) == stats["kept"] < stats["pruned"] == 12 and not any(lost.values())
         assert stats["kept_missing_essential"] == 12 - len(rows) and "essential step" not in caplog.text
     else:
@@ -284,3 +284,22 @@ def test_keep_essential_needs_labelled_data(setup):
     with pytest.raises(ValueError, match="keep_essential needs step labels"):
         build_pruned_dataset([dataclasses.replace(p, steps=[]) for p in probs], None, None, tok, None,
                              PruneStageConfig(keep_essential=True), {})
+
+
+def test_keep_essential_null_keeps_unlabelled_rows_uncounted(setup):
+    """The default (null) drops only what labels show: user data without labels keeps every verified row."""
+    import dataclasses
+
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    bare = [dataclasses.replace(p, steps=[]) for p in probs]
+    roll = LeakyRollout(bare)
+    roll.tok = tok
+    rows, stats = build_pruned_dataset(bare, roll, LastMoveLow(tok), tok, make_grader("exact"),
+                                       PruneStageConfig(ratio=0.2, answer_max_tokens=16),
+                                       {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    assert len(rows) == stats["kept"] == 12 and "kept_missing_essential" not in stats
+    assert not any("lost_essential" in r for r in rows)
