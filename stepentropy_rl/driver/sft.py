@@ -112,7 +112,8 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: SFT could not teach the model to stop")
     if not rows:
-        raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (see prune/stats.json)")
+        raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (prune/stats.json counts what the "
+                           "answer check and, on labelled data, trainer.prune.keep_essential dropped)")
     data = sft_batch(tokenizer, rows)
     rng = random.Random(seed)
     steps = sft_steps(sft, len(data))

@@ -26,11 +26,14 @@ from tests.conftest import MICRO_OVERRIDES
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer.sft.batch_size=8", "trainer.sft.min_steps=0",
-         "trainer.prune.keep_verified=false", "trainer.prune.source=gold", "algorithm.prompts_per_step=4", "algorithm.n_samples=2",
+# the micro mechanics: gold SFT rows kept unchecked (the micro model answers nothing), a few SFT and GRPO steps
+SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer.sft.batch_size=8",
+         "trainer.sft.min_steps=0", "trainer.prune.keep_verified=false", "trainer.prune.source=gold",
+         "trainer.prune.keep_essential=false", "algorithm.prompts_per_step=4", "algorithm.n_samples=2",
          "trainer.grpo.steps=4", "trainer.grpo.save_every=2", "trainer.grpo.max_tokens=96",
-         "trainer.eval.max_tokens=96", "algorithm.phase.start=explore", "rollout.max_tokens=48", "cluster.include_dashboard=false",
-         "trainer.logger.wandb=disabled", "trainer.micro_batch_size=4", *MICRO_OVERRIDES]
+         "trainer.eval.max_tokens=96", "algorithm.phase.start=explore", "rollout.max_tokens=48",
+         "cluster.include_dashboard=false", "trainer.logger.wandb=disabled", "trainer.micro_batch_size=4",
+         *MICRO_OVERRIDES]
 
 
 @pytest.fixture(scope="module")
