@@ -7,8 +7,8 @@ accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wr
 thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
 the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
 share of CoTs right at every step, the teacher-forced share of quantities predicted from their person's name
-(``bootstrap.lookup_accuracy``) beside what binding them at random scores, and one sample CoT. ``data=basket``
-measures the terse variant.
+(``bootstrap.lookup_accuracy``) beside what binding them at random scores, the share of redundant steps of each kind
+the model copies (``bootstrap.copy_accuracy``), and one sample CoT. ``data=basket`` measures the terse variant.
 """
 from __future__ import annotations
 
@@ -100,18 +100,20 @@ def main() -> None:
 
 
 def _lookup(stats: dict, path: str, task) -> dict:
-    """``bootstrap.lookup_accuracy`` and its chance level, as the bootstrap recorded them or measured now (a model
-    cached before the bootstrap recorded them)."""
+    """``bootstrap.lookup_accuracy`` with its chance level, and ``bootstrap.copy_accuracy``, as the bootstrap recorded
+    them or measured now (a model cached before the bootstrap recorded them)."""
     from transformers import AutoModelForCausalLM
 
-    from stepentropy_rl.bootstrap import chance_lookup_accuracy, held_out_lookups, lookup_accuracy
+    from stepentropy_rl.bootstrap import chance_lookup_accuracy, copy_accuracy, held_out_lookups, lookup_accuracy
     from stepentropy_rl.tokenizer import load_tokenizer
 
-    if "lookup_accuracy" not in stats:
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        stats = {"lookup_accuracy": round(lookup_accuracy(model, load_tokenizer(path), task), 4),
-                 "chance_lookup_accuracy": round(chance_lookup_accuracy(held_out_lookups(task)), 4)}
-    return {k: stats[k] for k in ("lookup_accuracy", "chance_lookup_accuracy")}
+    keys = ("lookup_accuracy", "chance_lookup_accuracy", "copy_accuracy")
+    if any(k not in stats for k in keys):
+        model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(path)
+        stats = {"lookup_accuracy": round(lookup_accuracy(model, tok, task), 4),
+                 "chance_lookup_accuracy": round(chance_lookup_accuracy(held_out_lookups(task)), 4),
+                 "copy_accuracy": {k: round(v, 4) for k, v in copy_accuracy(model, tok, task).items()}}
+    return {k: stats[k] for k in keys}
 
 
 if __name__ == "__main__":

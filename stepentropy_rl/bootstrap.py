@@ -79,25 +79,59 @@ def held_out_lookups(task: BasketConfig, n: int = 256) -> list:
 
 
 @torch.no_grad()
+def _teacher_forced(model, tok, problems, batch_size: int = 64):
+    """For each of ``problems``: its solution's character offsets, and per solution token whether the model's argmax
+    after the tokens before it is that token (teacher-forced)."""
+    head, tail = prompt_text(tok, "\x00").split("\x00")
+    prompts = tok([head + p.prompt + tail for p in problems], add_special_tokens=False).input_ids
+    enc = tok([p.solution + EOS for p in problems], add_special_tokens=False, return_offsets_mapping=True)
+    for i in range(0, len(problems), batch_size):
+        mb = Batch.from_pairs(prompts[i: i + batch_size], enc.input_ids[i: i + batch_size], pad_id=tok.pad_token_id)
+        predicted = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.argmax(-1)
+        for j, problem in enumerate(problems[i: i + batch_size]):
+            start, n = len(prompts[i + j]), len(enc.input_ids[i + j])
+            hit = (predicted[j, start - 1: start + n - 1] == mb.input_ids[j, start: start + n]).tolist()
+            yield problem, enc.offset_mapping[i + j], hit
+
+
 def lookup_accuracy(model, tok, task: BasketConfig, n: int = 256, batch_size: int = 64) -> float:
     """Teacher-forced share of the moves of ``n`` held-out problems whose quantity the model predicts (argmax) after
     its person's name ("Now Fay" -> "3"). Answer accuracy cannot see this lookup: any binding of the quantities to
     the persons sums to the same total. Compare it with ``chance_lookup_accuracy``."""
-    problems = held_out_lookups(task, n)
-    head, tail = prompt_text(tok, "\x00").split("\x00")
-    prompts = tok([head + p.prompt + tail for p in problems], add_special_tokens=False).input_ids
-    enc = tok([p.solution + EOS for p in problems], add_special_tokens=False, return_offsets_mapping=True)
+    return _lookup_share(_teacher_forced(model, tok, held_out_lookups(task, n), batch_size))
+
+
+def _lookup_share(forced) -> float:
     hits, total = 0, 0
-    for i in range(0, n, batch_size):
-        mb = Batch.from_pairs(prompts[i: i + batch_size], enc.input_ids[i: i + batch_size], pad_id=tok.pad_token_id)
-        predicted = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.argmax(-1)
-        for j, problem in enumerate(problems[i: i + batch_size]):
-            offsets = enc.offset_mapping[i + j]
-            for c in _essential_spans(problem)[1]:
-                at = len(prompts[i + j]) + next(k for k, (s, e) in enumerate(offsets) if s <= c < e)
-                hits += int(predicted[j, at - 1] == mb.input_ids[j, at])
-                total += 1
+    for problem, offsets, hit in forced:
+        for c in _essential_spans(problem)[1]:
+            hits += hit[next(k for k, (s, e) in enumerate(offsets) if s <= c < e)]
+            total += 1
     return hits / max(1, total)
+
+
+def copy_accuracy(model, tok, task: BasketConfig, n: int = 256, batch_size: int = 64) -> dict[str, float]:
+    """Per kind of redundant step, the teacher-forced share of ``n`` held-out problems' steps whose every token but
+    the first the model predicts (argmax). Redundant steps restate what came before; where the model has not learned
+    the copy (a reread's name drawn afresh, not copied from its move), the step's entropy measures the model's
+    uncertainty rather than redundancy, and low-entropy pruning ranks it above the moves. The first token is the
+    writer's choice of the next step, so it is left out."""
+    return _copy_shares(_teacher_forced(model, tok, held_out_lookups(task, n), batch_size))
+
+
+def _copy_shares(forced) -> dict[str, float]:
+    hits, total = {}, {}
+    for problem, offsets, hit in forced:
+        pos = 0
+        for step in problem.steps:
+            start = problem.solution.index(step.text, pos)
+            pos = start + len(step.text)
+            if step.label != "redundant":
+                continue
+            inner = [h for (s, _), h in zip(offsets, hit) if start < s < pos]
+            hits[step.kind] = hits.get(step.kind, 0) + all(inner)
+            total[step.kind] = total.get(step.kind, 0) + 1
+    return {kind: hits[kind] / total[kind] for kind in sorted(total)}
 
 
 def chance_lookup_accuracy(problems) -> float:
@@ -217,12 +251,27 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     train_s = round(time.time() - t0, 1)
-    lookup, chance = lookup_accuracy(model, tok, cfg.task), chance_lookup_accuracy(held_out_lookups(cfg.task))
+    forced = list(_teacher_forced(model, tok, held_out_lookups(cfg.task)))  # one pass for both checks
+    lookup, chance = _lookup_share(forced), chance_lookup_accuracy(held_out_lookups(cfg.task))
     log.info("the tiny reasoner predicts %.1f%% of held-out quantities from their person's name (teacher-forced; "
              "binding at random: %.1f%%)", 100 * lookup, 100 * chance)
+    copies = {kind: round(v, 4) for kind, v in _copy_shares(forced).items()}
+    warn_uncopied(copies)
     return {"train_s": train_s, "tokens": tokens, "final_loss": loss_ema,
             "params": sum(p.numel() for p in model.parameters()), "lookup_accuracy": round(lookup, 4),
-            "chance_lookup_accuracy": round(chance, 4)}
+            "chance_lookup_accuracy": round(chance, 4), "copy_accuracy": copies}
+
+
+def warn_uncopied(copies: dict[str, float], bar: float = 0.9) -> list[str]:
+    """Log the redundant steps' ``copy_accuracy``; warn about (and return) the kinds copied below ``bar``."""
+    log.info("the tiny reasoner copies %s of held-out redundant steps (teacher-forced, by kind)",
+             ", ".join(f"{kind} {100 * v:.0f}%" for kind, v in copies.items()))
+    low = [kind for kind, v in copies.items() if v < bar]
+    if low:
+        log.warning("the tiny reasoner has not learned to copy its %s steps: their entropy measures its uncertainty, "
+                    "not redundancy, and low-entropy pruning will rank them above the moves (README: the copy check)",
+                    ", ".join(low))
+    return low
 
 
 def largest_number(task: BasketConfig) -> int:

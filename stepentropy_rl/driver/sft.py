@@ -39,7 +39,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     with ``placeholder`` the check measured that, not whether the kept steps still carry the answer.
 
     On labelled problems each row gains ``lost_essential`` (pruned steps that ``basket.label_step`` calls
-    essential) and the stats ``kept_missing_essential`` (kept rows with any); ``prune.keep_essential`` drops those
+    essential) and the stats ``kept_missing_essential`` (verified rows with any); ``prune.keep_essential`` drops those
     rows (``None``: wherever the problems are labelled; ``True`` on unlabelled problems is an error).
 
     ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
@@ -87,6 +87,11 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         # the regenerated text is what follows </think> after the pruned thinking
         kept = grade_all(grade, [THINK_CLOSE + a[0]["text"] for a in regen], [c["answer"] for c in candidates])
         rows = [c for c, keep in zip(candidates, kept) if keep]
+        if len(rows) < 0.5 * len(candidates):
+            log.warning("the answer check failed for %d of the %d pruned CoTs: at trainer.prune.ratio=%s the pruning "
+                        "takes steps the policy needs to answer (they score low entropy); a lower ratio keeps more",
+                        len(candidates) - len(rows), len(candidates), prune.ratio)
+    verified = len(rows)
     for r in rows:
         r.pop("prefix")
     missing = sum(r.get("lost_essential", 0) > 0 for r in rows)
@@ -96,7 +101,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         log.warning("pruning took a labelled essential step out of %d of the %d kept CoTs (the answer check passes "
                     "where a later step restates the total); SFT learns to skip it. trainer.prune.keep_essential=true "
                     "drops them (README: the last-essential-step effect)", missing, len(rows))
-    stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "kept": len(rows),
+    stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "verified": verified,
+             "kept": len(rows),
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
     if with_labels:
         stats["kept_missing_essential"] = missing

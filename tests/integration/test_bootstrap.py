@@ -98,6 +98,8 @@ def test_bootstrap_trains_once_then_reuses_cache(tmp_path, monkeypatch):
     stats = json.loads((path / "bootstrap.json").read_text())
     assert stats["config"]["steps"] == 3 and stats["bootstrap_s"] > 0
     assert 0 <= stats["lookup_accuracy"] <= 1 and 0.6 < stats["chance_lookup_accuracy"] < 0.75
+    copies = stats["copy_accuracy"]
+    assert set(copies) >= {"restate", "verify"} and all(0 <= v <= 1 for v in copies.values())
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -162,6 +164,43 @@ def test_lookup_accuracy_scores_the_quantity_after_each_name():
 
     assert lookup_accuracy(Oracle(misbinds=False), tok, task, n=20) == 1.0
     assert lookup_accuracy(Oracle(misbinds=True), tok, task, n=20) == 0.0
+
+
+def test_copy_accuracy_scores_each_kind_of_redundant_step():
+    """Teacher-forced: a model that predicts every next token copies every redundant step; one that draws each name
+    afresh (predicts another name wherever a name follows) fails every reread, the one kind that copies a name, and
+    no other kind. The bootstrap warns about the kinds below 90%."""
+    import torch
+
+    from stepentropy_rl import bootstrap
+    from stepentropy_rl.bootstrap import copy_accuracy, prompt_text_raw
+    from stepentropy_rl.tasks.basket import NAMES, generate
+    from stepentropy_rl.tokenizer import train_tokenizer
+
+    task = BasketConfig(style="verbose")
+    tok = train_tokenizer([prompt_text_raw(p) for p in generate(task, 1000, 0)], 512, whole_numbers=100)
+    names = torch.tensor(sorted({tok.convert_tokens_to_ids(tok.tokenize(f" {n}")[0]) for n in NAMES}))
+    assert len(names) == len(NAMES)  # each name one token, so that "another name" is one token too
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, fresh_names: bool):
+            super().__init__()
+            self.fresh_names = fresh_names
+
+        def forward(self, input_ids, attention_mask):
+            following = torch.roll(input_ids, -1, dims=1)
+            if self.fresh_names:
+                index = torch.searchsorted(names, following).clamp(max=len(names) - 1)
+                following = torch.where(names[index] == following, names[(index + 1) % len(names)], following)
+            return type("Out", (), {"logits": torch.nn.functional.one_hot(following, len(tok) + 1).float()})
+
+    copies = copy_accuracy(Oracle(fresh_names=False), tok, task, n=20)
+    assert set(copies) == {"problem", "reread", "verify", "restate", "reflect", "recap"}
+    assert all(v == 1.0 for v in copies.values())
+    fresh = copy_accuracy(Oracle(fresh_names=True), tok, task, n=20)
+    assert fresh.pop("reread") == 0.0 and all(v == 1.0 for v in fresh.values())
+    assert bootstrap.warn_uncopied({**fresh, "reread": 0.0}) == ["reread"]
+    assert bootstrap.warn_uncopied(copies) == []
 
 
 def test_chance_lookup_accuracy_is_binding_the_quantities_at_random():

@@ -160,7 +160,7 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
     rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
                                        {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     assert stats["problems"] == 12 and stats["correct_cots"] == 11 == stats["pruned"]  # the broken CoT is out
-    assert 0 < stats["kept"] == len(rows) < stats["pruned"]  # CoTs that lost an essential step fail the re-check
+    assert 0 < stats["kept"] == len(rows) <= stats["verified"] < stats["pruned"]  # a lost move fails the re-check
     by_id = {p.id: p for p in probs}
     for r in rows:
         p = by_id[r["id"]]
@@ -182,7 +182,7 @@ class SkipBlindRollout(FakeRollout):
 
 
 @pytest.mark.parametrize("verify_with", ["deletion", "placeholder"])
-def test_the_keep_check_reads_the_pruned_thinking_without_the_placeholder(setup, verify_with):
+def test_the_keep_check_reads_the_pruned_thinking_without_the_placeholder(setup, verify_with, caplog):
     """``trainer.prune.verify_with=deletion`` (the default) asks whether the kept steps still carry the answer, with
     the pruned ones left out; the SFT rows still hold ``[SKIP]``. Checked with the placeholder, a base that cannot
     read it keeps nothing (the verbose tiny reasoner kept 6 of 495)."""
@@ -197,8 +197,10 @@ def test_the_keep_check_reads_the_pruned_thinking_without_the_placeholder(setup,
     rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
                                        {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     if verify_with == "placeholder":
-        assert stats["pruned"] == 12 and rows == []
+        assert stats["pruned"] == 12 and stats["verified"] == 0 and rows == []
+        assert "the answer check failed for 12 of the 12 pruned CoTs" in caplog.text
         return
+    assert "the answer check failed" not in caplog.text
     assert 0 < stats["kept"] == len(rows) < stats["pruned"] == 12  # losing an essential step still fails
     for r in rows:
         assert "[SKIP]" in r["response"]
