@@ -74,7 +74,7 @@ def _essential_spans(problem) -> tuple[list[tuple[int, int]], list[int]]:
 
 
 def held_out_lookups(task: BasketConfig, n: int = 256) -> list:
-    """The ``n`` held-out problems that ``lookup_accuracy`` reads."""
+    """The ``n`` held-out problems that ``lookup_accuracy`` and ``copy_accuracy`` read."""
     return generate(task, n, 0, "test")
 
 
@@ -251,8 +251,9 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     train_s = round(time.time() - t0, 1)
-    forced = list(_teacher_forced(model, tok, held_out_lookups(cfg.task)))  # one pass for both checks
-    lookup, chance = _lookup_share(forced), chance_lookup_accuracy(held_out_lookups(cfg.task))
+    held_out = held_out_lookups(cfg.task)
+    forced = list(_teacher_forced(model, tok, held_out))  # one forward pass for both checks
+    lookup, chance = _lookup_share(forced), chance_lookup_accuracy(held_out)
     log.info("the tiny reasoner predicts %.1f%% of held-out quantities from their person's name (teacher-forced; "
              "binding at random: %.1f%%)", 100 * lookup, 100 * chance)
     copies = {kind: round(v, 4) for kind, v in _copy_shares(forced).items()}

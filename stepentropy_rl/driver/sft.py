@@ -88,9 +88,10 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         kept = grade_all(grade, [THINK_CLOSE + a[0]["text"] for a in regen], [c["answer"] for c in candidates])
         rows = [c for c, keep in zip(candidates, kept) if keep]
         if len(rows) < 0.5 * len(candidates):
-            log.warning("the answer check failed for %d of the %d pruned CoTs: at trainer.prune.ratio=%s the pruning "
-                        "takes steps the policy needs to answer (they score low entropy); a lower ratio keeps more",
-                        len(candidates) - len(rows), len(candidates), prune.ratio)
+            log.warning("the answer check failed for %d of the %d pruned CoTs: the policy cannot answer from most of "
+                        "them (trainer.prune.ratio=%s takes steps it needs, or it cannot read verify_with=%s); a lower "
+                        "ratio keeps more", len(candidates) - len(rows), len(candidates), prune.ratio,
+                        prune.verify_with)
     verified = len(rows)
     for r in rows:
         r.pop("prefix")

@@ -136,6 +136,24 @@ def test_pruned_reading_trains_the_answer_after_a_pruned_cot_only():
         TinyConfig(pruned_reading=1.0)
 
 
+class _Oracle:
+    """A teacher-forced stand-in model: predicts every next token, except that a token among ``shifted`` (sorted ids)
+    is predicted as the next one of them."""
+
+    def __init__(self, tok, shifted=None):
+        self.vocab, self.shifted = len(tok) + 1, shifted
+
+    def __call__(self, input_ids, attention_mask):
+        import torch
+
+        following = torch.roll(input_ids, -1, dims=1)
+        if self.shifted is not None:
+            ids = self.shifted
+            index = torch.searchsorted(ids, following).clamp(max=len(ids) - 1)
+            following = torch.where(ids[index] == following, ids[(index + 1) % len(ids)], following)
+        return type("Out", (), {"logits": torch.nn.functional.one_hot(following, self.vocab).float()})
+
+
 def test_lookup_accuracy_scores_the_quantity_after_each_name():
     """Teacher-forced: a model that predicts every next token scores 1; one that predicts every token but writes each
     quantity as another number scores 0."""
@@ -150,20 +168,8 @@ def test_lookup_accuracy_scores_the_quantity_after_each_name():
     numbers = torch.tensor(sorted(tok.convert_tokens_to_ids(tok.tokenize(f" {q}")[0])
                                   for q in range(1, task.max_quantity + 1)))
 
-    class Oracle(torch.nn.Module):
-        def __init__(self, misbinds: bool):
-            super().__init__()
-            self.misbinds = misbinds
-
-        def forward(self, input_ids, attention_mask):
-            following = torch.roll(input_ids, -1, dims=1)
-            if self.misbinds:  # every quantity becomes another one
-                index = torch.searchsorted(numbers, following).clamp(max=len(numbers) - 1)
-                following = torch.where(numbers[index] == following, numbers[(index + 1) % len(numbers)], following)
-            return type("Out", (), {"logits": torch.nn.functional.one_hot(following, len(tok) + 1).float()})
-
-    assert lookup_accuracy(Oracle(misbinds=False), tok, task, n=20) == 1.0
-    assert lookup_accuracy(Oracle(misbinds=True), tok, task, n=20) == 0.0
+    assert lookup_accuracy(_Oracle(tok), tok, task, n=20) == 1.0
+    assert lookup_accuracy(_Oracle(tok, shifted=numbers), tok, task, n=20) == 0.0  # every quantity another one
 
 
 def test_copy_accuracy_scores_each_kind_of_redundant_step():
@@ -182,22 +188,10 @@ def test_copy_accuracy_scores_each_kind_of_redundant_step():
     names = torch.tensor(sorted({tok.convert_tokens_to_ids(tok.tokenize(f" {n}")[0]) for n in NAMES}))
     assert len(names) == len(NAMES)  # each name one token, so that "another name" is one token too
 
-    class Oracle(torch.nn.Module):
-        def __init__(self, fresh_names: bool):
-            super().__init__()
-            self.fresh_names = fresh_names
-
-        def forward(self, input_ids, attention_mask):
-            following = torch.roll(input_ids, -1, dims=1)
-            if self.fresh_names:
-                index = torch.searchsorted(names, following).clamp(max=len(names) - 1)
-                following = torch.where(names[index] == following, names[(index + 1) % len(names)], following)
-            return type("Out", (), {"logits": torch.nn.functional.one_hot(following, len(tok) + 1).float()})
-
-    copies = copy_accuracy(Oracle(fresh_names=False), tok, task, n=20)
+    copies = copy_accuracy(_Oracle(tok), tok, task, n=20)
     assert set(copies) == {"problem", "reread", "verify", "restate", "reflect", "recap"}
     assert all(v == 1.0 for v in copies.values())
-    fresh = copy_accuracy(Oracle(fresh_names=True), tok, task, n=20)
+    fresh = copy_accuracy(_Oracle(tok, shifted=names), tok, task, n=20)
     assert fresh.pop("reread") == 0.0 and all(v == 1.0 for v in fresh.values())
     assert bootstrap.warn_uncopied({**fresh, "reread": 0.0}) == ["reread"]
     assert bootstrap.warn_uncopied(copies) == []
