@@ -32,12 +32,14 @@ def read_pruned(problem, rng: random.Random):
                                                if s.label == "essential" or rng.random() < keep])
 
 
-def _encode(tok, problems, essential_weight: float, pruned_reading: float = 0.0,
-            seed: int = 0) -> list[tuple[list[int], list[int], list[float]]]:
+def _encode(tok, problems, essential_weight: float, pruned_reading: float = 0.0, seed: int = 0,
+            reread_weight: float = 1.0) -> list[tuple[list[int], list[int], list[float]]]:
     """(prompt ids, response ids, response loss weights): ``essential_weight`` on the tokens of essential steps but
     their first, so that a small model learns the lookups sooner. The first token of a step is where the writer
     chooses which step comes next (a re-check or the next move); weighting it would bias that choice (measured:
-    p(re-check) 0.18 where the data has 0.5).
+    p(re-check) 0.18 where the data has 0.5). ``reread_weight`` likewise on the verbose style's rereads ("Reading it
+    again: Fay 3."), whose name the model must copy from the move before, where the move's own name is a choice: with
+    the moves weighted alone, the copy came late or never (``copy_accuracy``).
 
     A share ``pruned_reading`` of the examples is read pruned (``read_pruned``) with the loss on the answer after
     ``</think>`` only: the model learns to answer from a CoT that pruning left bare, as R1 reads one, without
@@ -54,23 +56,25 @@ def _encode(tok, problems, essential_weight: float, pruned_reading: float = 0.0,
             answer_from = p.solution.index(THINK_CLOSE) + len(THINK_CLOSE)
             weights.append([1.0 if s >= answer_from else 0.0 for s, _ in offsets])
             continue
-        spans = _essential_spans(p)[0]
-        weights.append([essential_weight if any(a < s < b for a, b in spans) else 1.0 for s, _ in offsets])
+        spans = [(a, b, essential_weight if step.label == "essential" else reread_weight)
+                 for a, b, step in _step_spans(p) if step.label == "essential" or step.kind == "reread"]
+        weights.append([next((w for a, b, w in spans if a < s < b), 1.0) for s, _ in offsets])
     return list(zip(prompts, enc.input_ids, weights))
 
 
-def _essential_spans(problem) -> tuple[list[tuple[int, int]], list[int]]:
-    """The character spans of ``problem``'s essential steps in its solution, and where each move's quantity starts."""
-    spans, lookups, pos = [], [], 0
+def _step_spans(problem):
+    """(start, end, step) for each of ``problem``'s steps: its character span in the solution."""
+    pos = 0
     for step in problem.steps:  # the thinking opens the solution, its steps in order
         start = problem.solution.index(step.text, pos)
         pos = start + len(step.text)
-        if step.label == "essential":
-            spans.append((start, pos))
-            at = lookup_span(step.text)
-            if at is not None:
-                lookups.append(start + at[0])
-    return spans, lookups
+        yield start, pos, step
+
+
+def _lookups(problem) -> list[int]:
+    """Where each move's quantity starts in ``problem``'s solution."""
+    return [start + at[0] for start, _, step in _step_spans(problem)
+            if step.label == "essential" and (at := lookup_span(step.text)) is not None]
 
 
 def held_out_lookups(task: BasketConfig, n: int = 256) -> list:
@@ -104,7 +108,7 @@ def lookup_accuracy(model, tok, task: BasketConfig, n: int = 256, batch_size: in
 def _lookup_share(forced) -> float:
     hits, total = 0, 0
     for problem, offsets, hit in forced:
-        for c in _essential_spans(problem)[1]:
+        for c in _lookups(problem):
             hits += hit[next(k for k, (s, e) in enumerate(offsets) if s <= c < e)]
             total += 1
     return hits / max(1, total)
@@ -122,13 +126,10 @@ def copy_accuracy(model, tok, task: BasketConfig, n: int = 256, batch_size: int 
 def _copy_shares(forced) -> dict[str, float]:
     hits, total = {}, {}
     for problem, offsets, hit in forced:
-        pos = 0
-        for step in problem.steps:
-            start = problem.solution.index(step.text, pos)
-            pos = start + len(step.text)
+        for start, end, step in _step_spans(problem):
             if step.label != "redundant":
                 continue
-            inner = [h for (s, _), h in zip(offsets, hit) if start < s < pos]
+            inner = [h for (s, _), h in zip(offsets, hit) if start < s < end]
             hits[step.kind] = hits.get(step.kind, 0) + all(inner)
             total[step.kind] = total.get(step.kind, 0) + 1
     return {kind: hits[kind] / total[kind] for kind in sorted(total)}
@@ -213,7 +214,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     model.config.eos_token_id = tok.convert_tokens_to_ids(EOS)
     model.config.pad_token_id = tok.pad_token_id
     model.config.bos_token_id = tok.bos_token_id
-    data = _encode(tok, problems, cfg.essential_weight, cfg.pruned_reading, cfg.seed)
+    data = _encode(tok, problems, cfg.essential_weight, cfg.pruned_reading, cfg.seed, cfg.reread_weight)
     batches = _length_bucketed(data, cfg.batch_size, random.Random(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 

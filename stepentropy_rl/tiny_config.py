@@ -16,8 +16,8 @@ from stepentropy_rl.tasks.basket import BasketConfig, generate
 FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's text is in the key already)
 # The recipe measured for each task style (n=500 held out, scripts/bench_bootstrap.py; README): the verbose style's
 # sequences are 3x longer, so it gets fewer steps and a heavier loss on the essential steps to fit the same time.
-RECIPES = {"terse": {"steps": 1100, "essential_weight": 1.0, "compile": False},
-           "verbose": {"steps": 700, "essential_weight": 4.0, "compile": False}}
+RECIPES = {"terse": {"steps": 1100, "essential_weight": 1.0, "reread_weight": 1.0, "compile": False},
+           "verbose": {"steps": 700, "essential_weight": 4.0, "reread_weight": 1.0, "compile": False}}
 
 
 @dataclass
@@ -41,6 +41,7 @@ class TinyConfig:
     threads: int = 0  # torch threads; 0 = all cores
     bf16: Optional[bool] = None  # bf16 autocast for the forward pass (weights stay fp32); None: fast_bf16()
     essential_weight: Optional[float] = None  # loss weight of essential-step tokens but their first; None: RECIPES
+    reread_weight: Optional[float] = None  # the same for the verbose style's rereads (_encode); None: RECIPES
     pruned_reading: float = 0.0  # share of examples read with redundant steps deleted, loss on the answer (_encode)
     compile: Optional[bool] = None  # torch.compile the training forward and backward (inductor); None: RECIPES
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
@@ -52,8 +53,9 @@ class TinyConfig:
                  "max_position_embeddings", "train_examples", "batch_size", integer=True)
         if self.steps is not None:
             positive(self, "steps", integer=True)
-        if self.essential_weight is not None:
-            positive(self, "essential_weight")
+        for weight in ("essential_weight", "reread_weight"):
+            if getattr(self, weight) is not None:
+                positive(self, weight)
         if not 0.0 <= self.pruned_reading < 1.0:
             raise ValueError(f"model.tiny.pruned_reading must be in [0, 1), got {self.pruned_reading}")
         positive(self, "lr")
@@ -71,9 +73,11 @@ class TinyConfig:
         where no config value moved."""
         sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
         fields = dataclasses.asdict(self)
-        for knob in ("pruned_reading", "compile"):  # a recipe without it hashes as before the knob: caches stay valid
-            if not fields[knob]:
+        for knob, off in (("pruned_reading", 0.0), ("compile", False), ("reread_weight", 1.0)):
+            if fields[knob] in (off, None):  # a recipe without it hashes as before the knob: caches stay valid
                 del fields[knob]
+        if fields["task"]["move_openers"] == 1:  # the same for the task's knob
+            del fields["task"]["move_openers"]
         blob = json.dumps({"v": FORMAT_VERSION, **fields, "sample": sample}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

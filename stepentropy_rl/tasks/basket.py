@@ -35,6 +35,11 @@ between them the writer may insert *redundant* steps:
 Whether a redundant step comes is a fork: at each gap one is inserted with probability ``redundancy``, repeatedly
 (geometric runs), so the choice never becomes certain.
 
+``move_openers`` (both styles; 1 by default) words each move's opener at random from the first ones of
+``MOVE_OPENERS`` ("Next Fay 3: ..."), as a writer words a new step freely while a restatement copies: the last move,
+whose person and quantity are forced by the ones before, then still carries the choice of wording, where otherwise
+its entropy falls below the rereads' and low-entropy pruning cuts it first (README, the static study).
+
 Everything is generated deterministically from a seed.
 """
 from __future__ import annotations
@@ -49,6 +54,7 @@ KINDS = ("restate", "verify", "announce", "reflect")
 VERBOSE_KINDS = ("problem", "reread", "verify", "restate", "reflect", "recap")
 OPS = ("add", "sub")
 STYLES = ("terse", "verbose")
+MOVE_OPENERS = ("Now", "Next", "Then", "After that")
 
 
 @dataclass
@@ -65,6 +71,7 @@ class BasketConfig:
     omit: float = 0.15  # verbose: chance that each routine step (start, check, restate, final check) is left out
     stop_early: float = 0.05  # verbose: chance that the thinking stops right after the last move
     style: str = "terse"  # terse: optional redundant steps; verbose: R1-like re-checking (see the module docstring)
+    move_openers: int = 1  # each move's opener drawn from the first this many MOVE_OPENERS; 1: always "Now"
 
     def __post_init__(self):
         self.ops = tuple(self.ops)
@@ -85,6 +92,8 @@ class BasketConfig:
         need(0.0 <= self.omit < 1.0, "omit", f"must be in [0, 1), got {self.omit}")
         need(0.0 <= self.stop_early < 1.0, "stop_early", f"must be in [0, 1), got {self.stop_early}")
         need(self.style in STYLES, "style", f"must be one of {STYLES}, got {self.style!r}")
+        need(1 <= self.move_openers <= len(MOVE_OPENERS), "move_openers",
+             f"must be in [1, {len(MOVE_OPENERS)}], got {self.move_openers}")
 
 
 @dataclass
@@ -166,11 +175,17 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
         name, op, q = moves[idx]
         new = cur + q if op == "add" else cur - q
         sign = _sign(op)
-        steps.append(Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"))
+        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}."))
         last = (name, op, q, cur, sign, new)
         cur = new
         redundant("last" if j == n - 1 else "middle")
     return Problem(id=pid, prompt=prompt, answer=str(cur), steps=steps)
+
+
+def _move(rng: random.Random, cfg: BasketConfig, rest: str) -> Step:
+    """A move step, its opener drawn from the first ``cfg.move_openers`` of ``MOVE_OPENERS`` (no draw for one)."""
+    opener = MOVE_OPENERS[rng.randrange(cfg.move_openers)] if cfg.move_openers > 1 else MOVE_OPENERS[0]
+    return Step(f"{opener} {rest}", "essential", "move")
 
 
 def _moves_text(moves) -> str:
@@ -201,7 +216,7 @@ def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, ord
     for idx in order:
         name, op, q = moves[idx]
         sign, new = _sign(op), cur + q if op == "add" else cur - q
-        steps.append(Step(f"Now {name} {q}: {cur} {sign} {q} = {new}.", "essential", "move"))
+        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}."))
         steps += routine(f"Reading it again: {name} {q}. Yes.", "reread")
         steps += routine(f"Check: {cur} {sign} {q} = {new}. Correct.", "verify")
         steps += routine(f"So the basket has {new} now.", "restate")
@@ -232,7 +247,7 @@ def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list
     return [generate_problem(rng, cfg, f"{split}-{i}") for i in range(n)]
 
 
-_PATTERNS = (("Now ", "essential", "move"), ("So the basket has ", "redundant", "restate"),
+_PATTERNS = (*((f"{o} ", "essential", "move") for o in MOVE_OPENERS), ("So the basket has ", "redundant", "restate"),
              ("Check: ", "redundant", "verify"), ("Reading it again: ", "redundant", "reread"), ("The basket starts with ", "redundant", "problem"),
              ("Let me make sure", "redundant", "recap"), ("Let me ", "redundant", "announce"),
              ("Wait, let me reread", "redundant", "reflect"),
@@ -248,7 +263,7 @@ def label_step(text: str) -> tuple[str, str]:
     return "unknown", ""
 
 
-_MOVE = re.compile(r"Now (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)\.")
+_MOVE = re.compile(rf"(?:{'|'.join(MOVE_OPENERS)}) (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)\.")
 
 
 def lookup_span(step_text: str) -> tuple[int, int] | None:
@@ -275,7 +290,7 @@ def diagnose(solution: str, response: str) -> str | None:
     cur, seen = int(first[3]), set()
     thinking, _, answer = response.partition("</think>")
     for step in (s.strip() for s in thinking.split("\n\n")):
-        if not step.startswith("Now "):
+        if label_step(step)[1] != "move":
             continue
         m = _MOVE.match(step)
         if m is None:

@@ -16,8 +16,10 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(task=BasketConfig(redundancy=0.1)).key() != TinyConfig().key()
     assert TinyConfig(essential_weight=2.0).key() != TinyConfig().key()
     assert TinyConfig(pruned_reading=0.1).key() != TinyConfig().key()
+    assert TinyConfig(reread_weight=4.0).key() != TinyConfig().key()
+    assert TinyConfig(reread_weight=1.0).resolved().key() == TinyConfig().resolved().key()
     assert TinyConfig(compile=True).resolved().key() != TinyConfig(compile=False).resolved().key()
-    # a recipe without pruned reading or compile hashes as before the knobs existed (keys of the cached models)
+    # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
 
@@ -134,6 +136,37 @@ def test_pruned_reading_trains_the_answer_after_a_pruned_cot_only():
     assert sum(len(mixed[i][1]) for i in read) < sum(len(plain[i][1]) for i in read)
     with pytest.raises(ValueError, match="pruned_reading"):
         TinyConfig(pruned_reading=1.0)
+
+
+def test_reread_weight_weights_the_rereads_but_their_first_token():
+    """``reread_weight`` puts its weight on every token of each reread but the first (the writer's choice of step),
+    as ``essential_weight`` does on the moves; every other token keeps the weight it had without it."""
+    from stepentropy_rl.bootstrap import _encode, prompt_text_raw
+    from stepentropy_rl.tasks.basket import generate
+    from stepentropy_rl.tokenizer import train_tokenizer
+
+    problems = generate(BasketConfig(style="verbose"), 100, 0)
+    tok = train_tokenizer([prompt_text_raw(p) for p in problems], 300, whole_numbers=100)
+    plain, weighted = _encode(tok, problems, 4.0), _encode(tok, problems, 4.0, reread_weight=3.0)
+    rereads = [s.text for p in problems for s in p.steps if s.kind == "reread"]
+    assert len(rereads) > 100
+    seen = []
+    for (_, response, before), (_, same, after) in zip(plain, weighted):
+        assert same == response and set(before) == {1.0, 4.0}
+        changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+        if not changed:  # every reread of this one left out (the task's ``omit``)
+            continue
+        assert all(before[i] == 1.0 and after[i] == 3.0 for i in changed)
+        runs = [[changed[0]]]  # the weighted tokens, in runs of consecutive positions: one per reread
+        for i in changed[1:]:
+            (runs[-1].append(i) if i == runs[-1][-1] + 1 else runs.append([i]))
+        for run in runs:
+            first = run[0] - 1  # the reread's first token keeps weight 1
+            assert after[first] == 1.0
+            seen.append(tok.decode(response[first: run[-1] + 1]).strip())
+    assert seen == rereads
+    with pytest.raises(ValueError, match="reread_weight"):
+        TinyConfig(reread_weight=0.0)
 
 
 class _Oracle:

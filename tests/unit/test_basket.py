@@ -94,6 +94,38 @@ def test_bad_task_config(kw, key):
         generate(BasketConfig(**kw), 1, 0)
 
 
+@pytest.mark.parametrize("style", ["terse", "verbose"])
+def test_move_openers_word_the_moves_at_random_and_keep_the_grammar(style):
+    """``move_openers=3``: each move opens with one of "Now", "Next", "Then", about equally often, and every reader of
+    the grammar (labels, the quantity's span, diagnose) follows; 1 is today's text, problem for problem."""
+    from stepentropy_rl.tasks.basket import MOVE_OPENERS, lookup_span
+
+    problems = generate(BasketConfig(style=style, move_openers=3), 300, 0)
+    moves = [s.text for p in problems for s in p.steps if s.label == "essential"]
+    counts = {o: sum(m.startswith(o + " ") for m in moves) for o in MOVE_OPENERS}
+    assert counts["After that"] == 0 and sum(counts.values()) == len(moves)
+    assert all(abs(counts[o] / len(moves) - 1 / 3) < 0.05 for o in MOVE_OPENERS[:3])
+    for p in problems:
+        assert [label_step(s.text) for s in p.steps] == [(s.label, s.kind) for s in p.steps]
+        assert diagnose(p.solution, p.solution) is None
+        for s in p.steps:
+            span = lookup_span(s.text)
+            assert (span is not None) == (s.label == "essential")
+            if span:
+                assert s.text[span[0]:span[1]] == s.text.split(":")[0].rsplit(" ", 1)[1]
+        first = next(s.text for s in p.steps if s.label == "essential")
+        wrong = re.sub(r" (\d+): (\d+) \+ \d+ = \d+\.$", lambda m: f" {int(m[1]) % 5 + 1}: {m[2]} + {int(m[1]) % 5 + 1}"
+                       f" = {int(m[2]) + int(m[1]) % 5 + 1}.", first)
+        assert diagnose(p.solution, p.solution.replace(first, wrong, 1)) == "wrong quantity"
+    default = generate(BasketConfig(style=style), 50, 0)
+    assert [p.to_row() for p in generate(BasketConfig(style=style, move_openers=1), 50, 0)] == \
+        [p.to_row() for p in default]
+    assert all(s.text.startswith("Now ") for p in default for s in p.steps if s.label == "essential")
+    for bad in (0, len(MOVE_OPENERS) + 1):
+        with pytest.raises(ValueError, match="move_openers"):
+            BasketConfig(move_openers=bad)
+
+
 def test_diagnose_names_the_first_mistake():
     from stepentropy_rl.tasks.basket import diagnose
 
