@@ -58,8 +58,19 @@ def _encode(tok, problems, essential_weight: float, pruned_reading: float = 0.0,
             continue
         spans = [(a, b, essential_weight if step.label == "essential" else reread_weight)
                  for a, b, step in _step_spans(p) if step.label == "essential" or step.kind == "reread"]
-        weights.append([next((w for a, b, w in spans if a < s < b), 1.0) for s, _ in offsets])
+        weights.append(_span_weights(offsets, spans))
     return list(zip(prompts, enc.input_ids, weights))
+
+
+def _span_weights(offsets, spans, default: float = 1.0) -> list[float]:
+    """Per token (its character ``offsets``, in order): ``w`` of the span ``(a, b, w)`` with ``a < start < b`` (a
+    step's tokens but its first), else ``default``. One walk over the sorted, disjoint ``spans``."""
+    out, i = [], 0
+    for start, _ in offsets:
+        while i < len(spans) and spans[i][1] <= start:
+            i += 1
+        out.append(spans[i][2] if i < len(spans) and spans[i][0] < start else default)
+    return out
 
 
 def _step_spans(problem):

@@ -169,6 +169,18 @@ def test_reread_weight_weights_the_rereads_but_their_first_token():
         TinyConfig(reread_weight=0.0)
 
 
+def test_span_weights_weight_a_steps_tokens_but_its_first():
+    """The one-walk weighting gives what the scan of every span gives, at the spans' edges too."""
+    from stepentropy_rl.bootstrap import _span_weights
+
+    spans = [(2, 6, 4.0), (8, 12, 3.0), (12, 14, 2.0)]
+    offsets = [(s, s + 1) for s in range(16)]
+    scan = [next((w for a, b, w in spans if a < s < b), 1.0) for s, _ in offsets]
+    assert _span_weights(offsets, spans) == scan
+    assert scan == [1, 1, 1, 4, 4, 4, 1, 1, 1, 3, 3, 3, 1, 2, 1, 1]
+    assert _span_weights([(0, 3), (9, 11), (15, 16)], spans) == [1.0, 3.0, 1.0] and _span_weights([], spans) == []
+
+
 class _Oracle:
     """A teacher-forced stand-in model: predicts every next token, except that a token among ``shifted`` (sorted ids)
     is predicted as the next one of them."""
