@@ -39,6 +39,8 @@ Whether a redundant step comes is a fork: at each gap one is inserted with proba
 ``MOVE_OPENERS`` ("Next Fay 3: ..."), as a writer words a new step freely while a restatement copies: the last move,
 whose person and quantity are forced by the ones before, then still carries the choice of wording, where otherwise
 its entropy falls below the rereads' and low-entropy pruning cuts it first (README, the static study).
+``move_endings`` does the same at the move's end ("Now Fay 3: 3 + 3 = 6 so far."), from ``MOVE_ENDINGS``, keeping
+the one opener. Either knob cost the tiny reasoner its count of the moves on some seeds (README).
 
 Everything is generated deterministically from a seed.
 """
@@ -55,6 +57,7 @@ VERBOSE_KINDS = ("problem", "reread", "verify", "restate", "reflect", "recap")
 OPS = ("add", "sub")
 STYLES = ("terse", "verbose")
 MOVE_OPENERS = ("Now", "Next", "Then", "After that")
+MOVE_ENDINGS = ("", " so far", " in the basket")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class BasketConfig:
     stop_early: float = 0.05  # verbose: chance that the thinking stops right after the last move
     style: str = "terse"  # terse: optional redundant steps; verbose: R1-like re-checking (see the module docstring)
     move_openers: int = 1  # each move's opener drawn from the first this many MOVE_OPENERS; 1: always "Now"
+    move_endings: int = 1  # each move's ending drawn from the first this many MOVE_ENDINGS; 1: none
 
     def __post_init__(self):
         self.ops = tuple(self.ops)
@@ -94,6 +98,8 @@ class BasketConfig:
         need(self.style in STYLES, "style", f"must be one of {STYLES}, got {self.style!r}")
         need(1 <= self.move_openers <= len(MOVE_OPENERS), "move_openers",
              f"must be in [1, {len(MOVE_OPENERS)}], got {self.move_openers}")
+        need(1 <= self.move_endings <= len(MOVE_ENDINGS), "move_endings",
+             f"must be in [1, {len(MOVE_ENDINGS)}], got {self.move_endings}")
 
 
 @dataclass
@@ -175,7 +181,7 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
         name, op, q = moves[idx]
         new = cur + q if op == "add" else cur - q
         sign = _sign(op)
-        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}."))
+        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}"))
         last = (name, op, q, cur, sign, new)
         cur = new
         redundant("last" if j == n - 1 else "middle")
@@ -183,9 +189,11 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
 
 
 def _move(rng: random.Random, cfg: BasketConfig, rest: str) -> Step:
-    """A move step, its opener drawn from the first ``cfg.move_openers`` of ``MOVE_OPENERS`` (no draw for one)."""
+    """A move step, its opener drawn from the first ``cfg.move_openers`` of ``MOVE_OPENERS`` and its ending from the
+    first ``cfg.move_endings`` of ``MOVE_ENDINGS`` (no draw for one)."""
     opener = MOVE_OPENERS[rng.randrange(cfg.move_openers)] if cfg.move_openers > 1 else MOVE_OPENERS[0]
-    return Step(f"{opener} {rest}", "essential", "move")
+    ending = MOVE_ENDINGS[rng.randrange(cfg.move_endings)] if cfg.move_endings > 1 else MOVE_ENDINGS[0]
+    return Step(f"{opener} {rest}{ending}.", "essential", "move")
 
 
 def _moves_text(moves) -> str:
@@ -216,7 +224,7 @@ def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, ord
     for idx in order:
         name, op, q = moves[idx]
         sign, new = _sign(op), cur + q if op == "add" else cur - q
-        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}."))
+        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}"))
         steps += routine(f"Reading it again: {name} {q}. Yes.", "reread")
         steps += routine(f"Check: {cur} {sign} {q} = {new}. Correct.", "verify")
         steps += routine(f"So the basket has {new} now.", "restate")
@@ -263,7 +271,8 @@ def label_step(text: str) -> tuple[str, str]:
     return "unknown", ""
 
 
-_MOVE = re.compile(rf"(?:{'|'.join(MOVE_OPENERS)}) (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)\.")
+_MOVE = re.compile(rf"(?:{'|'.join(MOVE_OPENERS)}) (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)"
+                   rf"(?:{'|'.join(MOVE_ENDINGS)})\.")
 
 
 def lookup_span(step_text: str) -> tuple[int, int] | None:

@@ -94,17 +94,10 @@ def test_bad_task_config(kw, key):
         generate(BasketConfig(**kw), 1, 0)
 
 
-@pytest.mark.parametrize("style", ["terse", "verbose"])
-def test_move_openers_word_the_moves_at_random_and_keep_the_grammar(style):
-    """``move_openers=3``: each move opens with one of "Now", "Next", "Then", about equally often, and every reader of
-    the grammar (labels, the quantity's span, diagnose) follows; 1 is today's text, problem for problem."""
-    from stepentropy_rl.tasks.basket import MOVE_OPENERS, lookup_span
+def _assert_the_grammar_reads(problems):
+    """Every reader of the grammar (labels, the quantity's span, diagnose) follows ``problems``' moves."""
+    from stepentropy_rl.tasks.basket import lookup_span
 
-    problems = generate(BasketConfig(style=style, move_openers=3), 300, 0)
-    moves = [s.text for p in problems for s in p.steps if s.label == "essential"]
-    counts = {o: sum(m.startswith(o + " ") for m in moves) for o in MOVE_OPENERS}
-    assert counts["After that"] == 0 and sum(counts.values()) == len(moves)
-    assert all(abs(counts[o] / len(moves) - 1 / 3) < 0.05 for o in MOVE_OPENERS[:3])
     for p in problems:
         assert [label_step(s.text) for s in p.steps] == [(s.label, s.kind) for s in p.steps]
         assert diagnose(p.solution, p.solution) is None
@@ -114,9 +107,23 @@ def test_move_openers_word_the_moves_at_random_and_keep_the_grammar(style):
             if span:
                 assert s.text[span[0]:span[1]] == s.text.split(":")[0].rsplit(" ", 1)[1]
         first = next(s.text for s in p.steps if s.label == "essential")
-        wrong = re.sub(r" (\d+): (\d+) \+ \d+ = \d+\.$", lambda m: f" {int(m[1]) % 5 + 1}: {m[2]} + {int(m[1]) % 5 + 1}"
-                       f" = {int(m[2]) + int(m[1]) % 5 + 1}.", first)
-        assert diagnose(p.solution, p.solution.replace(first, wrong, 1)) == "wrong quantity"
+        wrong = re.sub(r" (\d+): (\d+) \+ \d+ = \d+", lambda m: f" {int(m[1]) % 5 + 1}: {m[2]} + {int(m[1]) % 5 + 1}"
+                       f" = {int(m[2]) + int(m[1]) % 5 + 1}", first)
+        assert wrong != first and diagnose(p.solution, p.solution.replace(first, wrong, 1)) == "wrong quantity"
+
+
+@pytest.mark.parametrize("style", ["terse", "verbose"])
+def test_move_openers_word_the_moves_at_random_and_keep_the_grammar(style):
+    """``move_openers=3``: each move opens with one of "Now", "Next", "Then", about equally often, and every reader of
+    the grammar follows; 1 is today's text, problem for problem."""
+    from stepentropy_rl.tasks.basket import MOVE_OPENERS
+
+    problems = generate(BasketConfig(style=style, move_openers=3), 300, 0)
+    moves = [s.text for p in problems for s in p.steps if s.label == "essential"]
+    counts = {o: sum(m.startswith(o + " ") for m in moves) for o in MOVE_OPENERS}
+    assert counts["After that"] == 0 and sum(counts.values()) == len(moves)
+    assert all(abs(counts[o] / len(moves) - 1 / 3) < 0.05 for o in MOVE_OPENERS[:3])
+    _assert_the_grammar_reads(problems)
     default = generate(BasketConfig(style=style), 50, 0)
     assert [p.to_row() for p in generate(BasketConfig(style=style, move_openers=1), 50, 0)] == \
         [p.to_row() for p in default]
@@ -124,6 +131,25 @@ def test_move_openers_word_the_moves_at_random_and_keep_the_grammar(style):
     for bad in (0, len(MOVE_OPENERS) + 1):
         with pytest.raises(ValueError, match="move_openers"):
             BasketConfig(move_openers=bad)
+
+
+@pytest.mark.parametrize("style", ["terse", "verbose"])
+def test_move_endings_word_the_moves_end_and_keep_their_one_opener(style):
+    """``move_endings=3``: each move ends with one of "", " so far", " in the basket", about equally often, opens with
+    "Now" still, and every reader of the grammar follows; 1 is today's text, problem for problem."""
+    from stepentropy_rl.tasks.basket import MOVE_ENDINGS
+
+    problems = generate(BasketConfig(style=style, move_endings=3), 300, 0)
+    moves = [s.text for p in problems for s in p.steps if s.label == "essential"]
+    assert all(m.startswith("Now ") for m in moves)
+    counts = {e: sum(re.search(rf"= \d+{e}\.$", m) is not None for m in moves) for e in MOVE_ENDINGS}
+    assert sum(counts.values()) == len(moves) and all(abs(c / len(moves) - 1 / 3) < 0.05 for c in counts.values())
+    _assert_the_grammar_reads(problems)
+    assert [p.to_row() for p in generate(BasketConfig(style=style, move_endings=1), 50, 0)] == \
+        [p.to_row() for p in generate(BasketConfig(style=style), 50, 0)]
+    for bad in (0, len(MOVE_ENDINGS) + 1):
+        with pytest.raises(ValueError, match="move_endings"):
+            BasketConfig(move_endings=bad)
 
 
 def test_diagnose_names_the_first_mistake():
