@@ -27,7 +27,9 @@ def _member(rank, world, url, plan, state, q):
     if rank == 0:
         q.put((rank, send(group, plan, iter(state.items()), "cpu")))
     else:
-        q.put((rank, {name: t.clone() for name, t in receive(group, plan, "cpu")}))
+        # numpy arrays travel by value: a torch tensor would travel as a shared-memory handle that the parent opens
+        # through this process, which may have exited by then (FileNotFoundError, seen once in CI)
+        q.put((rank, {name: t.clone().numpy() for name, t in receive(group, plan, "cpu")}))
 
 
 @pytest.mark.parametrize("store", ["tcp", "file"])
@@ -50,7 +52,8 @@ def test_three_members_receive_every_tensor_exactly(store, tmp_path):
         p.join(timeout=60)
     assert got[0] == plan_bytes(plan)
     for rank in (1, 2):
-        assert set(got[rank]) == set(state) and all(torch.equal(got[rank][k], v) for k, v in state.items())
+        assert set(got[rank]) == set(state) and all(torch.equal(torch.from_numpy(got[rank][k]), v)
+                                                    for k, v in state.items())
 
 
 def test_a_bad_rendezvous_is_named():
