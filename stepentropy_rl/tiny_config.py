@@ -76,8 +76,8 @@ class TinyConfig:
         for knob, off in (("pruned_reading", 0.0), ("compile", False), ("reread_weight", 1.0)):
             if fields[knob] in (off, None):  # a recipe without it hashes as before the knob: caches stay valid
                 del fields[knob]
-        for knob in ("move_openers", "move_endings"):  # the same for the task's knobs
-            if fields["task"][knob] == 1:
+        for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0)):  # the task's knobs
+            if fields["task"][knob] == off:
                 del fields["task"][knob]
         blob = json.dumps({"v": FORMAT_VERSION, **fields, "sample": sample}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

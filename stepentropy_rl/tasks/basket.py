@@ -41,6 +41,8 @@ whose person and quantity are forced by the ones before, then still carries the 
 its entropy falls below the rereads' and low-entropy pruning cuts it first (README, the static study).
 ``move_endings`` does the same at the move's end ("Now Fay 3: 3 + 3 = 6 so far."), from ``MOVE_ENDINGS``, keeping
 the one opener. Either knob cost the tiny reasoner its count of the moves on some seeds (README).
+``quantity_first`` leaves the move's words alone and gives it a choice of notation instead: with that chance a put-in
+move writes its sum quantity first ("Now Fay 3: 3 + 12 = 15."), and the check after it copies the order it chose.
 
 Everything is generated deterministically from a seed.
 """
@@ -76,6 +78,7 @@ class BasketConfig:
     style: str = "terse"  # terse: optional redundant steps; verbose: R1-like re-checking (see the module docstring)
     move_openers: int = 1  # each move's opener drawn from the first this many MOVE_OPENERS; 1: always "Now"
     move_endings: int = 1  # each move's ending drawn from the first this many MOVE_ENDINGS; 1: none
+    quantity_first: float = 0.0  # chance that a put-in move writes its sum quantity first ("3 + 12 = 15")
 
     def __post_init__(self):
         self.ops = tuple(self.ops)
@@ -100,6 +103,7 @@ class BasketConfig:
              f"must be in [1, {len(MOVE_OPENERS)}], got {self.move_openers}")
         need(1 <= self.move_endings <= len(MOVE_ENDINGS), "move_endings",
              f"must be in [1, {len(MOVE_ENDINGS)}], got {self.move_endings}")
+        need(0.0 <= self.quantity_first < 1.0, "quantity_first", f"must be in [0, 1), got {self.quantity_first}")
 
 
 @dataclass
@@ -181,8 +185,9 @@ def generate_problem(rng: random.Random, cfg: BasketConfig, pid: str) -> Problem
         name, op, q = moves[idx]
         new = cur + q if op == "add" else cur - q
         sign = _sign(op)
-        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}"))
-        last = (name, op, q, cur, sign, new)
+        sums = _sum(rng, cfg, cur, sign, q)
+        steps.append(_move(rng, cfg, f"{name} {q}: {sums} = {new}"))
+        last = (name, q, sums, new)
         cur = new
         redundant("last" if j == n - 1 else "middle")
     return Problem(id=pid, prompt=prompt, answer=str(cur), steps=steps)
@@ -194,6 +199,13 @@ def _move(rng: random.Random, cfg: BasketConfig, rest: str) -> Step:
     opener = MOVE_OPENERS[rng.randrange(cfg.move_openers)] if cfg.move_openers > 1 else MOVE_OPENERS[0]
     ending = MOVE_ENDINGS[rng.randrange(cfg.move_endings)] if cfg.move_endings > 1 else MOVE_ENDINGS[0]
     return Step(f"{opener} {rest}{ending}.", "essential", "move")
+
+
+def _sum(rng: random.Random, cfg: BasketConfig, cur: int, sign: str, q: int) -> str:
+    """A move's sum as written: "12 + 3", or "3 + 12" with chance ``cfg.quantity_first`` for a put-in (no draw at 0)."""
+    if sign == "+" and cfg.quantity_first > 0 and rng.random() < cfg.quantity_first:
+        return f"{q} + {cur}"
+    return f"{cur} {sign} {q}"
 
 
 def _moves_text(moves) -> str:
@@ -224,9 +236,10 @@ def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, ord
     for idx in order:
         name, op, q = moves[idx]
         sign, new = _sign(op), cur + q if op == "add" else cur - q
-        steps.append(_move(rng, cfg, f"{name} {q}: {cur} {sign} {q} = {new}"))
+        sums = _sum(rng, cfg, cur, sign, q)
+        steps.append(_move(rng, cfg, f"{name} {q}: {sums} = {new}"))
         steps += routine(f"Reading it again: {name} {q}. Yes.", "reread")
-        steps += routine(f"Check: {cur} {sign} {q} = {new}. Correct.", "verify")
+        steps += routine(f"Check: {sums} = {new}. Correct.", "verify")
         steps += routine(f"So the basket has {new} now.", "restate")
         if rng.random() < cfg.redundancy:
             steps.append(Step(f"Wait, let me check that again: {new} {'-' if op == 'add' else '+'} {q} = {cur}. Yes.",
@@ -240,11 +253,11 @@ def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, ord
 def _redundant_text(kind: str, position: str, cur: int, last, item: str) -> str:
     if kind == "announce":
         return "Let me go through the people one at a time." if position == "first" else "Let me take the next person."
-    name, op, q, prev, sign, new = last
+    name, q, sums, new = last
     if kind == "restate":
         return f"So the basket has {cur} {item} now."
     if kind == "verify":
-        return f"Check: {prev} {sign} {q} = {new}. Correct."
+        return f"Check: {sums} = {new}. Correct."
     return f"Wait, let me reread: {name} {q}. Yes."
 
 
@@ -283,28 +296,32 @@ def lookup_span(step_text: str) -> tuple[int, int] | None:
     return m.span(2) if m else None
 
 
-MISTAKES = ("unparsed step", "unknown person", "repeated person", "wrong quantity", "wrong carry",
-            "wrong arithmetic", "missed person", "wrong answer line")
+MISTAKES = ("missed person", "extra move", "unparsed step", "unknown person", "repeated person", "wrong quantity",
+            "wrong carry", "wrong arithmetic", "wrong answer line")
 
 
 def diagnose(solution: str, response: str) -> str | None:
     """The first mistake of ``response`` against the gold ``solution`` (one of ``MISTAKES``), or None if all is right.
 
-    Essential steps are checked against the gold moves in order: person, quantity, carried total, arithmetic;
-    then that every person was handled and that the boxed answer is the last total.
+    First the count: fewer moves than people is "missed person", more is "extra move" (a CoT that stops early or goes
+    one too far is named so, whatever its steps hold). Then the essential steps against the gold moves in order:
+    person, quantity, carried total, arithmetic; then that the boxed answer is the last total.
     """
     moves = list(_MOVE.finditer(solution))
     gold = {m[1]: (m[4], int(m[2])) for m in moves}
     first = moves[0]
-    cur, seen = int(first[3]), set()
+    cur, seen = int(first[6]) - int(first[2]) * (1 if first[4] == "+" else -1), set()  # the start, either order
     thinking, _, answer = response.partition("</think>")
-    for step in (s.strip() for s in thinking.split("\n\n")):
-        if label_step(step)[1] != "move":
-            continue
+    written = [s for s in (s.strip() for s in thinking.split("\n\n")) if label_step(s)[1] == "move"]
+    if len(written) != len(gold):
+        return "missed person" if len(written) < len(gold) else "extra move"
+    for step in written:
         m = _MOVE.match(step)
         if m is None:
             return "unparsed step"
         name, q0, a, sign, q, new = m[1], int(m[2]), int(m[3]), m[4], int(m[5]), int(m[6])
+        if sign == "+" and a == q0 != q:  # written quantity first ("3 + 12"): read as "12 + 3"
+            a, q = q, a
         if name not in gold:
             return "unknown person"
         if name in seen:
@@ -317,8 +334,6 @@ def diagnose(solution: str, response: str) -> str | None:
             return "wrong arithmetic"
         seen.add(name)
         cur = new
-    if len(seen) < len(gold):
-        return "missed person"
     if answer_sentence(str(cur)) not in answer:
         return "wrong answer line"
     return None

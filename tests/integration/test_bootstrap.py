@@ -19,8 +19,8 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(reread_weight=4.0).key() != TinyConfig().key()
     assert TinyConfig(reread_weight=1.0).resolved().key() == TinyConfig().resolved().key()
     assert TinyConfig(compile=True).resolved().key() != TinyConfig(compile=False).resolved().key()
-    for knob in ("move_openers", "move_endings"):
-        assert TinyConfig(task=BasketConfig(**{knob: 2})).key() != TinyConfig().key()
+    for knob, on in (("move_openers", 2), ("move_endings", 2), ("quantity_first", 0.5)):
+        assert TinyConfig(task=BasketConfig(**{knob: on})).key() != TinyConfig().key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"

@@ -152,6 +152,51 @@ def test_move_endings_word_the_moves_end_and_keep_their_one_opener(style):
             BasketConfig(move_endings=bad)
 
 
+@pytest.mark.parametrize("style", ["terse", "verbose"])
+def test_quantity_first_writes_some_sums_quantity_first_and_the_check_copies_the_order(style):
+    """``quantity_first=0.5``: about half the put-in moves write "q + total", the move's words unchanged, each check
+    right after a move copies the move's sum as written, and every reader of the grammar follows; 0 is today's text."""
+    problems = generate(BasketConfig(style=style, quantity_first=0.5, redundancy=0.5), 300, 0)
+    swapped = kept = 0
+    for p in problems:
+        cur = int(re.match(r"A basket has (\d+)", p.prompt)[1])
+        for s, nxt in zip(p.steps, [*p.steps[1:], None]):
+            if s.label != "essential":
+                continue
+            name, q, a, b, new = re.fullmatch(r"Now (\w+) (\d+): (\d+) \+ (\d+) = (\d+)\.", s.text).groups()
+            assert int(new) == cur + int(q) and {int(a), int(b)} == {cur, int(q)}
+            if cur != int(q):
+                swapped += int(a) == int(q)
+                kept += int(a) == cur
+            if nxt is not None and nxt.kind == "verify":
+                assert nxt.text == f"Check: {a} + {b} = {new}. Correct."
+            cur = int(new)
+    assert abs(swapped / (swapped + kept) - 0.5) < 0.05
+    _assert_the_grammar_reads(problems)
+    assert [p.to_row() for p in generate(BasketConfig(style=style, quantity_first=0.0), 50, 0)] == \
+        [p.to_row() for p in generate(BasketConfig(style=style), 50, 0)]
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="quantity_first"):
+            BasketConfig(quantity_first=bad)
+
+
+def test_diagnose_reads_a_sum_written_quantity_first():
+    """"Now Fay 3: 3 + 12 = 15." is the move "12 + 3"; its mistakes are still named."""
+    from stepentropy_rl.tasks.basket import diagnose
+
+    p = generate(BasketConfig(min_people=3, max_people=3, start_max=0), 1, 1)[0]
+    ess = [s.text for s in p.steps if s.label == "essential"]
+    name, q, a, new = re.match(r"Now (\w+) (\d+): (\d+) \+ \d+ = (\d+)\.", ess[1]).groups()
+    assert a != q  # the swap is visible
+
+    def with_second(step_text):
+        return p.solution.replace(ess[1], step_text)
+
+    assert diagnose(p.solution, with_second(f"Now {name} {q}: {q} + {a} = {new}.")) is None
+    assert diagnose(p.solution, with_second(f"Now {name} {q}: {q} + {a} = {int(new) + 1}.")) == "wrong arithmetic"
+    assert diagnose(p.solution, with_second(f"Now {name} {q}: {q} + {int(a) + 1} = {int(new) + 1}.")) == "wrong carry"
+
+
 def test_diagnose_names_the_first_mistake():
     from stepentropy_rl.tasks.basket import diagnose
 
@@ -172,6 +217,11 @@ def test_diagnose_names_the_first_mistake():
     assert diagnose(p.solution, with_second(f"Now {name} {q}: {a} {sign} {q} = {int(new) + 1}.")) == "wrong arithmetic"
     assert diagnose(p.solution, with_second("Now it is")) == "unparsed step"
     assert diagnose(p.solution, p.solution.replace(ess[2], "So the basket has 1 coins now.")) == "missed person"
+    # the count is named before the steps: a CoT one move short or one too long, its second move's quantity wrong
+    wrong_second = with_second(f"Now {name} {wrong_q}: {a} {sign} {wrong_q} = {int(a) + wrong_q}.")
+    assert diagnose(p.solution, wrong_second.replace(ess[2], "So the basket has 1 coins now.")) == "missed person"
+    assert diagnose(p.solution, wrong_second.replace(ess[2], f"{ess[2]}\n\n{ess[2]}")) == "extra move"
+    assert diagnose(p.solution, p.solution.replace(ess[2], f"{ess[2]}\n\n{ess[2]}")) == "extra move"
     assert diagnose(p.solution, p.solution.replace(f"boxed{{{p.answer}}}", f"boxed{{{int(p.answer) + 1}}}")) == "wrong answer line"
 
 
