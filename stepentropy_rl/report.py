@@ -8,12 +8,17 @@ from stepentropy_rl.files import atomic_write_json
 
 
 def summary_table(results: list[dict]) -> str:
-    """The study's summary rows (strategy, ratio, accuracy, thinking tokens, kept fraction, n) as a Markdown table."""
-    lines = ["| strategy | ratio | accuracy | thinking tokens | kept | n |", "|---|---|---|---|---|---|"]
+    """The study's summary rows (strategy, ratio, accuracy, thinking tokens, kept fraction, the share whose thinking
+    still writes the answer with the accuracy with / without it, n) as a Markdown table."""
+    pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
+    lines = ["| strategy | ratio | accuracy | thinking tokens | kept | answer in thinking (accuracy with / without) "
+             "| n |", "|---|---|---|---|---|---|---|"]
     for r in results:
         err = f" ± {100 * r['accuracy_stderr']:.1f}" if "accuracy_stderr" in r else ""
+        answer = (f"{pct(r['answer_in_thinking'])} ({pct(r['accuracy_answer_in_thinking'])} / "
+                  f"{pct(r['accuracy_answer_not_in_thinking'])})" if "answer_in_thinking" in r else "-")
         lines.append(f"| {r['strategy']} | {r['ratio']:.2f} | {100 * r['accuracy']:.1f}{err}% | "
-                     f"{r['thinking_tokens']:.1f} | {100 * r['kept_fraction']:.1f}% | {r['n']} |")
+                     f"{r['thinking_tokens']:.1f} | {100 * r['kept_fraction']:.1f}% | {answer} | {r['n']} |")
     return "\n".join(lines)
 
 

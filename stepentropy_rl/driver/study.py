@@ -5,10 +5,15 @@
 3. for each strategy and ratio the thinking is pruned, the answer regenerated after ``pruned thinking\\n</think>\\n\\n``
    and graded. A sample that fails in any way (no CoT, no answer, garbage) counts as wrong, never dropped;
 4. the AUROC with which low step entropy finds the labelled redundant steps, on the gold solutions (teacher-forced).
+
+Each pruned CoT also records whether its kept thinking still writes the gold answer (``answer_in_thinking``): a
+model can copy the answer from a step that restates it, so a strategy that keeps such a step looks harmless
+whatever else it pruned. The summary splits accuracy by it.
 """
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -91,7 +96,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
                              "n_steps": len(texts), "n_pruned": pruned.n_pruned,
                              "thinking_tokens_full": n_think,
                              "thinking_tokens": count_tokens(tokenizer, thinking),
-                             "thinking": thinking})
+                             "answer_in_thinking": writes_answer(thinking, p.answer), "thinking": thinking})
                 records[-1]["variants"].append({"strategy": strategy, "ratio": ratio, "thinking_tokens":
                                                 rows[-1]["thinking_tokens"],
                                                 "pruned": [i for i, f in enumerate(pruned.pruned) if f]})
@@ -123,17 +128,33 @@ def _auroc_known(steps) -> float:
     return auroc([s["entropy"] for s in known], [s["label"] == "redundant" for s in known])
 
 
+def writes_answer(thinking: str, answer: str) -> bool:
+    """Whether ``thinking`` writes ``answer`` as a whole ("11" in "the basket has 11 now", not in "111" or "2.11")."""
+    answer = answer.strip()
+    return bool(answer) and re.search(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", thinking) is not None
+
+
+def _share_right(rows: list[dict]):
+    return sum(r["correct"] for r in rows) / len(rows) if rows else None
+
+
 def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> list[dict]:
+    """Per strategy and ratio: accuracy (with its standard error), thinking tokens, the kept share of them, the share
+    of pruned CoTs whose thinking still writes the answer and the accuracy with and without it (None: no such CoT)."""
     out = []
     for strategy in strategies:
         for ratio in ratios:
             sel = [r for r in rows if r["strategy"] == strategy and r["ratio"] == ratio]
             full = sum(r["thinking_tokens_full"] for r in sel)
             acc = sum(r["correct"] for r in sel) / max(1, len(sel))
+            kept = [r for r in sel if r["answer_in_thinking"]]
             out.append({"strategy": strategy, "ratio": ratio, "n": len(sel), "accuracy": acc,
                         "accuracy_stderr": binomial_stderr(acc, len(sel)),
                         "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / max(1, len(sel)),
-                        "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full)})
+                        "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full),
+                        "answer_in_thinking": len(kept) / max(1, len(sel)),
+                        "accuracy_answer_in_thinking": _share_right(kept),
+                        "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]])})
     return out
 
 

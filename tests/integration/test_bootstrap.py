@@ -44,11 +44,38 @@ def test_bf16_follows_the_cpu_unless_set(monkeypatch):
 
 
 def test_the_recipe_follows_the_task_style():
-    """Unset steps / essential_weight take the recipe measured for the style; a set value wins."""
+    """Unset recipe values take the recipe measured for the style; a set value wins."""
     terse, verbose = TinyConfig().resolved(), TinyConfig(task=BasketConfig(style="verbose")).resolved()
-    assert (terse.steps, terse.essential_weight) == (1100, 1.0) and (verbose.steps, verbose.essential_weight) == (700, 4.0)
-    assert TinyConfig(steps=5, task=BasketConfig(style="verbose")).resolved().steps == 5
-    assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0).resolved().key()
+    recipe = ("steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading")
+    assert tuple(getattr(terse, k) for k in recipe) == (1100, 1.0, 1.0, False, 3, 0.0)
+    assert tuple(getattr(verbose, k) for k in recipe) == (1100, 4.0, 4.0, True, 6, 0.05)
+    assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
+    assert TinyConfig(num_heads=2, task=BasketConfig(style="verbose")).resolved().num_heads == 2
+    assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()
+
+
+def test_the_default_config_trains_the_measured_reasoner():
+    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe whose figures the
+    README gives (cache key of the model measured there, bf16 as on the CPU that measured it)."""
+    import dataclasses
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        job = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x"]), check_paths=False)
+    tiny = dataclasses.replace(job.model.tiny, task=job.data.task, bf16=True).resolved()
+    assert (tiny.num_heads, tiny.steps, tiny.compile, tiny.task.quantity_first) == (6, 1100, True, 0.5)
+    assert tiny.key() == "bc2f0a770984"
+
+
+@pytest.mark.parametrize("bad", [dict(num_heads=5), dict(num_heads=0), dict(hidden_size=100, num_heads=3)])
+def test_heads_must_divide_the_hidden_size(bad):
+    with pytest.raises(ValueError, match="num_heads"):
+        TinyConfig(**bad)
 
 
 def test_compiled_training_step_matches_eager():

@@ -8,7 +8,8 @@ from transformers import AutoTokenizer
 
 from stepentropy_rl.config import build
 from stepentropy_rl.data import generated
-from stepentropy_rl.driver.study import auroc, run_study
+from stepentropy_rl.driver.study import auroc, run_study, writes_answer
+from stepentropy_rl.report import summary_table
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import exact_match
 from stepentropy_rl.tokenizer import train_tokenizer
@@ -121,6 +122,43 @@ def test_failed_samples_count_as_wrong_never_dropped(setup):
     res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
     for r in res.summary:
         assert r["n"] == len(probs) and r["accuracy"] <= (len(probs) - 2) / len(probs)
+
+
+class CopyingRollout(FakeRollout):
+    """Answers right exactly when the kept thinking still writes the answer: a model that copies it from a restate."""
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        for ids, o in zip(prompts, out):
+            text = self.tok.decode(ids, skip_special_tokens=False)
+            p = next(p for q, p in self.by_prompt.items() if q in text)
+            if text.endswith("</think>"):
+                copied = writes_answer(text[text.index(p.prompt) + len(p.prompt):], p.answer)
+                o[0]["text"] = f"The answer is \\boxed{{{p.answer if copied else -1}}}."
+        return out
+
+
+def test_writes_answer_takes_whole_answers_only():
+    assert writes_answer("So the basket has 11 now.", "11") and writes_answer("it is 11.", "11")
+    assert not any(writes_answer(t, "11") for t in ("111 cards", "2.11", "11.5", "x11", ""))
+    assert writes_answer("half: \\frac{1}{2}.", "\\frac{1}{2}") and not writes_answer("anything", " ")
+
+
+def test_accuracy_is_split_by_whether_the_thinking_still_writes_the_answer(setup):
+    """A model that copies the answer from the kept thinking: right with it, wrong without, at every ratio; the
+    full gold CoTs all write it and heavy pruning removes it from some (both sides of the split are exercised)."""
+    probs, tok, cfg = setup
+    roll = CopyingRollout(probs)
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    for r in res.summary:
+        sel = [row for row in res.rows if (row["strategy"], row["ratio"]) == (r["strategy"], r["ratio"])]
+        assert r["answer_in_thinking"] == pytest.approx(sum(row["answer_in_thinking"] for row in sel) / len(sel))
+        assert r["accuracy_answer_in_thinking"] in (1.0, None) and r["accuracy_answer_not_in_thinking"] in (0.0, None)
+        assert r["accuracy"] == pytest.approx(r["answer_in_thinking"])
+    assert all(r["answer_in_thinking"] == 1.0 for r in res.summary if r["ratio"] == 0.0)
+    assert any(0.0 < r["answer_in_thinking"] < 1.0 for r in res.summary)
+    assert "answer in thinking" in summary_table(res.summary)
 
 
 def test_auroc_direction():
