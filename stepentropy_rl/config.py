@@ -392,7 +392,7 @@ class LoggerConfig:
 
 @dataclass
 class TrainerConfig:
-    n_train: int = 512
+    n_train: int = 2048
     optim: OptimConfig = field(default_factory=OptimConfig)
     prune: PruneStageConfig = field(default_factory=PruneStageConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -81,7 +81,7 @@ def training_table(models: dict) -> str:
 
 
 REPORT_KEYS = ("accuracy", "accuracy_stderr", "thinking_tokens", "skips", "redundant_fraction", "steps_right",
-               "right_by_luck", "mistakes", "n")
+               "right_by_luck", "mistakes", "mistakes_in_wrong", "n")
 
 
 def write_training_report(run_dir: Path, models: dict, stage_seconds: dict | None = None) -> dict:

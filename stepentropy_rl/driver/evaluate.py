@@ -24,7 +24,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     With labelled problems (:func:`labelled`) also ``redundant_fraction`` (share of thinking tokens in steps
     ``basket.label_step`` calls redundant), ``steps_right`` (share of CoTs ``basket.diagnose`` finds no mistake in:
     every move, carry and the answer line right), ``right_by_luck`` (share with the right answer but a wrong
-    step) and ``mistakes`` (how many CoTs ``diagnose`` stopped at each kind of first mistake).
+    step), ``mistakes`` (how many CoTs ``diagnose`` stopped at each kind of first mistake) and ``mistakes_in_wrong``
+    (the same over the CoTs whose answer is wrong: what cost the accuracy).
 
     ``cots=True`` adds ``cots``: one ``cot_record`` per problem (for the viewer), with token entropies estimated
     from vLLM's top-k log-probs when ``sampling`` asks for them (``logprobs=k``): the evaluated policy's own."""
@@ -39,7 +40,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     with_steps = labelled(problems)
     samples = [o[0] if o else {"text": "", "token_ids": []} for o in outs]
     grades = grade_all(grade, [s["text"] for s in samples], [p.answer for p in problems])
-    correct, tokens, skips, steps, right, lucky, records, mistakes = 0, 0, 0, [], 0, 0, [], {}
+    correct, tokens, skips, steps, right, lucky, records, mistakes, in_wrong = 0, 0, 0, [], 0, 0, [], {}, {}
     for p, sample, ok in zip(problems, samples, grades):
         correct += ok
         n_think = thinking_tokens(sample["token_ids"], close_id)
@@ -56,6 +57,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
             mistake = diagnose(p.solution, sample["text"])
             if mistake:
                 mistakes[mistake] = mistakes.get(mistake, 0) + 1
+                if not ok:
+                    in_wrong[mistake] = in_wrong.get(mistake, 0) + 1
             right += mistake is None
             lucky += ok and mistake is not None
         if rec is not None:
@@ -69,7 +72,12 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
            "skips": skips / n, "n": n}
     if with_steps:
         out.update(redundant_fraction=redundant_fraction(steps), steps_right=right / n, right_by_luck=lucky / n,
-                   mistakes=dict(sorted(mistakes.items(), key=lambda kv: -kv[1])))
+                   mistakes=_by_count(mistakes), mistakes_in_wrong=_by_count(in_wrong))
     if cots:
         out["cots"] = records
     return out
+
+
+def _by_count(counts: dict) -> dict:
+    """``counts`` with the most frequent key first."""
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -147,13 +147,13 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
             sel = [r for r in rows if r["strategy"] == strategy and r["ratio"] == ratio]
             full = sum(r["thinking_tokens_full"] for r in sel)
             acc = sum(r["correct"] for r in sel) / max(1, len(sel))
-            kept = [r for r in sel if r["answer_in_thinking"]]
+            with_answer = [r for r in sel if r["answer_in_thinking"]]
             out.append({"strategy": strategy, "ratio": ratio, "n": len(sel), "accuracy": acc,
                         "accuracy_stderr": binomial_stderr(acc, len(sel)),
                         "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / max(1, len(sel)),
                         "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full),
-                        "answer_in_thinking": len(kept) / max(1, len(sel)),
-                        "accuracy_answer_in_thinking": _share_right(kept),
+                        "answer_in_thinking": len(with_answer) / max(1, len(sel)),
+                        "accuracy_answer_in_thinking": _share_right(with_answer),
                         "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]])})
     return out
 

@@ -166,6 +166,8 @@ def test_report_has_base_sft_final(killed_then_resumed):
         assert 0 <= m["redundant_fraction"] <= 1 and 0 <= m["right_by_luck"] <= m["accuracy"]
         assert m["steps_right"] + m["right_by_luck"] >= m["accuracy"] - 1e-9
         assert sum(m["mistakes"].values()) == round((1 - m["steps_right"]) * 8)  # each wrong CoT: its first mistake
+        wrong = sum(m["mistakes_in_wrong"].values())  # the first mistakes of the CoTs whose answer is wrong
+        assert wrong <= round((1 - m["accuracy"]) * 8) and wrong <= sum(m["mistakes"].values())
     assert "| final |" in second.stdout
     # each stage's wall time as it ran, the killed GRPO's included: the split of point 7 in issue 8
     assert list(report["stage_seconds"]) == ["init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final"]

@@ -73,6 +73,7 @@ def test_labelled_problems_report_redundant_tokens_and_steps_right():
     assert res["accuracy"] == pytest.approx(2 / 3) and res["steps_right"] == pytest.approx(1 / 3)
     assert res["right_by_luck"] == pytest.approx(1 / 3)
     assert sum(res["mistakes"].values()) == 2 and "wrong carry" in res["mistakes"]  # the lucky one and "Now nobody."
+    assert res["mistakes_in_wrong"] == {"missed person": 1}  # only "Now nobody." lost the answer
     count = lambda t: len(encode(tok, t))  # noqa: E731
     red = sum(count(s["text"]) for p in problems[:2] for s in p.steps if s["label"] == "redundant")
     total = sum(count(s["text"]) for p in problems[:2] for s in p.steps) + count("Now nobody.")
