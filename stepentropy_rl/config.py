@@ -177,29 +177,40 @@ class ReferenceConfig:
 
 
 # ---- cluster -----------------------------------------------------------------------------------------------------
+def thread_count(obj) -> None:
+    """``obj.threads`` is an integer >= -1: the actor's OpenMP/torch threads; 0 leaves Ray's default (one per whole
+    CPU the actor reserves, at least 1: a single thread for a fractional one), -1 every core of the machine."""
+    v = obj.threads
+    need(isinstance(v, int) and not isinstance(v, bool) and v >= -1, "threads",
+         f"must be an integer >= -1 (-1 every core, 0 Ray's default), got {v!r}")
+
+
 @dataclass
 class RolloutCluster:
     num_workers: int = 1
     num_cpus: float = 0.5
     num_gpus: float = 0
+    threads: int = 0  # OMP_NUM_THREADS of each engine (thread_count)
     max_restarts: int = 2
 
     def __post_init__(self):
         positive(self, "num_workers", integer=True)
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
         positive(self, "max_restarts", allow_zero=True, integer=True)
+        thread_count(self)
 
 
 @dataclass
 class ReferenceCluster:
     num_cpus: float = 0.25
     num_gpus: float = 0
-    threads: int = 0
+    threads: int = 0  # thread_count
     max_restarts: int = 2  # a dead reference is restarted by Ray (it reloads its model) and the call retried
 
     def __post_init__(self):
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
-        positive(self, "threads", "max_restarts", allow_zero=True, integer=True)
+        positive(self, "max_restarts", allow_zero=True, integer=True)
+        thread_count(self)
 
 
 @dataclass

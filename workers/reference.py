@@ -56,5 +56,9 @@ class Reference:
         done.close()
         return {k: batch.response_column([o[k] for o in out]) for k in ("entropy", "logprobs")}
 
+    def num_threads(self) -> int:
+        """torch's intra-op threads in this actor (``cluster.reference.threads``)."""
+        return torch.get_num_threads()
+
 
 ReferenceWorker = ray.remote(Reference)

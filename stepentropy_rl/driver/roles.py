@@ -161,7 +161,7 @@ def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
     # No automatic task retries: a restarted engine serves the initial weights, so the group restores what it
     # served before retrying (RolloutGroup.generate).
     engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                     max_task_retries=0, **named(f"rollout-{i}")).remote(
+                                     max_task_retries=0, **thread_env(c.threads), **named(f"rollout-{i}")).remote(
         model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
         for i in range(int(c.num_workers))]
     return RolloutGroup(engines, model_path)
@@ -171,9 +171,21 @@ def spawn_reference(cfg: JobConfig, model_path: str):
     """The frozen reference model (exact entropies for pruning, log-probs for the KL), on the GPU it reserves; Ray
     restarts a dead one (it reloads ``model_path``) and retries the call."""
     c = cfg.cluster.reference
+    env = thread_env(c.threads)
+    threads = int(env["runtime_env"]["env_vars"]["OMP_NUM_THREADS"]) if env else 0
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                   max_task_retries=c.max_restarts, **named("reference")).remote(
-        model_path, cfg.reference.dtype, c.threads, reference_device(c.num_gpus))
+                                   max_task_retries=c.max_restarts, **env, **named("reference")).remote(
+        model_path, cfg.reference.dtype, threads, reference_device(c.num_gpus))
+
+
+def thread_env(threads: int) -> dict:
+    """Actor options that give it ``threads`` OpenMP threads (-1: every core of this machine; 0: Ray's default).
+
+    Ray starts an actor that reserves a fractional CPU with ``OMP_NUM_THREADS=1``, and torch reads it when it loads,
+    before the actor's own code runs: on 2 cores the vLLM engine generated at 2136 tokens/s so, 3822 with 2 threads.
+    """
+    n = len(os.sched_getaffinity(0)) if threads == -1 else threads
+    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(n)}}} if n else {}
 
 
 def reference_device(num_gpus: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 from stepentropy_rl.driver import progress
 from stepentropy_rl.batch import Batch
@@ -50,12 +51,15 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     if drop_lost and not with_labels:
         raise ValueError("trainer.prune.keep_essential needs step labels (the embedded task's data); these problems "
                          "have none")
+    clock = time.perf_counter()
+    seconds = {}
     prompts = [prompt_text(tokenizer, p) for p in problems]
     pids = [prompt_ids(tokenizer, p) for p in problems]
     if prune.source == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
         cots = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
     else:
         cots = [o[0] for o in rollout.generate(pids, {**sampling, "skip_special_tokens": False})]
+    seconds["generate"] = time.perf_counter() - clock
     grades = grade_all(grade, [c["text"] for c in cots], [p.answer for p in problems])
     ok = [i for i, (c, right) in enumerate(zip(cots, grades)) if right and split_thinking(c["text"])[1]]
     entropies = token_entropies(reference, [pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size)
@@ -81,6 +85,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
             candidates[-1]["lost_essential"] = sum(cut and label_step(t)[0] == "essential"
                                                    for t, cut in zip(texts, pruned.pruned))
     rows = candidates
+    verify_start = time.perf_counter()
+    seconds["score"] = verify_start - clock - seconds["generate"]  # grade, reference entropies, pruning
     if prune.keep_verified and candidates:
         regen = rollout.generate([c["prefix"] for c in candidates],
                                  {**sampling, "max_tokens": prune.answer_max_tokens, "skip_special_tokens": False})
@@ -93,6 +99,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                         "ratio keeps more", len(candidates) - len(rows), len(candidates), prune.ratio,
                         prune.verify_with)
     verified = len(rows)
+    seconds["verify"] = time.perf_counter() - verify_start
     for r in rows:
         r.pop("prefix")
     missing = sum(r.get("lost_essential", 0) > 0 for r in rows)
@@ -107,6 +114,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
     if with_labels:
         stats["kept_missing_essential"] = missing
+    stats["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     return rows, stats
 
 

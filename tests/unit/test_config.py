@@ -117,6 +117,8 @@ def test_cfg_job_prints_real_scale_config():
     ("trainer.prune.source=teacher", "trainer.prune.source"),
     ("cluster.rollout.num_workers=0", "cluster.rollout.num_workers"),
     ("reference.chunk_rows=0", "reference.chunk_rows"),
+    ("cluster.rollout.threads=-2", "cluster.rollout.threads must be an integer >= -1"),
+    ("cluster.reference.threads=1.5", "cluster.reference.threads must be an integer"),
 ])
 def test_training_config_errors(override, key):
     with initialize_config_dir(config_dir=CONF, version_base=None):

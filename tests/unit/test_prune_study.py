@@ -199,6 +199,7 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
                                        {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     assert stats["problems"] == 12 and stats["correct_cots"] == 11 == stats["pruned"]  # the broken CoT is out
     assert 0 < stats["kept"] == len(rows) <= stats["verified"] < stats["pruned"]  # a lost move fails the re-check
+    assert set(stats["seconds"]) == {"generate", "score", "verify"} and min(stats["seconds"].values()) >= 0
     by_id = {p.id: p for p in probs}
     for r in rows:
         p = by_id[r["id"]]
