@@ -171,11 +171,10 @@ def spawn_reference(cfg: JobConfig, model_path: str):
     """The frozen reference model (exact entropies for pruning, log-probs for the KL), on the GPU it reserves; Ray
     restarts a dead one (it reloads ``model_path``) and retries the call."""
     c = cfg.cluster.reference
-    env = thread_env(c.threads)
-    threads = int(env["runtime_env"]["env_vars"]["OMP_NUM_THREADS"]) if env else 0
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                   max_task_retries=c.max_restarts, **env, **named("reference")).remote(
-        model_path, cfg.reference.dtype, threads, reference_device(c.num_gpus))
+                                   max_task_retries=c.max_restarts, **thread_env(c.threads),
+                                   **named("reference")).remote(  # torch reads the threads from OMP_NUM_THREADS
+        model_path, cfg.reference.dtype, 0, reference_device(c.num_gpus))
 
 
 def thread_env(threads: int) -> dict:
