@@ -13,11 +13,10 @@ class Reference:
     """Frozen causal LM for teacher-forced scoring (full-vocabulary entropy and log-probs, fp32).
 
     ``device`` None places the model on the GPU Ray gave this actor (``cluster.reference.num_gpus``), else the CPU.
+    Its CPU threads come from ``OMP_NUM_THREADS`` (``cluster.reference.threads``, ``roles.thread_env``).
     """
 
-    def __init__(self, model_path: str, dtype: str = "float32", threads: int = 0, device: str | None = None):
-        if threads:
-            torch.set_num_threads(threads)
+    def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None):
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu":

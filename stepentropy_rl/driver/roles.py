@@ -173,8 +173,8 @@ def spawn_reference(cfg: JobConfig, model_path: str):
     c = cfg.cluster.reference
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
                                    max_task_retries=c.max_restarts, **thread_env(c.threads),
-                                   **named("reference")).remote(  # torch reads the threads from OMP_NUM_THREADS
-        model_path, cfg.reference.dtype, 0, reference_device(c.num_gpus))
+                                   **named("reference")).remote(model_path, cfg.reference.dtype,
+                                                                reference_device(c.num_gpus))
 
 
 def thread_env(threads: int) -> dict:
