@@ -141,6 +141,7 @@ class StepPruning:
     protect_first: bool = False
     protect_last: bool = False
     merge_runs: bool = False  # one placeholder per run of consecutive pruned steps (paper 1: one per step)
+    cache: bool = True  # reuse the scored CoTs of an earlier run with the same model, problems and sampling
 
     def __post_init__(self):
         one_of(self, "aggregate", ("sum", "mean"))

@@ -17,6 +17,7 @@ import time
 from stepentropy_rl.driver import progress
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
+from stepentropy_rl.cot_cache import CachedCoTs, written
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
 from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.driver.evaluate import labelled
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: PruneStageConfig, sampling: dict,
-                         ref_batch_size: int = 16) -> tuple[list[dict], dict]:
+                         ref_batch_size: int = 16, cache=None) -> tuple[list[dict], dict]:
     """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
 
     ``prune.keep_verified`` keeps a row only if the policy, given the pruned thinking, still answers right; it reads
@@ -44,7 +45,9 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     rows (``None``: wherever the problems are labelled; ``True`` on unlabelled problems is an error).
 
     ``rollout``: a ``RolloutGroup`` serving the policy that writes the CoTs; ``grade(response, answer)``: the
-    span-aware grader (``grading.make_grader``).
+    span-aware grader (``grading.make_grader``). ``cache``: a ``cot_cache.CoTCache`` that the policy's CoTs and
+    their entropies are read from when an earlier run wrote the same ones (the engines then get the sampler state
+    that writing them left), and written to otherwise; ``stats["cots_cached"]`` says which.
     """
     with_labels = labelled(problems)
     drop_lost = with_labels if prune.keep_essential is None else prune.keep_essential
@@ -56,13 +59,16 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     prompts = [prompt_text(tokenizer, p) for p in problems]
     pids = [prompt_ids(tokenizer, p) for p in problems]
     if prune.source == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
-        cots = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
+        gold = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
+        got = CachedCoTs(gold, False)
     else:
-        cots = [o[0] for o in rollout.generate(pids, {**sampling, "skip_special_tokens": False})]
+        got = written(cache, rollout, pids, {**sampling, "skip_special_tokens": False}, _kept_fields)
+    cots = got.cots
     seconds["generate"] = time.perf_counter() - clock
     grades = grade_all(grade, [c["text"] for c in cots], [p.answer for p in problems])
     ok = [i for i, (c, right) in enumerate(zip(cots, grades)) if right and split_thinking(c["text"])[1]]
-    entropies = token_entropies(reference, [pids[i] for i in ok], [cots[i]["token_ids"] for i in ok], ref_batch_size)
+    entropies = got.entropies(ok, lambda idx: token_entropies(reference, [pids[i] for i in idx],
+                                                              [cots[i]["token_ids"] for i in idx], ref_batch_size))
     candidates = []
     for i, ent in zip(ok, entropies):
         texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], ent, prune.delimiter,
@@ -115,7 +121,14 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     if with_labels:
         stats["kept_missing_essential"] = missing
     stats["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    if cache is not None and prune.source == "policy":
+        stats["cots_cached"] = got.hit
     return rows, stats
+
+
+def _kept_fields(sample: dict) -> dict:
+    """What the prune stage reads of a sample (and the cache keeps)."""
+    return {"text": sample["text"], "token_ids": sample["token_ids"]}
 
 
 def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tracker=None) -> list[dict]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
+from stepentropy_rl.cot_cache import CoTCache, written
 from stepentropy_rl.cot_stats import auroc, binomial_stderr
 from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps, topk_entropy
@@ -41,14 +42,16 @@ class StudyResult:
     auroc: float
     auroc_generated: float
     topk_error: dict  # error of the top-k entropy estimate against the exact entropy
+    cots_cached: bool = False  # the CoTs and their entropies came from an earlier job's (cot_cache)
 
 
 def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
-    """Mean absolute and relative error (nats) of vLLM top-k entropy against the exact full-vocabulary entropy."""
+    """Mean absolute and relative error (nats) of vLLM top-k entropy (``cot["topk_entropy"]``) against the exact
+    full-vocabulary entropy."""
     exact, approx = [], []
     for c, e in zip(cots, entropies):
-        if c.get("topk_logprobs"):
-            approx += topk_entropy(c["topk_logprobs"])
+        if c.get("topk_entropy"):
+            approx += c["topk_entropy"]
             exact += e
     if not exact:
         return {}
@@ -57,8 +60,16 @@ def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
             "mean_exact_nats": sum(exact) / len(exact)}
 
 
-def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResult:
-    """``rollout``: a ``RolloutGroup`` (or anything with its ``generate``); ``reference``: the actor (``score``)."""
+def _study_fields(sample: dict) -> dict:
+    """What the study reads of a CoT (and the cache keeps): the top-k log-probs as their entropy estimate."""
+    topk = sample.get("topk_logprobs")
+    return {"text": sample["text"], "token_ids": sample["token_ids"], "finish_reason": sample.get("finish_reason"),
+            "topk_entropy": topk_entropy(topk) if topk else None}
+
+
+def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -> StudyResult:
+    """``rollout``: a ``RolloutGroup`` (or anything with its ``generate``); ``reference``: the actor (``score``);
+    ``cache``: a ``cot_cache.CoTCache`` the CoTs and their entropies are read from or written to."""
     pc, rc = cfg.pruning, cfg.rollout
     strategies = as_list(pc.strategy)
     ratios = [float(r) for r in as_list(pc.ratio)]
@@ -68,10 +79,12 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     log.info("generating %d CoTs", len(problems))
     cot_sampling = dict(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens,
                         skip_special_tokens=False, logprobs=rc.topk_logprobs or None)
-    cots = [o[0] for o in rollout.generate(prompt_ids, cot_sampling)]
+    got = written(cache, rollout, prompt_ids, cot_sampling, _study_fields)
+    cots = got.cots
     log.info("scoring token entropies")
-    entropies = token_entropies(reference, prompt_ids, [c["token_ids"] for c in cots], cfg.reference.batch_size,
-                                cfg.reference.chunk_rows)
+    entropies = got.entropies(list(range(len(cots))), lambda idx: token_entropies(
+        reference, [prompt_ids[i] for i in idx], [cots[i]["token_ids"] for i in idx], cfg.reference.batch_size,
+        cfg.reference.chunk_rows))
 
     rows, variants, steps, records = [], [], [], []
     for p, prompt, cot, ent in zip(problems, prompts, cots, entropies):
@@ -118,7 +131,8 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade) -> StudyResul
     summary = summarize(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
-    return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, topk_error=topk_error(cots, entropies, rc.topk_logprobs),
+    return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, cots_cached=got.hit,
+                       topk_error=topk_error(cots, entropies, rc.topk_logprobs),
                        auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
                        auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
 
@@ -189,12 +203,14 @@ def study_pipeline(job) -> StudyResult:
 
     cfg, run_dir = job.cfg, job.run_dir
     rollouts, reference = spawn_rollouts(cfg, job.model_path), spawn_reference(cfg, job.model_path)
-    res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade)
+    cache = CoTCache.for_job(cfg, job.model_path) if cfg.pruning.cache else None
+    res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade, cache)
     write_jsonl(run_dir / "samples.jsonl", res.rows)
     write_jsonl(run_dir / "steps.jsonl", res.steps)
     write_jsonl(run_dir / "cots.jsonl", res.cots)
     extra = {"auroc": res.auroc, "auroc_generated": res.auroc_generated, "topk_entropy_error": res.topk_error,
              "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
+             "cots_cached": res.cots_cached,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
     report.write_summary(run_dir, res.summary, extra)
     plot = report.plot_accuracy(run_dir, res.summary,

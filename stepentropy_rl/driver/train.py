@@ -79,6 +79,7 @@ def train_pipeline(job) -> dict:
 def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
     """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
     from stepentropy_rl import report
+    from stepentropy_rl.cot_cache import CoTCache
     from stepentropy_rl.driver import roles
     from stepentropy_rl.driver.evaluate import evaluate
     from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
@@ -129,8 +130,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
                         "max_tokens": int(cfg.rollout.max_tokens)}
             rollouts.serve(str(init))  # the policy's own CoTs
-            rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade,
-                                               tc.prune, sampling, cfg.reference.batch_size)
+            # the policy is init, the base with [SKIP] added: the base's files and the token stand for it
+            cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added") if tc.prune.cache else None
+            rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade, tc.prune, sampling,
+                                               cfg.reference.batch_size, cache)
             write_jsonl(prune_dir / "sft_data.jsonl", rows)
             die_at("prune_written")
             atomic_write_json(prune_dir / "stats.json", stats)

@@ -48,6 +48,18 @@ def test_each_job_writes_summary_plot_and_samples(sweep):
     assert "AUROC" in proc.stdout
 
 
+def test_the_second_job_reads_the_first_jobs_cots_and_entropies_from_the_cache(sweep):
+    """Both jobs ask the same model the same problems from the same engine state: the second writes no CoT and
+    scores none (``pruning.cache``), and its full CoTs are the first job's."""
+    _, jobs = sweep
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert summaries[1]["cots_cached"] is True
+    full = [{r["id"]: r["thinking"] for r in map(json.loads, (job / "samples.jsonl").read_text().splitlines())
+             if r["ratio"] == 0.0} for job in jobs]
+    assert len(full[0]) == 6 and full[0] == full[1]
+    assert summaries[0]["auroc_generated"] == summaries[1]["auroc_generated"]
+
+
 def test_gold_steps_are_scored_with_labels(sweep):
     _, jobs = sweep
     steps = [json.loads(line) for line in (jobs[0] / "steps.jsonl").read_text().splitlines()]

@@ -149,3 +149,47 @@ def _score(reference, prompts, responses, temperature=1.0) -> list[dict]:
     cols = batch.union(reference.score(batch, temperature=temperature))
     ent, lp = cols.per_response("entropy"), cols.per_response("logprobs")
     return [{"entropy": e.tolist(), "logprobs": lp_i.tolist()} for e, lp_i in zip(ent, lp)]
+
+
+def test_a_cached_prune_stage_leaves_the_engine_where_writing_the_cots_did(engine, skip_model, tmp_path):
+    """vLLM's own sampling: a second prune stage on the same engine state reads the CoTs and their entropies from
+    the cache, restores the sampler state that writing them left, and its answer check then samples from there: the
+    same SFT rows and the same sampler state after, as in the run that wrote the entry."""
+    import base64
+
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.cot_cache import CoTCache
+    from stepentropy_rl.data import generated
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tokenizer import load_tokenizer
+    from workers.reference import Reference
+
+    class Scoring:  # the actor handle's .score.remote, in process
+        def __init__(self, ref):
+            self.score = type("Remote", (), {"remote": staticmethod(ref.score)})
+
+    class Group:  # the RolloutGroup calls the prune stage makes, on the module's in-process engine
+        generate = staticmethod(engine.generate)
+
+        @staticmethod
+        def rng_states():
+            return [base64.b64encode(engine.rng_state()).decode()]
+
+        @staticmethod
+        def set_rng_states(states):
+            engine.set_rng_state(base64.b64decode(states[0]))
+
+    engine.load_weights_from(skip_model)
+    tok, ref = load_tokenizer(skip_model), Scoring(Reference(skip_model))
+    probs = generated(BasketConfig(), 8, 3, "train")
+    prune = PruneStageConfig(ratio=0.5, keep_essential=False, answer_max_tokens=8)
+    sampling = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 96}
+    cache, start = CoTCache({"model": "micro"}, tmp_path), Group.rng_states()
+    runs = []
+    for _ in range(2):
+        Group.set_rng_states(start)
+        rows, stats = build_pruned_dataset(probs, Group, ref, tok, lambda r, a: True, prune, sampling, cache=cache)
+        runs.append((rows, stats["cots_cached"], Group.rng_states()))
+    (rows1, cached1, after1), (rows2, cached2, after2) = runs
+    assert (cached1, cached2) == (False, True) and rows1  # the micro model closes </think> in about half its CoTs
+    assert rows2 == rows1 and after2 == after1 != start

