@@ -90,8 +90,8 @@ class CoTCache:
         except (OSError, ValueError, EOFError) as e:
             log.warning("ignoring the unreadable cached CoTs %s (%s); writing them again", path, e)
             return None
-        log.info("prune stage: reusing the scored CoTs of an earlier run with the same model, problems, sampling "
-                 "and engine state (%s; trainer.prune.cache=false makes them again)", path)
+        log.info("reusing the scored CoTs of an earlier job with the same model, problems, sampling and engine state "
+                 "(%s; trainer.prune.cache=false, or pruning.cache=false in the study, writes them anew)", path)
         return entry
 
     def written(self, rollout, prompts: list[list[int]], sampling: dict, keep: Callable[[dict], dict]) -> CachedCoTs:
