@@ -10,6 +10,7 @@ one samples everything after it as the run that wrote it did: the results are th
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -78,16 +79,19 @@ class CoTCache:
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.json.gz"
 
-    def load(self, key: str) -> dict | None:
-        """The entry ``{cots, rng_after, entropies}`` (``entropies``: CoT index as a string -> per-token list), or None;
-        an unreadable entry (a disk filled mid-write elsewhere) is a miss, with a warning."""
+    def load(self, key: str, n: int) -> dict | None:
+        """The entry ``{cots, rng_after, entropies}`` (``entropies``: CoT index as a string -> per-token list) of ``n``
+        CoTs, or None; an entry that cannot be read or holds another count (a truncated or edited file) is a miss,
+        with a warning."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
             with gzip.open(path, "rt") as f:
                 entry = json.load(f)
-        except (OSError, ValueError, EOFError) as e:
+            if len(entry["cots"]) != n or not isinstance(entry["rng_after"], list):
+                raise ValueError(f"it holds {len(entry['cots'])} CoTs, not {n}")
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
             log.warning("ignoring the unreadable cached CoTs %s (%s); writing them again", path, e)
             return None
         log.info("reusing the scored CoTs of an earlier job with the same model, problems, sampling and engine state "
@@ -99,21 +103,28 @@ class CoTCache:
         an earlier run wrote from the same engine state (the engines then get the state writing them left), or
         written now."""
         key = self.key(rollout.rng_states(), prompts, sampling)
-        entry = self.load(key)
+        entry = self.load(key, len(prompts))
         if entry is not None:
             rollout.set_rng_states(entry["rng_after"])
             return CachedCoTs(entry["cots"], True, self, key, entry["rng_after"], entry.get("entropies", {}))
         cots = [keep(o[0]) for o in rollout.generate(prompts, sampling)]
         return CachedCoTs(cots, False, self, key, rollout.rng_states())
 
-    def store(self, key: str, entry: dict) -> Path:
-        """Write ``entry`` whole or not at all (a temporary file renamed into place)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def store(self, key: str, entry: dict) -> Path | None:
+        """Write ``entry`` whole or not at all (a temporary file renamed into place). A cache that cannot be written
+        (a full disk, a read-only home) costs the reuse, not the job: a warning, and None."""
         path = self.path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with gzip.open(tmp, "wt", compresslevel=1) as f:
-            json.dump(entry, f)
-        os.replace(tmp, path)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with gzip.open(tmp, "wt", compresslevel=1) as f:
+                json.dump(entry, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("could not keep the scored CoTs in %s (%s); the job goes on without", self.dir, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return None
         return path
 
 

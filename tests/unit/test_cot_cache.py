@@ -151,3 +151,31 @@ def test_the_study_keeps_the_top_k_entropy_estimate_not_the_log_probs():
     assert kept["topk_entropy"] == pytest.approx([math.log(2), 0.0])
     err = topk_error([kept], [[math.log(2) + 0.1, 0.1]], 2)
     assert err["tokens"] == 2 and err["mae_nats"] == pytest.approx(0.1)
+
+
+def test_an_entry_with_another_count_of_cots_is_a_miss(setup, tmp_path, caplog):
+    import gzip
+    import json
+
+    probs, tok, _ = setup
+    cache = CoTCache({"model": "m"}, tmp_path)
+    prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), cache)
+    path = next(tmp_path.glob("*.json.gz"))
+    with gzip.open(path, "rt") as f:
+        entry = json.load(f)
+    with gzip.open(path, "wt") as f:
+        json.dump({**entry, "cots": entry["cots"][:-1]}, f)  # an edited file under the same key
+    rollout = SeededRollout(probs, tok)
+    with caplog.at_level(logging.WARNING):
+        _, stats = prune_stage(setup, rollout, FakeReference(tok), cache)
+    assert stats["cots_cached"] is False and rollout.cot_calls == 1 and "11 CoTs, not 12" in caplog.text
+
+
+def test_a_cache_that_cannot_be_written_costs_the_reuse_not_the_job(setup, tmp_path, caplog):
+    probs, tok, _ = setup
+    blocked = tmp_path / "cots"
+    blocked.write_text("a file where the cache directory would go")
+    with caplog.at_level(logging.WARNING):
+        rows, stats = prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), CoTCache({}, blocked))
+    assert rows and stats["cots_cached"] is False and "could not keep the scored CoTs" in caplog.text
+    assert blocked.read_text().startswith("a file")
