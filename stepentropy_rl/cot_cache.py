@@ -10,17 +10,15 @@ one samples everything after it as the run that wrote it did: the results are th
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stepentropy_rl.files import cache_root
+from stepentropy_rl.files import atomic_write_bytes, cache_root
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when an entry's layout or what decides it changes
@@ -113,19 +111,12 @@ class CoTCache:
     def store(self, key: str, entry: dict) -> Path | None:
         """Write ``entry`` whole or not at all (a temporary file renamed into place). A cache that cannot be written
         (a full disk, a read-only home) costs the reuse, not the job: a warning, and None."""
-        path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            with gzip.open(tmp, "wt", compresslevel=1) as f:
-                json.dump(entry, f)
-            os.replace(tmp, path)
+            return atomic_write_bytes(self.path(key), gzip.compress(json.dumps(entry).encode(), compresslevel=1))
         except OSError as e:
             log.warning("could not keep the scored CoTs in %s (%s); the job goes on without", self.dir, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             return None
-        return path
 
 
 @dataclass

@@ -4,22 +4,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename: readers see the old file or the whole new one,
+    and a write that fails leaves no temp file behind.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "x").mkdir(); _ = (d / "x" / "f").write_text("")
+    >>> atomic_write_bytes(d / "x", b"1")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    IsADirectoryError: ...
+    >>> sorted(q.name for q in d.iterdir())
+    ['x']
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file and a rename: readers see the old file or the whole new one.
+    """``text`` (UTF-8) written atomically (:func:`atomic_write_bytes`).
 
     >>> import tempfile; p = Path(tempfile.mkdtemp()) / "a.txt"
     >>> atomic_write_text(p, "x\\n").read_text(), sorted(q.name for q in p.parent.iterdir())
     ('x\\n', ['a.txt'])
     """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj, indent: int | None = 1) -> Path:
