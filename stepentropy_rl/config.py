@@ -384,6 +384,8 @@ class EvalConfig:
     temperature: float = 0.6
     max_tokens: int = 384
     topk_logprobs: int = 20  # per token, for the saved CoTs' entropies (eval/<model>.cots.jsonl); 0: none
+    cache: bool = True  # reuse the base's evaluated CoTs of an earlier job with the same base, problems, sampling and
+    # engine state (cot_cache; the SFT and final models are new in each job)
 
     def __post_init__(self):
         positive(self, "temperature", allow_zero=True)

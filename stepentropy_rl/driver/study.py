@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
-from stepentropy_rl.cot_cache import CoTCache, written
+from stepentropy_rl.cot_cache import CoTCache, with_topk_entropy, written
 from stepentropy_rl.cot_stats import auroc, binomial_stderr
 from stepentropy_rl.cot_record import cot_record, step_texts
-from stepentropy_rl.entropy import scored_steps, topk_entropy
+from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.tasks.basket import label_step
@@ -60,13 +60,6 @@ def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
             "mean_exact_nats": sum(exact) / len(exact)}
 
 
-def _study_fields(sample: dict) -> dict:
-    """What the study reads of a CoT (and the cache keeps): the top-k log-probs as their entropy estimate."""
-    topk = sample.get("topk_logprobs")
-    return {"text": sample["text"], "token_ids": sample["token_ids"], "finish_reason": sample.get("finish_reason"),
-            "topk_entropy": topk_entropy(topk) if topk else None}
-
-
 def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -> StudyResult:
     """``rollout``: a ``RolloutGroup`` (or anything with its ``generate``); ``reference``: the actor (``score``);
     ``cache``: a ``cot_cache.CoTCache`` the CoTs and their entropies are read from or written to."""
@@ -79,7 +72,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
     log.info("generating %d CoTs", len(problems))
     cot_sampling = dict(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens,
                         skip_special_tokens=False, logprobs=rc.topk_logprobs or None)
-    got = written(cache, rollout, prompt_ids, cot_sampling, _study_fields)
+    got = written(cache, rollout, prompt_ids, cot_sampling, with_topk_entropy)
     cots = got.cots
     log.info("scoring token entropies")
     entropies = got.entropies(list(range(len(cots))), lambda idx: token_entropies(

@@ -109,31 +109,34 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     # samples what it would have in one uninterrupted run (a GRPO checkpoint restores its own)
     rollouts.set_rng_states(stages.latest("engine_rng"))
 
-    def eval_stage(name: str, model_dir: Path) -> None:
+    # the base's CoTs, kept between jobs: its evaluation and the prune stage's (cot_cache); the policy is init, the
+    # base with [SKIP] added: the base's files and the token stand for it
+    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added")
+
+    def eval_stage(name: str, model_dir: Path, cache: CoTCache | None = None) -> None:
         if stages.done(f"eval_{name}"):
             return
         rollouts.serve(str(model_dir))  # the engines read the shared run dir
-        res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling, cots=True)
+        res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling, cots=True, cache=cache)
+        cached = {"cots_cached": res.pop("cots_cached")} if cache is not None else {}
         die_at("eval_done")
         (run_dir / "eval").mkdir(exist_ok=True)
         write_jsonl(run_dir / "eval" / f"{name}.cots.jsonl", res.pop("cots"))  # python -m stepentropy_rl.view
         atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
         log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
                  res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
-        stages.mark(f"eval_{name}", {**res, "engine_rng": rollouts.rng_states()})
+        stages.mark(f"eval_{name}", {**res, **cached, "engine_rng": rollouts.rng_states()})
 
     try:
-        eval_stage("base", init)
+        eval_stage("base", init, base_cache if tc.eval.cache else None)
         prune_dir = run_dir / "prune"
         if not stages.done("prune"):
             prune_dir.mkdir(exist_ok=True)
             sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
                         "max_tokens": int(cfg.rollout.max_tokens)}
             rollouts.serve(str(init))  # the policy's own CoTs
-            # the policy is init, the base with [SKIP] added: the base's files and the token stand for it
-            cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added") if tc.prune.cache else None
             rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade, tc.prune, sampling,
-                                               cfg.reference.batch_size, cache)
+                                               cfg.reference.batch_size, base_cache if tc.prune.cache else None)
             write_jsonl(prune_dir / "sft_data.jsonl", rows)
             die_at("prune_written")
             atomic_write_json(prune_dir / "stats.json", stats)

@@ -142,11 +142,12 @@ def test_the_study_keeps_the_top_k_entropy_estimate_not_the_log_probs():
     and the study's top-k error is measured from it."""
     import math
 
-    from stepentropy_rl.driver.study import _study_fields, topk_error
+    from stepentropy_rl.cot_cache import with_topk_entropy
+    from stepentropy_rl.driver.study import topk_error
 
     sample = {"text": "ab", "token_ids": [1, 2], "finish_reason": "stop", "logprobs": [-0.7, 0.0],
               "topk_logprobs": [[math.log(0.5), math.log(0.5)], [0.0]], "cumulative_logprob": -0.7}
-    kept = _study_fields(sample)
+    kept = with_topk_entropy(sample)
     assert set(kept) == {"text", "token_ids", "finish_reason", "topk_entropy"}
     assert kept["topk_entropy"] == pytest.approx([math.log(2), 0.0])
     err = topk_error([kept], [[math.log(2) + 0.1, 0.1]], 2)
@@ -179,3 +180,36 @@ def test_a_cache_that_cannot_be_written_costs_the_reuse_not_the_job(setup, tmp_p
         rows, stats = prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), CoTCache({}, blocked))
     assert rows and stats["cots_cached"] is False and "could not keep the scored CoTs" in caplog.text
     assert blocked.read_text().startswith("a file")
+
+
+class TopkRollout(SeededRollout):
+    """Its CoTs carry top-2 log-probs: the evaluation's entropy estimate."""
+
+    def generate(self, prompts, sampling):
+        import math
+
+        out = super().generate(prompts, sampling)
+        for o in out:
+            o[0]["topk_logprobs"] = [[math.log(0.5), math.log(0.5)] if t % 2 else [0.0] for t in o[0]["token_ids"]]
+        return out
+
+
+def test_the_base_evaluation_reuses_an_earlier_jobs_cots_and_their_entropy_estimates(setup, tmp_path):
+    """``trainer.eval.cache``: the second evaluation of the same model from the same engine state writes no CoT,
+    leaves the engine where the first left it, and reports the same to the digit, the saved CoTs' top-k entropies
+    included; another engine state is a miss."""
+    from stepentropy_rl.driver.evaluate import evaluate
+
+    probs, tok, _ = setup
+    cache, sampling = CoTCache({"model": "m"}, tmp_path), {**SAMPLING, "logprobs": 2}
+    runs = []
+    for state in (0, 0, 5):
+        rollout = TopkRollout(probs, tok, state)
+        res = evaluate(rollout, tok, probs, make_grader("exact"), sampling, cots=True, cache=cache)
+        runs.append((res.pop("cots_cached"), rollout.cot_calls, rollout.state, res))
+    (hit1, calls1, state1, res1), (hit2, calls2, state2, res2), (hit3, calls3, _, res3) = runs
+    assert (hit1, calls1, hit2, calls2, hit3, calls3) == (False, 1, True, 0, False, 1)
+    assert state2 == state1 == len(probs) and res2 == res1 == res3
+    assert res1["accuracy"] > 0 and res1["cots"][0]["entropy_source"] == "vLLM top-2 log-probs"
+    assert {s["entropy"] for s in res1["cots"][0]["steps"]} - {0.0}  # the estimate reached the steps
+    assert len(list(tmp_path.glob("*.json.gz"))) == 2
