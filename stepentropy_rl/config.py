@@ -453,6 +453,8 @@ class JobConfig:
         a, world = self.algorithm, self.cluster.learner.world_size
         need(a.ppo_mini_batch_size * a.n_samples >= world, "algorithm.ppo_mini_batch_size",
              f"* algorithm.n_samples must be >= cluster.learner.world_size ({world}): every rank needs a sample")
+        need(not train or self.trainer.sft.batch_size >= world, "trainer.sft.batch_size",
+             f"must be >= cluster.learner.world_size ({world}): every rank needs a row of each SFT batch")
         custom = self.reward.get("custom")
         if isinstance(custom, dict) and custom.get("path"):  # the reward actor may run elsewhere: an absolute path
             custom["path"] = str(Path(custom["path"]).expanduser().resolve())

@@ -139,9 +139,10 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: SFT could not teach the model to stop")
-    if not rows:
-        raise RuntimeError("SFT has no data: no pruned CoT survived the prune stage (prune/stats.json counts what the "
-                           "answer check and, on labelled data, trainer.prune.keep_essential dropped)")
+    if len(rows) < learners.world_size:  # every rank needs a row of each batch
+        raise RuntimeError(f"SFT has {len(rows)} rows for {learners.world_size} learner ranks: too few pruned CoTs "
+                           "survived the prune stage (prune/stats.json counts what the answer check and, on labelled "
+                           "data, trainer.prune.keep_essential dropped)")
     data = sft_batch(tokenizer, rows)
     rng = random.Random(seed)
     steps = sft_steps(sft, len(data))

@@ -110,6 +110,7 @@ def test_cfg_job_prints_real_scale_config():
     ("trainer.optim.lr=nan", "trainer.optim.lr"),
     ("trainer.sft.lr=0", "trainer.sft.lr"),
     ("trainer.sft.min_steps=-1", "trainer.sft.min_steps must be an integer >= 0"),
+    ("trainer.sft.batch_size=1", "trainer.sft.batch_size must be >= cluster.learner.world_size (2)"),  # was: after the prune
     ("trainer.grpo.steps=two", "trainer.grpo.steps must be an integer, got 'two'"),
     ("+trainer.grpo.stepz=3", "trainer.grpo.stepz is not a known key"),
     ("+algorithm.kl_ceof=0.1", "algorithm.kl_ceof is not a known key"),

@@ -11,6 +11,7 @@ from stepentropy_rl.driver.tracking import NonFiniteError, require_finite
 
 class Learners:
     """Stands in for a LearnerGroup whose loss turns NaN at step ``bad``."""
+    world_size = 2
 
     def __init__(self, bad: int):
         self.bad, self.steps = bad, 0

@@ -16,6 +16,8 @@ def test_steps_are_epochs_over_the_rows_at_least_min_steps(rows, min_steps, expe
 
 
 class _Learners:
+    world_size = 2
+
     def __init__(self):
         self.lrs = []
 
@@ -41,3 +43,12 @@ def test_run_sft_takes_the_floored_steps_with_the_lr_decaying_over_all_of_them(m
     history = sft.run_sft([{"prompt": "q", "response": "r"}] * 8, learners, _Tok(),
                           SFTConfig(epochs=1, batch_size=4, lr=1e-3, min_steps=10), seed=0)
     assert len(history) == 10 and learners.lrs[0] == 1e-3 and learners.lrs[-1] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_fewer_kept_rows_than_learner_ranks_is_a_clear_error_before_any_step(monkeypatch, kept):
+    monkeypatch.setattr(sft, "sft_batch", lambda tok, rows: _Rows(rows))
+    learners = _Learners()
+    with pytest.raises(RuntimeError, match=f"SFT has {kept} rows for 2 learner ranks.*prune/stats.json"):
+        sft.run_sft([{"prompt": "q", "response": "r"}] * kept, learners, _Tok(), SFTConfig(), seed=0)
+    assert learners.lrs == []  # no step ran
