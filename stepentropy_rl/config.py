@@ -20,7 +20,7 @@ from stepentropy_rl.phase import STAGES, PhaseConfig
 from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.r1_standin import StandinConfig
 from stepentropy_rl.tasks.basket import BasketConfig
-from stepentropy_rl.tiny_config import TinyConfig
+from stepentropy_rl.tiny_config import RECIPES, TinyConfig
 from stepentropy_rl.typed import ConfigError, from_dict, need, one_of, positive
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -450,6 +450,15 @@ class JobConfig:
         need(self.data.task is not None or (self.data.path is not None
                                             and (not train or self.data.train_path is not None)),
              "data.task", "must be set to generate problems (data.path or data.train_path is null)")
+        if self.model.tiny is not None:  # with the recipe's values (num_heads null) too, here and not at the bootstrap
+            tiny = self.model.tiny
+            try:
+                dataclasses.replace(tiny, task=self.data.task).resolved()
+            except ValueError as e:
+                style = self.data.task.style
+                why = "" if tiny.num_heads is not None else (f"; num_heads is null: the {style} recipe's "
+                                                             f"{RECIPES[style]['num_heads']}")
+                raise ConfigError(f"model.tiny.{e}{why}") from None
         a, world = self.algorithm, self.cluster.learner.world_size
         need(a.ppo_mini_batch_size * a.n_samples >= world, "algorithm.ppo_mini_batch_size",
              f"* algorithm.n_samples must be >= cluster.learner.world_size ({world}): every rank needs a sample")

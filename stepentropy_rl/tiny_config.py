@@ -32,7 +32,7 @@ class TinyConfig:
     vocab_size: int = 512  # BPE target; the embedding is padded to a multiple of 64
     hidden_size: int = 192
     num_layers: int = 4
-    num_heads: Optional[int] = None  # None: RECIPES (terse 3, verbose 6); hidden_size must divide by it
+    num_heads: Optional[int] = None  # None: RECIPES (terse 3, verbose 6); heads of an even size
     intermediate_size: int = 512
     max_position_embeddings: int = 512
     train_examples: int = 40000
@@ -57,14 +57,18 @@ class TinyConfig:
         for count in ("steps", "num_heads"):
             if getattr(self, count) is not None:
                 positive(self, count, integer=True)
-        if self.num_heads is not None and self.hidden_size % self.num_heads:
-            raise ValueError(f"model.tiny.hidden_size ({self.hidden_size}) must be a multiple of model.tiny.num_heads "
-                             f"({self.num_heads})")
+        if self.num_heads is not None:  # messages name keys relative to model.tiny, as from_dict prefixes them
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+            if self.hidden_size // self.num_heads % 2:  # else the first training step fails inside apply_rotary_pos_emb
+                raise ValueError(f"hidden_size / num_heads must be even (rotary position embeddings turn pairs of "
+                                 f"dimensions), got {self.hidden_size} / {self.num_heads} = "
+                                 f"{self.hidden_size // self.num_heads}")
         for weight in ("essential_weight", "reread_weight"):
             if getattr(self, weight) is not None:
                 positive(self, weight)
         if self.pruned_reading is not None and not 0.0 <= self.pruned_reading < 1.0:
-            raise ValueError(f"model.tiny.pruned_reading must be in [0, 1), got {self.pruned_reading}")
+            raise ValueError(f"pruned_reading must be in [0, 1), got {self.pruned_reading}")
         positive(self, "lr")
         positive(self, "warmup_steps", "threads", allow_zero=True, integer=True)
         positive(self, "weight_decay", allow_zero=True)

@@ -48,6 +48,36 @@ def test_impossible_values_name_the_key(override, key):
         build(cfg(override))
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["model.tiny.pruned_reading=2"], "model.tiny.pruned_reading must be in [0, 1), got 2.0"),
+    (["model.tiny.hidden_size=128", "model.tiny.num_heads=6"],
+     "model.tiny.hidden_size (128) must be a multiple of num_heads (6)"),
+    (["model.tiny.hidden_size=100"],  # num_heads null: the verbose recipe's 6, known only once the recipe is applied
+     "model.tiny.hidden_size (100) must be a multiple of num_heads (6); num_heads is null: the verbose recipe's 6"),
+    (["model.tiny.hidden_size=120", "model.tiny.num_heads=8"],  # heads of 15: the first training step would fail
+     "model.tiny.hidden_size / num_heads must be even (rotary position embeddings turn pairs of dimensions), got "
+     "120 / 8 = 15"),
+])
+def test_tiny_model_shapes_are_checked_with_the_recipe_applied_and_named_once(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build(cfg(*overrides))
+    assert str(err.value) == message
+
+
+def test_an_odd_head_size_is_what_the_llama_forward_cannot_take():
+    from types import SimpleNamespace
+
+    import torch
+
+    from stepentropy_rl.bootstrap import build_model
+
+    shape = dict(num_heads=2, num_layers=1, intermediate_size=32, max_position_embeddings=16, seed=0)
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="size of tensor"):  # heads of 15, past the check (a plain namespace)
+        build_model(SimpleNamespace(hidden_size=30, **shape), 64)(input_ids=ids)
+    assert build_model(SimpleNamespace(hidden_size=32, **shape), 64)(input_ids=ids).logits.shape == (1, 4, 64)
+
+
 def test_cli_reports_config_error_before_starting_anything(tmp_path):
     out = subprocess.run([sys.executable, "-m", "stepentropy_rl.main", "+experiment=prune_sweep",
                           "pruning.ratio=[0.2,1.5]", f"run_dir={tmp_path}"], capture_output=True, text=True,
