@@ -163,7 +163,9 @@ def chance_lookup_accuracy(problems) -> float:
 
 
 def _length_bucketed(data, batch_size: int, rng: random.Random, pool: int = 16):
-    """Endless batches; each pool of ``pool`` batches is sorted by length so padding stays small."""
+    """Endless batches; each pool of ``pool`` batches (fewer where ``data`` holds fewer) is sorted by length so
+    padding stays small."""
+    pool = min(pool, len(data) // batch_size)
     while True:
         sample = rng.sample(data, batch_size * pool)
         sample.sort(key=lambda row: len(row[0]) + len(row[1]))

@@ -459,6 +459,10 @@ class JobConfig:
                 why = "" if tiny.num_heads is not None else (f"; num_heads is null: the {style} recipe's "
                                                              f"{RECIPES[style]['num_heads']}")
                 raise ConfigError(f"model.tiny.{e}{why}") from None
+            limit = self.rollout.engine.get("max_model_len")
+            need(not limit or tiny.max_position_embeddings >= int(limit), "model.tiny.max_position_embeddings",
+                 f"({tiny.max_position_embeddings}) must be >= rollout.engine.max_model_len ({limit}): vLLM refuses a "
+                 f"context longer than the model's positions, and would refuse it only after the bootstrap")
         a, world = self.algorithm, self.cluster.learner.world_size
         need(a.ppo_mini_batch_size * a.n_samples >= world, "algorithm.ppo_mini_batch_size",
              f"* algorithm.n_samples must be >= cluster.learner.world_size ({world}): every rank needs a sample")
@@ -471,7 +475,7 @@ class JobConfig:
             stage_rewards(self.reward)
         except (TypeError, ValueError, KeyError) as e:
             raise ConfigError(f"reward: {e}") from None
-        check_context(self, prompt_tokens=1)
+        check_context(self, prompt_tokens=1, max_model_len=self.model.tiny and self.model.tiny.max_position_embeddings)
 
     def to_dict(self) -> dict:
         """Plain JSON-able data (tuples as lists): for the run directory and the trackers."""
@@ -516,7 +520,9 @@ def check_context(cfg: JobConfig, prompt_tokens: int, max_model_len: int | None 
     limit = cfg.rollout.engine.get("max_model_len") or max_model_len
     if not limit:
         return
+    source = "rollout.engine.max_model_len" if cfg.rollout.engine.get("max_model_len") else \
+        "max_model_len (null: the model's max_position_embeddings)"
     for key, n in context_needs(cfg).items():
         need(prompt_tokens + n <= int(limit), key,
-             f"= {n} plus a prompt of {prompt_tokens} tokens exceeds the engine's context "
-             f"rollout.engine.max_model_len = {limit}: raise max_model_len or lower the budget")
+             f"= {n} plus a prompt of {prompt_tokens} tokens exceeds the engine's context {source} = {limit}: raise "
+             f"max_model_len or lower the budget")

@@ -64,6 +64,9 @@ class TinyConfig:
                 raise ValueError(f"hidden_size / num_heads must be even (rotary position embeddings turn pairs of "
                                  f"dimensions), got {self.hidden_size} / {self.num_heads} = "
                                  f"{self.hidden_size // self.num_heads}")
+        if self.train_examples < self.batch_size:
+            raise ValueError(f"train_examples ({self.train_examples}) must be >= batch_size ({self.batch_size}): a "
+                             f"batch draws its rows without repeats")
         for weight in ("essential_weight", "reread_weight"):
             if getattr(self, weight) is not None:
                 positive(self, weight)

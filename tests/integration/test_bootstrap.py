@@ -78,6 +78,24 @@ def test_heads_must_divide_the_hidden_size(bad):
         TinyConfig(**bad)
 
 
+def test_batches_come_from_fewer_examples_than_a_pool_and_stay_whole_and_distinct():
+    import random
+
+    from stepentropy_rl.bootstrap import _length_bucketed
+
+    data = [([i], [0] * (i % 7)) for i in range(100)]  # 3 batches of 32, where a pool wants 16
+    batches = _length_bucketed(data, 32, random.Random(0))
+    for _ in range(5):
+        batch = next(batches)
+        assert len(batch) == 32 and len({row[0][0] for row in batch}) == 32
+    big = [([i], [0] * (i % 7)) for i in range(1000)]  # enough for a pool: the batches the recipes were measured on
+    pooled, rng = _length_bucketed(big, 32, random.Random(0)), random.Random(0)
+    sample = sorted(rng.sample(big, 32 * 16), key=lambda row: len(row[0]) + len(row[1]))
+    first = [sample[i: i + 32] for i in range(0, len(sample), 32)]
+    rng.shuffle(first)
+    assert [next(pooled) for _ in range(16)] == first
+
+
 def test_compiled_training_step_matches_eager():
     """``model.tiny.compile``: the inductor-compiled forward gives the eager loss and gradients up to float rounding
     (it trains another model only through that rounding), for two sequence lengths with one compiled graph."""

@@ -57,6 +57,14 @@ def test_impossible_values_name_the_key(override, key):
     (["model.tiny.hidden_size=120", "model.tiny.num_heads=8"],  # heads of 15: the first training step would fail
      "model.tiny.hidden_size / num_heads must be even (rotary position embeddings turn pairs of dimensions), got "
      "120 / 8 = 15"),
+    (["model.tiny.max_position_embeddings=256"],  # vLLM's refusal came at engine start, after the whole bootstrap
+     "model.tiny.max_position_embeddings (256) must be >= rollout.engine.max_model_len (512): vLLM refuses a context "
+     "longer than the model's positions, and would refuse it only after the bootstrap"),
+    (["model.tiny.max_position_embeddings=256", "rollout.engine.max_model_len=null"],  # the model's positions rule
+     "rollout.max_tokens + rollout.answer_max_tokens = 416 plus a prompt of 1 tokens exceeds the engine's context "
+     "max_model_len (null: the model's max_position_embeddings) = 256: raise max_model_len or lower the budget"),
+    (["model.tiny.train_examples=100", "model.tiny.batch_size=200"],
+     "model.tiny.train_examples (100) must be >= batch_size (200): a batch draws its rows without repeats"),
 ])
 def test_tiny_model_shapes_are_checked_with_the_recipe_applied_and_named_once(overrides, message):
     with pytest.raises(ConfigError) as err:
