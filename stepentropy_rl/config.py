@@ -450,8 +450,8 @@ class JobConfig:
         need(self.data.task is not None or (self.data.path is not None
                                             and (not train or self.data.train_path is not None)),
              "data.task", "must be set to generate problems (data.path or data.train_path is null)")
-        if self.model.tiny is not None:  # with the recipe's values (num_heads null) too, here and not at the bootstrap
-            tiny = self.model.tiny
+        tiny = self.model.tiny if self.model.path is None and self.model.standin is None else None  # what runs
+        if tiny is not None:  # with the recipe's values (num_heads null) too, here and not at the bootstrap
             try:
                 dataclasses.replace(tiny, task=self.data.task).resolved()
             except ValueError as e:
@@ -475,7 +475,7 @@ class JobConfig:
             stage_rewards(self.reward)
         except (TypeError, ValueError, KeyError) as e:
             raise ConfigError(f"reward: {e}") from None
-        check_context(self, prompt_tokens=1, max_model_len=self.model.tiny and self.model.tiny.max_position_embeddings)
+        check_context(self, prompt_tokens=1, max_model_len=tiny and tiny.max_position_embeddings)
 
     def to_dict(self) -> dict:
         """Plain JSON-able data (tuples as lists): for the run directory and the trackers."""

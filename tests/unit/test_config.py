@@ -72,6 +72,13 @@ def test_tiny_model_shapes_are_checked_with_the_recipe_applied_and_named_once(ov
     assert str(err.value) == message
 
 
+def test_the_tiny_models_checks_leave_a_run_of_another_model_alone():
+    # model.path wins over model.tiny (resolve_model): its context is the engine's, not the unused tiny model's
+    job = build(cfg("model.path=/elsewhere", "rollout.engine.max_model_len=1024",
+                    "model.tiny.max_position_embeddings=256"), check_paths=False)
+    assert job.model.path == "/elsewhere"
+
+
 def test_an_odd_head_size_is_what_the_llama_forward_cannot_take():
     from types import SimpleNamespace
 
