@@ -3,13 +3,15 @@
     python scripts/kill_harness.py --kills 10 --run-dir runs/harness -- +experiment=entropy_guided ...overrides
 
 Each attempt runs the command and the driver gets SIGKILL: at the named moments below (the driver kills itself there,
-``STEPENTROPY_DIE_AT``), a seeded random time into GRPO, or a seeded random time after the driver's Ray is up (while
-the engines, the reference and the learners come up). After the last kill the command runs to the end. Checked:
-every rerun starts, the last one finishes; ``metrics.jsonl`` holds each GRPO step once, in order, and the SFT rows
-once; no GRPO step that a checkpoint held was done again; every stage is marked done and ``report.json`` is whole.
-With ``--reference-run DIR`` the same command also runs once without a kill into ``DIR``, and the two reports must be
-the same (the engines' sampler state is saved with every stage marker and checkpoint and restored on a rerun).
-The figures go to ``--out`` (JSON) and the console.
+``STEPENTROPY_DIE_AT``), at a seeded random point of a GRPO step (a seeded fraction of a step's length after the
+attempt's second or third step, so that it lands mid-step, mid-sync or mid-checkpoint however fast the machine), or a
+seeded random time after the driver's Ray is up (while the engines, the reference and the learners come up). After
+the last kill the command runs to the end. Checked: every planned kill landed (a run that got past its moment is a
+violation, not a quiet extra finish); every rerun starts, the last one finishes; ``metrics.jsonl`` holds each GRPO
+step once, in order, and the SFT rows once; no GRPO step that a checkpoint held was done again; every stage is
+marked done and ``report.json`` is whole. With ``--reference-run DIR`` the same command also runs once without a kill
+into ``DIR``, and the two reports must be the same (the engines' sampler state is saved with every stage marker and
+checkpoint and restored on a rerun). The figures go to ``--out`` (JSON) and the console.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 # moments inside the driver (stepentropy_rl.driver.faults.die_at), in the order the pipeline reaches them: a stage's
@@ -45,8 +48,9 @@ def _latest(run_dir: Path) -> int | None:
 def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) -> dict:
     """One run of ``cmd``. ``kill``: None (run to the end), ``("point", name)`` (the driver kills itself there),
     ``("ray", s)`` (SIGKILL ``s`` seconds after this attempt logs that its Ray is up, so that the kill lands while the
-    actors start: the driver alone needs ~10 s on 2 cores to get there) or ``("grpo", s)`` (``s`` seconds after this
-    attempt logs its first GRPO step, so that the kill lands mid-step, mid-sync or mid-checkpoint)."""
+    actors start: the driver alone needs ~10 s on 2 cores to get there) or ``("grpo", (k, u))`` (when this attempt
+    has logged ``k`` >= 2 GRPO steps, a fraction ``u`` of its last step's length after the k-th step's log line: the
+    kill lands inside step k+1, mid-step, mid-sync or mid-checkpoint, on a fast machine as on a slow one)."""
     env = dict(os.environ, **({"STEPENTROPY_DIE_AT": kill[1]} if kill and kill[0] == "point" else {}))
     start, deadline = time.time(), time.time() + timeout_s
     with log.open("w") as out:
@@ -54,13 +58,11 @@ def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) ->
         fire = None
         while proc.poll() is None and time.time() < deadline:
             if fire is None and kill and kill[0] in ("grpo", "ray"):
-                text = log.read_text(errors="replace")
-                if grpo_steps_logged(text) if kill[0] == "grpo" else RAY_UP.search(text):
-                    fire = time.time() + kill[1]
+                fire = _fire_time(kill, log.read_text(errors="replace"))
             if fire is not None and time.time() >= fire:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver, as kill -9 would
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
         if proc.poll() is None and fire is None:
             proc.kill()
         proc.wait()
@@ -72,10 +74,28 @@ def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) ->
 
 
 RAY_UP = re.compile(r"Started a local Ray instance|Connected to Ray cluster")
+# GRPO's console line, not SFT's, with the time Hydra's log format stamps it: [2026-12-04 20:52:07,477][name][INFO]
+# (at a line's start, or after a progress bar's carriage return)
+GRPO_LINE = re.compile(r"(?:^|\r)\[([\d-]+ [\d:]+,\d{3})\]\[[^\]]*\]\[INFO\] - step (\d+) \| stage=", re.M)
 
 
 def grpo_steps_logged(log_text: str) -> list[int]:
-    return [int(m) for m in re.findall(r"\] - step (\d+) \| stage=", log_text)]  # GRPO's console line, not SFT's
+    return [int(step) for _, step in GRPO_LINE.findall(log_text)]
+
+
+def _fire_time(kill: tuple, log_text: str) -> float | None:
+    """When a ``ray`` or ``grpo`` kill is due (epoch seconds), or None while its moment has not come in sight."""
+    if kill[0] == "ray":
+        return time.time() + kill[1] if RAY_UP.search(log_text) else None
+    k, frac = kill[1]
+    stamps = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t, _ in GRPO_LINE.findall(log_text)]
+    return stamps[k - 1] + frac * (stamps[k - 1] - stamps[k - 2]) if len(stamps) >= k else None
+
+
+def _label(kill: tuple) -> str:
+    if kill[0] == "point":
+        return kill[1]
+    return f"ray +{kill[1]:.1f} s" if kill[0] == "ray" else f"grpo step {kill[1][0]} +{kill[1][1]:.2f}"
 
 
 def _report(run_dir: Path) -> dict:
@@ -92,7 +112,7 @@ def run(args, cmd: list[str]) -> dict:
     # of GRPO; then inside the final eval; then random moments of start-up (after Ray is up: vLLM, the reference,
     # the reward service and the learners coming up)
     n_grpo = max(1, args.kills - len(POINTS) - 1 - args.startup_kills)
-    plan = [("point", p) for p in POINTS] + [("grpo", rng.uniform(0.0, args.grpo_window)) for _ in range(n_grpo)]
+    plan = [("point", p) for p in POINTS] + [("grpo", (rng.choice((2, 3)), rng.random())) for _ in range(n_grpo)]
     plan += [("point", "eval_done")] + [("ray", rng.uniform(0.0, args.startup_window))
                                         for _ in range(args.startup_kills)]
     attempts, violations = [], []
@@ -107,12 +127,15 @@ def run(args, cmd: list[str]) -> dict:
         if (before["stage"] == "grpo" and before["checkpoint"] is None and steps
                 and "SFT optimizer state included" not in text):
             violations.append(f"attempt {i} started GRPO without the SFT learners' optimizer state")
-        attempts.append({"attempt": i, "kill": kill and (kill[1] if kill[0] == "point" else f"{kill[0]} +{kill[1]:.1f} s"),
+        attempts.append({"attempt": i, "kill": kill and _label(kill),
                          "stage_at_start": before["stage"], "stage_at_end": _stage(run_dir), **res,
                          "grpo_steps_run": steps})
         print(json.dumps(attempts[-1]), flush=True)
         if kill is None and res["rc"] != 0:
             violations.append(f"the final rerun failed with exit code {res['rc']} (see {logs})")
+        if kill is not None and res["rc"] != -signal.SIGKILL:
+            violations.append(f"attempt {i}'s kill ({_label(kill)}) did not land: it ended with exit code {res['rc']} "
+                              f"in stage {attempts[-1]['stage_at_end']} (an earlier attempt got further than planned?)")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     grpo = [r["step"] for r in rows if "phase/stage" in r]
     sft = [r["step"] for r in rows if "sft/nll" in r]
@@ -148,8 +171,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grpo-window", type=float, default=1.5,
-                    help="GRPO kills land up to this many seconds after an attempt's first GRPO step")
     ap.add_argument("--startup-kills", type=int, default=2)
     ap.add_argument("--startup-window", type=float, default=15.0,
                     help="start-up kills land up to this many seconds after an attempt's Ray is up")

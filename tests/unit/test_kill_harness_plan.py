@@ -1,0 +1,64 @@
+"""The kill harness's timing, without a main job: GRPO kills are placed by the steps the attempt has logged (a
+fraction of a step after its k-th step), so a fast machine cannot run past them; a planned kill that never lands is a
+violation, not an extra finish."""
+import importlib.util
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("kill_harness", ROOT / "scripts" / "kill_harness.py")
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+
+
+def _line(stamp: str, text: str) -> str:
+    return f"[2026-12-04 {stamp}][stepentropy_rl][INFO] - {text}\n"
+
+
+LOG = (_line("21:00:00,000", "step 7 | nll=0.11 grad_norm=0.3")  # an SFT line: not a GRPO step
+       + "bootstrap:  50%|#####     | 1/2\r" + _line("21:00:01,000", "step 3 | stage=0 total=0.31 step=0.2")
+       + _line("21:00:01,200", "step 4 | stage=0 total=0.32 step=0.2")
+       + _line("21:00:01,600", "step 5 | stage=1 total=1.6 step=0.4"))
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.strptime(f"2026-12-04 {stamp}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_grpo_steps_are_read_from_grpos_lines_only():
+    assert harness.grpo_steps_logged(LOG) == [3, 4, 5]
+
+
+@pytest.mark.parametrize("k,frac,due", [(2, 0.5, ("21:00:01,200", 0.1)), (3, 0.25, ("21:00:01,600", 0.1)),
+                                        (2, 0.0, ("21:00:01,200", 0.0))])
+def test_a_grpo_kill_lands_a_fraction_of_a_step_after_the_attempts_kth_step(k, frac, due):
+    assert harness._fire_time(("grpo", (k, frac)), LOG) == pytest.approx(_epoch(due[0]) + due[1])
+
+
+def test_a_grpo_kill_waits_until_its_kth_step_is_logged():
+    assert harness._fire_time(("grpo", (2, 0.5)), LOG.split("step 4")[0]) is None
+    assert harness._fire_time(("grpo", (4, 0.5)), LOG) is None
+
+
+def test_a_startup_kill_counts_from_rays_start():
+    assert harness._fire_time(("ray", 3.0), LOG) is None
+    due = harness._fire_time(("ray", 3.0), LOG + "INFO worker.py:2029 -- Started a local Ray instance.\n")
+    assert due == pytest.approx(time.time() + 3.0, abs=1.0)
+
+
+def test_a_planned_kill_that_never_lands_is_a_violation(tmp_path):
+    """A command that finishes at once, whatever moment it was to be killed at: every planned kill is named."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(run_dir)!r}); p.mkdir(exist_ok=True); "
+           "(p / 'metrics.jsonl').touch()"]
+    args = SimpleNamespace(run_dir=str(run_dir), seed=0, kills=10, startup_kills=2, startup_window=0.5,
+                           timeout=30.0, reference_run=None, out=None)
+    res = harness.run(args, cmd)
+    missed = [v for v in res["violations"] if "did not land" in v]
+    assert len(missed) == 10 and res["kills"] == 0, res["violations"]
+    assert "grpo step" in missed[4] and "exit code 0" in missed[4]
