@@ -296,6 +296,7 @@ def lookup_span(step_text: str) -> tuple[int, int] | None:
     return m.span(2) if m else None
 
 
+_PLACEHOLDERS = re.compile(r"^(?:\[\w+\]\s*)+")  # "[SKIP] " (or any bracketed placeholder) opening a line
 MISTAKES = ("missed person", "extra move", "unparsed step", "unknown person", "repeated person", "wrong quantity",
             "wrong carry", "wrong arithmetic", "wrong answer line")
 
@@ -305,14 +306,17 @@ def diagnose(solution: str, response: str) -> str | None:
 
     First the count: fewer moves than people is "missed person", more is "extra move" (a CoT that stops early or goes
     one too far is named so, whatever its steps hold). Then the essential steps against the gold moves in order:
-    person, quantity, carried total, arithmetic; then that the boxed answer is the last total.
+    person, quantity, carried total, arithmetic; then that the boxed answer is the last total. Steps are read line by
+    line, a leading placeholder dropped: a trained model may join a ``[SKIP]`` to the next move with one newline or a
+    space ("[SKIP]\nNow Hal 3: 12 + 3 = 15."), and that move is still written.
     """
     moves = list(_MOVE.finditer(solution))
     gold = {m[1]: (m[4], int(m[2])) for m in moves}
     first = moves[0]
     cur, seen = int(first[6]) - int(first[2]) * (1 if first[4] == "+" else -1), set()  # the start, either order
     thinking, _, answer = response.partition("</think>")
-    written = [s for s in (s.strip() for s in thinking.split("\n\n")) if label_step(s)[1] == "move"]
+    lines = (_PLACEHOLDERS.sub("", line.strip()) for line in thinking.splitlines())
+    written = [s for s in lines if label_step(s)[1] == "move"]
     if len(written) != len(gold):
         return "missed person" if len(written) < len(gold) else "extra move"
     for step in written:

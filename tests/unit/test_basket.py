@@ -276,3 +276,19 @@ def test_verbose_style_is_r1_like_and_labelled():
     assert sum(share) / len(share) > 0.75
     with pytest.raises(ValueError, match="style"):
         BasketConfig(style="chatty")
+
+
+@pytest.mark.parametrize("joint", ["[SKIP]\n", "[SKIP] ", "[SKIP]\n[SKIP]\n"])
+def test_diagnose_reads_a_move_joined_to_a_skip_by_less_than_a_blank_line(joint):
+    """A GRPO model wrote "[SKIP]\\nNow Hal 3: 12 + 3 = 15." (one newline): the move is written and checked, not a
+    missed person (an explore-only final model was right at every step in 251 CoTs counted so)."""
+    from stepentropy_rl.tasks.basket import diagnose
+
+    p = generate(BasketConfig(min_people=3, max_people=3), 1, 5)[0]
+    ess = [s.text for s in p.steps if s.label == "essential"]
+    thinking = "\n\n".join(f"[SKIP]\n\n{m}" for m in ess[:-1]) + f"\n\n{joint}{ess[-1]}\n\n[SKIP]\n"
+    answer = p.solution.partition("</think>")[2]
+    assert diagnose(p.solution, f"{thinking}</think>{answer}") is None
+    name, q = re.match(r"Now (\w+) (\d+):", ess[-1]).groups()
+    wrong = re.sub(rf"Now {name} {q}:", f"Now {name} {int(q) % 5 + 1}:", ess[-1])
+    assert diagnose(p.solution, f"{thinking.replace(ess[-1], wrong)}</think>{answer}") == "wrong quantity"
