@@ -63,14 +63,15 @@ def _attempt(cmd: list[str], log: Path, kill: tuple | None, timeout_s: float) ->
                 os.kill(proc.pid, signal.SIGKILL)  # the driver, as kill -9 would
                 break
             time.sleep(0.02)
-        if proc.poll() is None and fire is None:
+        timed_out = proc.poll() is None and fire is None
+        if timed_out:
             proc.kill()
         proc.wait()
         try:  # what the dead driver started (its local Ray, the engines) goes with it, as on a crash of its machine
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return {"rc": proc.returncode, "seconds": round(time.time() - start, 1)}
+    return {"rc": proc.returncode, "seconds": round(time.time() - start, 1), "timed_out": timed_out}
 
 
 RAY_UP = re.compile(r"Started a local Ray instance|Connected to Ray cluster")
@@ -133,7 +134,10 @@ def run(args, cmd: list[str]) -> dict:
         print(json.dumps(attempts[-1]), flush=True)
         if kill is None and res["rc"] != 0:
             violations.append(f"the final rerun failed with exit code {res['rc']} (see {logs})")
-        if kill is not None and res["rc"] != -signal.SIGKILL:
+        if res["timed_out"]:
+            violations.append(f"attempt {i} was still running at the {args.timeout:.0f} s limit: killed there, not at "
+                              f"its planned moment (see {logs})")
+        elif kill is not None and res["rc"] != -signal.SIGKILL:
             violations.append(f"attempt {i}'s kill ({_label(kill)}) did not land: it ended with exit code {res['rc']} "
                               f"in stage {attempts[-1]['stage_at_end']} (an earlier attempt got further than planned?)")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -158,7 +162,7 @@ def run(args, cmd: list[str]) -> dict:
         differs = {m: d for m, d in differs.items() if d}
         if differs or not reference:
             violations.append(f"the report differs from the uninterrupted run's ({ref_dir}): {differs}")
-    killed = [a for a in attempts if a["rc"] == -signal.SIGKILL]
+    killed = [a for a in attempts if a["rc"] == -signal.SIGKILL and not a["timed_out"]]
     out = {"kills": len(killed), "attempts": attempts, "grpo_steps": grpo, "sft_rows": len(sft),
            "stages_killed": sorted({a["stage_at_end"] for a in killed}), "report": models,
            "report_differs_from_uninterrupted": differs, "violations": violations}
@@ -174,7 +178,7 @@ def main() -> None:
     ap.add_argument("--startup-kills", type=int, default=2)
     ap.add_argument("--startup-window", type=float, default=15.0,
                     help="start-up kills land up to this many seconds after an attempt's Ray is up")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for the final, uninterrupted rerun")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds any one attempt may run")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--out", default=None)
     ap.add_argument("--reference-run", default=None,

@@ -62,3 +62,16 @@ def test_a_planned_kill_that_never_lands_is_a_violation(tmp_path):
     missed = [v for v in res["violations"] if "did not land" in v]
     assert len(missed) == 10 and res["kills"] == 0, res["violations"]
     assert "grpo step" in missed[4] and "exit code 0" in missed[4]
+
+
+def test_an_attempt_that_hangs_is_a_violation_not_a_kill(tmp_path):
+    """Killed at the harness's time limit is not killed at the planned moment: named, and not counted as a kill."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-c", f"import pathlib, time; p = pathlib.Path({str(run_dir)!r}); p.mkdir(exist_ok=True); "
+           "(p / 'metrics.jsonl').touch(); time.sleep(30)"]
+    args = SimpleNamespace(run_dir=str(run_dir), seed=0, kills=5, startup_kills=0, startup_window=0.5,
+                           timeout=0.5, reference_run=None, out=None)
+    res = harness.run(args, cmd)
+    hung = [v for v in res["violations"] if "still running at the" in v]
+    assert len(hung) == 7 and res["kills"] == 0, res["violations"]  # 6 planned kills (4 moments, GRPO, eval) + final
+    assert all(a["timed_out"] and a["rc"] == -9 for a in res["attempts"])
