@@ -51,14 +51,20 @@ def test_a_startup_kill_counts_from_rays_start():
     assert due == pytest.approx(time.time() + 3.0, abs=1.0)
 
 
+def _harness_on_a_stand_in(tmp_path, sleep_s: float, **args) -> dict:
+    """The harness around a command that only makes the run directory and sleeps ``sleep_s``, never the moments the
+    harness waits for (a kill point, Ray's start, a GRPO step)."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-c", f"import pathlib, time; p = pathlib.Path({str(run_dir)!r}); p.mkdir(exist_ok=True); "
+           f"(p / 'metrics.jsonl').touch(); time.sleep({sleep_s})"]
+    defaults = dict(run_dir=str(run_dir), seed=0, kills=10, startup_kills=2, startup_window=0.5, timeout=30.0,
+                    reference_run=None, out=None)
+    return harness.run(SimpleNamespace(**{**defaults, **args}), cmd)
+
+
 def test_a_planned_kill_that_never_lands_is_a_violation(tmp_path):
     """A command that finishes at once, whatever moment it was to be killed at: every planned kill is named."""
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(run_dir)!r}); p.mkdir(exist_ok=True); "
-           "(p / 'metrics.jsonl').touch()"]
-    args = SimpleNamespace(run_dir=str(run_dir), seed=0, kills=10, startup_kills=2, startup_window=0.5,
-                           timeout=30.0, reference_run=None, out=None)
-    res = harness.run(args, cmd)
+    res = _harness_on_a_stand_in(tmp_path, 0)
     missed = [v for v in res["violations"] if "did not land" in v]
     assert len(missed) == 10 and res["kills"] == 0, res["violations"]
     assert "grpo step" in missed[4] and "exit code 0" in missed[4]
@@ -66,12 +72,7 @@ def test_a_planned_kill_that_never_lands_is_a_violation(tmp_path):
 
 def test_an_attempt_that_hangs_is_a_violation_not_a_kill(tmp_path):
     """Killed at the harness's time limit is not killed at the planned moment: named, and not counted as a kill."""
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-c", f"import pathlib, time; p = pathlib.Path({str(run_dir)!r}); p.mkdir(exist_ok=True); "
-           "(p / 'metrics.jsonl').touch(); time.sleep(30)"]
-    args = SimpleNamespace(run_dir=str(run_dir), seed=0, kills=5, startup_kills=0, startup_window=0.5,
-                           timeout=0.5, reference_run=None, out=None)
-    res = harness.run(args, cmd)
+    res = _harness_on_a_stand_in(tmp_path, 30, kills=5, startup_kills=0, timeout=0.5)
     hung = [v for v in res["violations"] if "still running at the" in v]
     assert len(hung) == 7 and res["kills"] == 0, res["violations"]  # 6 planned kills (4 moments, GRPO, eval) + final
     assert all(a["timed_out"] and a["rc"] == -9 for a in res["attempts"])
