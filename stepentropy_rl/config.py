@@ -63,6 +63,10 @@ class ModelConfig:
         need(self.path is not None or self.tiny is not None or self.standin is not None, "tiny",
              "or model.standin must be set when model.path is null")
 
+    def tiny_that_runs(self) -> Optional[TinyConfig]:
+        """``tiny`` where it is the model that runs: ``path``, then ``standin``, win over it (``resolve_model``)."""
+        return self.tiny if not self.path and self.standin is None else None
+
 
 # DeepSeek-R1's usage recommendation for math: the directive in the user message, no system prompt
 R1_INSTRUCTION = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -450,7 +454,7 @@ class JobConfig:
         need(self.data.task is not None or (self.data.path is not None
                                             and (not train or self.data.train_path is not None)),
              "data.task", "must be set to generate problems (data.path or data.train_path is null)")
-        tiny = self.model.tiny if self.model.path is None and self.model.standin is None else None  # what runs
+        tiny = self.model.tiny_that_runs()
         if tiny is not None:  # with the recipe's values (num_heads null) too, here and not at the bootstrap
             try:
                 dataclasses.replace(tiny, task=self.data.task).resolved()

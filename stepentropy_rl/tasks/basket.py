@@ -308,7 +308,7 @@ def diagnose(solution: str, response: str) -> str | None:
     one too far is named so, whatever its steps hold). Then the essential steps against the gold moves in order:
     person, quantity, carried total, arithmetic; then that the boxed answer is the last total. Steps are read line by
     line, a leading placeholder dropped: a trained model may join a ``[SKIP]`` to the next move with one newline or a
-    space ("[SKIP]\nNow Hal 3: 12 + 3 = 15."), and that move is still written.
+    space ("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), and that move is still written.
     """
     moves = list(_MOVE.finditer(solution))
     gold = {m[1]: (m[4], int(m[2])) for m in moves}
