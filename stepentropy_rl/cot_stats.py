@@ -19,6 +19,27 @@ def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n > 0 else math.nan
 
 
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
+    """Mean of ``a_i - b_i`` over the same problems (two strategies' verdicts on one CoT each) and its paired standard
+    error ``sd(d) / sqrt(n)``: the sampling error of the difference of two accuracies measured on the same samples,
+    smaller than either accuracy's own error when the verdicts agree on most problems.
+
+    >>> paired_difference([True, True, True, False], [True, False, True, False])
+    (0.25, 0.25)
+    >>> paired_difference([True] * 8, [True] * 8), paired_difference([], [])
+    ((0.0, 0.0), (nan, nan))
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
+    n = len(a)
+    if n == 0:
+        return math.nan, math.nan
+    d = [int(x) - int(y) for x, y in zip(a, b)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
 def auroc(scores: list[float], redundant: list[bool]) -> float:
     """AUROC of ``-score`` for finding redundant steps: P(s_r < s_e) + P(s_r = s_e) / 2 over pairs of a redundant
     step r and an essential step e (1.0: every redundant step has lower entropy); nan if one class is missing.

@@ -22,12 +22,26 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(run_dir: Path, results: list[dict], extra: dict) -> Path:
-    """``summary.json`` (atomically; NaN as null) and ``summary.md`` of the study; returns the JSON path."""
+def paired_table(paired: list[dict]) -> str:
+    """The study's strategy comparisons (``study.compare_strategies``) as a Markdown table."""
+    lines = ["| ratio | comparison | difference (paired error) | z | ahead beyond error | right in one only |",
+             "|---|---|---|---|---|---|"]
+    for r in paired:
+        lines.append(f"| {r['ratio']:.2f} | {r['better']} - {r['worse']} | {100 * r['difference']:+.1f} ± "
+                     f"{100 * r['stderr']:.1f} | {'-' if r['z'] is None else format(r['z'], '+.1f')} | "
+                     f"{'yes' if r['ahead_beyond_error'] else 'no'} | "
+                     f"{r['only_better_right']} / {r['only_worse_right']} |")
+    return "\n".join(lines)
+
+
+def write_summary(run_dir: Path, results: list[dict], extra: dict, paired: list[dict] | None = None) -> Path:
+    """``summary.json`` (atomically; NaN as null) and ``summary.md`` of the study (with the strategy comparisons when
+    given); returns the JSON path."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in extra.items()}
     path = run_dir / "summary.json"
-    atomic_write_json(path, {"results": results, **clean})
-    (run_dir / "summary.md").write_text(summary_table(results) + "\n\n" + "\n".join(
+    atomic_write_json(path, {"results": results, **({"paired": paired} if paired else {}), **clean})
+    tables = [summary_table(results)] + ([paired_table(paired)] if paired else [])
+    (run_dir / "summary.md").write_text("\n\n".join(tables) + "\n\n" + "\n".join(
         f"- {k}: {v}" for k, v in clean.items()) + "\n")
     return path
 

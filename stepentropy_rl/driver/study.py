@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
 from stepentropy_rl.cot_cache import CoTCache, with_topk_entropy, written
-from stepentropy_rl.cot_stats import auroc, binomial_stderr
+from stepentropy_rl.cot_stats import auroc, binomial_stderr, paired_difference
 from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
@@ -43,6 +43,7 @@ class StudyResult:
     auroc_generated: float
     topk_error: dict  # error of the top-k entropy estimate against the exact entropy
     cots_cached: bool = False  # the CoTs and their entropies came from an earlier job's (cot_cache)
+    paired: list = field(default_factory=list)  # strategy against strategy per ratio on the same CoTs (``compare_strategies``)
 
 
 def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
@@ -122,9 +123,10 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
         row["correct"] = view["correct"] = bool(text) and grade(THINK_CLOSE + text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
+    paired = compare_strategies(rows, strategies, ratios)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
-    return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, cots_cached=got.hit,
+    return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, cots_cached=got.hit, paired=paired,
                        topk_error=topk_error(cots, entropies, rc.topk_logprobs),
                        auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
                        auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
@@ -162,6 +164,32 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
                         "answer_in_thinking": len(with_answer) / max(1, len(sel)),
                         "accuracy_answer_in_thinking": _share_right(with_answer),
                         "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]])})
+    return out
+
+
+PAPER_ORDER = ("low", "random", "high")  # paper 1, Fig. 1a: accuracy after pruning, best first
+BEYOND_ERROR_Z = 2.0  # a difference this many paired standard errors from zero (about 95%, two-sided)
+
+
+def compare_strategies(rows: list[dict], strategies: list[str], ratios: list[float]) -> list[dict]:
+    """Per ratio above 0, each pair of strategies in the paper's order (low - random, random - high, low - high):
+    the accuracy difference on the same problems with its paired standard error (``paired_difference``), z, whether
+    the first is ahead by at least ``BEYOND_ERROR_Z`` errors, and how many problems only one of the two got right."""
+    names = [s for s in PAPER_ORDER if s in strategies]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    pairs.sort(key=lambda ab: names.index(ab[1]) - names.index(ab[0]))  # neighbours first
+    verdict = {(r["strategy"], r["ratio"], r["id"]): r["correct"] for r in rows}
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    out = []
+    for ratio in (r for r in ratios if r > 0):
+        for a, b in pairs:
+            va, vb = [verdict[(a, ratio, i)] for i in ids], [verdict[(b, ratio, i)] for i in ids]
+            diff, err = paired_difference(va, vb)
+            z = diff / err if err > 0 else None  # None: no spread (every problem differs alike, or none does)
+            ahead = diff > 0 and (z is None or z >= BEYOND_ERROR_Z)
+            out.append({"ratio": ratio, "better": a, "worse": b, "difference": diff, "stderr": err, "z": z,
+                        "ahead_beyond_error": ahead, "only_better_right": sum(x and not y for x, y in zip(va, vb)),
+                        "only_worse_right": sum(y and not x for x, y in zip(va, vb)), "n": len(ids)})
     return out
 
 
@@ -205,7 +233,7 @@ def study_pipeline(job) -> StudyResult:
              "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
              "cots_cached": res.cots_cached,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
-    report.write_summary(run_dir, res.summary, extra)
+    report.write_summary(run_dir, res.summary, extra, res.paired)
     plot = report.plot_accuracy(run_dir, res.summary,
                                 f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
     tracker = Tracker(run_dir, cfg.trainer.logger, cfg.to_dict())
@@ -215,6 +243,7 @@ def study_pipeline(job) -> StudyResult:
                     {"results": res.summary, "samples": samples}, {"accuracy_vs_ratio": plot})
     tracker.finish()
     print(report.summary_table(res.summary))
+    print(report.paired_table(res.paired))
     print(f"AUROC (low step entropy -> labelled redundant step): gold {res.auroc:.3f}, "
           f"generated {res.auroc_generated:.3f}")
     print(f"outputs: {run_dir} (look at the CoTs: python -m stepentropy_rl.view {run_dir})")

@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 
 from stepentropy_rl.config import build
 from stepentropy_rl.data import generated
-from stepentropy_rl.driver.study import auroc, run_study, writes_answer
-from stepentropy_rl.report import summary_table
+from stepentropy_rl.driver.study import auroc, compare_strategies, run_study, writes_answer
+from stepentropy_rl.report import paired_table, summary_table
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import exact_match
 from stepentropy_rl.tokenizer import train_tokenizer
@@ -159,6 +159,45 @@ def test_accuracy_is_split_by_whether_the_thinking_still_writes_the_answer(setup
     assert all(r["answer_in_thinking"] == 1.0 for r in res.summary if r["ratio"] == 0.0)
     assert any(0.0 < r["answer_in_thinking"] < 1.0 for r in res.summary)
     assert "answer in thinking" in summary_table(res.summary)
+
+
+def _rows(verdicts: dict) -> list[dict]:
+    return [{"strategy": s, "ratio": 0.4, "id": f"p{i}", "correct": c} for s, vs in verdicts.items()
+            for i, c in enumerate(vs)]
+
+
+def test_strategies_are_compared_on_the_same_problems_with_a_paired_error():
+    """low right on 10 of 10, random on 5, high on the same 5 but one: neighbours first, paired errors by hand."""
+    rows = _rows({"high": [True] * 4 + [False] * 6, "low": [True] * 10, "random": [True] * 5 + [False] * 5})
+    got = {(r["better"], r["worse"]): r for r in compare_strategies(rows, ["high", "low", "random"], [0.0, 0.4])}
+    assert list(got) == [("low", "random"), ("random", "high"), ("low", "high")]
+    lr, rh = got[("low", "random")], got[("random", "high")]
+    assert lr["difference"] == 0.5 and lr["stderr"] == pytest.approx(math.sqrt(5 / 18 / 10))  # sd of five 1s, five 0s
+    assert lr["z"] == pytest.approx(3.0) and lr["ahead_beyond_error"]
+    assert (lr["only_better_right"], lr["only_worse_right"], lr["n"]) == (5, 0, 10)
+    assert rh["difference"] == pytest.approx(0.1) and rh["z"] == pytest.approx(1.0) and not rh["ahead_beyond_error"]
+    # the same accuracies on disjoint problems: unpaired they tie, paired the spread is large and nothing is ahead
+    rows = _rows({"low": [True] * 5 + [False] * 5, "random": [False] * 5 + [True] * 5})
+    (tie,) = compare_strategies(rows, ["low", "random"], [0.4])
+    assert tie["difference"] == 0 and tie["stderr"] > 0.3 and not tie["ahead_beyond_error"]
+    # every problem differs alike: no spread, z undefined, ahead; behind is never ahead
+    (alike,) = compare_strategies(_rows({"low": [True] * 3, "high": [False] * 3}), ["low", "high"], [0.4])
+    assert alike["z"] is None and alike["ahead_beyond_error"] and "| - | yes |" in paired_table([alike])
+    (behind,) = compare_strategies(_rows({"low": [False] * 3, "high": [True] * 3}), ["low", "high"], [0.4])
+    assert behind["difference"] == -1 and not behind["ahead_beyond_error"]
+
+
+def test_the_study_compares_its_strategies_as_its_summary_counts_them(setup):
+    probs, tok, cfg = setup
+    roll = CopyingRollout(probs)
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    acc = {(r["strategy"], r["ratio"]): r["accuracy"] for r in res.summary}
+    assert res.paired and all(p["ratio"] > 0 for p in res.paired)
+    for p in res.paired:
+        assert p["difference"] == pytest.approx(acc[(p["better"], p["ratio"])] - acc[(p["worse"], p["ratio"])])
+        assert p["only_better_right"] - p["only_worse_right"] == round(p["difference"] * p["n"])
+    assert any(p["difference"] != 0 for p in res.paired)
 
 
 def test_auroc_direction():
