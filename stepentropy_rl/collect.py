@@ -6,7 +6,9 @@ Every directory under ``SWEEP_DIR`` holding a study's ``summary.json`` or a trai
 its ``config.yaml`` gives the settings, and the keys whose values differ between the jobs label them (a Hydra
 multirun over ``pruning.ratio`` gives ``pruning.ratio=0.4``, ...). Written to ``--out`` (default ``SWEEP_DIR``):
 ``collected.json`` (every row), ``collected.md`` (the table), ``accuracy_vs_ratio.png`` (study rows) and
-``accuracy_vs_tokens.png`` (every row: accuracy against thinking tokens, with its standard error).
+``accuracy_vs_tokens.png`` (every row: accuracy against thinking tokens, with its standard error). When the study
+jobs differ in nothing but ``pruning.strategy`` and ``pruning.ratio``, their strategies are also compared on the same
+problems with a paired standard error (``paired.json``, a second table in ``collected.md``), as one study run does.
 """
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from stepentropy_rl.cot_stats import compare_strategies
 from stepentropy_rl.files import atomic_write_json
+from stepentropy_rl.report import paired_table
 
 IGNORED = ("run_dir", "hydra")  # differ between jobs by construction
+STUDY_AXES = ("pruning.strategy", "pruning.ratio")  # study jobs differing in these alone answer the same problems
 
 
 def find_jobs(sweep: Path) -> list[Path]:
@@ -38,16 +43,26 @@ def _flat(d, prefix=""):
     return out
 
 
+def _configs(jobs: list[Path]) -> dict[Path, dict]:
+    return {job: _flat(yaml.safe_load((job / "config.yaml").read_text())) if (job / "config.yaml").exists() else {}
+            for job in jobs}
+
+
+def _varying(configs: dict[Path, dict]) -> list[str]:
+    """Config keys set in every job whose values differ between them; every key when one job has no config."""
+    if any(not c for c in configs.values()):
+        return ["?"]
+    keys = set.intersection(*(set(c) for c in configs.values())) if configs else set()
+    differ = {k for c in configs.values() for k in c if any(k not in o for o in configs.values())}
+    return [k for k in sorted(keys | differ) if not k.startswith(IGNORED)
+            and len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
+
+
 def labels(jobs: list[Path], sweep: Path, most: int = 4) -> dict[Path, str]:
     """Each job's label: the config keys set in every job whose values differ between them (``key=value``,
     comma-separated); the job's directory when there are none or more than ``most`` (unrelated runs)."""
-    configs = {}
-    for job in jobs:
-        path = job / "config.yaml"
-        configs[job] = _flat(yaml.safe_load(path.read_text())) if path.exists() else {}
-    keys = set.intersection(*(set(c) for c in configs.values())) if configs else set()
-    varying = [k for k in sorted(keys) if not k.startswith(IGNORED)
-               and len({json.dumps(c[k], default=str) for c in configs.values()}) > 1]
+    configs = _configs(jobs)
+    varying = [k for k in _varying(configs) if all(k in c for c in configs.values())]
     if not varying or len(varying) > most:
         return {job: str(job.relative_to(sweep)) if job != sweep else job.name for job in jobs}
     return {job: ", ".join(f"{k}={configs[job][k]}" for k in varying) for job in jobs}
@@ -67,6 +82,16 @@ def collect(sweep: Path) -> list[dict]:
             for model, m in models.items():
                 rows.append({**base, "kind": "train", "model": model, **m})
     return rows
+
+
+def paired(sweep: Path) -> list[dict]:
+    """The study jobs' strategies compared on the same problems (``cot_stats.compare_strategies`` over their
+    ``samples.jsonl``); [] unless there are two or more such jobs differing only along ``STUDY_AXES``."""
+    jobs = [job for job in find_jobs(sweep) if (job / "summary.json").exists() and (job / "samples.jsonl").exists()]
+    if len(jobs) < 2 or not set(_varying(_configs(jobs))) <= set(STUDY_AXES):
+        return []
+    rows = [json.loads(line) for job in jobs for line in (job / "samples.jsonl").read_text().splitlines() if line]
+    return compare_strategies(rows)
 
 
 def table(rows: list[dict]) -> str:
@@ -129,9 +154,13 @@ def main(argv=None) -> None:
     out = args.out or args.sweep
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "collected.json", rows)
-    (out / "collected.md").write_text(table(rows) + "\n")
+    compared = paired(args.sweep)
+    tables = [table(rows)] + ([paired_table(compared)] if compared else [])
+    if compared:
+        atomic_write_json(out / "paired.json", compared)
+    (out / "collected.md").write_text("\n\n".join(tables) + "\n")
     written = plots(rows, out)
-    print(table(rows))
+    print("\n\n".join(tables))
     print(f"{len({r['job'] for r in rows})} jobs, {len(rows)} rows: {out / 'collected.json'}, "
           + ", ".join(str(p) for p in written))
 

@@ -40,6 +40,39 @@ def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+PAPER_ORDER = ("low", "random", "high")  # paper 1, Fig. 1a: accuracy after pruning, best first
+BEYOND_ERROR_Z = 2.0  # a difference this many paired standard errors from zero (about 95%, two-sided)
+
+
+def compare_strategies(rows: list[dict]) -> list[dict]:
+    """The study's strategies against each other on the same problems. ``rows``: one verdict per problem, strategy
+    and ratio (``{id, strategy, ratio, correct}``). Per ratio above 0, each pair of the strategies there, in the
+    paper's order (low - random, random - high, then low - high): the accuracy difference over the problems both
+    answered, its paired standard error (``paired_difference``), z (None without spread), whether the first is
+    ahead by at least ``BEYOND_ERROR_Z`` errors, and how many problems only one of the two got right."""
+    verdict: dict = {}
+    for r in rows:
+        verdict.setdefault((r["strategy"], float(r["ratio"])), {})[r["id"]] = bool(r["correct"])
+    names = [s for s in PAPER_ORDER if any(k[0] == s for k in verdict)]
+    pairs = sorted(((a, b) for i, a in enumerate(names) for b in names[i + 1:]),
+                   key=lambda ab: names.index(ab[1]) - names.index(ab[0]))  # neighbours first
+    out = []
+    for ratio in sorted({k[1] for k in verdict if k[1] > 0}):
+        for a, b in pairs:
+            va, vb = verdict.get((a, ratio)), verdict.get((b, ratio))
+            ids = [i for i in va if i in vb] if va and vb else []
+            if not ids:
+                continue
+            xa, xb = [va[i] for i in ids], [vb[i] for i in ids]
+            diff, err = paired_difference(xa, xb)
+            z = diff / err if err > 0 else None  # None: no spread (every problem differs alike, or none does)
+            out.append({"ratio": ratio, "better": a, "worse": b, "difference": diff, "stderr": err, "z": z,
+                        "ahead_beyond_error": diff > 0 and (z is None or z >= BEYOND_ERROR_Z),
+                        "only_better_right": sum(x and not y for x, y in zip(xa, xb)),
+                        "only_worse_right": sum(y and not x for x, y in zip(xa, xb)), "n": len(ids)})
+    return out
+
+
 def auroc(scores: list[float], redundant: list[bool]) -> float:
     """AUROC of ``-score`` for finding redundant steps: P(s_r < s_e) + P(s_r = s_e) / 2 over pairs of a redundant
     step r and an essential step e (1.0: every redundant step has lower entropy); nan if one class is missing.

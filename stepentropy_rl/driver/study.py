@@ -21,7 +21,7 @@ from stepentropy_rl.config import as_list
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix
 from stepentropy_rl.cot_cache import CoTCache, with_topk_entropy, written
-from stepentropy_rl.cot_stats import auroc, binomial_stderr, paired_difference
+from stepentropy_rl.cot_stats import auroc, binomial_stderr, compare_strategies
 from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
@@ -43,7 +43,7 @@ class StudyResult:
     auroc_generated: float
     topk_error: dict  # error of the top-k entropy estimate against the exact entropy
     cots_cached: bool = False  # the CoTs and their entropies came from an earlier job's (cot_cache)
-    paired: list = field(default_factory=list)  # strategy against strategy per ratio on the same CoTs (``compare_strategies``)
+    paired: list = field(default_factory=list)  # strategies against each other on the same CoTs (compare_strategies)
 
 
 def topk_error(cots: list[dict], entropies: list[list[float]], k: int) -> dict:
@@ -123,7 +123,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
         row["correct"] = view["correct"] = bool(text) and grade(THINK_CLOSE + text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
-    paired = compare_strategies(rows, strategies, ratios)
+    paired = compare_strategies(rows)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
     return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, cots_cached=got.hit, paired=paired,
@@ -164,32 +164,6 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
                         "answer_in_thinking": len(with_answer) / max(1, len(sel)),
                         "accuracy_answer_in_thinking": _share_right(with_answer),
                         "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]])})
-    return out
-
-
-PAPER_ORDER = ("low", "random", "high")  # paper 1, Fig. 1a: accuracy after pruning, best first
-BEYOND_ERROR_Z = 2.0  # a difference this many paired standard errors from zero (about 95%, two-sided)
-
-
-def compare_strategies(rows: list[dict], strategies: list[str], ratios: list[float]) -> list[dict]:
-    """Per ratio above 0, each pair of strategies in the paper's order (low - random, random - high, low - high):
-    the accuracy difference on the same problems with its paired standard error (``paired_difference``), z, whether
-    the first is ahead by at least ``BEYOND_ERROR_Z`` errors, and how many problems only one of the two got right."""
-    names = [s for s in PAPER_ORDER if s in strategies]
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    pairs.sort(key=lambda ab: names.index(ab[1]) - names.index(ab[0]))  # neighbours first
-    verdict = {(r["strategy"], r["ratio"], r["id"]): r["correct"] for r in rows}
-    ids = list(dict.fromkeys(r["id"] for r in rows))
-    out = []
-    for ratio in (r for r in ratios if r > 0):
-        for a, b in pairs:
-            va, vb = [verdict[(a, ratio, i)] for i in ids], [verdict[(b, ratio, i)] for i in ids]
-            diff, err = paired_difference(va, vb)
-            z = diff / err if err > 0 else None  # None: no spread (every problem differs alike, or none does)
-            ahead = diff > 0 and (z is None or z >= BEYOND_ERROR_Z)
-            out.append({"ratio": ratio, "better": a, "worse": b, "difference": diff, "stderr": err, "z": z,
-                        "ahead_beyond_error": ahead, "only_better_right": sum(x and not y for x, y in zip(va, vb)),
-                        "only_worse_right": sum(y and not x for x, y in zip(va, vb)), "n": len(ids)})
     return out
 
 

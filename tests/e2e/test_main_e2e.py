@@ -80,6 +80,16 @@ def test_the_sweep_is_one_wandb_group_and_collects_into_one_table(sweep):
     assert len(rows) == 3 * 2  # (low, random) x 2 ratios in job 0, high x 2 ratios in job 1
     assert {r["label"] for r in rows} == {'pruning.strategy=["low", "random"]', "pruning.strategy=high"}
     assert (out / "accuracy_vs_ratio.png").exists() and (out / "accuracy_vs_tokens.png").exists()
+    # the jobs differ in the strategy alone, so high (job 1) is compared with low and random (job 0) problem by problem
+    compared = json.loads((out / "paired.json").read_text())
+    assert [(p["better"], p["worse"], p["ratio"]) for p in compared] == [
+        ("low", "random", 0.5), ("random", "high", 0.5), ("low", "high", 0.5)]
+    summary = {(r["strategy"], r["ratio"]): r for job in jobs
+               for r in json.loads((job / "summary.json").read_text())["results"]}
+    for p in compared:
+        assert p["n"] == summary[(p["better"], 0.5)]["n"] == summary[(p["worse"], 0.5)]["n"]
+        assert p["difference"] == pytest.approx(summary[(p["better"], 0.5)]["accuracy"]
+                                                - summary[(p["worse"], 0.5)]["accuracy"])
 
 
 def test_the_viewer_shows_a_study_job_in_chromium(sweep, tmp_path):

@@ -40,6 +40,38 @@ def test_a_sweep_becomes_one_table_and_two_plots(tmp_path, capsys):
     assert "3 jobs, 4 rows" in capsys.readouterr().out
 
 
+def study_job(path, strategy, verdicts, seed=0):
+    """A study job of one strategy at ratio 0.5 whose samples give ``verdicts`` on problems p0, p1, ..."""
+    job(path, 0.5, summary=[{**row(0.5, sum(verdicts) / len(verdicts)), "strategy": strategy}])
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    cfg["pruning"]["strategy"], cfg["seed"] = strategy, seed
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (path / "samples.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "strategy": strategy, "ratio": 0.5,
+                                                            "correct": c}) + "\n" for i, c in enumerate(verdicts)))
+
+
+def test_study_jobs_that_differ_in_strategy_alone_are_compared_on_the_same_problems(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    study_job(sweep / "0", "low", [True] * 10)
+    study_job(sweep / "1", "high", [True] * 4 + [False] * 6)
+    study_job(sweep / "2", "random", [True] * 5 + [False] * 5)
+    main([str(sweep)])
+    got = json.loads((sweep / "paired.json").read_text())
+    assert [(p["better"], p["worse"], p["difference"], p["n"]) for p in got] == [
+        ("low", "random", 0.5, 10), ("random", "high", 0.1, 10), ("low", "high", 0.6, 10)]
+    assert got[0]["ahead_beyond_error"] and not got[1]["ahead_beyond_error"]
+    md = (sweep / "collected.md").read_text()
+    assert "| 0.50 | low - random | +50.0 ± 16.7 | +3.0 | yes | 5 / 0 |" in md and "low - random" in capsys.readouterr().out
+
+
+def test_study_jobs_that_differ_in_more_are_not_paired(tmp_path):
+    sweep = tmp_path / "sweep"
+    study_job(sweep / "0", "low", [True] * 10)
+    study_job(sweep / "1", "high", [False] * 10, seed=1)  # another seed: other CoTs, other answers
+    main([str(sweep)])
+    assert not (sweep / "paired.json").exists() and "comparison" not in (sweep / "collected.md").read_text()
+
+
 def test_an_empty_folder_is_one_clear_line(tmp_path):
     import pytest
 

@@ -8,7 +8,8 @@ from transformers import AutoTokenizer
 
 from stepentropy_rl.config import build
 from stepentropy_rl.data import generated
-from stepentropy_rl.driver.study import auroc, compare_strategies, run_study, writes_answer
+from stepentropy_rl.cot_stats import compare_strategies
+from stepentropy_rl.driver.study import auroc, run_study, writes_answer
 from stepentropy_rl.report import paired_table, summary_table
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import exact_match
@@ -169,7 +170,7 @@ def _rows(verdicts: dict) -> list[dict]:
 def test_strategies_are_compared_on_the_same_problems_with_a_paired_error():
     """low right on 10 of 10, random on 5, high on the same 5 but one: neighbours first, paired errors by hand."""
     rows = _rows({"high": [True] * 4 + [False] * 6, "low": [True] * 10, "random": [True] * 5 + [False] * 5})
-    got = {(r["better"], r["worse"]): r for r in compare_strategies(rows, ["high", "low", "random"], [0.0, 0.4])}
+    got = {(r["better"], r["worse"]): r for r in compare_strategies(rows)}
     assert list(got) == [("low", "random"), ("random", "high"), ("low", "high")]
     lr, rh = got[("low", "random")], got[("random", "high")]
     assert lr["difference"] == 0.5 and lr["stderr"] == pytest.approx(math.sqrt(5 / 18 / 10))  # sd of five 1s, five 0s
@@ -178,13 +179,18 @@ def test_strategies_are_compared_on_the_same_problems_with_a_paired_error():
     assert rh["difference"] == pytest.approx(0.1) and rh["z"] == pytest.approx(1.0) and not rh["ahead_beyond_error"]
     # the same accuracies on disjoint problems: unpaired they tie, paired the spread is large and nothing is ahead
     rows = _rows({"low": [True] * 5 + [False] * 5, "random": [False] * 5 + [True] * 5})
-    (tie,) = compare_strategies(rows, ["low", "random"], [0.4])
+    (tie,) = compare_strategies(rows)
     assert tie["difference"] == 0 and tie["stderr"] > 0.3 and not tie["ahead_beyond_error"]
     # every problem differs alike: no spread, z undefined, ahead; behind is never ahead
-    (alike,) = compare_strategies(_rows({"low": [True] * 3, "high": [False] * 3}), ["low", "high"], [0.4])
+    (alike,) = compare_strategies(_rows({"low": [True] * 3, "high": [False] * 3}))
     assert alike["z"] is None and alike["ahead_beyond_error"] and "| - | yes |" in paired_table([alike])
-    (behind,) = compare_strategies(_rows({"low": [False] * 3, "high": [True] * 3}), ["low", "high"], [0.4])
+    (behind,) = compare_strategies(_rows({"low": [False] * 3, "high": [True] * 3}))
     assert behind["difference"] == -1 and not behind["ahead_beyond_error"]
+    # a ratio only one strategy ran has no comparison; problems only one strategy answered are left out
+    rows = _rows({"low": [True] * 4, "random": [False] * 3}) + [{"strategy": "low", "ratio": 0.6, "id": "p0",
+                                                                 "correct": True}]
+    (only,) = compare_strategies(rows)
+    assert (only["ratio"], only["n"], only["difference"]) == (0.4, 3, 1.0)
 
 
 def test_the_study_compares_its_strategies_as_its_summary_counts_them(setup):
