@@ -8,8 +8,10 @@ the stages from the measured trend of the per-step mean policy entropy:
 
 * the entropy is smoothed with an EMA (``ema``: weight of the old value), and the *trend* is the
   least-squares slope (nats/step) of the last ``window`` smoothed values **of the current phase**
-  (the window is cleared at a switch, so a trend never straddles two stages; it is ``None`` until
-  ``window`` points of the phase exist);
+  (the window is cleared and the EMA restarts at a switch, so a trend never straddles two stages; it
+  is ``None`` until ``window`` points of the phase exist). Each stage samples at its own temperature
+  and the entropy is that of the sampling distribution, so the measured level jumps at a switch; an
+  EMA carried across it would read its own catching up as the policy's trend;
 * a step *opposes* the stage according to ``switch_on``; a switch happens once the phase has lasted
   ``min_steps`` steps and the last ``patience`` steps in a row opposed it.
 
@@ -165,7 +167,7 @@ class PhaseController:
             nxt = self._stage
         if nxt != self._stage:
             self._stage, self._steps_in_phase, self._streak = nxt, 0, 0
-            self._recent = []
+            self._recent, self._ema = [], None  # the next stage's level is its own (its own temperature)
             self._switches += 1
         return self._stage
 

@@ -146,6 +146,25 @@ def test_trend_none_until_window_and_reset_at_switch():
     assert ctl.trend is None and ctl.steps_in_phase == 0
 
 
+def test_a_level_that_jumps_with_the_stage_temperature_is_not_a_trend():
+    """A policy that never changes, measured lower at the compress temperature than at the explore one: the stages
+    must alternate as on a single flat level (every max(min_steps, window + patience - 1) = 5 steps); an EMA carried
+    across a switch read its catching up as a rise and kept explore 16 steps."""
+    def schedule(level):
+        ctl = PhaseController(PhaseConfig(mode="entropy"))
+        for step in range(40):
+            ctl.update(level[ctl.stage], step)
+        return "".join(h["stage"][0] for h in ctl.history)
+
+    jumping = schedule({COMPRESS: 0.30, EXPLORE: 0.45})
+    assert jumping == schedule({COMPRESS: 0.30, EXPLORE: 0.30}) == ("c" * 5 + "e" * 5) * 4
+    ctl = PhaseController(PhaseConfig(ema=0.8, window=2, min_steps=2, patience=1))
+    ctl.update(1.0), ctl.update(1.0)
+    assert ctl.stage == EXPLORE and ctl.entropy_ema is None  # restarts at the next stage's first value
+    ctl.update(2.0)
+    assert ctl.entropy_ema == 2.0
+
+
 def test_log_dict_keys_and_values():
     ctl = PhaseController(PhaseConfig(ema=0.5))
     assert math.isnan(ctl.log_dict()["phase/entropy_ema"])
