@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from stepentropy_rl.cot_format import THINK_CLOSE, split_thinking
+from stepentropy_rl.cot_format import THINK_CLOSE
 from stepentropy_rl.entropy import segment_steps, step_entropies
-from stepentropy_rl.tokenizer import token_offsets
+from stepentropy_rl.tokenizer import response_thinking
 
 Labeler = Callable[[str], tuple[str, str]]  # step text -> (label, kind), e.g. tasks.basket.label_step
 
@@ -24,8 +24,7 @@ def cot_record(tokenizer, ids: Sequence[int], entropy: Sequence[float] | None, d
     text in ``thinking`` (delimiter excluded) and ``entropy`` the ``aggregate`` of its tokens' entropies (full
     precision: pruning ranks on it). ``entropy`` holds one value per id (at least per thinking token).
     """
-    text, offsets = token_offsets(tokenizer, list(ids))
-    thinking, closed = split_thinking(text)
+    text, offsets, thinking, closed = response_thinking(tokenizer, list(ids))
     spans = segment_steps(thinking, offsets, delimiter)
     n_think = sum(1 for s, _ in offsets if s < len(thinking))
     ents = list(entropy)[:n_think] if entropy is not None else None

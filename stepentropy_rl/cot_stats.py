@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from stepentropy_rl.cot_format import split_thinking
 from stepentropy_rl.entropy import segment_steps
-from stepentropy_rl.tokenizer import token_offsets
+from stepentropy_rl.tokenizer import response_thinking
 
 
 def binomial_stderr(p: float, n: int) -> float:
@@ -97,8 +96,7 @@ def step_token_labels(tokenizer, ids: list[int], labeler: Callable[[str], tuple[
                       delimiter: str = "\n\n") -> list[tuple[str, int]]:
     """Each thinking step of a response given as ids: ``(label, tokens)``, the label from ``labeler(step text)``
     (e.g. ``tasks.basket.label_step``: essential | redundant | unknown) and the tokens the step holds."""
-    text, offsets = token_offsets(tokenizer, ids)
-    thinking, _ = split_thinking(text)
+    _, offsets, thinking, _ = response_thinking(tokenizer, ids)
     return [(labeler(s.text)[0], s.n_tokens) for s in segment_steps(thinking, offsets, delimiter)]
 
 

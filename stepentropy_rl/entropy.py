@@ -268,10 +268,8 @@ def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str
                  ) -> tuple[list[str], list[float]]:
     """The thinking of a response given as token ids, cut into steps on ``delimiter``: (step texts, step entropies),
     a step's entropy being the ``aggregate`` (sum | mean) of its tokens' ``entropy`` (one value per id)."""
-    from stepentropy_rl.cot_format import split_thinking
-    from stepentropy_rl.tokenizer import token_offsets
+    from stepentropy_rl.tokenizer import response_thinking
 
-    text, offsets = token_offsets(tokenizer, ids)
-    thinking, _ = split_thinking(text)
+    _, offsets, thinking, _ = response_thinking(tokenizer, ids)
     spans = segment_steps(thinking, offsets, delimiter)
     return [s.text.strip() for s in spans], step_entropies(entropy, spans, aggregate)

@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from stepentropy_rl.cot_format import THINK_CLOSE, THINK_OPEN
+from stepentropy_rl.cot_format import THINK_CLOSE, THINK_OPEN, split_thinking
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,12 @@ def prompt_text(tokenizer, prompt) -> str:
     """The chat-formatted prompt, ending with the generation prompt (``...assistant\\n<think>\\n``).
 
     ``prompt``: the user message (a string), or a problem (``data.Example``, or a row dict) with ``prompt`` and
-    optional ``system`` and ``chat_kwargs`` (extra chat-template arguments, e.g. Qwen3's ``enable_thinking``)."""
+    optional ``system`` and ``chat_kwargs`` (extra chat-template arguments, e.g. Qwen3's ``enable_thinking``).
+    Where the template's generation prompt does not write ``<think>`` (Qwen3 in thinking mode, older R1 template
+    revisions: the model writes it), ``<think>\\n`` is appended, so a response is always thinking, ``</think>``,
+    answer: a tag the model wrote itself would sit in the first step, be scored and pruned with it, and leave SFT
+    rows and answer prefixes without their opening tag. A generation prompt that writes the tag (closed or not) is
+    kept as it is."""
     if isinstance(prompt, str):
         question, system, kwargs = prompt, None, {}
     elif isinstance(prompt, dict):
@@ -62,7 +67,21 @@ def prompt_text(tokenizer, prompt) -> str:
     else:
         question, system, kwargs = prompt.prompt, getattr(prompt, "system", None), getattr(prompt, "chat_kwargs", {})
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kwargs)
+    generation = text[len(without):] if text.startswith(without) else text[text.rfind(question) + len(question):]
+    return text if THINK_OPEN in generation else f"{text}{THINK_OPEN}\n"
+
+
+def response_thinking(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]], str, bool]:
+    """``(text, offsets, thinking, closed)`` of a response given as ids (``token_offsets``, ``split_thinking``).
+    In a response that never closed its thinking, a final special token (the EOS that ended it) is not thinking:
+    no step holds it, its entropy scores nothing, and no answer prefix is built with it inside."""
+    text, offsets = token_offsets(tokenizer, ids)
+    thinking, closed = split_thinking(text)
+    if not closed and offsets and int(ids[-1]) in set(getattr(tokenizer, "all_special_ids", ())):
+        thinking = text[:offsets[-1][0]]
+    return text, offsets, thinking, closed
 
 
 def encode(tokenizer, text: str) -> list[int]:

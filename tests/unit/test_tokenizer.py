@@ -1,7 +1,14 @@
 from transformers import AutoTokenizer
 
 from stepentropy_rl.tasks.basket import BasketConfig, generate
-from stepentropy_rl.tokenizer import EOS, prompt_text, token_offsets, train_tokenizer
+from stepentropy_rl.cot_record import cot_record, step_texts
+from stepentropy_rl.entropy import scored_steps
+from stepentropy_rl.tokenizer import EOS, encode, prompt_text, response_thinking, token_offsets, train_tokenizer
+
+# Qwen3's shape: the generation prompt opens no thinking unless thinking is off (then an empty block)
+QWEN3_LIKE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
+              "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
 
 
 def _tok(tmp_path):
@@ -45,9 +52,38 @@ def test_a_problem_is_asked_with_its_template_system_message_and_chat_arguments(
     bare = Example(id="b", prompt="What is $\\frac{1}{2}$ of 4?", answer="2")
     a, b = as_asked([own, bare], R1_INSTRUCTION, "Be brief.", {"enable_thinking": False})
     assert prompt_text(tok, a) == ("[system]Row's own.[user]What is 1+1?\nPlease reason step by step, and put your "
-                                   "final answer within \\boxed{}.<no-think>")
+                                   "final answer within \\boxed{}.<no-think><think>\n")
     assert prompt_text(tok, b).startswith("[system]Be brief.[user]What is $\\frac{1}{2}$ of 4?\nPlease")
     row = {"prompt": b.prompt, "system": b.system, "chat_kwargs": b.chat_kwargs}  # a pruned-data row
     assert prompt_text(tok, row) == prompt_text(tok, b)
-    assert prompt_text(tok, "plain") == "[user]plain"
+    assert prompt_text(tok, "plain") == "[user]plain<think>\n"
     assert as_asked([bare])[0].prompt == bare.prompt  # "{prompt}": asked as written
+
+
+def test_the_prompt_always_opens_the_thinking_and_never_twice(tmp_path):
+    """A template whose generation prompt leaves ``<think>`` to the model gets it appended, or the model's own tag
+    would sit in the first step, be scored and pruned with it; a template that writes it is kept as it is."""
+    _, tok = _tok(tmp_path)
+    ours = prompt_text(tok, "What is 1+1?")
+    assert ours.endswith("<|im_start|>assistant\n<think>\n") and ours.count("<think>") == 1
+    tok.chat_template = QWEN3_LIKE
+    assert prompt_text(tok, "What is 1+1?") == ours  # thinking mode: the same prompt as a template that opens it
+    off = {"prompt": "What is 1+1?", "chat_kwargs": {"enable_thinking": False}}
+    assert prompt_text(tok, off).endswith("assistant\n<think>\n\n</think>\n\n")  # its own empty block, kept
+    assert prompt_text(tok, "I write <think> in my question") == ours.replace("What is 1+1?",
+                                                                                "I write <think> in my question")
+
+
+def test_an_unclosed_thinking_that_ended_on_eos_has_no_eos_in_its_steps(tmp_path):
+    _, tok = _tok(tmp_path)
+    ids = encode(tok, "Now Dee 2: 2 + 2 = 4.\n\nSo the basket has 4 now.") + [tok.eos_token_id]
+    entropy = [0.5] * (len(ids) - 1) + [100.0]  # the EOS's own entropy must score no step
+    text, _, thinking, closed = response_thinking(tok, ids)
+    assert text.endswith(EOS) and thinking == "Now Dee 2: 2 + 2 = 4.\n\nSo the basket has 4 now." and not closed
+    texts, ents = scored_steps(tok, ids, entropy, "\n\n", "sum")
+    assert texts == ["Now Dee 2: 2 + 2 = 4.", "So the basket has 4 now."] and max(ents) < 100
+    rec = cot_record(tok, ids, entropy)
+    assert step_texts(rec) == texts and EOS not in rec["thinking"] and len(rec["tokens"]) == len(ids) - 1
+    closed_ids = encode(tok, "So 4.\n</think>\n\nThe answer is \\boxed{4}.") + [tok.eos_token_id]
+    _, _, thinking, closed = response_thinking(tok, closed_ids)
+    assert closed and thinking == "So 4.\n"
