@@ -70,6 +70,7 @@ class ModelConfig:
 
 # DeepSeek-R1's usage recommendation for math: the directive in the user message, no system prompt
 R1_INSTRUCTION = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
+REWARD_SCALE_KEYS = ("length_budget", "max_length", "max_skips")  # conf/reward/*.yaml: data.reward_scale.KEY
 
 
 @dataclass
@@ -89,6 +90,8 @@ class DataConfig:
     grade_timeout_s: float = 5.0  # math grader: math-verify's budget per sample, in a worker process
     grade_workers: int = 2  # math grader: worker processes per grading process (driver, reward service)
     task: Optional[BasketConfig] = None
+    # the GRPO rewards' lengths at the task's scale (conf/reward/*.yaml read them); {}: the papers' constants
+    reward_scale: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         from stepentropy_rl.hooks import split_spec
@@ -108,6 +111,10 @@ class DataConfig:
         one_of(self, "grade_span", GRADE_SPANS)
         positive(self, "n_eval", "grade_workers", integer=True)
         positive(self, "grade_timeout_s")
+        for key, value in self.reward_scale.items():
+            need(key in REWARD_SCALE_KEYS, "reward_scale", f"has unknown key {key!r} (known: {REWARD_SCALE_KEYS})")
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0, "reward_scale",
+                 f".{key} must be a positive integer, got {value!r}")
 
 
 @dataclass

@@ -199,6 +199,36 @@ def test_help_lists_every_experiment_and_the_main_knobs():
     assert "trainer.prune.ratio" in out and "reward.custom.path" in out and "data: aime, basket" in out
 
 
+@pytest.mark.parametrize("data,lengths", [("basket_verbose", (96, 96, 12)), ("basket", (96, 96, 12)),
+                                          ("gsm8k", (4096, 3500, 100))])
+def test_the_rewards_lengths_follow_the_task(data, lengths):
+    """The embedded task's length scale (``data.reward_scale``) is not a real model's: with it, R1-7B on GSM8K (about
+    300 thinking tokens) had nearly every compress reward gated to 0 by a 96-token budget, so the absolute advantages
+    were 0 and GRPO learned nothing, without an error. Other data gets the papers' constants."""
+    def terms(experiment, *more):
+        model = [] if data.startswith("basket") else ["model=r1_distill_qwen_7b"]
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            c = compose("config", overrides=[f"+experiment={experiment}", "run_dir=/tmp/x", f"data={data}", *model,
+                                             *more])
+        build(c, check_paths=False)
+        return {(stage, t["name"]): t["params"] for stage, ts in c.reward.stages.items() for t in ts}
+
+    guided, paper1 = terms("entropy_guided"), terms("step_entropy")
+    for stage in ("compress", "explore"):
+        assert paper1[(stage, "length_threshold")]["limit"] == lengths[1]
+        assert paper1[(stage, "skip_count")]["limit"] == lengths[2]
+        assert guided[(stage, "exp_length")]["L"] == lengths[0]
+    assert guided[("compress", "length_clip")]["L"] == lengths[0]
+    assert terms("entropy_guided", "reward.length_budget=128")[("compress", "length_clip")]["L"] == 128
+
+
+@pytest.mark.parametrize("override,message", [("data.reward_scale.max_skips=0", "max_skips must be a positive integer"),
+                                              ("+data.reward_scale.budget=9", "unknown key 'budget'")])
+def test_a_bad_reward_scale_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=r"data\.reward_scale.*" + re.escape(message)):
+        build(cfg(override))
+
+
 @pytest.mark.parametrize("experiment", ["step_entropy", "prune_sweep"])
 def test_graded_skip_ratio_is_a_plain_override_of_paper1s_reward(experiment):
     """The README's ``reward.stages.compress.1.params.graded=true`` composes without ``+`` (both the experiment and
