@@ -24,7 +24,7 @@ class Sample:
     response_ids: tuple[int, ...] = ()
     text: str = ""  # decoded WITHOUT skipping special tokens
     correct: bool = False  # graded elsewhere; a grader timeout counts as False
-    n_skip: int = 0  # occurrences of the [SKIP] id in response_ids
+    n_skip: int = 0  # occurrences of the [SKIP] id in the thinking (the ids before </think>)
     n_steps: int = 0  # real (non-empty, not [SKIP]-only) thinking steps
     length: int = 0  # len(response_ids)
     answered: bool = False  # closed </think> and has a \boxed{...} answer after it
@@ -42,9 +42,10 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     Counts come from the ids: ``[SKIP]`` is ``skip_id`` (so a text decoded with ``skip_special_tokens=True`` still
     counts its skips), and the answer starts after the ``</think>`` token ``close_id``: ``answer_pos`` is the
     number of thinking tokens. If the ids lack ``close_id`` (the tag was sampled in pieces, or no id was given)
-    the whole response counts as thinking.
+    the whole response counts as thinking. Only the thinking's skips count: a ``[SKIP]`` written after
+    ``</think>`` skips no step, and counting it would pay the skip-ratio reward for padding the answer.
 
-    >>> s = make_sample([5, 9, 5, 7, 8], "a\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}", True, skip_id=5, close_id=7)
+    >>> s = make_sample([5, 9, 5, 7, 8, 5], "a\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}[SKIP]", True, 5, close_id=7)
     >>> s.n_skip, s.n_steps, s.answered, s.answer_pos
     (2, 2, True, 3)
     """
@@ -54,10 +55,9 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
         thinking = thinking.lstrip()[len(THINK_OPEN):]
     n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TOKEN, "").strip())
     answered = closed and boxed_span(text, len(thinking) + len(THINK_CLOSE)) is not None
-    answer_pos = None
-    if answered:
-        answer_pos = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
-    return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids.count(int(skip_id)),
+    think_end = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
+    answer_pos = think_end if answered else None
+    return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids[:think_end].count(int(skip_id)),
                   n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos,
                   ground_truth=str(ground_truth), data_source=str(data_source or ""), extra_info=dict(extra_info or {}))
 
@@ -90,7 +90,8 @@ def skip_ratio(s: Sample, *, high: float = 0.8, high_reward: float = 1.0, low: f
                low_reward: float = 0.5, graded: bool = False) -> float:
     r"""$\rho = n_{skip}/(n_{steps}+n_{skip})$ (0 if both 0); $r = r_{hi}$ if $\rho \ge hi$, $r_{lo}$ if $\rho \ge lo$, else 0
     (paper 1's tiers). ``graded``: $r = r_{hi} \min(\rho / hi, 1)$, which rewards every extra skip (an option: with
-    one ``[SKIP]`` per gap the tiers give every sample of a group the same 0.5).
+    one ``[SKIP]`` per gap the tiers give every sample of a group the same 0.5). Paper 1's code divides by the
+    thinking's count of blank lines plus $n_{skip}$: the same share where each ``[SKIP]`` is a step of its own.
 
     >>> skip_ratio(Sample(n_skip=8, n_steps=2)), skip_ratio(Sample(n_skip=1, n_steps=1)), skip_ratio(Sample())
     (1.0, 0.5, 0.0)

@@ -85,6 +85,17 @@ def test_make_sample_counts_skips_from_ids_when_text_lacks_them():
         assert s.response_ids == tuple(ids)
 
 
+def test_skips_written_after_the_thinking_earn_no_skip_ratio():
+    """Padding the answer with [SKIP] skips no step: with the tiers (rho >= 0.5 pays 0.5) two trailing skips would
+    lift a response with no skip in its thinking from 0 to the low tier."""
+    close = 7
+    text = "a\n\nb</think>\\boxed{3}[SKIP][SKIP]"
+    padded = make_sample([10, 11, close, 12, SKIP, SKIP], text, True, skip_id=SKIP, close_id=close)
+    assert padded.n_skip == 0 and skip_ratio(padded) == 0.0
+    thinking = make_sample([10, SKIP, close, 12], "a\n\n[SKIP]</think>\\boxed{3}", True, skip_id=SKIP, close_id=close)
+    assert thinking.n_skip == 1 and skip_ratio(thinking) == 0.5
+
+
 def test_make_sample_unclosed_think_and_no_answer():
     s = make_sample([1, 2, 3], "a\n\nb\n\n\\boxed{3}\n\nc", False, skip_id=SKIP)
     assert s.n_steps == 4 and not s.answered and s.answer_pos is None  # unclosed: whole text is thinking
