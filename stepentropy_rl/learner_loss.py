@@ -41,7 +41,10 @@ def compute_loss(logprobs: torch.Tensor, mb: Batch, loss: dict, global_batch: di
     out = {f"actor/{k}": float(v) for k, v in metrics.items()}
     out["actor/pg_loss"] = float(pg.detach())
     value = pg
-    if loss.get("kl_coef", 0.0) > 0 and "ref_logprobs" in mb.columns:
+    if loss.get("kl_coef", 0.0) > 0:
+        if "ref_logprobs" not in mb.columns:  # dropping the KL term silently would train another objective
+            raise ValueError(f"kl_coef is {loss['kl_coef']} but the batch has no ref_logprobs column: the reference "
+                             f"must score the batch before the update (or set algorithm.kl_coef=0)")
         kl = algorithms.kl_loss(logprobs, mb.columns["ref_logprobs"].to(logprobs.device), mask, kind=loss["kl_type"],
                                 loss_agg_mode=loss["loss_agg_mode"], global_batch=gb)
         value = value + loss["kl_coef"] * kl

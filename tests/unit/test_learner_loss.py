@@ -75,3 +75,12 @@ def test_global_counts_are_summed_across_ranks():
     gb = global_batch_info([torch.tensor([[0.0, 1, 1], [0, 0, 0]])], dp_size=2, all_reduce=fake_all_reduce)
     assert gb == {"dp_size": 2, "batch_num_tokens": 7, "global_batch_size": 3}
     assert calls[0].tolist() == [2.0, 1.0]
+
+
+def test_a_kl_coefficient_without_reference_log_probs_is_an_error():
+    lp, mb = _batch([3, 2])
+    del mb.columns["ref_logprobs"]
+    with pytest.raises(ValueError, match="kl_coef is 0.1 but the batch has no ref_logprobs column"):
+        compute_loss(lp, mb, {**GRPO, "loss_agg_mode": "token-mean"})
+    value, metrics = compute_loss(lp, mb, {**GRPO, "kl_coef": 0.0, "loss_agg_mode": "token-mean"})
+    assert "actor/kl_loss" not in metrics and torch.isfinite(value)
