@@ -37,11 +37,17 @@ class Reference:
         return model_path
 
     def score(self, batch: Batch, batch_size: int = 16, chunk_rows: int = 2048,
-              temperature: float = 1.0, progress: tuple | None = None) -> dict[str, torch.Tensor]:
+              temperature: float = 1.0, progress: tuple | None = None,
+              model_path: str | None = None) -> dict[str, torch.Tensor]:
         """Columns ``entropy`` and ``logprobs`` ([B, T] like ``batch``) of its response tokens under
         softmax(logits / temperature); GRPO passes the temperature that sampled the responses. ``progress``:
-        (board, key) to report scored rows to (``stepentropy_rl.progress_report``)."""
+        (board, key) to report scored rows to (``stepentropy_rl.progress_report``). ``model_path``: the model the
+        caller means (GRPO's KL reference); a different one is loaded first. Ray restarts a dead reference with the
+        model it was started with, so without it a restart mid-GRPO would score against the pre-SFT base."""
         from stepentropy_rl.progress_report import Reporter
+
+        if model_path is not None and model_path != self.model_path:
+            self.load(model_path)
 
         prompts = [batch.prompt_ids(i) for i in range(len(batch))]
         responses = [batch.response_ids(i) for i in range(len(batch))]

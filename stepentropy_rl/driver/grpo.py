@@ -72,11 +72,13 @@ def outcome_rewards(batch: Batch, totals: torch.Tensor) -> torch.Tensor:
 class GRPOTrainer:
     """``actors`` (``roles.Actors``): a ``RolloutGroup`` with the learners attached (weight pushes), the reference
     and reward actors (or in-process doubles) with ``score``, and a ``LearnerGroup``. ``scoring``: the reference's
-    batch sizes; ``seed``: the prompt order's."""
+    batch sizes; ``seed``: the prompt order's; ``reference_model``: the KL reference's path, named in every call to
+    the reference (a restarted reference comes back with the model it was started with, and reloads this one)."""
 
     def __init__(self, algorithm: AlgorithmConfig, grpo: GRPOConfig, scoring: ReferenceConfig, actors, problems,
-                 tokenizer, run_dir: Path, tracker, seed: int = 0):
+                 tokenizer, run_dir: Path, tracker, seed: int = 0, reference_model: str | None = None):
         self.a, self.t, self.scoring = algorithm, grpo, scoring
+        self.reference_model = reference_model
         self.rollouts, self.reference, self.reward, self.learners = (actors.rollouts, actors.reference, actors.reward,
                                                                      actors.learners)
         self.tok, self.tracker = tokenizer, tracker
@@ -162,7 +164,7 @@ class GRPOTrainer:
         t0 = time.time()
         if a.kl_coef > 0:
             ref = fetch(self.reference.score.remote(batch, self.scoring.batch_size, self.scoring.chunk_rows,
-                                                      temperature))
+                                                      temperature, model_path=self.reference_model))
             batch = batch.union({"ref_logprobs": ref["logprobs"]})
         timing["ref"] = time.time() - t0
 

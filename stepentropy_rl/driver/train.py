@@ -153,9 +153,11 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             stages.mark("sft", {"metrics_bytes": tracker.size()})
         eval_stage("sft", models / "sft")
         if not stages.done("grpo"):
-            # KL reference: the policy GRPO starts from (verl, TRL), or the pre-SFT base (algorithm.kl_reference)
-            if cfg.algorithm.kl_reference == "sft":
-                ray.get(reference.load.remote(str(models / "sft")))
+            # KL reference: the policy GRPO starts from (verl, TRL), or the pre-SFT base (algorithm.kl_reference);
+            # named in every reference call, so a reference that Ray restarts with its first model reloads it
+            kl_model = str(models / "sft") if cfg.algorithm.kl_reference == "sft" else str(init)
+            if kl_model != str(init):
+                ray.get(reference.load.remote(kl_model))
             fresh = not (run_dir / "grpo" / "latest").exists()
             if fresh and start != init and (run_dir / "sft_state").exists():
                 learners.load_checkpoint(str(run_dir / "sft_state"))  # as if SFT had just finished in this run
@@ -165,7 +167,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb)
             actors = roles.Actors(rollouts, reference, reward, learners)
             trainer = GRPOTrainer(cfg.algorithm, tc.grpo, cfg.reference, actors, train_problems, tok, run_dir, tracker,
-                                  seed=cfg.seed)
+                                  seed=cfg.seed, reference_model=kl_model)
             if not trainer.resume():
                 tracker.rewind(stages.info("sft").get("metrics_bytes"))  # rows of steps before any checkpoint
                 trainer.push_weights()

@@ -49,6 +49,30 @@ def test_a_dead_reference_is_restarted_reloads_its_model_and_its_call_is_retried
     assert torch.allclose(before["logprobs"], after["logprobs"]) and before["logprobs"].abs().sum() > 0
 
 
+def test_a_reference_restarted_mid_grpo_scores_with_the_model_it_was_asked_for(ray_session, micro_model, tmp_path):
+    """Ray restarts a dead reference with the model it was started with (the pre-SFT init); GRPO names its KL
+    reference in each call, so the retried call and every later one score with it, not with the init model."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(micro_model)
+    sft = tmp_path / "sft"  # another model: the micro model with its output layer scaled
+    shutil.copytree(micro_model, sft)
+    model = AutoModelForCausalLM.from_pretrained(sft)
+    model.lm_head.weight.data *= 2.0
+    model.save_pretrained(sft)
+    reference = spawn_reference(_job(), micro_model)
+    batch = _batch(tok, ["The basket starts with 3.", "Now Ann 2: 3 + 2 = 5."], ["5", "5"])
+    init_scores = ray.get(reference.score.remote(batch))
+    ray.get(reference.load.remote(str(sft)))
+    before = ray.get(reference.score.remote(batch, model_path=str(sft)))
+    assert not torch.allclose(before["logprobs"], init_scores["logprobs"])
+    crash(reference)
+    after = ray.get(reference.score.remote(batch, model_path=str(sft)), timeout=300)
+    assert torch.allclose(before["logprobs"], after["logprobs"])
+
+
 def test_cluster_threads_reach_the_actor_before_torch_loads(ray_session, micro_model):
     """Ray starts a fractional-CPU actor with one OpenMP thread; ``threads`` sets it (-1: every core), which on 2 cores
     nearly doubled the engine's tokens/s (``roles.thread_env``)."""

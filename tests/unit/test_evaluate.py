@@ -16,8 +16,8 @@ class _Tok:
     def convert_tokens_to_ids(self, t):
         return self.vocab[t]
 
-    def apply_chat_template(self, messages, **kw):
-        return messages[0]["content"]
+    def apply_chat_template(self, messages, **kw):  # its generation prompt opens the thinking, as R1's does
+        return messages[0]["content"] + ("<think>\n" if kw.get("add_generation_prompt") else "")
 
     def __call__(self, text, add_special_tokens=True):
         return SimpleNamespace(input_ids=([0] if add_special_tokens else []) + [ord(c) for c in text])
@@ -51,7 +51,7 @@ def test_evaluate_sends_ids_and_grades_the_answer_after_think(monkeypatch):
     truncated = [[{"text": "so 3 + 4 = \\boxed{7}, wait, let me recheck", "token_ids": [5, 5, 5]}]]
     seen = []
     assert ev.evaluate(_rollout(truncated, seen), _Tok(), problems, make_grader("exact"), {})["accuracy"] == 0
-    assert seen == [[ord("q")]]  # no BOS added by tokenizing: the chat template renders its own
+    assert seen == [[ord(c) for c in "q<think>\n"]]  # no BOS added by tokenizing: the chat template renders its own
     assert ev.evaluate(_rollout(truncated), _Tok(), problems, make_grader("exact", "all"), {})["accuracy"] == 1
 
 

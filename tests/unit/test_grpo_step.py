@@ -19,7 +19,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 class _Tok:
     def apply_chat_template(self, messages, **kw):
-        return messages[0]["content"]
+        return messages[0]["content"] + ("<think>\n" if kw.get("add_generation_prompt") else "")
 
     def __call__(self, text, add_special_tokens=True):
         return SimpleNamespace(input_ids=[ord(c) for c in text])
@@ -47,7 +47,7 @@ class Rollout:
 
     def _generate(self, prompts, sampling):
         assert all(isinstance(p, list) for p in prompts)
-        idx = ["".join(map(chr, p))[1:] for p in prompts]
+        idx = ["".join(map(chr, p)).removesuffix("<think>\n")[1:] for p in prompts]
         return [[{"text": f"{i}:{j}", "token_ids": [100 + int(i)] * (2 + j)} for j in range(sampling["n"])]
                 for i in idx]
 
@@ -73,10 +73,11 @@ class Reference:
     """Reference log-prob -10 * (k + 1) on every response token of sample k."""
 
     def __init__(self):
-        self.temperatures, self.score = [], _remote(self._score)
+        self.temperatures, self.models, self.score = [], [], _remote(self._score)
 
-    def _score(self, batch, batch_size, chunk_rows, temperature):
+    def _score(self, batch, batch_size, chunk_rows, temperature, model_path=None):
         self.temperatures.append(temperature)
+        self.models.append(model_path)
         per_row = -10.0 * torch.arange(1, len(batch) + 1, dtype=torch.float32)[:, None]
         return {"logprobs": per_row * batch.loss_mask, "entropy": torch.zeros_like(batch.loss_mask)}
 
@@ -122,7 +123,8 @@ def _trainer(tmp_path, *overrides):
     rollouts = RolloutGroup([Rollout(), Rollout()], "init")
     rollouts.attach_learners(learners, "gloo", 1.0)
     actors = Actors(rollouts, Reference(), Reward(), learners)
-    t = GRPOTrainer(job.algorithm, job.trainer.grpo, job.reference, actors, problems, _Tok(), tmp_path, None)
+    t = GRPOTrainer(job.algorithm, job.trainer.grpo, job.reference, actors, problems, _Tok(), tmp_path, None,
+                    reference_model="models/sft")
     t.prompts.next = lambda k: problems[:k]  # a fixed order, so the expected rewards are known
     return t
 
@@ -155,6 +157,7 @@ def test_train_step_glue(trainer):
     # a single update takes its old log-probs (and the entropy) from its own forward: no separate scoring pass
     assert "old_logprobs" not in batch.columns and loss["old_logprobs"] == "current"
     assert trainer.learners.temperatures == [] and trainer.reference.temperatures == [0.6]
+    assert trainer.reference.models == ["models/sft"]  # the KL reference named in the call: a restart reloads it
     assert metrics["sync/version"] == 1 and trainer.rollouts.serving == "policy@1"  # the step pushed its update
     assert loss["temperature"] == 0.6 and loss["kind"] == "grpo"
     assert metrics["reward/total"] == pytest.approx(13 / 6) and metrics["policy/entropy"] == pytest.approx(0.5)
