@@ -10,6 +10,8 @@ an error naming it. An evaluation set: one split, ``test``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from common import DataError, Example, cli, number, rows_of, write_splits
 from common import problem as as_problem
 
@@ -26,7 +28,7 @@ def convert(rows: list[dict], where: str) -> list[Example]:
         answer = str(int(answer))
         if not 0 <= int(answer) <= 999:
             raise DataError(f"{where} row {i + 1}: an AIME answer is 0-999, got {answer}")
-        out.append(as_problem(row.get("id") or f"aime-{i}", problem, answer, row.get("solution")))
+        out.append(as_problem(row.get("id") or f"aime-{Path(where).stem}-{i}", problem, answer, row.get("solution")))
     return out
 
 

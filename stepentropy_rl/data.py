@@ -61,8 +61,16 @@ def as_asked(problems: list[Example], template: str = "{prompt}", system: str | 
 
 def load_problems(path: str | Path, prompt_key: str = "prompt", answer_key: str | None = None,
                   split: str = "test") -> list[Example]:
-    """Every row of ``path`` (see the module doc) as an ``Example``; ``split``: which split of a ``DatasetDict``."""
-    return [to_example(row, where, prompt_key, answer_key) for where, row in read_rows(path, split)]
+    """Every row of ``path`` (see the module doc) as an ``Example``; ``split``: which split of a ``DatasetDict``.
+    Two rows with one id are a ``DataError``: results, caches and the viewer key problems by id, and would merge them."""
+    problems = [to_example(row, where, prompt_key, answer_key) for where, row in read_rows(path, split)]
+    first: dict[str, str] = {}
+    for p in problems:
+        if p.id in first:
+            raise DataError(f"{p.where}: id {p.id!r} is already the id of {first[p.id]}; every problem needs its own "
+                            f"id (results are kept by id)")
+        first[p.id] = p.where
+    return problems
 
 
 def load_jsonl(path: str | Path, prompt_key: str = "prompt", answer_key: str | None = None) -> list[Example]:
@@ -213,6 +221,10 @@ def _dataset_rows(path: Path, split: str) -> list[tuple[str, object]]:
     import datasets
 
     datasets.disable_progress_bars()
+    configs = sorted(d.name for d in path.iterdir() if d.is_dir() and d.name not in SPLIT_FOLDERS and _holds_data(d))
+    if len(configs) > 1 and not _holds_data(path, recursive=False):
+        raise DataError(f"{path}: holds several datasets ({', '.join(configs)}), which the datasets library would read "
+                        f"as one (each problem once per folder): point at one of them, e.g. {path / configs[0]}")
     try:
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             ds = datasets.load_from_disk(str(path), keep_in_memory=True)
@@ -228,6 +240,17 @@ def _dataset_rows(path: Path, split: str) -> list[tuple[str, object]]:
             raise DataError(f"{path}: no '{split}' split (it has {sorted(ds)})")
         ds = ds[name]
     return [(f"{path}:row {i + 1}", row) for i, row in enumerate(ds)]
+
+
+SPLIT_FOLDERS = ("train", "test", "validation", "valid", "dev", "eval")  # folders the datasets library reads as splits
+
+
+def _holds_data(folder: Path, recursive: bool = True) -> bool:
+    """Whether ``folder`` (or, ``recursive``, a folder under it) holds data files or a saved dataset."""
+    kinds = ("*.parquet", "*.jsonl", "*.json", "*.csv", "*.arrow")
+    found = (p for k in kinds for p in (folder.rglob(k) if recursive else folder.glob(k)))
+    return any(p.name not in ("dataset_dict.json", "dataset_info.json") for p in found) or \
+        (folder / "dataset_dict.json").exists()
 
 
 def prepare_hint(path: Path) -> str:

@@ -33,11 +33,13 @@ def _warm_up() -> None:
 
 
 def verify_one(response: str, answer: str, timeout_s: float) -> bool:
-    """math-verify equivalence of ``response`` to ``answer`` with math-verify's own (alarm) timeouts; run in a worker."""
+    """math-verify equivalence of ``response`` to ``answer`` with math-verify's own (alarm) timeouts; run in a worker.
+    The gold is read both as LaTeX (``$answer$``: ``\\text{(C)}``, tuples) and as text: read as LaTeX alone, a
+    plain answer such as "18 dollars" became a product of letters that no response could match."""
     from math_verify import parse, verify
 
     budget = max(1, int(timeout_s))
-    gold = parse(f"${answer}$", parsing_timeout=budget)
+    gold = parse(f"${answer}$", parsing_timeout=budget) + parse(answer, parsing_timeout=budget)
     pred = parse(response, parsing_timeout=budget)
     return bool(verify(gold, pred, timeout_seconds=budget))
 

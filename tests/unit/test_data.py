@@ -94,6 +94,26 @@ def test_a_json_array_keys_and_dataset_directories(tmp_path):
     assert [p.answer for p in load_problems(tmp_path / "snapshot")] == ["2", "4"]
     with pytest.raises(DataError, match="no 'validation' split|no 'train' split"):
         load_problems(tmp_path / "snapshot", split="train")
+    # splits as folders are one dataset; two configs side by side (GSM8K's main/ and socratic/) are two
+    for split in ("train", "test"):
+        (tmp_path / "by_split" / split).mkdir(parents=True)
+        Dataset.from_list(verl_rows()).to_parquet(str(tmp_path / "by_split" / split / "0.parquet"))
+    assert [p.answer for p in load_problems(tmp_path / "by_split")] == ["2", "4"]
+    for config in ("main", "socratic"):
+        (tmp_path / "gsm8k" / config).mkdir(parents=True)
+        Dataset.from_list(verl_rows()).to_parquet(str(tmp_path / "gsm8k" / config / "test-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match=r"holds several datasets \(main, socratic\).*point at one of them"):
+        load_problems(tmp_path / "gsm8k")
+    assert len(load_problems(tmp_path / "gsm8k" / "main")) == 2
+
+
+def test_two_rows_with_one_id_are_an_error_naming_both(tmp_path):
+    """Results, caches and the viewer keep problems by id: two rows with one id would be merged silently."""
+    rows = [{"id": "aime-0", "prompt": "p", "answer": "1"}, {"id": "aime-1", "prompt": "q", "answer": "2"},
+            {"id": "aime-0", "prompt": "r", "answer": "3"}]
+    (tmp_path / "dup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"dup.jsonl:3: id 'aime-0' is already the id of .*dup.jsonl:1"):
+        load_jsonl(tmp_path / "dup.jsonl")
 
 
 @pytest.mark.parametrize("case,msg", [

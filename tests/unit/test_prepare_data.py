@@ -94,6 +94,16 @@ def test_aime_in_its_published_spellings(tmp_path):
     assert [(g.id, g.answer) for g in got] == [("2024-I-1", "204"), ("60", "33")]  # files by name
 
 
+def test_aime_files_without_ids_keep_their_problems_apart(tmp_path):
+    """AIME 2025 ships as two question/answer files without ids: numbered per file, both gave aime-0 and aime-1."""
+    for part in ("I", "II"):
+        jsonl(tmp_path / "src" / f"aime2025-{part}.jsonl", [{"question": f"{part} {i}", "answer": str(i)} for i in (1, 2)])
+    res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    got, _ = both(tmp_path / "out", "aime", "test")
+    assert [g.id for g in got] == ["aime-aime2025-I-0", "aime-aime2025-I-1", "aime-aime2025-II-0", "aime-aime2025-II-1"]
+
+
 def test_an_aime_answer_that_is_not_an_integer_is_named(tmp_path):
     jsonl(tmp_path / "a.jsonl", [{"problem": "p", "answer": "12"}, {"problem": "p", "answer": "x/2"}])
     res = prepare("aime", "--src", tmp_path / "a.jsonl", "--out", tmp_path / "out")
