@@ -15,6 +15,7 @@ from stepentropy_rl.config import ConfigError, build
 from stepentropy_rl.data import DataError
 
 log = logging.getLogger("stepentropy_rl")
+CPU_PRESETS = {"trainer": "cpu", "rollout": "vllm_cpu", "cluster": "local_cpu"}  # sized for the tiny reasoner
 
 
 @hydra.main(version_base=None, config_path="pkg://stepentropy_rl.conf", config_name="config")
@@ -37,6 +38,21 @@ def in_sweep_group(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def preset_warning(job, choices: dict) -> str | None:
+    """A real checkpoint (``model.path``) run with the groups sized for the tiny reasoner on 2 CPU cores (the
+    defaults): it runs, but cuts an R1 CoT at a few hundred tokens (graded wrong) and trains at the tiny model's
+    learning rates. ``choices``: Hydra's chosen option per group. None when there is nothing to say."""
+    cpu = [f"{group}={option}" for group, option in CPU_PRESETS.items() if choices.get(group) == option]
+    if not job.model.path or not cpu:
+        return None
+    t = job.trainer
+    return (f"model.path is a checkpoint, but {' '.join(cpu)} are the presets for the tiny reasoner on 2 CPU cores: "
+            f"rollout.max_tokens={job.rollout.max_tokens}, trainer.grpo.max_tokens={t.grpo.max_tokens}, "
+            f"trainer.eval.max_tokens={t.eval.max_tokens} (a longer CoT is cut and graded wrong), "
+            f"trainer.sft.lr={t.sft.lr:g}, trainer.grpo.lr={t.grpo.lr:g}, {job.cluster.learner.backend} learners. "
+            f"On GPUs: trainer=gpu rollout=vllm_gpu cluster=gpu_8x (conf/*/gpu*.yaml)")
+
+
 def launch(cfg: DictConfig) -> None:
     """Run the composed config; a user error (bad config value, bad data row) exits with one line naming it."""
     from stepentropy_rl.driver.remote import ActorLost
@@ -45,6 +61,11 @@ def launch(cfg: DictConfig) -> None:
     try:
         job = build(cfg)  # the typed config, every key checked, before anything starts
         pipeline_for(job)
+        from hydra.core.hydra_config import HydraConfig
+
+        warning = preset_warning(job, dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {})
+        if warning:
+            log.warning(warning)
         run(job)  # data files and context budgets are checked before any actor starts or any stage runs
     except (ConfigError, DataError, ActorLost) as e:
         if os.environ.get("STEPENTROPY_TRACEBACK"):

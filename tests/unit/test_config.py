@@ -257,3 +257,25 @@ def test_the_config_and_a_cached_model_path_import_no_torch_transformers_or_verl
     out = subprocess.run([sys.executable, "-c", code, CONF], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_real_checkpoint_on_the_cpu_presets_is_warned_about():
+    """The documented real-model command once ran R1-7B with the tiny reasoner's 2-core presets: CoTs cut at 384
+    tokens and graded wrong, SFT at lr 1e-3. A checkpoint with any CPU preset gets a warning naming the values."""
+    from stepentropy_rl.main import preset_warning
+
+    def job(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", "data=gsm8k", *overrides])
+        return build(c, check_paths=False)
+
+    cpu = {"trainer": "cpu", "rollout": "vllm_cpu", "cluster": "local_cpu", "model": "r1_distill_qwen_7b"}
+    gpu = {"trainer": "gpu", "rollout": "vllm_gpu", "cluster": "gpu_8x", "model": "r1_distill_qwen_7b"}
+    warning = preset_warning(job("model=r1_distill_qwen_7b"), cpu)
+    assert "trainer=cpu rollout=vllm_cpu cluster=local_cpu" in warning and "rollout.max_tokens=384" in warning
+    assert "trainer.sft.lr=0.001" in warning and "trainer=gpu rollout=vllm_gpu cluster=gpu_8x" in warning
+    real = job("model=r1_distill_qwen_7b", "trainer=gpu", "rollout=vllm_gpu", "cluster=gpu_8x")
+    assert preset_warning(real, gpu) is None
+    assert "rollout=vllm_cpu" in preset_warning(real, {**gpu, "rollout": "vllm_cpu"})  # one CPU preset is enough
+    tiny = build(cfg())  # the tiny reasoner is what the presets are for
+    assert preset_warning(tiny, {**cpu, "model": "tiny"}) is None
