@@ -108,6 +108,9 @@ class DataConfig:
             one_of(self, "grader", GRADERS)
         one_of(self, "overlong", ("error", "skip"))
         need("{prompt}" in self.prompt_template, "prompt_template", "must contain {prompt}, where the question goes")
+        need(self.chat_template_kwargs.get("enable_thinking", True) is not False, "chat_template_kwargs.enable_thinking",
+             "is false: the model would not think (Qwen3's template closes an empty thinking in the prompt), so there "
+             "is nothing to compress and no </think> in a response before its answer, which is graded wrong")
         one_of(self, "grade_span", GRADE_SPANS)
         positive(self, "n_eval", "grade_workers", integer=True)
         positive(self, "grade_timeout_s")

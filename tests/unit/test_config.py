@@ -42,6 +42,7 @@ def test_default_sweep_builds_the_typed_config():
     ("trainer.prune.merge_runs=maybe", "merge_runs"),
     ("+trainer.grpo.kill_at_step.driver=1", "trainer.grpo.kill_at_step roles must be among"),
     ("cluster.reward.max_restarts=-1", "cluster.reward.max_restarts"),
+    ("+data.chat_template_kwargs.enable_thinking=false", "data.chat_template_kwargs.enable_thinking is false"),
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
