@@ -97,18 +97,22 @@ class GRPOTrainer:
 
     def save(self) -> None:
         """Learner shards (DCP) and driver state under ``grpo/step_N``; the ``latest`` pointer moves only once both
-        are whole, then all but the last ``trainer.grpo.keep_last`` checkpoints are removed."""
+        are whole, then all but the last ``trainer.grpo.keep_last`` whole checkpoints are removed (a folder a crash
+        left half-written is not counted, and the one ``latest`` names is never removed)."""
         path = self.dir / f"step_{self.step}"
         self.learners.save_checkpoint(str(path / "learner"))
         die_at("checkpoint_learner_saved")
         state = {"step": self.step, "epoch": self.prompts.epoch, "index": self.prompts.index,
                  "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist(),
-                 "metrics_bytes": self.tracker.size(), "engine_rng": self.rollouts.rng_states()}
+                 "metrics_bytes": self.tracker.size(), "engine_rng": self.rollouts.rng_states(),
+                 "policy_version": self.rollouts.version}
         atomic_write_text(path / "driver.json", json.dumps(state))
         atomic_write_text(self.dir / "latest", path.name)
-        steps = sorted((int(p.name.split("_")[1]) for p in self.dir.glob("step_*") if p.name.split("_")[1].isdigit()))
-        for old in steps[: -self.t.keep_last]:
-            shutil.rmtree(self.dir / f"step_{old}", ignore_errors=True)
+        whole = sorted(int(p.name.split("_")[1]) for p in self.dir.glob("step_*")
+                       if p.name.split("_")[1].isdigit() and (p / "driver.json").exists())
+        for old in whole[: -self.t.keep_last]:
+            if old != self.step:
+                shutil.rmtree(self.dir / f"step_{old}", ignore_errors=True)
 
     def resume(self) -> bool:
         path = self._latest()
@@ -121,6 +125,7 @@ class GRPOTrainer:
         torch.random.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.tracker.rewind(state.get("metrics_bytes"))  # rows of steps after this checkpoint are made again
         self.rollouts.set_rng_states(state.get("engine_rng"))  # the next rollouts sample as the first run's did
+        self.rollouts.version = state.get("policy_version", 1) - 1  # the push below re-sends that version
         self.push_weights()
         log.info("resumed GRPO from %s (step %d, stage %s)", path, self.step, self.phase.stage)
         return True

@@ -231,4 +231,21 @@ def test_a_checkpoint_every_step_the_last_two_kept_and_a_resume_drops_rows_logge
     again = trainer()
     assert again.resume() and again.step == 3
     assert [e.rng for e in again.rollouts.engines] == [bytes([7, 0]), bytes([7, 1])]
+    # the policy version goes on from the checkpoint's (the first push, then one a step): not from 1 again
+    assert again.rollouts.version == first.rollouts.version == 3 and again.rollouts.serving == "policy@3"
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_a_half_written_checkpoint_is_not_counted_and_the_latest_is_never_removed(tmp_path):
+    """keep_last=1 with a folder a crash left without its driver.json (here a higher step, as after lowering
+    trainer.grpo.steps): counted, it made each save remove the checkpoint it had just written."""
+    from stepentropy_rl.driver.tracking import Tracker
+
+    t = _trainer(tmp_path, "trainer.grpo.steps=2", "trainer.grpo.keep_last=1")
+    t.tracker = Tracker(tmp_path)
+    t.learners.save_checkpoint = lambda path: Path(path).mkdir(parents=True)
+    (tmp_path / "grpo" / "step_9" / "learner").mkdir(parents=True)
+    t.fit()
+    grpo = tmp_path / "grpo"
+    assert (grpo / "latest").read_text() == "step_2" and (grpo / "step_2" / "driver.json").exists()
+    assert sorted(p.name for p in grpo.glob("step_*")) == ["step_2", "step_9"]
