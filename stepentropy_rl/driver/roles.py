@@ -162,9 +162,19 @@ def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
     # served before retrying (RolloutGroup.generate).
     engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
                                      max_task_retries=0, **thread_env(c.threads), **named(f"rollout-{i}")).remote(
-        model_path, dict(cfg.rollout.engine), cfg.rollout.seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
-        for i in range(int(c.num_workers))]
+        model_path, dict(cfg.rollout.engine), seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
+        for i, seed in enumerate(engine_seeds(cfg.rollout.seed, int(c.num_workers)))]
     return RolloutGroup(engines, model_path)
+
+
+def engine_seeds(seed: int, n: int) -> list[int]:
+    """Engine i samples with ``seed + i`` (one engine: ``rollout.seed`` itself). One seed in every engine drew the
+    same random numbers in each, so the prompts the group splits over them were sampled with correlated noise.
+
+    >>> engine_seeds(0, 1), engine_seeds(7, 3)
+    ([0], [7, 8, 9])
+    """
+    return [int(seed) + i for i in range(n)]
 
 
 def spawn_reference(cfg: JobConfig, model_path: str):
