@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -106,7 +107,7 @@ class CoTCache:
                 entry = json.load(f)
             if len(entry["cots"]) != n or not isinstance(entry["rng_after"], list):
                 raise ValueError(f"it holds {len(entry['cots'])} CoTs, not {n}")
-        except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
+        except (OSError, ValueError, EOFError, KeyError, TypeError, zlib.error) as e:  # zlib: a corrupted body
             log.warning("ignoring the unreadable cached CoTs %s (%s); writing them again", path, e)
             return None
         log.info("reusing the CoTs of an earlier job with the same model, problems, sampling and engine state (%s; "

@@ -13,7 +13,8 @@ from pathlib import Path
 import ray
 
 from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE
-from stepentropy_rl.config import JobConfig
+from stepentropy_rl.config import ConfigError, JobConfig
+from stepentropy_rl.cot_cache import model_fingerprint
 from stepentropy_rl.data import write_jsonl
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.driver.faults import FaultInjection, die_at
@@ -70,6 +71,17 @@ def make_init_model(base: str, out: Path) -> None:
         tok.save_pretrained(tmp)
 
 
+def check_same_base(recorded: dict, base_path: str, run_dir: Path) -> None:
+    """ConfigError unless the base this job resolved is the one ``run_dir`` was started from (``init.done``): a rerun
+    with another ``model.path``, other ``model.tiny.*`` or weights rewritten in place would mix two models in one run,
+    and write the old model's CoTs into the cache under the new base's key. Markers without a fingerprint pass."""
+    was = recorded.get("fingerprint")
+    if was is not None and json.loads(json.dumps(model_fingerprint(base_path))) != was:
+        raise ConfigError(f"{run_dir} was started from the base {recorded.get('base')!r}, and this job's base "
+                          f"{base_path!r} is another model (or its files changed since): rerun with the same model, "
+                          f"or give the job a new run_dir")
+
+
 @register_pipeline("train", train_data=True)
 def train_pipeline(job) -> dict:
     """init -> eval base -> prune -> SFT -> eval SFT -> GRPO -> eval final -> report (each stage once)."""
@@ -90,7 +102,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     init = models / "init"
     if not stages.done("init"):
         make_init_model(base_path, init)
-        stages.mark("init", {"base": base_path})
+        stages.mark("init", {"base": base_path, "fingerprint": model_fingerprint(base_path)})
+    check_same_base(stages.info("init"), base_path, run_dir)
     tok = load_tokenizer(init)
     tc = cfg.trainer
     rollouts = roles.spawn_rollouts(cfg, str(init))

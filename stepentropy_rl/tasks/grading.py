@@ -1,6 +1,8 @@
 """Answer extraction and grading: exact match for the embedded task, math-verify for real math."""
 from __future__ import annotations
 
+import numbers
+
 from stepentropy_rl.cot_format import answer_text, boxed_answer
 from stepentropy_rl.registry import Registry
 from stepentropy_rl.tasks.grader_pool import shared_pool
@@ -27,10 +29,18 @@ def math_match(response: str, answer: str, timeout_s: float = 5.0) -> bool:
     return shared_pool(timeout_s=timeout_s).grade([response], [answer])[0]
 
 
+class GraderError(RuntimeError):
+    """A user's grader that cannot be right: it returned something that is not a verdict, or raised on every one of
+    its first samples. Not swallowed: every verdict would be False and nothing said."""
+
+
 def grade_safely(grade, response: str, answer: str) -> bool:
-    """``grade(response, answer)``; garbage that makes a grader raise counts as wrong, never as a crash."""
+    """``grade(response, answer)``; garbage that makes a grader raise counts as wrong, never as a crash (a
+    ``GraderError`` is the grader itself being broken, and stops the run)."""
     try:
         return bool(grade(response, answer))
+    except GraderError:
+        raise
     except Exception:
         return False
 
@@ -48,16 +58,43 @@ def get_grader(name: str):
     return GRADERS[name]
 
 
+FIRST_CALLS = 10  # a user's grader that raises on each of its first this many samples is broken, not the samples
+
+
 def user_grader(fn):
     """``fn(solution_str, ground_truth)`` as a grader: right when it returns True or a score of at least 1 (verl's
-    rule-based scorers give 1.0 for a right answer and 0 or a small format score otherwise).
+    rule-based scorers give 1.0 for a right answer and 0 or a small format score otherwise); numpy scalars and
+    verl's ``{"score": ...}`` dicts are read the same. Anything else returned, or an exception on each of the first
+    ``FIRST_CALLS`` samples (a wrong signature, a typo), is a ``GraderError``; later exceptions count as wrong.
 
     >>> user_grader(lambda s, g: 1.0)("x", "y"), user_grader(lambda s, g: 0.1)("x", "y"), user_grader(lambda s, g: True)("x", "y")
     (True, False, True)
+    >>> user_grader(lambda s, g: {"score": 1.0})("x", "y")
+    True
     """
+    calls = {"n": 0, "raised": 0}
+
     def grade(response: str, answer: str) -> bool:
-        r = fn(response, answer)
-        return r is True or (isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 1)
+        calls["n"] += 1
+        try:
+            r = fn(response, answer)
+        except Exception as e:
+            calls["raised"] += 1
+            if calls["raised"] == calls["n"] == FIRST_CALLS:
+                name = getattr(fn, "__name__", fn)
+                raise GraderError(f"data.grader {name} raised on each of its first {FIRST_CALLS} samples (last: "
+                                  f"{type(e).__name__}: {e}); it takes (solution_str, ground_truth)") from e
+            raise
+        if isinstance(r, dict):
+            r = r.get("score")
+        if hasattr(r, "item") and getattr(r, "shape", None) == ():  # a numpy or torch scalar
+            r = r.item()
+        if isinstance(r, bool):
+            return r
+        if isinstance(r, numbers.Real):
+            return r >= 1
+        raise GraderError(f"data.grader {getattr(fn, '__name__', fn)} returned {r!r}: it must return a bool, a number "
+                          f"(right when >= 1) or a dict with 'score'")
 
     return grade
 

@@ -82,12 +82,17 @@ def test_another_engine_state_sampling_or_model_is_a_miss(setup, tmp_path, chang
     assert stats["cots_cached"] is False and rollout.cot_calls == 1
 
 
-def test_an_unreadable_entry_is_a_miss_and_is_written_again(setup, tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["cut short", "bytes flipped"])
+def test_an_unreadable_entry_is_a_miss_and_is_written_again(setup, tmp_path, caplog, damage):
     probs, tok, _ = setup
     cache = CoTCache({"model": "m"}, tmp_path)
     prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), cache)
     entry = next(tmp_path.glob("*.json.gz"))
-    entry.write_bytes(entry.read_bytes()[:100])  # cut short
+    data = entry.read_bytes()
+    if damage == "cut short":
+        entry.write_bytes(data[:100])
+    else:  # the gzip body corrupted (zlib.error, which the reader raised instead of missing)
+        entry.write_bytes(data[:40] + bytes(b ^ 0xFF for b in data[40:80]) + data[80:])
     rollout = SeededRollout(probs, tok)
     with caplog.at_level(logging.WARNING):
         _, stats = prune_stage(setup, rollout, FakeReference(tok), cache)
@@ -213,3 +218,27 @@ def test_the_base_evaluation_reuses_an_earlier_jobs_cots_and_their_entropy_estim
     assert res1["accuracy"] > 0 and res1["cots"][0]["entropy_source"] == "vLLM top-2 log-probs"
     assert {s["entropy"] for s in res1["cots"][0]["steps"]} - {0.0}  # the estimate reached the steps
     assert len(list(tmp_path.glob("*.json.gz"))) == 2
+
+
+def test_a_run_dir_resumed_with_another_base_is_refused(tmp_path):
+    """init.done records the base's fingerprint; a rerun whose base is another model (or was rewritten in place)
+    would mix two models in one run and cache the old one's CoTs under the new one's key."""
+    import json
+
+    from stepentropy_rl.config import ConfigError
+    from stepentropy_rl.driver.train import check_same_base
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"x" * 8)
+    recorded = json.loads(json.dumps({"base": str(base), "fingerprint": model_fingerprint(str(base))}))
+    check_same_base(recorded, str(base), tmp_path)  # the same files: resumes
+    check_same_base({"base": str(base)}, str(base), tmp_path)  # a marker from before fingerprints: passes
+    (base / "model.safetensors").write_bytes(b"y" * 16)  # new weights in place
+    with pytest.raises(ConfigError, match="was started from the base .* is another model"):
+        check_same_base(recorded, str(base), tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ConfigError, match="give the job a new run_dir"):
+        check_same_base(recorded, str(other), tmp_path)

@@ -50,3 +50,24 @@ def test_a_registered_grader_is_usable_by_name():
             register_grader("exact")(lenient)
     finally:
         GRADERS.pop("lenient_test")
+
+
+def test_a_user_grader_reads_numpy_and_dict_verdicts_and_a_broken_one_stops_the_run():
+    """np.isclose's np.True_, np.int64(1) and verl's {"score": 1.0} were all graded wrong; a grader with a wrong
+    signature raised on every sample and was swallowed: accuracy 0, no word."""
+    import numpy as np
+    import pytest
+
+    from stepentropy_rl.tasks.grading import FIRST_CALLS, GraderError, Grader, user_grader
+
+    for verdict, right in ((np.True_, True), (np.False_, False), (np.int64(1), True), (np.float64(0.2), False),
+                           ({"score": 1.0}, True), ({"score": 0}, False)):
+        assert user_grader(lambda s, g, v=verdict: v)("x", "y") is right
+    with pytest.raises(GraderError, match="returned 'yes'"):
+        user_grader(lambda s, g: "yes")("x", "y")
+    grader = Grader("exact")
+    grader.base = user_grader(lambda s, g, extra: True)  # verl's 4-argument compute_score given as a grader
+    with pytest.raises(GraderError, match=f"raised on each of its first {FIRST_CALLS} samples .*TypeError"):
+        grader.many(["x</think>\\boxed{1}"] * (FIRST_CALLS + 1), ["1"] * (FIRST_CALLS + 1))
+    flaky = user_grader(lambda s, g: int(s) >= 1)  # right on numbers, raises on garbage after a first success
+    assert flaky("1", "1") and all(grade_safely(flaky, "garbage", "1") is False for _ in range(FIRST_CALLS + 2))
