@@ -124,7 +124,7 @@ class CoTCache:
         if entry is not None:
             rollout.set_rng_states(entry["rng_after"])
             return CachedCoTs(entry["cots"], True, self, key, entry["rng_after"], entry.get("entropies", {}))
-        cots = [keep(first_sample(o)) for o in rollout.generate(prompts, sampling)]
+        cots = _generated(rollout, prompts, sampling, keep)
         return CachedCoTs(cots, False, self, key, rollout.rng_states())
 
     def store(self, key: str, entry: dict) -> Path | None:
@@ -170,4 +170,16 @@ def written(cache: CoTCache | None, rollout, prompts: list[list[int]], sampling:
     """``cache.written(...)``, or with no cache the CoTs written now (and nothing stored)."""
     if cache is not None:
         return cache.written(rollout, prompts, sampling, keep)
-    return CachedCoTs([keep(first_sample(o)) for o in rollout.generate(prompts, sampling)], False)
+    return CachedCoTs(_generated(rollout, prompts, sampling, keep), False)
+
+
+def _generated(rollout, prompts, sampling, keep) -> list:
+    """The CoTs written now, and then the engines' prefix cache dropped: a job that reads them from an entry has
+    none of them cached, and what the engines sample next (regenerated answers after pruned thinking, which share
+    long prefixes with the CoTs) is batched, and drawn, by what hits the prefix cache. Measured: the static study
+    reading its CoTs differed from the one writing them in 124 of 7500 regenerated answers before this."""
+    cots = [keep(first_sample(o)) for o in rollout.generate(prompts, sampling)]
+    reset = getattr(rollout, "reset_prefix_cache", None)  # in-process doubles have no prefix cache
+    if reset is not None:
+        reset()
+    return cots

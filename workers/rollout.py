@@ -76,6 +76,11 @@ class Rollout:
         self.llm.reset_prefix_cache()
         return model_dir
 
+    def reset_prefix_cache(self) -> bool:
+        """Drop the prefix cache: which prompts hit it changes how requests are batched, and so which random numbers
+        each draws (``cot_cache``: after writing CoTs, an engine holds the state reading them would give it)."""
+        return bool(self.llm.reset_prefix_cache())
+
     def rng_state(self) -> bytes:
         """The sampler's random state (requests without a seed draw from torch's global generator)."""
         import torch

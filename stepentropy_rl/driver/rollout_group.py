@@ -130,6 +130,10 @@ class RolloutGroup:
             fetch([w.load_weights_from.remote(str(model_dir)) for w in self.engines])
             self.serving = str(model_dir)
 
+    def reset_prefix_cache(self) -> None:
+        """Every engine drops its prefix cache (``Rollout.reset_prefix_cache``)."""
+        fetch([w.reset_prefix_cache.remote() for w in self.engines])
+
     # ---- random state -------------------------------------------------------------------------------------------
     def rng_states(self) -> list[str]:
         """Each engine's sampler state (base64), saved with every checkpoint and stage marker: a rerun after a crash

@@ -242,3 +242,35 @@ def test_a_run_dir_resumed_with_another_base_is_refused(tmp_path):
     other.mkdir()
     with pytest.raises(ConfigError, match="give the job a new run_dir"):
         check_same_base(recorded, str(other), tmp_path)
+
+
+class PrefixCachingRollout(SeededRollout):
+    """A fake engine whose answers after pruned thinking depend on whether it still holds the CoTs' prefixes, as a
+    real engine's batching, and so its random draws, do."""
+
+    warm, resets = False, 0
+
+    def reset_prefix_cache(self):
+        self.warm, self.resets = False, self.resets + 1
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        if self.tok.decode(prompts[0], skip_special_tokens=False).endswith("</think>") and self.warm:
+            for o in out:
+                o[0]["text"] = "The answer is \\boxed{-1}."
+        self.warm = True
+        return out
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_writing_the_cots_leaves_the_engines_as_reading_them_does(setup, tmp_path, with_cache):
+    """The engines drop their prefix cache after writing CoTs: what they sample next is then the same whether the
+    CoTs were written or read (without it the answer check here fails every row when written)."""
+    probs, tok, _ = setup
+    cache = CoTCache({"model": "m"}, tmp_path) if with_cache else None
+    writer = PrefixCachingRollout(probs, tok)
+    rows_written, stats = prune_stage(setup, writer, FakeReference(tok), cache)
+    assert writer.resets == 1 and rows_written
+    if with_cache:
+        rows_read, stats = prune_stage(setup, PrefixCachingRollout(probs, tok), FakeReference(tok), cache)
+        assert stats["cots_cached"] is True and rows_read == rows_written
