@@ -23,7 +23,7 @@ def summary_table(results: list[dict]) -> str:
 
 
 def paired_table(paired: list[dict]) -> str:
-    """The study's strategy comparisons (``study.compare_strategies``) as a Markdown table."""
+    """The study's strategy comparisons (``cot_stats.compare_strategies``) as a Markdown table."""
     lines = ["| ratio | comparison | difference (paired error) | z | ahead beyond error | right in one only |",
              "|---|---|---|---|---|---|"]
     for r in paired:
