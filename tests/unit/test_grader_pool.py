@@ -91,5 +91,6 @@ def test_verify_one_in_process():
     assert verify_one(r"\boxed{\frac{1}{2}}", "0.5", 2) and not verify_one(r"\boxed{2}", "0.5", 2)
     # a gold answer in words and units, and LaTeX-only ones, each matched and mismatched
     assert verify_one(r"The answer is \boxed{18}", "18 dollars", 2) and not verify_one(r"\boxed{17}", "18 dollars", 2)
-    assert verify_one(r"\boxed{\text{(C)}}", r"\text{(C)}", 2) and not verify_one(r"\boxed{\text{(D)}}", r"\text{(C)}", 2)
+    assert verify_one(r"\boxed{\text{(C)}}", r"\text{(C)}", 2)
+    assert not verify_one(r"\boxed{\text{(D)}}", r"\text{(C)}", 2)
     assert verify_one(r"\boxed{(1, 2)}", "(1, 2)", 2) and not verify_one(r"\boxed{(2, 1)}", "(1, 2)", 2)

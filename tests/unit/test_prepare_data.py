@@ -97,7 +97,8 @@ def test_aime_in_its_published_spellings(tmp_path):
 def test_aime_files_without_ids_keep_their_problems_apart(tmp_path):
     """AIME 2025 ships as two question/answer files without ids: numbered per file, both gave aime-0 and aime-1."""
     for part in ("I", "II"):
-        jsonl(tmp_path / "src" / f"aime2025-{part}.jsonl", [{"question": f"{part} {i}", "answer": str(i)} for i in (1, 2)])
+        rows = [{"question": f"{part} {i}", "answer": str(i)} for i in (1, 2)]
+        jsonl(tmp_path / "src" / f"aime2025-{part}.jsonl", rows)
     res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out")
     assert res.returncode == 0, res.stderr
     got, _ = both(tmp_path / "out", "aime", "test")
