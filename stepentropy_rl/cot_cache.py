@@ -24,7 +24,7 @@ from typing import Callable
 from stepentropy_rl.files import atomic_write_bytes, cache_root
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # bump when an entry's layout or what decides it changes
+FORMAT = 2  # bump when an entry's layout or what decides it changes (2: the prune stage keeps finish_reason)
 MODEL_FILES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt")
 
 

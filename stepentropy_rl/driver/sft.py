@@ -1,7 +1,7 @@
 """Prune stage and SFT warm start (step-entropy paper, Sec. SFT).
 
 Prune: the policy writes CoTs for the training problems (or, with ``source: gold``, the dataset's own solutions
-are used); the correct ones are scored (exact token entropies from
+are used); the correct ones that ended (not cut at ``max_tokens`` after their answer) are scored (exact token entropies from
 the reference), their lowest-entropy steps replaced by ``[SKIP]`` at ``ratio``, and the answer is regenerated after
 the pruned thinking; a pruned CoT is kept for SFT only if that answer is still right (``keep_verified``).
 On labelled data (the embedded task) each row also counts the essential steps pruning took out (``lost_essential``):
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Iterator
 
 from stepentropy_rl.driver import progress
 from stepentropy_rl.batch import Batch
@@ -67,6 +68,11 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     seconds["generate"] = time.perf_counter() - clock
     grades = grade_all(grade, [c["text"] for c in cots], [p.answer for p in problems])
     ok = [i for i, (c, right) in enumerate(zip(cots, grades)) if right and split_thinking(c["text"])[1]]
+    cut = [i for i in ok if cots[i].get("finish_reason") == "length"]  # a right answer, then cut at max_tokens
+    if cut:
+        log.info("%d right CoTs ran to max_tokens after their answer (a loop, or more text after it); SFT would teach "
+                 "the cut-off text followed by EOS, so they are left out", len(cut))
+        ok = [i for i in ok if i not in set(cut)]
     entropies = got.entropies(ok, lambda idx: token_entropies(reference, [pids[i] for i in idx],
                                                               [cots[i]["token_ids"] for i in idx], ref_batch_size))
     candidates = []
@@ -115,7 +121,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         log.warning("pruning took a labelled essential step out of %d of the %d kept CoTs (the answer check passes "
                     "where a later step restates the total); SFT learns to skip it. trainer.prune.keep_essential=true "
                     "drops them (README: the last-essential-step effect)", missing, len(rows))
-    stats = {"problems": len(problems), "correct_cots": len(ok), "pruned": len(candidates), "verified": verified,
+    stats = {"problems": len(problems), "correct_cots": len(ok) + len(cut), "cut_after_answer": len(cut),
+             "pruned": len(candidates), "verified": verified,
              "kept": len(rows),
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
     if with_labels:
@@ -128,7 +135,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
 
 def _kept_fields(sample: dict) -> dict:
     """What the prune stage reads of a sample (and the cache keeps)."""
-    return {"text": sample["text"], "token_ids": sample["token_ids"]}
+    return {"text": sample["text"], "token_ids": sample["token_ids"], "finish_reason": sample.get("finish_reason")}
 
 
 def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tracker=None) -> list[dict]:
@@ -144,14 +151,12 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
                            "survived the prune stage (prune/stats.json counts what the answer check and, on labelled "
                            "data, trainer.prune.keep_essential dropped)")
     data = sft_batch(tokenizer, rows)
-    rng = random.Random(seed)
     steps = sft_steps(sft, len(data))
     history = []
     bar = progress.bar(steps, "SFT", "step")
-    for step in range(steps):
+    for step, rows_of_step in enumerate(epoch_batches(len(data), sft.batch_size, steps, random.Random(seed))):
         learners.set_lr(sft.lr * (1 - step / steps))
-        m = learners.train_step(data.select(rng.sample(range(len(data)), min(sft.batch_size, len(data)))),
-                                {"kind": "sft"})
+        m = learners.train_step(data.select(rows_of_step), {"kind": "sft"})
         require_finite(m, f"SFT step {step}")  # a diverged SFT is not saved or marked done
         history.append(m)
         if tracker:
@@ -163,14 +168,30 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
 
 
 def sft_steps(sft: SFTConfig, rows: int) -> int:
-    """Optimizer steps: ``epochs`` passes' worth of rows (``epochs * rows // batch_size``), at least ``min_steps`` (a
-    small kept set is seen more often). Each step draws its batch at random, independently of the others, so an
-    "epoch" is a count of rows, not a pass: 4 of them reach about 98% of the rows, 1 about 63%.
+    """Optimizer steps: ``epochs`` whole passes over the rows (``ceil(epochs * rows / batch)``, with the batch
+    ``batch_size`` or all the rows where fewer), at least ``min_steps`` (a small kept set is then passed over more).
 
     Measured on the AMX CPU's compiled base: 172 rows x 4 epochs (21 steps at lr 1e-3) left the model half-way into
     the pruned format (SFT 36.8%, stray bytes in a third of the CoTs); 86 steps held it (90.4%).
     """
-    return max(1, sft.min_steps, sft.epochs * rows // sft.batch_size)
+    return max(1, sft.min_steps, -(-sft.epochs * rows // max(1, min(sft.batch_size, rows))))
+
+
+def epoch_batches(rows: int, batch_size: int, steps: int, rng: random.Random) -> Iterator[list[int]]:
+    """``steps`` batches of ``min(batch_size, rows)`` row indices: passes over the rows, each in a fresh random
+    order (as a shuffling sampler's epochs), so every row is seen once per pass. A batch that straddles two passes
+    takes the rest of the old one and the first rows of the new order that it does not hold yet, so no batch holds
+    a row twice; the rows it left for later are the new pass's next ones."""
+    size = min(batch_size, rows)
+    left: list[int] = []  # this pass's rows not yet seen, in its order
+    for _ in range(steps):
+        batch, left = left[:size], left[size:]
+        if len(batch) < size:
+            order = rng.sample(range(rows), rows)
+            taken = [i for i in order if i not in batch][:size - len(batch)]
+            batch, seen = batch + taken, set(taken)
+            left = [i for i in order if i not in seen]
+        yield batch
 
 
 def sft_batch(tokenizer, rows: list[dict]) -> Batch:

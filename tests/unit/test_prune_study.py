@@ -253,6 +253,42 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
         assert r["response"].endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
 
 
+class LoopingRollout(FakeRollout):
+    """Writes some CoTs right to the answer and on, cut at max_tokens: R1 looping after its boxed answer."""
+
+    def __init__(self, problems, looping_ids):
+        super().__init__(problems)
+        self.looping = set(looping_ids)
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        for ids, o in zip(prompts, out):
+            text = self.tok.decode(ids, skip_special_tokens=False)
+            p = next(p for q, p in self.by_prompt.items() if q in text)
+            if p.id in self.looping and not text.endswith("</think>"):
+                o[0]["text"] += " Wait, the answer is right." * 3
+                o[0]["finish_reason"] = "length"
+        return out
+
+
+def test_prune_stage_leaves_out_right_cots_cut_at_max_tokens_after_their_answer(setup):
+    """Their answer grades right, but as SFT rows they would teach the cut-off text and then EOS."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll = LoopingRollout(probs, [probs[2].id, probs[5].id])
+    roll.tok = tok
+    prune = PruneStageConfig(source="policy", ratio=0.5, keep_verified=False, keep_essential=False,
+                             answer_max_tokens=16)
+    rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                       {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    assert stats["correct_cots"] == 12 and stats["cut_after_answer"] == 2 and stats["pruned"] == 10 == len(rows)
+    assert {probs[2].id, probs[5].id}.isdisjoint(r["id"] for r in rows)
+    assert not any("Wait, the answer is right." in r["response"] for r in rows)
+
+
 class SkipBlindRollout(FakeRollout):
     """A base that has never seen ``[SKIP]``: after one it loses the thread and answers wrong."""
 
