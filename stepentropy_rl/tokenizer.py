@@ -73,6 +73,32 @@ def prompt_text(tokenizer, prompt) -> str:
     return text if THINK_OPEN in generation else f"{text}{THINK_OPEN}\n"
 
 
+# appended to a chat template whose generation prompt does not open the thinking (not where the caller turned
+# thinking off: a served model can still be asked so, though training cannot)
+OPEN_THINKING = ("{% if add_generation_prompt and not (enable_thinking is defined and enable_thinking is false) %}"
+                 + THINK_OPEN + "\n{% endif %}")
+
+
+def thinking_chat_template(tokenizer) -> str | None:
+    """The tokenizer's chat template made to open the thinking as :func:`prompt_text` does, for serving a model
+    trained on such prompts (``vllm serve`` renders the template as it is); None where the template already opens
+    it. Raises ValueError where the tokenizer holds several named templates, or where the new one would not render
+    a prompt as ``prompt_text`` does."""
+    probe = [{"role": "user", "content": "What is 2 + 3?"}]
+    asked = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    if prompt_text(tokenizer, probe[0]["content"]) == asked:
+        return None
+    if not isinstance(tokenizer.chat_template, str):
+        raise ValueError("the tokenizer has several named chat templates; which one to open the thinking in is "
+                         "not known")
+    template = tokenizer.chat_template + OPEN_THINKING
+    got = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True, chat_template=template)
+    if got != prompt_text(tokenizer, probe[0]["content"]):
+        raise ValueError(f"the chat template with {THINK_OPEN!r} appended renders a prompt otherwise than the run "
+                         "asked it")
+    return template
+
+
 def response_thinking(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]], str, bool]:
     """``(text, offsets, thinking, closed)`` of a response given as ids (``token_offsets``, ``split_thinking``).
     In a response that never closed its thinking, a final special token (the EOS that ended it) is not thinking:

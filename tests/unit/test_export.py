@@ -1,0 +1,59 @@
+"""What an export serves: the chat template opening the thinking as the run's prompts did, the evaluation's
+sampling as the default, and the card saying both."""
+import json
+
+import pytest
+
+from stepentropy_rl.export import asked_and_sampled, serve_as_trained
+from stepentropy_rl.tokenizer import load_tokenizer, prompt_text, thinking_chat_template
+from tests.unit.test_tokenizer import QWEN3_LIKE, _tok
+
+CONFIG = {"data": {"prompt_template": "{prompt}\nPlease reason step by step.", "system_prompt": None,
+                   "chat_template_kwargs": {}},
+          "trainer": {"eval": {"temperature": 0.6, "max_tokens": 384}}, "rollout": {"top_p": 0.95}}
+
+
+def test_a_template_that_opens_the_thinking_is_kept_and_one_that_does_not_gets_the_tag(tmp_path):
+    _, tok = _tok(tmp_path)
+    assert thinking_chat_template(tok) is None  # the tiny reasoner's ChatML opens it
+    ours = prompt_text(tok, "What is 1+1?")
+    tok.chat_template = QWEN3_LIKE
+    opened = thinking_chat_template(tok)
+    msgs = [{"role": "user", "content": "What is 1+1?"}]
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) != ours  # served as it was
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, chat_template=opened) == ours
+    off = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, chat_template=opened,
+                                  enable_thinking=False)
+    assert off.endswith("assistant\n<think>\n\n</think>\n\n")  # a client that turns thinking off gets no second tag
+    assert not tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False,
+                                       chat_template=opened).endswith("<think>\n")
+    tok.chat_template = {"default": QWEN3_LIKE, "tool_use": QWEN3_LIKE}
+    with pytest.raises(ValueError, match="several named chat templates"):
+        thinking_chat_template(tok)
+
+
+@pytest.mark.parametrize("template", ["ours", "qwen3"])
+def test_the_exported_directory_serves_the_runs_prompts_and_sampling(tmp_path, template):
+    _, tok = _tok(tmp_path / "base")
+    ours = prompt_text(tok, "What is 1+1?")
+    if template == "qwen3":
+        tok.chat_template = QWEN3_LIKE
+    out = tmp_path / "out"
+    tok.save_pretrained(out)
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    serve_as_trained(out, CONFIG)
+    served = load_tokenizer(out)
+    msgs = [{"role": "user", "content": "What is 1+1?"}]
+    assert served.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == ours
+    changed = {p.name for p in out.iterdir() if before.get(p.name) != p.read_bytes()}
+    assert changed == ({"generation_config.json"} | ({"chat_template.jinja"} if template == "qwen3" else set()))
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen == {"eos_token_id": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 384, "do_sample": True}
+
+
+def test_the_card_says_how_the_run_asked_and_sampled():
+    text = "\n".join(asked_and_sampled(CONFIG))
+    assert "`{prompt}\nPlease reason step by step.`" in text and "system prompt: none" in text
+    assert "temperature=0.6, top_p=0.95, max_new_tokens=384" in text
+    assert asked_and_sampled({}) == []
