@@ -13,6 +13,7 @@ CORE = [
     "datasets>=3",  # data.path: Parquet files and dataset directories; data/prepare_*.py write verl's Parquet
     "pebble==5.2.3",  # the math grader's worker processes (killed and replaced on a hung parse)
     "psutil>=5.9",  # the loopback interface of a local run
+    "filelock>=3.12",  # one bootstrap of a cached model when sweep jobs start at once
     "numpy",
     "matplotlib",
     "tqdm",

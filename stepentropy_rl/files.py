@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -71,10 +74,15 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
+    try:
+        if path.exists():
+            raise FileExistsError(path)
         os.replace(tmp, path)
+    except OSError:
+        if not path.exists():  # not another process's finished directory: a real error
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # it appeared meanwhile (a rename onto it fails): keep it
 
 
 def cache_root() -> Path:
@@ -83,10 +91,24 @@ def cache_root() -> Path:
 
 def build_cached(path: Path, build) -> Path:
     """``path`` if it is complete (a DONE marker), else ``build(tmp)`` into a fresh directory that is renamed into
-    place once whole: a crash leaves no half-built model, and of two concurrent builds the first to finish wins."""
+    place once whole: a crash leaves no half-built model. A lock file beside it (``<name>.lock``) makes concurrent
+    jobs (a Hydra sweep on a fresh cache) build it once: the others wait, then read it."""
+    from filelock import FileLock, Timeout
+
     if (path / "DONE").exists():
         return path
-    with atomic_dir(path) as tmp:
-        build(tmp)
-        (tmp / "DONE").write_text("ok\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another job is building %s; waiting for it (%s.lock)", path, path)
+        lock.acquire()
+    try:
+        if not (path / "DONE").exists():
+            with atomic_dir(path) as tmp:
+                build(tmp)
+                (tmp / "DONE").write_text("ok\n")
+    finally:
+        lock.release()
     return path
