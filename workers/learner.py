@@ -60,18 +60,18 @@ class Learner:
 
         ids = mb.input_ids.to(self.device)
         logits = self.model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
-        if temperature != 1.0:
-            logits.div_(temperature)  # in place, as verl does: no second [B, T, vocab] tensor
+        # scaled by the temperature per fp32 chunk, as the reference and vLLM's sampler scale it (dividing the bf16
+        # logits of a mixed-precision learner rounds twice: a KL of about 0.001 nats to an identical reference)
         # Position t predicts token t+1. Scoring all positions against the ids shifted left keeps ``logits``
         # contiguous (no copy of the [B, T, vocab] tensor); the last position's dummy label is dropped.
         nxt = torch.roll(ids, -1, dims=1)
         lp = torch.zeros_like(ids, dtype=torch.float32)
-        lp[:, 1:] = token_logprobs(logits, nxt, chunk_rows)[:, :-1]  # chunked fp32, checkpointed under autograd
+        lp[:, 1:] = token_logprobs(logits, nxt, chunk_rows, temperature)[:, :-1]  # chunked fp32, checkpointed
         ent = None
         if with_entropy:
             ent = torch.zeros_like(lp)
             with torch.no_grad():
-                ent[:, 1:] = token_entropy(logits.detach(), chunk_rows)[:, :-1]
+                ent[:, 1:] = token_entropy(logits.detach(), chunk_rows, temperature)[:, :-1]
         return lp * mb.loss_mask.to(self.device), ent
 
     # ---- updates -------------------------------------------------------------------------------------------------

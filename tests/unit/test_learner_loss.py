@@ -84,3 +84,22 @@ def test_a_kl_coefficient_without_reference_log_probs_is_an_error():
         compute_loss(lp, mb, {**GRPO, "loss_agg_mode": "token-mean"})
     value, metrics = compute_loss(lp, mb, {**GRPO, "kl_coef": 0.0, "loss_agg_mode": "token-mean"})
     assert "actor/kl_loss" not in metrics and torch.isfinite(value)
+
+
+def test_a_mixed_precision_learner_scales_its_bf16_logits_in_fp32():
+    """The learner's log-probs at the sampling temperature come from its bf16 logits upcast, then divided, as the
+    reference and vLLM's sampler compute them; dividing in bf16 showed a KL to an identical reference."""
+    from types import SimpleNamespace
+
+    from stepentropy_rl.entropy import token_logprobs
+    from workers.learner import Learner
+
+    torch.manual_seed(0)
+    batch = Batch.from_pairs([[1, 2], [3]], [[4, 5, 6], [7, 8]], pad_id=0)
+    logits = (4 * torch.randn(*batch.input_ids.shape, 300)).to(torch.bfloat16)
+    learner = SimpleNamespace(model=lambda input_ids, attention_mask: SimpleNamespace(logits=logits.clone()),
+                              device=torch.device("cpu"))
+    lp, ent = Learner._forward(learner, batch, 4, True, temperature=0.6)
+    want = torch.zeros_like(lp)
+    want[:, 1:] = token_logprobs(logits.float() / 0.6, torch.roll(batch.input_ids, -1, dims=1))[:, :-1]
+    assert torch.equal(lp, want * batch.loss_mask) and batch.loss_mask.sum() == 5
