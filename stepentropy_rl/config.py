@@ -300,7 +300,7 @@ class AlgorithmConfig:
     phase: PhaseConfig = field(default_factory=PhaseConfig)
 
     def __post_init__(self):
-        from stepentropy_rl.verl_names import ADV_ESTIMATORS, KL_TYPES, LOSS_AGG_MODES, is_estimator
+        from stepentropy_rl.verl_names import ADV_ESTIMATORS, KL_TYPES, LOSS_AGG_MODES, NEEDS_MORE, is_estimator
 
         positive(self, "prompts_per_step", "ppo_epochs", integer=True)
         need(self.n_samples >= 2, "n_samples", f"must be >= 2 (a GRPO group), got {self.n_samples}")
@@ -314,8 +314,10 @@ class AlgorithmConfig:
             t = self.temperature.get(stage)
             need(t is not None and math.isfinite(t) and 0 < t <= 5, f"temperature.{stage}",
                  f"must be in (0, 5] (log-probs are taken at the sampling temperature), got {t}")
-            need(is_estimator(self.adv_estimator.get(stage)), f"adv_estimator.{stage}",
-                 f"must be one of {list(ADV_ESTIMATORS)}, got {self.adv_estimator.get(stage)!r}")
+            name = self.adv_estimator.get(stage)
+            need(is_estimator(name), f"adv_estimator.{stage}", f"must be one of {list(ADV_ESTIMATORS)}, got {name!r}")
+            need(name not in NEEDS_MORE, f"adv_estimator.{stage}",
+                 f"{name!r} needs {NEEDS_MORE.get(name)}, which this trainer does not provide")
         positive(self, "beta", "clip_ratio_low", "clip_ratio_high")
         need(self.clip_ratio_c > 1, "clip_ratio_c", f"must be > 1 (dual clip), got {self.clip_ratio_c}")
         positive(self, "kl_coef", allow_zero=True)
