@@ -143,6 +143,11 @@ class RolloutConfig:
         limit = self.engine.get("max_model_len")
         need(limit is None or (isinstance(limit, int) and limit >= 1), "engine.max_model_len",
              f"must be null or an integer >= 1, got {limit!r}")
+        for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+            # the weight sync gives each engine one rank in its group and each engine actor one GPU: every worker
+            # of a parallel engine would join under the same rank
+            need(self.engine.get(key, 1) == 1, f"engine.{key}",
+                 f"must be 1 (one GPU per engine; scale with cluster.rollout.num_workers), got {self.engine.get(key)!r}")
 
 
 @dataclass
