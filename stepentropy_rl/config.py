@@ -246,7 +246,8 @@ class RewardCluster:
 @dataclass
 class LearnerCluster:
     """FSDP2 learner ranks: ``dtype`` of parameters and optimizer state, ``param_dtype`` the mixed-precision compute
-    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``."""
+    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``;
+    ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass."""
 
     world_size: int = 2
     num_cpus: float = 0.5
@@ -256,6 +257,7 @@ class LearnerCluster:
     param_dtype: Optional[str] = None
     threads: int = 1
     sync_bucket_mb: float = 64
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         positive(self, "world_size", integer=True)

@@ -32,6 +32,8 @@ class Learner:
         if not nccl:
             keep_freed_memory()  # a CPU rank trains until it exits (stepentropy_rl/heap.py)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cluster.dtype)).to(self.device)
+        if cluster.gradient_checkpointing:
+            enable_checkpointing(model)
         self.model = shard_model(model, cluster.param_dtype)
         # weights leave the learner in the compute dtype
         self.export_dtype = getattr(torch, cluster.param_dtype or cluster.dtype)
@@ -196,6 +198,14 @@ class Learner:
 def _pad_to(t: torch.Tensor, width: int) -> torch.Tensor:
     """[b, t] zero-padded on the right to [b, width] (a micro-batch is trimmed to its own width)."""
     return t if t.shape[1] == width else torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass (transformers' gradient checkpointing,
+    non-reentrant, turned on before sharding as verl does): a 7B GRPO micro-batch of 2 x 4.4k tokens keeps about
+    57 GB of activations without it. The same gradients, about a third more compute."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def shard_model(model, param_dtype: str | None = None):
