@@ -135,10 +135,10 @@ class Learner:
 
     def open_weight_group(self, url: str, world_size: int, backend: str) -> None:
         """Rank 0 hosts the weight-sync group with the engines (``weight_sync.open_group``); other ranks stay out."""
-        from stepentropy_rl.weight_sync import open_group
+        from stepentropy_rl.weight_sync import reopen_group
 
-        if self.rank == 0:
-            self._weight_group = open_group(url, 0, world_size, backend)
+        if self.rank == 0:  # a reopen (an engine was restarted) aborts the old group first
+            self._weight_group = reopen_group(getattr(self, "_weight_group", None), url, 0, world_size, backend)
 
     def push_weights(self, plan: list) -> int:
         """A collective over the learner ranks: each full tensor is all-gathered in turn and rank 0 broadcasts the
