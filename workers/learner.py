@@ -88,12 +88,11 @@ class Learner:
         which saves the separate scoring pass.
         """
         from stepentropy_rl.algorithms import global_batch_info
-        from stepentropy_rl.learner_loss import SHARED_METRICS, compute_loss
+        from stepentropy_rl.learner_loss import compute_loss, step_metrics
 
         self.model.train()
-        totals: dict[str, float] = {}
+        per_micro_batch = []
         mbs = batch.chunk(micro_batch_size)
-        n = len(mbs)
         gb = global_batch_info([mb.loss_mask.to(self.device) for mb in mbs], self.world_size, dist.all_reduce)
         current = loss.get("old_logprobs") == "current"
         ent_sum, ent_tokens = 0.0, 0.0
@@ -106,8 +105,8 @@ class Learner:
                 ent_sum, ent_tokens = ent_sum + float((ent * mask).sum()), ent_tokens + float(mask.sum())
             value, metrics = compute_loss(lp, mb, loss, gb, old_logprobs=old)
             value.backward()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + (v if k in SHARED_METRICS else v / n)
+            per_micro_batch.append((metrics, bool(mb.loss_mask.any())))
+        totals = step_metrics(per_micro_batch)
         if current:
             totals.update(entropy_sum=ent_sum, entropy_tokens=ent_tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

@@ -131,3 +131,20 @@ def test_gradient_checkpointing_keeps_the_gradients_and_is_on_for_the_gpu_cluste
     conf = Path(__file__).resolve().parents[2] / "conf" / "cluster"
     assert OmegaConf.load(conf / "gpu_8x.yaml").learner.gradient_checkpointing is True
     assert OmegaConf.load(conf / "local_cpu.yaml").learner.gradient_checkpointing is False
+
+
+def test_a_micro_batch_of_padding_rows_does_not_dilute_the_step_means():
+    """33 rows over 2 ranks at micro-batches of 16: the second rank's slice is 16 rows and a padding copy, which forms
+    a micro-batch of its own whose means are 0; averaged in, they halved that rank's clip fraction and ratio means."""
+    from stepentropy_rl.learner_loss import step_metrics
+
+    lp, mb = _batch([5, 3, 4, 6, 0])  # the last row: a padding copy with an empty loss mask
+    gb = global_batch_info([mb.loss_mask])
+    real = _rows(lp, mb, torch.arange(4))
+    pad = _rows(lp, mb, torch.tensor([4]))
+    loss = {**GRPO, "loss_agg_mode": "token-mean"}
+    parts = [compute_loss(real[0], real[1], loss, gb)[1], compute_loss(pad[0], pad[1], loss, gb)[1]]
+    got = step_metrics([(parts[0], True), (parts[1], False)])
+    means = [k for k in parts[0] if k not in SHARED_METRICS and parts[0][k] != 0]
+    assert means and all(got[k] == pytest.approx(parts[0][k]) for k in means)
+    assert all(got[k] == pytest.approx(parts[0][k] + parts[1][k]) for k in SHARED_METRICS if k in got)
