@@ -116,7 +116,6 @@ def train_pipeline(job) -> dict:
 
 def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
     """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
-    from stepentropy_rl import report
     from stepentropy_rl.cot_cache import CoTCache
     from stepentropy_rl.driver import roles
     from stepentropy_rl.driver.evaluate import evaluate
@@ -130,6 +129,9 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         make_init_model(base_path, init)
         stages.mark("init", {"base": base_path, "fingerprint": model_fingerprint(base_path)})
     check_same_base(stages.info("init"), base_path, run_dir)
+    if all(stages.done(name) for name in ORDER):  # a finished run rerun (a resumed sweep): no actor to start
+        log.info("every stage of %s is done; the report is written again from their results", run_dir)
+        return _report(run_dir, stages)
     tok = load_tokenizer(init)
     tc = cfg.trainer
     rollouts = roles.spawn_rollouts(cfg, str(init))
@@ -218,5 +220,11 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     finally:
         learners.shutdown()
         tracker.finish()
+    return _report(run_dir, stages)
+
+
+def _report(run_dir: Path, stages: Stages) -> dict:
+    from stepentropy_rl import report
+
     table = {name: json.loads((run_dir / "eval" / f"{name}.json").read_text()) for name in ("base", "sft", "final")}
     return report.write_training_report(run_dir, table, stages.seconds())

@@ -11,9 +11,13 @@ from stepentropy_rl.driver.train import Stages, check_config, run_config
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def _config(*overrides):
+def _job(*overrides):
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides])).to_dict()
+        return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides]))
+
+
+def _config(*overrides):
+    return _job(*overrides).to_dict()
 
 
 def _finished(run_dir, config, names=("init", "eval_base", "prune", "sft", "eval_sft")):
@@ -52,3 +56,29 @@ def test_the_same_config_a_later_stage_and_what_decides_nothing_pass(tmp_path):
 def test_markers_written_before_they_held_a_config_are_not_checked(tmp_path):
     Stages(tmp_path).mark("prune")
     check_config(tmp_path, _config("trainer.prune.ratio=0.4"))
+
+
+def test_a_finished_run_rerun_writes_its_report_without_starting_an_actor(tmp_path, monkeypatch):
+    """A resumed sweep reruns its finished jobs: each started every engine, the reference, the reward service and
+    the learners (minutes for a 7B) only to write the same report again."""
+    import json
+
+    from stepentropy_rl.driver import roles, train
+
+    def no_actor(*a, **k):
+        raise AssertionError("an actor was started for a finished run")
+
+    for spawn in ("spawn_rollouts", "spawn_reference", "spawn_reward", "spawn_learners"):
+        monkeypatch.setattr(roles, spawn, no_actor)
+    monkeypatch.setattr(train, "check_same_base", lambda *a: None)
+    stages = Stages(tmp_path)
+    for name in train.ORDER:
+        stages.mark(name)
+    (tmp_path / "eval").mkdir()
+    for name, acc in (("base", 0.9), ("sft", 0.95), ("final", 0.97)):
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps({"accuracy": acc, "accuracy_stderr": 0.01,
+                                                                    "thinking_tokens": 10.0, "skips": 0.0, "n": 100}))
+    (tmp_path / "models").mkdir()
+    rep = train.run_training(_job(), tmp_path, "base", [], [], None)
+    assert rep["models"]["final"]["accuracy"] == 0.97 and set(rep["stage_seconds"]) == set(train.ORDER)
+    assert json.loads((tmp_path / "report.json").read_text())["models"]["sft"]["accuracy"] == 0.95
