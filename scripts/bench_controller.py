@@ -28,11 +28,18 @@ AFTER_SFT = ("grpo", "models/final", "eval/final.json", "stages/grpo.done", "sta
 
 
 def run_mode(run_dir: Path, mode: str, seed: int, overrides: list[str]) -> dict:
+    """The job's report; a job that stops (an actor died: exit 1, "run stopped") is rerun once with the same command,
+    which resumes it as a user would, and the report counts the restart (``restarts``)."""
     cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
            f"algorithm.phase.mode={mode}", f"seed={seed}", f"rollout.seed={seed}", "trainer.logger.wandb=disabled",
            "cluster.include_dashboard=false", *overrides]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((run_dir / "report.json").read_text())["models"]
+    restarts = 0
+    while subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
+        if restarts:
+            raise SystemExit(f"{run_dir}: the job stopped twice; its log is on the console above")
+        restarts += 1
+        print(f"{run_dir.name}: the job stopped; rerunning the same command to resume it", flush=True)
+    return {**json.loads((run_dir / "report.json").read_text())["models"], "restarts": restarts}
 
 
 def fork_after_sft(src: Path, dst: Path) -> None:

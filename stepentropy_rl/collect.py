@@ -32,6 +32,13 @@ def find_jobs(sweep: Path) -> list[Path]:
     return sorted(hits)
 
 
+def unfinished(sweep: Path) -> list[Path]:
+    """Run directories under ``sweep`` (a ``config.yaml``) without results: jobs that failed, were killed or still run;
+    left out of the table, so the caller names them."""
+    done = set(find_jobs(sweep))
+    return sorted(p.parent for p in sweep.rglob("config.yaml") if p.parent not in done and p.parent.name != ".hydra")
+
+
 def _flat(d, prefix=""):
     out = {}
     for k, v in (d or {}).items():
@@ -148,14 +155,17 @@ def main(argv=None) -> None:
     ap.add_argument("sweep", type=Path, help="a sweep (Hydra multirun) directory, or any folder of run directories")
     ap.add_argument("--out", type=Path, default=None, help="where the table and plots go (default: SWEEP)")
     args = ap.parse_args(argv)
-    rows = collect(args.sweep)
+    rows, missing = collect(args.sweep), unfinished(args.sweep)
+    gone = (f"{len(missing)} job{'s' * (len(missing) > 1)} without results (failed, killed or still running; "
+            f"rerun with the same hydra.sweep.dir and overrides to finish): "
+            + ", ".join(str(p.relative_to(args.sweep)) for p in missing)) if missing else ""
     if not rows:
-        raise SystemExit(f"no job under {args.sweep} has a summary.json or report.json")
+        raise SystemExit(f"no job under {args.sweep} has a summary.json or report.json" + (f"; {gone}" if gone else ""))
     out = args.out or args.sweep
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "collected.json", rows)
     compared = paired(args.sweep)
-    tables = [table(rows)] + ([paired_table(compared)] if compared else [])
+    tables = [table(rows)] + ([paired_table(compared)] if compared else []) + ([gone] if gone else [])
     if compared:
         atomic_write_json(out / "paired.json", compared)
     (out / "collected.md").write_text("\n\n".join(tables) + "\n")

@@ -143,6 +143,11 @@ class RolloutConfig:
         limit = self.engine.get("max_model_len")
         need(limit is None or (isinstance(limit, int) and limit >= 1), "engine.max_model_len",
              f"must be null or an integer >= 1, got {limit!r}")
+        for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+            # the weight sync gives each engine one rank in its group and each engine actor one GPU: every worker
+            # of a parallel engine would join under the same rank
+            need(self.engine.get(key, 1) == 1, f"engine.{key}",
+                 f"must be 1 (one GPU per engine; scale with cluster.rollout.num_workers), got {self.engine.get(key)!r}")
 
 
 @dataclass
@@ -241,7 +246,8 @@ class RewardCluster:
 @dataclass
 class LearnerCluster:
     """FSDP2 learner ranks: ``dtype`` of parameters and optimizer state, ``param_dtype`` the mixed-precision compute
-    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``."""
+    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``;
+    ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass."""
 
     world_size: int = 2
     num_cpus: float = 0.5
@@ -251,6 +257,7 @@ class LearnerCluster:
     param_dtype: Optional[str] = None
     threads: int = 1
     sync_bucket_mb: float = 64
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         positive(self, "world_size", integer=True)
@@ -300,7 +307,7 @@ class AlgorithmConfig:
     phase: PhaseConfig = field(default_factory=PhaseConfig)
 
     def __post_init__(self):
-        from stepentropy_rl.verl_names import ADV_ESTIMATORS, KL_TYPES, LOSS_AGG_MODES, is_estimator
+        from stepentropy_rl.verl_names import ADV_ESTIMATORS, KL_TYPES, LOSS_AGG_MODES, NEEDS_MORE, is_estimator
 
         positive(self, "prompts_per_step", "ppo_epochs", integer=True)
         need(self.n_samples >= 2, "n_samples", f"must be >= 2 (a GRPO group), got {self.n_samples}")
@@ -314,8 +321,10 @@ class AlgorithmConfig:
             t = self.temperature.get(stage)
             need(t is not None and math.isfinite(t) and 0 < t <= 5, f"temperature.{stage}",
                  f"must be in (0, 5] (log-probs are taken at the sampling temperature), got {t}")
-            need(is_estimator(self.adv_estimator.get(stage)), f"adv_estimator.{stage}",
-                 f"must be one of {list(ADV_ESTIMATORS)}, got {self.adv_estimator.get(stage)!r}")
+            name = self.adv_estimator.get(stage)
+            need(is_estimator(name), f"adv_estimator.{stage}", f"must be one of {list(ADV_ESTIMATORS)}, got {name!r}")
+            need(name not in NEEDS_MORE, f"adv_estimator.{stage}",
+                 f"{name!r} needs {NEEDS_MORE.get(name)}, which this trainer does not provide")
         positive(self, "beta", "clip_ratio_low", "clip_ratio_high")
         need(self.clip_ratio_c > 1, "clip_ratio_c", f"must be > 1 (dual clip), got {self.clip_ratio_c}")
         positive(self, "kl_coef", allow_zero=True)

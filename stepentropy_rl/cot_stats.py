@@ -41,6 +41,9 @@ def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
 
 PAPER_ORDER = ("low", "random", "high")  # paper 1, Fig. 1a: accuracy after pruning, best first
 BEYOND_ERROR_Z = 2.0  # a difference this many paired standard errors from zero (about 95%, two-sided)
+# without spread (every problem differs alike) the error is 0 and z undefined; then all n problems favour one side,
+# which a sign test finds beyond chance (two-sided p = 2 * 2**-n < 0.05) from n = 6 on
+ALL_ALIKE_MIN_N = 6
 
 
 def compare_strategies(rows: list[dict]) -> list[dict]:
@@ -66,7 +69,8 @@ def compare_strategies(rows: list[dict]) -> list[dict]:
             diff, err = paired_difference(xa, xb)
             z = diff / err if err > 0 else None  # None: no spread (every problem differs alike, or none does)
             out.append({"ratio": ratio, "better": a, "worse": b, "difference": diff, "stderr": err, "z": z,
-                        "ahead_beyond_error": diff > 0 and (z is None or z >= BEYOND_ERROR_Z),
+                        "ahead_beyond_error": diff > 0 and (z >= BEYOND_ERROR_Z if z is not None
+                                                            else len(ids) >= ALL_ALIKE_MIN_N),
                         "only_better_right": sum(x and not y for x, y in zip(xa, xb)),
                         "only_worse_right": sum(y and not x for x, y in zip(xa, xb)), "n": len(ids)})
     return out

@@ -31,26 +31,30 @@ def _rows(logits: torch.Tensor) -> torch.Tensor:
     return logits.reshape(-1, logits.shape[-1])
 
 
-def token_entropy(logits: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
-    """Entropy (nats) of softmax(logits) over the last dim; returns fp32 of shape ``logits.shape[:-1]``.
+def token_entropy(logits: torch.Tensor, chunk_rows: int = 2048, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits / temperature) over the last dim; returns fp32 of shape
+    ``logits.shape[:-1]``.
 
     Uses H = logsumexp(z) - sum softmax(z) * z, evaluated in fp32 on ``chunk_rows`` rows at a time
-    (bf16/fp16 chunks are upcast). ``-inf`` logits (masked tokens) contribute 0.
+    (bf16/fp16 chunks are upcast before the division by ``temperature``, as vLLM's sampler scales them, so that the
+    learner, the reference and the engines score the same distribution). ``-inf`` logits (masked tokens)
+    contribute 0.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     flat = _rows(logits)
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     for i in range(0, flat.shape[0], chunk_rows):
-        z = flat[i : i + chunk_rows].float()
+        z = _scaled(flat[i : i + chunk_rows], temperature)
         lse = torch.logsumexp(z, dim=-1, keepdim=True)
         pz = (z - lse).exp_().mul_(z).nan_to_num_(nan=0.0)  # p * z; 0 * -inf -> 0
         out[i : i + chunk_rows] = lse.squeeze(-1) - pz.sum(-1)
     return out.reshape(logits.shape[:-1])
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
-    """log_softmax(logits)[..., labels] in fp32, chunked like :func:`token_entropy`.
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 2048,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / temperature)[..., labels] in fp32, chunked and scaled like :func:`token_entropy`.
 
     ``labels`` has shape ``logits.shape[:-1]``; the result has the same shape. Differentiable: under autograd each
     chunk is checkpointed, so backward recomputes its fp32 log-softmax instead of keeping ``rows x vocab`` fp32
@@ -67,17 +71,23 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int =
     if torch.is_grad_enabled() and logits.requires_grad:
         from torch.utils.checkpoint import checkpoint
 
-        parts = [checkpoint(_chunk_logprobs, flat[i : i + chunk_rows], lab[i : i + chunk_rows], use_reentrant=False)
-                 for i in chunks]
+        parts = [checkpoint(_chunk_logprobs, flat[i : i + chunk_rows], lab[i : i + chunk_rows], temperature,
+                            use_reentrant=False) for i in chunks]
         return torch.cat(parts).reshape(labels.shape)
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     for i in chunks:
-        out[i : i + chunk_rows] = _chunk_logprobs(flat[i : i + chunk_rows], lab[i : i + chunk_rows])
+        out[i : i + chunk_rows] = _chunk_logprobs(flat[i : i + chunk_rows], lab[i : i + chunk_rows], temperature)
     return out.reshape(labels.shape)
 
 
-def _chunk_logprobs(z: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``z`` in fp32 divided by ``temperature``: upcast first, so a bf16 logit is rounded once, not twice."""
     z = z.float()
+    return z if temperature == 1.0 else z / temperature
+
+
+def _chunk_logprobs(z: torch.Tensor, lab: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    z = _scaled(z, temperature)
     return z.gather(-1, lab).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
@@ -139,12 +149,10 @@ def score_responses(
                 continue
             start = len(p) - 1 - offset
             rows = logits[i, start : start + len(r)]
-            if temperature != 1.0:
-                rows = rows.float() / temperature
             labels = torch.tensor(list(r), dtype=torch.long, device=rows.device)
             out.append({
-                "entropy": token_entropy(rows, chunk_rows).cpu(),
-                "logprobs": token_logprobs(rows, labels, chunk_rows).cpu(),
+                "entropy": token_entropy(rows, chunk_rows, temperature).cpu(),
+                "logprobs": token_logprobs(rows, labels, chunk_rows, temperature).cpu(),
             })
         del logits
     return out

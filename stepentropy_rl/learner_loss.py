@@ -11,6 +11,24 @@ from stepentropy_rl.batch import Batch
 SHARED_METRICS = ("sft/nll", "actor/pg_loss", "actor/kl_loss")
 
 
+def step_metrics(per_micro_batch: list[tuple[dict, bool]]) -> dict:
+    """A rank's metrics of one optimizer step from its micro-batches' ``(metrics, has_tokens)``: shares of a global
+    aggregate (``SHARED_METRICS``) summed, every other metric averaged over the micro-batches that hold response
+    tokens. A micro-batch of padding rows only (a rank's slice one row short of the longest, at a micro-batch
+    boundary) reports 0 for its means, which averaged in would dilute them.
+
+    >>> step_metrics([({"actor/pg_loss": 0.5, "actor/pg_clipfrac": 0.2}, True),
+    ...               ({"actor/pg_loss": 0.0, "actor/pg_clipfrac": 0.0}, False)])
+    {'actor/pg_loss': 0.5, 'actor/pg_clipfrac': 0.2}
+    """
+    real = max(1, sum(has for _, has in per_micro_batch))
+    totals: dict[str, float] = {}
+    for metrics, has in per_micro_batch:
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + (v if k in SHARED_METRICS else v / real if has else 0.0)
+    return totals
+
+
 def compute_loss(logprobs: torch.Tensor, mb: Batch, loss: dict, global_batch: dict | None = None,
                  old_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """``logprobs``: [B, T] log-probs of ``mb.input_ids`` (0 outside the loss mask). Returns (loss, metrics).

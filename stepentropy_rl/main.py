@@ -18,10 +18,22 @@ log = logging.getLogger("stepentropy_rl")
 CPU_PRESETS = {"trainer": "cpu", "rollout": "vllm_cpu", "cluster": "local_cpu"}  # sized for the tiny reasoner
 
 
+class JobFailed(Exception):
+    """A sweep job stopped by a user error: Hydra marks the job failed, runs the sweep's other jobs, and then reports
+    the first failure (a ``SystemExit`` would end the whole sweep at the first bad job)."""
+
+
 @hydra.main(version_base=None, config_path="pkg://stepentropy_rl.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(cfg.log_level)
     launch(in_sweep_group(cfg))
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def in_sweep_group(cfg: DictConfig) -> DictConfig:
@@ -36,6 +48,19 @@ def in_sweep_group(cfg: DictConfig) -> DictConfig:
         with open_dict(cfg):
             cfg.trainer.logger.group = str(hc.sweep.dir)
     return cfg
+
+
+def resume_hint(run_dir: str, overrides: list[str], sweep_dir: str | None) -> str | None:
+    """How to resume a run whose ``run_dir`` is Hydra's new timestamped directory (no ``run_dir=`` given; in a sweep,
+    ``sweep_dir``, no ``hydra.sweep.dir=``): the same command would start over in another one. None when the command
+    names its directory. ``overrides``: the command line's, task and Hydra ones."""
+    named = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o}
+    if "run_dir" in named or (sweep_dir is not None and "hydra.sweep.dir" in named):
+        return None
+    if sweep_dir is not None:
+        return (f"this sweep writes under a new timestamped directory, {sweep_dir}: to resume it after a crash, rerun "
+                f"it with hydra.sweep.dir={sweep_dir} and the same sweep overrides in the same order")
+    return f"run_dir is a new timestamped directory: to resume this run after a crash, rerun it with run_dir={run_dir}"
 
 
 def preset_warning(job, choices: dict) -> str | None:
@@ -54,7 +79,8 @@ def preset_warning(job, choices: dict) -> str | None:
 
 
 def launch(cfg: DictConfig) -> None:
-    """Run the composed config; a user error (bad config value, bad data row) exits with one line naming it."""
+    """Run the composed config; a user error (bad config value, bad data row, a dead learner) exits with one line
+    naming it, or in a sweep fails only its own job (``JobFailed``)."""
     from stepentropy_rl.driver.remote import ActorLost
     from stepentropy_rl.driver.run import pipeline_for, run
 
@@ -66,12 +92,22 @@ def launch(cfg: DictConfig) -> None:
         warning = preset_warning(job, dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {})
         if warning:
             log.warning(warning)
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            hint = resume_hint(job.run_dir, [*hc.overrides.task, *hc.overrides.hydra],
+                               str(hc.sweep.dir) if in_multirun() else None)
+            if hint:
+                log.info(hint)
         run(job)  # data files and context budgets are checked before any actor starts or any stage runs
     except (ConfigError, DataError, ActorLost) as e:
         if os.environ.get("STEPENTROPY_TRACEBACK"):
             raise
         kind = {ConfigError: "config error", DataError: "data error"}.get(type(e), "run stopped")
-        raise SystemExit(f"{kind}: {e} (STEPENTROPY_TRACEBACK=1 shows where)") from None
+        message = f"{kind}: {e} (STEPENTROPY_TRACEBACK=1 shows where)"
+        if in_multirun():
+            log.error("%s; the sweep goes on with its other jobs", message)
+            raise JobFailed(message) from None
+        raise SystemExit(message) from None
 
 
 if __name__ == "__main__":

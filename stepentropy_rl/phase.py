@@ -109,6 +109,7 @@ class PhaseController:
         self._recent: list[float] = []  # smoothed values of the current phase, at most `window`
         self._last_step = -1
         self.history: list[dict] = []  # one record per update: step, entropy, ema, trend, stage used
+        self._step_log: dict = {}
 
     @property
     def stage(self) -> str:
@@ -155,6 +156,7 @@ class PhaseController:
         self._last_step = step
         trend = self.trend
         self.history.append({"step": step, "entropy": x, "ema": self._ema, "trend": trend, "stage": self._stage})
+        self._step_log = self.log_dict()  # what this step saw, before a switch restarts the EMA and the trend
 
         mode = self.cfg.mode
         if mode == "fixed":
@@ -169,7 +171,14 @@ class PhaseController:
             self._stage, self._steps_in_phase, self._streak = nxt, 0, 0
             self._recent, self._ema = [], None  # the next stage's level is its own (its own temperature)
             self._switches += 1
+        self._step_log.update({"phase/switches": self._switches, "phase/next_stage": STAGES.index(self._stage)})
         return self._stage
+
+    def step_log(self) -> dict:
+        """The last update's scalars for the metrics log: the stage it ran, the EMA, trend and phase length it saw
+        (a switch restarts them, so ``log_dict`` after it shows the new phase's empty state, not what decided it),
+        the switches so far and ``phase/next_stage``. Empty before any update."""
+        return dict(self._step_log)
 
     def log_dict(self) -> dict:
         """Scalars for the metrics log (``nan`` where not yet defined)."""

@@ -77,6 +77,17 @@ def open_group(url: str, rank: int, world_size: int, backend: str, timeout_s: fl
     return store, group
 
 
+def reopen_group(old, url: str, rank: int, world_size: int, backend: str):
+    """:func:`open_group`, after aborting ``old`` (the ``(store, group)`` this process opened before, or None): the
+    group is reopened when an engine was restarted, and an NCCL communicator with a dead peer is aborted rather than
+    left to its destructor, which can wait on that peer."""
+    if old is not None:
+        abort = getattr(old[1], "abort", None)
+        if abort is not None:
+            abort()
+    return open_group(url, rank, world_size, backend)
+
+
 def _broadcast(group, buf: torch.Tensor) -> None:
     opts = dist.BroadcastOptions()
     opts.rootRank = 0

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 class WeightSync:
     def open_weight_group(self, url: str, rank: int, world_size: int, backend: str) -> None:
-        from stepentropy_rl.weight_sync import open_group
+        from stepentropy_rl.weight_sync import reopen_group
 
-        self._weight_group = open_group(url, rank, world_size, backend)  # replaces a previous group
+        self._weight_group = reopen_group(getattr(self, "_weight_group", None), url, rank, world_size, backend)
 
     def receive_weights(self, plan: list) -> int:
         from stepentropy_rl.weight_sync import receive

@@ -211,10 +211,8 @@ class GRPOTrainer:
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
                         **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},
-                        **self.phase.log_dict(), **{f"time/{k}": v for k, v in timing.items()}})
+                        **self.phase.step_log(), **{f"time/{k}": v for k, v in timing.items()}})
         metrics["time/step"] = sum(timing.values())
-        metrics["phase/next_stage"] = metrics["phase/stage"]  # log_dict() already holds the stage for the next step
-        metrics["phase/stage"] = 0 if stage == "compress" else 1
         return metrics
 
     def update(self, batch: Batch, loss: dict, mini_size: int, epochs: int) -> dict:

@@ -3,7 +3,8 @@
 1. the rollout worker writes a full CoT for each held-out problem;
 2. the reference worker scores exact token entropies; steps are cut on the delimiter and scored (sum or mean);
 3. for each strategy and ratio the thinking is pruned, the answer regenerated after ``pruned thinking\\n</think>\\n\\n``
-   and graded. A sample that fails in any way (no CoT, no answer, garbage) counts as wrong, never dropped;
+   and graded. A sample that fails in any way (no CoT, a CoT cut before ``</think>``, no answer, garbage) counts as
+   wrong, never dropped;
 4. the AUROC with which low step entropy finds the labelled redundant steps, on the gold solutions (teacher-forced).
 
 Each pruned CoT also records whether its kept thinking still writes the gold answer (``answer_in_thinking``): a
@@ -100,6 +101,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
                 variants.append(answer_prefix(prompt, thinking))
                 rows.append({"id": p.id, "strategy": strategy, "ratio": ratio, "answer": p.answer,
                              "full_cot_correct": full_ok, "finish_reason": cot["finish_reason"],
+                             "cot_closed": rec["closed"],
                              "n_steps": len(texts), "n_pruned": pruned.n_pruned,
                              "thinking_tokens_full": n_think,
                              "thinking_tokens": count_tokens(tokenizer, thinking),
@@ -119,8 +121,9 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
     for row, a, view in zip(rows, (by_prefix[v] for v in variants), shown):
         text = a[0]["text"] if a else ""
         row["regenerated"] = view["regenerated"] = text
-        # the regenerated text is what follows </think> after the pruned thinking
-        row["correct"] = view["correct"] = bool(text) and grade(THINK_CLOSE + text, row["answer"])
+        # the regenerated text is what follows </think> after the pruned thinking; a CoT that never closed its
+        # thinking (cut at max_tokens) failed, however an answer forced after it comes out
+        row["correct"] = view["correct"] = row["cot_closed"] and bool(text) and grade(THINK_CLOSE + text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
     paired = compare_strategies(rows)

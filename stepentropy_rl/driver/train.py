@@ -18,6 +18,7 @@ from stepentropy_rl.cot_cache import model_fingerprint
 from stepentropy_rl.data import write_jsonl
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.driver.faults import FaultInjection, die_at
+from stepentropy_rl.driver.stage_config import ORDER
 from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
 from stepentropy_rl.tokenizer import load_tokenizer
@@ -27,19 +28,22 @@ log = logging.getLogger(__name__)
 
 class Stages:
     """Stage markers; each records ``seconds``, the wall time since the previous mark in this process (or since the
-    markers were opened), so a stage's time includes starting the actors it waited for."""
+    markers were opened), so a stage's time includes starting the actors it waited for, and ``config``, the job's
+    config in ``stage_config.decisive`` form (a rerun under another config is checked against it)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, config: dict | None = None):
         self.dir = run_dir / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._since = time.monotonic()
+        self.config = config
 
     def done(self, name: str) -> bool:
         return (self.dir / f"{name}.done").exists()
 
     def mark(self, name: str, info: dict | None = None) -> None:
         now = time.monotonic()
-        atomic_write_json(self.dir / f"{name}.done", {**(info or {}), "seconds": round(now - self._since, 1)},
+        extra = {"config": self.config} if self.config is not None else {}
+        atomic_write_json(self.dir / f"{name}.done", {**(info or {}), **extra, "seconds": round(now - self._since, 1)},
                           indent=None)
         self._since = now
 
@@ -57,7 +61,29 @@ class Stages:
         return next((info[key] for info in map(self.info, reversed(ORDER)) if key in info), None)
 
 
-ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")
+def check_config(run_dir: Path, config: dict) -> None:
+    """Refuse a rerun of ``run_dir`` whose ``config`` (``JobConfig.to_dict()``) differs from the one a finished stage
+    ran under in a key that stage depends on (``stage_config``): its outputs would be kept and reported under the new
+    config."""
+    from stepentropy_rl.driver.stage_config import conflicts
+
+    stages = Stages(run_dir)
+    recorded = {name: stages.info(name).get("config") for name in ORDER if stages.done(name)}
+    found = conflicts({k: v for k, v in recorded.items() if v is not None}, run_config(config))
+    if found:
+        stage, key, then, now = found[0]
+        more = f" (and {len(found) - 1} more difference{'s' * (len(found) > 2)})" if len(found) > 1 else ""
+        raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
+                          f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
+                          f"under this config. Give the job another run_dir, or delete {run_dir / 'stages'}/"
+                          f"{stage}.done and the markers after it to redo those stages")
+
+
+def run_config(config: dict) -> dict:
+    """``config`` as a stage marker records it (``stage_config.decisive``, through JSON)."""
+    from stepentropy_rl.driver.stage_config import decisive
+
+    return json.loads(json.dumps(decisive(config), default=str))
 
 
 def make_init_model(base: str, out: Path) -> None:
@@ -90,20 +116,22 @@ def train_pipeline(job) -> dict:
 
 def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
     """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
-    from stepentropy_rl import report
     from stepentropy_rl.cot_cache import CoTCache
     from stepentropy_rl.driver import roles
     from stepentropy_rl.driver.evaluate import evaluate
     from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
     from stepentropy_rl.driver.tracking import Tracker
 
-    stages, models = Stages(run_dir), run_dir / "models"
+    stages, models = Stages(run_dir, run_config(cfg.to_dict())), run_dir / "models"
     models.mkdir(exist_ok=True)
     init = models / "init"
     if not stages.done("init"):
         make_init_model(base_path, init)
         stages.mark("init", {"base": base_path, "fingerprint": model_fingerprint(base_path)})
     check_same_base(stages.info("init"), base_path, run_dir)
+    if all(stages.done(name) for name in ORDER):  # a finished run rerun (a resumed sweep): no actor to start
+        log.info("every stage of %s is done; the report is written again from their results", run_dir)
+        return _report(run_dir, stages)
     tok = load_tokenizer(init)
     tc = cfg.trainer
     rollouts = roles.spawn_rollouts(cfg, str(init))
@@ -192,5 +220,11 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     finally:
         learners.shutdown()
         tracker.finish()
+    return _report(run_dir, stages)
+
+
+def _report(run_dir: Path, stages: Stages) -> dict:
+    from stepentropy_rl import report
+
     table = {name: json.loads((run_dir / "eval" / f"{name}.json").read_text()) for name in ("base", "sft", "final")}
     return report.write_training_report(run_dir, table, stages.seconds())

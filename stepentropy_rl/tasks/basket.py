@@ -276,8 +276,14 @@ _PATTERNS = (*((f"{o} ", "essential", "move") for o in MOVE_OPENERS), ("So the b
 
 
 def label_step(text: str) -> tuple[str, str]:
-    """Label a step of this task's grammar, e.g. one the model wrote: (label, kind), ("unknown", "") otherwise."""
-    text = text.strip()
+    """Label a step of this task's grammar, e.g. one the model wrote: (label, kind), ("unknown", "") otherwise. A
+    leading placeholder is dropped, as ``diagnose`` drops it: a trained model may join a ``[SKIP]`` to the next step
+    with one newline or a space, and that step is still written.
+
+    >>> label_step("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), label_step("[SKIP] So the basket has 15 now."), label_step("[SKIP]")
+    (('essential', 'move'), ('redundant', 'restate'), ('unknown', ''))
+    """
+    text = _PLACEHOLDERS.sub("", text.strip())
     for prefix, label, kind in _PATTERNS:
         if text.startswith(prefix):
             return label, kind

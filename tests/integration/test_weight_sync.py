@@ -136,3 +136,23 @@ def _wait_until_gone(actor, timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("the killed actor kept answering")
+
+
+def test_a_reopened_group_aborts_the_old_one_first(tmp_path):
+    """An engine restart reopens the sync group: the old group is aborted (an NCCL communicator with a dead peer, left
+    to its destructor, can wait on that peer), and the new one carries the next push."""
+    from stepentropy_rl.weight_sync import reopen_group
+
+    class _Old:
+        aborted = 0
+
+        def abort(self):
+            self.aborted += 1
+
+    old = _Old()
+    first = reopen_group((None, old), f"file://{tmp_path / 'a'}", 0, 1, "gloo")
+    assert old.aborted == 1
+    second = reopen_group(first, f"file://{tmp_path / 'b'}", 0, 1, "gloo")  # a real gloo group aborted
+    plan = plan_buckets([("w", (3,))], "float32", 1.0)
+    assert send(second[1], plan, iter([("w", torch.ones(3))]), "cpu") == 12
+    assert reopen_group(None, f"file://{tmp_path / 'c'}", 0, 1, "gloo")[1] is not None

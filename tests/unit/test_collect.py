@@ -28,6 +28,9 @@ def test_a_sweep_becomes_one_table_and_two_plots(tmp_path, capsys):
     job(sweep / "2", 0.6, report={"base": {"accuracy": 0.95, "accuracy_stderr": 0.01, "thinking_tokens": 160.0, "n": 500},
                                   "final": {"accuracy": 0.96, "accuracy_stderr": 0.01, "thinking_tokens": 62.0, "n": 500}})
     (sweep / "3").mkdir()  # a job that died before writing anything
+    job(sweep / "4", 0.8)  # a job that failed or still runs: its config, no results
+    (sweep / "4" / ".hydra").mkdir()
+    (sweep / "4" / ".hydra" / "config.yaml").write_text("{}")  # Hydra's own copy is not a job
     main([str(sweep)])
     rows = json.loads((sweep / "collected.json").read_text())
     assert [(r["job"], r["kind"], r.get("model", r.get("ratio"))) for r in rows] == [
@@ -37,7 +40,10 @@ def test_a_sweep_becomes_one_table_and_two_plots(tmp_path, capsys):
     assert "| pruning.ratio=0.6 | final | 96.0 ± 1.0% | 62.0 | 500 |" in md
     for png in ("accuracy_vs_ratio.png", "accuracy_vs_tokens.png"):
         assert (sweep / png).stat().st_size > 5000
-    assert "3 jobs, 4 rows" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 jobs, 4 rows" in out
+    assert "1 job without results (failed, killed or still running; rerun with the same hydra.sweep.dir" in out
+    assert out.count("): 4\n") == 1 and "4 without" not in md and "): 4" in md  # named once, in the table file too
 
 
 def study_job(path, strategy, verdicts, seed=0):

@@ -131,6 +131,10 @@ def test_cfg_job_prints_real_scale_config():
 
 @pytest.mark.parametrize("override,key", [
     ("algorithm.adv_estimator.compress=magic", "algorithm.adv_estimator.compress"),
+    # registered in verl, but gdpo ran batch-whitened GRPO without a word and the others failed at the first step
+    ("algorithm.adv_estimator.explore=gdpo", "algorithm.adv_estimator.explore 'gdpo' needs each reward term"),
+    ("algorithm.adv_estimator.compress=gae", "algorithm.adv_estimator.compress 'gae' needs critic values"),
+    ("algorithm.adv_estimator.compress=remax", "algorithm.adv_estimator.compress 'remax' needs"),
     ("algorithm.n_samples=1", "algorithm.n_samples"),
     ("algorithm.phase.ema=1.5", "phase.ema"),
     ("trainer.grpo.steps=0", "trainer.grpo.steps"),
@@ -143,6 +147,7 @@ def test_cfg_job_prints_real_scale_config():
     ("algorithm.temperature.compress=0", "algorithm.temperature.compress"),
     ("trainer.eval.max_tokens=600", "trainer.eval.max_tokens"),  # past rollout.engine.max_model_len (512)
     ("cluster.learner.sync_bucket_mb=0", "cluster.learner.sync_bucket_mb"),
+    ("+rollout.engine.tensor_parallel_size=2", "rollout.engine.tensor_parallel_size must be 1"),  # the sync hung
     ("algorithm.ppo_mini_batch_size=3", "algorithm.ppo_mini_batch_size"),  # must divide prompts_per_step (16)
     ("algorithm.ppo_epochs=0", "algorithm.ppo_epochs"),
     # checked nowhere before the typed config: each failed at the first GRPO step, or trained on
@@ -280,3 +285,29 @@ def test_a_real_checkpoint_on_the_cpu_presets_is_warned_about():
     assert "rollout=vllm_cpu" in preset_warning(real, {**gpu, "rollout": "vllm_cpu"})  # one CPU preset is enough
     tiny = build(cfg())  # the tiny reasoner is what the presets are for
     assert preset_warning(tiny, {**cpu, "model": "tiny"}) is None
+
+
+def test_a_bad_sweep_job_fails_alone_and_the_sweep_goes_on(tmp_path):
+    """A config error in one job of a multirun used to exit the process: the jobs after it never ran."""
+    out = subprocess.run([sys.executable, "-m", "stepentropy_rl.main", "-m", "+experiment=entropy_guided",
+                          "trainer.grpo.lr=-1,-2", f"hydra.sweep.dir={tmp_path}"],
+                         capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "#1 : +experiment=entropy_guided trainer.grpo.lr=-2" in log
+    for lr in ("-1.0", "-2.0"):
+        assert f"config error: trainer.grpo.lr must be a finite number > 0, got {lr}" in log
+    assert "JobFailed: config error: trainer.grpo.lr must be a finite number > 0, got -1.0" in log  # the first, last
+
+
+def test_a_timestamped_run_dir_says_how_to_resume():
+    """The README's commands without run_dir= write under a new timestamped directory each time: rerunning the same
+    command after a crash starts over, so the job says what to rerun."""
+    from stepentropy_rl.main import resume_hint
+
+    assert resume_hint("outputs/2026-12-05/02-30-00", ["+experiment=step_entropy"], None) == (
+        "run_dir is a new timestamped directory: to resume this run after a crash, rerun it with "
+        "run_dir=outputs/2026-12-05/02-30-00")
+    assert resume_hint("runs/se", ["+experiment=step_entropy", "run_dir=runs/se"], None) is None
+    sweep = resume_hint("multirun/d/t/job1", ["trainer.prune.ratio=0.4"], "multirun/d/t")
+    assert "hydra.sweep.dir=multirun/d/t and the same sweep overrides in the same order" in sweep
+    assert resume_hint("/s/job1", ["trainer.prune.ratio=0.4", "hydra.sweep.dir=/s"], "/s") is None

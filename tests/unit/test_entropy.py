@@ -320,3 +320,23 @@ def test_token_logprobs_keeps_no_fp32_copy_of_logits_for_backward():
     assert new_bytes(lambda: token_logprobs(logits, labels, chunk_rows=8)) < 64 * 1000  # labels only
     # the plain fp32 log-softmax keeps a full copy: the check above can fail
     assert new_bytes(lambda: torch.log_softmax(logits.float(), -1)[:, 0]) >= 64 * 1000 * 4
+
+
+def test_temperature_scales_each_chunk_in_fp32_as_the_engines_do():
+    """A mixed-precision learner's logits are bf16: dividing them by the temperature in bf16 rounds a second time,
+    which the reference (fp32) and vLLM's sampler (fp32) do not, so an identical policy and reference showed a KL."""
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(6, 1000)).to(torch.bfloat16)
+    labels = torch.randint(0, 1000, (6,))
+    exact = token_logprobs(logits.float() / 0.6, labels)
+    got = token_logprobs(logits, labels, chunk_rows=4, temperature=0.6)
+    assert torch.equal(got, exact)
+    assert not torch.equal(token_logprobs(logits / 0.6, labels), exact)  # the bf16 division it replaces
+    assert torch.equal(token_entropy(logits, chunk_rows=4, temperature=0.6), token_entropy(logits.float() / 0.6))
+    # fp32 logits (the CPU learners): the same bits as dividing the whole tensor first, values and gradients
+    x = torch.randn(6, 50, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    a, b = token_logprobs(x, labels % 50, chunk_rows=4, temperature=0.8), token_logprobs(y / 0.8, labels % 50)
+    a.sum().backward()
+    b.sum().backward()
+    assert torch.equal(a, b) and torch.equal(x.grad, y.grad)

@@ -84,3 +84,67 @@ def test_a_kl_coefficient_without_reference_log_probs_is_an_error():
         compute_loss(lp, mb, {**GRPO, "loss_agg_mode": "token-mean"})
     value, metrics = compute_loss(lp, mb, {**GRPO, "kl_coef": 0.0, "loss_agg_mode": "token-mean"})
     assert "actor/kl_loss" not in metrics and torch.isfinite(value)
+
+
+def test_a_mixed_precision_learner_scales_its_bf16_logits_in_fp32():
+    """The learner's log-probs at the sampling temperature come from its bf16 logits upcast, then divided, as the
+    reference and vLLM's sampler compute them; dividing in bf16 showed a KL to an identical reference."""
+    from types import SimpleNamespace
+
+    from stepentropy_rl.entropy import token_logprobs
+    from workers.learner import Learner
+
+    torch.manual_seed(0)
+    batch = Batch.from_pairs([[1, 2], [3]], [[4, 5, 6], [7, 8]], pad_id=0)
+    logits = (4 * torch.randn(*batch.input_ids.shape, 300)).to(torch.bfloat16)
+    learner = SimpleNamespace(model=lambda input_ids, attention_mask: SimpleNamespace(logits=logits.clone()),
+                              device=torch.device("cpu"))
+    lp, ent = Learner._forward(learner, batch, 4, True, temperature=0.6)
+    want = torch.zeros_like(lp)
+    want[:, 1:] = token_logprobs(logits.float() / 0.6, torch.roll(batch.input_ids, -1, dims=1))[:, :-1]
+    assert torch.equal(lp, want * batch.loss_mask) and batch.loss_mask.sum() == 5
+
+
+def test_gradient_checkpointing_keeps_the_gradients_and_is_on_for_the_gpu_cluster():
+    """``cluster.learner.gradient_checkpointing`` (on in ``cluster=gpu_8x``): the same gradients from recomputed
+    activations; without it a 7B GRPO micro-batch kept about 57 GB of them."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workers.learner import enable_checkpointing
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).train()
+        if checkpointed:
+            enable_checkpointing(model)
+            assert model.is_gradient_checkpointing and not model.config.use_cache
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    conf = Path(__file__).resolve().parents[2] / "conf" / "cluster"
+    assert OmegaConf.load(conf / "gpu_8x.yaml").learner.gradient_checkpointing is True
+    assert OmegaConf.load(conf / "local_cpu.yaml").learner.gradient_checkpointing is False
+
+
+def test_a_micro_batch_of_padding_rows_does_not_dilute_the_step_means():
+    """33 rows over 2 ranks at micro-batches of 16: the second rank's slice is 16 rows and a padding copy, which forms
+    a micro-batch of its own whose means are 0; averaged in, they halved that rank's clip fraction and ratio means."""
+    from stepentropy_rl.learner_loss import step_metrics
+
+    lp, mb = _batch([5, 3, 4, 6, 0])  # the last row: a padding copy with an empty loss mask
+    gb = global_batch_info([mb.loss_mask])
+    real = _rows(lp, mb, torch.arange(4))
+    pad = _rows(lp, mb, torch.tensor([4]))
+    loss = {**GRPO, "loss_agg_mode": "token-mean"}
+    parts = [compute_loss(real[0], real[1], loss, gb)[1], compute_loss(pad[0], pad[1], loss, gb)[1]]
+    got = step_metrics([(parts[0], True), (parts[1], False)])
+    means = [k for k in parts[0] if k not in SHARED_METRICS and parts[0][k] != 0]
+    assert means and all(got[k] == pytest.approx(parts[0][k]) for k in means)
+    assert all(got[k] == pytest.approx(parts[0][k] + parts[1][k]) for k in SHARED_METRICS if k in got)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from stepentropy_rl.phase import COMPRESS, EXPLORE, PhaseConfig, PhaseController, slope
+from stepentropy_rl.phase import COMPRESS, EXPLORE, STAGES, PhaseConfig, PhaseController, slope
 
 
 def run(cfg, series):
@@ -251,3 +251,18 @@ def test_validate_message_for_ema():
     with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
         PhaseConfig(ema=1.5)
     PhaseConfig().validate()
+
+
+def test_the_step_log_of_a_switch_holds_what_decided_it():
+    """A switch restarts the EMA and the trend; logged after it, the switch step showed an empty EMA and trend and a
+    phase of 0 steps under the old stage (8 of the 40 rows of a default run)."""
+    ctl = PhaseController(PhaseConfig(min_steps=4, window=4, patience=2, ema=0.0, hysteresis=0.0))
+    for i, h in enumerate([1.0] * 6):  # flat: compress stalls once window and patience allow
+        ctl.update(h, i)
+        if ctl.switches:
+            break
+    log = ctl.step_log()
+    assert log["phase/stage"] == STAGES.index(COMPRESS) and log["phase/next_stage"] == STAGES.index(EXPLORE)
+    assert log["phase/entropy_ema"] == 1.0 and log["phase/trend"] == 0.0 and log["phase/steps_in_phase"] >= 4
+    assert log["phase/switches"] == 1 and math.isnan(ctl.log_dict()["phase/trend"])  # the new phase: nothing yet
+    assert PhaseController().step_log() == {}

@@ -125,6 +125,37 @@ def test_failed_samples_count_as_wrong_never_dropped(setup):
         assert r["n"] == len(probs) and r["accuracy"] <= (len(probs) - 2) / len(probs)
 
 
+class CutRollout(FakeRollout):
+    """Writes some CoTs cut at max_tokens before ``</think>`` (the thinking whole, nothing after it)."""
+
+    def __init__(self, problems, cut_ids):
+        super().__init__(problems)
+        self.cut = set(cut_ids)
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        for ids, o in zip(prompts, out):
+            text = self.tok.decode(ids, skip_special_tokens=False)
+            p = next(p for q, p in self.by_prompt.items() if q in text)
+            if p.id in self.cut and not text.endswith("</think>"):
+                thinking = o[0]["text"].split("</think>")[0]
+                o[0].update(text=thinking, token_ids=self.tok(thinking, add_special_tokens=False).input_ids,
+                            finish_reason="length")
+        return out
+
+
+def test_a_cot_cut_before_its_think_close_counts_wrong_under_every_strategy(setup):
+    """Its whole thinking survives at ratio 0, and an answer forced after ``</think>`` came out right: the study
+    counted a CoT that failed as right, while the full-CoT accuracy counted it wrong."""
+    probs, tok, cfg = setup
+    roll = CutRollout(probs, [probs[3].id])
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    cut = [r for r in res.rows if r["id"] == probs[3].id]
+    assert cut and all(not r["cot_closed"] and not r["correct"] for r in cut)
+    assert all(r["correct"] for r in res.rows if r["ratio"] == 0.0 and r["id"] != probs[3].id)
+
+
 class CopyingRollout(FakeRollout):
     """Answers right exactly when the kept thinking still writes the answer: a model that copies it from a restate."""
 
@@ -181,9 +212,13 @@ def test_strategies_are_compared_on_the_same_problems_with_a_paired_error():
     rows = _rows({"low": [True] * 5 + [False] * 5, "random": [False] * 5 + [True] * 5})
     (tie,) = compare_strategies(rows)
     assert tie["difference"] == 0 and tie["stderr"] > 0.3 and not tie["ahead_beyond_error"]
-    # every problem differs alike: no spread, z undefined, ahead; behind is never ahead
-    (alike,) = compare_strategies(_rows({"low": [True] * 3, "high": [False] * 3}))
+    # every problem differs alike: no spread, z undefined; ahead from 6 problems on (a sign test), not on 3 (one
+    # problem alone used to count as ahead beyond the error); behind is never ahead
+    (alike,) = compare_strategies(_rows({"low": [True] * 6, "high": [False] * 6}))
     assert alike["z"] is None and alike["ahead_beyond_error"] and "| - | yes |" in paired_table([alike])
+    for n in (1, 3, 5):
+        (few,) = compare_strategies(_rows({"low": [True] * n, "high": [False] * n}))
+        assert few["z"] is None and not few["ahead_beyond_error"]
     (behind,) = compare_strategies(_rows({"low": [False] * 3, "high": [True] * 3}))
     assert behind["difference"] == -1 and not behind["ahead_beyond_error"]
     # a ratio only one strategy ran has no comparison; problems only one strategy answered are left out

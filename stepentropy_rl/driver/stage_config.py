@@ -1,0 +1,83 @@
+"""What each training stage's result depends on in the config: a rerun of a ``run_dir`` keeps its finished stages, so
+one made with another config (a sweep job that resumed another's directory, a changed ``trainer.prune.ratio``) would
+mix two experiments in one report without a word. Every stage marker records the config it ran under; a rerun whose
+config differs in a key that a finished stage depends on is refused, naming the key.
+
+A stage depends on the keys of its own row below and of every row before it (the pipeline is sequential); a key in
+no row is taken to decide everything (``init``); ``IGNORED`` keys decide nothing a stage writes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")
+
+# the first stage whose result each key (or key prefix) decides; the longest prefix wins
+FIRST_STAGE = {
+    "model": "init",
+    "data": "eval_base", "trainer.eval": "eval_base", "rollout": "eval_base", "cluster.rollout": "eval_base",
+    "trainer.n_train": "prune", "trainer.prune": "prune", "reference": "prune", "cluster.reference": "prune",
+    "trainer.sft": "sft", "trainer.optim": "sft", "trainer.micro_batch_size": "sft", "cluster.learner": "sft",
+    "seed": "sft",
+    "algorithm": "grpo", "reward": "grpo", "trainer.grpo": "grpo", "data.reward_scale": "grpo",
+}
+# where and how a run is logged, resources, restarts, caches and fault injection: no stage's output depends on them
+IGNORED = (
+    "run_dir", "log_level", "pipeline", "pruning", "trainer.logger", "trainer.progress", "rollout.log_level",
+    "cluster.address", "cluster.dashboard_host", "cluster.include_dashboard", "cluster.loopback_only",
+    "cluster.num_cpus", "cluster.reward", "cluster.rollout.max_restarts", "cluster.reference.max_restarts",
+    "cluster.rollout.num_cpus", "cluster.reference.num_cpus", "cluster.learner.num_cpus",
+    "data.grade_timeout_s", "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
+    "trainer.grpo.crash_after_step", "trainer.grpo.kill_at_step", "trainer.grpo.keep_last", "trainer.grpo.save_every",
+)
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def decisive(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``config`` (nested, as ``JobConfig.to_dict()``) flattened to dotted keys, less the ``IGNORED`` ones.
+
+    >>> decisive({"run_dir": "/r", "trainer": {"prune": {"ratio": 0.8, "cache": True}, "logger": {"group": None}}})
+    {'trainer.prune.ratio': 0.8}
+    """
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if any(_under(key, i) for i in IGNORED):
+            continue
+        if isinstance(v, dict) and v:
+            out.update(decisive(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def first_stage(key: str) -> str:
+    """The first stage whose result ``key`` decides (``init`` for a key in no row).
+
+    >>> first_stage("trainer.prune.ratio"), first_stage("data.reward_scale.length_budget"), first_stage("new.key")
+    ('prune', 'grpo', 'init')
+    """
+    matches = [p for p in FIRST_STAGE if _under(key, p)]
+    return FIRST_STAGE[max(matches, key=len)] if matches else "init"
+
+
+def conflicts(recorded: dict[str, dict], current: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """``(stage, key, then, now)`` for each finished stage (``recorded``: stage -> the config its marker holds,
+    ``decisive`` form) and each key it depends on whose value differs in ``current``; "(unset)" for a key one side
+    lacks. Stages whose marker holds no config (written before markers did) are not checked."""
+    found = []
+    for stage in ORDER:
+        then = recorded.get(stage)
+        if then is None:
+            continue
+        upto = ORDER.index(stage)
+        for key in sorted(set(then) | set(current)):
+            if ORDER.index(first_stage(key)) > upto:
+                continue
+            a, b = then.get(key, "(unset)"), current.get(key, "(unset)")
+            if a != b:
+                found.append((stage, key, a, b))
+    return found
