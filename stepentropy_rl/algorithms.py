@@ -88,16 +88,23 @@ def compute_advantages(
     group_ids: np.ndarray,
     norm_by_std: bool = True,
     beta: float = 1.0,
+    components: Optional[dict[str, tuple[float, torch.Tensor]]] = None,
 ) -> torch.Tensor:
     """Per-token advantages from estimator ``name`` (``algorithm.adv_estimator``).
 
     ``group_ids[i]`` is the prompt id of sample i (verl's ``uid``). ``norm_by_std`` maps to
     ``norm_adv_by_std_in_grpo`` (GRPO family; False = Dr.GRPO), ``beta`` to "absolute".
+    ``components`` (needed by "gdpo"): each reward term's ``(weight, [B] values)``, normalised within its
+    groups on its own before the weighted sum (:func:`gdpo_advantages`).
     Estimators needing extra inputs (e.g. "gae" needs critic values) raise ``TypeError``.
     """
     known = known_estimators()
     if name not in known:
         raise ValueError(f"unknown algorithm.adv_estimator {name!r}; known: {', '.join(known)}")
+    if name == "gdpo":
+        if not components:
+            raise ValueError("adv_estimator gdpo needs the reward's terms (components), one column each")
+        return gdpo_advantages(components, response_mask, group_ids, norm_by_std)
     fn = core_algos.get_adv_estimator_fn(name)
     mask = response_mask.to(token_level_rewards.dtype)
     config = AlgoConfig(adv_estimator=name, norm_adv_by_std_in_grpo=norm_by_std)
@@ -109,6 +116,31 @@ def compute_advantages(
     if "beta" in params:
         kwargs["beta"] = beta
     advantages, _returns = fn(**kwargs)
+    return advantages
+
+
+def gdpo_advantages(components: dict[str, tuple[float, torch.Tensor]], response_mask: torch.Tensor,
+                    group_ids: np.ndarray, norm_by_std: bool = True) -> torch.Tensor:
+    """GDPO (arXiv 2601.05242) through verl's ``compute_gdpo_outcome_advantage``: each reward term k normalised within
+    each prompt group on its own, then weighted and summed, then whitened over the batch,
+
+        A = whiten(sum_k w_k (r_k - mean_group(r_k)) / (std_group(r_k) + eps)),
+
+    so that a term with a large spread (length shaping) does not drown one with a small spread (correctness).
+    ``components``: term -> ``(w_k, [B] r_k)``. verl reads the terms from its own batch layout (prompt and response
+    halves); here each sample's values go at its last response token, as ``token_level_rewards`` carry them."""
+    names = list(components)
+    mask = response_mask.to(torch.float32)
+    answered = mask.sum(dim=1) > 0  # an empty response carries no reward (``outcome_rewards`` leaves it 0)
+    last = (mask * torch.arange(mask.shape[1])).argmax(dim=1)  # a sample's last response token (0 if none)
+    positions = (torch.arange(mask.shape[1]) <= last[:, None]).long()
+    config = AlgoConfig(adv_estimator="gdpo", norm_adv_by_std_in_grpo=norm_by_std, gdpo_reward_keys=names,
+                        gdpo_reward_weights=[float(components[k][0]) for k in names])
+    fn = core_algos.get_adv_estimator_fn("gdpo")
+    non_tensor = {k: (components[k][1].float() * answered).numpy() for k in names}
+    advantages, _ = fn(token_level_rewards=torch.zeros_like(mask), response_mask=mask, index=np.asarray(group_ids),
+                       norm_adv_by_std_in_grpo=norm_by_std, config=config, non_tensor_batch=non_tensor,
+                       batch={"prompts": torch.zeros(mask.shape[0], 0), "attention_mask": positions})
     return advantages
 
 

@@ -232,6 +232,27 @@ class RewardFn:
         return out
 
 
+def gdpo_components(terms: list[TermSpec], scores: dict) -> dict:
+    """A stage's non-gate terms as GDPO normalises them (``algorithms.gdpo_advantages``): term -> ``(w_k, g * t_k)``,
+    its weight and its unweighted per-sample values times the product of the stage's gates ``g``, so that
+    ``sum_k w_k * g * t_k`` is the stage's total and a gated-off sample scores 0 in every term. ``scores``: the reward
+    service's columns (each term weighted, as ``RewardFn`` returns them).
+
+    >>> import torch
+    >>> terms = [TermSpec("length_clip", gate=True), TermSpec("correctness", 2.0), TermSpec("exp_length")]
+    >>> got = gdpo_components(terms, {"length_clip": torch.tensor([1.0, 0.0]), "correctness": torch.tensor([4.0, 4.0]),
+    ...                                "exp_length": torch.tensor([0.5, 0.5])})
+    >>> {k: (w, v.tolist()) for k, (w, v) in got.items()}
+    {'correctness': (2.0, [2.0, 0.0]), 'exp_length': (1.0, [0.5, 0.0])}
+    """
+    gate = 1.0
+    for t in terms:
+        if t.gate:
+            gate = gate * scores[t.name]
+    return {t.name: (float(t.weight), gate * scores[t.name] / float(t.weight)) for t in terms
+            if not t.gate and t.weight != 0}
+
+
 def from_config(cfg_terms, path: str = "reward.terms") -> RewardFn:
     """A `RewardFn` from a list of ``{name, weight, params, gate}`` dicts (plain or OmegaConf, interpolations resolved)."""
     from omegaconf import OmegaConf

@@ -12,14 +12,12 @@ ADV_ESTIMATORS = (ABSOLUTE, "gae", "gdpo", "gpg", "grpo", "grpo_passk", "grpo_ve
                   "rloo_vectorized", "tir_optimal_token_baseline")
 
 # Registered in verl but needing what this trainer does not compute: refused at config time rather than failing at the
-# first GRPO step (a missing argument) or, for gdpo, silently running something else.
+# first GRPO step (a missing argument). gdpo gets the reward's terms (algorithms.gdpo_advantages).
 NEEDS_MORE = {
     "gae": "critic values (there is no critic)",
     "remax": "the rewards of a greedy rollout per prompt",
     "optimal_token_baseline": "the policy's sum of squared token probabilities",
     "tir_optimal_token_baseline": "the policy's sum of squared token probabilities",
-    "gdpo": "each reward term normalised on its own, read from verl's batch layout; given the summed reward it "
-            "falls back to batch-whitened GRPO without a word",
 }
 
 

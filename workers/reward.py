@@ -25,6 +25,12 @@ class RewardService:
         self.grade = grader_of(data)  # garbage or timeout: wrong, never a crash
         self.skip_id, self.close_id, self.delimiter = skip_id, close_id, delimiter
 
+    def terms(self, stage: str) -> list:
+        """The ``rewards.TermSpec`` list of ``stage``'s reward (GDPO normalises its terms one by one)."""
+        if stage not in self.fns:
+            raise ValueError(f"reward.stages has no stage {stage!r}; stages: {sorted(self.fns)}")
+        return list(self.fns[stage].terms)
+
     def score(self, stage: str, batch: Batch) -> dict[str, torch.Tensor]:
         """Per-sample columns ([B] float) ``{term, ..., total, correct, length, n_skip, answered}`` under the reward
         of ``stage``, for the responses of ``batch`` (its ``text`` and ``answer`` meta; counts from its ids)."""

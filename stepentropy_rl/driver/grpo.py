@@ -27,6 +27,7 @@ from stepentropy_rl.driver.tracking import require_finite
 from stepentropy_rl.files import atomic_write_text
 from stepentropy_rl.config import AlgorithmConfig, GRPOConfig, ReferenceConfig
 from stepentropy_rl.phase import PhaseController
+from stepentropy_rl.rewards import gdpo_components
 from stepentropy_rl.tokenizer import prompt_ids
 
 TRAINED = ("actor/", "policy/")  # metrics of the update and the policy: NaN here means a diverged model
@@ -89,6 +90,7 @@ class GRPOTrainer:
         self.phase = PhaseController(self.a.phase)
         self.prompts = Prompts(problems, seed)
         self.step = 0
+        self._reward_terms: dict = {}  # stage -> its reward's TermSpecs (GDPO)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
     def _latest(self) -> Path | None:
@@ -179,9 +181,14 @@ class GRPOTrainer:
         timing["reward"] = time.time() - t0
 
         t0 = time.time()
+        components = None
+        if a.adv_estimator[stage] == "gdpo":  # each term normalised on its own (the stage's reward specs, once)
+            if stage not in self._reward_terms:
+                self._reward_terms[stage] = fetch(self.reward.terms.remote(stage))
+            components = gdpo_components(self._reward_terms[stage], scores)
         adv = algorithms.compute_advantages(a.adv_estimator[stage], outcome_rewards(batch, scores["total"]),
                                             batch.loss_mask, np.array(batch.meta["group"]),
-                                            norm_by_std=a.norm_adv_by_std, beta=a.beta)
+                                            norm_by_std=a.norm_adv_by_std, beta=a.beta, components=components)
         batch = batch.union({"advantages": adv})
         timing["adv"] = time.time() - t0
 

@@ -220,3 +220,33 @@ def test_entropy_loss_from_entropy_and_logits():
     assert alg.entropy_loss(ent, mask, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3.0) / 2)
     logits = torch.zeros(2, 3, 7)  # uniform over 7 tokens
     assert alg.entropy_loss(logits, mask).item() == pytest.approx(math.log(7), rel=1e-5)
+
+
+def test_gdpo_normalises_each_reward_term_within_its_group_before_the_weighted_sum():
+    """GDPO (verl's function, fed our per-term columns): a term with a large spread no longer drowns one with a small
+    spread, unlike GRPO on the summed reward; checked against the formula by hand. The estimator used to be accepted
+    with the summed reward only, and ran batch-whitened GRPO."""
+    import verl.utils.torch_functional as verl_F
+
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    correct = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    length = torch.tensor([0.9, 0.1, 0.5, 0.2, 0.8, 0.6])
+    got = alg.compute_advantages("gdpo", torch.zeros(6, 3), mask, groups,
+                                 components={"correct": (2.0, correct), "length": (0.5, length)})
+
+    def norm(x):
+        x = x * (mask.sum(1) > 0)  # the empty response carries no reward
+        out = torch.zeros(6)
+        for g in (0, 1):
+            sel = torch.tensor(groups == g)
+            out[sel] = (x[sel] - x[sel].mean()) / (x[sel].std() + 1e-6)
+        return out
+
+    want = verl_F.masked_whiten((2.0 * norm(correct) + 0.5 * norm(length))[:, None] * mask, mask) * mask
+    assert torch.allclose(got, want, atol=1e-5)
+    summed = alg.compute_advantages("grpo", (2.0 * correct + 0.5 * length)[:, None] * torch.tensor([[0, 0, 1.0]]),
+                                    mask, groups)
+    assert not torch.allclose(got, summed, atol=1e-3)
+    with pytest.raises(ValueError, match="gdpo needs the reward's terms"):
+        alg.compute_advantages("gdpo", torch.zeros(6, 3), mask, groups)

@@ -131,8 +131,7 @@ def test_cfg_job_prints_real_scale_config():
 
 @pytest.mark.parametrize("override,key", [
     ("algorithm.adv_estimator.compress=magic", "algorithm.adv_estimator.compress"),
-    # registered in verl, but gdpo ran batch-whitened GRPO without a word and the others failed at the first step
-    ("algorithm.adv_estimator.explore=gdpo", "algorithm.adv_estimator.explore 'gdpo' needs each reward term"),
+    # registered in verl, but each failed at the first GRPO step (a missing argument)
     ("algorithm.adv_estimator.compress=gae", "algorithm.adv_estimator.compress 'gae' needs critic values"),
     ("algorithm.adv_estimator.compress=remax", "algorithm.adv_estimator.compress 'remax' needs"),
     ("algorithm.n_samples=1", "algorithm.n_samples"),

@@ -4,13 +4,14 @@ the sampling temperature reaching every scorer."""
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from stepentropy_rl.config import build
 from stepentropy_rl.data import Example
-from stepentropy_rl.driver.grpo import GRPOTrainer, Prompts
+from stepentropy_rl.driver.grpo import GRPOTrainer, Prompts, outcome_rewards
 from stepentropy_rl.driver.roles import Actors
 from stepentropy_rl.driver.rollout_group import RolloutGroup
 
@@ -249,3 +250,38 @@ def test_a_half_written_checkpoint_is_not_counted_and_the_latest_is_never_remove
     grpo = tmp_path / "grpo"
     assert (grpo / "latest").read_text() == "step_2" and (grpo / "step_2" / "driver.json").exists()
     assert sorted(p.name for p in grpo.glob("step_*")) == ["step_2", "step_9"]
+
+
+class TermReward(Reward):
+    """Two terms per sample (correctness: prompt 1's second sample only; length: 0.1 * sample), as a stage's reward
+    returns them, and the stage's term specs."""
+
+    def __init__(self):
+        super().__init__()
+        from stepentropy_rl.rewards import TermSpec
+
+        self.terms = _remote(lambda stage: [TermSpec("correctness", 2.0), TermSpec("exp_length", 1.0)])
+
+    def _score(self, stage, batch):
+        cols = super()._score(stage, batch)
+        n = len(cols["total"])
+        correctness = torch.tensor([2.0 if i == 3 else 0.0 for i in range(n)])  # weighted, as RewardFn returns it
+        length = torch.tensor([0.1 * (i % 2) for i in range(n)])
+        return {**cols, "correctness": correctness, "exp_length": length, "total": correctness + length}
+
+
+def test_gdpo_gets_the_stage_reward_terms_one_by_one(tmp_path):
+    from stepentropy_rl import algorithms
+
+    t = _trainer(tmp_path, "algorithm.adv_estimator.compress=gdpo")
+    t.reward = TermReward()
+    t.train_step()
+    (batch, _), = t.learners.batches
+    groups = np.array(batch.meta["group"])
+    want = algorithms.gdpo_advantages({"correctness": (2.0, batch.columns["reward/correctness"] / 2.0),
+                                       "exp_length": (1.0, batch.columns["reward/exp_length"])},
+                                      batch.loss_mask, groups)
+    assert torch.allclose(batch.columns["advantages"], want, atol=1e-6)
+    grpo = algorithms.compute_advantages("grpo", outcome_rewards(batch, batch.columns["reward/total"]),
+                                         batch.loss_mask, groups)
+    assert not torch.allclose(batch.columns["advantages"], grpo, atol=1e-3)
