@@ -125,23 +125,30 @@ def test_failed_samples_count_as_wrong_never_dropped(setup):
         assert r["n"] == len(probs) and r["accuracy"] <= (len(probs) - 2) / len(probs)
 
 
-class CutRollout(FakeRollout):
-    """Writes some CoTs cut at max_tokens before ``</think>`` (the thinking whole, nothing after it)."""
+class CutAtMaxTokens(FakeRollout):
+    """The CoTs of ``ids`` run to max_tokens: ``edit`` says what each became (the answer regenerations stay)."""
 
-    def __init__(self, problems, cut_ids):
+    def __init__(self, problems, ids):
         super().__init__(problems)
-        self.cut = set(cut_ids)
+        self.ids = set(ids)
 
     def generate(self, prompts, sampling):
         out = super().generate(prompts, sampling)
         for ids, o in zip(prompts, out):
             text = self.tok.decode(ids, skip_special_tokens=False)
             p = next(p for q, p in self.by_prompt.items() if q in text)
-            if p.id in self.cut and not text.endswith("</think>"):
-                thinking = o[0]["text"].split("</think>")[0]
-                o[0].update(text=thinking, token_ids=self.tok(thinking, add_special_tokens=False).input_ids,
-                            finish_reason="length")
+            if p.id in self.ids and not text.endswith("</think>"):
+                self.edit(o[0])
+                o[0]["finish_reason"] = "length"
         return out
+
+
+class CutRollout(CutAtMaxTokens):
+    """Cut before ``</think>``: the thinking whole, nothing after it."""
+
+    def edit(self, sample):
+        thinking = sample["text"].split("</think>")[0]
+        sample.update(text=thinking, token_ids=self.tok(thinking, add_special_tokens=False).input_ids)
 
 
 def test_a_cot_cut_before_its_think_close_counts_wrong_under_every_strategy(setup):
@@ -288,22 +295,11 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
         assert r["response"].endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
 
 
-class LoopingRollout(FakeRollout):
-    """Writes some CoTs right to the answer and on, cut at max_tokens: R1 looping after its boxed answer."""
+class LoopingRollout(CutAtMaxTokens):
+    """Right to the answer and on: R1 looping after its boxed answer."""
 
-    def __init__(self, problems, looping_ids):
-        super().__init__(problems)
-        self.looping = set(looping_ids)
-
-    def generate(self, prompts, sampling):
-        out = super().generate(prompts, sampling)
-        for ids, o in zip(prompts, out):
-            text = self.tok.decode(ids, skip_special_tokens=False)
-            p = next(p for q, p in self.by_prompt.items() if q in text)
-            if p.id in self.looping and not text.endswith("</think>"):
-                o[0]["text"] += " Wait, the answer is right." * 3
-                o[0]["finish_reason"] = "length"
-        return out
+    def edit(self, sample):
+        sample["text"] += " Wait, the answer is right." * 3
 
 
 def test_prune_stage_leaves_out_right_cots_cut_at_max_tokens_after_their_answer(setup):
