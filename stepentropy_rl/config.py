@@ -147,7 +147,8 @@ class RolloutConfig:
             # the weight sync gives each engine one rank in its group and each engine actor one GPU: every worker
             # of a parallel engine would join under the same rank
             need(self.engine.get(key, 1) == 1, f"engine.{key}",
-                 f"must be 1 (one GPU per engine; scale with cluster.rollout.num_workers), got {self.engine.get(key)!r}")
+                 f"must be 1 (one GPU per engine; scale with cluster.rollout.num_workers), "
+                 f"got {self.engine.get(key)!r}")
 
 
 @dataclass

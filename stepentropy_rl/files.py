@@ -75,14 +75,11 @@ def atomic_dir(path: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
-        if path.exists():
-            raise FileExistsError(path)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # fails onto a directory another process finished first
     except OSError:
-        if not path.exists():  # not another process's finished directory: a real error
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():  # not another process's directory: a real error
             raise
-        shutil.rmtree(tmp, ignore_errors=True)  # it appeared meanwhile (a rename onto it fails): keep it
 
 
 def cache_root() -> Path:

@@ -1,9 +1,10 @@
 """Prune stage and SFT warm start (step-entropy paper, Sec. SFT).
 
 Prune: the policy writes CoTs for the training problems (or, with ``source: gold``, the dataset's own solutions
-are used); the correct ones that ended (not cut at ``max_tokens`` after their answer) are scored (exact token entropies from
-the reference), their lowest-entropy steps replaced by ``[SKIP]`` at ``ratio``, and the answer is regenerated after
-the pruned thinking; a pruned CoT is kept for SFT only if that answer is still right (``keep_verified``).
+are used); the correct ones that ended (not cut at ``max_tokens`` after their answer) are scored (exact token
+entropies from the reference), their lowest-entropy steps replaced by ``[SKIP]`` at ``ratio``, and the answer is
+regenerated after the pruned thinking; a pruned CoT is kept for SFT only if that answer is still right
+(``keep_verified``).
 On labelled data (the embedded task) each row also counts the essential steps pruning took out (``lost_essential``):
 the answer check cannot see them where a later step restates the total, and SFT then learns to skip a needed step.
 SFT: the learners fine-tune on ``prompt -> pruned thinking </think> answer``, loss on the response tokens only.

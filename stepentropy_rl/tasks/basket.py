@@ -280,8 +280,10 @@ def label_step(text: str) -> tuple[str, str]:
     leading placeholder is dropped, as ``diagnose`` drops it: a trained model may join a ``[SKIP]`` to the next step
     with one newline or a space, and that step is still written.
 
-    >>> label_step("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), label_step("[SKIP] So the basket has 15 now."), label_step("[SKIP]")
-    (('essential', 'move'), ('redundant', 'restate'), ('unknown', ''))
+    >>> label_step("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), label_step("[SKIP] So the basket has 15 now.")
+    (('essential', 'move'), ('redundant', 'restate'))
+    >>> label_step("[SKIP]")
+    ('unknown', '')
     """
     text = _PLACEHOLDERS.sub("", text.strip())
     for prefix, label, kind in _PATTERNS:
