@@ -71,8 +71,9 @@ def check_config(run_dir: Path, config: dict) -> None:
     recorded = {name: stages.info(name).get("config") for name in ORDER if stages.done(name)}
     found = conflicts({k: v for k, v in recorded.items() if v is not None}, run_config(config))
     if found:
-        stage, key, then, now = found[0]
-        more = f" (and {len(found) - 1} more difference{'s' * (len(found) > 2)})" if len(found) > 1 else ""
+        stage, key, then, now = found[0]  # the earliest finished stage a changed key decides
+        others = len({k for _, k, _, _ in found}) - 1
+        more = f" (and {others} more changed key{'s' * (others > 1)})" if others else ""
         raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
                           f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
                           f"under this config. Give the job another run_dir, or delete {run_dir / 'stages'}/"

@@ -33,7 +33,9 @@ def test_a_changed_key_that_a_finished_stage_depends_on_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("finished its stage 'prune' with trainer.prune.ratio=0.8, and this "
                                                     "job says trainer.prune.ratio=0.4")) as err:
         check_config(tmp_path, _config("trainer.prune.ratio=0.4"))
-    assert "stages/prune.done and the markers after it" in str(err.value)
+    assert "stages/prune.done and the markers after it" in str(err.value) and "more changed" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"trainer.prune.ratio=0.4 \(and 1 more changed key\)"):
+        check_config(tmp_path, _config("trainer.prune.ratio=0.4", "trainer.sft.lr=0.01"))
     with pytest.raises(ConfigError, match="eval_base.*data.n_eval"):
         check_config(tmp_path, _config("data.n_eval=100"))
     with pytest.raises(ConfigError, match="'sft' with seed=0"):
