@@ -23,15 +23,17 @@ def split_thinking(text: str) -> tuple[str, bool]:
     return (text, False) if idx < 0 else (text[:idx], True)
 
 
-def thinking_tokens(token_ids: list[int], close_id: int | None) -> int:
-    """Tokens before the ``</think>`` id (all of them if it never closed): the thinking length, counted from ids.
+def thinking_tokens(token_ids: list[int], close_id: int | None, eos_id: int | None = None) -> int:
+    """Tokens before the ``</think>`` id: the thinking length, counted from ids. A response that never closed is
+    all thinking but its final ``eos_id`` (vLLM keeps the EOS it stopped at in the ids).
 
-    >>> thinking_tokens([4, 4, 7, 9], close_id=7), thinking_tokens([4, 4], close_id=7)
+    >>> thinking_tokens([4, 4, 7, 9, 2], close_id=7, eos_id=2), thinking_tokens([4, 4, 2], close_id=7, eos_id=2)
     (2, 2)
     """
     if close_id is not None and close_id in token_ids:
         return token_ids.index(close_id)
-    return len(token_ids)
+    ends = eos_id is not None and len(token_ids) > 0 and token_ids[-1] == eos_id
+    return len(token_ids) - ends
 
 
 def answer_prefix(prompt: str, thinking: str) -> str:

@@ -48,7 +48,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
     correct, tokens, skips, steps, right, lucky, records, mistakes, in_wrong = 0, 0, 0, [], 0, 0, [], {}, {}
     for p, sample, ok in zip(problems, samples, grades):
         correct += ok
-        n_think = thinking_tokens(sample["token_ids"], close_id)
+        n_think = thinking_tokens(sample["token_ids"], close_id, tokenizer.eos_token_id)
         tokens += n_think
         skips += sample["token_ids"].count(skip_id) if skip_id is not None else 0
         mistake, rec = None, None

@@ -85,6 +85,7 @@ class GRPOTrainer:
         self.tok, self.tracker = tokenizer, tracker
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+        self.eos_id = tokenizer.eos_token_id
         self.dir = Path(run_dir) / "grpo"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.phase = PhaseController(self.a.phase)
@@ -211,7 +212,7 @@ class GRPOTrainer:
         timing["sync"] = sync["seconds"]
 
         metrics = {f"reward/{k}": float(v.mean()) for k, v in scores.items()}
-        think = [thinking_tokens(batch.response_ids(i), self.close_id) for i in range(len(batch))]
+        think = [thinking_tokens(batch.response_ids(i), self.close_id, self.eos_id) for i in range(len(batch))]
         metrics.update({"samples": len(batch), "sync/bytes": sync["bytes"], "sync/version": sync["version"],
                         "response/length": n_tok / len(batch), "response/think_tokens": float(np.mean(think)),
                         "perf/tokens_per_s": n_tok / max(timing["gen"], 1e-9),  # generated tokens a second

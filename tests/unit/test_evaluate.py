@@ -1,4 +1,5 @@
-"""Held-out evaluation accounting: accuracy, thinking tokens before </think>, [SKIP] per sample, failures wrong."""
+"""Held-out evaluation accounting: accuracy, thinking tokens before </think> (or before the EOS of a response
+that never closed), [SKIP] per sample, failures wrong."""
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ from stepentropy_rl.tasks.grading import exact_match, make_grader
 
 class _Tok:
     vocab = {"</think>": 1, "[SKIP]": 2}
+    eos_token_id = 3
 
     def get_vocab(self):
         return dict(self.vocab)
@@ -35,7 +37,7 @@ def _rollout(samples, seen=None):
 def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
     problems = [SimpleNamespace(prompt=f"q{i}", answer="7") for i in range(3)]
     samples = [[{"text": "a [SKIP] b </think> \\boxed{7}", "token_ids": [5, 2, 5, 2, 1, 9]}],
-               [{"text": "no answer", "token_ids": [5, 5, 5]}],
+               [{"text": "no answer", "token_ids": [5, 5, 5, 3]}],  # never closed: thinking but its EOS
                []]  # a failed request counts as wrong
     res = ev.evaluate(_rollout(samples), _Tok(), problems, exact_match, {})
     assert res == {"accuracy": pytest.approx(1 / 3), "accuracy_stderr": pytest.approx((2 / 9 / 3) ** 0.5),

@@ -26,6 +26,7 @@ class _Tok:
         return SimpleNamespace(input_ids=[ord(c) for c in text])
 
     pad_token_id = 0
+    eos_token_id = None
 
     def convert_tokens_to_ids(self, t):
         return 7
