@@ -94,3 +94,21 @@ def test_verify_one_in_process():
     assert verify_one(r"\boxed{\text{(C)}}", r"\text{(C)}", 2)
     assert not verify_one(r"\boxed{\text{(D)}}", r"\text{(C)}", 2)
     assert verify_one(r"\boxed{(1, 2)}", "(1, 2)", 2) and not verify_one(r"\boxed{(2, 1)}", "(1, 2)", 2)
+
+
+@pytest.mark.parametrize("gold, wrong", [(r"3\sqrt{13}", "3"), (r"\frac 59", "59"), (r"10,\!080", "10"),
+                                         ("6 - 5i", "5"), (r"\left( 3, \frac{\pi}{2} \right)", "3"),
+                                         ("x^5 - x^4 + x^3 - x^2 + x - 1", "1")])
+def test_a_number_inside_a_latex_gold_is_not_a_second_gold(gold, wrong):
+    """MATH-500 answers (58 of 500 had one): math-verify's text reading of the gold found a number in it, and that
+    number was accepted too. Each gold boxed as written stays right."""
+    assert not verify_one(rf"The answer is \boxed{{{wrong}}}.", gold, 2)
+    assert verify_one(rf"The answer is \boxed{{{gold}}}.", gold, 2)
+
+
+def test_only_the_last_box_is_the_answer():
+    """No box is wrong (a cut-off answer's last number is not an answer); a corrected answer is its last box."""
+    assert not verify_one("She makes 18 dollars.", "18", 2)
+    assert not verify_one("9 * 2 = 18", "18", 2)
+    assert verify_one(r"First \boxed{17}, but correcting: the answer is \boxed{18}", "18", 2)
+    assert not verify_one(r"First \boxed{18}, but correcting: the answer is \boxed{17}", "18", 2)
