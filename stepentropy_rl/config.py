@@ -317,7 +317,11 @@ class AlgorithmConfig:
         need(self.ppo_mini_batch_size >= 1 and self.prompts_per_step % self.ppo_mini_batch_size == 0,
              "ppo_mini_batch_size", f"must divide algorithm.prompts_per_step ({self.prompts_per_step}), "
                                     f"got {self.ppo_mini_batch_size}")
-        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        need(self.top_p == 1, "top_p", f"must be 1, got {self.top_p}: the learners and the reference score "
+                                       f"log-probs and entropies under the whole softmax(logits / T), so samples from "
+                                       f"a top-p cut would be scored under a distribution that did not draw them "
+                                       f"(verl's rollout.top_p < 1 does so silently); rollout.top_p is the "
+                                       f"evaluation's and the pruning CoTs'")
         for stage in STAGES:
             t = self.temperature.get(stage)
             need(t is not None and math.isfinite(t) and 0 < t <= 5, f"temperature.{stage}",

@@ -34,6 +34,7 @@ def test_default_sweep_builds_the_typed_config():
     ("data.path=/no/such.jsonl", "data.path"),
     ("pruning.aggregate=max", "pruning.aggregate"),
     ("rollout.top_p=0", "rollout.top_p"),
+    ("algorithm.top_p=0.95", "algorithm.top_p must be 1, got 0.95: the learners and the reference score"),
     ("data.task.redundancy=2", "data.task.redundancy must be in [0, 1), got 2.0"),
     ("model.tiny.lr=-1", "model.tiny.lr must be a finite number > 0, got -1.0"),
     ("data.grader=fuzzy", "data.grader"),
