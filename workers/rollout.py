@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 import ray
@@ -35,6 +36,7 @@ class Rollout:
         quiet_rotary_reload_warning()
         self.llm = LLM(model=model_path, seed=seed, **engine)
         self.tokenizer = load_tokenizer(model_path)
+        self.incarnation = uuid.uuid4().hex  # a new one when Ray restarts this actor (ping)
 
     def generate(self, prompts: list[list[int]], sampling: dict[str, Any]) -> list[list[dict]]:
         """For each prompt (token ids), ``sampling['n']`` samples (default 1) of ``{text, token_ids, finish_reason,
@@ -67,14 +69,21 @@ class Rollout:
         The prefix cache is reset afterwards, or attention cached under the old weights would be reused.
         """
         n = self.llm.collective_rpc("receive_weights", args=(plan,))[0]
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
         return n
 
     def load_weights_from(self, model_dir: str) -> str:
         """Serve the checkpoint in ``model_dir`` (a run directory every node sees), read by the engine itself."""
         self.llm.collective_rpc("load_checkpoint_dir", args=(model_dir,))
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
         return model_dir
+
+    def _reset_prefix_cache(self) -> None:
+        """After new weights: vLLM refuses the reset (False, a warning) while a request holds cached blocks, and
+        attention cached under the old weights would then be reused; an error instead."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM kept its prefix cache after a weight update (a request still holds blocks): "
+                               "its cached attention comes from the old weights")
 
     def reset_prefix_cache(self) -> bool:
         """Drop the prefix cache: which prompts hit it changes how requests are batched, and so which random numbers
@@ -82,18 +91,44 @@ class Rollout:
         return bool(self.llm.reset_prefix_cache())
 
     def rng_state(self) -> bytes:
-        """The sampler's random state (requests without a seed draw from torch's global generator)."""
+        """The sampler's random state, as ``.npz`` bytes: requests without a seed draw from torch's CPU generator
+        (vLLM's CPU sampler), the CUDA generators (its V1 GPU sampler), or numpy's global generator (its V2 GPU model
+        runner, vLLM's default on CUDA, draws each request's seed from it)."""
+        import io
+
+        import numpy as np
         import torch
 
-        return torch.get_rng_state().numpy().tobytes()
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        arrays = {"torch": torch.get_rng_state().numpy(), "numpy_keys": keys,
+                  "numpy_rest": np.array([pos, has_gauss, gauss], dtype=np.float64)}
+        if torch.cuda.is_available():
+            arrays.update({f"cuda{i}": s.numpy() for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
 
     def set_rng_state(self, state: bytes) -> None:
+        """Restore ``rng_state``; the bare torch state that runs saved before the numpy and CUDA ones is read too."""
+        import io
+
+        import numpy as np
         import torch
 
-        torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        if not state.startswith(b"PK"):  # not an .npz: an older run's torch state alone
+            torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+            return
+        z = np.load(io.BytesIO(state), allow_pickle=False)
+        torch.set_rng_state(torch.from_numpy(z["torch"]))
+        pos, has_gauss, gauss = z["numpy_rest"].tolist()
+        np.random.set_state(("MT19937", z["numpy_keys"], int(pos), int(has_gauss), gauss))
+        cuda = sorted((k for k in z.files if k.startswith("cuda")), key=lambda k: int(k[4:]))
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.from_numpy(z[k]) for k in cuda])
 
     def ping(self) -> str:
-        return self.model_path
+        """This instance's id: another one after Ray restarted the actor (it then serves ``model_path`` again)."""
+        return self.incarnation
 
 
 def quiet_rotary_reload_warning() -> None:

@@ -53,7 +53,9 @@ class RolloutGroup:
 
     ``serving`` says what every engine holds: a model directory, or ``policy@<version>`` once the learners pushed
     weights (``version`` counts pushes). An engine that died mid-request is restarted by Ray with ``model_path``;
-    the group waits for it, gives it ``serving`` again, and retries its share.
+    the group waits for it, gives it ``serving`` again, and retries its share. One that died between calls raises
+    nothing (the next call reaches the new instance, serving ``model_path``): the group tells it by its
+    incarnation (``Rollout.ping``), checked after each generation and before each weight push.
     """
 
     def __init__(self, engines: list, model_path: str, retries: int = 2, restart_timeout_s: float = 600.0):
@@ -64,6 +66,18 @@ class RolloutGroup:
         self.retries, self.restart_timeout_s = retries, restart_timeout_s
         self.sync: WeightBroadcast | None = None
         self._calls = itertools.count()  # names each generate's progress counters
+        self._served: list | None = None  # each engine's incarnation when it last got what the group serves
+        self._grouped: list | None = None  # ... when it last joined the weight-sync group
+
+    def _incarnations(self) -> list:
+        return fetch([w.ping.remote() for w in self.engines])
+
+    def _restarted(self) -> list[int]:
+        """The engines whose incarnation changed since the group last gave them what it serves."""
+        now = self._incarnations()
+        if self._served is None:
+            self._served = now
+        return [i for i, (was, is_) in enumerate(zip(self._served, now)) if was != is_]
 
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], sampling: dict) -> list[list[dict]]:
@@ -88,13 +102,18 @@ class RolloutGroup:
                     log.warning("rollout engine %d died (%s); retrying its share (attempt %d)", i, type(e).__name__,
                                 attempt + 1)
                     failed.append(i)
+            wait_alive([self.engines[i] for i in failed], self.restart_timeout_s)
+            for i in self._restarted():
+                if i not in failed:
+                    log.warning("rollout engine %d was restarted between calls: its share came from %s, not %s; "
+                                "retrying it (attempt %d)", i, self.spawned_from, self.serving, attempt + 1)
+                    failed.append(i)
+                results[i] = None
             if not failed:
                 break
             if attempt == self.retries:
-                raise RuntimeError(f"rollout engines {failed} kept failing after {self.retries} retries")
-            restarted = [self.engines[i] for i in failed]
-            wait_alive(restarted, self.restart_timeout_s)
-            self._restore(restarted)
+                raise RuntimeError(f"rollout engines {sorted(failed)} kept failing after {self.retries} retries")
+            self._restore([self.engines[i] for i in failed])
         out: list = [None] * len(prompts)
         for i, res in enumerate(results):
             for j, r in enumerate(res or []):
@@ -108,6 +127,9 @@ class RolloutGroup:
             self.sync.push()
         elif self.serving != self.spawned_from:
             fetch([w.load_weights_from.remote(self.serving) for w in restarted])
+        self._served = self._incarnations()
+        if self.serving.startswith("policy@"):
+            self._grouped = self._served
 
     # ---- weights -------------------------------------------------------------------------------------------------
     def attach_learners(self, learners, backend: str, bucket_mb: float) -> None:
@@ -119,16 +141,23 @@ class RolloutGroup:
         if self.sync is None:
             raise RuntimeError("attach_learners before pushing weights")
         t = time.time()
+        now = self._incarnations()
+        if self.sync.open and self._grouped not in (None, now):  # a member is gone: every engine joins a new group
+            log.warning("rollout engines %s were restarted between calls; reopening the weight-sync group",
+                        [i for i, (was, is_) in enumerate(zip(self._grouped or now, now)) if was != is_])
+            self.sync.reopen()
         sent = self.sync.push()
+        self._served = self._grouped = now
         self.version += 1
         self.serving = f"policy@{self.version}"
         return {"bytes": sent, "seconds": time.time() - t, "version": self.version}
 
     def serve(self, model_dir: str) -> None:
         """Every engine serves the checkpoint in ``model_dir`` (a directory every node sees), unless it already does."""
-        if self.serving != str(model_dir):
+        if self.serving != str(model_dir) or self._restarted():
             fetch([w.load_weights_from.remote(str(model_dir)) for w in self.engines])
             self.serving = str(model_dir)
+            self._served = self._incarnations()
 
     def reset_prefix_cache(self) -> None:
         """Every engine drops its prefix cache (``Rollout.reset_prefix_cache``)."""

@@ -33,6 +33,8 @@ class Flaky:
 class FakeSync:
     """Stands in for the learners' weight broadcast: a push makes every engine serve "policy"."""
 
+    open = True
+
     def __init__(self, engines):
         self.engines, self.calls = engines, []
 
@@ -82,3 +84,47 @@ def test_an_engine_that_keeps_dying_ends_the_step_with_an_error(ray_session, tmp
     group = RolloutGroup([Dies.remote()], "initial", retries=1)
     with pytest.raises(RuntimeError, match="kept failing after 1 retries"):
         group.generate(["a"], {})
+
+
+@ray.remote(max_restarts=2, max_task_retries=0)
+class Engine:
+    """Serves "initial" after each (re)start, under a new incarnation (``Rollout.ping``)."""
+
+    def __init__(self):
+        import uuid
+
+        self.weights, self.incarnation = "initial", uuid.uuid4().hex
+
+    def generate(self, prompts, sampling):
+        return [[{"text": f"{p}:{self.weights}"}] for p in prompts]
+
+    def load_weights_from(self, model_dir):
+        self.weights = model_dir
+
+    def ping(self):
+        return self.incarnation
+
+
+def test_an_engine_restarted_between_calls_is_found_and_given_back_what_the_group_serves(ray_session):
+    """A crash while an engine is idle fails no call: the next one reaches the new instance, which serves the spawn
+    checkpoint. Its share is not kept, the weight-sync group is reopened, and pushes and checkpoints reach it."""
+    from stepentropy_rl.driver.faults import crash
+    from stepentropy_rl.driver.rollout_group import wait_alive
+
+    group = RolloutGroup([Engine.remote(), Engine.remote()], "initial")
+    group.sync = FakeSync(group.engines)
+    group.push_weights()
+    crash(group.engines[0])
+    wait_alive(group.engines[:1])
+    out = group.generate(["a", "b", "c"], {})
+    assert [o[0]["text"] for o in out] == ["a:policy", "b:policy", "c:policy"]
+    assert group.sync.calls == ["push", "reopen", "push"]
+    crash(group.engines[1])
+    wait_alive(group.engines[1:])
+    group.push_weights()  # its old group lost a member: a new one before the push
+    assert group.sync.calls[3:] == ["reopen", "push"] and group.version == 2
+    group.serve("models/sft")
+    crash(group.engines[0])
+    wait_alive(group.engines[:1])
+    group.serve("models/sft")  # the group already serves it, but the restarted engine does not
+    assert [o[0]["text"] for o in group.generate(["a", "b"], {})] == ["a:models/sft", "b:models/sft"]

@@ -1,0 +1,25 @@
+"""An engine's saved random state covers every generator vLLM samples from: torch's (its CPU sampler) and numpy's
+global one (its V2 GPU model runner draws each request's seed there); a resumed run draws what it would have."""
+import numpy as np
+import torch
+
+from workers.rollout import Rollout
+
+
+def _draws():
+    return torch.rand(3).tolist(), np.random.randint(0, 2 ** 31, size=3).tolist()
+
+
+def test_restoring_the_state_repeats_torch_and_numpy_draws():
+    state = Rollout.rng_state(None)  # the methods read no engine state
+    first = _draws()
+    assert _draws() != first
+    Rollout.set_rng_state(None, state)
+    assert _draws() == first
+
+
+def test_an_older_runs_bare_torch_state_is_still_read():
+    legacy = torch.get_rng_state().numpy().tobytes()
+    first = torch.rand(3).tolist()
+    Rollout.set_rng_state(None, legacy)
+    assert torch.rand(3).tolist() == first
