@@ -41,6 +41,6 @@ setup(
         # the GPU build of the same vLLM: the weight sync calls its worker internals (reload_weights, the
         # worker-extension check), checked against 0.31; vLLM pins the torch it was built with
         "gpu": ["vllm==0.31.0", "torch"],
-        "dev": ["pytest>=8", "pytest-timeout", "champ-dataset==1.0.0"],  # champ: data/convert_champ.py and its test
+        "dev": ["pytest>=8", "pytest-timeout", "champ-dataset==1.0.0"],  # champ: data/prepare_champ.py and its test
     },
 )

@@ -84,8 +84,8 @@ class DataConfig:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # to apply_chat_template, e.g. enable_thinking
     grader: str = "exact"
     grade_span: str = "answer"
-    seed: int = 0
-    n_eval: int = 200
+    seed: int = 0  # generated tasks only: a file's problems are read in order
+    n_eval: int = 200  # held-out problems: the first n_eval of data.path, or n_eval generated
     overlong: str = "error"  # a prompt too long for the engine's context: error (naming the row) | skip (counted)
     grade_timeout_s: float = 5.0  # math grader: math-verify's budget per sample, in a worker process
     grade_workers: int = 2  # math grader: worker processes per grading process (driver, reward service)

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepentropy_rl.files import atomic_write_jsonl
 from stepentropy_rl.tasks.basket import BasketConfig, generate
+
+log = logging.getLogger(__name__)
+# how a question already says where its answer goes (verl's preprocessing appends "... after \"####\"." to GSM8K's
+# questions and "... within \boxed{}." to MATH's)
+ANSWER_INSTRUCTION = re.compile(r"\\boxed\{\}|final answer|####")
 
 VERL_ANSWER = "reward_model.ground_truth"
 
@@ -54,7 +61,14 @@ class Example:
 def as_asked(problems: list[Example], template: str = "{prompt}", system: str | None = None,
              chat_kwargs: dict | None = None) -> list[Example]:
     """The problems as the model is asked them: the question put into ``template`` at ``{prompt}``, ``system`` as
-    the system message where a row has none, ``chat_kwargs`` for the chat template."""
+    the system message where a row has none, ``chat_kwargs`` for the chat template. A template that adds an
+    instruction to questions that already carry one (a file from verl's preprocessing) is warned about: the model
+    would be told twice, in two ways, where to put its answer."""
+    told = sum(bool(ANSWER_INSTRUCTION.search(p.prompt)) for p in problems)
+    if told and ANSWER_INSTRUCTION.search(template.replace("{prompt}", "")):
+        log.warning("%d of %d questions already say where the answer goes (e.g. verl's preprocessing appends its "
+                    "instruction), and data.prompt_template adds another; set data.prompt_template='{prompt}' to ask "
+                    "them as they are", told, len(problems))
     return [dataclasses.replace(p, prompt=template.replace("{prompt}", p.prompt), system=p.system or system,
                                 chat_kwargs=dict(chat_kwargs or {})) for p in problems]
 

@@ -147,3 +147,22 @@ def test_bad_files_of_every_kind_are_named(tmp_path, case, msg):
         path.write_text('{"prompt": "q"}' if case == "json that is not an array" else "[{")
     with pytest.raises(DataError, match=msg):
         load_problems(path)
+
+
+def test_a_template_that_tells_questions_twice_where_the_answer_goes_is_warned_about(caplog):
+    """verl's GSM8K preprocessing appends its own instruction; R1's template would add a second, other one."""
+    from stepentropy_rl.config import R1_INSTRUCTION
+    from stepentropy_rl.data import Example, as_asked
+
+    verl = [Example(id=str(i), prompt="How many? Let's think step by step and output the final answer after "
+                                      '"####".', answer="3") for i in range(3)]
+    bare = [Example(id="b", prompt="How many?", answer="3")]
+    with caplog.at_level("WARNING", logger="stepentropy_rl.data"):
+        asked = as_asked(verl + bare, R1_INSTRUCTION)
+    assert "3 of 4 questions already say where the answer goes" in caplog.text
+    assert asked[0].prompt.endswith("within \\boxed{}.")  # asked as configured: a warning, not a change
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stepentropy_rl.data"):
+        as_asked(verl, "{prompt}")
+        as_asked(bare, R1_INSTRUCTION)
+    assert caplog.text == ""

@@ -46,6 +46,7 @@ class Rollout:
         self.rng = b"\x01"
         self.rng_state = _remote(lambda: self.rng)
         self.set_rng_state = _remote(lambda s: setattr(self, "rng", s))
+        self.ping = _remote(lambda: "one incarnation")  # never restarted
 
     def _generate(self, prompts, sampling):
         assert all(isinstance(p, list) for p in prompts)
