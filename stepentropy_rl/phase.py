@@ -6,12 +6,14 @@ during which it *ascends* (accuracy pressure, higher temperature, robustness und
 The paper runs them once, in that order (``mode="fixed"``). ``mode="entropy"`` instead alternates
 the stages from the measured trend of the per-step mean policy entropy:
 
-* the entropy is smoothed with an EMA (``ema``: weight of the old value), and the *trend* is the
-  least-squares slope (nats/step) of the last ``window`` smoothed values **of the current phase**
-  (the window is cleared and the EMA restarts at a switch, so a trend never straddles two stages; it
-  is ``None`` until ``window`` points of the phase exist). Each stage samples at its own temperature
-  and the entropy is that of the sampling distribution, so the measured level jumps at a switch; an
-  EMA carried across it would read its own catching up as the policy's trend;
+* the *trend* is the least-squares slope (nats/step) of the last ``window`` per-step entropies **of the
+  current phase** (the window is cleared at a switch, so a trend never straddles two stages; it is
+  ``None`` until ``window`` points of the phase exist). Each stage samples at its own temperature and
+  the entropy is that of the sampling distribution, so the measured level jumps at a switch. The fit
+  is on the raw values: the fit itself smooths, and an EMA before it lags: restarted at a phase's first
+  value, an EMA of 0.8 showed a linear trend's first decisions 35-48% of its slope, so a stage still
+  moving at twice ``hysteresis`` was judged stalled. The EMA (``ema``: weight of the old value,
+  restarted at a switch) is the logged level, ``phase/entropy_ema``;
 * a step *opposes* the stage according to ``switch_on``; a switch happens once the phase has lasted
   ``min_steps`` steps and the last ``patience`` steps in a row opposed it.
 
@@ -106,7 +108,7 @@ class PhaseController:
             COMPRESS if self.cfg.fixed_compress_steps > 0 else EXPLORE)
         self._steps_in_phase = self._streak = self._switches = 0
         self._ema: float | None = None
-        self._recent: list[float] = []  # smoothed values of the current phase, at most `window`
+        self._recent: list[float] = []  # entropies of the current phase, at most `window`
         self._last_step = -1
         self.history: list[dict] = []  # one record per update: step, entropy, ema, trend, stage used
         self._step_log: dict = {}
@@ -151,7 +153,7 @@ class PhaseController:
         step = self._last_step + 1 if step is None else int(step)
         a = self.cfg.ema
         self._ema = x if self._ema is None else a * self._ema + (1.0 - a) * x
-        self._recent = (self._recent + [self._ema])[-self.cfg.window:]
+        self._recent = (self._recent + [x])[-self.cfg.window:]
         self._steps_in_phase += 1
         self._last_step = step
         trend = self.trend
