@@ -134,10 +134,16 @@ def add_skip_token(tokenizer, model=None, token: str = SKIP_TOKEN, pad_to_multip
     `model` is given, its embeddings grow (to a multiple of `pad_to_multiple_of`) only if
     they have fewer rows than ``len(tokenizer)`` -- spare rows are never dropped -- and
     ``config.vocab_size`` is set to the embedding row count. Tied lm_heads are re-tied.
+    A new token's row, input and output, starts at the mean of the rows of the tokens
+    the tokenizer had: grown rows get it from ``resize_token_embeddings``, and a spare row
+    (R1-Distill-Qwen has 152064 rows for 151665 tokens) gets it here, since no id ever
+    trained it (as an input; as an output it was only pushed down).
     """
     from tokenizers import AddedToken
 
-    if token not in tokenizer.get_added_vocab():
+    known = len(tokenizer)
+    new = token not in tokenizer.get_added_vocab()
+    if new:
         tokenizer.add_tokens([AddedToken(token, special=False, normalized=False)])
     token_id = tokenizer.convert_tokens_to_ids(token)
     added = tokenizer.added_tokens_decoder.get(token_id)
@@ -147,6 +153,8 @@ def add_skip_token(tokenizer, model=None, token: str = SKIP_TOKEN, pad_to_multip
     if model is not None:
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of)
+        elif new:
+            _mean_init(model, token_id, known)
         rows = model.get_input_embeddings().weight.shape[0]
         model.config.get_text_config().vocab_size = rows
         if hasattr(model.config, "vocab_size"):
@@ -158,6 +166,16 @@ def add_skip_token(tokenizer, model=None, token: str = SKIP_TOKEN, pad_to_multip
         if out is not None and out.weight.shape[0] != rows:
             raise RuntimeError(f"lm_head has {out.weight.shape[0]} rows but the input embedding has {rows}")
     return token_id
+
+
+def _mean_init(model, row: int, known: int) -> None:
+    """Input and output embedding ``row`` set to the mean of rows ``[0, known)`` (a tied head shares the input's)."""
+    import torch
+
+    with torch.no_grad():
+        for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if e is not None}.values():
+            emb.weight[row] = emb.weight[:known].mean(dim=0)
 
 
 def count_token(ids, token_id: int) -> int:

@@ -272,3 +272,25 @@ def test_a_registered_strategy_is_usable_by_name():
             register_strategy("low")(every_other)
     finally:
         STRATEGIES.pop("every_other_test")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_spare_row_taken_by_skip_starts_at_the_mean_of_the_known_tokens_rows(tied):
+    """R1-Distill-Qwen's [SKIP] takes a spare row that no id ever trained; like a grown row (HF's mean resizing) it
+    starts at the mean of the known tokens' rows, input and (untied) output, and a second call changes nothing."""
+    import torch
+
+    tok, model = _tiny_tokenizer(), _tiny_model(vocab_size=128)
+    model.config.tie_word_embeddings = tied
+    if not tied:
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(128, 32))
+    sid = add_skip_token(tok, model)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert sid == 60 and emb.shape[0] == 128
+    assert torch.allclose(emb[sid], emb[:60].mean(0)) and torch.allclose(head[sid], head[:60].mean(0))
+    assert (head.data_ptr() == emb.data_ptr()) == tied
+    before = emb.detach().clone()
+    with torch.no_grad():
+        emb[sid] += 1.0  # as SFT would move it
+    add_skip_token(tok, model)
+    assert torch.equal(emb[sid], before[sid] + 1.0)
