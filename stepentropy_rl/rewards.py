@@ -232,24 +232,46 @@ class RewardFn:
         return out
 
 
+# the parameter that sets a term's size (its value when it fires): GDPO's per-group normalisation divides it out
+MAGNITUDE = {"correctness": "value", "format_reward": "value", "exp_length": "scale", "skip_count": "penalty",
+             "length_threshold": "penalty", "skip_ratio": "high_reward"}
+
+
+def magnitude(t: TermSpec) -> float:
+    """|the term's size parameter| (``MAGNITUDE``; its default when the config leaves it out), 1 for other terms.
+
+    >>> magnitude(TermSpec("format_reward", params={"value": 0.2})), magnitude(TermSpec("correctness"))
+    (0.2, 2.0)
+    """
+    import inspect
+
+    key = MAGNITUDE.get(t.name)
+    if key is None:
+        return 1.0
+    default = inspect.signature(TERMS[t.name]).parameters[key].default
+    return abs(float(t.params.get(key, default)))
+
+
 def gdpo_components(terms: list[TermSpec], scores: dict) -> dict:
-    """A stage's non-gate terms as GDPO normalises them (``algorithms.gdpo_advantages``): term -> ``(w_k, g * t_k)``,
-    its weight and its unweighted per-sample values times the product of the stage's gates ``g``, so that
-    ``sum_k w_k * g * t_k`` is the stage's total and a gated-off sample scores 0 in every term. ``scores``: the reward
-    service's columns (each term weighted, as ``RewardFn`` returns them).
+    """A stage's non-gate terms as GDPO normalises them (``algorithms.gdpo_advantages``): term -> ``(w_k * m_k, g *
+    t_k)``, its weight times its size ``m_k`` (``magnitude``) and its unweighted per-sample values times the product of
+    the stage's gates ``g``; a gated-off sample scores 0 in every term. Each term is normalised within its group, which
+    divides its size out, so the size enters the weight: a format reward of 0.2 counts a fifth of a correctness of 1.0
+    under GDPO as under GRPO's sum. ``scores``: the reward service's columns (each term weighted, as ``RewardFn``
+    returns them).
 
     >>> import torch
     >>> terms = [TermSpec("length_clip", gate=True), TermSpec("correctness", 2.0), TermSpec("exp_length")]
     >>> got = gdpo_components(terms, {"length_clip": torch.tensor([1.0, 0.0]), "correctness": torch.tensor([4.0, 4.0]),
     ...                                "exp_length": torch.tensor([0.5, 0.5])})
     >>> {k: (w, v.tolist()) for k, (w, v) in got.items()}
-    {'correctness': (2.0, [2.0, 0.0]), 'exp_length': (1.0, [0.5, 0.0])}
+    {'correctness': (4.0, [2.0, 0.0]), 'exp_length': (1.0, [0.5, 0.0])}
     """
     gate = 1.0
     for t in terms:
         if t.gate:
             gate = gate * scores[t.name]
-    return {t.name: (float(t.weight), gate * scores[t.name] / float(t.weight)) for t in terms
+    return {t.name: (float(t.weight) * magnitude(t), gate * scores[t.name] / float(t.weight)) for t in terms
             if not t.gate and t.weight != 0}
 
 

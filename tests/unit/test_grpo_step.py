@@ -262,7 +262,8 @@ class TermReward(Reward):
         super().__init__()
         from stepentropy_rl.rewards import TermSpec
 
-        self.terms = _remote(lambda stage: [TermSpec("correctness", 2.0), TermSpec("exp_length", 1.0)])
+        self.terms = _remote(lambda stage: [TermSpec("correctness", 2.0, {"value": 1.0}),
+                                            TermSpec("exp_length", 1.0, {"scale": 0.5})])
 
     def _score(self, stage, batch):
         cols = super()._score(stage, batch)
@@ -280,8 +281,9 @@ def test_gdpo_gets_the_stage_reward_terms_one_by_one(tmp_path):
     t.train_step()
     (batch, _), = t.learners.batches
     groups = np.array(batch.meta["group"])
+    # each term's weight times its size (correctness value 1, exp_length scale 0.5), which the normalisation divides out
     want = algorithms.gdpo_advantages({"correctness": (2.0, batch.columns["reward/correctness"] / 2.0),
-                                       "exp_length": (1.0, batch.columns["reward/exp_length"])},
+                                       "exp_length": (0.5, batch.columns["reward/exp_length"])},
                                       batch.loss_mask, groups)
     assert torch.allclose(batch.columns["advantages"], want, atol=1e-6)
     grpo = algorithms.compute_advantages("grpo", outcome_rewards(batch, batch.columns["reward/total"]),
