@@ -91,7 +91,9 @@ def skip_ratio(s: Sample, *, high: float = 0.8, high_reward: float = 1.0, low: f
     r"""$\rho = n_{skip}/(n_{steps}+n_{skip})$ (0 if both 0); $r = r_{hi}$ if $\rho \ge hi$, $r_{lo}$ if $\rho \ge lo$, else 0
     (paper 1's tiers). ``graded``: $r = r_{hi} \min(\rho / hi, 1)$, which rewards every extra skip (an option: with
     one ``[SKIP]`` per gap the tiers give every sample of a group the same 0.5). Paper 1's code divides by the
-    thinking's count of blank lines plus $n_{skip}$: the same share where each ``[SKIP]`` is a step of its own.
+    thinking's count of blank lines plus $n_{skip}$: the same share where each ``[SKIP]`` is a step of its own. As in
+    that code, a thinking of ``[SKIP]`` alone scores $\rho = 1$ (with one ``[SKIP]`` per gap the only way to the top
+    tier), and a response that never closes its thinking is scored on all of it; correctness pays neither.
 
     >>> skip_ratio(Sample(n_skip=8, n_steps=2)), skip_ratio(Sample(n_skip=1, n_steps=1)), skip_ratio(Sample())
     (1.0, 0.5, 0.0)
