@@ -498,10 +498,12 @@ class JobConfig:
              f"must be >= cluster.learner.world_size ({world}): every rank needs a row of each SFT batch")
         learner = self.cluster.learner
         pushed, engine = learner.param_dtype or learner.dtype, self.rollout.engine.get("dtype")
-        need(not train or engine in (None, "auto", pushed), "rollout.engine.dtype",
-             f"({engine}) must be the dtype the learners push their weights in (cluster.learner.param_dtype, else "
-             f"cluster.learner.dtype: {pushed}): vLLM would cast them silently and sample from another policy than "
-             f"the one the learners score")
+        engine = {"half": "float16", "float": "float32"}.get(engine, engine)  # vLLM's aliases
+        need(not train or engine == pushed, "rollout.engine.dtype",
+             f"({self.rollout.engine.get('dtype')}) must be the dtype the learners push their weights in "
+             f"(cluster.learner.param_dtype, else cluster.learner.dtype: {pushed}): vLLM would cast them silently "
+             f"(auto or unset: vLLM downcasts a float32 checkpoint) and sample from another policy than the one the "
+             f"learners score")
         custom = self.reward.get("custom")
         if isinstance(custom, dict) and custom.get("path"):  # the reward actor may run elsewhere: an absolute path
             custom["path"] = str(Path(custom["path"]).expanduser().resolve())

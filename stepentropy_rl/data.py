@@ -32,7 +32,7 @@ from stepentropy_rl.tasks.basket import BasketConfig, generate
 log = logging.getLogger(__name__)
 # how a question already says where its answer goes (verl's preprocessing appends "... after \"####\"." to GSM8K's
 # questions and "... within \boxed{}." to MATH's)
-ANSWER_INSTRUCTION = re.compile(r"\\boxed\{\}|final answer|####")
+ANSWER_INSTRUCTION = re.compile(r'final answer (after "####"|within \\boxed\{\})')
 
 VERL_ANSWER = "reward_model.ground_truth"
 

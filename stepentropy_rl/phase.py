@@ -197,6 +197,7 @@ class PhaseController:
         """JSON-serialisable snapshot (plain floats/ints/strs/lists) of everything that drives decisions."""
         d = {k.lstrip("_"): getattr(self, k) for k in self._STATE}
         d["recent"] = list(self._recent)
+        d["recent_of"] = "entropy"  # before 2026-12-05 the window held EMA values
         d["history"] = [dict(h) for h in self.history]
         d["config"] = asdict(self.cfg)  # for the record; load_state_dict keeps the controller's own config
         return d
@@ -212,5 +213,6 @@ class PhaseController:
         self._steps_in_phase, self._streak = int(d["steps_in_phase"]), int(d["streak"])
         self._switches, self._last_step = int(d["switches"]), int(d["last_step"])
         self._ema = None if d["ema"] is None else float(d["ema"])
-        self._recent = [float(v) for v in d["recent"]][-self.cfg.window:]
+        # a state saved when the window held EMA values starts its window afresh: one fit over both would mix them
+        self._recent = [float(v) for v in d["recent"]][-self.cfg.window:] if d.get("recent_of") == "entropy" else []
         self.history = [dict(h) for h in d.get("history", [])]

@@ -256,10 +256,11 @@ def magnitude(t: TermSpec) -> float:
 
 def gdpo_components(terms: list[TermSpec], scores: dict) -> dict:
     """A stage's non-gate terms as GDPO normalises them (``algorithms.gdpo_advantages``): term -> ``(w_k * m_k, g *
-    t_k)``, its weight times its size ``m_k`` (``magnitude``) and its unweighted per-sample values times the product of
-    the stage's gates ``g``; a gated-off sample scores 0 in every term. Each term is normalised within its group, which
-    divides its size out, so the size enters the weight: a format reward of 0.2 counts a fifth of a correctness of 1.0
-    under GDPO as under GRPO's sum. ``scores``: the reward service's columns (each term weighted, as ``RewardFn``
+    t_k / m_k)``, its weight times its size ``m_k`` (``magnitude``; 1 when 0) and its unweighted per-sample values in
+    units of that size, times the product of the stage's gates ``g``; a gated-off sample scores 0 in every term. The
+    normalisation within each group divides a term's size out, so the size goes into the weight: a format reward of
+    0.2 counts a fifth of a correctness of 1.0 under GDPO as under GRPO's sum, with or without the division by the
+    group's std (``norm_adv_by_std``). ``scores``: the reward service's columns (each term weighted, as ``RewardFn``
     returns them).
 
     >>> import torch
@@ -267,14 +268,18 @@ def gdpo_components(terms: list[TermSpec], scores: dict) -> dict:
     >>> got = gdpo_components(terms, {"length_clip": torch.tensor([1.0, 0.0]), "correctness": torch.tensor([4.0, 4.0]),
     ...                                "exp_length": torch.tensor([0.5, 0.5])})
     >>> {k: (w, v.tolist()) for k, (w, v) in got.items()}
-    {'correctness': (4.0, [2.0, 0.0]), 'exp_length': (1.0, [0.5, 0.0])}
+    {'correctness': (4.0, [1.0, 0.0]), 'exp_length': (1.0, [0.5, 0.0])}
     """
     gate = 1.0
     for t in terms:
         if t.gate:
             gate = gate * scores[t.name]
-    return {t.name: (float(t.weight) * magnitude(t), gate * scores[t.name] / float(t.weight)) for t in terms
-            if not t.gate and t.weight != 0}
+    out = {}
+    for t in terms:
+        if not t.gate and t.weight != 0:
+            size = magnitude(t) or 1.0
+            out[t.name] = (float(t.weight) * size, gate * scores[t.name] / (float(t.weight) * size))
+    return out
 
 
 def from_config(cfg_terms, path: str = "reward.terms") -> RewardFn:

@@ -207,7 +207,7 @@ def load_sharded(model_path: str, cluster: LearnerCluster, rank: int, device: to
     """The policy in ``cluster.dtype``, FSDP2-sharded on ``device`` (a collective over the learner ranks).
 
     Only rank 0 reads the checkpoint; the other ranks build the model on the meta device (no memory), shard it, and
-    receive rank 0's weights shard by shard, and its buffers (rotary frequencies, which the state dict leaves out),
+    receive rank 0's weights tensor by tensor, and its buffers (rotary frequencies, which the state dict leaves out),
     by broadcast, as verl's meta-tensor init does. Every rank loading the whole checkpoint in fp32 took 30 GB of host
     memory per rank for a 7B model (240 GB on an 8-GPU node).
     """

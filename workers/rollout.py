@@ -111,11 +111,12 @@ class Rollout:
     def set_rng_state(self, state: bytes) -> None:
         """Restore ``rng_state``; the bare torch state that runs saved before the numpy and CUDA ones is read too."""
         import io
+        import zipfile
 
         import numpy as np
         import torch
 
-        if not state.startswith(b"PK"):  # not an .npz: an older run's torch state alone
+        if not zipfile.is_zipfile(io.BytesIO(state)):  # not an .npz: an older run's torch state alone
             torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
             return
         z = np.load(io.BytesIO(state), allow_pickle=False)

@@ -70,7 +70,12 @@ class RolloutGroup:
         self._grouped: list | None = None  # ... when it last joined the weight-sync group
 
     def _incarnations(self) -> list:
-        return fetch([w.ping.remote() for w in self.engines])
+        """Each engine's ``ping``; an engine Ray is still restarting is waited for."""
+        try:
+            return fetch([w.ping.remote() for w in self.engines])
+        except ray.exceptions.ActorUnavailableError:
+            wait_alive(self.engines, self.restart_timeout_s)
+            return fetch([w.ping.remote() for w in self.engines])
 
     def _restarted(self) -> list[int]:
         """The engines whose incarnation changed since the group last gave them what it serves."""

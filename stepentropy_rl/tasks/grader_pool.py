@@ -33,22 +33,24 @@ def _warm_up() -> None:
     math_verify.verify(math_verify.parse("$1$"), math_verify.parse(r"\boxed{\frac{1}{2}}"))
 
 
-# a number followed by words ("18 dollars"): read as LaTeX alone it is a product of letters no response matches
-NUMBER_IN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(\.\d+)?\s+[A-Za-z][A-Za-z .]*")
+# a number followed by a word or unit ("18 dollars", "10 cm^2"): read as LaTeX alone it is a product of letters that
+# no response matches; one letter ("5 x") is a product
+NUMBER_IN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(\.\d+)?\s+[A-Za-z]{2,}[A-Za-z0-9 ./^]*")
 
 
 def verify_one(response: str, answer: str, timeout_s: float) -> bool:
     """math-verify equivalence of the last ``\\boxed{}`` in ``response`` to ``answer`` with math-verify's own (alarm)
-    timeouts; run in a worker. No box is wrong, as with the exact grader: math-verify would otherwise grade the
-    last number written (a cut-off answer), or the set of all boxes (a corrected answer wrong). The gold is read as
+    timeouts; run in a worker. No box, or a last box that never closes, is wrong, as with the exact grader:
+    math-verify would otherwise grade the last number written (a cut-off answer), an earlier box (a correction cut
+    off), or the set of all boxes (a corrected answer wrong). The gold is read as
     LaTeX (``$answer$``: ``\\text{(C)}``, tuples, ``3\\sqrt{13}``), and also as text only when it is a number in
     words: math-verify's text reading of a LaTeX gold adds a number it finds in it as a second gold (``3\\sqrt{13}``
     accepted 3; 58 of MATH-500's 500 answers had one)."""
     from math_verify import parse, verify
 
-    from stepentropy_rl.cot_format import boxed_span
+    from stepentropy_rl.cot_format import BOXED, boxed_span
 
-    box = boxed_span(response, last=True)
+    box = boxed_span(response, max(0, response.rfind(BOXED)))
     if box is None:
         return False
     budget = max(1, int(timeout_s))

@@ -172,6 +172,7 @@ def test_cfg_job_prints_real_scale_config():
     ("cluster.rollout.threads=-2", "cluster.rollout.threads must be an integer >= -1"),
     ("cluster.reference.threads=1.5", "cluster.reference.threads must be an integer"),
     ("cluster.learner.param_dtype=bfloat16", "rollout.engine.dtype (float32) must be the dtype the learners push"),
+    ("rollout.engine.dtype=auto", "rollout.engine.dtype (auto) must be the dtype the learners push"),
 ])
 def test_training_config_errors(override, key):
     with initialize_config_dir(config_dir=CONF, version_base=None):

@@ -156,10 +156,11 @@ def test_a_template_that_tells_questions_twice_where_the_answer_goes_is_warned_a
 
     verl = [Example(id=str(i), prompt="How many? Let's think step by step and output the final answer after "
                                       '"####".', answer="3") for i in range(3)]
-    bare = [Example(id="b", prompt="How many?", answer="3")]
+    bare = [Example(id="b", prompt="How many?", answer="3"), Example(id="c", prompt="What is the final answer to 3+4?",
+                                                                     answer="7")]
     with caplog.at_level("WARNING", logger="stepentropy_rl.data"):
         asked = as_asked(verl + bare, R1_INSTRUCTION)
-    assert "3 of 4 questions already say where the answer goes" in caplog.text
+    assert "3 of 5 questions already say where the answer goes" in caplog.text
     assert asked[0].prompt.endswith("within \\boxed{}.")  # asked as configured: a warning, not a change
     caplog.clear()
     with caplog.at_level("WARNING", logger="stepentropy_rl.data"):

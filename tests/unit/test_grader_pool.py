@@ -112,3 +112,10 @@ def test_only_the_last_box_is_the_answer():
     assert not verify_one("9 * 2 = 18", "18", 2)
     assert verify_one(r"First \boxed{17}, but correcting: the answer is \boxed{18}", "18", 2)
     assert not verify_one(r"First \boxed{18}, but correcting: the answer is \boxed{17}", "18", 2)
+    assert not verify_one(r"First \boxed{18}. Wait, correcting: the answer is \boxed{17", "18", 2)  # cut off
+
+
+@pytest.mark.parametrize("gold, boxed, right", [("18 dollars", "18", True), ("10 cm^2", "10", True),
+                                                 ("3.5 km/h", "3.5", True), ("5 x", "5", False)])
+def test_a_number_in_words_or_units_is_read_as_its_number(gold, boxed, right):
+    assert verify_one(rf"\boxed{{{boxed}}}", gold, 2) == right

@@ -283,7 +283,7 @@ def test_gdpo_gets_the_stage_reward_terms_one_by_one(tmp_path):
     groups = np.array(batch.meta["group"])
     # each term's weight times its size (correctness value 1, exp_length scale 0.5), which the normalisation divides out
     want = algorithms.gdpo_advantages({"correctness": (2.0, batch.columns["reward/correctness"] / 2.0),
-                                       "exp_length": (0.5, batch.columns["reward/exp_length"])},
+                                       "exp_length": (0.5, batch.columns["reward/exp_length"] / 0.5)},
                                       batch.loss_mask, groups)
     assert torch.allclose(batch.columns["advantages"], want, atol=1e-6)
     grpo = algorithms.compute_advantages("grpo", outcome_rewards(batch, batch.columns["reward/total"]),

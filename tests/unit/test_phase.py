@@ -280,3 +280,17 @@ def test_the_step_log_of_a_switch_holds_what_decided_it():
     assert log["phase/entropy_ema"] == 1.0 and log["phase/trend"] == 0.0 and log["phase/steps_in_phase"] >= 4
     assert log["phase/switches"] == 1 and math.isnan(ctl.log_dict()["phase/trend"])  # the new phase: nothing yet
     assert PhaseController().step_log() == {}
+
+
+def test_a_state_saved_when_the_window_held_ema_values_starts_its_window_afresh():
+    ctl = PhaseController(PhaseConfig())
+    for x in (0.1, 0.09, 0.08, 0.07):
+        ctl.update(x)
+    state = ctl.state_dict()
+    again = PhaseController(PhaseConfig())
+    again.load_state_dict(state)
+    assert again.trend == pytest.approx(-0.01)
+    del state["recent_of"]  # as saved before 2026-12-05
+    old = PhaseController(PhaseConfig())
+    old.load_state_dict(state)
+    assert old.trend is None and old.stage == ctl.stage

@@ -193,3 +193,23 @@ def test_entropy_guided_preset():
     wrong = Sample(correct=False, answered=True, answer_pos=100, length=120)
     assert fns["compress"](wrong)["total"] == 0.0  # positive-only advantages must not reinforce wrong answers
     assert fns["explore"](short)["total"] == pytest.approx(1.2 + math.exp(math.log(0.5) * 120 / 4096))
+
+
+def test_gdpo_keeps_a_terms_size_with_and_without_the_std_division():
+    """Correctness 1.0 and a 0.2 format reward, each firing on its own sample of one group: their advantages stand 5:1
+    whether the group's std divides (the size divided out, put back through the weight) or not (Dr.GRPO)."""
+    import numpy as np
+    import torch
+
+    from stepentropy_rl.algorithms import gdpo_advantages
+    from stepentropy_rl.rewards import TermSpec, gdpo_components
+
+    terms = [TermSpec("correctness", 1.0, {"value": 1.0}), TermSpec("format_reward", 1.0, {"value": 0.2})]
+    scores = {"correctness": torch.tensor([1.0, 0.0, 0.0, 0.0]), "format_reward": torch.tensor([0.0, 0.2, 0.0, 0.0])}
+    parts = gdpo_components(terms, scores)
+    assert parts["format_reward"][0] == pytest.approx(0.2) and parts["format_reward"][1].tolist() == [0, 1, 0, 0]
+    mask, groups = torch.ones(4, 3), np.zeros(4, dtype=int)
+    for by_std in (True, False):
+        adv = gdpo_advantages(parts, mask, groups, norm_by_std=by_std)[:, -1]
+        lift = (adv[:2] - adv[2:].mean()).tolist()  # each firing sample over the two that earn nothing
+        assert lift[0] / lift[1] == pytest.approx(5.0, rel=1e-4)

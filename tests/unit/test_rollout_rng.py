@@ -23,3 +23,12 @@ def test_an_older_runs_bare_torch_state_is_still_read():
     first = torch.rand(3).tolist()
     Rollout.set_rng_state(None, legacy)
     assert torch.rand(3).tolist() == first
+
+
+def test_a_bare_torch_state_that_starts_like_a_zip_is_still_read():
+    torch.manual_seed(0x4B50)  # the state's first bytes spell "PK"
+    legacy = torch.get_rng_state().numpy().tobytes()
+    assert legacy.startswith(b"PK")
+    first = torch.rand(3).tolist()
+    Rollout.set_rng_state(None, legacy)
+    assert torch.rand(3).tolist() == first
