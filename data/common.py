@@ -74,4 +74,12 @@ def cli(doc: str, src_help: str | None) -> argparse.Namespace:
     return ap.parse_args()
 
 
-__all__ = ["DataError", "Example", "cli", "find_split", "number", "problem", "response", "rows_of", "write_splits"]
+def run(main) -> None:
+    """Run a prepare script's ``main``: bad data ends it with the message that names the row, not a traceback."""
+    try:
+        main()
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+__all__ = ["DataError", "Example", "cli", "find_split", "number", "problem", "response", "rows_of", "run", "write_splits"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import DataError, Example, cli, number, rows_of, write_splits
+from common import DataError, Example, cli, number, rows_of, run, write_splits
 from common import problem as as_problem
 
 KINDS = ("*.jsonl", "*.json", "*.parquet")
@@ -37,9 +37,25 @@ def main() -> None:
     files = [args.src] if args.src.is_file() else sorted(p for k in KINDS for p in args.src.glob(k))
     if not files:
         raise SystemExit(f"no AIME files under {args.src} (looked for {', '.join(KINDS)})")
-    examples = [e for f in files for e in convert(rows_of(f), str(f))]
+    examples = once_each([e for f in files for e in convert(rows_of(f), str(f))])
     write_splits(args.out, "aime", {"test": examples}, "aime")
 
 
+def once_each(examples: list[Example]) -> list[Example]:
+    """Each problem once: a folder may hold the same year in two formats (a download's ``.parquet`` beside its
+    ``.jsonl``, or this script's own output), which would weigh those problems twice in the accuracy. The same text
+    with another answer is an error."""
+    seen: dict[str, Example] = {}
+    for e in examples:
+        key = " ".join(e.prompt.split())
+        if key in seen and seen[key].answer != e.answer:
+            raise DataError(f"problem {e.id!r} is {seen[key].id!r} with another answer ({e.answer} against "
+                            f"{seen[key].answer}): two versions of one problem")
+        seen.setdefault(key, e)
+    if len(seen) < len(examples):
+        print(f"aime: {len(examples) - len(seen)} problems read twice (the same text in two files) kept once")
+    return list(seen.values())
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import HERE, write_splits
+from common import HERE, run, write_splits
 
 from stepentropy_rl.config import build
 from stepentropy_rl.data import generated
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -16,7 +16,7 @@ import re
 import zlib
 from pathlib import Path
 
-from common import cli, response, write_splits
+from common import cli, response, run, write_splits
 
 from stepentropy_rl.data import to_example
 
@@ -54,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

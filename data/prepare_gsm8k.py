@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from common import DataError, Example, cli, find_split, number, response, rows_of, write_splits
+from common import DataError, Example, cli, find_split, number, response, rows_of, run, write_splits
 
 PATTERNS = ("{split}.jsonl", "{split}.parquet", "main/{split}-*.parquet", "{split}-*.parquet", "*/{split}.jsonl")
 CALC = re.compile(r"<<[^>]*>>")
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

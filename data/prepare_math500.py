@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from common import DataError, Example, cli, find_split, rows_of, write_splits
+from common import DataError, Example, cli, find_split, rows_of, run, write_splits
 from common import problem as as_problem
 
 PATTERNS = ("test.jsonl", "test.parquet", "test-*.parquet", "*/test.jsonl", "*/test-*.parquet")
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

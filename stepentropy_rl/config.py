@@ -293,7 +293,7 @@ class AlgorithmConfig:
     ppo_mini_batch_size: Optional[int] = None  # null = prompts_per_step: one optimizer step per rollout batch
     ppo_epochs: int = 1
     top_p: float = 1.0
-    temperature: dict[str, float] = field(default_factory=lambda: {"compress": 0.6, "explore": 1.0})
+    temperature: dict[str, float] = field(default_factory=lambda: {"compress": 0.6, "explore": 0.8})
     adv_estimator: dict[str, str] = field(default_factory=lambda: {"compress": "grpo", "explore": "grpo"})
     norm_adv_by_std: bool = True
     beta: float = 1.0
@@ -359,7 +359,8 @@ class PruneStageConfig(StepPruning):
     """The prune stage that makes the SFT data: whose CoTs (``source``: policy | gold), pruned at ``ratio``."""
 
     source: str = "policy"
-    ratio: float = 0.2
+    ratio: float = 0.8
+    merge_runs: bool = True  # one [SKIP] per run of pruned steps
     keep_verified: bool = True  # keep a pruned CoT only if the answer regenerated after it is still right
     verify_with: str = "deletion"  # what the check reads: the pruned steps deleted | the SFT row's placeholder
     # also drop a pruned CoT that lost a labelled essential step: true | false | null (where the data has labels)
@@ -382,7 +383,7 @@ class SFTConfig:
     epochs: int = 4
     batch_size: int = 32
     lr: float = 1e-3
-    min_steps: int = 0  # at least this many optimizer steps, however few rows the prune stage kept (0: epochs decide)
+    min_steps: int = 80  # at least this many optimizer steps, however few rows the prune stage kept (0: epochs decide)
 
     def __post_init__(self):
         positive(self, "epochs", "batch_size", integer=True)
@@ -393,8 +394,8 @@ class SFTConfig:
 @dataclass
 class GRPOConfig:
     steps: int = 40
-    max_tokens: int = 160
-    lr: float = 1e-4
+    max_tokens: int = 320
+    lr: float = 3e-5
     save_every: int = 1  # a killed run redoes the steps after its last checkpoint
     keep_last: int = 2  # GRPO checkpoints kept on disk
     crash_after_step: Optional[int] = None  # fault injection (driver/faults.py): exit after this step

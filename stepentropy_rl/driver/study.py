@@ -189,6 +189,16 @@ def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:
     return out
 
 
+def placeholder_caveat(cfg) -> str | None:
+    """What a study of the embedded tiny reasoner with a placeholder measures: it never saw one (R1 reads an
+    unknown string and goes on), so it loses the count after it and every strategy collapses with the ratio."""
+    if cfg.model.tiny_that_runs() is None or not cfg.pruning.placeholder:
+        return None
+    return (f"the tiny reasoner never saw the placeholder {cfg.pruning.placeholder!r}: it reads it as unknown tokens and "
+            "loses the count after it, so this study measures the placeholder more than the steps; "
+            "pruning.placeholder='' deletes the pruned steps (the README's study)")
+
+
 @register_pipeline("prune_study")
 def study_pipeline(job) -> StudyResult:
     """The static study on the held-out problems; writes samples, steps, summary (json, md) and the accuracy plot."""
@@ -200,6 +210,9 @@ def study_pipeline(job) -> StudyResult:
     from stepentropy_rl.driver.tracking import Tracker
 
     cfg, run_dir = job.cfg, job.run_dir
+    caveat = placeholder_caveat(cfg)
+    if caveat:
+        log.warning(caveat)
     rollouts, reference = spawn_rollouts(cfg, job.model_path), spawn_reference(cfg, job.model_path)
     cache = CoTCache.for_job(cfg, job.model_path) if cfg.pruning.cache else None
     res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade, cache)
@@ -221,6 +234,8 @@ def study_pipeline(job) -> StudyResult:
     tracker.finish()
     print(report.summary_table(res.summary))
     print(report.paired_table(res.paired))
+    if caveat:
+        print(f"note: {caveat}")
     print(f"AUROC (low step entropy -> labelled redundant step): gold {res.auroc:.3f}, "
           f"generated {res.auroc_generated:.3f}")
     print(f"outputs: {run_dir} (look at the CoTs: python -m stepentropy_rl.view {run_dir})")

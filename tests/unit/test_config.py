@@ -313,3 +313,47 @@ def test_a_timestamped_run_dir_says_how_to_resume():
     sweep = resume_hint("multirun/d/t/job1", ["trainer.prune.ratio=0.4"], "multirun/d/t")
     assert "hydra.sweep.dir=multirun/d/t and the same sweep overrides in the same order" in sweep
     assert resume_hint("/s/job1", ["trainer.prune.ratio=0.4", "hydra.sweep.dir=/s"], "/s") is None
+
+
+def _dataclass_drift(schema, values: dict, path: str = "") -> list[str]:
+    """Keys of ``values`` (a composed config group) whose value differs from ``schema``'s dataclass default."""
+    import dataclasses
+    import typing
+
+    hints, drift = typing.get_type_hints(schema), []
+    for f in dataclasses.fields(schema):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a nested config without a default: walk into it
+            nested = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)]
+            if nested and isinstance(value, dict):
+                drift += _dataclass_drift(nested[0], value, f"{path}{f.name}.")
+            continue
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            drift += _dataclass_drift(type(default), value, f"{path}{f.name}.")
+        elif (list(default) if isinstance(default, tuple) else default) != value:
+            drift.append(f"{path}{f.name}: dataclass {default!r}, yaml {value!r}")
+    return drift
+
+
+def test_the_dataclass_defaults_are_the_default_yamls():
+    """A key that a yaml leaves out takes the dataclass default, and code that builds a config takes them all: they
+    must be the recipe the yamls ship (they had drifted to November's GRPO lr 1e-4, explore temperature 1.0, prune
+    ratio 0.2). ``data`` and the engine/thread settings of ``rollout``/``cluster`` are the groups whose dataclass
+    defaults are deliberately generic (real data, any machine)."""
+    from omegaconf import OmegaConf
+
+    from stepentropy_rl import config as C
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):  # the groups' defaults, no experiment
+        raw = OmegaConf.to_container(compose("config", overrides=["run_dir=/tmp/x"]), resolve=True)
+    drift = []
+    for group, schema in (("algorithm", C.AlgorithmConfig), ("pruning", C.PruningConfig),
+                          ("trainer", C.TrainerConfig), ("reference", C.ReferenceConfig)):
+        drift += _dataclass_drift(schema, raw[group], f"{group}.")
+    assert drift == []

@@ -94,6 +94,23 @@ def test_aime_in_its_published_spellings(tmp_path):
     assert [(g.id, g.answer) for g in got] == [("2024-I-1", "204"), ("60", "33")]  # files by name
 
 
+def test_aime_read_in_two_formats_counts_each_problem_once(tmp_path):
+    """A folder holding one year as a download's .parquet and as a .jsonl (or this script's earlier output) gave each
+    problem twice; a problem whose copies disagree on the answer is an error naming both."""
+    rows = [{"id": "2024-I-1", "problem": "Every morning Aya ...", "answer": "204"},
+            {"id": "2024-I-2", "problem": "There exist real numbers ...", "answer": "25"}]
+    parquet(tmp_path / "src" / "aime_2024.parquet", rows)
+    jsonl(tmp_path / "src" / "aime_2024.jsonl", [{**r, "problem": r["problem"] + "  "} for r in rows])
+    res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    got, _ = both(tmp_path / "out", "aime", "test")
+    assert [(g.id, g.answer) for g in got] == [("2024-I-1", "204"), ("2024-I-2", "25")]
+    assert "2 problems read twice" in res.stdout
+    jsonl(tmp_path / "src" / "aime_2024.jsonl", [{**rows[1], "id": "x", "answer": "52"}])
+    res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out2")
+    assert res.returncode != 0 and "error: problem '2024-I-2' is 'x' with another answer" in res.stderr
+
+
 def test_aime_files_without_ids_keep_their_problems_apart(tmp_path):
     """AIME 2025 ships as two question/answer files without ids: numbered per file, both gave aime-0 and aime-1."""
     for part in ("I", "II"):

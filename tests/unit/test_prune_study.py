@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from stepentropy_rl.config import build
 from stepentropy_rl.data import generated
 from stepentropy_rl.cot_stats import compare_strategies
-from stepentropy_rl.driver.study import auroc, run_study, writes_answer
+from stepentropy_rl.driver.study import auroc, placeholder_caveat, run_study, writes_answer
 from stepentropy_rl.report import paired_table, summary_table
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import exact_match
@@ -281,7 +281,7 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
     probs, tok, _ = setup
     roll = FakeRollout(probs, broken_ids=[probs[0].id])
     roll.tok = tok
-    prune = PruneStageConfig(source="policy", ratio=0.5, keep_verified=True, answer_max_tokens=16)
+    prune = PruneStageConfig(source="policy", ratio=0.5, keep_verified=True, answer_max_tokens=16, merge_runs=False)
     rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
                                        {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     assert stats["problems"] == 12 and stats["correct_cots"] == 11 == stats["pruned"]  # the broken CoT is out
@@ -456,3 +456,16 @@ def test_keep_essential_null_keeps_unlabelled_rows_uncounted(setup):
                                        {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     assert len(rows) == stats["kept"] == 12 and "kept_missing_essential" not in stats
     assert not any("lost_essential" in r for r in rows)
+
+
+def test_a_placeholder_study_of_the_tiny_reasoner_is_flagged():
+    """The tiny base reads [SKIP] as six bytes it never saw and collapses under every strategy: the study warns and
+    points at deletion; deletion, and any real model, get no caveat."""
+    def job(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            return build(compose("config", overrides=["+experiment=prune_sweep", "run_dir=/tmp/x", *overrides]),
+                         check_paths=False)
+
+    assert "pruning.placeholder=''" in placeholder_caveat(job())
+    assert placeholder_caveat(job("pruning.placeholder=''")) is None
+    assert placeholder_caveat(job("model=r1_distill_qwen_7b", "model.path=/m", "data=gsm8k")) is None
