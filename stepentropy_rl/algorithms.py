@@ -213,7 +213,7 @@ def kl_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, response_mask: t
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
-              loss_scale_factor: Optional[int] = None, **global_batch) -> torch.Tensor:
+              loss_scale_factor: Optional[float] = None, **global_batch) -> torch.Tensor:
     """verl's ``agg_loss``: token-mean = sum(v*m)/sum(m); seq-mean-token-mean = mean over non-empty rows of row
     token-means; seq-mean-token-sum = mean of row sums; -norm divides that by ``loss_scale_factor`` (default: padded
     length); token-sum = sum(v*m). With ``global_batch`` (see ``global_batch_info``) the sums are divided by the

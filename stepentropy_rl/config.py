@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from stepentropy_rl.cot_format import GRADE_SPANS
+from stepentropy_rl.cot_format import GRADE_SPANS, SKIP_TOKEN
 from stepentropy_rl.phase import STAGES, PhaseConfig
 from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.r1_standin import StandinConfig
@@ -371,6 +371,9 @@ class PruneStageConfig(StepPruning):
         super().__post_init__()
         one_of(self, "source", ("policy", "gold"))
         one_of(self, "verify_with", ("deletion", "placeholder"))
+        need(self.placeholder in ("", SKIP_TOKEN), "placeholder",
+             f"must be {SKIP_TOKEN!r} (the token the training adds, which the skip rewards and the evaluation count) "
+             f"or '' (the pruned steps deleted), got {self.placeholder!r}")
         try:
             validate_pruning("low", self.ratio)
         except ValueError as e:

@@ -45,7 +45,7 @@ def compute_loss(logprobs: torch.Tensor, mb: Batch, loss: dict, global_batch: di
     mask = mb.loss_mask.to(logprobs.device)
     gb = dict(global_batch or algorithms.global_batch_info([mask]))
     if loss.get("loss_scale_factor"):  # seq-mean-token-sum-norm: a constant, not the micro-batch's padded width
-        gb["loss_scale_factor"] = int(loss["loss_scale_factor"])
+        gb["loss_scale_factor"] = float(loss["loss_scale_factor"])  # 1.5 is not 1
     if loss["kind"] == "sft":
         value = algorithms.aggregate(-logprobs, mask, "token-mean", **gb)
         return value, {"sft/nll": float(value.detach())}

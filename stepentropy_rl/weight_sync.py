@@ -96,19 +96,29 @@ def _broadcast(group, buf: torch.Tensor) -> None:
 
 def send(group, plan: list, tensors: Iterator[tuple[str, torch.Tensor]], device) -> int:
     """Rank 0: pack ``tensors`` (in plan order, names checked) into each bucket and broadcast it; returns bytes sent.
-    ``group`` None: consume ``tensors`` only (the other learner ranks, whose all-gathers the iteration drives)."""
-    sent = 0
+    ``group`` None: consume ``tensors`` only (the other learner ranks, whose all-gathers the iteration drives).
+
+    A broadcast that fails (an engine died mid-push) stops the broadcasting, not the iteration: rank 0 still walks
+    every tensor, so the other ranks' all-gathers complete instead of waiting for it, and raises at the end."""
+    sent, failed = 0, None
     for dtype, numel, entries in plan:
-        buf = torch.empty(numel, dtype=getattr(torch, dtype), device=device) if group is not None else None
+        live = group is not None and failed is None
+        buf = torch.empty(numel, dtype=getattr(torch, dtype), device=device) if live else None
         for name, shape, offset, n in entries:
             got, tensor = next(tensors)
             if got != name:
                 raise RuntimeError(f"weight sync: expected {name!r} from the learner, got {got!r}")
             if buf is not None:
                 buf[offset: offset + n].copy_(tensor.reshape(-1))
-        if group is not None:
-            _broadcast(group, buf)
-            sent += buf.numel() * buf.element_size()
+        if live:
+            try:
+                _broadcast(group, buf)
+                sent += buf.numel() * buf.element_size()
+            except RuntimeError as e:  # gloo and NCCL raise a peer's death as RuntimeError (DistBackendError)
+                failed = e
+    if failed is not None:
+        raise RuntimeError(f"weight sync: a broadcast to the engines failed after {sent} bytes ({failed}); "
+                           "the learner ranks finished the push together") from failed
     return sent
 
 

@@ -11,7 +11,7 @@ import time
 import ray
 
 from stepentropy_rl.driver import progress
-from stepentropy_rl.driver.remote import fetch
+from stepentropy_rl.driver.remote import ActorLost, fetch
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class RolloutGroup:
         self._calls = itertools.count()  # names each generate's progress counters
         self._served: list | None = None  # each engine's incarnation when it last got what the group serves
         self._grouped: list | None = None  # ... when it last joined the weight-sync group
+        self._rng: list | None = None  # each engine's sampler state as the last generate left it (raw bytes)
 
     def _incarnations(self) -> list:
         """Each engine's ``ping``; an engine Ray is still restarting is waited for."""
@@ -92,6 +93,8 @@ class RolloutGroup:
         shares = [prompts[i::n] for i in range(n)]
         results: list = [None] * n
         board, call = progress.board(), next(self._calls)
+        if self._rng is None:
+            self._rng = fetch([w.rng_state.remote() for w in self.engines])
         for attempt in range(self.retries + 1):
             asked = {i: {**sampling, "progress": (board, f"gen{call}.{attempt}/{i}")} if board else sampling
                      for i in range(n)}
@@ -119,6 +122,9 @@ class RolloutGroup:
             if attempt == self.retries:
                 raise RuntimeError(f"rollout engines {sorted(failed)} kept failing after {self.retries} retries")
             self._restore([self.engines[i] for i in failed])
+            # a retried share samples from its engine's state before the call, as the uninterrupted run did
+            fetch([self.engines[i].set_rng_state.remote(self._rng[i]) for i in failed])
+        self._rng = fetch([w.rng_state.remote() for w in self.engines])
         out: list = [None] * len(prompts)
         for i, res in enumerate(results):
             for j, r in enumerate(res or []):
@@ -142,16 +148,33 @@ class RolloutGroup:
         self.sync = WeightBroadcast(learners, self.engines, backend, bucket_mb)
 
     def push_weights(self) -> dict:
-        """Stream the learners' current policy into every engine: ``{bytes, seconds, version}``."""
+        """Stream the learners' current policy into every engine: ``{bytes, seconds, version}``.
+
+        An engine restarted since the last push, or dying during this one, makes every engine join a new group and
+        the push start again (up to ``retries`` times; the learner ranks finish a failed push together,
+        ``weight_sync.send``). Under NCCL a dead member is noticed when the group's timeout runs out."""
         if self.sync is None:
             raise RuntimeError("attach_learners before pushing weights")
         t = time.time()
         now = self._incarnations()
-        if self.sync.open and self._grouped not in (None, now):  # a member is gone: every engine joins a new group
-            log.warning("rollout engines %s were restarted between calls; reopening the weight-sync group",
-                        [i for i, (was, is_) in enumerate(zip(self._grouped or now, now)) if was != is_])
-            self.sync.reopen()
-        sent = self.sync.push()
+        reopen = self.sync.open and self._grouped not in (None, now)  # a member is gone: every engine joins anew
+        for attempt in range(self.retries + 1):
+            if reopen:
+                log.warning("rollout engines %s were restarted; reopening the weight-sync group",
+                            [i for i, (was, is_) in enumerate(zip(self._grouped or now, now)) if was != is_])
+                self.sync.reopen()
+            try:
+                sent = self.sync.push()
+                break
+            except ActorLost:
+                raise
+            except Exception as e:
+                before, now = now, self._incarnations()  # waits for an engine Ray is restarting
+                if attempt == self.retries or now == before:
+                    raise
+                log.warning("a rollout engine died during the weight push (%s); pushing again to a new group "
+                            "(attempt %d)", type(e).__name__, attempt + 1)
+                self._grouped, reopen = before, True
         self._served = self._grouped = now
         self.version += 1
         self.serving = f"policy@{self.version}"
@@ -182,7 +205,8 @@ class RolloutGroup:
             log.warning("not restoring the engines' random state: saved for %d engines, %d now; sampling differs "
                         "from an uninterrupted run", len(states), len(self.engines))
             return False
-        fetch([w.set_rng_state.remote(base64.b64decode(s)) for w, s in zip(self.engines, states)])
+        self._rng = [base64.b64decode(s) for s in states]
+        fetch([w.set_rng_state.remote(r) for w, r in zip(self.engines, self._rng)])
         return True
 
     def kill(self, index: int = 0) -> None:

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: PruneStageConfig, sampling: dict,
-                         ref_batch_size: int = 16, cache=None) -> tuple[list[dict], dict]:
+                         ref_batch_size: int = 16, cache=None,
+                         ref_chunk_rows: int = 2048) -> tuple[list[dict], dict]:
     """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
 
     ``prune.keep_verified`` keeps a row only if the policy, given the pruned thinking, still answers right; it reads
@@ -75,7 +76,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                  "the cut-off text followed by EOS, so they are left out", len(cut))
         ok = [i for i in ok if i not in set(cut)]
     entropies = got.entropies(ok, lambda idx: token_entropies(reference, [pids[i] for i in idx],
-                                                              [cots[i]["token_ids"] for i in idx], ref_batch_size))
+                                                              [cots[i]["token_ids"] for i in idx], ref_batch_size,
+                                                              ref_chunk_rows))
     candidates = []
     for i, ent in zip(ok, entropies):
         texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], ent, prune.delimiter,

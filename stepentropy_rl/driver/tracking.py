@@ -57,10 +57,9 @@ class Tracker:
             except Exception as e:  # tracking must never kill training
                 log.warning("wandb unavailable (%s); metrics go to %s only", e, self.path)
         if logger is not None and logger.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            where["tensorboard"] = str(run_dir / "tensorboard")
+            self.tb_dir = run_dir / "tensorboard"
+            self.tb = self._tensorboard()
+            where["tensorboard"] = str(self.tb_dir)
         self.gauges = _ray_gauges(run_dir.name)  # the Ray dashboard's metrics, when Ray is up
         atomic_write_json(run_dir / "tracking.json", where)
 
@@ -73,13 +72,26 @@ class Tracker:
             self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
         if self.gauges is not None:
             self.gauges.update(row)
-        if self.tb is not None:  # tags carry their stage (sft/..., reward/...), so each has its own step axis
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, step)
+        if self.tb is not None:
+            self._tb_row(row)
         if console_keys:
             shown = " ".join(f"{k.split('/')[-1]}={_fmt(row.get(k))}" for k in console_keys if k in row)
             log.info("step %d | %s", step, shown)
+
+    def _tensorboard(self, fresh: bool = False):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if fresh:
+            import shutil
+
+            shutil.rmtree(self.tb_dir, ignore_errors=True)
+        return SummaryWriter(str(self.tb_dir))
+
+    def _tb_row(self, row: dict) -> None:
+        """Tags carry their stage (sft/..., reward/...), so each has its own step axis."""
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.tb.add_scalar(k, v, row["step"])
 
     def size(self) -> int:
         """Bytes of ``metrics.jsonl`` so far: a checkpoint or a finished stage records it (:meth:`rewind`)."""
@@ -88,10 +100,16 @@ class Tracker:
     def rewind(self, size: int | None) -> None:
         """Drop what was logged after ``size`` bytes: the rows of steps a killed run made after its last checkpoint
         (or of a stage it did not finish), which the rerun makes again; so every step is in the file once, in
-        order. wandb keeps what it was sent."""
+        order. TensorBoard's events are written again from the file (its steps start anew at each stage, so
+        ``purge_step`` would hide an earlier stage's); wandb keeps what it was sent."""
         if size is not None and self.path.exists() and self.path.stat().st_size > size:
             with self.path.open("r+b") as f:
                 f.truncate(size)
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = self._tensorboard(fresh=True)
+                for line in self.path.read_text().splitlines():
+                    self._tb_row(json.loads(line))
 
     def results(self, summary: dict, tables: dict[str, list[dict]], images: dict[str, Path]) -> None:
         """A finished job's results: ``summary`` values, row tables and image files (wandb's summary, Tables and

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -74,10 +75,46 @@ def check_config(run_dir: Path, config: dict) -> None:
         stage, key, then, now = found[0]  # the earliest finished stage a changed key decides
         others = len({k for _, k, _, _ in found}) - 1
         more = f" (and {others} more changed key{'s' * (others > 1)})" if others else ""
+        grpo = run_dir / "grpo"
+        also = f" (and move {grpo} aside: its checkpoints resume the old GRPO)" \
+            if grpo.exists() and ORDER.index(stage) <= ORDER.index("grpo") else ""
         raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
                           f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
                           f"under this config. Give the job another run_dir, or delete {run_dir / 'stages'}/"
-                          f"{stage}.done and the markers after it to redo those stages")
+                          f"{stage}.done and the markers after it to redo those stages{also}")
+    check_grpo_checkpoints(run_dir, stages, run_config(config))
+
+
+def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> None:
+    """Refuse to resume GRPO checkpoints that another GRPO wrote: one from an SFT model this job trains again (its
+    marker deleted), or one under another config (``grpo/config.json``, from GRPO's start; raising
+    ``trainer.grpo.steps`` to train on is allowed). Resumed, they would continue the old run under the new config."""
+    from stepentropy_rl.driver.stage_config import conflicts
+
+    grpo = run_dir / "grpo"
+    latest = grpo / "latest"
+    if stages.done("grpo") or not latest.exists():
+        return
+    aside = f"move {grpo} aside (e.g. mv {grpo} {grpo}.old) to start GRPO afresh"
+    if not stages.done("sft"):
+        raise ConfigError(f"{grpo} holds checkpoints of a GRPO run started from the SFT model that this job trains "
+                          f"again (stages/sft.done is gone): resumed, they would replace it with the old policy; "
+                          f"{aside}")
+    started = grpo / "config.json"
+    if not started.exists():  # GRPO started before it recorded its config
+        return
+    found = [(k, a, b) for _, k, a, b in conflicts({"grpo": json.loads(started.read_text())}, current)
+             if k != "trainer.grpo.steps"]
+    if found:
+        key, then, now = found[0]
+        raise ConfigError(f"{grpo} holds checkpoints of a GRPO run with {key}={then!r}, and this job says "
+                          f"{key}={now!r}: resumed, they would continue that run under this config. Rerun with "
+                          f"{key}={then!r} to resume it, or {aside}")
+    done = int(latest.read_text().strip().removeprefix("step_") or 0)
+    steps = current.get("trainer.grpo.steps")
+    if isinstance(steps, int) and steps < done:
+        raise ConfigError(f"{grpo} has {done} GRPO steps done and this job says trainer.grpo.steps={steps}: rerun "
+                          f"with at least {done}, or {aside}")
 
 
 def run_config(config: dict) -> dict:
@@ -93,6 +130,7 @@ def make_init_model(base: str, out: Path) -> None:
 
     tok, model = load_tokenizer(base), AutoModelForCausalLM.from_pretrained(base)
     add_skip_token(tok, model)
+    shutil.rmtree(out, ignore_errors=True)  # not marked done: a killed build, or one from the base before a change
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -178,7 +216,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
                         "max_tokens": int(cfg.rollout.max_tokens)}
             rollouts.serve(str(init))  # the policy's own CoTs
             rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade, tc.prune, sampling,
-                                               cfg.reference.batch_size, base_cache if tc.prune.cache else None)
+                                               cfg.reference.batch_size, base_cache if tc.prune.cache else None,
+                                               cfg.reference.chunk_rows)
             write_jsonl(prune_dir / "sft_data.jsonl", rows)
             die_at("prune_written")
             atomic_write_json(prune_dir / "stats.json", stats)
@@ -205,7 +244,9 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
                 learners.load_checkpoint(str(run_dir / "sft_state"))  # as if SFT had just finished in this run
                 log.info("GRPO starts from the SFT learners' state, SFT optimizer state included (%s)",
                          run_dir / "sft_state")
-            learners.set_lr(tc.grpo.lr)
+            if fresh:  # what a rerun's checkpoints are checked against (check_grpo_checkpoints)
+                (run_dir / "grpo").mkdir(exist_ok=True)
+                atomic_write_json(run_dir / "grpo" / "config.json", stages.config)
             rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb)
             actors = roles.Actors(rollouts, reference, reward, learners)
             trainer = GRPOTrainer(cfg.algorithm, tc.grpo, cfg.reference, actors, train_problems, tok, run_dir, tracker,
@@ -213,6 +254,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             if not trainer.resume():
                 tracker.rewind(stages.info("sft").get("metrics_bytes"))  # rows of steps before any checkpoint
                 trainer.push_weights()
+            learners.set_lr(tc.grpo.lr)  # after a checkpoint's optimizer state, which holds its own
             faults = FaultInjection.from_config(tc.grpo)
             trainer.fit(hooks=[faults] if faults else [])
             learners.save_hf(str(models / "final"), str(init))

@@ -134,6 +134,19 @@ def test_init_model_adds_skip_in_the_spare_rows(r1_standin, tmp_path):
     assert prompt_ids(init, "q") == prompt_ids(load_tokenizer(r1_standin), "q") and init.eos_token_id == EOS_ID
 
 
+def test_an_init_model_built_again_is_the_new_bases(r1_standin, micro_model, tmp_path):
+    """models/init without its marker (a build killed after the rename, or a base changed as the config error
+    advises) is built afresh: the atomic rename kept the old directory, and the run trained the old base."""
+    from transformers import AutoConfig
+
+    from stepentropy_rl.driver.train import make_init_model
+
+    make_init_model(micro_model, tmp_path / "init")
+    make_init_model(r1_standin, tmp_path / "init")
+    assert AutoConfig.from_pretrained(tmp_path / "init").vocab_size == 152064
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init"]
+
+
 def test_reference_sits_on_the_device_it_reserves(r1_standin):
     from stepentropy_rl.driver.roles import reference_device
     from workers.reference import Reference

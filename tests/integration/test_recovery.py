@@ -29,6 +29,12 @@ class Flaky:
     def ping(self):
         return "ok"
 
+    def rng_state(self):
+        return b""
+
+    def set_rng_state(self, state):
+        pass
+
 
 class FakeSync:
     """Stands in for the learners' weight broadcast: a push makes every engine serve "policy"."""
@@ -81,6 +87,12 @@ def test_an_engine_that_keeps_dying_ends_the_step_with_an_error(ray_session, tmp
         def ping(self):
             return "ok"
 
+        def rng_state(self):
+            return b""
+
+        def set_rng_state(self, state):
+            pass
+
     group = RolloutGroup([Dies.remote()], "initial", retries=1)
     with pytest.raises(RuntimeError, match="kept failing after 1 retries"):
         group.generate(["a"], {})
@@ -103,6 +115,12 @@ class Engine:
 
     def ping(self):
         return self.incarnation
+
+    def rng_state(self):
+        return b""
+
+    def set_rng_state(self, state):
+        pass
 
 
 def test_an_engine_restarted_between_calls_is_found_and_given_back_what_the_group_serves(ray_session):
@@ -128,3 +146,89 @@ def test_an_engine_restarted_between_calls_is_found_and_given_back_what_the_grou
     wait_alive(group.engines[:1])
     group.serve("models/sft")  # the group already serves it, but the restarted engine does not
     assert [o[0]["text"] for o in group.generate(["a", "b"], {})] == ["a:models/sft", "b:models/sft"]
+
+
+@ray.remote(max_restarts=2, max_task_retries=0)
+class Sampler:
+    """Draws one number a prompt from a counter that stands in for the sampler's random state; a (re)start begins at
+    100, as a restarted engine's generator does not continue where the dead one was. Dies on a generate call while
+    ``marker`` exists."""
+
+    def __init__(self, marker: str):
+        import uuid
+
+        self.marker, self.draws, self.incarnation = marker, 100, uuid.uuid4().hex
+
+    def generate(self, prompts, sampling):
+        if os.path.exists(self.marker):
+            os.remove(self.marker)
+            os._exit(1)
+        out = [[{"text": f"{p}:{self.draws + j}"}] for j, p in enumerate(prompts)]
+        self.draws += len(prompts)
+        return out
+
+    def ping(self):
+        return self.incarnation
+
+    def rng_state(self):
+        return str(self.draws).encode()
+
+    def set_rng_state(self, state):
+        self.draws = int(state)
+
+
+def test_a_retried_share_samples_what_the_uninterrupted_run_did(ray_session, tmp_path):
+    """An engine that died mid-call, or was restarted between calls, redoes its share from the random state it had
+    before the call (the restarted instance's own state gave other samples than an uninterrupted run)."""
+    from stepentropy_rl.driver.faults import crash
+    from stepentropy_rl.driver.rollout_group import wait_alive
+
+    def texts(group, prompts):
+        return [o[0]["text"] for o in group.generate(prompts, {})]
+
+    def run(tmp, fault=None):
+        group = RolloutGroup([Sampler.remote(str(tmp / "die0")), Sampler.remote(str(tmp / "die1"))], "initial")
+        got = [texts(group, ["a", "b", "c", "d"])]
+        if fault == "between calls":
+            crash(group.engines[0])
+            wait_alive(group.engines[:1])
+        elif fault == "mid-call":
+            (tmp / "die1").write_text("x")
+        got.append(texts(group, ["e", "f", "g", "h"]))
+        got.append(texts(group, ["i", "j"]))
+        return got
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    clean = run(tmp_path / "a")
+    assert clean[1] == ["e:102", "f:102", "g:103", "h:103"]
+    assert run(tmp_path / "b", "between calls") == clean
+    assert run(tmp_path / "c", "mid-call") == clean
+
+
+def test_an_engine_dying_during_the_weight_push_gets_a_new_group_and_the_push_again(ray_session):
+    """The push fails when a member dies mid-way (``weight_sync.send`` raises on the learner); the engine comes back,
+    every engine joins a new group and the whole push is repeated. A failure with every engine alive is raised."""
+    from stepentropy_rl.driver.faults import crash
+
+    class DiesOnce(FakeSync):
+        def push(self):
+            if "push" not in self.calls:
+                self.calls.append("push")
+                crash(self.engines[1])  # mid-push
+                raise RuntimeError("weight sync: a broadcast to the engines failed after 0 bytes")
+            return super().push()
+
+    group = RolloutGroup([Engine.remote(), Engine.remote()], "initial")
+    group.sync = DiesOnce(group.engines)
+    assert group.push_weights()["version"] == 1 and group.sync.calls == ["push", "reopen", "push"]
+    assert [o[0]["text"] for o in group.generate(["a", "b"], {})] == ["a:policy", "b:policy"]
+
+    class Fails(FakeSync):
+        def push(self):
+            self.calls.append("push")
+            raise RuntimeError("not an engine's death")
+
+    group.sync = Fails(group.engines)
+    with pytest.raises(RuntimeError, match="not an engine's death"):
+        group.push_weights()
+    assert group.sync.calls == ["push"] and group.version == 1

@@ -56,6 +56,58 @@ def test_three_members_receive_every_tensor_exactly(store, tmp_path):
                                                     for k, v in state.items())
 
 
+def _fsdp_member(role, url, learner_url, plan, state, q, done):
+    """Two learner ranks whose every tensor is a collective over their own group (as FSDP's ``full_tensor``), rank 0
+    broadcasting to one engine; the engine dies after the first bucket."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from stepentropy_rl.weight_sync import make_store
+
+    if role == "engine":
+        _, group = open_group(url, 1, 2, "gloo", timeout_s=60)
+        next(iter(receive(group, plan, "cpu")))
+        os._exit(1)
+    rank = int(role[-1])
+    timeout = datetime.timedelta(seconds=20)
+    learners = dist.ProcessGroupGloo(make_store(learner_url, rank, 2, timeout), rank, 2, timeout)
+
+    def gathered():
+        for name, t in state.items():
+            t = t.clone()
+            learners.allreduce([t]).wait()  # every rank must join each tensor's collective
+            yield name, t / 2
+
+    try:
+        group = open_group(url, 0, 2, "gloo", timeout_s=60)[1] if rank == 0 else None
+        q.put((role, send(group, plan, gathered(), "cpu")))
+    except Exception as e:
+        q.put((role, f"{type(e).__name__}: {e}"))
+    done.wait(60)  # alive as a learner actor stays after a failed call: its group's peers get no "connection closed"
+
+
+def test_an_engine_dying_mid_push_leaves_the_learner_ranks_in_step(tmp_path):
+    """Rank 0's broadcast fails at the second bucket; it still walks every tensor, so rank 1's collectives complete
+    (without that, rank 1 waited in the next tensor's collective until its timeout) and rank 0 raises the failure."""
+    state = {f"w{i}": torch.full((64,), float(i)) for i in range(4)}
+    plan = plan_buckets([(k, tuple(v.shape)) for k, v in state.items()], "float32", 256 / 2**20)  # one tensor a bucket
+    ctx = mp.get_context("spawn")
+    q, done = ctx.Queue(), ctx.Event()
+    url, learner_url = f"file://{tmp_path / 'sync'}", f"file://{tmp_path / 'learners'}"
+    procs = [ctx.Process(target=_fsdp_member, args=(role, url, learner_url, plan, state, q, done))
+             for role in ("engine", "rank0", "rank1")]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=120) for _ in range(2))
+    done.set()
+    for p in procs:
+        p.join(timeout=60)
+    assert got["rank1"] == 0  # walked every tensor, with rank 0
+    assert got["rank0"].startswith("RuntimeError: weight sync: a broadcast to the engines failed after 256 bytes")
+
+
 def test_a_bad_rendezvous_is_named():
     import datetime
 

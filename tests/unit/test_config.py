@@ -167,6 +167,7 @@ def test_cfg_job_prints_real_scale_config():
     ("+algorithm.kl_ceof=0.1", "algorithm.kl_ceof is not a known key"),
     ("trainer.logger.wandb=cloud", "trainer.logger.wandb"),
     ("trainer.prune.source=teacher", "trainer.prune.source"),
+    ("trainer.prune.placeholder='<skip>'", "trainer.prune.placeholder must be '[SKIP]' (the token the training adds"),
     ("cluster.rollout.num_workers=0", "cluster.rollout.num_workers"),
     ("reference.chunk_rows=0", "reference.chunk_rows"),
     ("cluster.rollout.threads=-2", "cluster.rollout.threads must be an integer >= -1"),

@@ -59,6 +59,17 @@ def test_split_over_ranks_and_micro_batches_equals_whole_batch(loss):
     assert not torch.allclose(naive, whole, atol=1e-3)
 
 
+@pytest.mark.parametrize("factor", [1.5, 0.5, 16])
+def test_the_norm_mode_divides_by_the_factor_as_given(factor):
+    """seq-mean-token-sum-norm is the seq-mean-token-sum divided by loss_scale_factor, a fractional one included (it
+    was cut to an int: 1.5 divided by 1, 0.5 by 0)."""
+    lp, mb = _batch([9, 1, 4, 7])
+    summed, _ = compute_loss(lp, mb, {**GRPO, "kl_coef": 0.0, "loss_agg_mode": "seq-mean-token-sum"})
+    norm, _ = compute_loss(lp, mb, {**GRPO, "kl_coef": 0.0, "loss_agg_mode": "seq-mean-token-sum-norm",
+                                    "loss_scale_factor": factor})
+    assert torch.allclose(norm * factor, summed, atol=1e-6)
+
+
 def test_empty_micro_batch_gives_zero_loss():
     lp, mb = _batch([0, 0])
     value, _ = compute_loss(lp, mb, {"kind": "sft"})

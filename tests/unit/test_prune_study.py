@@ -295,6 +295,23 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
         assert r["response"].endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
 
 
+def test_the_prune_stage_scores_in_the_configured_chunks(setup):
+    """reference.chunk_rows bounds the logits the reference holds at once (1.25 GB a chunk of 2048 rows with R1's
+    152k outputs): the prune stage passes it on, as the study does (it used the default)."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll, ref, asked = FakeRollout(probs), FakeReference(tok), []
+    roll.tok = tok
+    score = ref.score.remote
+    ref.score = _Remote(lambda batch, batch_size, chunk_rows: asked.append(chunk_rows) or score(batch))
+    build_pruned_dataset(probs, roll, ref, tok, make_grader("exact"), PruneStageConfig(answer_max_tokens=16),
+                         {"temperature": 0.6, "top_p": 1.0, "max_tokens": 384}, 4, None, 512)
+    assert asked and set(asked) == {512}
+
+
 class LoopingRollout(CutAtMaxTokens):
     """Right to the answer and on: R1 looping after its boxed answer."""
 

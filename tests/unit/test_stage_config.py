@@ -84,3 +84,44 @@ def test_a_finished_run_rerun_writes_its_report_without_starting_an_actor(tmp_pa
     rep = train.run_training(_job(), tmp_path, "base", [], [], None)
     assert rep["models"]["final"]["accuracy"] == 0.97 and set(rep["stage_seconds"]) == set(train.ORDER)
     assert json.loads((tmp_path / "report.json").read_text())["models"]["sft"]["accuracy"] == 0.95
+
+
+def _grpo_checkpoint(run_dir, config, step=3):
+    """What an interrupted GRPO leaves: its config from its start, a checkpoint and the pointer to it."""
+    import json
+
+    grpo = run_dir / "grpo"
+    (grpo / f"step_{step}").mkdir(parents=True)
+    (grpo / f"step_{step}" / "driver.json").write_text(json.dumps({"step": step}))
+    (grpo / "latest").write_text(f"step_{step}")
+    (grpo / "config.json").write_text(json.dumps(run_config(config)))
+
+
+def test_grpo_checkpoints_resume_only_the_grpo_that_wrote_them(tmp_path):
+    """A GRPO checkpoint records no config of its own: a rerun after a crash under another GRPO key resumed it (a
+    new trainer.grpo.lr even lost to the checkpoint's), and one after deleting the markers as the error says resumed
+    the old policy over a new SFT model. Both are refused, naming what to do; more steps are allowed."""
+    config = _config()
+    _finished(tmp_path, config)
+    _grpo_checkpoint(tmp_path, config)
+    check_config(tmp_path, config)  # a crash, the same command: resumes
+    check_config(tmp_path, _config("trainer.grpo.steps=60"))  # train on
+    with pytest.raises(ConfigError, match=re.escape("GRPO run with algorithm.kl_coef=0.001, and this job says "
+                                                    "algorithm.kl_coef=0.01")) as err:
+        check_config(tmp_path, _config("algorithm.kl_coef=0.01"))
+    assert f"move {tmp_path / 'grpo'} aside" in str(err.value)
+    with pytest.raises(ConfigError, match="trainer.grpo.lr=3e-05, and this job says trainer.grpo.lr=0.0001"):
+        check_config(tmp_path, _config("trainer.grpo.lr=1e-4"))
+    with pytest.raises(ConfigError, match="has 3 GRPO steps done and this job says trainer.grpo.steps=2"):
+        check_config(tmp_path, _config("trainer.grpo.steps=2"))
+    (tmp_path / "stages" / "sft.done").unlink()  # the user redoes SFT; its GRPO checkpoints would win over it
+    (tmp_path / "stages" / "eval_sft.done").unlink()
+    with pytest.raises(ConfigError, match="started from the SFT model that this job trains again"):
+        check_config(tmp_path, config)
+
+
+def test_a_finished_stages_conflict_says_to_move_the_grpo_checkpoints_aside(tmp_path):
+    _finished(tmp_path, _config())
+    _grpo_checkpoint(tmp_path, _config())
+    with pytest.raises(ConfigError, match=re.escape(f"(and move {tmp_path / 'grpo'} aside: its checkpoints resume")):
+        check_config(tmp_path, _config("trainer.sft.lr=0.01"))

@@ -31,6 +31,29 @@ def test_tensorboard_gets_the_scalars_tables_and_images(tmp_path):
     assert json.loads((tmp_path / "tracking.json").read_text())["tensorboard"] == str(tmp_path / "tensorboard")
 
 
+def test_a_rewound_run_has_each_step_once_in_tensorboard(tmp_path):
+    """A resumed run makes the steps after its last checkpoint again: TensorBoard had them twice (the old values
+    drawn beside the new); it now mirrors metrics.jsonl, an earlier stage's steps included."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = Tracker(tmp_path, LoggerConfig(wandb="disabled", tensorboard=True))
+    for step in range(4):
+        t.log({"sft/loss": 1.0 / (step + 1)}, step=step)
+    for step in range(3):
+        t.log({"reward/total": float(step)}, step=step)
+        if step == 0:
+            checkpoint = t.size()
+    t.finish()
+    t = Tracker(tmp_path, LoggerConfig(wandb="disabled", tensorboard=True))  # the rerun
+    t.rewind(checkpoint)
+    for step in (1, 2):
+        t.log({"reward/total": 10.0 + step}, step=step)
+    t.finish()
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward/total")] == [(0, 0.0), (1, 11.0), (2, 12.0)]
+    assert [e.step for e in events.Scalars("sft/loss")] == [0, 1, 2, 3]
+
+
 def test_wandb_offline_run_is_named_by_its_directory_and_grouped(tmp_path):
     run_dir = tmp_path / "sweep" / "0"
     run_dir.mkdir(parents=True)
