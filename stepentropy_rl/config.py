@@ -399,6 +399,7 @@ class GRPOConfig:
     steps: int = 40
     max_tokens: int = 320
     lr: float = 3e-5
+    optimizer: str = "continue"  # continue: SFT's AdamW moments carry on | fresh: zeroed, as verl and TRL start RL
     save_every: int = 1  # a killed run redoes the steps after its last checkpoint
     keep_last: int = 2  # GRPO checkpoints kept on disk
     crash_after_step: Optional[int] = None  # fault injection (driver/faults.py): exit after this step
@@ -407,6 +408,7 @@ class GRPOConfig:
     def __post_init__(self):
         positive(self, "steps", "max_tokens", "save_every", "keep_last", integer=True)
         positive(self, "lr")
+        one_of(self, "optimizer", ("continue", "fresh"))
         roles = ("rollout", "reference", "reward", "learner")
         need(set(self.kill_at_step) <= set(roles), "kill_at_step", f"roles must be among {list(roles)}")
 

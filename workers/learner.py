@@ -115,6 +115,10 @@ class Learner:
         for g in self.optim.param_groups:
             g["lr"] = lr
 
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's moments and step counts (AdamW starts afresh at its next step)."""
+        self.optim.state.clear()
+
     # ---- weights and checkpoints ---------------------------------------------------------------------------------
     def _export_items(self) -> list:
         """``(name, sharded tensor)`` of everything a weight push sends, in state-dict order (the same on every

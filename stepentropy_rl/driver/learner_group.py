@@ -69,6 +69,9 @@ class LearnerGroup:
     def set_lr(self, lr: float) -> None:
         self._get([r.set_lr.remote(lr) for r in self.ranks], "set_lr")
 
+    def reset_optimizer(self) -> None:
+        self._get([r.reset_optimizer.remote() for r in self.ranks], "reset_optimizer")
+
     def weight_specs(self) -> tuple[str, list]:
         return self._get([self.ranks[0].weight_specs.remote()], "weight_specs")[0]
 
