@@ -147,6 +147,27 @@ def check_same_base(recorded: dict, base_path: str, run_dir: Path) -> None:
                           f"or give the job a new run_dir")
 
 
+def problems_digest(problems) -> str:
+    """Which problems, in which order, with which prompts and answers: a short hash a stage marker records."""
+    import hashlib
+
+    rows = [[p.id, p.prompt, p.system, p.answer] for p in problems]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def check_same_problems(stages: "Stages", eval_problems, train_problems, run_dir: Path) -> None:
+    """ConfigError unless the problems are those the finished stages used: a data file rewritten in place, or
+    ``data.overlong=skip`` dropping others under a changed token budget, would mix two problem sets in one report
+    (the base evaluated on one, the final model on another). Markers without a digest pass."""
+    for stage, key, problems, what in (("eval_base", "eval_problems", eval_problems, "held-out"),
+                                       ("prune", "train_problems", train_problems, "training")):
+        was = stages.info(stage).get(key)
+        if was is not None and was != problems_digest(problems):
+            raise ConfigError(f"{run_dir}: the {what} problems differ from those its stage {stage!r} used (the "
+                              f"data file changed, or data.overlong=skip dropped others under a new token budget): "
+                              f"rerun with the same data and budgets, or give the job a new run_dir")
+
+
 @register_pipeline("train", train_data=True)
 def train_pipeline(job) -> dict:
     """init -> eval base -> prune -> SFT -> eval SFT -> GRPO -> eval final -> report (each stage once)."""
@@ -168,6 +189,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         make_init_model(base_path, init)
         stages.mark("init", {"base": base_path, "fingerprint": model_fingerprint(base_path)})
     check_same_base(stages.info("init"), base_path, run_dir)
+    check_same_problems(stages, eval_problems, train_problems, run_dir)
     if all(stages.done(name) for name in ORDER):  # a finished run rerun (a resumed sweep): no actor to start
         log.info("every stage of %s is done; the report is written again from their results", run_dir)
         return _report(run_dir, stages)
@@ -205,7 +227,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
         log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
                  res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
-        stages.mark(f"eval_{name}", {**res, **cached, "engine_rng": rollouts.rng_states()})
+        digest = {"eval_problems": problems_digest(eval_problems)} if name == "base" else {}
+        stages.mark(f"eval_{name}", {**res, **cached, **digest, "engine_rng": rollouts.rng_states()})
 
     try:
         eval_stage("base", init, base_cache if tc.eval.cache else None)
@@ -222,7 +245,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             die_at("prune_written")
             atomic_write_json(prune_dir / "stats.json", stats)
             log.info("prune stage: %s", stats)
-            stages.mark("prune", {**stats, "metrics_bytes": tracker.size(), "engine_rng": rollouts.rng_states()})
+            stages.mark("prune", {**stats, "metrics_bytes": tracker.size(), "engine_rng": rollouts.rng_states(),
+                                  "train_problems": problems_digest(train_problems)})
         rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
 
         if not stages.done("sft"):

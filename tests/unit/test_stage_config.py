@@ -125,3 +125,22 @@ def test_a_finished_stages_conflict_says_to_move_the_grpo_checkpoints_aside(tmp_
     _grpo_checkpoint(tmp_path, _config())
     with pytest.raises(ConfigError, match=re.escape(f"(and move {tmp_path / 'grpo'} aside: its checkpoints resume")):
         check_config(tmp_path, _config("trainer.sft.lr=0.01"))
+
+
+def test_a_rerun_on_other_problems_is_refused(tmp_path):
+    """A data file rewritten in place, or data.overlong=skip dropping other prompts under a changed budget, changed
+    the problems behind the remaining stages without a word: the base on one set, the final model on another."""
+    from stepentropy_rl.data import Example
+    from stepentropy_rl.driver.train import check_same_problems, problems_digest
+
+    held = [Example(id=str(i), prompt=f"q{i}", answer=str(i)) for i in range(4)]
+    train = [Example(id=f"t{i}", prompt=f"p{i}", answer=str(i)) for i in range(4)]
+    stages = Stages(tmp_path)
+    stages.mark("eval_base", {"eval_problems": problems_digest(held)})
+    stages.mark("prune", {"train_problems": problems_digest(train)})
+    check_same_problems(stages, held, train, tmp_path)
+    with pytest.raises(ConfigError, match="the held-out problems differ from those its stage 'eval_base' used"):
+        check_same_problems(stages, held[:3], train, tmp_path)
+    with pytest.raises(ConfigError, match="the training problems differ"):
+        check_same_problems(stages, held, train[:2] + [Example(id="t2", prompt="p2", answer="9"), train[3]], tmp_path)
+    check_same_problems(Stages(tmp_path / "old"), held[:1], train, tmp_path)  # markers without a digest pass
