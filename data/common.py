@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 
@@ -27,8 +28,23 @@ def problem(pid: str, prompt: str, answer: str, solution) -> Example:
 
 def rows_of(path: Path) -> list[dict]:
     """The raw rows of a local file (``.jsonl``, ``.json``, ``.parquet``), lower-cased keys; errors name the row."""
-    return [{str(k).lower(): v for k, v in row.items()} if isinstance(row, dict) else row
-            for _, row in read_rows(path)]
+    rows = []
+    for where, row in read_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a row must be an object, got {type(row).__name__}")
+        rows.append({str(k).lower(): v for k, v in row.items()})
+    return rows
+
+
+def text_field(row: dict, key: str) -> str:
+    """``row[key]`` as stripped text: a string, or a finite number; anything else (None, a list) is ``""``, which
+    the scripts refuse, rather than the text ``"None"``."""
+    value = row.get(key)
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    return ""
 
 
 def find_split(src: Path, split: str, patterns: tuple[str, ...]) -> Path | None:
@@ -52,6 +68,12 @@ def write_splits(out_dir: str | Path, name: str, splits: dict[str, list[Example]
     for split, examples in splits.items():
         if not examples:
             continue
+        seen: dict[str, int] = {}
+        for i, e in enumerate(examples):
+            if e.id in seen:
+                raise DataError(f"{name} {split}: rows {seen[e.id] + 1} and {i + 1} have one id {e.id!r}; the loader "
+                                f"would refuse the file")
+            seen[e.id] = i
         rows = [{"id": e.id, "prompt": e.prompt, "answer": e.answer,
                  **({"solution": e.solution} if e.solution else {}), **({"steps": e.steps} if e.steps else {})}
                 for e in examples]
@@ -82,4 +104,5 @@ def run(main) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
-__all__ = ["DataError", "Example", "cli", "find_split", "number", "problem", "response", "rows_of", "run", "write_splits"]
+__all__ = ["DataError", "Example", "cli", "find_split", "number", "problem", "response", "rows_of", "run", "text_field",
+           "write_splits"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import DataError, Example, cli, number, rows_of, run, write_splits
+from common import DataError, Example, cli, number, rows_of, run, text_field, write_splits
 from common import problem as as_problem
 
 KINDS = ("*.jsonl", "*.json", "*.parquet")
@@ -21,8 +21,8 @@ KINDS = ("*.jsonl", "*.json", "*.parquet")
 def convert(rows: list[dict], where: str) -> list[Example]:
     out = []
     for i, row in enumerate(rows):
-        problem = str(row.get("problem") or row.get("question") or "").strip()
-        answer = number(str(row.get("answer", "")))
+        problem = text_field(row, "problem") or text_field(row, "question")
+        answer = number(text_field(row, "answer"))
         if not problem or not answer.lstrip("0").isdigit() and answer != "0":
             raise DataError(f"{where} row {i + 1}: needs a problem and an integer answer (got {answer!r})")
         answer = str(int(answer))

@@ -22,8 +22,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=("basket", "basket_verbose"), default="basket_verbose",
                     help="the conf/data config whose task to freeze")
-    ap.add_argument("--n-train", type=int, default=2000)
-    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--n-train", type=int, default=None, help="default: trainer.n_train, what a run trains on")
+    ap.add_argument("--n-test", type=int, default=None, help="default: data.n_eval, what a run evaluates")
     ap.add_argument("--seed", type=int, default=0, help="data.seed")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
@@ -31,9 +31,11 @@ def main() -> None:
 
     with initialize_config_module("stepentropy_rl.conf", version_base=None):
         cfg = compose("config", overrides=[f"data={args.data}", "run_dir=unused"])
-    task = build(cfg, check_paths=False).data.task
-    write_splits(args.out, args.data, {"train": generated(task, args.n_train, args.seed, "train"),
-                                       "test": generated(task, args.n_test, args.seed, "test")},
+    job = build(cfg, check_paths=False)
+    n_train = job.trainer.n_train if args.n_train is None else args.n_train
+    n_test = job.data.n_eval if args.n_test is None else args.n_test
+    write_splits(args.out, args.data, {"train": generated(job.data.task, n_train, args.seed, "train"),
+                                       "test": generated(job.data.task, n_test, args.seed, "test")},
                  f"stepentropy_rl/{args.data}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from common import DataError, Example, cli, find_split, number, response, rows_of, run, write_splits
+from common import DataError, Example, cli, find_split, number, response, rows_of, run, text_field, write_splits
 
 PATTERNS = ("{split}.jsonl", "{split}.parquet", "main/{split}-*.parquet", "{split}-*.parquet", "*/{split}.jsonl")
 CALC = re.compile(r"<<[^>]*>>")
@@ -20,13 +20,13 @@ CALC = re.compile(r"<<[^>]*>>")
 def convert(rows: list[dict], split: str) -> list[Example]:
     out = []
     for i, row in enumerate(rows):
-        worked = str(row.get("answer", ""))
-        if "####" not in worked or not str(row.get("question", "")).strip():
-            raise DataError(f"gsm8k {split} row {i + 1}: needs 'question' and an 'answer' ending in '#### <number>'")
-        steps_text, final = worked.rsplit("####", 1)
+        worked, question = text_field(row, "answer"), text_field(row, "question")
+        steps_text, _, final = worked.rpartition("####")
         answer = number(final)
+        if "####" not in worked or not question or not answer:
+            raise DataError(f"gsm8k {split} row {i + 1}: needs 'question' and an 'answer' ending in '#### <number>'")
         steps = [CALC.sub("", line).strip() for line in steps_text.strip().splitlines() if line.strip()]
-        out.append(Example(id=f"gsm8k-{split}-{i}", prompt=row["question"].strip(), answer=answer,
+        out.append(Example(id=f"gsm8k-{split}-{i}", prompt=question, answer=answer,
                            solution=response("\n\n".join(steps), answer)))
     return out
 

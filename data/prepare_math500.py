@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from common import DataError, Example, cli, find_split, rows_of, run, write_splits
+from common import DataError, Example, cli, find_split, rows_of, run, text_field, write_splits
 from common import problem as as_problem
 
 PATTERNS = ("test.jsonl", "test.parquet", "test-*.parquet", "*/test.jsonl", "*/test-*.parquet")
@@ -18,7 +18,7 @@ PATTERNS = ("test.jsonl", "test.parquet", "test-*.parquet", "*/test.jsonl", "*/t
 def convert(rows: list[dict]) -> list[Example]:
     out = []
     for i, row in enumerate(rows):
-        problem, answer = str(row.get("problem", "")).strip(), str(row.get("answer", "")).strip()
+        problem, answer = text_field(row, "problem"), text_field(row, "answer")
         if not problem or not answer:
             raise DataError(f"math500 row {i + 1}: needs 'problem' and 'answer'")
         out.append(as_problem(row.get("unique_id") or f"math500-{i}", problem, answer, row.get("solution")))

@@ -75,20 +75,39 @@ def labels(jobs: list[Path], sweep: Path, most: int = 4) -> dict[Path, str]:
     return {job: ", ".join(f"{k}={configs[job][k]}" for k in varying) for job in jobs}
 
 
-def collect(sweep: Path) -> list[dict]:
-    """One row per (job, strategy, ratio) of a study and per (job, model) of a training report."""
+STUDY_KEYS, TRAIN_KEYS = ("strategy", "ratio", "accuracy", "thinking_tokens", "n"), ("accuracy", "thinking_tokens", "n")
+
+
+def collect(sweep: Path, unreadable: list | None = None) -> list[dict]:
+    """One row per (job, strategy, ratio) of a study and per (job, model) of a training report. A job whose results
+    cannot be read (a file cut short or edited by hand) is left out and appended to ``unreadable``, with the reason:
+    one bad job does not cost the table of the others."""
     jobs = find_jobs(sweep)
     names, rows = labels(jobs, sweep), []
     for job in jobs:
         base = {"job": str(job.relative_to(sweep)) if job != sweep else ".", "label": names[job]}
-        if (job / "summary.json").exists():
-            for r in json.loads((job / "summary.json").read_text())["results"]:
-                rows.append({**base, "kind": "study", **r})
-        if (job / "report.json").exists():
-            models = json.loads((job / "report.json").read_text())["models"]
-            for model, m in models.items():
-                rows.append({**base, "kind": "train", "model": model, **m})
+        try:
+            found = []
+            if (job / "summary.json").exists():
+                found += [{**base, "kind": "study", **_has(r, STUDY_KEYS)}
+                          for r in json.loads((job / "summary.json").read_text())["results"]]
+            if (job / "report.json").exists():
+                models = json.loads((job / "report.json").read_text())["models"]
+                found += [{**base, "kind": "train", "model": model, **_has(m, TRAIN_KEYS)}
+                          for model, m in models.items()]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            if unreadable is not None:
+                unreadable.append((job, f"{type(e).__name__}: {e}"))
+            continue
+        rows += found
     return rows
+
+
+def _has(row: dict, keys: tuple) -> dict:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise KeyError(f"a result without {', '.join(missing)}")
+    return row
 
 
 def paired(sweep: Path) -> list[dict]:
@@ -155,10 +174,14 @@ def main(argv=None) -> None:
     ap.add_argument("sweep", type=Path, help="a sweep (Hydra multirun) directory, or any folder of run directories")
     ap.add_argument("--out", type=Path, default=None, help="where the table and plots go (default: SWEEP)")
     args = ap.parse_args(argv)
-    rows, missing = collect(args.sweep), unfinished(args.sweep)
+    bad: list = []
+    rows, missing = collect(args.sweep, bad), unfinished(args.sweep)
     gone = (f"{len(missing)} job{'s' * (len(missing) > 1)} without results (failed, killed or still running; "
             f"rerun with the same hydra.sweep.dir and overrides to finish): "
             + ", ".join(str(p.relative_to(args.sweep)) for p in missing)) if missing else ""
+    if bad:
+        gone = "; ".join([gone] * bool(gone) + [f"{p.relative_to(args.sweep)}: results unreadable ({why}), left out"
+                                                 for p, why in bad])
     if not rows:
         raise SystemExit(f"no job under {args.sweep} has a summary.json or report.json" + (f"; {gone}" if gone else ""))
     out = args.out or args.sweep

@@ -481,9 +481,11 @@ class JobConfig:
         need(self.data.task is not None or self.model.tiny is None, "model",
              "is the tiny reasoner, which knows only the embedded task (data=basket); with other data choose a "
              "model, e.g. model=r1_distill_qwen_7b model.path=/path/to/checkpoint")
-        need(self.data.task is not None or (self.data.path is not None
-                                            and (not train or self.data.train_path is not None)),
-             "data.task", "must be set to generate problems (data.path or data.train_path is null)")
+        need(self.data.path is not None or self.data.task is not None, "data.path",
+             "must name the held-out problems' file (or data.task set to generate them)")
+        need(not train or self.data.train_path is not None or self.data.task is not None, "data.train_path",
+             "must name the training problems' file for a training experiment (this data config is an evaluation "
+             "set; or data.task set to generate problems)")
         tiny = self.model.tiny_that_runs()
         if tiny is not None:  # with the recipe's values (num_heads null) too, here and not at the bootstrap
             try:

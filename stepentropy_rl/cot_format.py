@@ -57,18 +57,22 @@ def boxed_span(text: str, start: int = 0, last: bool = False) -> tuple[int, int]
     >>> t[slice(*boxed_span(t))], t[slice(*boxed_span(t, last=True))], boxed_span("\\boxed{4")
     ('\\boxed{3', '\\boxed{\\frac{1}{2}', None)
     """
-    found, i = None, text.find(BOXED, start)
-    while i >= 0:
-        depth = 1
-        for j in range(i + len(BOXED), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                if not last:
-                    return i, j
-                found = (i, j)
-                break
-        i = text.find(BOXED, i + 1)
-    return found
+    closed, opened = [], []  # one pass, braces matched with a stack: linear in len(text) however many boxes never close
+    box = text.find(BOXED, start)
+    for j in range(start, len(text)):
+        c = text[j]
+        if c == "{":
+            is_box = box >= 0 and j == box + len(BOXED) - 1
+            opened.append(box if is_box else None)
+            if is_box:
+                box = text.find(BOXED, box + 1)
+        elif c == "}" and opened:
+            i = opened.pop()
+            if i is not None:
+                closed.append((i, j))
+    if not closed:
+        return None
+    return max(closed) if last else min(closed)
 
 
 def boxed_answer(text: str) -> str | None:

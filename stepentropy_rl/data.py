@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,8 @@ def _jsonl_rows(path: Path) -> list[tuple[str, object]]:
                 rows.append((where, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            except ValueError as e:  # an integer past Python's 4300 digits
+                raise DataError(f"{where}: not readable JSON ({e})") from None
     return rows
 
 
@@ -140,6 +143,8 @@ def to_example(row, where: str, prompt_key: str = "prompt", answer_key: str | No
     prompt, system = _prompt(row.get(prompt_key), where, prompt_key)
     key = answer_key or ("answer" if "answer" in row or "reward_model" not in row else VERL_ANSWER)
     answer = _get(row, key)
+    if isinstance(answer, float) and not math.isfinite(answer):  # JSON's NaN: a missing value, not an answer
+        raise DataError(f"{where}: '{key}' is {answer} (a missing value)")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if not isinstance(answer, str) or not answer.strip():

@@ -9,12 +9,15 @@ so a gate (``length_clip``: no answer within L tokens) zeroes the whole reward.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import numbers
 from dataclasses import dataclass, field
 
 from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE, THINK_OPEN, boxed_span, split_thinking
 from stepentropy_rl.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     if thinking.lstrip().startswith(THINK_OPEN):
         thinking = thinking.lstrip()[len(THINK_OPEN):]
     n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TOKEN, "").strip())
-    answered = closed and boxed_span(text, len(thinking) + len(THINK_CLOSE)) is not None
+    answered = closed and boxed_span(text, text.find(THINK_CLOSE) + len(THINK_CLOSE)) is not None
     think_end = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
     answer_pos = think_end if answered else None
     return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids[:think_end].count(int(skip_id)),
@@ -175,11 +178,29 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
     Only loaded, not called, when the config is checked."""
     from stepentropy_rl.hooks import load_function
 
+    from stepentropy_rl.tasks.grading import FIRST_CALLS
+
     fn = load_function(path, name, "reward.custom")
     if s is _PROBE:  # the config check: the file and the function exist; the user's code runs on real samples only
         return 0.0
-    score = fn(s.data_source, s.text, s.ground_truth, s.extra_info)
+    calls = _CUSTOM_CALLS.setdefault((path, name), {"answered": 0, "raised": 0})
+    calls["answered"] += s.answered  # a scorer may fail on garbage; on every answered sample it is broken
+    try:
+        score = fn(s.data_source, s.text, s.ground_truth, s.extra_info)
+    except Exception as e:
+        calls["raised"] += s.answered
+        if s.answered and calls["raised"] == calls["answered"] == FIRST_CALLS:
+            raise ValueError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered samples "
+                             f"(last: {type(e).__name__}: {e}); it takes (data_source, solution_str, ground_truth, "
+                             f"extra_info)") from e
+        if not calls.get("warned"):
+            calls["warned"] = True
+            log.warning("reward.custom: %s() raised (%s: %s); such samples score 0", name, type(e).__name__, e)
+        return 0.0
     return _real(f"reward.custom: {name}() returned", score["score"] if isinstance(score, dict) else score)
+
+
+_CUSTOM_CALLS: dict = {}  # (path, name) -> answered samples seen and the raises among them
 
 
 @dataclass
@@ -216,7 +237,11 @@ class RewardFn:
                 raise ValueError(f"{where}.gate must be a bool, got {t.gate!r}")
             fn = TERMS[t.name]
             try:
-                inspect.signature(fn).bind(_PROBE, **t.params)
+                signature = inspect.signature(fn)
+                signature.bind(_PROBE, **t.params)
+                for key, p in signature.parameters.items():  # numbers the probe's branch would not reach
+                    if key in t.params and p.annotation in ("float", "int", float, int):
+                        _real(f"{t.name}.{key}", t.params[key], lo=0 if key in ("limit", "L") else -math.inf)
                 fn(_PROBE, **t.params)  # surfaces parameter ValueErrors now, not mid-training
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{where}.params: {e}") from None

@@ -10,9 +10,12 @@ from stepentropy_rl.tokenizer import prompt_ids
 
 
 def labelled(problems) -> bool:
-    """Every problem has a gold solution whose steps carry labels (the embedded task's grammar)."""
+    """Every problem has a gold solution in the embedded task's grammar whose steps carry labels (a user's labelled
+    steps on other problems are not: ``diagnose`` reads the task's moves)."""
+    from stepentropy_rl.tasks.basket import has_moves
+
     return bool(problems) and all(getattr(p, "solution", None) and getattr(p, "steps", None)
-                                  and all("label" in s for s in p.steps) for p in problems)
+                                  and all("label" in s for s in p.steps) and has_moves(p.solution) for p in problems)
 
 
 def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: str = SKIP_TOKEN,

@@ -292,8 +292,13 @@ def label_step(text: str) -> tuple[str, str]:
     return "unknown", ""
 
 
-_MOVE = re.compile(rf"(?:{'|'.join(MOVE_OPENERS)}) (\w+) (\d+): (\d+) ([+-]) (\d+) = (\d+)"
+_MOVE = re.compile(rf"(?:{'|'.join(MOVE_OPENERS)}) (\w+) (\d{{1,9}}): (\d{{1,9}}) ([+-]) (\d{{1,9}}) = (\d{{1,9}})"
                    rf"(?:{'|'.join(MOVE_ENDINGS)})\.")
+
+
+def has_moves(solution: str) -> bool:
+    """Whether ``solution`` is written in the task's grammar (it has a move): what ``diagnose`` can read."""
+    return _MOVE.search(solution) is not None
 
 
 def lookup_span(step_text: str) -> tuple[int, int] | None:

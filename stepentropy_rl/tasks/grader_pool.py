@@ -82,9 +82,12 @@ class MathGraderPool:
 
     def _submit(self, response: str, answer: str):
         response, answer = str(response), str(answer)
-        if len(response) > self.max_chars:
+        if len(response) > self.max_chars:  # the last box and what follows it: the worker grades that box
             self.stats["clipped"] += 1
-            response = response[-self.max_chars:]
+            from stepentropy_rl.cot_format import BOXED
+
+            box = response.rfind(BOXED)
+            response = response[box: box + self.max_chars] if box >= 0 else ""
         return self._pool.schedule(self.fn, args=(response, answer[: self.max_chars], self.timeout_s),
                                    timeout=self.kill_after_s)
 

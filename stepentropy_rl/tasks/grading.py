@@ -72,15 +72,18 @@ def user_grader(fn):
     >>> user_grader(lambda s, g: {"score": 1.0})("x", "y")
     True
     """
-    calls = {"n": 0, "raised": 0}
+    from stepentropy_rl.cot_format import BOXED
+
+    calls = {"n": 0, "raised": 0}  # samples with a box: a grader may fail on garbage, not on every answer
 
     def grade(response: str, answer: str) -> bool:
-        calls["n"] += 1
+        boxed = BOXED in str(response)
+        calls["n"] += boxed
         try:
             r = fn(response, answer)
         except Exception as e:
-            calls["raised"] += 1
-            if calls["raised"] == calls["n"] == FIRST_CALLS:
+            calls["raised"] += boxed
+            if boxed and calls["raised"] == calls["n"] == FIRST_CALLS:
                 name = getattr(fn, "__name__", fn)
                 raise GraderError(f"data.grader {name} raised on each of its first {FIRST_CALLS} samples (last: "
                                   f"{type(e).__name__}: {e}); it takes (solution_str, ground_truth)") from e

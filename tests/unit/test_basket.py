@@ -292,3 +292,25 @@ def test_diagnose_reads_a_move_joined_to_a_skip_by_less_than_a_blank_line(joint)
     name, q = re.match(r"Now (\w+) (\d+):", ess[-1]).groups()
     wrong = re.sub(rf"Now {name} {q}:", f"Now {name} {int(q) % 5 + 1}:", ess[-1])
     assert diagnose(p.solution, f"{thinking.replace(ess[-1], wrong)}</think>{answer}") == "wrong quantity"
+
+
+def test_diagnose_reads_a_move_with_a_runaway_number_as_unparsed():
+    """A model that writes a quantity of thousands of digits made int() raise (Python's 4300-digit limit) and the
+    evaluation stop; such a move is unparsed."""
+    p = generate(BasketConfig(), 1, seed=0)[0]
+    thinking, _, answer = p.solution.partition("</think>")
+    name = re.search(r"Now (\w+) \d+:", thinking)[1]
+    broken = re.sub(rf"Now {name} \d+: (\d+) \+ (\d+) = \d+\.", rf"Now {name} 3: \1 + \2 = {'9' * 5000}.", thinking,
+                    count=1)
+    assert broken != thinking and diagnose(p.solution, broken + "</think>" + answer) == "unparsed step"
+
+
+def test_labelled_steps_on_other_problems_are_not_diagnosed():
+    """A user's file may label its steps; diagnose reads the task's moves only (it raised IndexError)."""
+    from stepentropy_rl.data import Example, generated
+    from stepentropy_rl.driver.evaluate import labelled
+
+    ours = generated(BasketConfig(), 2, 0, "test")
+    theirs = Example(id="x", prompt="1+1?", answer="2", solution="1+1 = 2\n</think>\n\n\\boxed{2}",
+                     steps=[{"text": "1+1 = 2", "label": "essential"}])
+    assert labelled(ours) and not labelled(ours + [theirs])

@@ -79,6 +79,19 @@ def test_study_jobs_that_differ_in_more_are_not_paired(tmp_path):
     assert not (sweep / "paired.json").exists() and "comparison" not in (sweep / "collected.md").read_text()
 
 
+def test_a_job_with_unreadable_results_is_named_and_the_others_tabled(tmp_path, capsys):
+    """A summary cut short, or a row without its ratio, raised and lost every other job's table."""
+    job(tmp_path / "0", 0.2, summary=[row(0.2, 0.9)])
+    job(tmp_path / "1", 0.6)
+    (tmp_path / "1" / "summary.json").write_text('{"results": [{"strategy": "lo')
+    job(tmp_path / "2", 0.8, summary=[{k: v for k, v in row(0.8, 0.5).items() if k != "ratio"}])
+    main([str(tmp_path)])
+    rows = json.loads((tmp_path / "collected.json").read_text())
+    assert [r["job"] for r in rows] == ["0"]
+    out = capsys.readouterr().out
+    assert "1: results unreadable (JSONDecodeError" in out and "2: results unreadable (KeyError" in out
+
+
 def test_an_empty_folder_is_one_clear_line(tmp_path):
     import pytest
 

@@ -358,3 +358,15 @@ def test_the_dataclass_defaults_are_the_default_yamls():
                           ("trainer", C.TrainerConfig), ("reference", C.ReferenceConfig)):
         drift += _dataclass_drift(schema, raw[group], f"{group}.")
     assert drift == []
+
+
+def test_training_on_an_evaluation_set_names_the_train_path():
+    """data=math500 with a training experiment said 'data.task must be set to generate problems'; what is missing is
+    the training file."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        c = compose("config", overrides=["+experiment=entropy_guided", "data=math500", "model=r1_distill_qwen_7b",
+                                         "model.path=/m", "run_dir=/tmp/x"])
+        with pytest.raises(ConfigError, match=re.escape("data.train_path must name the training problems' file")):
+            build(c, check_paths=False)
+        build(compose("config", overrides=["+experiment=prune_sweep", "data=math500", "model=r1_distill_qwen_7b",
+                                           "model.path=/m", "run_dir=/tmp/x"]), check_paths=False)

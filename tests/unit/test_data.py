@@ -19,6 +19,9 @@ def test_good_file(tmp_path):
     ('{"answer": "1"}', "'prompt'"),
     ('{"prompt": "q", "answer": ""}', "'answer'"),
     ('{"prompt": "q", "answer": true}', "'answer'"),
+    ('{"prompt": "q", "answer": NaN}', "'answer' is nan"),
+    ('{"prompt": "q", "answer": Infinity}', "'answer' is inf"),
+    ('{"prompt": "q", "answer": ' + "9" * 5000 + "}", "not readable JSON"),
     ('{"prompt": "q", "answer": "1", "steps": "no"}', "'steps'"),
 ])
 def test_malformed_rows_name_the_line(tmp_path, line, msg):

@@ -106,6 +106,18 @@ def test_a_number_inside_a_latex_gold_is_not_a_second_gold(gold, wrong):
     assert verify_one(rf"The answer is \boxed{{{gold}}}.", gold, 2)
 
 
+def test_a_long_tail_after_the_box_is_not_what_gets_graded():
+    """A response longer than max_chars kept its last max_chars characters, so a right box followed by 4k
+    characters (a loop after the answer) was graded wrong, and the math and exact graders disagreed."""
+    pool = MathGraderPool(workers=1, timeout_s=5.0, max_chars=4096)
+    try:
+        tail = " and so on." * 500
+        assert pool.grade(["\\boxed{3}" + tail, "\\boxed{4}" + tail, tail], ["3", "3", "3"]) == [True, False, False]
+        assert pool.stats["clipped"] == 3
+    finally:
+        pool.close()
+
+
 def test_only_the_last_box_is_the_answer():
     """No box is wrong (a cut-off answer's last number is not an answer); a corrected answer is its last box."""
     assert not verify_one("She makes 18 dollars.", "18", 2)

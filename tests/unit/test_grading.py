@@ -69,5 +69,37 @@ def test_a_user_grader_reads_numpy_and_dict_verdicts_and_a_broken_one_stops_the_
     grader.base = user_grader(lambda s, g, extra: True)  # verl's 4-argument compute_score given as a grader
     with pytest.raises(GraderError, match=f"raised on each of its first {FIRST_CALLS} samples .*TypeError"):
         grader.many(["x</think>\\boxed{1}"] * (FIRST_CALLS + 1), ["1"] * (FIRST_CALLS + 1))
+    boxed = user_grader(lambda s, g: s.split("{")[1].rstrip("}") == g)  # raises on responses without a box
+    assert all(grade_safely(boxed, "garbage", "1") is False for _ in range(FIRST_CALLS + 2))  # not 'broken'
+    assert boxed("\\boxed{1}", "1")
     flaky = user_grader(lambda s, g: int(s) >= 1)  # right on numbers, raises on garbage after a first success
     assert flaky("1", "1") and all(grade_safely(flaky, "garbage", "1") is False for _ in range(FIRST_CALLS + 2))
+
+
+def test_the_box_scan_finds_what_the_brace_matching_defines():
+    """boxed_span matches braces in one pass (it rescanned the rest of the text for each box that never closes:
+    minutes for a 4k-token response of unclosed boxes, in the reward actor); on random texts it returns what
+    scanning each box to its matching brace returns, first and last."""
+    import random
+
+    from stepentropy_rl.cot_format import BOXED, boxed_span
+
+    def by_definition(text, start, last):
+        found = []
+        for i in (k for k in range(start, len(text)) if text.startswith(BOXED, k)):
+            depth = 1
+            for j in range(i + len(BOXED), len(text)):
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                if depth == 0:
+                    found.append((i, j))
+                    break
+        return (found[-1] if last else found[0]) if found else None
+
+    rng = random.Random(0)
+    pieces = [BOXED, "{", "}", "3", " ", "\\frac{1}{2}"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        start = rng.randint(0, len(text))
+        for last in (False, True):
+            assert boxed_span(text, start, last) == by_definition(text, start, last), (text, start, last)
+    assert boxed_span("x</think>" + BOXED * 3000) is None

@@ -111,6 +111,24 @@ def test_aime_read_in_two_formats_counts_each_problem_once(tmp_path):
     assert res.returncode != 0 and "error: problem '2024-I-2' is 'x' with another answer" in res.stderr
 
 
+@pytest.mark.parametrize("name,rows,message", [
+    ("math500", [{"problem": "What is 1+1?", "answer": None}], "math500 row 1: needs 'problem' and 'answer'"),
+    ("gsm8k", [{"question": "q", "answer": "worked\n#### "}], "gsm8k train row 1: needs 'question'"),
+    ("gsm8k", [{"question": ["q"], "answer": "w\n#### 3"}], "gsm8k train row 1: needs 'question'"),
+    ("aime", [["not", "an", "object"]], "a row must be an object, got list"),
+    ("aime", [{"id": 1, "problem": "a", "answer": 1}, {"id": 1, "problem": "b", "answer": 2}],
+     "rows 1 and 2 have one id '1'"),
+])
+def test_a_row_the_loader_would_refuse_is_refused_when_written(tmp_path, name, rows, message):
+    """A null answer became the text "None" (graded wrong ever after), "#### " an empty answer the loader refuses,
+    a list as question or a row that is no object a traceback, two rows with one id a file that cannot be read."""
+    src = tmp_path / "src" / ("train.jsonl" if name == "gsm8k" else "test.jsonl")
+    jsonl(src, rows)
+    res = prepare(name, "--src", src, "--out", tmp_path / "out")
+    assert res.returncode != 0 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_aime_files_without_ids_keep_their_problems_apart(tmp_path):
     """AIME 2025 ships as two question/answer files without ids: numbered per file, both gave aime-0 and aime-1."""
     for part in ("I", "II"):

@@ -130,6 +130,40 @@ def test_reward_fn_keys_weights_and_gate():
     assert fn(Sample(correct=True))["total"] == 0.0  # no answer at all
 
 
+def test_an_answer_is_looked_for_after_the_close_tag_however_the_thinking_opens():
+    """With spaces and a <think> before the thinking, the box search started inside it: a box in the thinking made
+    an answer-less response 'answered' (length_clip passed, the format reward paid)."""
+    s = make_sample([1, 2, 3], " " * 12 + "<think>a \\boxed{3}</think>", False, skip_id=99)
+    assert not s.answered and format_reward(s) == 0.0
+    assert make_sample([1], "<think>a</think>\\boxed{3}", False, skip_id=99).answered
+
+
+def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always_fails_stops(tmp_path, caplog):
+    """A verl-style compute_score that reads the box with re.search(...).group(1) raised on a response without one
+    and the exception ended the GRPO step; now such samples score 0 (one warning), and a scorer raising on each of
+    the first 10 answered samples is an error naming it."""
+    from stepentropy_rl.rewards import _CUSTOM_CALLS, make_sample
+    from stepentropy_rl.tasks.grading import FIRST_CALLS
+
+    (tmp_path / "score.py").write_text(
+        "import re\n"
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    return float(re.search(r'boxed\\{(.*)\\}', solution_str.split('</think>')[1]).group(1) == ground_truth)\n"
+        "def broken(data_source, solution_str):\n"
+        "    return 1.0\n")
+    fn = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py")}}])
+    garbage = make_sample([1], "x</think>no box", False, skip_id=99, ground_truth="3")
+    right = make_sample([1], "x</think>\\boxed{3}", True, skip_id=99, ground_truth="3")
+    assert [fn(garbage)["custom"] for _ in range(FIRST_CALLS + 1)] == [0.0] * (FIRST_CALLS + 1)
+    assert fn(right)["custom"] == 1.0 and "such samples score 0" in caplog.text
+    broken = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "broken"}}])
+    for _ in range(FIRST_CALLS - 1):
+        assert broken(right)["custom"] == 0.0
+    with pytest.raises(ValueError, match=f"broken\\(\\) raised on each of the first {FIRST_CALLS} answered samples"):
+        broken(right)
+    _CUSTOM_CALLS.clear()
+
+
 def test_reward_fn_config_errors():
     with pytest.raises(ValueError, match=r"reward.terms\[1\].name: unknown term 'nope'; known: .*correctness"):
         from_config([{"name": "correctness"}, {"name": "nope"}])
@@ -141,6 +175,16 @@ def test_reward_fn_config_errors():
         from_config([{"name": "correctness", "params": {"valu": 1.0}}])
     with pytest.raises(ValueError, match="duplicate"):
         from_config([{"name": "correctness"}, {"name": "correctness"}])
+    # numbers that the all-zero probe sample never reads: they failed at the first right sample, or made NaN totals
+    for name, params, bad in (("correctness", {"value": "abc"}, "correctness.value"),
+                              ("correctness", {"value": math.nan}, "correctness.value"),
+                              ("skip_ratio", {"high_reward": "abc"}, "skip_ratio.high_reward"),
+                              ("skip_count", {"limit": math.nan}, "skip_count.limit"),
+                              ("length_threshold", {"limit": -5}, "length_threshold.limit"),
+                              ("exp_length", {"L": 10, "scale": math.inf}, "exp_length.scale"),
+                              ("format_reward", {"value": [1, 2]}, "format_reward.value")):
+        with pytest.raises(ValueError, match=rf"reward.terms\[0\].params: {bad} must be a finite number"):
+            from_config([{"name": name, "params": params}])
     with pytest.raises(ValueError, match="unknown key"):
         from_config([{"name": "correctness", "wieght": 2.0}])
 
