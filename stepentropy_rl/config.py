@@ -399,7 +399,7 @@ class GRPOConfig:
     steps: int = 40
     max_tokens: int = 320
     lr: float = 3e-5
-    optimizer: str = "fresh"  # fresh: AdamW zeroed at GRPO's start (verl, TRL) | continue: SFT's moments carry on
+    optimizer: str = "continue"  # continue: SFT's AdamW moments carry on | fresh: zeroed at GRPO's start (verl, TRL)
     save_every: int = 1  # a killed run redoes the steps after its last checkpoint
     keep_last: int = 2  # GRPO checkpoints kept on disk
     crash_after_step: Optional[int] = None  # fault injection (driver/faults.py): exit after this step
