@@ -181,7 +181,14 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
     from stepentropy_rl.tasks.grading import FIRST_CALLS
 
     fn = load_function(path, name, "reward.custom")
-    if s is _PROBE:  # the config check: the file and the function exist; the user's code runs on real samples only
+    if s is _PROBE:  # the config check: the file, the function and its signature; the code runs on real samples only
+        try:
+            inspect.signature(fn).bind("source", "solution", "truth", {})
+        except TypeError as e:
+            raise ValueError(f"reward.custom: {name}() cannot take (data_source, solution_str, ground_truth, "
+                             f"extra_info): {e}") from None
+        except ValueError:  # no signature to read (a builtin): its first call will tell
+            pass
         return 0.0
     calls = _CUSTOM_CALLS.setdefault((path, name), {"answered": 0, "raised": 0})
     calls["answered"] += s.answered  # a scorer may fail on garbage; on every answered sample it is broken

@@ -121,9 +121,7 @@ class RolloutGroup:
                 break
             if attempt == self.retries:
                 raise RuntimeError(f"rollout engines {sorted(failed)} kept failing after {self.retries} retries")
-            self._restore([self.engines[i] for i in failed])
-            # a retried share samples from its engine's state before the call, as the uninterrupted run did
-            fetch([self.engines[i].set_rng_state.remote(self._rng[i]) for i in failed])
+            self._restore([self.engines[i] for i in failed])  # the retried shares sample from the state before the call
         self._rng = fetch([w.rng_state.remote() for w in self.engines])
         out: list = [None] * len(prompts)
         for i, res in enumerate(results):
@@ -138,9 +136,18 @@ class RolloutGroup:
             self.sync.push()
         elif self.serving != self.spawned_from:
             fetch([w.load_weights_from.remote(self.serving) for w in restarted])
-        self._served = self._incarnations()
+        self._mark_served(self._incarnations())
         if self.serving.startswith("policy@"):
             self._grouped = self._served
+
+    def _mark_served(self, now: list) -> None:
+        """Record that every engine has what the group serves; one found restarted (by a generation, a push or a
+        load, whichever came first) also gets back the sampler state the group last saw it in, so its next samples
+        are those an uninterrupted run draws."""
+        was, self._served = self._served, now
+        if was is not None and self._rng is not None:
+            fetch([self.engines[i].set_rng_state.remote(self._rng[i]) for i, (a, b) in enumerate(zip(was, now))
+                   if a != b])
 
     # ---- weights -------------------------------------------------------------------------------------------------
     def attach_learners(self, learners, backend: str, bucket_mb: float) -> None:
@@ -152,7 +159,9 @@ class RolloutGroup:
 
         An engine restarted since the last push, or dying during this one, makes every engine join a new group and
         the push start again (up to ``retries`` times; the learner ranks finish a failed push together,
-        ``weight_sync.send``). Under NCCL a dead member is noticed when the group's timeout runs out."""
+        ``weight_sync.send``). That is gloo's case, where the broadcast raises (the surviving engines wait out the
+        group's timeout first); NCCL's watchdog instead ends the learner at the timeout: the run stops, and a rerun
+        resumes from the last checkpoint."""
         if self.sync is None:
             raise RuntimeError("attach_learners before pushing weights")
         t = time.time()
@@ -175,7 +184,8 @@ class RolloutGroup:
                 log.warning("a rollout engine died during the weight push (%s); pushing again to a new group "
                             "(attempt %d)", type(e).__name__, attempt + 1)
                 self._grouped, reopen = before, True
-        self._served = self._grouped = now
+        self._mark_served(now)
+        self._grouped = now
         self.version += 1
         self.serving = f"policy@{self.version}"
         return {"bytes": sent, "seconds": time.time() - t, "version": self.version}
@@ -185,7 +195,7 @@ class RolloutGroup:
         if self.serving != str(model_dir) or self._restarted():
             fetch([w.load_weights_from.remote(str(model_dir)) for w in self.engines])
             self.serving = str(model_dir)
-            self._served = self._incarnations()
+            self._mark_served(self._incarnations())
 
     def reset_prefix_cache(self) -> None:
         """Every engine drops its prefix cache (``Rollout.reset_prefix_cache``)."""

@@ -32,6 +32,11 @@ IGNORED = (
 )
 
 
+# keys added after runs began recording their config, with the value every run had before the key existed: a marker
+# without one is read as that value, so a run made before the key resumes, and a change from it is still refused
+ADDED = {"trainer.grpo.optimizer": "continue"}
+
+
 def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
@@ -77,7 +82,7 @@ def conflicts(recorded: dict[str, dict], current: dict[str, Any]) -> list[tuple[
         for key in sorted(set(then) | set(current)):
             if ORDER.index(first_stage(key)) > upto:
                 continue
-            a, b = then.get(key, "(unset)"), current.get(key, "(unset)")
+            a, b = then.get(key, ADDED.get(key, "(unset)")), current.get(key, "(unset)")
             if a != b:
                 found.append((stage, key, a, b))
     return found

@@ -72,8 +72,17 @@ def user_grader(fn):
     >>> user_grader(lambda s, g: {"score": 1.0})("x", "y")
     True
     """
+    import inspect
+
     from stepentropy_rl.cot_format import BOXED
 
+    try:
+        inspect.signature(fn).bind("solution", "truth")
+    except TypeError as e:
+        raise GraderError(f"data.grader {getattr(fn, '__name__', fn)} cannot take (solution_str, ground_truth): "
+                          f"{e}") from None
+    except ValueError:  # no signature to read (a builtin): its first calls will tell
+        pass
     calls = {"n": 0, "raised": 0}  # samples with a box: a grader may fail on garbage, not on every answer
 
     def grade(response: str, answer: str) -> bool:

@@ -176,33 +176,45 @@ class Sampler:
     def set_rng_state(self, state):
         self.draws = int(state)
 
+    def load_weights_from(self, model_dir):
+        pass
+
 
 def test_a_retried_share_samples_what_the_uninterrupted_run_did(ray_session, tmp_path):
     """An engine that died mid-call, or was restarted between calls, redoes its share from the random state it had
-    before the call (the restarted instance's own state gave other samples than an uninterrupted run)."""
+    before the call (the restarted instance's own state gave other samples than an uninterrupted run), whether a
+    generation, a weight push or a checkpoint load finds the restart first."""
     from stepentropy_rl.driver.faults import crash
     from stepentropy_rl.driver.rollout_group import wait_alive
 
     def texts(group, prompts):
         return [o[0]["text"] for o in group.generate(prompts, {})]
 
-    def run(tmp, fault=None):
+    def run(tmp, fault=None, then=None):
         group = RolloutGroup([Sampler.remote(str(tmp / "die0")), Sampler.remote(str(tmp / "die1"))], "initial")
+        group.sync = FakeSync(group.engines)
         got = [texts(group, ["a", "b", "c", "d"])]
         if fault == "between calls":
             crash(group.engines[0])
             wait_alive(group.engines[:1])
         elif fault == "mid-call":
             (tmp / "die1").write_text("x")
+        if then == "push":  # the push finds the restart first (GRPO: an engine lost during the update)
+            group.push_weights()
+        elif then == "serve":  # as the evaluation's load does
+            group.serve("models/sft")
         got.append(texts(group, ["e", "f", "g", "h"]))
         got.append(texts(group, ["i", "j"]))
         return got
 
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    for d in "abcdef":
+        (tmp_path / d).mkdir()
     clean = run(tmp_path / "a")
     assert clean[1] == ["e:102", "f:102", "g:103", "h:103"]
     assert run(tmp_path / "b", "between calls") == clean
     assert run(tmp_path / "c", "mid-call") == clean
+    assert run(tmp_path / "d", "between calls", "push") == run(tmp_path / "e", None, "push") == clean
+    assert run(tmp_path / "f", "between calls", "serve") == clean
 
 
 def test_an_engine_dying_during_the_weight_push_gets_a_new_group_and_the_push_again(ray_session):

@@ -65,9 +65,11 @@ def test_a_user_grader_reads_numpy_and_dict_verdicts_and_a_broken_one_stops_the_
         assert user_grader(lambda s, g, v=verdict: v)("x", "y") is right
     with pytest.raises(GraderError, match="returned 'yes'"):
         user_grader(lambda s, g: "yes")("x", "y")
+    with pytest.raises(GraderError, match=r"cannot take \(solution_str, ground_truth\)"):
+        user_grader(lambda s, g, extra: True)  # verl's 4-argument compute_score given as a grader: told at once
     grader = Grader("exact")
-    grader.base = user_grader(lambda s, g, extra: True)  # verl's 4-argument compute_score given as a grader
-    with pytest.raises(GraderError, match=f"raised on each of its first {FIRST_CALLS} samples .*TypeError"):
+    grader.base = user_grader(lambda s, g: 1 / 0)  # right signature, broken on every answer
+    with pytest.raises(GraderError, match=f"raised on each of its first {FIRST_CALLS} samples .*ZeroDivisionError"):
         grader.many(["x</think>\\boxed{1}"] * (FIRST_CALLS + 1), ["1"] * (FIRST_CALLS + 1))
     boxed = user_grader(lambda s, g: s.split("{")[1].rstrip("}") == g)  # raises on responses without a box
     assert all(grade_safely(boxed, "garbage", "1") is False for _ in range(FIRST_CALLS + 2))  # not 'broken'

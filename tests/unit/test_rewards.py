@@ -149,7 +149,9 @@ def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always
         "import re\n"
         "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
         "    return float(re.search(r'boxed\\{(.*)\\}', solution_str.split('</think>')[1]).group(1) == ground_truth)\n"
-        "def broken(data_source, solution_str):\n"
+        "def broken(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    raise RuntimeError('a typo')\n"
+        "def two_args(data_source, solution_str):\n"
         "    return 1.0\n")
     fn = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py")}}])
     garbage = make_sample([1], "x</think>no box", False, skip_id=99, ground_truth="3")
@@ -161,6 +163,8 @@ def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always
         assert broken(right)["custom"] == 0.0
     with pytest.raises(ValueError, match=f"broken\\(\\) raised on each of the first {FIRST_CALLS} answered samples"):
         broken(right)
+    with pytest.raises(ValueError, match=r"two_args\(\) cannot take \(data_source, solution_str, ground_truth"):
+        from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "two_args"}}])
     _CUSTOM_CALLS.clear()
 
 

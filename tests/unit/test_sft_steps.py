@@ -21,7 +21,7 @@ def test_steps_are_epochs_over_the_rows_at_least_min_steps(rows, min_steps, expe
 
 @pytest.mark.parametrize("rows,batch_size,epochs", [(100, 64, 1), (172, 32, 4), (10, 4, 3), (3, 32, 2)])
 def test_each_epoch_sees_every_row_once_and_no_batch_holds_a_row_twice(rows, batch_size, epochs):
-    steps = sft.sft_steps(SFTConfig(epochs=epochs, batch_size=batch_size), rows)
+    steps = sft.sft_steps(SFTConfig(epochs=epochs, batch_size=batch_size, min_steps=0), rows)
     batches = list(sft.epoch_batches(rows, batch_size, steps, random.Random(0)))
     assert len(batches) == steps and all(len(b) == len(set(b)) == min(batch_size, rows) for b in batches)
     stream = [i for b in batches for i in b]
@@ -32,7 +32,8 @@ def test_each_epoch_sees_every_row_once_and_no_batch_holds_a_row_twice(rows, bat
 
 def test_one_epoch_on_the_gpu_preset_trains_on_every_row():
     """The GPU preset's single epoch: batches drawn independently at random saw about 63% of the rows."""
-    steps = sft.sft_steps(SFTConfig(epochs=1, batch_size=64), 1000)
+    steps = sft.sft_steps(SFTConfig(epochs=1, batch_size=64, min_steps=0), 1000)  # the preset's 0
+    assert steps == 16
     seen = {i for b in sft.epoch_batches(1000, 64, steps, random.Random(1)) for i in b}
     assert len(seen) == 1000
 
