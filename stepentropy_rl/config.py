@@ -247,7 +247,8 @@ class RewardCluster:
 @dataclass
 class LearnerCluster:
     """FSDP2 learner ranks: ``dtype`` of parameters and optimizer state, ``param_dtype`` the mixed-precision compute
-    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``;
+    dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``, a member that does
+    not answer within ``sync_timeout_s`` failing the push;
     ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass."""
 
     world_size: int = 2
@@ -258,13 +259,14 @@ class LearnerCluster:
     param_dtype: Optional[str] = None
     threads: int = 1
     sync_bucket_mb: float = 64
+    sync_timeout_s: float = 600.0
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
         positive(self, "world_size", integer=True)
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
         positive(self, "threads", allow_zero=True, integer=True)
-        positive(self, "sync_bucket_mb")
+        positive(self, "sync_bucket_mb", "sync_timeout_s")
         one_of(self, "backend", ("gloo", "nccl"))
         one_of(self, "dtype", DTYPES)
         one_of(self, "param_dtype", (None, *DTYPES))

@@ -77,7 +77,7 @@ def open_group(url: str, rank: int, world_size: int, backend: str, timeout_s: fl
     return store, group
 
 
-def reopen_group(old, url: str, rank: int, world_size: int, backend: str):
+def reopen_group(old, url: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0):
     """:func:`open_group`, after aborting ``old`` (the ``(store, group)`` this process opened before, or None): the
     group is reopened when an engine was restarted, and an NCCL communicator with a dead peer is aborted rather than
     left to its destructor, which can wait on that peer."""
@@ -85,7 +85,7 @@ def reopen_group(old, url: str, rank: int, world_size: int, backend: str):
         abort = getattr(old[1], "abort", None)
         if abort is not None:
             abort()
-    return open_group(url, rank, world_size, backend)
+    return open_group(url, rank, world_size, backend, timeout_s)
 
 
 def _broadcast(group, buf: torch.Tensor) -> None:

@@ -132,12 +132,13 @@ class Learner:
         """The export dtype and ``[(name, full shape)]`` of a weight push, for ``weight_sync.plan_buckets``."""
         return str(self.export_dtype).removeprefix("torch."), [(n, list(t.shape)) for n, t in self._export_items()]
 
-    def open_weight_group(self, url: str, world_size: int, backend: str) -> None:
+    def open_weight_group(self, url: str, world_size: int, backend: str, timeout_s: float = 600.0) -> None:
         """Rank 0 hosts the weight-sync group with the engines (``weight_sync.open_group``); other ranks stay out."""
         from stepentropy_rl.weight_sync import reopen_group
 
         if self.rank == 0:  # a reopen (an engine was restarted) aborts the old group first
-            self._weight_group = reopen_group(getattr(self, "_weight_group", None), url, 0, world_size, backend)
+            self._weight_group = reopen_group(getattr(self, "_weight_group", None), url, 0, world_size, backend,
+                                              timeout_s)
 
     def push_weights(self, plan: list) -> int:
         """A collective over the learner ranks: each full tensor is all-gathered in turn and rank 0 broadcasts the

@@ -59,9 +59,9 @@ class Rollout:
         return [[_sample(c, self.tokenizer.decode(_text_ids(c), skip_special_tokens=skip)) for c in o.outputs]
                 for o in outs]
 
-    def open_weight_group(self, url: str, rank: int, world_size: int, backend: str) -> None:
+    def open_weight_group(self, url: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0) -> None:
         """Join the weight-sync group of learner rank 0 (``stepentropy_rl.weight_sync``) at ``url`` as ``rank``."""
-        self.llm.collective_rpc("open_weight_group", args=(url, rank, world_size, backend))
+        self.llm.collective_rpc("open_weight_group", args=(url, rank, world_size, backend, timeout_s))
 
     def receive_weights(self, plan: list) -> int:
         """Take the policy's weights as learner rank 0 broadcasts them (no restart); returns the tensors loaded.

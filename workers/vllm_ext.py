@@ -10,10 +10,11 @@ from __future__ import annotations
 
 
 class WeightSync:
-    def open_weight_group(self, url: str, rank: int, world_size: int, backend: str) -> None:
+    def open_weight_group(self, url: str, rank: int, world_size: int, backend: str, timeout_s: float = 600.0) -> None:
         from stepentropy_rl.weight_sync import reopen_group
 
-        self._weight_group = reopen_group(getattr(self, "_weight_group", None), url, rank, world_size, backend)
+        self._weight_group = reopen_group(getattr(self, "_weight_group", None), url, rank, world_size, backend,
+                                          timeout_s)
 
     def receive_weights(self, plan: list) -> int:
         from stepentropy_rl.weight_sync import receive

@@ -75,11 +75,11 @@ class LearnerGroup:
     def weight_specs(self) -> tuple[str, list]:
         return self._get([self.ranks[0].weight_specs.remote()], "weight_specs")[0]
 
-    def open_weight_group(self, world_size: int, backend: str) -> tuple[str, ray.ObjectRef]:
+    def open_weight_group(self, world_size: int, backend: str, timeout_s: float = 600.0) -> tuple[str, ray.ObjectRef]:
         """A fresh rendezvous on rank 0's node (``network.rendezvous``); rank 0 starts hosting the weight-sync group
         there (the returned ref completes once every engine has joined)."""
         url = ray.get(rendezvous.options(scheduling_strategy=self._at_rank0).remote())
-        return url, self.ranks[0].open_weight_group.remote(url, world_size, backend)
+        return url, self.ranks[0].open_weight_group.remote(url, world_size, backend, timeout_s)
 
     def push_weights(self, plan: list) -> list[ray.ObjectRef]:
         """Start a weight push on every rank (the engines must receive at the same time); refs to the bytes sent."""

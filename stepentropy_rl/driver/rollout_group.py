@@ -21,10 +21,10 @@ class WeightBroadcast:
     the buckets once, and starts each push on the learners and the engines together. Only the plan (names, shapes)
     passes through the driver. ``reopen`` makes a new group, e.g. after Ray restarted a dead engine."""
 
-    def __init__(self, learners, engines, backend: str, bucket_mb: float):
+    def __init__(self, learners, engines, backend: str, bucket_mb: float, timeout_s: float = 600.0):
         from stepentropy_rl.weight_sync import plan_buckets, plan_bytes
 
-        self.learners, self.engines, self.backend = learners, engines, backend
+        self.learners, self.engines, self.backend, self.timeout_s = learners, engines, backend, timeout_s
         dtype, specs = learners.weight_specs()
         self.plan = plan_buckets(specs, dtype, bucket_mb)
         self.bytes = plan_bytes(self.plan)
@@ -32,8 +32,8 @@ class WeightBroadcast:
 
     def reopen(self) -> None:
         world = 1 + len(self.engines)
-        url, hosting = self.learners.open_weight_group(world, self.backend)
-        fetch([hosting] + [w.open_weight_group.remote(url, i + 1, world, self.backend)
+        url, hosting = self.learners.open_weight_group(world, self.backend, self.timeout_s)
+        fetch([hosting] + [w.open_weight_group.remote(url, i + 1, world, self.backend, self.timeout_s)
                            for i, w in enumerate(self.engines)])
         self.open = True
 
@@ -150,9 +150,10 @@ class RolloutGroup:
                    if a != b])
 
     # ---- weights -------------------------------------------------------------------------------------------------
-    def attach_learners(self, learners, backend: str, bucket_mb: float) -> None:
-        """Weight pushes come from ``learners`` (``LearnerGroup``) over a ``backend`` group in ``bucket_mb`` buckets."""
-        self.sync = WeightBroadcast(learners, self.engines, backend, bucket_mb)
+    def attach_learners(self, learners, backend: str, bucket_mb: float, timeout_s: float = 600.0) -> None:
+        """Weight pushes come from ``learners`` (``LearnerGroup``) over a ``backend`` group in ``bucket_mb`` buckets;
+        a member that does not answer within ``timeout_s`` fails the push."""
+        self.sync = WeightBroadcast(learners, self.engines, backend, bucket_mb, timeout_s)
 
     def push_weights(self) -> dict:
         """Stream the learners' current policy into every engine: ``{bytes, seconds, version}``.
@@ -160,8 +161,8 @@ class RolloutGroup:
         An engine restarted since the last push, or dying during this one, makes every engine join a new group and
         the push start again (up to ``retries`` times; the learner ranks finish a failed push together,
         ``weight_sync.send``). That is gloo's case, where the broadcast raises (the surviving engines wait out the
-        group's timeout first); NCCL's watchdog instead ends the learner at the timeout: the run stops, and a rerun
-        resumes from the last checkpoint."""
+        group's timeout, ``cluster.learner.sync_timeout_s``, first); NCCL's watchdog instead ends the learner at the
+        timeout: the run stops, and a rerun resumes from the last checkpoint."""
         if self.sync is None:
             raise RuntimeError("attach_learners before pushing weights")
         t = time.time()

@@ -273,7 +273,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             if fresh:  # what a rerun's checkpoints are checked against (check_grpo_checkpoints)
                 (run_dir / "grpo").mkdir(exist_ok=True)
                 atomic_write_json(run_dir / "grpo" / "config.json", stages.config)
-            rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb)
+            rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb, lc.sync_timeout_s)
             actors = roles.Actors(rollouts, reference, reward, learners)
             trainer = GRPOTrainer(cfg.algorithm, tc.grpo, cfg.reference, actors, train_problems, tok, run_dir, tracker,
                                   seed=cfg.seed, reference_model=kl_model)

@@ -147,6 +147,7 @@ def test_cfg_job_prints_real_scale_config():
     ("algorithm.temperature.compress=0", "algorithm.temperature.compress"),
     ("trainer.eval.max_tokens=600", "trainer.eval.max_tokens"),  # past rollout.engine.max_model_len (512)
     ("cluster.learner.sync_bucket_mb=0", "cluster.learner.sync_bucket_mb"),
+    ("cluster.learner.sync_timeout_s=0", "cluster.learner.sync_timeout_s"),
     ("+rollout.engine.tensor_parallel_size=2", "rollout.engine.tensor_parallel_size must be 1"),  # the sync hung
     ("algorithm.ppo_mini_batch_size=3", "algorithm.ppo_mini_batch_size"),  # must divide prompts_per_step (16)
     ("algorithm.ppo_epochs=0", "algorithm.ppo_epochs"),

@@ -107,7 +107,8 @@ class Learners:
     def weight_specs(self):
         return "float32", [("w", [4])]
 
-    def open_weight_group(self, world_size, backend):
+    def open_weight_group(self, world_size, backend, timeout_s):
+        self.sync_timeout_s = timeout_s
         return "tcp://127.0.0.1:0", None
 
     def push_weights(self, plan):
@@ -289,3 +290,15 @@ def test_gdpo_gets_the_stage_reward_terms_one_by_one(tmp_path):
     grpo = algorithms.compute_advantages("grpo", outcome_rewards(batch, batch.columns["reward/total"]),
                                          batch.loss_mask, groups)
     assert not torch.allclose(batch.columns["advantages"], grpo, atol=1e-3)
+
+
+def test_the_weight_sync_timeout_reaches_the_learner_and_every_engine():
+    """cluster.learner.sync_timeout_s: how long the survivors of an engine that died mid-push wait (it was 600 s,
+    fixed); the learner's side and each engine's open the group with it."""
+    learners, engines, asked = Learners(), [Rollout(), Rollout()], []
+    for e in engines:
+        e.open_weight_group = _remote(lambda *a: asked.append(a))
+    group = RolloutGroup(engines, "init")
+    group.attach_learners(learners, "gloo", 1.0, timeout_s=42.0)
+    group.push_weights()
+    assert learners.sync_timeout_s == 42.0 and [a[-1] for a in asked] == [42.0, 42.0] and [a[1] for a in asked] == [1, 2]
