@@ -178,36 +178,31 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
     Only loaded, not called, when the config is checked."""
     from stepentropy_rl.hooks import load_function
 
-    from stepentropy_rl.tasks.grading import FIRST_CALLS
+    from stepentropy_rl.tasks.grading import FIRST_CALLS, FirstCalls, cannot_take
 
     fn = load_function(path, name, "reward.custom")
     if s is _PROBE:  # the config check: the file, the function and its signature; the code runs on real samples only
-        try:
-            inspect.signature(fn).bind("source", "solution", "truth", {})
-        except TypeError as e:
+        why = cannot_take(fn, "source", "solution", "truth", {})
+        if why:
             raise ValueError(f"reward.custom: {name}() cannot take (data_source, solution_str, ground_truth, "
-                             f"extra_info): {e}") from None
-        except ValueError:  # no signature to read (a builtin): its first call will tell
-            pass
+                             f"extra_info): {why}")
         return 0.0
-    calls = _CUSTOM_CALLS.setdefault((path, name), {"answered": 0, "raised": 0})
-    calls["answered"] += s.answered  # a scorer may fail on garbage; on every answered sample it is broken
+    first = _CUSTOM_CALLS.setdefault((path, name), FirstCalls())  # answered samples count: garbage may fail
     try:
         score = fn(s.data_source, s.text, s.ground_truth, s.extra_info)
     except Exception as e:
-        calls["raised"] += s.answered
-        if s.answered and calls["raised"] == calls["answered"] == FIRST_CALLS:
+        if first.raised(s.answered):
             raise ValueError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered samples "
                              f"(last: {type(e).__name__}: {e}); it takes (data_source, solution_str, ground_truth, "
                              f"extra_info)") from e
-        if not calls.get("warned"):
-            calls["warned"] = True
+        if first.failed == 1:
             log.warning("reward.custom: %s() raised (%s: %s); such samples score 0", name, type(e).__name__, e)
         return 0.0
+    first.ok(s.answered)
     return _real(f"reward.custom: {name}() returned", score["score"] if isinstance(score, dict) else score)
 
 
-_CUSTOM_CALLS: dict = {}  # (path, name) -> answered samples seen and the raises among them
+_CUSTOM_CALLS: dict = {}  # (path, name) -> its FirstCalls
 
 
 @dataclass

@@ -268,10 +268,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
                 learners.load_checkpoint(str(run_dir / "sft_state"))  # as if SFT had just finished in this run
                 log.info("GRPO starts from the SFT learners' state, SFT optimizer state included (%s)",
                          run_dir / "sft_state")
-            if fresh and tc.grpo.optimizer == "fresh":
-                learners.reset_optimizer()
-            if fresh:  # what a rerun's checkpoints are checked against (check_grpo_checkpoints)
-                (run_dir / "grpo").mkdir(exist_ok=True)
+            if fresh:
+                if tc.grpo.optimizer == "fresh":
+                    learners.reset_optimizer()
+                (run_dir / "grpo").mkdir(exist_ok=True)  # what a rerun's checkpoints are checked against
                 atomic_write_json(run_dir / "grpo" / "config.json", stages.config)
             rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb, lc.sync_timeout_s)
             actors = roles.Actors(rollouts, reference, reward, learners)

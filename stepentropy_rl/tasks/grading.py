@@ -61,6 +61,37 @@ def get_grader(name: str):
 FIRST_CALLS = 10  # a user's grader that raises on each of its first this many samples is broken, not the samples
 
 
+class FirstCalls:
+    """Tells a broken user function from one that fails on some inputs: ``raised`` records a failed call and says
+    whether it raised on each of the first ``FIRST_CALLS`` calls that count (samples with an answer to read)."""
+
+    def __init__(self):
+        self.counted = self.failed = self.failed_counted = 0
+
+    def ok(self, counted: bool) -> None:
+        self.counted += counted
+
+    def raised(self, counted: bool) -> bool:
+        self.counted += counted
+        self.failed += 1
+        self.failed_counted += counted
+        return counted and self.failed_counted == self.counted == FIRST_CALLS
+
+
+def cannot_take(fn, *args) -> str | None:
+    """Why ``fn`` cannot be called with ``args`` (its signature's TypeError), or None; None also where no signature
+    can be read (a builtin: its first calls will tell)."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError as e:
+        return str(e)
+    except ValueError:
+        pass
+    return None
+
+
 def user_grader(fn):
     """``fn(solution_str, ground_truth)`` as a grader: right when it returns True or a score of at least 1 (verl's
     rule-based scorers give 1.0 for a right answer and 0 or a small format score otherwise); numpy scalars and
@@ -72,31 +103,24 @@ def user_grader(fn):
     >>> user_grader(lambda s, g: {"score": 1.0})("x", "y")
     True
     """
-    import inspect
-
     from stepentropy_rl.cot_format import BOXED
 
-    try:
-        inspect.signature(fn).bind("solution", "truth")
-    except TypeError as e:
-        raise GraderError(f"data.grader {getattr(fn, '__name__', fn)} cannot take (solution_str, ground_truth): "
-                          f"{e}") from None
-    except ValueError:  # no signature to read (a builtin): its first calls will tell
-        pass
-    calls = {"n": 0, "raised": 0}  # samples with a box: a grader may fail on garbage, not on every answer
+    why = cannot_take(fn, "solution", "truth")
+    if why:
+        raise GraderError(f"data.grader {getattr(fn, '__name__', fn)} cannot take (solution_str, ground_truth): {why}")
+    first = FirstCalls()  # samples with a box count: a grader may fail on garbage, not on every answer
 
     def grade(response: str, answer: str) -> bool:
         boxed = BOXED in str(response)
-        calls["n"] += boxed
         try:
             r = fn(response, answer)
         except Exception as e:
-            calls["raised"] += boxed
-            if boxed and calls["raised"] == calls["n"] == FIRST_CALLS:
+            if first.raised(boxed):
                 name = getattr(fn, "__name__", fn)
                 raise GraderError(f"data.grader {name} raised on each of its first {FIRST_CALLS} samples (last: "
                                   f"{type(e).__name__}: {e}); it takes (solution_str, ground_truth)") from e
             raise
+        first.ok(boxed)
         if isinstance(r, dict):
             r = r.get("score")
         if hasattr(r, "item") and getattr(r, "shape", None) == ():  # a numpy or torch scalar
