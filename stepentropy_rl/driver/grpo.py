@@ -74,10 +74,11 @@ class GRPOTrainer:
     """``actors`` (``roles.Actors``): a ``RolloutGroup`` with the learners attached (weight pushes), the reference
     and reward actors (or in-process doubles) with ``score``, and a ``LearnerGroup``. ``scoring``: the reference's
     batch sizes; ``seed``: the prompt order's; ``reference_model``: the KL reference's path, named in every call to
-    the reference (a restarted reference comes back with the model it was started with, and reloads this one)."""
+    the reference (a restarted reference comes back with the model it was started with, and reloads this one).
+    ``clock()``: the stage's seconds so far, kept in each checkpoint; a resume reads them into ``seconds_before``."""
 
     def __init__(self, algorithm: AlgorithmConfig, grpo: GRPOConfig, scoring: ReferenceConfig, actors, problems,
-                 tokenizer, run_dir: Path, tracker, seed: int = 0, reference_model: str | None = None):
+                 tokenizer, run_dir: Path, tracker, seed: int = 0, reference_model: str | None = None, clock=None):
         self.a, self.t, self.scoring = algorithm, grpo, scoring
         self.reference_model = reference_model
         self.rollouts, self.reference, self.reward, self.learners = (actors.rollouts, actors.reference, actors.reward,
@@ -91,6 +92,7 @@ class GRPOTrainer:
         self.phase = PhaseController(self.a.phase)
         self.prompts = Prompts(problems, seed)
         self.step = 0
+        self.clock, self.seconds_before = clock, 0.0
         self._reward_terms: dict = {}  # stage -> its reward's TermSpecs (GDPO)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class GRPOTrainer:
         state = {"step": self.step, "epoch": self.prompts.epoch, "index": self.prompts.index,
                  "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist(),
                  "metrics_bytes": self.tracker.size(), "engine_rng": self.rollouts.rng_states(),
-                 "policy_version": self.rollouts.version}
+                 "policy_version": self.rollouts.version, "stage_seconds": self.clock() if self.clock else None}
         atomic_write_text(path / "driver.json", json.dumps(state))
         atomic_write_text(self.dir / "latest", path.name)
         whole = sorted(int(p.name.split("_")[1]) for p in self.dir.glob("step_*")
@@ -124,6 +126,7 @@ class GRPOTrainer:
         state = json.loads((path / "driver.json").read_text())
         self.learners.load_checkpoint(str(path / "learner"))
         self.step, self.prompts.epoch, self.prompts.index = state["step"], state["epoch"], state["index"]
+        self.seconds_before = state.get("stage_seconds") or 0.0
         self.phase.load_state_dict(state["phase"])
         torch.random.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.tracker.rewind(state.get("metrics_bytes"))  # rows of steps after this checkpoint are made again

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 class Stages:
     """Stage markers; each records ``seconds``, the wall time since the previous mark in this process (or since the
-    markers were opened), so a stage's time includes starting the actors it waited for, and ``config``, the job's
-    config in ``stage_config.decisive`` form (a rerun under another config is checked against it)."""
+    markers were opened), so a stage's time includes starting the actors it waited for, plus what ``carry`` added
+    (a resumed GRPO: its time up to the checkpoint it resumed from), and ``config``, the job's config in
+    ``stage_config.decisive`` form (a rerun under another config is checked against it)."""
 
     def __init__(self, run_dir: Path, config: dict | None = None):
         self.dir = run_dir / "stages"
@@ -47,6 +48,14 @@ class Stages:
         atomic_write_json(self.dir / f"{name}.done", {**(info or {}), **extra, "seconds": round(now - self._since, 1)},
                           indent=None)
         self._since = now
+
+    def elapsed(self) -> float:
+        """Seconds the stage now running has taken so far (what its ``mark`` would record)."""
+        return round(time.monotonic() - self._since, 1)
+
+    def carry(self, seconds: float) -> None:
+        """Count ``seconds`` spent on the stage now running in an earlier run (up to its last checkpoint)."""
+        self._since -= seconds
 
     def seconds(self) -> dict:
         """Wall seconds of each finished stage, as recorded when it ran (pipeline order)."""
@@ -276,8 +285,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             rollouts.attach_learners(learners, lc.backend, lc.sync_bucket_mb, lc.sync_timeout_s)
             actors = roles.Actors(rollouts, reference, reward, learners)
             trainer = GRPOTrainer(cfg.algorithm, tc.grpo, cfg.reference, actors, train_problems, tok, run_dir, tracker,
-                                  seed=cfg.seed, reference_model=kl_model)
-            if not trainer.resume():
+                                  seed=cfg.seed, reference_model=kl_model, clock=stages.elapsed)
+            if trainer.resume():
+                stages.carry(trainer.seconds_before)  # stage_seconds: the earlier runs' time up to the checkpoint
+            else:
                 tracker.rewind(stages.info("sft").get("metrics_bytes"))  # rows of steps before any checkpoint
                 trainer.push_weights()
             learners.set_lr(tc.grpo.lr)  # after a checkpoint's optimizer state, which holds its own

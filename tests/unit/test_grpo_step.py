@@ -302,3 +302,30 @@ def test_the_weight_sync_timeout_reaches_the_learner_and_every_engine():
     group.attach_learners(learners, "gloo", 1.0, timeout_s=42.0)
     group.push_weights()
     assert learners.sync_timeout_s == 42.0 and [a[-1] for a in asked] == [42.0, 42.0] and [a[1] for a in asked] == [1, 2]
+
+
+def test_a_resumed_grpo_counts_the_time_up_to_its_checkpoint(tmp_path):
+    """stage_seconds of a GRPO that a kill split in two: each checkpoint keeps the stage's seconds so far, and the
+    rerun's mark adds them to its own (it counted only the last run's before)."""
+    import json
+
+    from stepentropy_rl.driver.train import Stages
+
+    from stepentropy_rl.driver.tracking import Tracker
+
+    t = _trainer(tmp_path, "trainer.grpo.steps=2")
+    t.tracker = Tracker(tmp_path)
+    t.learners.save_checkpoint = lambda path: Path(path).mkdir(parents=True)
+    t.learners.load_checkpoint = lambda path: None
+    t.clock = lambda: 40.0  # the first run's stage time at each checkpoint
+    t.fit()
+    assert json.loads((tmp_path / "grpo" / "step_2" / "driver.json").read_text())["stage_seconds"] == 40.0
+    again = _trainer(tmp_path, "trainer.grpo.steps=3")
+    again.tracker = Tracker(tmp_path)
+    again.learners.load_checkpoint = lambda path: None
+    assert again.resume() and again.seconds_before == 40.0
+    stages = Stages(tmp_path / "run")
+    stages.carry(again.seconds_before)
+    assert 40.0 <= stages.elapsed() < 45.0
+    stages.mark("grpo")
+    assert 40.0 <= stages.seconds()["grpo"] < 45.0
