@@ -178,6 +178,8 @@ class PruningConfig(StepPruning):
 
     def __post_init__(self):
         super().__post_init__()
+        for key in ("strategy", "ratio"):
+            need(as_list(getattr(self, key)) != [], key, "must be a value or a non-empty list")
         for strategy in as_list(self.strategy):
             for ratio in as_list(self.ratio):
                 try:
@@ -270,6 +272,11 @@ class LearnerCluster:
         one_of(self, "backend", ("gloo", "nccl"))
         one_of(self, "dtype", DTYPES)
         one_of(self, "param_dtype", (None, *DTYPES))
+        # a rank's device follows its backend (workers/learner.py): gloo on GPUs would train on the CPU while
+        # holding them, nccl without a GPU fails at its first collective
+        need((self.backend == "nccl") == (self.num_gpus > 0), "backend",
+             f"must be nccl with GPUs (num_gpus > 0) and gloo without, got {self.backend} with num_gpus="
+             f"{self.num_gpus:g}")
 
 
 @dataclass
@@ -283,6 +290,10 @@ class ClusterConfig:
     reference: ReferenceCluster = field(default_factory=ReferenceCluster)
     reward: RewardCluster = field(default_factory=RewardCluster)
     learner: LearnerCluster = field(default_factory=LearnerCluster)
+
+    def __post_init__(self):
+        need(self.num_cpus is None or (isinstance(self.num_cpus, int) and self.num_cpus >= 1), "num_cpus",
+             f"must be null (every core) or an integer >= 1, got {self.num_cpus!r}")
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
@@ -379,7 +390,7 @@ class PruneStageConfig(StepPruning):
         try:
             validate_pruning("low", self.ratio)
         except ValueError as e:
-            raise ConfigError(f"ratio: {e}") from None
+            raise ConfigError(f"ratio {str(e).removeprefix('pruning.ratio ')}") from None
         positive(self, "answer_max_tokens", integer=True)
 
 
@@ -479,8 +490,9 @@ class JobConfig:
     def __post_init__(self):
         from stepentropy_rl.rewards import stage_rewards
 
+        one_of(self, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
         train = self.pipeline == "train"
-        need(self.data.task is not None or self.model.tiny is None, "model",
+        need(self.data.task is not None or self.model.tiny_that_runs() is None, "model",
              "is the tiny reasoner, which knows only the embedded task (data=basket); with other data choose a "
              "model, e.g. model=r1_distill_qwen_7b model.path=/path/to/checkpoint")
         need(self.data.path is not None or self.data.task is not None, "data.path",
@@ -545,6 +557,10 @@ def build(cfg: DictConfig | dict, check_paths: bool = True) -> JobConfig:
                 if not (p.is_dir() if is_dir else p.exists()):  # data: a file or a dataset directory
                     raise ConfigError(f"{key}: no such {'model directory' if is_dir else 'file'} {path!r}"
                                       + ("" if is_dir else prepare_hint(p)))
+                if is_dir and not (p / "config.json").is_file():
+                    inside = sorted(q.name for q in p.iterdir() if q.is_dir())[:5]
+                    raise ConfigError(f"{key}: {path!r} holds no config.json: not a Hugging Face model directory"
+                                      + (f" (its folders: {', '.join(inside)})" if inside else ""))
     return job
 
 

@@ -5,8 +5,11 @@ path is set), starts Ray and runs the registered pipeline. Works under Hydra mul
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -16,6 +19,11 @@ from stepentropy_rl.data import DataError
 
 log = logging.getLogger("stepentropy_rl")
 CPU_PRESETS = {"trainer": "cpu", "rollout": "vllm_cpu", "cluster": "local_cpu"}  # sized for the tiny reasoner
+# keys one pipeline never reads, which a user easily takes for the other's: (prefix, what to use instead)
+MISPLACED = {"train": ("pruning", "pruning.* configures the static study (+experiment=prune_sweep); training prunes "
+                                  "its SFT data by trainer.prune.* (e.g. trainer.prune.ratio=0.4)"),
+             "prune_study": ("trainer.prune", "trainer.prune.* configures the training pipeline's prune stage; the "
+                                              "study prunes by pruning.* (e.g. pruning.ratio=0.4,0.8)")}
 
 
 class JobFailed(Exception):
@@ -25,7 +33,6 @@ class JobFailed(Exception):
 
 @hydra.main(version_base=None, config_path="pkg://stepentropy_rl.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    logging.getLogger().setLevel(cfg.log_level)
     launch(in_sweep_group(cfg))
 
 
@@ -63,6 +70,45 @@ def resume_hint(run_dir: str, overrides: list[str], sweep_dir: str | None) -> st
     return f"run_dir is a new timestamped directory: to resume this run after a crash, rerun it with run_dir={run_dir}"
 
 
+def misplaced(pipeline: str | None, overrides: list[str]) -> None:
+    """ConfigError for a command-line key that ``pipeline`` never reads where the other pipeline has one like it
+    (``pruning.ratio`` in a training sweep: every job would train at ``trainer.prune.ratio`` while ``collect``
+    labels them by the ratio given)."""
+    prefix, why = MISPLACED.get(pipeline, (None, None))
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    bad = [k for k in keys if prefix and (k == prefix or k.startswith(prefix + "."))]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} is not read by this experiment: {why}")
+
+
+def claim_run_dir(run_dir: str, sweep_dir: str, job: int) -> None:
+    """A multirun job's claim on its ``run_dir`` (``.sweep_job.json``): a second job of the same sweep naming the
+    same directory (``run_dir=DIR`` under ``-m``) is refused instead of writing over the first's outputs; the same
+    job of a rerun of the sweep passes, and a job of another sweep takes the claim over."""
+    path = Path(run_dir) / ".sweep_job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {"sweep_dir": str(Path(sweep_dir).resolve()), "job": job}
+    try:
+        with open(path, "x") as f:  # exclusive: of two jobs starting at once, one creates it and one reads it
+            f.write(json.dumps(mine))
+        return
+    except FileExistsError:
+        pass
+    for _ in range(50):  # the other job may be writing it right now
+        try:
+            theirs = json.loads(path.read_text())
+            break
+        except ValueError:
+            time.sleep(0.1)
+    else:
+        theirs = {}
+    if theirs.get("sweep_dir") == mine["sweep_dir"] and theirs.get("job") != job:
+        raise ConfigError(f"run_dir {run_dir!r} is job {theirs.get('job')}'s of this sweep: under -m each job needs "
+                          f"its own run_dir (leave run_dir out: each job writes to {sweep_dir}/job<N>; or make it "
+                          f"differ per job, e.g. run_dir='runs/ratio_${{trainer.prune.ratio}}')")
+    path.write_text(json.dumps(mine))
+
+
 def preset_warning(job, choices: dict) -> str | None:
     """A real checkpoint (``model.path``) run with the groups sized for the tiny reasoner on 2 CPU cores (the
     defaults): it runs, but cuts an R1 CoT at a few hundred tokens (graded wrong) and trains at the tiny model's
@@ -81,13 +127,20 @@ def preset_warning(job, choices: dict) -> str | None:
 def launch(cfg: DictConfig) -> None:
     """Run the composed config; a user error (bad config value, bad data row, a dead learner) exits with one line
     naming it, or in a sweep fails only its own job (``JobFailed``)."""
+    from hydra.core.hydra_config import HydraConfig
+
     from stepentropy_rl.driver.remote import ActorLost
     from stepentropy_rl.driver.run import pipeline_for, run
+    from stepentropy_rl.driver.tracking import NonFiniteError
 
     try:
         job = build(cfg)  # the typed config, every key checked, before anything starts
+        logging.getLogger().setLevel(job.log_level)
         pipeline_for(job)
-        from hydra.core.hydra_config import HydraConfig
+        if HydraConfig.initialized():
+            misplaced(job.pipeline, list(HydraConfig.get().overrides.task))
+            if in_multirun():
+                claim_run_dir(job.run_dir, str(HydraConfig.get().sweep.dir), HydraConfig.get().job.num)
 
         warning = preset_warning(job, dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {})
         if warning:
@@ -99,7 +152,7 @@ def launch(cfg: DictConfig) -> None:
             if hint:
                 log.info(hint)
         run(job)  # data files and context budgets are checked before any actor starts or any stage runs
-    except (ConfigError, DataError, ActorLost) as e:
+    except (ConfigError, DataError, ActorLost, NonFiniteError) as e:
         if os.environ.get("STEPENTROPY_TRACEBACK"):
             raise
         kind = {ConfigError: "config error", DataError: "data error"}.get(type(e), "run stopped")

@@ -141,6 +141,23 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     return Job(cfg, run_dir, model_path, tokenizer, problems, train, grader_of(cfg.data))
 
 
+def log_to_run_dir(run_dir: Path):
+    """Append the job's log, from when its run directory is written, to ``run_dir/main.log`` where Hydra's log
+    file is elsewhere (``run_dir=`` given: Hydra writes under ``outputs/DATE/TIME``, a new folder on every rerun);
+    returns the handler to remove, or None."""
+    path = (Path(run_dir) / "main.log").resolve()
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if any(Path(h.baseFilename).resolve() == path for h in files):
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(files[0].formatter if files else logging.Formatter(
+        "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(handler)
+    return handler
+
+
 def run(cfg: JobConfig) -> None:
     """The one driver entry: prepare the job, start (or join) Ray, run the configured pipeline."""
     from stepentropy_rl.driver.roles import check_shared_run_dir, init_ray, release_actors
@@ -149,16 +166,22 @@ def run(cfg: JobConfig) -> None:
     t0 = time.time()
     pipeline = pipeline_for(cfg)
     job = prepare(cfg, pipeline)
-    started = init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
+    handler = log_to_run_dir(job.run_dir)
     try:
-        check_shared_run_dir(job.run_dir)
-        progress.start(cfg.trainer.progress)
-        with progress.logs_above_bars():
-            pipeline(job)
+        started = init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
+        try:
+            check_shared_run_dir(job.run_dir)
+            progress.start(cfg.trainer.progress)
+            with progress.logs_above_bars():
+                pipeline(job)
+        finally:
+            progress.stop()
+            if started:
+                ray.shutdown()
+            else:  # inside a Ray task (hydra/launcher=ray) the session is the launcher's: only its actors go
+                release_actors()
+        log.info("done in %.0f s; outputs in %s", time.time() - t0, job.run_dir)
     finally:
-        progress.stop()
-        if started:
-            ray.shutdown()
-        else:  # inside a Ray task (hydra/launcher=ray) the session is the launcher's: only this run's actors go
-            release_actors()
-    log.info("done in %.0f s; outputs in %s", time.time() - t0, job.run_dir)
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()

@@ -21,6 +21,7 @@ from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_cache import CachedCoTs, written
 from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
+from stepentropy_rl.data import DataError
 from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.driver.tracking import require_finite
@@ -150,7 +151,7 @@ def run_sft(rows: list[dict], learners, tokenizer, sft: SFTConfig, seed: int, tr
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: SFT could not teach the model to stop")
     if len(rows) < learners.world_size:  # every rank needs a row of each batch
-        raise RuntimeError(f"SFT has {len(rows)} rows for {learners.world_size} learner ranks: too few pruned CoTs "
+        raise DataError(f"SFT has {len(rows)} rows for {learners.world_size} learner ranks: too few pruned CoTs "
                            "survived the prune stage (prune/stats.json counts what the answer check and, on labelled "
                            "data, trainer.prune.keep_essential dropped)")
     data = sft_batch(tokenizer, rows)

@@ -44,6 +44,12 @@ def test_default_sweep_builds_the_typed_config():
     ("+trainer.grpo.kill_at_step.driver=1", "trainer.grpo.kill_at_step roles must be among"),
     ("cluster.reward.max_restarts=-1", "cluster.reward.max_restarts"),
     ("+data.chat_template_kwargs.enable_thinking=false", "data.chat_template_kwargs.enable_thinking is false"),
+    # a learner's device follows its backend: gloo on GPUs trained on the CPU holding them, nccl without a GPU failed
+    ("cluster.learner.backend=nccl", "cluster.learner.backend must be nccl with GPUs (num_gpus > 0) and gloo without"),
+    ("cluster.learner.num_gpus=1", "cluster.learner.backend must be nccl with GPUs (num_gpus > 0) and gloo without"),
+    ("cluster.num_cpus=0", "cluster.num_cpus must be null (every core) or an integer >= 1, got 0"),
+    ("pruning.ratio=[]", "pruning.ratio must be a value or a non-empty list"),  # a study of nothing, reported empty
+    ("log_level=debug", "log_level must be one of"),  # was a traceback from logging before the config was checked
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
@@ -371,3 +377,77 @@ def test_training_on_an_evaluation_set_names_the_train_path():
             build(c, check_paths=False)
         build(compose("config", overrides=["+experiment=prune_sweep", "data=math500", "model=r1_distill_qwen_7b",
                                            "model.path=/m", "run_dir=/tmp/x"]), check_paths=False)
+
+
+def test_a_model_path_must_be_a_model_directory_and_wins_over_the_tiny_reasoner(tmp_path):
+    """A parent folder (/models for /models/R1-7B) passed the directory check and failed later in the tokenizer
+    with advice to install sentencepiece; a path with other data was refused as if no model were named."""
+    (tmp_path / "R1-7B").mkdir()
+    with pytest.raises(ConfigError, match=r"model.path: .* holds no config.json: not a Hugging Face model directory "
+                                          r"\(its folders: R1-7B\)"):
+        build(cfg(f"model.path={tmp_path}"))
+    (tmp_path / "R1-7B" / "config.json").write_text("{}")
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "q", "answer": "1"}\n')
+    job = build(cfg("data=champ", f"model.path={tmp_path / 'R1-7B'}", f"data.path={data}"))
+    assert job.model.path == str(tmp_path / "R1-7B") and job.model.tiny_that_runs() is None
+
+
+def test_a_key_the_experiment_never_reads_is_refused_with_the_one_it_meant():
+    """pruning.ratio=0.4,0.6 in a training sweep trained every job at trainer.prune.ratio while collect labelled
+    them by the ratio given; trainer.prune.* in the study was ignored the same way."""
+    from stepentropy_rl.main import misplaced
+
+    with pytest.raises(ConfigError, match=r"pruning.ratio is not read by this experiment: .*trainer.prune.ratio=0.4"):
+        misplaced("train", ["+experiment=step_entropy", "pruning.ratio=0.4"])
+    with pytest.raises(ConfigError, match=r"trainer.prune.ratio, trainer.prune.placeholder is not read .*pruning"):
+        misplaced("prune_study", ["trainer.prune.ratio=0.4", "trainer.prune.placeholder="])
+    misplaced("train", ["trainer.prune.ratio=0.4", "pruning_extra=1"])  # the keys each reads, and look-alikes pass
+    misplaced("prune_study", ["pruning.ratio=0.4,0.6", "trainer.logger.wandb=disabled"])
+
+
+def test_two_jobs_of_one_sweep_cannot_share_a_run_dir(tmp_path):
+    """-m with a fixed run_dir= put every job in one directory: the study's jobs wrote over each other's results.
+    The same job of a rerun (a resumed sweep) and a job of another sweep pass."""
+    from stepentropy_rl.main import claim_run_dir
+
+    run = str(tmp_path / "run")
+    claim_run_dir(run, str(tmp_path / "sweep"), 0)
+    with pytest.raises(ConfigError, match=r"run_dir .* is job 0's of this sweep: under -m each job needs its own"):
+        claim_run_dir(run, str(tmp_path / "sweep"), 1)
+    claim_run_dir(run, str(tmp_path / "sweep"), 0)  # the sweep rerun: its job 0 again
+    claim_run_dir(run, str(tmp_path / "other"), 1)  # another sweep takes it over
+    with pytest.raises(ConfigError, match="is job 1's"):
+        claim_run_dir(run, str(tmp_path / "other"), 2)
+
+
+def test_the_log_goes_to_the_run_dir_once(tmp_path):
+    """With run_dir= given, Hydra's main.log went to outputs/DATE/TIME, a new folder on each rerun."""
+    import logging
+
+    from stepentropy_rl.driver.run import log_to_run_dir
+
+    handler = log_to_run_dir(tmp_path)
+    try:
+        assert log_to_run_dir(tmp_path) is None  # Hydra's own file there already (run_dir left to Hydra)
+        logging.getLogger("stepentropy_rl").warning("kept in the run's own log")
+        handler.flush()
+        assert "kept in the run's own log" in (tmp_path / "main.log").read_text()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def test_a_diverged_run_stops_with_one_line(monkeypatch):
+    """NonFiniteError (and the SFT stage's too-few-rows DataError) came out as a Hydra traceback."""
+    from stepentropy_rl import main
+    from stepentropy_rl.driver import run
+    from stepentropy_rl.driver.tracking import NonFiniteError
+
+    def diverged(job):
+        raise NonFiniteError("GRPO step 3: {'loss': nan} is not finite")
+
+    monkeypatch.setattr(run, "run", diverged)
+    with pytest.raises(SystemExit) as e:
+        main.launch(cfg())
+    assert str(e.value.code).startswith("run stopped: GRPO step 3: {'loss': nan} is not finite")

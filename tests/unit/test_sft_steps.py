@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from stepentropy_rl.config import SFTConfig
+from stepentropy_rl.data import DataError
 from stepentropy_rl.driver import sft
 
 
@@ -72,6 +73,6 @@ def test_run_sft_takes_the_floored_steps_with_the_lr_decaying_over_all_of_them(m
 def test_fewer_kept_rows_than_learner_ranks_is_a_clear_error_before_any_step(monkeypatch, kept):
     monkeypatch.setattr(sft, "sft_batch", lambda tok, rows: _Rows(rows))
     learners = _Learners()
-    with pytest.raises(RuntimeError, match=f"SFT has {kept} rows for 2 learner ranks.*prune/stats.json"):
+    with pytest.raises(DataError, match=f"SFT has {kept} rows for 2 learner ranks.*prune/stats.json"):
         sft.run_sft([{"prompt": "q", "response": "r"}] * kept, learners, _Tok(), SFTConfig(), seed=0)
     assert learners.lrs == []  # no step ran
