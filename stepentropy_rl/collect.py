@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -27,9 +28,14 @@ STUDY_AXES = ("pruning.strategy", "pruning.ratio")  # study jobs differing in th
 
 
 def find_jobs(sweep: Path) -> list[Path]:
-    """Job directories under ``sweep`` (itself included), in path order."""
+    """Job directories under ``sweep`` (itself included), in path order with numbers as numbers (job2 before
+    job10)."""
     hits = {p.parent for name in ("summary.json", "report.json") for p in sweep.rglob(name)}
-    return sorted(hits)
+    return sorted(hits, key=_natural)
+
+
+def _natural(path: Path) -> list:
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", str(path))]
 
 
 def unfinished(sweep: Path) -> list[Path]:
@@ -65,11 +71,16 @@ def _varying(configs: dict[Path, dict]) -> list[str]:
             and len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
 
 
-def labels(jobs: list[Path], sweep: Path, most: int = 4) -> dict[Path, str]:
+def labels(jobs: list[Path], sweep: Path, most: int = 4, leave_out: tuple = ()) -> dict[Path, str]:
     """Each job's label: the config keys set in every job whose values differ between them (``key=value``,
-    comma-separated); the job's directory when there are none or more than ``most`` (unrelated runs)."""
+    comma-separated), less those in ``leave_out``; the job's directory when there are more than ``most`` (unrelated
+    runs) or none (but for ``leave_out``: then '')."""
     configs = _configs(jobs)
     varying = [k for k in _varying(configs) if all(k in c for c in configs.values())]
+    if leave_out and len(varying) <= most:
+        varying = [k for k in varying if k not in leave_out]
+        if not varying:
+            return {job: "" for job in jobs}
     if not varying or len(varying) > most:
         return {job: str(job.relative_to(sweep)) if job != sweep else job.name for job in jobs}
     return {job: ", ".join(f"{k}={configs[job][k]}" for k in varying) for job in jobs}
@@ -83,9 +94,10 @@ def collect(sweep: Path, unreadable: list | None = None) -> list[dict]:
     cannot be read (a file cut short or edited by hand) is left out and appended to ``unreadable``, with the reason:
     one bad job does not cost the table of the others."""
     jobs = find_jobs(sweep)
-    names, rows = labels(jobs, sweep), []
+    names, series, rows = labels(jobs, sweep), labels(jobs, sweep, leave_out=STUDY_AXES), []
     for job in jobs:
-        base = {"job": str(job.relative_to(sweep)) if job != sweep else ".", "label": names[job]}
+        base = {"job": str(job.relative_to(sweep)) if job != sweep else ".", "label": names[job],
+                "series": series[job]}  # the study's lines: one per strategy and per value of the other keys
         try:
             found = []
             if (job / "summary.json").exists():
@@ -140,11 +152,11 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     study = [r for r in rows if r["kind"] == "study"]
     if study:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for key in dict.fromkeys((r["label"], r["strategy"]) for r in study):
+        for key in dict.fromkeys((r.get("series", r["label"]), r["strategy"]) for r in study):
             pts = sorted((r["ratio"], 100 * r["accuracy"], 100 * r.get("accuracy_stderr", 0.0)) for r in study
-                         if (r["label"], r["strategy"]) == key)
+                         if (r.get("series", r["label"]), r["strategy"]) == key)
             x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=f"{key[1]} ({key[0]})")
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=key[1] + (f" ({key[0]})" if key[0] else ""))
         written.append(_save(fig, ax, "pruning ratio", out / "accuracy_vs_ratio.png"))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label in dict.fromkeys(r["label"] for r in rows):

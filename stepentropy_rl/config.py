@@ -250,7 +250,9 @@ class RewardCluster:
 class LearnerCluster:
     """FSDP2 learner ranks: ``dtype`` of parameters and optimizer state, ``param_dtype`` the mixed-precision compute
     dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``, a member that does
-    not answer within ``sync_timeout_s`` failing the push;
+    not answer within ``sync_timeout_s`` failing the push; ``start_timeout_s`` bounds the wait for the ranks'
+    resources (another run holding the GPUs: an error instead of a hang), ``pg_timeout_s`` is their process group's
+    (rank 0 loads and saves the full model while the others wait in a collective);
     ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass."""
 
     world_size: int = 2
@@ -262,13 +264,15 @@ class LearnerCluster:
     threads: int = 1
     sync_bucket_mb: float = 64
     sync_timeout_s: float = 600.0
+    start_timeout_s: float = 600.0
+    pg_timeout_s: float = 1800.0
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
         positive(self, "world_size", integer=True)
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
         positive(self, "threads", allow_zero=True, integer=True)
-        positive(self, "sync_bucket_mb", "sync_timeout_s")
+        positive(self, "sync_bucket_mb", "sync_timeout_s", "start_timeout_s", "pg_timeout_s")
         one_of(self, "backend", ("gloo", "nccl"))
         one_of(self, "dtype", DTYPES)
         one_of(self, "param_dtype", (None, *DTYPES))
@@ -277,6 +281,8 @@ class LearnerCluster:
         need((self.backend == "nccl") == (self.num_gpus > 0), "backend",
              f"must be nccl with GPUs (num_gpus > 0) and gloo without, got {self.backend} with num_gpus="
              f"{self.num_gpus:g}")
+        need(self.num_gpus == 0 or self.num_gpus >= 1, "num_gpus",
+             f"must be 0 or at least 1: NCCL refuses two ranks on one GPU, got {self.num_gpus:g}")
 
 
 @dataclass

@@ -40,22 +40,35 @@ def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
 
 
 PAPER_ORDER = ("low", "random", "high")  # paper 1, Fig. 1a: accuracy after pruning, best first
-BEYOND_ERROR_Z = 2.0  # a difference this many paired standard errors from zero (about 95%, two-sided)
-# without spread (every problem differs alike) the error is 0 and z undefined; then all n problems favour one side,
-# which a sign test finds beyond chance (two-sided p = 2 * 2**-n < 0.05) from n = 6 on
-ALL_ALIKE_MIN_N = 6
+BEYOND_ERROR_P = 0.05  # two-sided, the exact sign test on the problems only one strategy got right
+
+
+def sign_test_p(b: int, c: int) -> float:
+    """Two-sided exact sign test (McNemar's, exact) of ``b`` problems only the first strategy got right against ``c``
+    only the second did: p = min(1, 2 P(X >= max(b, c))), X ~ Binomial(b + c, 1/2). Exact for the few discordant
+    problems where ``difference / paired error >= 2`` is not (4 against 0 gives z = 2.0 but p = 0.125).
+
+    >>> sign_test_p(4, 0), sign_test_p(6, 0), sign_test_p(0, 0)
+    (0.125, 0.03125, 1.0)
+    """
+    n, k = b + c, max(b, c)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)
 
 
 def compare_strategies(rows: list[dict]) -> list[dict]:
     """The study's strategies against each other on the same problems. ``rows``: one verdict per problem, strategy
     and ratio (``{id, strategy, ratio, correct}``). Per ratio above 0, each pair of the strategies there, in the
     paper's order (low - random, random - high, then low - high): the accuracy difference over the problems both
-    answered, its paired standard error (``paired_difference``), z (None without spread), whether the first is
-    ahead by at least ``BEYOND_ERROR_Z`` errors, and how many problems only one of the two got right."""
+    answered, its paired standard error (``paired_difference``), z (None without spread), how many problems only
+    one of the two got right, their sign test's p (``sign_test_p``), and whether the first is ahead beyond the error
+    (p < ``BEYOND_ERROR_P``). Strategies added with ``register_strategy`` follow the paper's three."""
     verdict: dict = {}
     for r in rows:
         verdict.setdefault((r["strategy"], float(r["ratio"])), {})[r["id"]] = bool(r["correct"])
     names = [s for s in PAPER_ORDER if any(k[0] == s for k in verdict)]
+    names += sorted({k[0] for k in verdict} - set(names))
     pairs = sorted(((a, b) for i, a in enumerate(names) for b in names[i + 1:]),
                    key=lambda ab: names.index(ab[1]) - names.index(ab[0]))  # neighbours first
     out = []
@@ -68,11 +81,11 @@ def compare_strategies(rows: list[dict]) -> list[dict]:
             xa, xb = [va[i] for i in ids], [vb[i] for i in ids]
             diff, err = paired_difference(xa, xb)
             z = diff / err if err > 0 else None  # None: no spread (every problem differs alike, or none does)
+            only_a, only_b = sum(x and not y for x, y in zip(xa, xb)), sum(y and not x for x, y in zip(xa, xb))
+            p = sign_test_p(only_a, only_b)
             out.append({"ratio": ratio, "better": a, "worse": b, "difference": diff, "stderr": err, "z": z,
-                        "ahead_beyond_error": diff > 0 and (z >= BEYOND_ERROR_Z if z is not None
-                                                            else len(ids) >= ALL_ALIKE_MIN_N),
-                        "only_better_right": sum(x and not y for x, y in zip(xa, xb)),
-                        "only_worse_right": sum(y and not x for x, y in zip(xa, xb)), "n": len(ids)})
+                        "sign_test_p": p, "ahead_beyond_error": diff > 0 and p < BEYOND_ERROR_P,
+                        "only_better_right": only_a, "only_worse_right": only_b, "n": len(ids)})
     return out
 
 

@@ -273,7 +273,11 @@ def _holds_data(folder: Path, recursive: bool = True) -> bool:
 
 
 def prepare_hint(path: Path) -> str:
-    """Where a file ``data/prepare_<name>.py`` writes (``data/<name>_<split>.*``) is missing: say how to make it."""
+    """Where a file ``data/prepare_<name>.py`` writes (``data/<name>_<split>.*``) is missing: say how to make it
+    (with ``--src``, the downloaded copy, for the scripts that convert one)."""
     name = path.name.split("_")[0]
     script = Path(__file__).resolve().parents[1] / "data" / f"prepare_{name}.py"
-    return f" (write it with: python data/prepare_{name}.py; see data/README.md)" if script.exists() else ""
+    if not script.exists():
+        return ""
+    src = " --src DOWNLOADED_COPY" if "--src" in script.read_text() else ""
+    return f" (write it with: python data/prepare_{name}.py{src}; see data/README.md)"

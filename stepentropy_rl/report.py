@@ -24,12 +24,14 @@ def summary_table(results: list[dict]) -> str:
 
 def paired_table(paired: list[dict]) -> str:
     """The study's strategy comparisons (``cot_stats.compare_strategies``) as a Markdown table."""
-    lines = ["| ratio | comparison | difference (paired error) | z | ahead beyond error | right in one only |",
+    lines = ["| ratio | comparison | difference (paired error) | z | ahead beyond error (sign test p) "
+             "| right in one only |",
              "|---|---|---|---|---|---|"]
     for r in paired:
         lines.append(f"| {r['ratio']:.2f} | {r['better']} - {r['worse']} | {100 * r['difference']:+.1f} ± "
                      f"{100 * r['stderr']:.1f} | {'-' if r['z'] is None else format(r['z'], '+.1f')} | "
-                     f"{'yes' if r['ahead_beyond_error'] else 'no'} | "
+                     f"{'yes' if r['ahead_beyond_error'] else 'no'}"
+                     f"{'' if r.get('sign_test_p') is None else format(r['sign_test_p'], '.2g').join((' (', ')'))} | "
                      f"{r['only_better_right']} / {r['only_worse_right']} |")
     return "\n".join(lines)
 

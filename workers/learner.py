@@ -7,6 +7,8 @@ gathers the full state dict for weight sync and HF export; checkpoints are shard
 """
 from __future__ import annotations
 
+import datetime
+
 import ray
 import torch
 import torch.distributed as dist
@@ -24,7 +26,8 @@ class Learner:
                  optim: OptimConfig):
         if cluster.threads:
             torch.set_num_threads(cluster.threads)
-        dist.init_process_group(cluster.backend, init_method=rendezvous, rank=rank, world_size=world_size)
+        dist.init_process_group(cluster.backend, init_method=rendezvous, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=cluster.pg_timeout_s))
         self.rank, self.world_size = rank, world_size
         nccl = cluster.backend == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")

@@ -212,6 +212,35 @@ def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
         cfg.reward, cfg.data, skip_id, close_id, cfg.trainer.prune.delimiter)
 
 
+def needed_resources(cfg: JobConfig, train: bool) -> dict[str, float]:
+    """CPUs and GPUs the job's actors reserve together: the engines and the reference, and for training the reward
+    service and the learners too (they all live until the run ends)."""
+    c = cfg.cluster
+    cpu = c.rollout.num_workers * c.rollout.num_cpus + c.reference.num_cpus
+    gpu = c.rollout.num_workers * c.rollout.num_gpus + c.reference.num_gpus
+    if train:
+        cpu += c.reward.num_cpus + c.learner.world_size * c.learner.num_cpus
+        gpu += c.learner.world_size * c.learner.num_gpus
+    return {"CPU": cpu, "GPU": gpu}
+
+
+def short_resources(cfg: JobConfig, train: bool, total: dict | None = None) -> str | None:
+    """What the job reserves beyond the cluster's ``total`` (``ray.cluster_resources()``), or None: its actors would
+    wait for resources that never come (an autoscaler may still add them, so the caller warns)."""
+    total = ray.cluster_resources() if total is None else total
+    need = needed_resources(cfg, train)
+    short = {k: v for k, v in need.items() if v > total.get(k, 0) + 1e-9}
+    if not short:
+        return None
+    return (f"this job reserves {_resources(need)} (cluster.rollout, cluster.reference"
+            f"{', cluster.reward, cluster.learner' if train else ''}) but the Ray cluster has {_resources(total)}: "
+            f"it will wait until more join (lower the num_cpus/num_gpus, world_size or num_workers there)")
+
+
+def _resources(r: dict) -> str:
+    return ", ".join(f"{r.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
 def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig, micro_batch_size: int,
                    pad_id: int) -> LearnerGroup:
     """``learner.world_size`` FSDP2 ranks (``cluster.learner``) in one placement group (PACK), meeting at a
@@ -226,7 +255,15 @@ def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig,
         raise ValueError(f"cluster.learner.world_size must be >= 1, got {world}")
     bundle = {"CPU": learner.num_cpus, **({"GPU": learner.num_gpus} if learner.num_gpus else {})}
     pg = placement_group([bundle] * world, strategy="PACK")
-    ray.get(pg.ready())
+    try:
+        ray.get(pg.ready(), timeout=learner.start_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.util.remove_placement_group(pg)
+        raise RuntimeError(
+            f"the {world} learner ranks ({bundle} each) found no room within cluster.learner.start_timeout_s="
+            f"{learner.start_timeout_s:g} s: the cluster has {_resources(ray.cluster_resources())}, "
+            f"{_resources(ray.available_resources())} free (another run or this run's engines and reference hold the "
+            f"rest); lower cluster.learner.world_size or its num_gpus/num_cpus, or free them") from None
     at = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i) for i in range(world)]
     url = ray.get(rendezvous.options(scheduling_strategy=at[0]).remote())
     ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i],

@@ -160,7 +160,7 @@ def log_to_run_dir(run_dir: Path):
 
 def run(cfg: JobConfig) -> None:
     """The one driver entry: prepare the job, start (or join) Ray, run the configured pipeline."""
-    from stepentropy_rl.driver.roles import check_shared_run_dir, init_ray, release_actors
+    from stepentropy_rl.driver.roles import check_shared_run_dir, init_ray, release_actors, short_resources
     from stepentropy_rl.driver.tracking import run_id
 
     t0 = time.time()
@@ -170,6 +170,9 @@ def run(cfg: JobConfig) -> None:
     try:
         started = init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
         try:
+            short = short_resources(cfg, pipeline.train_data)
+            if short:
+                log.warning(short)
             check_shared_run_dir(job.run_dir)
             progress.start(cfg.trainer.progress)
             with progress.logs_above_bars():

@@ -60,7 +60,8 @@ class Tracker:
             self.tb_dir = run_dir / "tensorboard"
             self.tb = self._tensorboard()
             where["tensorboard"] = str(self.tb_dir)
-        self.gauges = _ray_gauges(run_dir.name)  # the Ray dashboard's metrics, when Ray is up
+        self.gauges = _ray_gauges(run_id(run_dir))  # the Ray dashboard's metrics, when Ray is up: a sweep's job0
+        # and another sweep's job0 are two runs there
         atomic_write_json(run_dir / "tracking.json", where)
 
     def log(self, metrics: dict, step: int, console_keys: tuple = ()) -> None:

@@ -65,9 +65,9 @@ def test_study_jobs_that_differ_in_strategy_alone_are_compared_on_the_same_probl
     got = json.loads((sweep / "paired.json").read_text())
     assert [(p["better"], p["worse"], p["difference"], p["n"]) for p in got] == [
         ("low", "random", 0.5, 10), ("random", "high", 0.1, 10), ("low", "high", 0.6, 10)]
-    assert got[0]["ahead_beyond_error"] and not got[1]["ahead_beyond_error"]
+    assert not got[0]["ahead_beyond_error"] and got[2]["ahead_beyond_error"]  # 5 / 0: sign test p 0.0625; 6 / 0
     md = (sweep / "collected.md").read_text()
-    assert "| 0.50 | low - random | +50.0 ± 16.7 | +3.0 | yes | 5 / 0 |" in md
+    assert "| 0.50 | low - random | +50.0 ± 16.7 | +3.0 | no (0.062) | 5 / 0 |" in md
     assert "low - random" in capsys.readouterr().out
 
 
@@ -97,3 +97,32 @@ def test_an_empty_folder_is_one_clear_line(tmp_path):
 
     with pytest.raises(SystemExit, match="no job under .* has a summary.json or report.json"):
         main([str(tmp_path)])
+
+
+def test_a_study_sweep_plots_one_line_per_strategy_and_orders_jobs_by_number(tmp_path, monkeypatch):
+    """The README's sweep (strategy x ratio, one job each) drew 12 one-point series, its legend's colours repeating,
+    and listed job10 before job2."""
+    import matplotlib.axes
+
+    sweep = tmp_path / "sweep"
+    n = 0
+    for strategy in ("low", "high", "random"):
+        for ratio in (0.2, 0.4, 0.6, 0.8):
+            job(sweep / f"job{n}", ratio, summary=[{**row(ratio, 0.9 - ratio / 2), "strategy": strategy}])
+            cfg = yaml.safe_load((sweep / f"job{n}" / "config.yaml").read_text())
+            cfg["pruning"]["strategy"] = strategy
+            (sweep / f"job{n}" / "config.yaml").write_text(yaml.safe_dump(cfg))
+            n += 1
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(x)))
+        return real(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    main([str(sweep)])
+    rows = json.loads((sweep / "collected.json").read_text())
+    assert [r["job"] for r in rows] == [f"job{i}" for i in range(12)]
+    lines = [d for d in drawn if len(d[1]) > 1 or d[0] in ("low", "high", "random")][:3]
+    assert lines == [(s, [0.2, 0.4, 0.6, 0.8]) for s in ("low", "high", "random")]

@@ -451,3 +451,48 @@ def test_a_diverged_run_stops_with_one_line(monkeypatch):
     with pytest.raises(SystemExit) as e:
         main.launch(cfg())
     assert str(e.value.code).startswith("run stopped: GRPO step 3: {'loss': nan} is not finite")
+
+
+def test_the_learners_start_and_process_group_timeouts_reach_them(monkeypatch):
+    """The learners' process group took NCCL's 10-minute default (rank 0 loading a 7B alone while the others wait in
+    the first broadcast), and their placement group was awaited without a timeout (a hang when another run holds the
+    GPUs)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from stepentropy_rl.config import LearnerCluster, OptimConfig
+    from workers import learner
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def init(backend, **kw):
+        seen.update(kw, backend=backend)
+        raise Stop
+
+    monkeypatch.setattr(dist, "init_process_group", init)
+    with pytest.raises(Stop):
+        learner.Learner(0, 1, "tcp://127.0.0.1:1", "/nowhere", LearnerCluster(pg_timeout_s=1234.0), OptimConfig())
+    assert seen["timeout"] == datetime.timedelta(seconds=1234) and seen["backend"] == "gloo"
+    with pytest.raises(ConfigError, match="cluster.learner.num_gpus must be 0 or at least 1"):
+        build(cfg("cluster.learner.num_gpus=0.5", "cluster.learner.backend=nccl"))
+
+
+def test_a_job_asking_for_more_than_the_cluster_has_is_named():
+    """Two engines, the reference and four learner GPUs on a 4-GPU cluster waited forever with no message."""
+    from stepentropy_rl.driver.roles import needed_resources, short_resources
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        gpu = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", "cluster=gpu_8x",
+                                                 "trainer=gpu", "rollout=vllm_gpu", "model=r1_distill_qwen_7b",
+                                                 "data=gsm8k"]), check_paths=False)
+    assert needed_resources(gpu, train=True) == {"CPU": 30, "GPU": 7}
+    assert needed_resources(gpu, train=False) == {"CPU": 12, "GPU": 3}  # the study: engines and reference
+    short = short_resources(gpu, True, {"CPU": 64.0, "GPU": 4.0})
+    assert short.startswith("this job reserves 30 CPU, 7 GPU (cluster.rollout, cluster.reference, cluster.reward, "
+                            "cluster.learner) but the Ray cluster has 64 CPU, 4 GPU")
+    assert short_resources(gpu, True, {"CPU": 64.0, "GPU": 8.0}) is None
+    assert short_resources(build(cfg()), False, {"CPU": 2.0}) is None  # the CPU default fits 2 cores

@@ -36,7 +36,8 @@ def _rollout(samples, seen=None):
 
 def test_evaluate_counts_skips_thinking_tokens_and_failures(monkeypatch):
     problems = [SimpleNamespace(prompt=f"q{i}", answer="7") for i in range(3)]
-    samples = [[{"text": "a [SKIP] b </think> \\boxed{7}", "token_ids": [5, 2, 5, 2, 1, 9]}],
+    # a [SKIP] after </think> is not a skipped step: the skip rewards count the thinking's alone
+    samples = [[{"text": "a [SKIP] b </think> [SKIP] \\boxed{7}", "token_ids": [5, 2, 5, 2, 1, 2, 9]}],
                [{"text": "no answer", "token_ids": [5, 5, 5, 3]}],  # never closed: thinking but its EOS
                []]  # a failed request counts as wrong
     res = ev.evaluate(_rollout(samples), _Tok(), problems, exact_match, {})

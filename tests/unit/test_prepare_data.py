@@ -183,10 +183,12 @@ def test_each_dataset_config_reads_what_its_script_writes(tmp_path, monkeypatch,
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         tiny = compose("config", overrides=["+experiment=prune_sweep", f"data={name}", "run_dir=run"])
         cfg = compose("config", overrides=["+experiment=prune_sweep", f"data={name}", "run_dir=run",
-                                           "model=r1_distill_qwen_7b", f"model.path={tmp_path}"])
+                                           "model=r1_distill_qwen_7b", f"model.path={tmp_path / 'model'}"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="the tiny reasoner, which knows only the embedded task"):
         build(tiny, check_paths=False)
-    with pytest.raises(ConfigError, match=rf"data.path: no such file .*python data/prepare_{name}.py"):
+    with pytest.raises(ConfigError, match=rf"data.path: no such file .*python data/prepare_{name}.py --src DOWNL"):
         build(cfg)
     jsonl(tmp_path / "data" / f"{name}_test.jsonl", [{"prompt": "1+1?", "answer": "2"}])
     job = build(cfg)

@@ -212,20 +212,28 @@ def test_strategies_are_compared_on_the_same_problems_with_a_paired_error():
     assert list(got) == [("low", "random"), ("random", "high"), ("low", "high")]
     lr, rh = got[("low", "random")], got[("random", "high")]
     assert lr["difference"] == 0.5 and lr["stderr"] == pytest.approx(math.sqrt(5 / 18 / 10))  # sd of five 1s, five 0s
-    assert lr["z"] == pytest.approx(3.0) and lr["ahead_beyond_error"]
+    assert lr["z"] == pytest.approx(3.0) and lr["sign_test_p"] == 0.0625 and not lr["ahead_beyond_error"]  # 5 / 0
+    assert got[("low", "high")]["ahead_beyond_error"]  # 6 / 0: p 0.031
     assert (lr["only_better_right"], lr["only_worse_right"], lr["n"]) == (5, 0, 10)
     assert rh["difference"] == pytest.approx(0.1) and rh["z"] == pytest.approx(1.0) and not rh["ahead_beyond_error"]
     # the same accuracies on disjoint problems: unpaired they tie, paired the spread is large and nothing is ahead
     rows = _rows({"low": [True] * 5 + [False] * 5, "random": [False] * 5 + [True] * 5})
     (tie,) = compare_strategies(rows)
     assert tie["difference"] == 0 and tie["stderr"] > 0.3 and not tie["ahead_beyond_error"]
-    # every problem differs alike: no spread, z undefined; ahead from 6 problems on (a sign test), not on 3 (one
+    # every problem differs alike: no spread, z undefined; ahead from 6 problems on (the sign test), not on 3 (one
     # problem alone used to count as ahead beyond the error); behind is never ahead
     (alike,) = compare_strategies(_rows({"low": [True] * 6, "high": [False] * 6}))
-    assert alike["z"] is None and alike["ahead_beyond_error"] and "| - | yes |" in paired_table([alike])
+    assert alike["z"] is None and alike["ahead_beyond_error"] and "| - | yes (0.031) |" in paired_table([alike])
     for n in (1, 3, 5):
         (few,) = compare_strategies(_rows({"low": [True] * n, "high": [False] * n}))
         assert few["z"] is None and not few["ahead_beyond_error"]
+    # z >= 2 on few discordant problems is not beyond the error: 4 only-low of 500 gave z = 2.0 (sign test p 0.125)
+    (four,) = compare_strategies(_rows({"low": [True] * 500, "high": [True] * 496 + [False] * 4}))
+    assert four["z"] == pytest.approx(2.0, abs=0.01) and four["sign_test_p"] == 0.125
+    assert not four["ahead_beyond_error"]
+    high = [True] * 489 + [False] * 9 + [True] * 2
+    (nine,) = compare_strategies(_rows({"low": [True] * 498 + [False] * 2, "high": high}))
+    assert nine["z"] > 2 and nine["sign_test_p"] > 0.05 and not nine["ahead_beyond_error"]  # 9 / 2: p 0.065
     (behind,) = compare_strategies(_rows({"low": [False] * 3, "high": [True] * 3}))
     assert behind["difference"] == -1 and not behind["ahead_beyond_error"]
     # a ratio only one strategy ran has no comparison; problems only one strategy answered are left out
@@ -233,6 +241,9 @@ def test_strategies_are_compared_on_the_same_problems_with_a_paired_error():
                                                                  "correct": True}]
     (only,) = compare_strategies(rows)
     assert (only["ratio"], only["n"], only["difference"]) == (0.4, 3, 1.0)
+    # a strategy added with register_strategy is compared too, after the paper's (it was left out silently)
+    (custom,) = compare_strategies(_rows({"low": [True] * 8, "my_rule": [False] * 8}))
+    assert (custom["better"], custom["worse"], custom["ahead_beyond_error"]) == ("low", "my_rule", True)
 
 
 def test_the_study_compares_its_strategies_as_its_summary_counts_them(setup):

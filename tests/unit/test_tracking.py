@@ -73,3 +73,15 @@ def test_gauge_names_are_prometheus_names():
     assert gauge_name("reward/skip_ratio") == "stepentropy_reward_skip_ratio"
     assert gauge_name("perf/tokens_per_s") == "stepentropy_perf_tokens_per_s"
     assert "reward/" in EXPORTED and not "sync/bytes".startswith(EXPORTED)
+
+
+def test_two_sweeps_job0_are_two_runs_on_the_ray_dashboard(tmp_path, monkeypatch):
+    """The gauges were tagged with the directory's name: every sweep's job0 wrote one Prometheus series."""
+    from stepentropy_rl.driver import tracking
+
+    seen = []
+    monkeypatch.setattr(tracking, "_ray_gauges", lambda run: seen.append(run))
+    for sweep in ("a", "b"):
+        (tmp_path / sweep / "job0").mkdir(parents=True)
+        tracking.Tracker(tmp_path / sweep / "job0")
+    assert len(set(seen)) == 2 and all(s.startswith("job0-") for s in seen)
