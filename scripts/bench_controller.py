@@ -9,7 +9,13 @@ eval final); every other mode reruns from a copy of it cut back to before GRPO. 
 each starts from the engines' sampler state that the first run saved when its SFT eval finished (the stage marker
 holds it), as a resumed run does: the first mode's own rerun would end with its report (the kill harness checks
 that), so it is not run twice. ``seed`` and ``rollout.seed`` take
-the seed. Saves ``results.json``, ``table.md`` and ``pareto.png`` under ``--out``.
+the seed. Saves ``results.json`` (with the overrides it ran under: a rerun with others is refused rather than
+reporting the old runs as its own), ``table.md`` and ``pareto.png`` under ``--out``.
+
+The table compares the controller (``entropy``) with each other mode per seed and over the seeds: the mean of the
+per-seed differences and its standard error over seeds, sd / sqrt(k), the error of a difference in training (the
+paired error over one evaluation's problems sees only the evaluation's sampling). ``--against OTHER/results.json``
+compares each mode with the same mode of another bench (e.g. ``trainer.grpo.optimizer=fresh`` against the default).
 """
 from __future__ import annotations
 
@@ -52,6 +58,8 @@ def fork_after_sft(src: Path, dst: Path) -> None:
 
 
 def summarize(results: dict) -> list[dict]:
+    """Per mode, over the seeds of ``results`` that ran it: mean and sd (None for one seed) of final accuracy and
+    thinking tokens, and the tokens' share of the base's."""
     rows = []
     for mode in MODES:
         finals = [results[s][mode]["final"] for s in results if mode in results[s]]
@@ -61,11 +69,55 @@ def summarize(results: dict) -> list[dict]:
         tok = [f["thinking_tokens"] for f in finals]
         rel = [results[s][mode]["final"]["thinking_tokens"] / results[s][mode]["base"]["thinking_tokens"]
                for s in results if mode in results[s]]
-        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else None)
         rows.append({"mode": mode, "seeds": len(finals), "accuracy": statistics.mean(acc), "accuracy_sd": sd(acc),
                      "thinking_tokens": statistics.mean(tok), "thinking_tokens_sd": sd(tok),
                      "vs_base": statistics.mean(rel)})
     return rows
+
+
+def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str) -> dict | None:
+    """Final accuracy of ``mode_a`` in results ``a`` minus ``mode_b`` in ``b``, on each seed both ran: the
+    per-seed differences, their mean, and its standard error over the seeds, sd / sqrt(k) (None for one seed).
+    None when no seed ran both.
+
+    >>> r = {s: {"x": {"final": {"accuracy": x}}, "y": {"final": {"accuracy": y}}}
+    ...      for s, x, y in (("0", 0.76, 0.98), ("1", 0.98, 0.98), ("2", 0.99, 0.98))}
+    >>> d = seed_difference(r, r, "x", "y"); [round(v, 2) for v in d["per_seed"]], round(d["stderr"], 3)
+    ([-0.22, 0.0, 0.01], 0.075)
+    """
+    seeds = [s for s in a if s in b and mode_a in a[s] and mode_b in b[s]]
+    if not seeds:
+        return None
+    diffs = [a[s][mode_a]["final"]["accuracy"] - b[s][mode_b]["final"]["accuracy"] for s in seeds]
+    k = len(diffs)
+    return {"seeds": seeds, "per_seed": diffs, "mean": statistics.mean(diffs),
+            "stderr": statistics.stdev(diffs) / k ** 0.5 if k > 1 else None}
+
+
+def difference_lines(pairs: list[tuple[str, dict | None]]) -> list[str]:
+    """A Markdown table of ``seed_difference`` results, in points."""
+    lines = ["| comparison | per seed (points) | mean ± error over seeds | seeds |", "|---|---|---|---|"]
+    for name, d in pairs:
+        if d is None:
+            continue
+        err = "n/a (one seed)" if d["stderr"] is None else f"{100 * d['stderr']:.1f}"
+        lines.append(f"| {name} | {' / '.join(f'{100 * v:+.1f}' for v in d['per_seed'])} | "
+                     f"{100 * d['mean']:+.1f} ± {err} | {len(d['seeds'])} |")
+    return lines
+
+
+def load_results(path: Path, overrides: list[str]) -> dict:
+    """The seeds' results measured so far under ``--out``; SystemExit when they ran under other overrides (a file
+    from before the overrides were recorded counts as none)."""
+    if not path.exists():
+        return {}
+    results = json.loads(path.read_text())
+    ran = results.pop("_overrides", [])
+    if results and ran != overrides:
+        raise SystemExit(f"{path} holds runs made with the overrides {ran}, not {overrides}: a rerun would report "
+                         f"them as its own. Use another --out (or the same overrides to go on with those runs)")
+    return results
 
 
 def plot(results: dict, rows: list[dict], path: Path) -> None:
@@ -79,8 +131,8 @@ def plot(results: dict, rows: list[dict], path: Path) -> None:
         color = f"C{i}"
         pts = [results[s][r["mode"]]["final"] for s in results if r["mode"] in results[s]]
         ax.scatter([p["thinking_tokens"] for p in pts], [100 * p["accuracy"] for p in pts], color=color, alpha=0.35)
-        ax.errorbar(r["thinking_tokens"], 100 * r["accuracy"], xerr=r["thinking_tokens_sd"],
-                    yerr=100 * r["accuracy_sd"], fmt="o", color=color, capsize=3, label=r["mode"])
+        ax.errorbar(r["thinking_tokens"], 100 * r["accuracy"], xerr=r["thinking_tokens_sd"] or 0,
+                    yerr=100 * (r["accuracy_sd"] or 0), fmt="o", color=color, capsize=3, label=r["mode"])
     base = [results[s][MODES[0]]["base"] for s in results]
     ax.scatter([b["thinking_tokens"] for b in base], [100 * b["accuracy"] for b in base], marker="x", color="k",
                label="base")
@@ -94,16 +146,18 @@ def plot(results: dict, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/bench_controller")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another bench's results.json: each mode here minus the same mode there, per seed")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = load_results(results_path, args.overrides)
     for seed in args.seeds:
         per = results.setdefault(str(seed), {})
         first = out / f"seed{seed}_{MODES[0]}"
@@ -114,14 +168,21 @@ def main() -> None:
             if mode != MODES[0]:
                 fork_after_sft(first, run_dir)
             per[mode] = run_mode(run_dir, mode, seed, args.overrides)
-            results_path.write_text(json.dumps(results, indent=1))
+            results_path.write_text(json.dumps({"_overrides": args.overrides, **results}, indent=1))
             print(f"seed {seed} {mode}: final {100 * per[mode]['final']['accuracy']:.1f}% / "
                   f"{per[mode]['final']['thinking_tokens']:.1f} tokens", flush=True)
+    results = {str(s): results[str(s)] for s in args.seeds}  # the seeds asked for, not every seed in the file
     rows = summarize(results)
+    sd = (lambda v, scale=1: "n/a" if v is None else f"{scale * v:.1f}")
     lines = ["| mode | seeds | final accuracy (mean ± sd) | final thinking tokens (mean ± sd) | vs. base |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['seeds']} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_sd']:.1f}% | "
-              f"{r['thinking_tokens']:.1f} ± {r['thinking_tokens_sd']:.1f} | {100 * r['vs_base']:.0f}% |" for r in rows]
+    lines += [f"| {r['mode']} | {r['seeds']} | {100 * r['accuracy']:.1f} ± {sd(r['accuracy_sd'], 100)}% | "
+              f"{r['thinking_tokens']:.1f} ± {sd(r['thinking_tokens_sd'])} | {100 * r['vs_base']:.0f}% |" for r in rows]
+    pairs = [(f"{MODES[0]} - {m}", seed_difference(results, results, MODES[0], m)) for m in MODES[1:]]
+    if args.against is not None:
+        other = load_results(args.against, json.loads(args.against.read_text()).get("_overrides", []))
+        pairs += [(f"{m} - {m} of {args.against.parent.name}", seed_difference(results, other, m, m)) for m in MODES]
+    lines += ["", *difference_lines(pairs)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(results, rows, out / "pareto.png")
     print("\n".join(lines))
