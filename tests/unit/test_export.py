@@ -57,3 +57,24 @@ def test_the_card_says_how_the_run_asked_and_sampled():
     assert "`{prompt}\nPlease reason step by step.`" in text and "system prompt: none" in text
     assert "temperature=0.6, top_p=0.95, max_new_tokens=384" in text
     assert asked_and_sampled({}) == []
+
+
+def test_the_card_names_the_runs_base_and_grpo_and_a_stray_step_folder_is_no_step(tmp_path):
+    """The card said 'from the embedded tiny reasoner' for an R1 stand-in run and 'entropy-guided GRPO' for a
+    step_entropy run; a user's grpo/step_39.bak made --step raise a bare ValueError."""
+    import yaml
+
+    from stepentropy_rl.export import ExportError, model_card, source
+
+    run = tmp_path / "run"
+    (run / "grpo" / "step_39.bak").mkdir(parents=True)
+    (run / "grpo" / "step_40" / "learner").mkdir(parents=True)
+    with pytest.raises(ExportError, match=r"no GRPO checkpoint for step 12 \(kept: \[40\]"):
+        source(run, 12)
+    config = {"model": {"path": None, "standin": {"seed": 0}}, "algorithm": {"phase": {"mode": "compress"}},
+              "reward": {"stages": {"compress": [{"name": "correctness"}, {"name": "skip_ratio"}],
+                                    "explore": [{"name": "correctness"}, {"name": "skip_ratio"}]}}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    card = model_card(run, "the final model", "se-final", tmp_path / "out")
+    assert "then GRPO with the reward terms correctness, skip_ratio, phase mode `compress`), from the R1-format " \
+           "stand-in" in card
