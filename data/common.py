@@ -43,7 +43,9 @@ def text_field(row: dict, key: str) -> str:
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return str(value)
+        from stepentropy_rl.data import number_text
+
+        return number_text(value)
     return ""
 
 

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # how a question already says where its answer goes (verl's preprocessing appends "... after \"####\"." to GSM8K's
 # questions and "... within \boxed{}." to MATH's)
 ANSWER_INSTRUCTION = re.compile(r'final answer (after "####"|within \\boxed\{\})')
+# verl's preprocessing appends this sentence to every question (gsm8k: after "####", math: within \boxed{})
+VERL_INSTRUCTION = re.compile(r'\s*Let\'s think step by step and output the final answer '
+                              r'(?:after "####"|within \\boxed\{\})\.?\s*$')
 
 VERL_ANSWER = "reward_model.ground_truth"
 
@@ -62,16 +65,40 @@ class Example:
 def as_asked(problems: list[Example], template: str = "{prompt}", system: str | None = None,
              chat_kwargs: dict | None = None) -> list[Example]:
     """The problems as the model is asked them: the question put into ``template`` at ``{prompt}``, ``system`` as
-    the system message where a row has none, ``chat_kwargs`` for the chat template. A template that adds an
-    instruction to questions that already carry one (a file from verl's preprocessing) is warned about: the model
-    would be told twice, in two ways, where to put its answer."""
-    told = sum(bool(ANSWER_INSTRUCTION.search(p.prompt)) for p in problems)
-    if told and ANSWER_INSTRUCTION.search(template.replace("{prompt}", "")):
-        log.warning("%d of %d questions already say where the answer goes (e.g. verl's preprocessing appends its "
-                    "instruction), and data.prompt_template adds another; set data.prompt_template='{prompt}' to ask "
-                    "them as they are", told, len(problems))
+    the system message where a row has none, ``chat_kwargs`` for the chat template. Where the template says where
+    the answer goes, verl's appended instruction (``VERL_INSTRUCTION``) is taken off the questions: the model would be
+    told twice, in two ways; where it does not, questions told to answer after "####" are warned about (the graders
+    read ``\\boxed{}``: an obedient answer would be graded wrong)."""
+    own = bool(ANSWER_INSTRUCTION.search(template.replace("{prompt}", "")))
+    told = [p for p in problems if VERL_INSTRUCTION.search(p.prompt)]
+    if told and own:
+        log.info("%d of %d questions carried verl's answer instruction; data.prompt_template's replaces it",
+                 len(told), len(problems))
+        problems = [dataclasses.replace(p, prompt=VERL_INSTRUCTION.sub("", p.prompt))
+                    if VERL_INSTRUCTION.search(p.prompt) else p for p in problems]
+    hashes = sum('after "####"' in p.prompt for p in problems)
+    if hashes and not own:
+        log.warning("%d of %d questions ask for the final answer after \"####\", but the graders read \\boxed{}: an "
+                    "answer that obeys is graded wrong. Set data.prompt_template to one that asks for \\boxed{} "
+                    "(R1's, as data=file has), which replaces verl's instruction", hashes, len(problems))
     return [dataclasses.replace(p, prompt=template.replace("{prompt}", p.prompt), system=p.system or system,
                                 chat_kwargs=dict(chat_kwargs or {})) for p in problems]
+
+
+def number_text(x: int | float) -> str:
+    """A number as its answer is written: positional, never scientific (``str(0.00005)`` is ``5e-05``, which no
+    ``\\boxed{0.00005}`` matches), a whole float as an integer (72.0 -> 72).
+
+    >>> number_text(0.00005), number_text(1e16), number_text(72.0), number_text(-3), number_text(2.5)
+    ('0.00005', '10000000000000000', '72', '-3', '2.5')
+    """
+    if isinstance(x, float):
+        if x.is_integer():
+            return str(int(x))
+        import numpy as np
+
+        return np.format_float_positional(x, trim="-")
+    return str(x)
 
 
 def load_problems(path: str | Path, prompt_key: str = "prompt", answer_key: str | None = None,
@@ -146,7 +173,7 @@ def to_example(row, where: str, prompt_key: str = "prompt", answer_key: str | No
     if isinstance(answer, float) and not math.isfinite(answer):  # JSON's NaN: a missing value, not an answer
         raise DataError(f"{where}: '{key}' is {answer} (a missing value)")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-        answer = str(answer)
+        answer = number_text(answer)
     if not isinstance(answer, str) or not answer.strip():
         raise DataError(f"{where}: '{key}' must be a non-empty string or number")
     extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}

@@ -33,9 +33,30 @@ def _warm_up() -> None:
     math_verify.verify(math_verify.parse("$1$"), math_verify.parse(r"\boxed{\frac{1}{2}}"))
 
 
-# a number followed by a word or unit ("18 dollars", "10 cm^2"): read as LaTeX alone it is a product of letters that
-# no response matches; one letter ("5 x") is a product
-NUMBER_IN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(\.\d+)?\s+[A-Za-z]{2,}[A-Za-z0-9 ./^]*")
+# one number followed by words or a unit ("18 dollars", "10 cm^2"): read as LaTeX alone it is a product of letters
+# that no response matches; one letter ("5 x") is a product. Only one number: "4 hours 30 minutes" is no number
+NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*")
+# digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
+DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:!]\s*|~|\s+)(?=\d{3}(?!\d))")
+
+
+def plain_box(box: str, answer: str) -> str:
+    """``box`` (``\\boxed{...}``) as math-verify should read it: digit groups joined (it read ``10\\,000`` as
+    10*0, graded right against 0), a trailing percent sign dropped where the gold has none (GSM8K's percentages are
+    bare numbers; math-verify reads ``25\\%`` as text) and a full stop after a final digit dropped (``72.``).
+
+    >>> plain_box(r"\\boxed{10\\,000}", "10000"), plain_box(r"\\boxed{25\\%}", "25"), plain_box(r"\\boxed{72.}", "72")
+    ('\\\\boxed{10000}', '\\\\boxed{25}', '\\\\boxed{72}')
+    >>> plain_box(r"\\boxed{25\\%}", "25\\%"), plain_box(r"\\boxed{2\\,x}", "2x")
+    ('\\\\boxed{25\\\\%}', '\\\\boxed{2\\\\,x}')
+    >>> plain_box(r"\\boxed{(1, 234)}", "(1,234)")
+    '\\\\boxed{(1, 234)}'
+    """
+    inner = DIGIT_GROUP_GAP.sub("", box[len("\\boxed{"): -1])
+    if "%" not in answer:
+        inner = re.sub(r"\s*\\?%\s*$", "", inner)
+    inner = re.sub(r"(?<=\d)\.\s*$", "", inner)
+    return "\\boxed{" + inner + "}"
 
 
 def verify_one(response: str, answer: str, timeout_s: float) -> bool:
@@ -55,9 +76,9 @@ def verify_one(response: str, answer: str, timeout_s: float) -> bool:
         return False
     budget = max(1, int(timeout_s))
     gold = parse(f"${answer}$", parsing_timeout=budget)
-    if NUMBER_IN_WORDS.fullmatch(answer):
-        gold += parse(answer, parsing_timeout=budget)
-    pred = parse(response[box[0]: box[1] + 1], parsing_timeout=budget)
+    if words := NUMBER_IN_WORDS.fullmatch(answer):
+        gold += parse(f"${words.group(1)}$", parsing_timeout=budget)
+    pred = parse(plain_box(response[box[0]: box[1] + 1], answer), parsing_timeout=budget)
     return bool(verify(gold, pred, timeout_seconds=budget))
 
 

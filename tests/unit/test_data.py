@@ -152,8 +152,17 @@ def test_bad_files_of_every_kind_are_named(tmp_path, case, msg):
         load_problems(path)
 
 
-def test_a_template_that_tells_questions_twice_where_the_answer_goes_is_warned_about(caplog):
-    """verl's GSM8K preprocessing appends its own instruction; R1's template would add a second, other one."""
+def test_a_numeric_answer_is_written_as_a_number_is():
+    """A JSON answer 0.00005 became '5e-05' (no \\boxed{0.00005} matched it) and 72.0 became '72.0'."""
+    from stepentropy_rl.data import to_example
+
+    got = [to_example({"prompt": "q", "answer": a}, "f:1").answer for a in (0.00005, 1e16, 72.0, 3, -2.5)]
+    assert got == ["0.00005", "10000000000000000", "72", "3", "-2.5"]
+
+
+def test_verls_instruction_gives_way_to_the_templates_and_a_hash_answer_is_warned_about(caplog):
+    """verl's GSM8K preprocessing appends its own instruction (answer after "####"); R1's template added a second,
+    other one, and asked as is the model was told to write an answer no grader reads."""
     from stepentropy_rl.config import R1_INSTRUCTION
     from stepentropy_rl.data import Example, as_asked
 
@@ -163,10 +172,10 @@ def test_a_template_that_tells_questions_twice_where_the_answer_goes_is_warned_a
                                                                      answer="7")]
     with caplog.at_level("WARNING", logger="stepentropy_rl.data"):
         asked = as_asked(verl + bare, R1_INSTRUCTION)
-    assert "3 of 5 questions already say where the answer goes" in caplog.text
-    assert asked[0].prompt.endswith("within \\boxed{}.")  # asked as configured: a warning, not a change
-    caplog.clear()
+    assert caplog.text == "" and "####" not in asked[0].prompt  # the template's instruction replaces verl's
+    assert asked[0].prompt == "How many?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert asked[4].prompt.startswith("What is the final answer to 3+4?")  # a question's own words stay
     with caplog.at_level("WARNING", logger="stepentropy_rl.data"):
-        as_asked(verl, "{prompt}")
-        as_asked(bare, R1_INSTRUCTION)
-    assert caplog.text == ""
+        as_is = as_asked(verl, "{prompt}")
+    assert "3 of 3 questions ask for the final answer after \"####\", but the graders read \\boxed{}" in caplog.text
+    assert as_is[0].prompt == verl[0].prompt  # asked as configured

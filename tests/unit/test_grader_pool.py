@@ -87,6 +87,17 @@ def test_bad_arguments_are_rejected():
         pool.close()
 
 
+def test_digit_groups_percent_signs_and_two_number_golds_are_graded_by_value():
+    """math-verify read 10\\,000 as 10*0 (wrong against 10000, right against 0) and 25\\% as text; a gold with two
+    numbers in words ('4 hours 30 minutes') accepted its last number alone."""
+    assert verify_one(r"so \boxed{10\,000}", "10000", 2) and not verify_one(r"\boxed{10\,000}", "0", 2)
+    assert verify_one(r"\boxed{2\,001\,000}", "2001000", 2) and verify_one(r"\boxed{1 000}", "1000", 2)
+    assert verify_one(r"\boxed{25\%}", "25", 2) and verify_one(r"\boxed{25\%}", r"25\%", 2)
+    assert verify_one(r"\boxed{72.}", "72", 2) and verify_one(r"\boxed{2\,x}", "2x", 2)
+    assert not verify_one(r"\boxed{30}", "4 hours 30 minutes", 2) and not verify_one(r"\boxed{3}", "2 and 3", 2)
+    assert verify_one(r"\boxed{10}", "10 cm^2", 2) and verify_one(r"\boxed{1500}", "1,500 dollars", 2)
+
+
 def test_verify_one_in_process():
     assert verify_one(r"\boxed{\frac{1}{2}}", "0.5", 2) and not verify_one(r"\boxed{2}", "0.5", 2)
     # a gold answer in words and units, and LaTeX-only ones, each matched and mismatched
