@@ -501,6 +501,12 @@ class JobConfig:
         need(self.data.task is not None or self.model.tiny_that_runs() is None, "model",
              "is the tiny reasoner, which knows only the embedded task (data=basket); with other data choose a "
              "model, e.g. model=r1_distill_qwen_7b model.path=/path/to/checkpoint")
+        need(self.data.task is None or not (self.data.path or self.data.train_path)
+             or self.model.tiny_that_runs() is not None, "data.path",
+             "with a generated-task data preset (data=basket_verbose, the default) keeps that task's settings, made "
+             "for the tiny reasoner: the bare question as prompt, the exact grader, GRPO reward lengths of about 100 "
+             "tokens (data.reward_scale); for a checkpoint's own problems use data=file data.path=... "
+             "data.train_path=... (R1's prompt, the math grader, the papers' reward sizes)")
         need(self.data.path is not None or self.data.task is not None, "data.path",
              "must name the held-out problems' file (or data.task set to generate them)")
         need(not train or self.data.train_path is not None or self.data.task is not None, "data.train_path",

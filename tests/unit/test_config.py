@@ -496,3 +496,22 @@ def test_a_job_asking_for_more_than_the_cluster_has_is_named():
                             "cluster.learner) but the Ray cluster has 64 CPU, 4 GPU")
     assert short_resources(gpu, True, {"CPU": 64.0, "GPU": 8.0}) is None
     assert short_resources(build(cfg()), False, {"CPU": 2.0}) is None  # the CPU default fits 2 cores
+
+
+def test_a_checkpoint_with_its_own_files_on_the_task_preset_is_refused_and_data_file_fits_it(tmp_path):
+    """README's real-scale command set data.path on the default data preset: R1 was asked the bare question, graded
+    by exact match and rewarded at the embedded task's 96-token lengths (every compress-stage reward gated to 0)."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "q", "answer": "1"}\n')
+    paths = [f"model.path={tmp_path / 'm'}", f"data.path={rows}", f"data.train_path={rows}"]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        preset = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *paths])
+        file = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", "data=file", *paths])
+    with pytest.raises(ConfigError, match="data.path with a generated-task data preset .* use data=file"):
+        build(preset)
+    job = build(file)
+    assert job.data.grader == "math" and "\\boxed{}" in job.data.prompt_template and job.data.reward_scale == {}
+    assert job.reward["length_budget"] == 4096  # the paper's L, not the embedded task's 96
+    build(cfg(f"data.path={rows}"))  # the tiny reasoner on a file of its own task (prepare_basket.py) stays fine
