@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ def _read(path: Path, limit: int | None) -> list[dict]:
     with path.open() as f:
         for line in f:
             if line.strip():
-                row = json.loads(line)
+                row = json.loads(line, parse_constant=lambda _: None)  # a NaN entropy shows as n/a
                 row["id"] = str(row["id"])
                 rows.append(row)
             if limit and len(rows) >= limit:
@@ -56,9 +57,12 @@ def render(run_dir: Path, limit: int | None = None) -> str:
     title = f"CoTs of {run_dir.resolve().name}"
     data = json.dumps({"title": title, "sources": srcs}, ensure_ascii=False, allow_nan=False)
     page = resources.files("stepentropy_rl").joinpath("view.html").read_text(encoding="utf-8")
-    # "</" cannot close the data <script> (model output is arbitrary text); the title is a directory name
-    safe_title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return page.replace("__TITLE__", safe_title).replace("__DATA__", data.replace("</", "<\\/"))
+    # model output is arbitrary text: no < > & may reach the data <script> ("</script>" would close it, "<!--<script>"
+    # would swallow the page's code), as JSON escapes; the title is a directory name, as HTML entities. One pass, so
+    # that nothing inserted is read for a placeholder again (a directory named __DATA__)
+    fill = {"TITLE": title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+            "DATA": data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")}
+    return re.sub(r"__(TITLE|DATA)__", lambda m: fill[m.group(1)], page)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
         if rec is not None:
             records.append({"id": p.id, "prompt": p.prompt, "answer": p.answer, "correct": bool(ok),
                             "finish_reason": sample.get("finish_reason"), "thinking_tokens": n_think,
-                            "mistake": mistake,
+                            **({"mistake": mistake} if with_steps else {}),  # None: every step right
                             "entropy_source": f"vLLM top-{sampling['logprobs']} log-probs"
                             if estimate is not None else None,
                             **rec})

@@ -1,5 +1,6 @@
 """CoT records (what the study and the evals save for the viewer) and the page ``python -m stepentropy_rl.view``
 writes from them."""
+import dataclasses
 import json
 
 import pytest
@@ -71,6 +72,9 @@ def test_eval_saves_each_cot_with_policy_entropies_verdict_and_first_mistake(tas
     assert all(t[2] > 0 for t in good["tokens"]) and all(s["label"] in ("essential", "redundant")
                                                            for s in good["steps"])
     assert "cots" not in evaluate(roll, tok, problems[:2], exact_match, {})  # only when asked
+    # unlabelled problems have no first mistake to tell: the page said "every step right" of every CoT
+    bare = [dataclasses.replace(p, steps=[]) for p in problems[:2]]
+    assert all("mistake" not in r for r in evaluate(roll, tok, bare, exact_match, {"logprobs": 2}, cots=True)["cots"])
 
 
 def _record(tok, text, **extra):
@@ -81,7 +85,8 @@ def _record(tok, text, **extra):
 def test_the_page_carries_all_sources_and_model_output_cannot_break_out_of_it(task, tmp_path):
     problems, tok = task
     (tmp_path / "eval").mkdir()
-    hostile = "Now </script><script>alert(1)</script> & <b>.\n\n" + problems[0].solution
+    hostile = "Now </script><script>alert(1)</script> & <b> <!--<script> <img src=x onerror=alert(2)>.\n\n" \
+        + problems[0].solution
     for name in ("final", "base", "sft"):
         (tmp_path / "eval" / f"{name}.cots.jsonl").write_text(json.dumps(_record(tok, hostile)) + "\n")
     study = _record(tok, problems[0].solution, variants=[
@@ -94,7 +99,26 @@ def test_the_page_carries_all_sources_and_model_output_cannot_break_out_of_it(ta
     page = view.render(tmp_path)
     assert page.count("</script>") == 2  # the data script and the code: the CoT's tag is escaped
     data = page.split('<script type="application/json" id="data">')[1].split("</script>")[0]
-    assert json.loads(data.replace("<\\/", "</"))["sources"][1]["records"][0]["thinking"].startswith("Now </script>")
+    # no < > & at all in the data: "<!--<script>" put the parser in a state where the page's code never ran
+    assert not set("<>&") & set(data)
+    assert json.loads(data)["sources"][1]["records"][0]["thinking"].startswith("Now </script><script>")
+    # a run directory named like a placeholder is text, not a second copy of the data (which ran the img's onerror)
+    named = tmp_path.parent / "r__DATA__x"
+    named.mkdir()
+    (named / "cots.jsonl").write_text(json.dumps(study) + "\n")
+    assert view.render(named).count('"sources"') == 1
+
+
+def test_a_nan_in_one_record_shows_as_n_a_and_the_page_is_written(task, tmp_path):
+    """One NaN entropy (a degenerate sample's top-k log-probs) stopped the viewer: 'Out of range float values'."""
+    problems, tok = task
+    (tmp_path / "eval").mkdir()
+    rec = _record(tok, problems[0].solution)
+    rec["tokens"][0][2] = float("nan")
+    (tmp_path / "eval" / "final.cots.jsonl").write_text(json.dumps(rec) + "\n")
+    assert view.main([str(tmp_path)]) == 0
+    data = (tmp_path / "view.html").read_text().split('<script type="application/json" id="data">')[1]
+    assert json.loads(data.split("</script>")[0])["sources"][0]["records"][0]["tokens"][0][2] is None
 
 
 def test_the_cli_writes_the_page_or_says_in_one_line_why_not(task, tmp_path, capsys):
