@@ -46,9 +46,11 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     counts its skips), and the answer starts after the ``</think>`` token ``close_id``: ``answer_pos`` is the
     number of thinking tokens. If the ids lack ``close_id`` (the tag was sampled in pieces, or no id was given)
     the whole response counts as thinking. Only the thinking's skips count: a ``[SKIP]`` written after
-    ``</think>`` skips no step, and counting it would pay the skip-ratio reward for padding the answer.
+    ``</think>`` skips no step, and counting it would pay the skip-ratio reward for padding the answer; so a tag
+    sampled in pieces (the ids then hold no ``close_id``) caps the count at the skips before the tag in the text.
 
-    >>> s = make_sample([5, 9, 5, 7, 8, 5], "a\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}[SKIP]", True, 5, close_id=7)
+    >>> s = make_sample([5, 9, 5, 7, 8, 5], "[SKIP]\\n\\na\\n\\n[SKIP]\\n\\nb</think>\\\\boxed{3}[SKIP]", True, 5,
+    ...                 close_id=7)
     >>> s.n_skip, s.n_steps, s.answered, s.answer_pos
     (2, 2, True, 3)
     """
@@ -60,7 +62,10 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     answered = closed and boxed_span(text, text.find(THINK_CLOSE) + len(THINK_CLOSE)) is not None
     think_end = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
     answer_pos = think_end if answered else None
-    return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=ids[:think_end].count(int(skip_id)),
+    n_skip = ids[:think_end].count(int(skip_id))
+    if closed and SKIP_TOKEN in text:  # a text that kept its skips: none after the text's </think> counts
+        n_skip = min(n_skip, thinking.count(SKIP_TOKEN))
+    return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=n_skip,
                   n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos,
                   ground_truth=str(ground_truth), data_source=str(data_source or ""), extra_info=dict(extra_info or {}))
 

@@ -94,6 +94,10 @@ def test_skips_written_after_the_thinking_earn_no_skip_ratio():
     assert padded.n_skip == 0 and skip_ratio(padded) == 0.0
     thinking = make_sample([10, SKIP, close, 12], "a\n\n[SKIP]</think>\\boxed{3}", True, skip_id=SKIP, close_id=close)
     assert thinking.n_skip == 1 and skip_ratio(thinking) == 0.5
+    # </think> sampled in pieces: the ids hold no close id, so every id counted as thinking and the padding paid
+    pieces = make_sample([10, 11, 20, 21, 22, 12] + [SKIP] * 8, "a\n\nb</think>\\boxed{3}" + "[SKIP]" * 8, True,
+                         skip_id=SKIP, close_id=close)
+    assert pieces.answered and pieces.n_skip == 0 and skip_ratio(pieces) == 0.0
 
 
 def test_make_sample_unclosed_think_and_no_answer():
