@@ -155,7 +155,10 @@ def launch(cfg: DictConfig) -> None:
     except (ConfigError, DataError, ActorLost, NonFiniteError) as e:
         if os.environ.get("STEPENTROPY_TRACEBACK"):
             raise
-        kind = {ConfigError: "config error", DataError: "data error"}.get(type(e), "run stopped")
+        if isinstance(getattr(e, "cause", None), Exception):  # raised in an actor: Ray's copy carries its trace
+            e = e.cause
+        kind = next((k for cls, k in ((ConfigError, "config error"), (DataError, "data error")) if isinstance(e, cls)),
+                    "run stopped")
         message = f"{kind}: {e} (STEPENTROPY_TRACEBACK=1 shows where)"
         if in_multirun():
             log.error("%s; the sweep goes on with its other jobs", message)

@@ -5,6 +5,7 @@ import numbers
 
 from stepentropy_rl.cot_format import answer_text, boxed_answer
 from stepentropy_rl.registry import Registry
+from stepentropy_rl.typed import ConfigError
 from stepentropy_rl.tasks.grader_pool import shared_pool
 
 GRADERS = Registry("grader")  # name -> grade(response, answer) -> bool  (data.grader)
@@ -29,9 +30,10 @@ def math_match(response: str, answer: str, timeout_s: float = 5.0) -> bool:
     return shared_pool(timeout_s=timeout_s).grade([response], [answer])[0]
 
 
-class GraderError(RuntimeError):
+class GraderError(ConfigError):
     """A user's grader that cannot be right: it returned something that is not a verdict, or raised on every one of
-    its first samples. Not swallowed: every verdict would be False and nothing said."""
+    its first samples. Not swallowed: every verdict would be False and nothing said. A config error (``data.grader``):
+    at load it is named as one, and where a grade finds it the run stops with one line."""
 
 
 def grade_safely(grade, response: str, answer: str) -> bool:

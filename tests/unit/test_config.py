@@ -515,3 +515,30 @@ def test_a_checkpoint_with_its_own_files_on_the_task_preset_is_refused_and_data_
     assert job.data.grader == "math" and "\\boxed{}" in job.data.prompt_template and job.data.reward_scale == {}
     assert job.reward["length_budget"] == 4096  # the paper's L, not the embedded task's 96
     build(cfg(f"data.path={rows}"))  # the tiny reasoner on a file of its own task (prepare_basket.py) stays fine
+
+
+def test_a_broken_user_grader_is_a_config_error_at_load_and_in_an_actor(tmp_path, monkeypatch):
+    """A grader with the wrong signature escaped the config check as GraderError (a RuntimeError); one that returns
+    no verdict in the reward actor ended the run with Ray's multi-line trace."""
+    import ray.exceptions
+
+    from stepentropy_rl import main
+    from stepentropy_rl.driver import run
+    from stepentropy_rl.tasks.grading import GraderError
+
+    grader = tmp_path / "g.py"
+    grader.write_text("def one_arg(x):\n    return True\n")
+    with pytest.raises(ConfigError, match=r"data.grader .*one_arg cannot take \(solution_str, ground_truth\)"):
+        build(cfg(f"data.grader={grader}:one_arg"))
+    broken = GraderError("data.grader g returned 'maybe': it must return a bool, a number or None")
+    in_actor = ray.exceptions.RayTaskError("score", "Traceback (most recent call last):\n  ...\n", broken)
+    assert isinstance(in_actor.as_instanceof_cause(), ConfigError)
+
+    def stops(job):
+        raise in_actor.as_instanceof_cause()
+
+    monkeypatch.setattr(run, "run", stops)
+    with pytest.raises(SystemExit) as e:
+        main.launch(cfg())
+    assert str(e.value.code).startswith("config error: data.grader g returned 'maybe'")
+    assert "\n" not in str(e.value.code)
