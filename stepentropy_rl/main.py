@@ -129,6 +129,8 @@ def launch(cfg: DictConfig) -> None:
     naming it, or in a sweep fails only its own job (``JobFailed``)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from ray.exceptions import RayActorError
+
     from stepentropy_rl.driver.remote import ActorLost
     from stepentropy_rl.driver.run import pipeline_for, run
     from stepentropy_rl.driver.tracking import NonFiniteError
@@ -152,14 +154,17 @@ def launch(cfg: DictConfig) -> None:
             if hint:
                 log.info(hint)
         run(job)  # data files and context budgets are checked before any actor starts or any stage runs
-    except (ConfigError, DataError, ActorLost, NonFiniteError) as e:
+    except (ConfigError, DataError, ActorLost, NonFiniteError, RayActorError) as e:
         if os.environ.get("STEPENTROPY_TRACEBACK"):
             raise
         if isinstance(getattr(e, "cause", None), Exception):  # raised in an actor: Ray's copy carries its trace
             e = e.cause
         kind = next((k for cls, k in ((ConfigError, "config error"), (DataError, "data error")) if isinstance(e, cls)),
                     "run stopped")
-        message = f"{kind}: {e} (STEPENTROPY_TRACEBACK=1 shows where)"
+        what = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, RayActorError):  # an actor whose restarts (cluster.*.max_restarts) were used up
+            what = f"an actor died and was not restarted: {what}; rerun the same command to resume"
+        message = f"{kind}: {what} (STEPENTROPY_TRACEBACK=1 shows where)"
         if in_multirun():
             log.error("%s; the sweep goes on with its other jobs", message)
             raise JobFailed(message) from None

@@ -74,7 +74,7 @@ class RolloutGroup:
         """Each engine's ``ping``; an engine Ray is still restarting is waited for."""
         try:
             return fetch([w.ping.remote() for w in self.engines])
-        except ray.exceptions.ActorUnavailableError:
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):  # restarting, or dead for good
             wait_alive(self.engines, self.restart_timeout_s)
             return fetch([w.ping.remote() for w in self.engines])
 
@@ -120,7 +120,7 @@ class RolloutGroup:
             if not failed:
                 break
             if attempt == self.retries:
-                raise RuntimeError(f"rollout engines {sorted(failed)} kept failing after {self.retries} retries")
+                raise ActorLost(f"rollout engines {sorted(failed)} kept failing after {self.retries} retries")
             self._restore([self.engines[i] for i in failed])  # the retried shares sample from the state before the call
         self._rng = fetch([w.rng_state.remote() for w in self.engines])
         out: list = [None] * len(prompts)
@@ -226,14 +226,18 @@ class RolloutGroup:
 
 
 def wait_alive(actors, timeout_s: float = 600.0) -> None:
-    """Block until every (restarting) actor answers ``ping``; an engine restart takes tens of seconds."""
+    """Block until every (restarting) actor answers ``ping``; an engine restart takes tens of seconds. ``ActorLost``
+    when one is dead for good (its restarts used up, or its start failing each time) or not back in time."""
     deadline = time.time() + timeout_s
     for w in actors:
         while True:
             try:
                 ray.get(w.ping.remote(), timeout=max(1.0, deadline - time.time()))
                 break
+            except ray.exceptions.ActorDiedError as e:
+                raise ActorLost(f"a rollout engine died and could not be restarted (cluster.rollout.max_restarts "
+                                f"used up, or its start fails): {str(e).splitlines()[0]}") from None
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.time() > deadline:
-                    raise RuntimeError(f"a rollout engine did not come back within {timeout_s:.0f} s") from None
+                    raise ActorLost(f"a rollout engine did not come back within {timeout_s:.0f} s") from None
                 time.sleep(1.0)

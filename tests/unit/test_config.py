@@ -542,3 +542,20 @@ def test_a_broken_user_grader_is_a_config_error_at_load_and_in_an_actor(tmp_path
         main.launch(cfg())
     assert str(e.value.code).startswith("config error: data.grader g returned 'maybe'")
     assert "\n" not in str(e.value.code)
+
+
+def test_an_actor_dead_for_good_stops_the_run_with_one_line(monkeypatch):
+    """A reference or reward actor whose restarts were used up ended the run with Ray's raw trace."""
+    import ray.exceptions
+
+    from stepentropy_rl import main
+    from stepentropy_rl.driver import run
+
+    def dies(job):
+        raise ray.exceptions.ActorDiedError()
+
+    monkeypatch.setattr(run, "run", dies)
+    with pytest.raises(SystemExit) as e:
+        main.launch(cfg())
+    assert str(e.value.code).startswith("run stopped: an actor died and was not restarted: The actor died "
+                                        "unexpectedly before finishing this task.; rerun the same command to resume")

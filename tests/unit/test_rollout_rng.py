@@ -32,3 +32,22 @@ def test_a_bare_torch_state_that_starts_like_a_zip_is_still_read():
     first = torch.rand(3).tolist()
     Rollout.set_rng_state(None, legacy)
     assert torch.rand(3).tolist() == first
+
+
+def test_an_engine_dead_for_good_stops_the_run_with_actor_lost():
+    """An engine whose restarts were used up (or whose start fails each time) escaped generate as a raw
+    ActorDiedError trace; the run now stops with one line, as for a dead learner."""
+    import pytest
+    import ray.exceptions
+
+    from stepentropy_rl.driver.remote import ActorLost
+    from stepentropy_rl.driver.rollout_group import wait_alive
+
+    class Dead:
+        class ping:
+            @staticmethod
+            def remote():
+                raise ray.exceptions.ActorDiedError()
+
+    with pytest.raises(ActorLost, match="a rollout engine died and could not be restarted"):
+        wait_alive([Dead()], timeout_s=5)
