@@ -36,6 +36,28 @@ def model_fingerprint(path: str) -> list:
     return [str(root)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
+def added_rows_digest(model_dir: str | Path, ids: list[int]) -> str:
+    """Digest of rows ``ids`` of every vocabulary-sized tensor (input and output embeddings) in ``model_dir``'s
+    safetensors, read row by row without loading the weights: what the engines serve for tokens added to a base
+    (``[SKIP]``), so that a change in how they start (e.g. the mean row) is another model to the cache."""
+    import torch
+    from safetensors import safe_open
+
+    root = Path(model_dir)
+    config = json.loads((root / "config.json").read_text())
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    h = hashlib.sha256(json.dumps([vocab, list(ids)]).encode())
+    for path in sorted(root.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(f.keys()):
+                rows = f.get_slice(name)
+                if rows.get_shape() and rows.get_shape()[0] == vocab:
+                    for i in ids:
+                        h.update(name.encode())
+                        h.update(rows[i: i + 1].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def runtime_tag() -> dict:
     """The library versions and the CPU kernels torch dispatches to: a sample's bits depend on them."""
     from importlib.metadata import PackageNotFoundError, version

@@ -185,7 +185,7 @@ def train_pipeline(job) -> dict:
 
 def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, eval_problems, grade) -> dict:
     """``grade(response, answer)``: the span-aware grader (``grading.make_grader``)."""
-    from stepentropy_rl.cot_cache import CoTCache
+    from stepentropy_rl.cot_cache import CoTCache, added_rows_digest
     from stepentropy_rl.driver import roles
     from stepentropy_rl.driver.evaluate import evaluate
     from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
@@ -221,8 +221,9 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     rollouts.set_rng_states(stages.latest("engine_rng"))
 
     # the base's CoTs, kept between jobs: its evaluation and the prune stage's (cot_cache); the policy is init, the
-    # base with [SKIP] added: the base's files and the token stand for it
-    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added")
+    # base with [SKIP] added: the base's files and the token's rows as init holds them stand for it
+    skip_rows = added_rows_digest(init, [tok.convert_tokens_to_ids(SKIP_TOKEN)])
+    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}")
 
     def eval_stage(name: str, model_dir: Path, cache: CoTCache | None = None) -> None:
         if stages.done(f"eval_{name}"):

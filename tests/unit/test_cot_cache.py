@@ -1,5 +1,6 @@
 """The prune stage's CoT cache: a second run with the same model, problems, sampling and engine state reuses the
 scored CoTs and samples the rest as the first run did; anything else is a miss."""
+import json
 import logging
 import os
 
@@ -274,3 +275,27 @@ def test_writing_the_cots_leaves_the_engines_as_reading_them_does(setup, tmp_pat
     if with_cache:
         rows_read, stats = prune_stage(setup, PrefixCachingRollout(probs, tok), FakeReference(tok), cache)
         assert stats["cots_cached"] is True and rows_read == rows_written
+
+
+def test_two_init_models_differing_only_in_the_skip_row_are_two_models_to_the_cache(tmp_path):
+    """The key held the base's files and the words 'with [SKIP] added': when the [SKIP] row's start changed (to the
+    mean row), entries written from the old init were read as the new init's CoTs."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stepentropy_rl.cot_cache import added_rows_digest
+
+    def init(name, skip_row):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"vocab_size": 4}))
+        emb = torch.arange(8, dtype=torch.float32).reshape(4, 2)
+        emb[3] = torch.tensor(skip_row)
+        save_file({"model.embed_tokens.weight": emb.to(torch.bfloat16), "model.norm.weight": torch.ones(2)},
+                  str(d / "model.safetensors"))
+        return d
+
+    zero, mean = init("zero", [0.0, 0.0]), init("mean", [2.0, 3.0])
+    assert added_rows_digest(zero, [3]) != added_rows_digest(mean, [3])
+    assert added_rows_digest(zero, [3]) == added_rows_digest(init("zero2", [0.0, 0.0]), [3])
+    assert added_rows_digest(zero, [2]) == added_rows_digest(mean, [2])  # the base's own rows agree
