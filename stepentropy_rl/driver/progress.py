@@ -63,12 +63,18 @@ def logs_above_bars() -> Iterator[None]:
 
 
 def wait(refs: list, keys: list[str], desc: str, total: int, unit: str) -> None:
-    """Block until every ref is ready, drawing the progress the workers report under ``keys`` (no-op when off)."""
+    """Block until every ref is ready, drawing the progress the workers report under ``keys`` (no-op when off). A
+    board that died (it has no restarts) turns the bars off: a progress bar must not stop a run."""
     if _board is None or not refs:
         return
     with bar(total, desc, unit) as b:
         pending = list(refs)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-            done = ray.get(_board.read.remote(keys))
+            try:
+                done = ray.get(_board.read.remote(keys))
+            except ray.exceptions.RayActorError:
+                stop()
+                ray.wait(pending, num_returns=len(pending))
+                return
             b.update(max(0, min(total, done) - b.n))

@@ -115,12 +115,24 @@ def pipeline_for(cfg: JobConfig):
     return PIPELINES[cfg.pipeline]
 
 
+def overlap(held_out, train) -> list[str]:
+    """Ids of the held-out problems whose question (whitespace and case aside) is also a training problem's."""
+    norm = (lambda text: " ".join(text.lower().split()))
+    asked = {norm(p.prompt) for p in train}
+    return [p.id for p in held_out if norm(p.prompt) in asked]
+
+
 def prepare(cfg: JobConfig, pipeline) -> Job:
     """Write the config, resolve the model, load the problems and the tokenizer, and check that every prompt and
     generation budget fits the engine's context: all before any actor starts."""
     run_dir = Path(cfg.run_dir)
     problems = eval_problems(cfg)  # a bad data file fails here, before the model is built or anything is written
     train = train_problems(cfg) if pipeline.train_data else []
+    seen = overlap(problems, train)
+    if seen:
+        log.warning("%d of the %d held-out problems are also training problems (the same question: %s%s): their "
+                    "accuracy measures what training saw (data.train_path names the held-out file?)", len(seen),
+                    len(problems), ", ".join(seen[:5]), ", ..." if len(seen) > 5 else "")
     if train and cfg.trainer.prune.keep_essential and not labelled(train):
         raise ConfigError("trainer.prune.keep_essential needs step labels (the embedded task's generated data); the "
                           "training rows have none")

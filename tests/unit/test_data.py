@@ -179,3 +179,14 @@ def test_verls_instruction_gives_way_to_the_templates_and_a_hash_answer_is_warne
         as_is = as_asked(verl, "{prompt}")
     assert "3 of 3 questions ask for the final answer after \"####\", but the graders read \\boxed{}" in caplog.text
     assert as_is[0].prompt == verl[0].prompt  # asked as configured
+
+
+def test_held_out_problems_that_are_also_training_problems_are_found():
+    """data.train_path naming the held-out file (MATH-500 and AIME are test sets) reported accuracy on trained
+    problems without a word."""
+    from stepentropy_rl.data import Example
+    from stepentropy_rl.driver.run import overlap
+
+    held = [Example(id="t0", prompt="What is 2+2?", answer="4"), Example(id="t1", prompt="Name 3.", answer="3")]
+    train = [Example(id="x", prompt="what  is 2+2?", answer="4"), Example(id="y", prompt="Other.", answer="1")]
+    assert overlap(held, train) == ["t0"] and overlap(held, []) == []

@@ -56,3 +56,28 @@ def test_progress_setting_is_checked():
         cfg = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", "trainer.progress=sometimes"])
     with pytest.raises(ConfigError, match="trainer.progress must be one of"):
         build(cfg)
+
+
+def test_a_dead_board_turns_the_bars_off_instead_of_stopping_the_run(monkeypatch):
+    """The board actor has no restarts: its death made the next wait raise inside a generation, before any result
+    was fetched, so a progress bar could end a training run."""
+    import ray.exceptions
+
+    from stepentropy_rl.driver import progress
+
+    class DeadBoard:
+        class read:
+            @staticmethod
+            def remote(keys):
+                raise ray.exceptions.ActorDiedError()
+
+    waits = []
+
+    def fake_wait(refs, num_returns, timeout=None):
+        waits.append(timeout)
+        return ([], list(refs)) if timeout is not None else (list(refs), [])
+
+    monkeypatch.setattr(progress.ray, "wait", fake_wait)
+    monkeypatch.setattr(progress, "_board", DeadBoard())
+    progress.wait(["ref"], ["gen0/0"], "generating", 4, "sample")
+    assert progress.board() is None and waits == [0.5, None]  # then waited for the refs without a board
