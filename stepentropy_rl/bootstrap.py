@@ -6,6 +6,7 @@ tokenizer), served by vLLM as is.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -199,6 +200,19 @@ def _compiled(model):
     return torch.compile(model, dynamic=True)
 
 
+@contextlib.contextmanager
+def deterministic(on: bool = True):
+    """torch's deterministic kernels inside (``on``): compiled on 2 threads, the bootstrap's parallel reductions were
+    summed in another order on every run, so two bootstraps of one recipe were two models (8 steps, two runs: two
+    models; measured 2026-12-05). About 2% slower. Eager training was deterministic already and is left as it was."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on or was)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
 def build_model(cfg: TinyConfig, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -212,10 +226,32 @@ def build_model(cfg: TinyConfig, vocab: int):
     return LlamaForCausalLM(mc)
 
 
-def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
-    """Train tokenizer and model for ``cfg`` and save both under ``out``; returns training stats."""
+def _train(model, cfg: TinyConfig, batches, opt, sched, pad_id: int, progress: bool):
+    """``cfg.steps`` optimizer steps on ``batches``; (loss EMA, tokens seen, start time)."""
     from tqdm import tqdm
 
+    forward = _compiled(model) if cfg.compile else model
+    tokens, t0, loss_ema = 0, time.time(), None
+    bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
+    for step in bar:
+        prompts, resps, resp_weights = zip(*next(batches))
+        mb = Batch.from_pairs(prompts, resps, pad_id=pad_id)
+        weight = torch.zeros_like(mb.loss_mask)  # loss on the solution only
+        for i, (p, w) in enumerate(zip(prompts, resp_weights)):
+            weight[i, len(p): len(p) + len(w)] = torch.tensor(w)
+        loss = _loss(forward, mb, weight, cfg.bf16)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mb.attention_mask.sum())
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}", refresh=False)
+    return loss_ema, tokens, t0 
+
+def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
+    """Train tokenizer and model for ``cfg`` and save both under ``out``; returns training stats."""
     cfg = cfg.resolved()
 
     if cfg.threads:
@@ -240,26 +276,10 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.set_attn_implementation(cfg.attn_implementation)
     model.train()
-    forward = _compiled(model) if cfg.compile else model
-    tokens, t0, loss_ema = 0, time.time(), None
-    bar = tqdm(range(cfg.steps), desc="bootstrap tiny reasoner", disable=not progress, mininterval=5)
-    for step in bar:
-        prompts, resps, resp_weights = zip(*next(batches))
-        mb = Batch.from_pairs(prompts, resps, pad_id=tok.pad_token_id)
-        weight = torch.zeros_like(mb.loss_mask)  # loss on the solution only
-        for i, (p, w) in enumerate(zip(prompts, resp_weights)):
-            weight[i, len(p): len(p) + len(w)] = torch.tensor(w)
-        loss = _loss(forward, mb, weight, cfg.bf16)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        tokens += int(mb.attention_mask.sum())
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}", refresh=False)
+    with deterministic(bool(cfg.compile)):
+        loss_ema, tokens, t0 = _train(model, cfg, batches, opt, sched, tok.pad_token_id, progress)
     model.eval()
-    model.set_attn_implementation("sdpa")  # the saved config stays the default one
+ # the saved config stays the default one
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.save_pretrained(out)

@@ -93,6 +93,8 @@ class TinyConfig:
         for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0)):  # the task's knobs
             if fields["task"][knob] == off:
                 del fields["task"][knob]
+        if fields.get("compile"):  # compiled training runs deterministic kernels since 2026-12-05 (bootstrap.deterministic):
+            fields["deterministic"] = True  # another model than the same recipe's before, which each run drew anew
         blob = json.dumps({"v": FORMAT_VERSION, **fields, "sample": sample}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
