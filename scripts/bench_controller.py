@@ -114,7 +114,7 @@ def load_results(path: Path, overrides: list[str]) -> dict:
         return {}
     results = json.loads(path.read_text())
     ran = results.pop("_overrides", [])
-    if results and ran != overrides:
+    if results and sorted(ran) != sorted(overrides):
         raise SystemExit(f"{path} holds runs made with the overrides {ran}, not {overrides}: a rerun would report "
                          f"them as its own. Use another --out (or the same overrides to go on with those runs)")
     return results

@@ -205,12 +205,12 @@ def deterministic(on: bool = True):
     """torch's deterministic kernels inside (``on``): compiled on 2 threads, the bootstrap's parallel reductions were
     summed in another order on every run, so two bootstraps of one recipe were two models (8 steps, two runs: two
     models; measured 2026-12-05). About 2% slower. Eager training was deterministic already and is left as it was."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(on or was)
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on or was, warn_only=warn_only and not on)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was)
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
 
 
 def build_model(cfg: TinyConfig, vocab: int):
@@ -248,7 +248,8 @@ def _train(model, cfg: TinyConfig, batches, opt, sched, pad_id: int, progress: b
         tokens += int(mb.attention_mask.sum())
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}", refresh=False)
-    return loss_ema, tokens, t0 
+    return loss_ema, tokens, t0
+
 
 def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     """Train tokenizer and model for ``cfg`` and save both under ``out``; returns training stats."""
@@ -279,7 +280,7 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     with deterministic(bool(cfg.compile)):
         loss_ema, tokens, t0 = _train(model, cfg, batches, opt, sched, tok.pad_token_id, progress)
     model.eval()
- # the saved config stays the default one
+    model.set_attn_implementation("sdpa")  # the saved config stays the default one
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.save_pretrained(out)

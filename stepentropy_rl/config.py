@@ -501,8 +501,9 @@ class JobConfig:
         need(self.data.task is not None or self.model.tiny_that_runs() is None, "model",
              "is the tiny reasoner, which knows only the embedded task (data=basket); with other data choose a "
              "model, e.g. model=r1_distill_qwen_7b model.path=/path/to/checkpoint")
+        tiny_checkpoint = bool(self.model.path) and Path(self.model.path, "bootstrap.json").is_file()
         need(self.data.task is None or not (self.data.path or self.data.train_path)
-             or self.model.tiny_that_runs() is not None, "data.path",
+             or self.model.tiny_that_runs() is not None or tiny_checkpoint, "data.path",
              "with a generated-task data preset (data=basket_verbose, the default) keeps that task's settings, made "
              "for the tiny reasoner: the bare question as prompt, the exact grader, GRPO reward lengths of about 100 "
              "tokens (data.reward_scale); for a checkpoint's own problems use data=file data.path=... "

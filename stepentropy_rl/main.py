@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import hydra
@@ -81,32 +80,56 @@ def misplaced(pipeline: str | None, overrides: list[str]) -> None:
         raise ConfigError(f"{', '.join(bad)} is not read by this experiment: {why}")
 
 
-def claim_run_dir(run_dir: str, sweep_dir: str, job: int) -> None:
-    """A multirun job's claim on its ``run_dir`` (``.sweep_job.json``): a second job of the same sweep naming the
-    same directory (``run_dir=DIR`` under ``-m``) is refused instead of writing over the first's outputs; the same
-    job of a rerun of the sweep passes, and a job of another sweep takes the claim over."""
+def claim_run_dir(run_dir: str, sweep_dir: str, overrides: list[str]) -> None:
+    """A multirun job's claim on its ``run_dir`` (``.sweep_job.json``), by its command-line ``overrides`` (a rerun of
+    a sweep may number its jobs otherwise): another job of the same sweep naming the same directory (``run_dir=DIR``
+    under ``-m``) is refused instead of writing over the first's outputs; the same job of a rerun passes, and a job of
+    another sweep takes the claim over. Under a lock: the Ray launcher starts jobs at once."""
+    import fcntl
+
+    from stepentropy_rl.files import atomic_write_json
+
     path = Path(run_dir) / ".sweep_job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    mine = {"sweep_dir": str(Path(sweep_dir).resolve()), "job": job}
-    try:
-        with open(path, "x") as f:  # exclusive: of two jobs starting at once, one creates it and one reads it
-            f.write(json.dumps(mine))
-        return
-    except FileExistsError:
-        pass
-    for _ in range(50):  # the other job may be writing it right now
+    mine = {"sweep_dir": str(Path(sweep_dir).resolve()), "overrides": sorted(overrides)}
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            theirs = json.loads(path.read_text())
-            break
+            theirs = json.loads(path.read_text()) if path.exists() else {}
         except ValueError:
-            time.sleep(0.1)
-    else:
-        theirs = {}
-    if theirs.get("sweep_dir") == mine["sweep_dir"] and theirs.get("job") != job:
-        raise ConfigError(f"run_dir {run_dir!r} is job {theirs.get('job')}'s of this sweep: under -m each job needs "
-                          f"its own run_dir (leave run_dir out: each job writes to {sweep_dir}/job<N>; or make it "
-                          f"differ per job, e.g. run_dir='runs/ratio_${{trainer.prune.ratio}}')")
-    path.write_text(json.dumps(mine))
+            theirs = {}
+        if theirs.get("sweep_dir") == mine["sweep_dir"] and theirs.get("overrides") != mine["overrides"]:
+            raise ConfigError(f"run_dir {run_dir!r} is the run directory of another job of this sweep "
+                              f"({' '.join(theirs.get('overrides', []))}): under -m each job needs its own run_dir "
+                              f"(leave run_dir out: each job writes to {sweep_dir}/job<N>; or make it differ per job, "
+                              f"e.g. run_dir='runs/ratio_${{trainer.prune.ratio}}')")
+        atomic_write_json(path, mine)
+
+
+RUN_LOG = "stepentropy_rl.run_log"  # the handler that keeps the job's log until its run directory is written
+
+
+def buffer_log() -> logging.Handler:
+    """Keep this job's log records until ``driver.run.log_to_run_dir`` gives them a file in the run directory (which a
+    job stopped by bad input never writes), then pass each on at once."""
+    from logging.handlers import MemoryHandler
+
+    buffer = MemoryHandler(capacity=100_000, flushLevel=logging.NOTSET, flushOnClose=True)
+    buffer.set_name(RUN_LOG)
+    logging.getLogger().addHandler(buffer)
+    return buffer
+
+
+def close_log(buffer: logging.Handler, last: str | None = None) -> None:
+    """Write ``last`` (the job's one-line end, printed by its exit) to the run's log only, and close it."""
+    if last:
+        buffer.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR",
+                                             "msg": last}))
+    target = getattr(buffer, "target", None)
+    logging.getLogger().removeHandler(buffer)
+    buffer.close()
+    if target is not None:
+        target.close()
 
 
 def preset_warning(job, choices: dict) -> str | None:
@@ -135,6 +158,7 @@ def launch(cfg: DictConfig) -> None:
     from stepentropy_rl.driver.run import pipeline_for, run
     from stepentropy_rl.driver.tracking import NonFiniteError
 
+    buffer, last = buffer_log(), None
     try:
         job = build(cfg)  # the typed config, every key checked, before anything starts
         logging.getLogger().setLevel(job.log_level)
@@ -142,7 +166,7 @@ def launch(cfg: DictConfig) -> None:
         if HydraConfig.initialized():
             misplaced(job.pipeline, list(HydraConfig.get().overrides.task))
             if in_multirun():
-                claim_run_dir(job.run_dir, str(HydraConfig.get().sweep.dir), HydraConfig.get().job.num)
+                claim_run_dir(job.run_dir, str(HydraConfig.get().sweep.dir), list(HydraConfig.get().overrides.task))
 
         warning = preset_warning(job, dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {})
         if warning:
@@ -168,7 +192,10 @@ def launch(cfg: DictConfig) -> None:
         if in_multirun():
             log.error("%s; the sweep goes on with its other jobs", message)
             raise JobFailed(message) from None
+        last = message
         raise SystemExit(message) from None
+    finally:
+        close_log(buffer, last)
 
 
 if __name__ == "__main__":

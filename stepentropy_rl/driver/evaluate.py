@@ -53,7 +53,7 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
         correct += ok
         n_think = thinking_tokens(sample["token_ids"], close_id, tokenizer.eos_token_id)
         tokens += n_think
-        skips += sample["token_ids"][:n_think].count(skip_id) if skip_id is not None else 0  # as the rewards count
+        skips += sample["token_ids"][:n_think].count(skip_id) if skip_id is not None else 0  # the thinking's alone
         mistake, rec = None, None
         if cots:
             estimate = sample["topk_entropy"]

@@ -12,6 +12,7 @@ import ray
 from stepentropy_rl.config import ClusterConfig, JobConfig, LearnerCluster, OptimConfig
 from stepentropy_rl.driver.learner_group import LearnerGroup
 from stepentropy_rl.driver.network import use_loopback_only
+from stepentropy_rl.driver.remote import ActorLost
 from stepentropy_rl.driver.rollout_group import RolloutGroup
 from workers.board import BoardWorker
 from workers.learner import LearnerWorker
@@ -259,7 +260,7 @@ def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig,
         ray.get(pg.ready(), timeout=learner.start_timeout_s)
     except ray.exceptions.GetTimeoutError:
         ray.util.remove_placement_group(pg)
-        raise RuntimeError(
+        raise ActorLost(
             f"the {world} learner ranks ({bundle} each) found no room within cluster.learner.start_timeout_s="
             f"{learner.start_timeout_s:g} s: the cluster has {_resources(ray.cluster_resources())}, "
             f"{_resources(ray.available_resources())} free (another run or this run's engines and reference hold the "

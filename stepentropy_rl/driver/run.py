@@ -154,9 +154,12 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
 
 
 def log_to_run_dir(run_dir: Path):
-    """Append the job's log, from when its run directory is written, to ``run_dir/main.log`` where Hydra's log
-    file is elsewhere (``run_dir=`` given: Hydra writes under ``outputs/DATE/TIME``, a new folder on every rerun);
-    returns the handler to remove, or None."""
+    """Append the job's log to ``run_dir/main.log`` where Hydra's log file is elsewhere (``run_dir=`` given: Hydra
+    writes under ``outputs/DATE/TIME``, a new folder on every rerun): what ``main.buffer_log`` kept since the job
+    started, and from now on. Returns the handler for the caller to remove, or None (Hydra's own file, or the
+    buffer's, which ``main.close_log`` closes)."""
+    from stepentropy_rl.main import RUN_LOG
+
     path = (Path(run_dir) / "main.log").resolve()
     root = logging.getLogger()
     files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
@@ -166,6 +169,11 @@ def log_to_run_dir(run_dir: Path):
     handler = logging.FileHandler(path)
     handler.setFormatter(files[0].formatter if files else logging.Formatter(
         "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    buffer = next((h for h in root.handlers if h.get_name() == RUN_LOG), None)
+    if buffer is not None:
+        buffer.setTarget(handler)
+        buffer.flush()
+        return None
     root.addHandler(handler)
     return handler
 

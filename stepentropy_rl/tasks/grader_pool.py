@@ -37,7 +37,7 @@ def _warm_up() -> None:
 # that no response matches; one letter ("5 x") is a product. Only one number: "4 hours 30 minutes" is no number
 NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*")
 # digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
-DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:!]\s*|~|\s+)(?=\d{3}(?!\d))")
+DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:! ]\s*|~|\s+)(?=\d{3}(?!\d))")
 
 
 def plain_box(box: str, answer: str) -> str:
@@ -52,10 +52,12 @@ def plain_box(box: str, answer: str) -> str:
     >>> plain_box(r"\\boxed{(1, 234)}", "(1,234)")
     '\\\\boxed{(1, 234)}'
     """
-    inner = DIGIT_GROUP_GAP.sub("", box[len("\\boxed{"): -1])
-    if "%" not in answer:
-        inner = re.sub(r"\s*\\?%\s*$", "", inner)
-    inner = re.sub(r"(?<=\d)\.\s*$", "", inner)
+    inner, was = DIGIT_GROUP_GAP.sub("", box[len("\\boxed{"): -1]), None
+    while inner != was:  # "25\\%." loses both
+        was = inner
+        if "%" not in answer:
+            inner = re.sub(r"\s*\\?%\s*$", "", inner)
+        inner = re.sub(r"(?<=[\d%])\.\s*$", "", inner)
     return "\\boxed{" + inner + "}"
 
 

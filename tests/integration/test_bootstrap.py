@@ -54,6 +54,21 @@ def test_the_recipe_follows_the_task_style():
     assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()
 
 
+def test_deterministic_kernels_are_on_inside_and_the_flags_come_back():
+    import torch
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with bootstrap.deterministic():
+            assert torch.are_deterministic_algorithms_enabled()
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a user's warn_only survives
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with bootstrap.deterministic(False):
+        assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_a_compiled_bootstrap_trains_the_same_model_twice(tmp_path):
     """Compiled on every core, the bootstrap's parallel reductions were summed in another order on each run: two
     bootstraps of one recipe were two models (8 steps of the default: two runs, two models), and the README's

@@ -408,31 +408,42 @@ def test_a_key_the_experiment_never_reads_is_refused_with_the_one_it_meant():
 
 def test_two_jobs_of_one_sweep_cannot_share_a_run_dir(tmp_path):
     """-m with a fixed run_dir= put every job in one directory: the study's jobs wrote over each other's results.
-    The same job of a rerun (a resumed sweep) and a job of another sweep pass."""
+    The same job of a rerun (a resumed sweep, whatever its number now) and a job of another sweep pass."""
     from stepentropy_rl.main import claim_run_dir
 
-    run = str(tmp_path / "run")
-    claim_run_dir(run, str(tmp_path / "sweep"), 0)
-    with pytest.raises(ConfigError, match=r"run_dir .* is job 0's of this sweep: under -m each job needs its own"):
-        claim_run_dir(run, str(tmp_path / "sweep"), 1)
-    claim_run_dir(run, str(tmp_path / "sweep"), 0)  # the sweep rerun: its job 0 again
-    claim_run_dir(run, str(tmp_path / "other"), 1)  # another sweep takes it over
-    with pytest.raises(ConfigError, match="is job 1's"):
-        claim_run_dir(run, str(tmp_path / "other"), 2)
+    run, sweep, other = str(tmp_path / "run"), str(tmp_path / "sweep"), str(tmp_path / "other")
+    claim_run_dir(run, sweep, ["run_dir=run", "pruning.ratio=0.4"])
+    with pytest.raises(ConfigError, match=r"run_dir .* is the run directory of another job of this sweep "
+                                          r"\(pruning.ratio=0.4 run_dir=run\): under -m each job needs its own"):
+        claim_run_dir(run, sweep, ["run_dir=run", "pruning.ratio=0.6"])
+    claim_run_dir(run, sweep, ["pruning.ratio=0.4", "run_dir=run"])  # the sweep rerun: the same job, in any order
+    claim_run_dir(run, other, ["run_dir=run", "pruning.ratio=0.6"])  # another sweep takes it over
+    with pytest.raises(ConfigError, match=r"\(pruning.ratio=0.6 run_dir=run\)"):
+        claim_run_dir(run, other, ["run_dir=run", "pruning.ratio=0.8"])
 
 
-def test_the_log_goes_to_the_run_dir_once(tmp_path):
-    """With run_dir= given, Hydra's main.log went to outputs/DATE/TIME, a new folder on each rerun."""
+def test_the_log_goes_to_the_run_dir_from_the_jobs_start_to_its_last_line(tmp_path):
+    """With run_dir= given, Hydra's main.log went to outputs/DATE/TIME, a new folder on each rerun; the run's own
+    log then missed what came before its directory existed (the resume hint) and the one-line end."""
     import logging
 
     from stepentropy_rl.driver.run import log_to_run_dir
+    from stepentropy_rl.main import buffer_log, close_log
 
-    handler = log_to_run_dir(tmp_path)
+    buffer = buffer_log()
+    logging.getLogger("stepentropy_rl").warning("said before the run directory existed")
+    assert log_to_run_dir(tmp_path) is None  # the buffer writes it
+    logging.getLogger("stepentropy_rl").warning("said after")
+    close_log(buffer, "run stopped: the end")
+    text = (tmp_path / "main.log").read_text()
+    assert text.index("said before") < text.index("said after") < text.index("run stopped: the end")
+    assert buffer not in logging.getLogger().handlers
+    untouched = tmp_path / "bad"
+    close_log(buffer_log(), "config error: x")  # a job stopped by bad input writes no run directory
+    assert not untouched.exists()
+    handler = log_to_run_dir(tmp_path / "alone")  # no buffer (the driver called on its own): a handler of its own
     try:
-        assert log_to_run_dir(tmp_path) is None  # Hydra's own file there already (run_dir left to Hydra)
-        logging.getLogger("stepentropy_rl").warning("kept in the run's own log")
-        handler.flush()
-        assert "kept in the run's own log" in (tmp_path / "main.log").read_text()
+        assert log_to_run_dir(tmp_path / "alone") is None  # its file is there already
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -515,6 +526,8 @@ def test_a_checkpoint_with_its_own_files_on_the_task_preset_is_refused_and_data_
     assert job.data.grader == "math" and "\\boxed{}" in job.data.prompt_template and job.data.reward_scale == {}
     assert job.reward["length_budget"] == 4096  # the paper's L, not the embedded task's 96
     build(cfg(f"data.path={rows}"))  # the tiny reasoner on a file of its own task (prepare_basket.py) stays fine
+    (tmp_path / "m" / "bootstrap.json").write_text("{}")  # a tiny reasoner's checkpoint given by its path: the same
+    build(preset)
 
 
 def test_a_broken_user_grader_is_a_config_error_at_load_and_in_an_actor(tmp_path, monkeypatch):

@@ -94,6 +94,7 @@ def test_digit_groups_percent_signs_and_two_number_golds_are_graded_by_value():
     assert verify_one(r"\boxed{2\,001\,000}", "2001000", 2) and verify_one(r"\boxed{1 000}", "1000", 2)
     assert verify_one(r"\boxed{25\%}", "25", 2) and verify_one(r"\boxed{25\%}", r"25\%", 2)
     assert verify_one(r"\boxed{72.}", "72", 2) and verify_one(r"\boxed{2\,x}", "2x", 2)
+    assert verify_one(r"\boxed{2\ 000}", "2000", 2) and verify_one(r"\boxed{25\%.}", "25", 2)
     assert not verify_one(r"\boxed{30}", "4 hours 30 minutes", 2) and not verify_one(r"\boxed{3}", "2 and 3", 2)
     assert verify_one(r"\boxed{10}", "10 cm^2", 2) and verify_one(r"\boxed{1500}", "1,500 dollars", 2)
 
