@@ -20,7 +20,7 @@ from stepentropy_rl.phase import STAGES, PhaseConfig
 from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.r1_standin import StandinConfig
 from stepentropy_rl.tasks.basket import BasketConfig
-from stepentropy_rl.tiny_config import RECIPES, TinyConfig
+from stepentropy_rl.tiny_config import RECIPES, TinyConfig, fast_bf16
 from stepentropy_rl.typed import ConfigError, from_dict, need, one_of, positive
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -253,7 +253,9 @@ class LearnerCluster:
     not answer within ``sync_timeout_s`` failing the push; ``start_timeout_s`` bounds the wait for the ranks'
     resources (another run holding the GPUs: an error instead of a hang), ``pg_timeout_s`` is their process group's
     (rank 0 loads and saves the full model while the others wait in a collective);
-    ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass."""
+    ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass; ``autocast_bf16``
+    runs the ranks' forward passes under bf16 autocast over ``dtype`` weights (null: on for CPU ranks where the CPU
+    computes bf16 fast, ``tiny_config.fast_bf16``; GPU ranks compute in ``param_dtype``)."""
 
     world_size: int = 2
     num_cpus: float = 0.5
@@ -267,8 +269,11 @@ class LearnerCluster:
     start_timeout_s: float = 600.0
     pg_timeout_s: float = 1800.0
     gradient_checkpointing: bool = False
+    autocast_bf16: Optional[bool] = None
 
     def __post_init__(self):
+        if self.autocast_bf16 is None:  # resolved here, so that the run's saved config says what the ranks did
+            self.autocast_bf16 = self.backend == "gloo" and self.param_dtype is None and fast_bf16()
         positive(self, "world_size", integer=True)
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
         positive(self, "threads", allow_zero=True, integer=True)
@@ -281,6 +286,8 @@ class LearnerCluster:
         need((self.backend == "nccl") == (self.num_gpus > 0), "backend",
              f"must be nccl with GPUs (num_gpus > 0) and gloo without, got {self.backend} with num_gpus="
              f"{self.num_gpus:g}")
+        need(not (self.autocast_bf16 and self.param_dtype), "autocast_bf16",
+             f"and param_dtype ({self.param_dtype}) are two ways to compute in low precision: set one")
         need(self.num_gpus == 0 or self.num_gpus >= 1, "num_gpus",
              f"must be 0 or at least 1: NCCL refuses two ranks on one GPU, got {self.num_gpus:g}")
 

@@ -56,11 +56,16 @@ def in_sweep_group(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def override_key(override: str) -> str:
+    """The dotted key of a command-line override: ``+trainer.prune.ratio=0.6`` -> ``trainer.prune.ratio``."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def resume_hint(run_dir: str, overrides: list[str], sweep_dir: str | None) -> str | None:
     """How to resume a run whose ``run_dir`` is Hydra's new timestamped directory (no ``run_dir=`` given; in a sweep,
     ``sweep_dir``, no ``hydra.sweep.dir=``): the same command would start over in another one. None when the command
     names its directory. ``overrides``: the command line's, task and Hydra ones."""
-    named = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o}
+    named = {override_key(o) for o in overrides if "=" in o}
     if "run_dir" in named or (sweep_dir is not None and "hydra.sweep.dir" in named):
         return None
     if sweep_dir is not None:
@@ -74,7 +79,7 @@ def misplaced(pipeline: str | None, overrides: list[str]) -> None:
     (``pruning.ratio`` in a training sweep: every job would train at ``trainer.prune.ratio`` while ``collect``
     labels them by the ratio given)."""
     prefix, why = MISPLACED.get(pipeline, (None, None))
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    keys = [override_key(o) for o in overrides]
     bad = [k for k in keys if prefix and (k == prefix or k.startswith(prefix + "."))]
     if bad:
         raise ConfigError(f"{', '.join(bad)} is not read by this experiment: {why}")
@@ -167,7 +172,6 @@ def launch(cfg: DictConfig) -> None:
             misplaced(job.pipeline, list(HydraConfig.get().overrides.task))
             if in_multirun():
                 claim_run_dir(job.run_dir, str(HydraConfig.get().sweep.dir), list(HydraConfig.get().overrides.task))
-
         warning = preset_warning(job, dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {})
         if warning:
             log.warning(warning)

@@ -34,6 +34,7 @@ class Learner:
         if not nccl:
             keep_freed_memory()  # a CPU rank trains until it exits (stepentropy_rl/heap.py)
         self.model = load_sharded(model_path, cluster, rank, self.device)
+        self.autocast = bool(cluster.autocast_bf16)  # forward passes in bf16 over the fp32 weights
         # weights leave the learner in the compute dtype
         self.export_dtype = getattr(torch, cluster.param_dtype or cluster.dtype)
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
@@ -60,7 +61,8 @@ class Learner:
         from stepentropy_rl.entropy import token_entropy, token_logprobs
 
         ids = mb.input_ids.to(self.device)
-        logits = self.model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(input_ids=ids, attention_mask=mb.attention_mask.to(self.device)).logits
         # scaled by the temperature per fp32 chunk, as the reference and vLLM's sampler scale it (dividing the bf16
         # logits of a mixed-precision learner rounds twice: a KL of about 0.001 nats to an identical reference)
         # Position t predicts token t+1. Scoring all positions against the ids shifted left keeps ``logits``

@@ -53,7 +53,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
         correct += ok
         n_think = thinking_tokens(sample["token_ids"], close_id, tokenizer.eos_token_id)
         tokens += n_think
-        skips += sample["token_ids"][:n_think].count(skip_id) if skip_id is not None else 0  # the thinking's alone
+        # [SKIP]s before the first </think> token (a tag sampled in pieces is none: the whole CoT counts)
+        skips += sample["token_ids"][:n_think].count(skip_id) if skip_id is not None else 0
         mistake, rec = None, None
         if cots:
             estimate = sample["topk_entropy"]

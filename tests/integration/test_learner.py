@@ -20,8 +20,8 @@ def setup(ray_session, micro_model):
 
     tok = AutoTokenizer.from_pretrained(micro_model)
     batch = _batch(tok, 5, seed=0)  # odd count: exercises the padding copy
-    group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.5), OPTIM, micro_batch_size=2,
-                           pad_id=tok.pad_token_id)
+    exact = LearnerCluster(world_size=2, num_cpus=0.5, autocast_bf16=False)  # fp32, as the reference computes
+    group = spawn_learners(micro_model, exact, OPTIM, micro_batch_size=2, pad_id=tok.pad_token_id)
     yield group, batch, tok
     group.shutdown()
 
@@ -163,7 +163,10 @@ def test_full_state_export_loads_in_transformers(setup, micro_model, tmp_path):
         assert torch.equal(v, state[k]), k
 
 
-def test_mixed_precision_computes_in_bf16_trains_and_exports_bf16(ray_session, micro_model):
+@pytest.mark.parametrize("low_precision, exported", [({"param_dtype": "bfloat16"}, torch.bfloat16),
+                                                      ({"autocast_bf16": True}, torch.float32)])
+def test_low_precision_computes_in_bf16_trains_and_exports(ray_session, micro_model, low_precision, exported):
+    """FSDP2 mixed precision computes and exports in bf16; autocast computes in bf16 over fp32 weights."""
     from safetensors.torch import load
 
     from workers.reference import Reference
@@ -171,14 +174,14 @@ def test_mixed_precision_computes_in_bf16_trains_and_exports_bf16(ray_session, m
     from transformers import AutoTokenizer
 
     batch = _batch(AutoTokenizer.from_pretrained(micro_model), 3, seed=1)
-    group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25, param_dtype="bfloat16"), OPTIM,
+    group = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25, **low_precision), OPTIM,
                            micro_batch_size=2, pad_id=0)
     try:
         lps = group.logprobs_and_entropy(batch)["logprobs"]
         gap = float((lps - Reference(micro_model).score(batch)["logprobs"]).abs().max())
         assert 0 < gap < 0.5  # computed in bf16: close to the fp32 reference, not equal to it
         before = load(group.state_bytes())
-        assert all(v.dtype == torch.bfloat16 for v in before.values() if v.is_floating_point())
+        assert all(v.dtype == exported for v in before.values() if v.is_floating_point())
         for _ in range(3):
             metrics = group.train_step(batch, {"kind": "sft"})
         assert torch.isfinite(torch.tensor(metrics["sft/nll"]))

@@ -189,6 +189,20 @@ def test_training_config_errors(override, key):
         build(c)
 
 
+def test_learner_autocast_resolves_by_device_and_precision():
+    """null: bf16 autocast on CPU ranks where bf16 is fast, off where FSDP2 mixed precision computes in bf16; the
+    resolved value is what the run's config saves."""
+    from stepentropy_rl.config import LearnerCluster
+    from stepentropy_rl.tiny_config import fast_bf16
+
+    assert LearnerCluster().autocast_bf16 is fast_bf16()
+    assert LearnerCluster(param_dtype="bfloat16").autocast_bf16 is False
+    assert LearnerCluster(backend="nccl", num_gpus=1).autocast_bf16 is False
+    assert LearnerCluster(autocast_bf16=False).autocast_bf16 is False
+    with pytest.raises(ConfigError, match="autocast_bf16 and param_dtype"):
+        LearnerCluster(autocast_bf16=True, param_dtype="bfloat16")
+
+
 def test_context_check_counts_the_longest_prompt():
     from stepentropy_rl.config import check_context
 

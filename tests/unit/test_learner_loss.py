@@ -109,7 +109,7 @@ def test_a_mixed_precision_learner_scales_its_bf16_logits_in_fp32():
     batch = Batch.from_pairs([[1, 2], [3]], [[4, 5, 6], [7, 8]], pad_id=0)
     logits = (4 * torch.randn(*batch.input_ids.shape, 300)).to(torch.bfloat16)
     learner = SimpleNamespace(model=lambda input_ids, attention_mask: SimpleNamespace(logits=logits.clone()),
-                              device=torch.device("cpu"))
+                              device=torch.device("cpu"), autocast=False)
     lp, ent = Learner._forward(learner, batch, 4, True, temperature=0.6)
     want = torch.zeros_like(lp)
     want[:, 1:] = token_logprobs(logits.float() / 0.6, torch.roll(batch.input_ids, -1, dims=1))[:, :-1]
