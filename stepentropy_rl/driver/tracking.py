@@ -52,6 +52,10 @@ class Tracker:
 
                 self.run = wandb.init(project=logger.project, dir=str(run_dir), mode=logger.wandb, config=config,
                                       name=run_dir.name, id=run_id(run_dir), group=logger.group, resume="allow")
+                # charts take the stage's own step as their x axis, as metrics.jsonl and TensorBoard do: GRPO's start
+                # at 0, and the steps a resumed run makes again land where they were, not after the run's last row
+                self.run.define_metric("step")
+                self.run.define_metric("*", step_metric="step")
                 where["wandb"] = {"id": self.run.id, "project": logger.project, "group": logger.group,
                                   "mode": logger.wandb}
             except Exception as e:  # tracking must never kill training
@@ -69,7 +73,7 @@ class Tracker:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.run is not None:
-            # wandb's own step counter stays monotonic across stages (SFT, then GRPO restarting at 0)
+            # wandb's own step counter stays monotonic; the charts' x axis is "step" (define_metric above)
             self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
         if self.gauges is not None:
             self.gauges.update(row)
@@ -102,7 +106,8 @@ class Tracker:
         """Drop what was logged after ``size`` bytes: the rows of steps a killed run made after its last checkpoint
         (or of a stage it did not finish), which the rerun makes again; so every step is in the file once, in
         order. TensorBoard's events are written again from the file (its steps start anew at each stage, so
-        ``purge_step`` would hide an earlier stage's); wandb keeps what it was sent."""
+        ``purge_step`` would hide an earlier stage's); wandb keeps what it was sent, the steps made again drawn at their
+        own step."""
         if size is not None and self.path.exists() and self.path.stat().st_size > size:
             with self.path.open("r+b") as f:
                 f.truncate(size)

@@ -67,6 +67,28 @@ def test_wandb_offline_run_is_named_by_its_directory_and_grouped(tmp_path):
     assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id(run_dir)}"))
 
 
+def test_wandb_charts_use_the_stage_step(tmp_path, monkeypatch):
+    """wandb's own step counter only grows: without a step metric, GRPO's charts began after SFT's last step and the
+    steps a resumed run made again were drawn after the run's last row."""
+    import wandb
+
+    calls = []
+
+    class Run:
+        id = "x"
+
+        def define_metric(self, name, **kw):
+            calls.append((name, kw.get("step_metric")))
+
+        def log(self, row):
+            calls.append(("log", row["step"]))
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: Run())
+    t = Tracker(tmp_path, LoggerConfig(wandb="offline"))
+    t.log({"sft/nll": 1.0}, step=3)
+    assert calls == [("step", None), ("*", "step"), ("log", 3)]
+
+
 def test_gauge_names_are_prometheus_names():
     from stepentropy_rl.driver.ray_metrics import EXPORTED, gauge_name
 
