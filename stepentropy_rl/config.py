@@ -254,8 +254,8 @@ class LearnerCluster:
     resources (another run holding the GPUs: an error instead of a hang), ``pg_timeout_s`` is their process group's
     (rank 0 loads and saves the full model while the others wait in a collective);
     ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass; ``autocast_bf16``
-    runs the ranks' forward passes under bf16 autocast over ``dtype`` weights (null: on for CPU ranks where the CPU
-    computes bf16 fast, ``tiny_config.fast_bf16``; GPU ranks compute in ``param_dtype``)."""
+    runs the ranks' forward passes under bf16 autocast over ``dtype`` weights (null: on for fp32 CPU ranks where
+    the driver's CPU computes bf16 fast, ``tiny_config.fast_bf16``; GPU ranks compute in ``param_dtype``)."""
 
     world_size: int = 2
     num_cpus: float = 0.5
@@ -273,7 +273,8 @@ class LearnerCluster:
 
     def __post_init__(self):
         if self.autocast_bf16 is None:  # resolved here, so that the run's saved config says what the ranks did
-            self.autocast_bf16 = self.backend == "gloo" and self.param_dtype is None and fast_bf16()
+            self.autocast_bf16 = (self.backend == "gloo" and self.dtype == "float32" and self.param_dtype is None
+                                  and fast_bf16())
         positive(self, "world_size", integer=True)
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
         positive(self, "threads", allow_zero=True, integer=True)

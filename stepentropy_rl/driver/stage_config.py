@@ -35,7 +35,7 @@ IGNORED = (
 
 # keys added after runs began recording their config, with the value every run had before the key existed: a marker
 # without one is read as that value, so a run made before the key resumes, and a change from it is still refused
-ADDED = {"trainer.grpo.optimizer": "continue"}
+ADDED = {"trainer.grpo.optimizer": "continue", "cluster.learner.autocast_bf16": False}
 
 
 def _under(key: str, prefix: str) -> bool:

@@ -54,8 +54,11 @@ class Tracker:
                                       name=run_dir.name, id=run_id(run_dir), group=logger.group, resume="allow")
                 # charts take the stage's own step as their x axis, as metrics.jsonl and TensorBoard do: GRPO's start
                 # at 0, and the steps a resumed run makes again land where they were, not after the run's last row
-                self.run.define_metric("step")
-                self.run.define_metric("*", step_metric="step")
+                try:
+                    self.run.define_metric("step")
+                    self.run.define_metric("*", step_metric="step")
+                except Exception as e:
+                    log.warning("wandb charts keep wandb's own step as their x axis (%s)", e)
                 where["wandb"] = {"id": self.run.id, "project": logger.project, "group": logger.group,
                                   "mode": logger.wandb}
             except Exception as e:  # tracking must never kill training

@@ -33,6 +33,7 @@ SMALL = ["data.n_eval=8", "trainer.n_train=16", "trainer.sft.epochs=1", "trainer
          "trainer.grpo.steps=4", "trainer.grpo.save_every=2", "trainer.grpo.max_tokens=96",
          "trainer.eval.max_tokens=96", "algorithm.phase.start=explore", "rollout.max_tokens=48",
          "cluster.include_dashboard=false", "trainer.logger.wandb=disabled", "trainer.micro_batch_size=4",
+         "cluster.learner.autocast_bf16=false",  # fp32 as the reference: the KL at GRPO's first step is exactly 0
          *MICRO_OVERRIDES]
 
 

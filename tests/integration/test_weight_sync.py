@@ -143,8 +143,8 @@ def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_o
     pids = [prompt_ids(tok, p.prompt) for p in probs]
     sft = Batch.from_pairs(pids, [tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id]
                                   for p in probs], tok.pad_token_id)
-    learners = spawn_learners(micro_model, LearnerCluster(world_size=2, num_cpus=0.25), OptimConfig(lr=1e-2),
-                              micro_batch_size=2, pad_id=tok.pad_token_id)
+    fp32 = LearnerCluster(world_size=2, num_cpus=0.25, autocast_bf16=False)  # as the engine computes
+    learners = spawn_learners(micro_model, fp32, OptimConfig(lr=1e-2), micro_batch_size=2, pad_id=tok.pad_token_id)
     engine = RolloutWorker.options(num_cpus=0.25, max_restarts=1, max_task_retries=0).remote(
         micro_model, {"dtype": "float32", "max_model_len": 512, "enforce_eager": True})
     try:

@@ -189,13 +189,16 @@ def test_training_config_errors(override, key):
         build(c)
 
 
-def test_learner_autocast_resolves_by_device_and_precision():
-    """null: bf16 autocast on CPU ranks where bf16 is fast, off where FSDP2 mixed precision computes in bf16; the
-    resolved value is what the run's config saves."""
+def test_learner_autocast_resolves_by_device_and_precision(monkeypatch):
+    """null: bf16 autocast on fp32 CPU ranks where bf16 is fast, off where FSDP2 mixed precision computes in bf16;
+    the resolved value is what the run's config saves."""
+    from stepentropy_rl import config
     from stepentropy_rl.config import LearnerCluster
-    from stepentropy_rl.tiny_config import fast_bf16
 
-    assert LearnerCluster().autocast_bf16 is fast_bf16()
+    for fast in (True, False):
+        monkeypatch.setattr(config, "fast_bf16", lambda: fast)
+        assert LearnerCluster().autocast_bf16 is fast
+    assert LearnerCluster(dtype="float16").autocast_bf16 is False  # fp16 weights are not cast to bf16
     assert LearnerCluster(param_dtype="bfloat16").autocast_bf16 is False
     assert LearnerCluster(backend="nccl", num_gpus=1).autocast_bf16 is False
     assert LearnerCluster(autocast_bf16=False).autocast_bf16 is False

@@ -146,14 +146,15 @@ def test_a_rerun_on_other_problems_is_refused(tmp_path):
     check_same_problems(Stages(tmp_path / "old"), held[:1], train, tmp_path)  # markers without a digest pass
 
 
-def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path):
-    """A run whose GRPO finished before trainer.grpo.optimizer existed was refused on rerun ('(unset)' against any
-    value); it resumes under the value every run had then, and a change from it is still refused."""
-    config = _config()
-    stages = Stages(tmp_path, {k: v for k, v in run_config(config).items() if k != "trainer.grpo.optimizer"})
+@pytest.mark.parametrize("key, before, changed", [("trainer.grpo.optimizer", "continue", "fresh"),
+                                                   ("cluster.learner.autocast_bf16", "false", "true")])
+def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path, key, before, changed):
+    """A run whose GRPO finished before the key existed was refused on rerun ('(unset)' against any value); it
+    resumes under the value every run had then, and a change from it is still refused."""
+    config = _config(f"{key}={before}")
+    stages = Stages(tmp_path, {k: v for k, v in run_config(config).items() if k != key})
     for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
         stages.mark(name)
     check_config(tmp_path, config)
-    with pytest.raises(ConfigError, match="trainer.grpo.optimizer='continue', and this job says "
-                                          "trainer.grpo.optimizer='fresh'"):
-        check_config(tmp_path, _config("trainer.grpo.optimizer=fresh"))
+    with pytest.raises(ConfigError, match=f"{key}=.*, and this job says {key}="):
+        check_config(tmp_path, _config(f"{key}={changed}"))
