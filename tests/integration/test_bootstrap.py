@@ -46,9 +46,10 @@ def test_bf16_follows_the_cpu_unless_set(monkeypatch):
 def test_the_recipe_follows_the_task_style():
     """Unset recipe values take the recipe measured for the style; a set value wins."""
     terse, verbose = TinyConfig().resolved(), TinyConfig(task=BasketConfig(style="verbose")).resolved()
-    recipe = ("steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading")
-    assert tuple(getattr(terse, k) for k in recipe) == (1100, 1.0, 1.0, False, 3, 0.0)
-    assert tuple(getattr(verbose, k) for k in recipe) == (1100, 4.0, 4.0, True, 6, 0.05)
+    recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading")
+    assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0)
+    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05)
+    assert TinyConfig(warmup_steps=0, task=BasketConfig(style="verbose")).resolved().warmup_steps == 0
     assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
     assert TinyConfig(num_heads=2, task=BasketConfig(style="verbose")).resolved().num_heads == 2
     assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()
@@ -94,8 +95,9 @@ def test_the_default_config_trains_the_measured_reasoner():
     with initialize_config_dir(config_dir=conf, version_base=None):
         job = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x"]), check_paths=False)
     tiny = dataclasses.replace(job.model.tiny, task=job.data.task, bf16=True).resolved()
-    assert (tiny.num_heads, tiny.steps, tiny.compile, tiny.task.quantity_first) == (6, 1100, True, 0.5)
-    assert tiny.key() == "fa82b7ae9784"
+    assert (tiny.num_heads, tiny.steps, tiny.warmup_steps, tiny.compile, tiny.task.quantity_first) == (6, 800, 100,
+                                                                                                   True, 0.5)
+    assert tiny.key() == "4a43fedc9248"
 
 
 @pytest.mark.parametrize("bad", [dict(num_heads=5), dict(num_heads=0), dict(hidden_size=100, num_heads=3)])
