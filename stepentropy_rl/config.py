@@ -527,8 +527,8 @@ class JobConfig:
                 dataclasses.replace(tiny, task=self.data.task).resolved()
             except ValueError as e:
                 style = self.data.task.style
-                why = "" if tiny.num_heads is not None else (f"; num_heads is null: the {style} recipe's "
-                                                             f"{RECIPES[style]['num_heads']}")
+                why = "" if tiny.num_heads is not None or "num_heads" not in str(e) else (
+                    f"; num_heads is null: the {style} recipe's {RECIPES[style]['num_heads']}")
                 raise ConfigError(f"model.tiny.{e}{why}") from None
             limit = self.rollout.engine.get("max_model_len")
             need(not limit or tiny.max_position_embeddings >= int(limit), "model.tiny.max_position_embeddings",

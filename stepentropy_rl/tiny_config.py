@@ -40,7 +40,8 @@ class TinyConfig:
     steps: Optional[int] = None  # None: the recipe measured for the task's style (RECIPES)
     batch_size: int = 32
     lr: float = 3e-3
-    warmup_steps: Optional[int] = None  # linear warmup, then cosine decay; None: RECIPES (terse 30, verbose 100)
+    warmup_steps: Optional[int] = None  # linear warmup, then cosine decay; None: RECIPES (terse 30, verbose 100),
+    # at most a quarter of the steps
     weight_decay: float = 0.01
     threads: int = 0  # torch threads; 0 = all cores
     bf16: Optional[bool] = None  # bf16 autocast for the forward pass (weights stay fp32); None: fast_bf16()
@@ -83,7 +84,13 @@ class TinyConfig:
         """This config with each unset recipe value (None) taken from ``RECIPES`` for the task's style, and bf16
         from ``fast_bf16()`` where unset."""
         recipe = {**RECIPES[self.task.style], "bf16": fast_bf16()}
-        return dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+        out = dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+        if self.warmup_steps is None:  # the recipe's warmup, for a run of fewer steps: at most a quarter of them
+            out.warmup_steps = min(out.warmup_steps, out.steps // 4)
+        elif out.warmup_steps > out.steps:
+            raise ValueError(f"warmup_steps ({out.warmup_steps}) must be <= steps ({out.steps}): the learning rate "
+                             f"would never reach lr nor decay")
+        return out
 
     def key(self) -> str:
         """Hash of the recipe and of sample training text: a change to the task's wording is a new model, even

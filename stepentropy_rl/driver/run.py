@@ -137,9 +137,10 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
         raise ConfigError("trainer.prune.keep_essential needs step labels (the embedded task's generated data); the "
                           "training rows have none")
     if pipeline.train_data and (run_dir / "stages").is_dir():  # a rerun: its finished stages' config, before any
-        from stepentropy_rl.driver.train import check_config  # model is built or config.yaml is rewritten
+        from stepentropy_rl.driver.train import check_config, check_same_tiny, stage_inputs  # model is built or
 
-        check_config(run_dir, cfg.to_dict())
+        check_same_tiny(run_dir, cfg)  # config.yaml is rewritten
+        check_config(run_dir, stage_inputs(cfg))
     model_path = resolve_model(cfg)
     tokenizer = load_tokenizer(model_path)
     counts = {"eval": len(problems), "train": len(train)}

@@ -19,7 +19,7 @@ from stepentropy_rl.cot_cache import model_fingerprint
 from stepentropy_rl.data import write_jsonl
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.driver.faults import FaultInjection, die_at
-from stepentropy_rl.driver.stage_config import ORDER
+from stepentropy_rl.driver.stage_config import ORDER, RESOLVED_RECIPE
 from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
 from stepentropy_rl.tokenizer import load_tokenizer
@@ -72,7 +72,7 @@ class Stages:
 
 
 def check_config(run_dir: Path, config: dict) -> None:
-    """Refuse a rerun of ``run_dir`` whose ``config`` (``JobConfig.to_dict()``) differs from the one a finished stage
+    """Refuse a rerun of ``run_dir`` whose ``config`` (``stage_inputs``) differs from the one a finished stage
     ran under in a key that stage depends on (``stage_config``): its outputs would be kept and reported under the new
     config."""
     from stepentropy_rl.driver.stage_config import conflicts
@@ -89,9 +89,22 @@ def check_config(run_dir: Path, config: dict) -> None:
             if grpo.exists() and ORDER.index(stage) <= ORDER.index("grpo") else ""
         raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
                           f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
-                          f"under this config. Give the job another run_dir, or delete {run_dir / 'stages'}/"
+                          f"under this config. Rerun with {key}={override_value(then)}{' (and the others as they were)' * bool(others)} "
+                          f"to resume it, give the job another run_dir, or "
+                          f"delete {run_dir / 'stages'}/"
                           f"{stage}.done and the markers after it to redo those stages{also}")
     check_grpo_checkpoints(run_dir, stages, run_config(config))
+
+
+def override_value(value) -> str:
+    """``value`` as a Hydra command-line override writes it.
+
+    >>> override_value(None), override_value(True), override_value(0.8), override_value("entropy"), override_value([1, 2])
+    ('null', 'true', '0.8', "'entropy'", '[1, 2]')
+    """
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return repr(value) if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value)
 
 
 def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> None:
@@ -126,6 +139,20 @@ def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> No
                           f"with at least {done}, or {aside}")
 
 
+def stage_inputs(cfg: JobConfig) -> dict:
+    """``cfg.to_dict()`` with the tiny reasoner's recipe resolved where it is the model that runs
+    (``TinyConfig.resolved``), as stage markers record it: a rerun that spells out the recipe's values resumes, and
+    one whose recipe default changed since is refused before its bootstrap."""
+    import dataclasses
+
+    config = cfg.to_dict()
+    tiny = cfg.model.tiny_that_runs()
+    if tiny is not None:
+        recipe = dataclasses.replace(tiny, task=cfg.data.task).resolved()
+        config["model"]["tiny"].update({k: getattr(recipe, k) for k in RESOLVED_RECIPE})
+    return config
+
+
 def run_config(config: dict) -> dict:
     """``config`` as a stage marker records it (``stage_config.decisive``, through JSON)."""
     from stepentropy_rl.driver.stage_config import decisive
@@ -143,6 +170,26 @@ def make_init_model(base: str, out: Path) -> None:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+
+
+def check_same_tiny(run_dir: Path, cfg: JobConfig) -> None:
+    """ConfigError where ``run_dir`` was started from another tiny reasoner than the one ``cfg`` resolves to (its
+    cache key, ``tiny-KEY``): a recipe whose defaults changed since the run began (``RECIPES``), which markers
+    written before they resolved the recipe cannot show. Checked before the bootstrap, which would train the new
+    model for minutes only for ``check_same_base`` to refuse it."""
+    import dataclasses
+
+    from stepentropy_rl.tiny_config import tiny_model_path
+
+    base, tiny = Stages(run_dir).info("init").get("base"), cfg.model.tiny_that_runs()
+    if not base or tiny is None or not Path(base).name.startswith("tiny-"):
+        return
+    now = tiny_model_path(dataclasses.replace(tiny, task=cfg.data.task)).name
+    if Path(base).name != now:
+        raise ConfigError(f"{run_dir} was started from the tiny reasoner {Path(base).name}, and this job's config "
+                          f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is in "
+                          f"{base}/bootstrap.json): give the job another run_dir, or set model.tiny.* as that "
+                          f"bootstrap.json says to resume it")
 
 
 def check_same_base(recorded: dict, base_path: str, run_dir: Path) -> None:
@@ -191,7 +238,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
     from stepentropy_rl.driver.tracking import Tracker
 
-    stages, models = Stages(run_dir, run_config(cfg.to_dict())), run_dir / "models"
+    stages, models = Stages(run_dir, run_config(stage_inputs(cfg))), run_dir / "models"
     models.mkdir(exist_ok=True)
     init = models / "init"
     if not stages.done("init"):

@@ -50,6 +50,17 @@ def test_the_recipe_follows_the_task_style():
     assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0)
     assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05)
     assert TinyConfig(warmup_steps=0, task=BasketConfig(style="verbose")).resolved().warmup_steps == 0
+
+
+def test_the_recipes_warmup_fits_a_short_run_and_a_longer_one_is_refused():
+    """A run of fewer steps than the recipe's warmup (the tests' micro bootstraps) warms up over a quarter of them,
+    where the learning rate would otherwise never reach lr nor decay; a warmup set past the steps is refused."""
+    verbose = BasketConfig(style="verbose")
+    assert TinyConfig(steps=40, task=verbose).resolved().warmup_steps == 10
+    assert TinyConfig(steps=6, task=verbose).resolved().warmup_steps == 1
+    assert TinyConfig(steps=6, warmup_steps=6, task=verbose).resolved().warmup_steps == 6
+    with pytest.raises(ValueError, match=r"warmup_steps \(100\) must be <= steps \(40\)"):
+        TinyConfig(steps=40, warmup_steps=100, task=verbose).resolved()
     assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
     assert TinyConfig(num_heads=2, task=BasketConfig(style="verbose")).resolved().num_heads == 2
     assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()

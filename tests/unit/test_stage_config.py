@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from stepentropy_rl.config import ConfigError, build
-from stepentropy_rl.driver.train import Stages, check_config, run_config
+from stepentropy_rl.driver.train import Stages, check_config, check_same_tiny, run_config, stage_inputs
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -17,7 +17,7 @@ def _job(*overrides):
 
 
 def _config(*overrides):
-    return _job(*overrides).to_dict()
+    return stage_inputs(_job(*overrides))
 
 
 def _finished(run_dir, config, names=("init", "eval_base", "prune", "sft", "eval_sft")):
@@ -34,7 +34,9 @@ def test_a_changed_key_that_a_finished_stage_depends_on_is_refused(tmp_path):
                                                     "job says trainer.prune.ratio=0.4")) as err:
         check_config(tmp_path, _config("trainer.prune.ratio=0.4"))
     assert "stages/prune.done and the markers after it" in str(err.value) and "more changed" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"trainer.prune.ratio=0.4 \(and 1 more changed key\)"):
+    assert "Rerun with trainer.prune.ratio=0.8 to resume it" in str(err.value)
+    with pytest.raises(ConfigError, match=r"trainer.prune.ratio=0.4 \(and 1 more changed key\).*Rerun with "
+                                          r"trainer.prune.ratio=0.8 \(and the others as they were\) to resume"):
         check_config(tmp_path, _config("trainer.prune.ratio=0.4", "trainer.sft.lr=0.01"))
     with pytest.raises(ConfigError, match="eval_base.*data.n_eval"):
         check_config(tmp_path, _config("data.n_eval=100"))
@@ -53,6 +55,49 @@ def test_the_same_config_a_later_stage_and_what_decides_nothing_pass(tmp_path):
     Stages(tmp_path, run_config(_config())).mark("grpo")
     with pytest.raises(ConfigError, match="'grpo' with algorithm.phase.mode='entropy'"):
         check_config(tmp_path, _config("algorithm.phase.mode=fixed"))
+
+
+def test_the_tiny_recipe_is_compared_resolved(tmp_path):
+    """Markers record the recipe that trained the base: spelling its values out resumes, another value is refused
+    before the bootstrap, and a recipe default that changed since (1100 -> 800 steps) is refused by its key."""
+    _finished(tmp_path, _config())
+    assert _config()["model"]["tiny"]["steps"] == 800 and _job().model.tiny.steps is None
+    check_config(tmp_path, _config("model.tiny.steps=800", "model.tiny.warmup_steps=100", "model.tiny.reread_weight=8"))
+    with pytest.raises(ConfigError, match="'init' with model.tiny.steps=800, and this job says model.tiny.steps=700"):
+        check_config(tmp_path, _config("model.tiny.steps=700"))
+    old = _config("model.tiny.steps=1100", "model.tiny.warmup_steps=30")  # the verbose default until 2026-12-05
+    old_dir = tmp_path / "old"
+    _finished(old_dir, old)
+    with pytest.raises(ConfigError, match="model.tiny.steps=1100, and this job says model.tiny.steps=800"):
+        check_config(old_dir, _config())
+
+
+def test_markers_from_before_the_recipe_was_resolved_resume(tmp_path):
+    """A marker written before markers resolved the recipe holds None for "the recipe of that day": a terse run of
+    then (warmup 30 spelled out, the rest None) resumes; its base's fingerprint still guards the model."""
+    then = _job("data=basket").to_dict()
+    assert then["model"]["tiny"]["steps"] is None and then["model"]["tiny"]["warmup_steps"] is None
+    then["model"]["tiny"]["warmup_steps"] = 30  # conf/model/tiny.yaml said 30 until 2026-12-05
+    _finished(tmp_path, then)
+    check_config(tmp_path, _config("data=basket"))
+    with pytest.raises(ConfigError, match="model.tiny.warmup_steps=30, and this job says model.tiny.warmup_steps=10"):
+        check_config(tmp_path, _config("data=basket", "model.tiny.warmup_steps=10"))
+
+
+def test_a_run_begun_from_another_tiny_reasoner_is_refused_before_the_bootstrap(tmp_path):
+    """A run of the 1100-step default (its markers holding the recipe as None) rerun after the default became the
+    800-step recipe: the key of the model the config trains is not the run's base's."""
+    from stepentropy_rl.tiny_config import tiny_model_path
+
+    Stages(tmp_path).mark("init", {"base": "/cache/tiny-fa82b7ae9784"})
+    with pytest.raises(ConfigError, match=r"started from the tiny reasoner tiny-fa82b7ae9784, and this job's config "
+                                          r"trains tiny-\w{12} .*/cache/tiny-fa82b7ae9784/bootstrap.json"):
+        check_same_tiny(tmp_path, _job())
+    job = _job()
+    now = tiny_model_path(__import__("dataclasses").replace(job.model.tiny, task=job.data.task))
+    Stages(tmp_path).mark("init", {"base": f"/moved/cache/{now.name}"})
+    check_same_tiny(tmp_path, job)  # the same model, from a cache that moved since
+    check_same_tiny(tmp_path, _job("model=r1_standin"))  # not a tiny reasoner: check_same_base's fingerprint guards it
 
 
 def test_markers_written_before_they_held_a_config_are_not_checked(tmp_path):
