@@ -22,6 +22,7 @@ RECIPES = {"terse": {"steps": 1100, "warmup_steps": 30, "essential_weight": 1.0,
                      "compile": False, "num_heads": 3, "pruned_reading": 0.0},
            "verbose": {"steps": 800, "warmup_steps": 100, "essential_weight": 6.0, "reread_weight": 8.0,
                        "compile": True, "num_heads": 6, "pruned_reading": 0.05}}
+RESOLVED = (*RECIPES["verbose"], "bf16")  # the fields ``TinyConfig.resolved`` fills where they are None
 
 
 @dataclass

@@ -136,10 +136,10 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     if train and cfg.trainer.prune.keep_essential and not labelled(train):
         raise ConfigError("trainer.prune.keep_essential needs step labels (the embedded task's generated data); the "
                           "training rows have none")
-    if pipeline.train_data and (run_dir / "stages").is_dir():  # a rerun: its finished stages' config, before any
-        from stepentropy_rl.driver.train import check_config, check_same_tiny, stage_inputs  # model is built or
+    if pipeline.train_data and (run_dir / "stages").is_dir():  # a rerun: its finished stages' base and config,
+        from stepentropy_rl.driver.train import check_config, check_same_tiny, stage_inputs  # before any model is
 
-        check_same_tiny(run_dir, cfg)  # config.yaml is rewritten
+        check_same_tiny(run_dir, cfg)  # built or config.yaml is rewritten
         check_config(run_dir, stage_inputs(cfg))
     model_path = resolve_model(cfg)
     tokenizer = load_tokenizer(model_path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stepentropy_rl.tiny_config import RESOLVED
+
 ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")
 
 # the first stage whose result each key (or key prefix) decides; the longest prefix wins
@@ -36,10 +38,6 @@ IGNORED = (
 # keys added after runs began recording their config, with the value every run had before the key existed: a marker
 # without one is read as that value, so a run made before the key resumes, and a change from it is still refused
 ADDED = {"trainer.grpo.optimizer": "continue", "cluster.learner.autocast_bf16": False}
-# the tiny reasoner's recipe keys, which markers record resolved since 2026-12-05 (``train.stage_inputs``); one an
-# older marker left None was "the recipe of that day", unknown now: not compared (the base's fingerprint still is)
-RESOLVED_RECIPE = ("steps", "warmup_steps", "essential_weight", "reread_weight", "pruned_reading", "compile",
-                   "num_heads", "bf16")
 
 
 def _under(key: str, prefix: str) -> bool:
@@ -88,7 +86,9 @@ def conflicts(recorded: dict[str, dict], current: dict[str, Any]) -> list[tuple[
             if ORDER.index(first_stage(key)) > upto:
                 continue
             a, b = then.get(key, ADDED.get(key, "(unset)")), current.get(key, "(unset)")
-            if a is None and key.removeprefix("model.tiny.") in RESOLVED_RECIPE:
+            # the tiny reasoner's recipe is recorded resolved since 2026-12-05 (``train.stage_inputs``); None in an
+            # older marker meant "the recipe of that day", unknown now (``train.check_same_tiny`` compares the model)
+            if a is None and key.removeprefix("model.tiny.") in RESOLVED:
                 continue
             if a != b:
                 found.append((stage, key, a, b))

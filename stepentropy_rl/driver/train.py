@@ -19,9 +19,10 @@ from stepentropy_rl.cot_cache import model_fingerprint
 from stepentropy_rl.data import write_jsonl
 from stepentropy_rl.driver import register_pipeline
 from stepentropy_rl.driver.faults import FaultInjection, die_at
-from stepentropy_rl.driver.stage_config import ORDER, RESOLVED_RECIPE
+from stepentropy_rl.driver.stage_config import ORDER
 from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
+from stepentropy_rl.tiny_config import RESOLVED, tiny_model_path
 from stepentropy_rl.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -89,18 +90,18 @@ def check_config(run_dir: Path, config: dict) -> None:
             if grpo.exists() and ORDER.index(stage) <= ORDER.index("grpo") else ""
         raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
                           f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
-                          f"under this config. Rerun with {key}={override_value(then)}{' (and the others as they were)' * bool(others)} "
-                          f"to resume it, give the job another run_dir, or "
-                          f"delete {run_dir / 'stages'}/"
-                          f"{stage}.done and the markers after it to redo those stages{also}")
+                          f"under this config. Rerun with {key}={override_value(then)}"
+                          f"{' (and the others as they were)' * bool(others)} to resume it, give the job another "
+                          f"run_dir, or delete {run_dir / 'stages'}/{stage}.done and the markers after it to redo "
+                          f"those stages{also}")
     check_grpo_checkpoints(run_dir, stages, run_config(config))
 
 
 def override_value(value) -> str:
     """``value`` as a Hydra command-line override writes it.
 
-    >>> override_value(None), override_value(True), override_value(0.8), override_value("entropy"), override_value([1, 2])
-    ('null', 'true', '0.8', "'entropy'", '[1, 2]')
+    >>> [override_value(v) for v in (None, True, 0.8, "entropy", [1, 2])]
+    ['null', 'true', '0.8', "'entropy'", '[1, 2]']
     """
     if value is None or isinstance(value, bool):
         return json.dumps(value)
@@ -149,7 +150,7 @@ def stage_inputs(cfg: JobConfig) -> dict:
     tiny = cfg.model.tiny_that_runs()
     if tiny is not None:
         recipe = dataclasses.replace(tiny, task=cfg.data.task).resolved()
-        config["model"]["tiny"].update({k: getattr(recipe, k) for k in RESOLVED_RECIPE})
+        config["model"]["tiny"].update({k: getattr(recipe, k) for k in RESOLVED})
     return config
 
 
@@ -179,16 +180,14 @@ def check_same_tiny(run_dir: Path, cfg: JobConfig) -> None:
     model for minutes only for ``check_same_base`` to refuse it."""
     import dataclasses
 
-    from stepentropy_rl.tiny_config import tiny_model_path
-
     base, tiny = Stages(run_dir).info("init").get("base"), cfg.model.tiny_that_runs()
     if not base or tiny is None or not Path(base).name.startswith("tiny-"):
         return
     now = tiny_model_path(dataclasses.replace(tiny, task=cfg.data.task)).name
     if Path(base).name != now:
         raise ConfigError(f"{run_dir} was started from the tiny reasoner {Path(base).name}, and this job's config "
-                          f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is in "
-                          f"{base}/bootstrap.json): give the job another run_dir, or set model.tiny.* as that "
+                          f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is "
+                          f"in {base}/bootstrap.json): give the job another run_dir, or set model.tiny.* as that "
                           f"bootstrap.json says to resume it")
 
 
