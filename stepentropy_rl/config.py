@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -291,6 +291,9 @@ class LearnerCluster:
              f"and param_dtype ({self.param_dtype}) are two ways to compute in low precision: set one")
         need(self.num_gpus == 0 or self.num_gpus >= 1, "num_gpus",
              f"must be 0 or at least 1: NCCL refuses two ranks on one GPU, got {self.num_gpus:g}")
+        for key in ("dtype", "param_dtype"):
+            need(getattr(self, key) != "float16", key, "float16 needs a loss scaler, which the learners do not run "
+                                                       "(small gradients would underflow to 0 silently): use bfloat16")
 
 
 @dataclass
@@ -313,7 +316,8 @@ class ClusterConfig:
 # ---- training ----------------------------------------------------------------------------------------------------
 @dataclass
 class AlgorithmConfig:
-    """GRPO; sizes are global and counted in prompts; ``temperature`` and ``adv_estimator`` per phase stage."""
+    """GRPO; sizes are global and counted in prompts; ``temperature``, ``adv_estimator`` and ``norm_adv_by_std``
+    per phase stage (``norm_adv_by_std`` also takes one bool for both)."""
 
     prompts_per_step: int = 16
     n_samples: int = 4
@@ -322,7 +326,8 @@ class AlgorithmConfig:
     top_p: float = 1.0
     temperature: dict[str, float] = field(default_factory=lambda: {"compress": 0.6, "explore": 0.8})
     adv_estimator: dict[str, str] = field(default_factory=lambda: {"compress": "grpo", "explore": "grpo"})
-    norm_adv_by_std: bool = True
+    norm_adv_by_std: Union[bool, dict[str, Any]] = field(  # false = Dr.GRPO; one bool is both stages'
+        default_factory=lambda: {"compress": True, "explore": True})
     beta: float = 1.0
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
@@ -349,7 +354,14 @@ class AlgorithmConfig:
                                        f"a top-p cut would be scored under a distribution that did not draw them "
                                        f"(verl's rollout.top_p < 1 does so silently); rollout.top_p is the "
                                        f"evaluation's and the pruning CoTs'")
+        if isinstance(self.norm_adv_by_std, bool):
+            self.norm_adv_by_std = {stage: self.norm_adv_by_std for stage in STAGES}
+        for key in ("temperature", "adv_estimator", "norm_adv_by_std"):
+            extra = sorted(set(getattr(self, key)) - set(STAGES))
+            need(not extra, key, f"has no stage {', '.join(map(repr, extra))}; the stages are {list(STAGES)}")
         for stage in STAGES:
+            need(isinstance(self.norm_adv_by_std.get(stage), bool), f"norm_adv_by_std.{stage}",
+                 f"must be true or false, got {self.norm_adv_by_std.get(stage)!r}")
             t = self.temperature.get(stage)
             need(t is not None and math.isfinite(t) and 0 < t <= 5, f"temperature.{stage}",
                  f"must be in (0, 5] (log-probs are taken at the sampling temperature), got {t}")
@@ -547,18 +559,45 @@ class JobConfig:
              f"(cluster.learner.param_dtype, else cluster.learner.dtype: {pushed}): vLLM would cast them silently "
              f"(auto or unset: vLLM downcasts a float32 checkpoint) and sample from another policy than the one the "
              f"learners score")
+        share = self.cluster.rollout.num_gpus
+        util = float(self.rollout.engine.get("gpu_memory_utilization") or 0.9)  # vLLM's default: 0.9
+        need(not 0 < share < 1 or util <= share, "rollout.engine.gpu_memory_utilization",
+             f"({util:g}) must be at most the engine's share of its GPU (cluster.rollout.num_gpus: {share:g}): vLLM "
+             f"reserves that fraction of the whole GPU's memory, and Ray places whatever else takes the rest of the "
+             f"GPU (another engine, the reference) beside it")
         custom = self.reward.get("custom")
         if isinstance(custom, dict) and custom.get("path"):  # the reward actor may run elsewhere: an absolute path
             custom["path"] = str(Path(custom["path"]).expanduser().resolve())
         try:
-            stage_rewards(self.reward)
+            stages = stage_rewards(self.reward)
         except (TypeError, ValueError, KeyError) as e:
             raise ConfigError(f"reward: {e}") from None
+        if train:
+            check_stage_rewards(stages, a)
         check_context(self, prompt_tokens=1, max_model_len=tiny and tiny.max_position_embeddings)
 
     def to_dict(self) -> dict:
         """Plain JSON-able data (tuples as lists): for the run directory and the trackers."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def check_stage_rewards(stages: dict, a: AlgorithmConfig) -> None:
+    """ConfigError unless every phase stage that ``algorithm.phase.mode`` reaches has a reward that can pay (a gate
+    alone multiplies nothing), no stage is one the controller does not know, and no ``absolute``-advantage stage
+    pays a wrong answer (``rewards.pays_wrong_answers``)."""
+    from stepentropy_rl.rewards import pays_wrong_answers
+
+    unknown = sorted(set(stages) - set(STAGES))
+    need(not unknown, "reward.stages", f"has {', '.join(map(repr, unknown))}, not a phase stage; the stages are "
+                                       f"{list(STAGES)}")
+    mode = a.phase.mode
+    for stage in STAGES if mode in ("entropy", "fixed") else (mode,):
+        need(stage in stages, "reward.stages", f"has no stage {stage!r}, which algorithm.phase.mode={mode} reaches")
+        need(any(not t.gate and t.weight != 0 for t in stages[stage].terms), f"reward.stages.{stage}",
+             "has no term that pays (gates alone, or weights 0): every reward of the stage would be 0")
+        need(a.adv_estimator[stage] != "absolute" or not pays_wrong_answers(stages[stage]), f"reward.stages.{stage}",
+             f"pays wrong answers, and algorithm.adv_estimator.{stage} is absolute (A = beta * max(R, 0)): it would "
+             f"reinforce them; gate the stage's terms on correctness (e.g. only_correct) or use grpo")
 
 
 def build(cfg: DictConfig | dict, check_paths: bool = True) -> JobConfig:

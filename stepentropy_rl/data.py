@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepentropy_rl.cot_format import THINK_CLOSE, boxed_span, split_thinking
 from stepentropy_rl.files import atomic_write_jsonl
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 
@@ -180,13 +181,28 @@ def to_example(row, where: str, prompt_key: str = "prompt", answer_key: str | No
     steps = row.get("steps") or _json_list(extra.get("steps"))  # verl's Parquet (to_verl_row) keeps them as text
     if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in steps):
         raise DataError(f"{where}: 'steps' must be a list of objects with a 'text' string")
+    solution = row.get("solution") or extra.get("solution") or None
+    if solution is not None and not isinstance(solution, str):
+        raise DataError(f"{where}: 'solution' must be a string, got {type(solution).__name__}")
     source = str(row.get("data_source") or "")
     pid = row.get("id", row.get("unique_id", extra.get("id") or None))
     if pid is None and "index" in extra:
         pid = f"{source or 'row'}-{extra['index']}"
     return Example(id=str(pid if pid is not None else where), prompt=prompt, answer=answer.strip(),
-                   solution=row.get("solution") or extra.get("solution") or None, steps=steps, where=where, system=system, data_source=source,
-                   extra_info=extra)
+                   solution=solution, steps=steps, where=where, system=system, data_source=source, extra_info=extra)
+
+
+def check_gold_solution(ex: Example) -> None:
+    """DataError naming the row unless its ``solution`` is a response in the layout the prune stage reads (thinking,
+    ``</think>``, an answer with a closed ``\\boxed{}``): ``trainer.prune.source=gold`` prunes it as a CoT, and one
+    without that layout would be dropped from the SFT data as wrong without a word."""
+    if not ex.solution:
+        raise DataError(f"{ex.where or ex.id}: no 'solution', which trainer.prune.source=gold prunes")
+    thinking, closed = split_thinking(ex.solution)
+    if not closed or boxed_span(ex.solution, len(thinking) + len(THINK_CLOSE)) is None:
+        raise DataError(f"{ex.where or ex.id}: 'solution' must be thinking, then {THINK_CLOSE}, then an answer with "
+                        f"\\boxed{{...}} (trainer.prune.source=gold prunes it as a CoT); it has "
+                        f"{'no answer box after the tag' if closed else f'no {THINK_CLOSE}'}")
 
 
 def to_verl_row(ex: Example, data_source: str, split: str, index: int, ability: str = "math") -> dict:

@@ -31,7 +31,7 @@ class Sample:
     n_steps: int = 0  # real (non-empty, not [SKIP]-only) thinking steps
     length: int = 0  # len(response_ids)
     answered: bool = False  # closed </think> and has a \boxed{...} answer after it
-    answer_pos: int | None = None  # token index where the answer's \boxed{ starts
+    answer_pos: int | None = None  # when answered: the index of </think> in the ids (the thinking's tokens)
     ground_truth: str = ""  # the problem's answer; with data_source and extra_info, what verl's scorers take
     data_source: str = ""
     extra_info: dict = field(default_factory=dict, hash=False, compare=False)
@@ -334,6 +334,16 @@ def from_config(cfg_terms, path: str = "reward.terms") -> RewardFn:
             raise ValueError(f"{path}[{i}].params must be a mapping, got {params!r}")
         specs.append(TermSpec(d["name"], d.get("weight", 1.0), dict(params), d.get("gate", False)))
     return RewardFn(specs, path=path)
+
+
+def pays_wrong_answers(fn: RewardFn) -> bool:
+    """Whether ``fn``'s built-in terms give a wrong answer a positive total (probed on wrong responses with and
+    without an answer, skips and length; a user's ``custom`` term is not called). Under the ``absolute`` advantage
+    ``A = beta * max(R, 0)`` such a reward reinforces wrong answers."""
+    built_in = RewardFn([t for t in fn.terms if t.name != "custom"])
+    probes = [Sample(correct=False, answered=answered, answer_pos=1 if answered else None, length=2, n_skip=skips,
+                     n_steps=1) for answered in (True, False) for skips in (0, 1, 4)]
+    return any(built_in(s)["total"] > 0 for s in probes)
 
 
 def stage_rewards(reward_cfg) -> dict[str, RewardFn]:

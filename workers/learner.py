@@ -151,9 +151,9 @@ class Learner:
         from stepentropy_rl.weight_sync import send
 
         def full_tensors():
-            for name, t in self._export_items():
-                full = t.full_tensor() if hasattr(t, "full_tensor") else t
-                yield name, full.to(self.export_dtype)
+            for name, t in self._export_items():  # cast each shard first: a bf16 gather moves half an fp32 one
+                t = t.to(self.export_dtype)
+                yield name, t.full_tensor() if hasattr(t, "full_tensor") else t
 
         group = self._weight_group[1] if self.rank == 0 else None
         with torch.no_grad():

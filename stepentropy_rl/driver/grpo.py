@@ -192,7 +192,7 @@ class GRPOTrainer:
             components = gdpo_components(self._reward_terms[stage], scores)
         adv = algorithms.compute_advantages(a.adv_estimator[stage], outcome_rewards(batch, scores["total"]),
                                             batch.loss_mask, np.array(batch.meta["group"]),
-                                            norm_by_std=a.norm_adv_by_std, beta=a.beta, components=components)
+                                            norm_by_std=a.norm_adv_by_std[stage], beta=a.beta, components=components)
         batch = batch.union({"advantages": adv})
         timing["adv"] = time.time() - t0
 

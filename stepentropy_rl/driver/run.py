@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from stepentropy_rl.driver import progress
 from stepentropy_rl.config import ConfigError, JobConfig, check_context, context_needs
-from stepentropy_rl.data import DataError, as_asked, generated, load_problems
+from stepentropy_rl.data import DataError, as_asked, check_gold_solution, generated, load_problems
 from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.files import atomic_write_json
 from stepentropy_rl.tasks.grading import grader_of
@@ -55,6 +55,9 @@ def train_problems(cfg: JobConfig):
         problems = load_problems(d.train_path, d.prompt_key, d.answer_key, "train")[: cfg.trainer.n_train]
     else:
         problems = generated(d.task, cfg.trainer.n_train, d.seed, "train")
+    if cfg.trainer.prune.source == "gold":
+        for p in problems:
+            check_gold_solution(p)
     return as_asked(problems, d.prompt_template, d.system_prompt, d.chat_template_kwargs)
 
 

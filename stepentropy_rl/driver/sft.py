@@ -109,11 +109,18 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         # the regenerated text is what follows </think> after the pruned thinking
         kept = grade_all(grade, [THINK_CLOSE + a[0]["text"] for a in regen], [c["answer"] for c in candidates])
         rows = [c for c, keep in zip(candidates, kept) if keep]
+        verify_cut = sum(not keep and a[0].get("finish_reason") == "length" for a, keep in zip(regen, kept))
+        if verify_cut > 0.02 * len(candidates):
+            log.warning("%d of the %d answer checks ran out of trainer.prune.answer_max_tokens=%d before a right "
+                        "answer and were dropped as wrong: raise it where the policy's answers are long (R1 writes "
+                        "a solution after </think>)", verify_cut, len(candidates), prune.answer_max_tokens)
         if len(rows) < 0.5 * len(candidates):
             log.warning("the answer check failed for %d of the %d pruned CoTs: the policy cannot answer from most of "
                         "them (trainer.prune.ratio=%s takes steps it needs, or it cannot read verify_with=%s); a lower "
                         "ratio keeps more", len(candidates) - len(rows), len(candidates), prune.ratio,
                         prune.verify_with)
+    else:
+        verify_cut = 0
     verified = len(rows)
     seconds["verify"] = time.perf_counter() - verify_start
     for r in rows:
@@ -126,7 +133,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                     "where a later step restates the total); SFT learns to skip it. trainer.prune.keep_essential=true "
                     "drops them (README: the last-essential-step effect)", missing, len(rows))
     stats = {"problems": len(problems), "correct_cots": len(ok) + len(cut), "cut_after_answer": len(cut),
-             "pruned": len(candidates), "verified": verified,
+             "pruned": len(candidates), "verified": verified, "verify_cut": verify_cut,
              "kept": len(rows),
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
     if with_labels:

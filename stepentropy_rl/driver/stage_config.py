@@ -38,6 +38,8 @@ IGNORED = (
 # keys added after runs began recording their config, with the value every run had before the key existed: a marker
 # without one is read as that value, so a run made before the key resumes, and a change from it is still refused
 ADDED = {"trainer.grpo.optimizer": "continue", "cluster.learner.autocast_bf16": False}
+# keys once one value and now one per phase stage: an older marker's value is read as every stage's
+PER_STAGE = {"algorithm.norm_adv_by_std": ("compress", "explore")}
 
 
 def _under(key: str, prefix: str) -> bool:
@@ -81,6 +83,9 @@ def conflicts(recorded: dict[str, dict], current: dict[str, Any]) -> list[tuple[
         then = recorded.get(stage)
         if then is None:
             continue
+        for key, stages in PER_STAGE.items():
+            if key in then:
+                then = {**{k: v for k, v in then.items() if k != key}, **{f"{key}.{s}": then[key] for s in stages}}
         upto = ORDER.index(stage)
         for key in sorted(set(then) | set(current)):
             if ORDER.index(first_stage(key)) > upto:

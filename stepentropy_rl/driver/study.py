@@ -121,11 +121,13 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
     for row, a, view in zip(rows, (by_prefix[v] for v in variants), shown):
         text = a[0]["text"] if a else ""
         row["regenerated"] = view["regenerated"] = text
+        row["answer_finish_reason"] = a[0].get("finish_reason") if a else None
         # the regenerated text is what follows </think> after the pruned thinking; a CoT that never closed its
         # thinking (cut at max_tokens) failed, however an answer forced after it comes out
         row["correct"] = view["correct"] = row["cot_closed"] and bool(text) and grade(THINK_CLOSE + text, row["answer"])
 
     summary = summarize(rows, strategies, ratios)
+    warn_cut(summary, rc.max_tokens, rc.answer_max_tokens)
     paired = compare_strategies(rows)
     gold = gold_step_entropies(cfg, problems, reference, tokenizer)
     steps += gold
@@ -160,14 +162,36 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
             full = sum(r["thinking_tokens_full"] for r in sel)
             acc = sum(r["correct"] for r in sel) / max(1, len(sel))
             with_answer = [r for r in sel if r["answer_in_thinking"]]
+            n = max(1, len(sel))
             out.append({"strategy": strategy, "ratio": ratio, "n": len(sel), "accuracy": acc,
                         "accuracy_stderr": binomial_stderr(acc, len(sel)),
                         "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / max(1, len(sel)),
                         "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full),
                         "answer_in_thinking": len(with_answer) / max(1, len(sel)),
                         "accuracy_answer_in_thinking": _share_right(with_answer),
-                        "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]])})
+                        "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]]),
+                        "cot_cut": sum(r["finish_reason"] == "length" for r in sel) / n,
+                        "answer_cut": sum(r.get("answer_finish_reason") == "length" for r in sel) / n})
     return out
+
+
+def warn_cut(summary: list[dict], max_tokens: int, answer_max_tokens: int, limit: float = 0.02) -> list[str]:
+    """Warn (and return the warnings) where more than ``limit`` of the CoTs ran out of ``rollout.max_tokens`` or
+    of the cells' regenerated answers out of ``rollout.answer_max_tokens``: each counts as wrong, so a budget too
+    small for the model (R1 thinks for thousands of tokens, and answers with a solution) reads as a pruning effect."""
+    said = []
+    cot = max((r["cot_cut"] for r in summary), default=0.0)
+    if cot > limit:
+        said.append(f"{cot:.1%} of the CoTs ran out of rollout.max_tokens={max_tokens} before </think>; they count "
+                    f"as wrong at every strategy and ratio: raise rollout.max_tokens")
+    worst = max(summary, key=lambda r: r["answer_cut"], default=None)
+    if worst is not None and worst["answer_cut"] > limit:
+        said.append(f"{worst['answer_cut']:.1%} of the answers regenerated after {worst['strategy']} pruning at "
+                    f"{worst['ratio']:g} ran out of rollout.answer_max_tokens={answer_max_tokens} and count as "
+                    f"wrong: raise rollout.answer_max_tokens (summary.json answer_cut, per strategy and ratio)")
+    for s in said:
+        log.warning(s)
+    return said
 
 
 def gold_step_entropies(cfg, problems, reference, tokenizer) -> list[dict]:

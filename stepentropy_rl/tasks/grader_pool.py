@@ -47,7 +47,7 @@ def plain_box(box: str, answer: str) -> str:
 
     >>> plain_box(r"\\boxed{10\\,000}", "10000"), plain_box(r"\\boxed{25\\%}", "25"), plain_box(r"\\boxed{72.}", "72")
     ('\\\\boxed{10000}', '\\\\boxed{25}', '\\\\boxed{72}')
-    >>> plain_box(r"\\boxed{25\\%}", "25\\%"), plain_box(r"\\boxed{2\\,x}", "2x")
+    >>> plain_box(r"\\boxed{25\\%}", r"25\\%"), plain_box(r"\\boxed{2\\,x}", "2x")
     ('\\\\boxed{25\\\\%}', '\\\\boxed{2\\\\,x}')
     >>> plain_box(r"\\boxed{(1, 234)}", "(1,234)")
     '\\\\boxed{(1, 234)}'

@@ -183,6 +183,15 @@ def test_cfg_job_prints_real_scale_config():
     ("cluster.reference.threads=1.5", "cluster.reference.threads must be an integer"),
     ("cluster.learner.param_dtype=bfloat16", "rollout.engine.dtype (float32) must be the dtype the learners push"),
     ("rollout.engine.dtype=auto", "rollout.engine.dtype (auto) must be the dtype the learners push"),
+    ("+algorithm.norm_adv_by_std.explor=false", "algorithm.norm_adv_by_std has no stage 'explor'"),
+    ("algorithm.norm_adv_by_std.explore=1", "algorithm.norm_adv_by_std.explore must be true or false"),
+    ("+algorithm.temperature.explor=0.8", "algorithm.temperature has no stage 'explor'"),
+    # a stage the controller reaches must have a reward that pays: these failed at the first switch, or trained on 0
+    ("~reward.stages.explore", "reward.stages has no stage 'explore', which algorithm.phase.mode=entropy reaches"),
+    ("reward.stages.explore=[]", "reward.stages.explore has no term that pays"),
+    ("+reward.stages.extra=[]", "reward.stages has 'extra', not a phase stage"),
+    ("reward.stages.compress.1.params.only_correct=false", "reward.stages.compress pays wrong answers, and "
+                                                           "algorithm.adv_estimator.compress is absolute"),
 ])
 def test_training_config_errors(override, key):
     with initialize_config_dir(config_dir=CONF, version_base=None):
@@ -200,7 +209,9 @@ def test_learner_autocast_resolves_by_device_and_precision(monkeypatch):
     for fast in (True, False):
         monkeypatch.setattr(config, "fast_bf16", lambda: fast)
         assert LearnerCluster().autocast_bf16 is fast
-    assert LearnerCluster(dtype="float16").autocast_bf16 is False  # fp16 weights are not cast to bf16
+    for key in ("dtype", "param_dtype"):  # no loss scaler: fp16 gradients would underflow silently
+        with pytest.raises(ConfigError, match=f"{key} float16 needs a loss scaler"):
+            LearnerCluster(**{key: "float16"})
     assert LearnerCluster(param_dtype="bfloat16").autocast_bf16 is False
     assert LearnerCluster(backend="nccl", num_gpus=1).autocast_bf16 is False
     assert LearnerCluster(autocast_bf16=False).autocast_bf16 is False
@@ -234,7 +245,7 @@ def test_help_lists_every_experiment_and_the_main_knobs():
     assert "trainer.prune.ratio" in out and "reward.custom.path" in out and "data: aime, basket" in out
 
 
-@pytest.mark.parametrize("data,lengths", [("basket_verbose", (96, 96, 12)), ("basket", (96, 96, 12)),
+@pytest.mark.parametrize("data,lengths", [("basket_verbose", (96, 96, 20)), ("basket", (96, 96, 12)),
                                           ("gsm8k", (4096, 3500, 100))])
 def test_the_rewards_lengths_follow_the_task(data, lengths):
     """The embedded task's length scale (``data.reward_scale``) is not a real model's: with it, R1-7B on GSM8K (about
@@ -591,3 +602,59 @@ def test_an_actor_dead_for_good_stops_the_run_with_one_line(monkeypatch):
         main.launch(cfg())
     assert str(e.value.code).startswith("run stopped: an actor died and was not restarted: The actor died "
                                         "unexpectedly before finishing this task.; rerun the same command to resume")
+
+
+def test_norm_adv_by_std_is_per_stage_or_one_bool_for_both():
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        def norm(*overrides):
+            return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides])
+                         ).algorithm.norm_adv_by_std
+        assert norm("algorithm.norm_adv_by_std=false") == {"compress": False, "explore": False}
+        assert norm("algorithm.norm_adv_by_std={compress:true,explore:false}") == {"compress": True, "explore": False}
+        assert norm("algorithm.norm_adv_by_std.explore=false") == {"compress": True, "explore": False}
+    from stepentropy_rl.config import AlgorithmConfig
+
+    with pytest.raises(ConfigError, match="norm_adv_by_std.explore must be true or false, got None"):
+        AlgorithmConfig(norm_adv_by_std={"compress": True})
+
+
+def test_absolute_advantages_on_a_reward_that_pays_wrong_answers_are_refused():
+    """Paper 1's reward pays the skip tier whatever the answer: under A = beta * max(R, 0) a wrong answer would be
+    reinforced (entropy_guided.yaml measured accuracy 55% -> 23% in 12 steps). A stage the mode never reaches is not
+    checked."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        def job(*overrides):
+            return build(compose("config", overrides=["+experiment=step_entropy", "run_dir=/tmp/x", *overrides]))
+        job()
+        with pytest.raises(ConfigError, match="reward.stages.compress pays wrong answers"):
+            job("algorithm.adv_estimator.compress=absolute")
+        with pytest.raises(ConfigError, match="reward.stages.explore pays wrong answers"):
+            job("algorithm.adv_estimator.explore=absolute", "algorithm.phase.mode=fixed")
+        job("algorithm.adv_estimator.explore=absolute", "algorithm.phase.mode=compress")
+
+
+def test_an_engine_on_part_of_a_gpu_must_reserve_at_most_its_part():
+    """Two engines (or an engine and the reference) on one GPU, each reserving 0.85 of it: vLLM fails at start or
+    the reference runs out of memory in the prune stage."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        def job(*overrides):
+            return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x",
+                                                      "model=r1_distill_qwen_7b", "cluster=gpu_8x", "trainer=gpu",
+                                                      "rollout=vllm_gpu", *overrides]), check_paths=False)
+        with pytest.raises(ConfigError, match=r"gpu_memory_utilization \(0.85\) must be at most the engine's share"):
+            job("cluster.rollout.num_gpus=0.5")
+        assert job("cluster.rollout.num_gpus=0.5", "rollout.engine.gpu_memory_utilization=0.45").cluster.rollout.num_gpus == 0.5
+
+
+def test_the_default_skip_limit_is_above_what_pruning_writes_in_the_papers_format():
+    """One [SKIP] per pruned step at paper 1's ratio (merge_runs=false) on the default task's longest CoT must not
+    cost the skip-count penalty: the terse task's limit of 12 charged it on 45% of those SFT targets."""
+    import math
+
+    from stepentropy_rl.data import generated
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        job = build(compose("config", overrides=["+experiment=step_entropy", "run_dir=/tmp/x"]))
+    limit = next(t["params"]["limit"] for t in job.reward["stages"]["compress"] if t["name"] == "skip_count")
+    most = max(math.floor(job.trainer.prune.ratio * len(p.steps)) for p in generated(job.data.task, 2000, 0, "train"))
+    assert most < limit

@@ -23,6 +23,7 @@ def test_good_file(tmp_path):
     ('{"prompt": "q", "answer": Infinity}', "'answer' is inf"),
     ('{"prompt": "q", "answer": ' + "9" * 5000 + "}", "not readable JSON"),
     ('{"prompt": "q", "answer": "1", "steps": "no"}', "'steps'"),
+    ('{"prompt": "q", "answer": "1", "solution": 42}', "'solution' must be a string, got int"),
 ])
 def test_malformed_rows_name_the_line(tmp_path, line, msg):
     f = tmp_path / "bad.jsonl"
@@ -190,3 +191,43 @@ def test_held_out_problems_that_are_also_training_problems_are_found():
     held = [Example(id="t0", prompt="What is 2+2?", answer="4"), Example(id="t1", prompt="Name 3.", answer="3")]
     train = [Example(id="x", prompt="what  is 2+2?", answer="4"), Example(id="y", prompt="Other.", answer="1")]
     assert overlap(held, train) == ["t0"] and overlap(held, []) == []
+
+
+def test_gold_solutions_are_checked_for_the_layout_the_prune_stage_reads(tmp_path):
+    """trainer.prune.source=gold prunes each row's solution as a CoT: one without </think> and a box after it was
+    dropped from the SFT data as wrong without a word; now the row is named when the problems load."""
+    from stepentropy_rl.data import check_gold_solution
+
+    f = tmp_path / "t.jsonl"
+    rows = [{"id": "a", "prompt": "q", "answer": "5", "solution": "Add.\n</think>\n\nThe answer is \\boxed{5}."},
+            {"id": "b", "prompt": "q", "answer": "5", "solution": "Add. So \\boxed{5}."},
+            {"id": "c", "prompt": "q", "answer": "5", "solution": "Add \\boxed{5}.\n</think>\n\nIt is 5."},
+            {"id": "d", "prompt": "q", "answer": "5"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b, c, d = load_jsonl(f)
+    check_gold_solution(a)
+    with pytest.raises(DataError, match=r"t.jsonl:2: 'solution' must be thinking, then </think>.*it has no </think>"):
+        check_gold_solution(b)
+    with pytest.raises(DataError, match=r"t.jsonl:3: .*it has no answer box after the tag"):  # a box in the thinking
+        check_gold_solution(c)
+    with pytest.raises(DataError, match=r"t.jsonl:4: no 'solution'"):
+        check_gold_solution(d)
+
+
+def test_a_gold_run_names_a_bad_solution_when_its_problems_load(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.driver.run import train_problems
+
+    conf = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
+    f = tmp_path / "train.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "answer": "5", "solution": "Add. So \\boxed{5}."}) + "\n")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        def cfg(*overrides):
+            return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides]),
+                         check_paths=False)
+        assert len(train_problems(cfg("trainer.prune.source=gold", "trainer.n_train=3"))) == 3  # the task's own
+        with pytest.raises(DataError, match="train.jsonl:1: 'solution' must be thinking"):
+            train_problems(cfg("data=file", "model=r1_distill_qwen_7b", f"data.path={f}", f"data.train_path={f}", "trainer.prune.source=gold"))
+        assert len(train_problems(cfg("data=file", "model=r1_distill_qwen_7b", f"data.path={f}", f"data.train_path={f}"))) == 1  # policy CoTs

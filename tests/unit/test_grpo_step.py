@@ -329,3 +329,14 @@ def test_a_resumed_grpo_counts_the_time_up_to_its_checkpoint(tmp_path):
     assert 40.0 <= stages.elapsed() < 45.0
     stages.mark("grpo")
     assert 40.0 <= stages.seconds()["grpo"] < 45.0
+
+
+@pytest.mark.parametrize("norm, want", [("{compress:false,explore:true}", [0.5, -0.5, -1.0, 1.0, 0.0, 0.0]),
+                                        ("{compress:true,explore:false}", [0.7071, -0.7071, -0.7071, 0.7071, 0, 0])])
+def test_the_stage_in_force_decides_whether_advantages_are_divided_by_the_std(tmp_path, norm, want):
+    """algorithm.norm_adv_by_std per stage (the compress phase here): false is Dr.GRPO, the reward less its group's
+    mean (rewards 1, 0 | 0, 2 | 5, 5)."""
+    t = _trainer(tmp_path, f"algorithm.norm_adv_by_std={norm}")
+    t.train_step()
+    (batch, _), = t.learners.batches
+    assert _first(batch, "advantages") == pytest.approx(want, abs=1e-3)

@@ -126,7 +126,10 @@ def test_failed_samples_count_as_wrong_never_dropped(setup):
 
 
 class CutAtMaxTokens(FakeRollout):
-    """The CoTs of ``ids`` run to max_tokens: ``edit`` says what each became (the answer regenerations stay)."""
+    """The CoTs of ``ids`` run to max_tokens: ``edit`` says what each became (the answer regenerations stay; with
+    ``answers`` the answer regenerations are cut instead)."""
+
+    answers = False
 
     def __init__(self, problems, ids):
         super().__init__(problems)
@@ -137,7 +140,7 @@ class CutAtMaxTokens(FakeRollout):
         for ids, o in zip(prompts, out):
             text = self.tok.decode(ids, skip_special_tokens=False)
             p = next(p for q, p in self.by_prompt.items() if q in text)
-            if p.id in self.ids and not text.endswith("</think>"):
+            if p.id in self.ids and text.endswith("</think>") == self.answers:
                 self.edit(o[0])
                 o[0]["finish_reason"] = "length"
         return out
@@ -497,3 +500,45 @@ def test_a_placeholder_study_of_the_tiny_reasoner_is_flagged():
     assert "pruning.placeholder=''" in placeholder_caveat(job())
     assert placeholder_caveat(job("pruning.placeholder=''")) is None
     assert placeholder_caveat(job("model=r1_distill_qwen_7b", "model.path=/m", "data=gsm8k")) is None
+
+
+class LongAnswers(CutAtMaxTokens):
+    """Every answer regenerated after a pruned CoT of ``ids`` runs out of its budget before a box."""
+
+    answers = True
+
+    def edit(self, sample):
+        sample.update(text="Let me write the solution out in full first")
+
+
+def test_cut_cots_and_cut_answers_are_counted_and_warned_about(setup, caplog):
+    """A budget too small for the model (R1's solution after </think> past answer_max_tokens) counted as wrong
+    without a trace, and read as a pruning effect: each cell now counts them, and the study warns above 2%."""
+    probs, tok, cfg = setup
+    roll = LongAnswers(probs, [probs[0].id, probs[1].id])
+    roll.tok = tok
+    with caplog.at_level("WARNING"):
+        res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    assert all(r["answer_cut"] == pytest.approx(2 / 12) and r["cot_cut"] == 0 for r in res.summary)
+    assert any("of the answers regenerated after" in m and "rollout.answer_max_tokens" in m for m in caplog.messages)
+    assert not any("rollout.max_tokens=" in m for m in caplog.messages)
+    roll = CutRollout(probs, [probs[3].id])
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    assert all(r["cot_cut"] == pytest.approx(1 / 12) and r["answer_cut"] == 0 for r in res.summary)
+
+
+def test_the_prune_stage_counts_answer_checks_cut_at_their_budget(setup, caplog):
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll = LongAnswers(probs, [probs[0].id])
+    roll.tok = tok
+    prune = PruneStageConfig(source="policy", ratio=0.5, keep_verified=True, answer_max_tokens=16, merge_runs=False)
+    with caplog.at_level("WARNING"):
+        rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                           {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    assert stats["verify_cut"] == 1 and probs[0].id not in {r["id"] for r in rows}
+    assert any("ran out of trainer.prune.answer_max_tokens=16" in m for m in caplog.messages)

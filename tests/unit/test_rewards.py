@@ -265,3 +265,15 @@ def test_gdpo_keeps_a_terms_size_with_and_without_the_std_division():
         adv = gdpo_advantages(parts, mask, groups, norm_by_std=by_std)[:, -1]
         lift = (adv[:2] - adv[2:].mean()).tolist()  # each firing sample over the two that earn nothing
         assert lift[0] / lift[1] == pytest.approx(5.0, rel=1e-4)
+
+
+def test_pays_wrong_answers_finds_terms_that_pay_whatever_the_answer():
+    from stepentropy_rl.rewards import RewardFn, TermSpec, pays_wrong_answers
+
+    assert not pays_wrong_answers(RewardFn([TermSpec("length_clip", gate=True, params={"L": 10}),
+                                            TermSpec("exp_length", params={"L": 10, "only_correct": True})]))
+    assert pays_wrong_answers(RewardFn([TermSpec("exp_length", params={"L": 10, "only_correct": False})]))
+    assert pays_wrong_answers(RewardFn([TermSpec("correctness"), TermSpec("format_reward")]))
+    assert pays_wrong_answers(RewardFn([TermSpec("correctness"), TermSpec("skip_ratio")]))  # paper 1's tiers
+    assert not pays_wrong_answers(RewardFn([TermSpec("correctness"), TermSpec("skip_count"),
+                                            TermSpec("length_threshold")]))  # penalties only

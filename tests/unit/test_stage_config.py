@@ -203,3 +203,18 @@ def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path, key, 
     check_config(tmp_path, config)
     with pytest.raises(ConfigError, match=f"{key}=.*, and this job says {key}="):
         check_config(tmp_path, _config(f"{key}={changed}"))
+
+
+def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
+    """``algorithm.norm_adv_by_std`` was one bool before it was per stage: a run whose GRPO finished then resumes
+    under the same value for both stages, and a stage changed from it is still refused."""
+    config = _config()
+    old = {k: v for k, v in run_config(config).items() if not k.startswith("algorithm.norm_adv_by_std")}
+    stages = Stages(tmp_path, {**old, "algorithm.norm_adv_by_std": True})
+    for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
+        stages.mark(name)
+    check_config(tmp_path, config)
+    check_config(tmp_path, _config("algorithm.norm_adv_by_std=true"))
+    with pytest.raises(ConfigError, match="algorithm.norm_adv_by_std.explore=True, and this job says "
+                                          "algorithm.norm_adv_by_std.explore=False"):
+        check_config(tmp_path, _config("algorithm.norm_adv_by_std={compress:true,explore:false}"))
