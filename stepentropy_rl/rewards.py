@@ -341,8 +341,9 @@ def pays_wrong_answers(fn: RewardFn) -> bool:
     without an answer, skips and length; a user's ``custom`` term is not called). Under the ``absolute`` advantage
     ``A = beta * max(R, 0)`` such a reward reinforces wrong answers."""
     built_in = RewardFn([t for t in fn.terms if t.name != "custom"])
-    probes = [Sample(correct=False, answered=answered, answer_pos=1 if answered else None, length=2, n_skip=skips,
-                     n_steps=1) for answered in (True, False) for skips in (0, 1, 4)]
+    probes = [Sample(correct=False, answered=answered, answer_pos=1 if answered else None, length=length,
+                     n_skip=skips, n_steps=1)
+              for answered in (True, False) for skips in (0, 1, 4, 10**6) for length in (2, 10**6)]
     return any(built_in(s)["total"] > 0 for s in probes)
 
 

@@ -18,10 +18,13 @@ ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")
 FIRST_STAGE = {
     "model": "init",
     "data": "eval_base", "trainer.eval": "eval_base", "rollout": "eval_base", "cluster.rollout": "eval_base",
+    # the CoTs the prune stage and the study write; the evaluations sample with trainer.eval's
+    "rollout.temperature": "prune", "rollout.max_tokens": "prune", "rollout.answer_temperature": "prune",
+    "rollout.answer_max_tokens": "prune",
     "trainer.n_train": "prune", "trainer.prune": "prune", "reference": "prune", "cluster.reference": "prune",
     "trainer.sft": "sft", "trainer.optim": "sft", "trainer.micro_batch_size": "sft", "cluster.learner": "sft",
     "seed": "sft",
-    "algorithm": "grpo", "reward": "grpo", "trainer.grpo": "grpo", "data.reward_scale": "grpo",
+    "algorithm": "grpo", "reward": "grpo", "trainer.grpo": "grpo",
 }
 # where and how a run is logged, resources, restarts, caches and fault injection: no stage's output depends on them
 IGNORED = (
@@ -32,6 +35,7 @@ IGNORED = (
     "cluster.learner.sync_timeout_s", "cluster.learner.start_timeout_s", "cluster.learner.pg_timeout_s",
     "data.grade_timeout_s", "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
     "trainer.grpo.crash_after_step", "trainer.grpo.kill_at_step", "trainer.grpo.keep_last", "trainer.grpo.save_every",
+    "data.reward_scale",  # decides only the reward keys it fills, which are recorded resolved (reward.*)
 )
 
 
@@ -67,8 +71,8 @@ def decisive(config: dict, prefix: str = "") -> dict[str, Any]:
 def first_stage(key: str) -> str:
     """The first stage whose result ``key`` decides (``init`` for a key in no row).
 
-    >>> first_stage("trainer.prune.ratio"), first_stage("data.reward_scale.length_budget"), first_stage("new.key")
-    ('prune', 'grpo', 'init')
+    >>> first_stage("trainer.prune.ratio"), first_stage("rollout.max_tokens"), first_stage("new.key")
+    ('prune', 'prune', 'init')
     """
     matches = [p for p in FIRST_STAGE if _under(key, p)]
     return FIRST_STAGE[max(matches, key=len)] if matches else "init"

@@ -170,15 +170,17 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
                         "answer_in_thinking": len(with_answer) / max(1, len(sel)),
                         "accuracy_answer_in_thinking": _share_right(with_answer),
                         "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]]),
-                        "cot_cut": sum(r["finish_reason"] == "length" for r in sel) / n,
-                        "answer_cut": sum(r.get("answer_finish_reason") == "length" for r in sel) / n})
+                        "cot_cut": sum(r["finish_reason"] == "length" and not r["cot_closed"] for r in sel) / n,
+                        "answer_cut": sum(r.get("answer_finish_reason") == "length" and not r["correct"]
+                                          for r in sel) / n})
     return out
 
 
 def warn_cut(summary: list[dict], max_tokens: int, answer_max_tokens: int, limit: float = 0.02) -> list[str]:
-    """Warn (and return the warnings) where more than ``limit`` of the CoTs ran out of ``rollout.max_tokens`` or
-    of the cells' regenerated answers out of ``rollout.answer_max_tokens``: each counts as wrong, so a budget too
-    small for the model (R1 thinks for thousands of tokens, and answers with a solution) reads as a pruning effect."""
+    """Warn (and return the warnings) where more than ``limit`` of the CoTs ran out of ``rollout.max_tokens`` before
+    ``</think>`` (``cot_cut``) or of a cell's regenerated answers out of ``rollout.answer_max_tokens`` and were graded
+    wrong (``answer_cut``): a budget too small for the model (R1 thinks for thousands of tokens, and answers with a
+    solution) reads as a pruning effect. A CoT or answer cut after it was right is not counted."""
     said = []
     cot = max((r["cot_cut"] for r in summary), default=0.0)
     if cot > limit:

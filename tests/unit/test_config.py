@@ -523,17 +523,17 @@ def test_the_learners_start_and_process_group_timeouts_reach_them(monkeypatch):
 
 
 def test_a_job_asking_for_more_than_the_cluster_has_is_named():
-    """Two engines, the reference and four learner GPUs on a 4-GPU cluster waited forever with no message."""
+    """Three engines, the reference and four learner GPUs on a 4-GPU cluster waited forever with no message."""
     from stepentropy_rl.driver.roles import needed_resources, short_resources
 
     with initialize_config_dir(config_dir=CONF, version_base=None):
         gpu = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", "cluster=gpu_8x",
                                                  "trainer=gpu", "rollout=vllm_gpu", "model=r1_distill_qwen_7b",
                                                  "data=gsm8k"]), check_paths=False)
-    assert needed_resources(gpu, train=True) == {"CPU": 30, "GPU": 7}
-    assert needed_resources(gpu, train=False) == {"CPU": 12, "GPU": 3}  # the study: engines and reference
+    assert needed_resources(gpu, train=True) == {"CPU": 34, "GPU": 8}  # every GPU of the node
+    assert needed_resources(gpu, train=False) == {"CPU": 16, "GPU": 4}  # the study: engines and reference
     short = short_resources(gpu, True, {"CPU": 64.0, "GPU": 4.0})
-    assert short.startswith("this job reserves 30 CPU, 7 GPU (cluster.rollout, cluster.reference, cluster.reward, "
+    assert short.startswith("this job reserves 34 CPU, 8 GPU (cluster.rollout, cluster.reference, cluster.reward, "
                             "cluster.learner) but the Ray cluster has 64 CPU, 4 GPU")
     assert short_resources(gpu, True, {"CPU": 64.0, "GPU": 8.0}) is None
     assert short_resources(build(cfg()), False, {"CPU": 2.0}) is None  # the CPU default fits 2 cores

@@ -542,3 +542,28 @@ def test_the_prune_stage_counts_answer_checks_cut_at_their_budget(setup, caplog)
                                            {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
     assert stats["verify_cut"] == 1 and probs[0].id not in {r["id"] for r in rows}
     assert any("ran out of trainer.prune.answer_max_tokens=16" in m for m in caplog.messages)
+
+
+class CutAfterRight(CutAtMaxTokens):
+    """Cut at the budget after the work was done: the CoT closed and answered (``answers=False``), or the answer
+    boxed the right number (``answers=True``, the text kept)."""
+
+    def edit(self, sample):
+        pass
+
+
+@pytest.mark.parametrize("answers", [False, True])
+def test_outputs_cut_after_they_were_right_are_not_counted_as_cut(setup, answers, caplog):
+    probs, tok, cfg = setup
+    roll = CutAfterRight(probs, [probs[0].id, probs[1].id])
+    roll.answers, roll.tok = answers, tok
+    with caplog.at_level("WARNING"):
+        res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    cut = {probs[0].id, probs[1].id}
+    for cell in res.summary:  # cut and wrong: only where pruning took a step the fake answer needs
+        rows = [r for r in res.rows if (r["strategy"], r["ratio"]) == (cell["strategy"], cell["ratio"])]
+        wrong_cut = sum(answers and r["id"] in cut and not r["correct"] for r in rows)
+        assert cell["cot_cut"] == 0 and cell["answer_cut"] == pytest.approx(wrong_cut / len(rows))
+    assert all(r["correct"] for r in res.rows if r["ratio"] == 0.0)
+    assert all(c["answer_cut"] == 0 for c in res.summary if c["ratio"] == 0.0)
+    assert answers or not any("ran out of" in m for m in caplog.messages)

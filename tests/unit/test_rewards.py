@@ -277,3 +277,11 @@ def test_pays_wrong_answers_finds_terms_that_pay_whatever_the_answer():
     assert pays_wrong_answers(RewardFn([TermSpec("correctness"), TermSpec("skip_ratio")]))  # paper 1's tiers
     assert not pays_wrong_answers(RewardFn([TermSpec("correctness"), TermSpec("skip_count"),
                                             TermSpec("length_threshold")]))  # penalties only
+
+
+def test_pays_wrong_answers_probes_many_skips_and_long_responses():
+    """A skip tier set above 0.8 paid a wrong answer with many skips, past the probes' four."""
+    from stepentropy_rl.rewards import RewardFn, TermSpec, pays_wrong_answers
+
+    assert pays_wrong_answers(RewardFn([TermSpec("skip_ratio", params={"high": 0.9, "low": 0.85})]))
+    assert pays_wrong_answers(RewardFn([TermSpec("length_threshold", params={"limit": 10, "penalty": 1.0})]))

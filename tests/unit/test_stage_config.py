@@ -218,3 +218,19 @@ def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
     with pytest.raises(ConfigError, match="algorithm.norm_adv_by_std.explore=True, and this job says "
                                           "algorithm.norm_adv_by_std.explore=False"):
         check_config(tmp_path, _config("algorithm.norm_adv_by_std={compress:true,explore:false}"))
+
+
+def test_keys_a_finished_stage_does_not_read_do_not_refuse_its_resume(tmp_path):
+    """data.reward_scale fills reward keys, which are recorded resolved: entropy_guided, whose reward reads no skip
+    limit, resumed a finished GRPO only under the old max_skips. rollout.max_tokens and the answer budget write the
+    prune stage's CoTs; the evaluations sample with trainer.eval's, so a run past eval_base but not prune resumes."""
+    config = _config()
+    _finished(tmp_path, config, names=("init", "eval_base", "prune", "sft", "eval_sft", "grpo"))
+    check_config(tmp_path, _config("data.reward_scale.max_skips=40"))
+    with pytest.raises(ConfigError, match="reward.length_budget=96, and this job says reward.length_budget=50"):
+        check_config(tmp_path, _config("data.reward_scale.length_budget=50"))
+    early = tmp_path / "early"
+    _finished(early, config, names=("init", "eval_base"))
+    check_config(early, _config("rollout.max_tokens=400", "rollout.answer_max_tokens=40"))
+    with pytest.raises(ConfigError, match="'prune' with rollout.max_tokens=384"):
+        check_config(tmp_path, _config("rollout.max_tokens=400"))
