@@ -37,8 +37,8 @@ def test_each_job_writes_summary_plot_and_samples(sweep):
         for r in summary["results"]:
             assert set(r) == {"strategy", "ratio", "accuracy", "accuracy_stderr", "thinking_tokens", "kept_fraction",
                               "answer_in_thinking", "accuracy_answer_in_thinking", "accuracy_answer_not_in_thinking",
-                              "n"}
-            assert 0.0 <= r["answer_in_thinking"] <= 1.0
+                              "cot_cut", "answer_cut", "n"}
+            assert 0.0 <= r["answer_in_thinking"] <= 1.0 and 0.0 <= r["cot_cut"] <= 1.0 and 0.0 <= r["answer_cut"] <= 1.0
             assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and r["ratio"] in (0.0, 0.5)
             assert r["accuracy_stderr"] == pytest.approx((r["accuracy"] * (1 - r["accuracy"]) / 6) ** 0.5)
         samples = [json.loads(line) for line in (job / "samples.jsonl").read_text().splitlines()]
