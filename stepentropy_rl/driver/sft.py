@@ -100,7 +100,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         if with_labels:
             candidates[-1]["lost_essential"] = sum(cut and label_step(t)[0] == "essential"
                                                    for t, cut in zip(texts, pruned.pruned))
-    rows = candidates
+    rows, verify_cut = candidates, 0
     verify_start = time.perf_counter()
     seconds["score"] = verify_start - clock - seconds["generate"]  # grade, reference entropies, pruning
     if prune.keep_verified and candidates:
@@ -119,8 +119,6 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                         "them (trainer.prune.ratio=%s takes steps it needs, or it cannot read verify_with=%s); a lower "
                         "ratio keeps more", len(candidates) - len(rows), len(candidates), prune.ratio,
                         prune.verify_with)
-    else:
-        verify_cut = 0
     verified = len(rows)
     seconds["verify"] = time.perf_counter() - verify_start
     for r in rows:

@@ -159,15 +159,14 @@ def summarize(rows: list[dict], strategies: list[str], ratios: list[float]) -> l
     for strategy in strategies:
         for ratio in ratios:
             sel = [r for r in rows if r["strategy"] == strategy and r["ratio"] == ratio]
-            full = sum(r["thinking_tokens_full"] for r in sel)
-            acc = sum(r["correct"] for r in sel) / max(1, len(sel))
+            full, n = sum(r["thinking_tokens_full"] for r in sel), max(1, len(sel))
+            acc = sum(r["correct"] for r in sel) / n
             with_answer = [r for r in sel if r["answer_in_thinking"]]
-            n = max(1, len(sel))
             out.append({"strategy": strategy, "ratio": ratio, "n": len(sel), "accuracy": acc,
                         "accuracy_stderr": binomial_stderr(acc, len(sel)),
-                        "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / max(1, len(sel)),
+                        "thinking_tokens": sum(r["thinking_tokens"] for r in sel) / n,
                         "kept_fraction": sum(r["thinking_tokens"] for r in sel) / max(1, full),
-                        "answer_in_thinking": len(with_answer) / max(1, len(sel)),
+                        "answer_in_thinking": len(with_answer) / n,
                         "accuracy_answer_in_thinking": _share_right(with_answer),
                         "accuracy_answer_not_in_thinking": _share_right([r for r in sel if not r["answer_in_thinking"]]),
                         "cot_cut": sum(r["finish_reason"] == "length" and not r["cot_closed"] for r in sel) / n,
