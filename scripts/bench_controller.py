@@ -13,19 +13,24 @@ the seed. Saves ``results.json`` (with the overrides it ran under: a rerun with 
 reporting the old runs as its own), ``table.md`` and ``pareto.png`` under ``--out``.
 
 The table compares the controller (``entropy``) with each other mode per seed and over the seeds: the mean of the
-per-seed differences and its standard error over seeds, sd / sqrt(k), the error of a difference in training (the
-paired error over one evaluation's problems sees only the evaluation's sampling). ``--against OTHER/results.json``
-compares each mode with the same mode of another bench (e.g. ``trainer.grpo.optimizer=fresh`` against the default).
+per-seed differences, its standard error over seeds (``seed_difference``: sd / sqrt(k), the error of a difference in
+training, but never below what the evaluation's own sampling gives, from the runs' per-problem verdicts), and Student's
+t with k - 1 degrees of freedom and its two-sided p (with 3 seeds a difference needs |t| > 4.30 for p < 0.05, not 2).
+``--against OTHER/results.json`` compares each mode with the same mode of another bench (e.g.
+``trainer.grpo.optimizer=fresh`` against the default).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from stepentropy_rl.cot_stats import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("entropy", "fixed", "compress", "explore")
@@ -76,34 +81,83 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
-def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str) -> dict | None:
+def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str, eval_se: dict | None = None) -> dict | None:
     """Final accuracy of ``mode_a`` in results ``a`` minus ``mode_b`` in ``b``, on each seed both ran: the
-    per-seed differences, their mean, and its standard error over the seeds, sd / sqrt(k) (None for one seed).
-    None when no seed ran both.
+    per-seed differences d, their mean, its standard error over the k seeds, t = mean / error with k - 1 degrees of
+    freedom, and t's two-sided p (error, t and p None for one seed). None when no seed ran both.
+
+    Each d_i is training's spread plus the evaluation's sampling error ``eval_se[seed]`` (the paired error over the
+    held-out problems), so the error is sqrt(max(sd(d)^2, mean(eval_se^2)) / k): an sd over a few seeds that comes
+    out below the evaluation's own error by chance does not make a difference look surer than one evaluation can.
 
     >>> r = {s: {"x": {"final": {"accuracy": x}}, "y": {"final": {"accuracy": y}}}
     ...      for s, x, y in (("0", 0.76, 0.98), ("1", 0.98, 0.98), ("2", 0.99, 0.98))}
-    >>> d = seed_difference(r, r, "x", "y"); [round(v, 2) for v in d["per_seed"]], round(d["stderr"], 3)
-    ([-0.22, 0.0, 0.01], 0.075)
+    >>> d = seed_difference(r, r, "x", "y"); [round(v, 2) for v in d["per_seed"]], round(d["stderr"], 3), d["df"]
+    ([-0.22, 0.0, 0.01], 0.075, 2)
+    >>> r = {s: {"x": {"final": {"accuracy": 0.99}}, "y": {"final": {"accuracy": 0.98}}} for s in "012"}
+    >>> d = seed_difference(r, r, "x", "y", {s: 0.006 for s in "012"}); round(d["stderr"], 4), round(d["p"], 2)
+    (0.0035, 0.1)
     """
     seeds = [s for s in a if s in b and mode_a in a[s] and mode_b in b[s]]
     if not seeds:
         return None
     diffs = [a[s][mode_a]["final"]["accuracy"] - b[s][mode_b]["final"]["accuracy"] for s in seeds]
-    k = len(diffs)
-    return {"seeds": seeds, "per_seed": diffs, "mean": statistics.mean(diffs),
-            "stderr": statistics.stdev(diffs) / k ** 0.5 if k > 1 else None}
+    k, mean = len(diffs), statistics.mean(diffs)
+    out = {"seeds": seeds, "per_seed": diffs, "mean": mean, "stderr": None, "t": None, "df": k - 1, "p": None}
+    if k > 1:
+        floor = [eval_se[s] ** 2 for s in seeds if eval_se and s in eval_se]
+        var = max(statistics.variance(diffs), statistics.mean(floor) if floor else 0.0)
+        out["stderr"] = (var / k) ** 0.5
+        out["t"] = mean / out["stderr"] if out["stderr"] > 0 else math.copysign(math.inf, mean) if mean else 0.0
+        out["p"] = t_two_sided_p(out["t"], k - 1)
+    return out
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's T with ``df`` degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2).
+
+    >>> round(t_two_sided_p(4.303, 2), 3), round(t_two_sided_p(1.96, 10**6), 3), t_two_sided_p(0.0, 2)
+    (0.05, 0.05, 1.0)
+    """
+    import mpmath  # sympy's, so torch's: installed wherever the project is
+
+    if math.isinf(t):
+        return 0.0
+    return float(mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True))
+
+
+def final_verdicts(run_dir: Path) -> dict | None:
+    """Per held-out problem id, whether the run's final model got it right (``eval/final.cots.jsonl``); None when
+    the run directory is gone."""
+    path = run_dir / "eval" / "final.cots.jsonl"
+    if not path.exists():
+        return None
+    return {r["id"]: bool(r["correct"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def eval_errors(dir_a: Path, dir_b: Path, seeds, mode_a: str, mode_b: str) -> dict:
+    """Per seed whose two runs' directories are there: the paired error of their final accuracies' difference over
+    the problems both evaluated, the evaluation's sampling alone (``cot_stats.paired_difference``)."""
+    out = {}
+    for s in seeds:
+        va, vb = final_verdicts(dir_a / f"seed{s}_{mode_a}"), final_verdicts(dir_b / f"seed{s}_{mode_b}")
+        if va and vb:
+            ids = sorted(set(va) & set(vb))
+            out[s] = paired_difference([va[i] for i in ids], [vb[i] for i in ids])[1]
+    return out
 
 
 def difference_lines(pairs: list[tuple[str, dict | None]]) -> list[str]:
     """A Markdown table of ``seed_difference`` results, in points."""
-    lines = ["| comparison | per seed (points) | mean ± error over seeds | seeds |", "|---|---|---|---|"]
+    lines = ["| comparison | per seed (points) | mean ± error over seeds | t (degrees of freedom), two-sided p | seeds |",
+             "|---|---|---|---|---|"]
     for name, d in pairs:
         if d is None:
             continue
         err = "n/a (one seed)" if d["stderr"] is None else f"{100 * d['stderr']:.1f}"
+        test = "n/a" if d["t"] is None else f"{d['t']:+.1f} ({d['df']}), p = {d['p']:.2f}"
         lines.append(f"| {name} | {' / '.join(f'{100 * v:+.1f}' for v in d['per_seed'])} | "
-                     f"{100 * d['mean']:+.1f} ± {err} | {len(d['seeds'])} |")
+                     f"{100 * d['mean']:+.1f} ± {err} | {test} | {len(d['seeds'])} |")
     return lines
 
 
@@ -178,10 +232,13 @@ def main(argv=None) -> None:
              "|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['seeds']} | {100 * r['accuracy']:.1f} ± {sd(r['accuracy_sd'], 100)}% | "
               f"{r['thinking_tokens']:.1f} ± {sd(r['thinking_tokens_sd'])} | {100 * r['vs_base']:.0f}% |" for r in rows]
-    pairs = [(f"{MODES[0]} - {m}", seed_difference(results, results, MODES[0], m)) for m in MODES[1:]]
+    pairs = [(f"{MODES[0]} - {m}", seed_difference(results, results, MODES[0], m,
+                                                   eval_errors(out, out, results, MODES[0], m))) for m in MODES[1:]]
     if args.against is not None:
         other = load_results(args.against, json.loads(args.against.read_text()).get("_overrides", []))
-        pairs += [(f"{m} - {m} of {args.against.parent.name}", seed_difference(results, other, m, m)) for m in MODES]
+        pairs += [(f"{m} - {m} of {args.against.parent.name}",
+                   seed_difference(results, other, m, m, eval_errors(out, args.against.parent, results, m, m)))
+                  for m in MODES]
     lines += ["", *difference_lines(pairs)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(results, rows, out / "pareto.png")

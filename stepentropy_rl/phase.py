@@ -22,7 +22,8 @@ the stages from the measured trend of the per-step mean policy entropy:
   nats/step), EXPLORE opposes when ``trend <= +hysteresis`` (entropy no longer rises).
 ``switch_on="reverse"`` -- switch only when entropy moves the wrong way:
   COMPRESS opposes when ``trend > +hysteresis``, EXPLORE when ``trend < -hysteresis``; a flat
-  series never switches.
+  series without noise never switches (with noise it can: a ``window``-step slope of noise sd s has
+  the error s / sqrt(sum (i - mean)^2), s / sqrt(5) for 4 steps).
 
 Why stall is the default: each stage exists to move entropy in its direction, so once it stops
 doing that its job is done. The paper's failure mode is the *entropy conflict*: compression pushes
@@ -32,6 +33,9 @@ forever) and a switch comes only after accuracy pressure has already won. The pr
 plateau the stall rule alternates every ``max(min_steps, window + patience - 1)`` steps, trying the
 other stage each time; raise ``min_steps`` to make those visits longer. Under the stall rule
 ``hysteresis`` is the minimum useful progress rate; in the reversal rule it is a noise dead band.
+Measured (``scripts/controller_noise.py``): the tiny reasoner's GRPO entropy moves about 0.005 nats
+from step to step about its trend, so a 4-step slope's error (0.0023) exceeds the default
+hysteresis and the default schedule is a 5-step alternation whose longer phases noise alone explains.
 
 ``mode="compress"`` / ``"explore"`` stay in one stage; ``start`` applies to ``mode="entropy"`` only
 (``"fixed"`` always compresses first, for ``fixed_compress_steps`` steps).

@@ -62,7 +62,7 @@ def plot_accuracy(run_dir: Path, results: list[dict], title: str) -> Path:
         color, marker = styles.get(strategy, (None, "x"))
         ax.plot(*zip(*pts), marker=marker, color=color, label=f"{strategy}-entropy" if strategy != "random" else
                 "random")
-    ax.set_xlabel("pruning ratio (share of steps replaced)")
+    ax.set_xlabel("pruning ratio (share of steps pruned)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(title, fontsize=9)

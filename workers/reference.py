@@ -61,6 +61,12 @@ class Reference:
         done.close()
         return {k: batch.response_column([o[k] for o in out]) for k in ("entropy", "logprobs")}
 
+    def runtime_tag(self) -> dict:
+        """This node's libraries, CPU kernels and GPU (``cot_cache.runtime_tag``): the entropies' bits depend on them."""
+        from stepentropy_rl.cot_cache import runtime_tag
+
+        return runtime_tag()
+
     def num_threads(self) -> int:
         """torch's intra-op threads in this actor (``cluster.reference.threads``)."""
         return torch.get_num_threads()

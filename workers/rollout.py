@@ -90,6 +90,12 @@ class Rollout:
         each draws (``cot_cache``: after writing CoTs, an engine holds the state reading them would give it)."""
         return bool(self.llm.reset_prefix_cache())
 
+    def runtime_tag(self) -> dict:
+        """This node's libraries, CPU kernels and GPU (``cot_cache.runtime_tag``): the samples' bits depend on them."""
+        from stepentropy_rl.cot_cache import runtime_tag
+
+        return runtime_tag()
+
     def rng_state(self) -> bytes:
         """The sampler's random state, as ``.npz`` bytes: requests without a seed draw from torch's CPU generator
         (vLLM's CPU sampler), the CUDA generators (its V1 GPU sampler), or numpy's global generator (its V2 GPU model

@@ -188,6 +188,12 @@ def spawn_reference(cfg: JobConfig, model_path: str):
                                                                 reference_device(c.num_gpus))
 
 
+def workers_runtime(rollouts: RolloutGroup, reference) -> dict:
+    """A job's ``CoTCache`` runtime: each engine's ``runtime_tag`` and the reference's, as their own nodes report
+    them (the driver's node may have another CPU, or no GPU)."""
+    return {"engines": rollouts.runtime_tags(), "reference": ray.get(reference.runtime_tag.remote())}
+
+
 def thread_env(threads: int) -> dict:
     """Actor options that give it ``threads`` OpenMP threads (-1: every core of this machine; 0: Ray's default).
 

@@ -203,6 +203,10 @@ class RolloutGroup:
         fetch([w.reset_prefix_cache.remote() for w in self.engines])
 
     # ---- random state -------------------------------------------------------------------------------------------
+    def runtime_tags(self) -> list[dict]:
+        """Each engine's ``cot_cache.runtime_tag``, as its own node reports it."""
+        return fetch([w.runtime_tag.remote() for w in self.engines])
+
     def rng_states(self) -> list[str]:
         """Each engine's sampler state (base64), saved with every checkpoint and stage marker: a rerun after a crash
         restores it (``set_rng_states``) and samples what the uninterrupted run would have."""

@@ -14,7 +14,7 @@ from stepentropy_rl.driver import progress
 from stepentropy_rl.config import ConfigError, JobConfig, check_context, context_needs
 from stepentropy_rl.data import DataError, as_asked, check_gold_solution, generated, load_problems
 from stepentropy_rl.driver.evaluate import labelled
-from stepentropy_rl.files import atomic_write_json
+from stepentropy_rl.files import RunDirLock, atomic_write_json, atomic_write_text
 from stepentropy_rl.tasks.grading import grader_of
 from stepentropy_rl.tiny_config import ensure_tiny_model
 from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
@@ -101,6 +101,7 @@ class Job:
     eval_problems: list
     train_problems: list
     grade: object
+    lock: object = None  # files.RunDirLock, held until the job ends
 
 
 def pipeline_for(cfg: JobConfig):
@@ -149,12 +150,16 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
     counts = {"eval": len(problems), "train": len(train)}
     problems = fit_context(cfg, model_path, tokenizer, problems, "eval")
     train = fit_context(cfg, model_path, tokenizer, train, "train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg.to_dict()))
+    if pipeline.train_data and (run_dir / "stages").is_dir():  # the problems the finished stages used, before this
+        from stepentropy_rl.driver.train import Stages, check_same_problems  # job rewrites its record of the data
+
+        check_same_problems(Stages(run_dir), problems, train, run_dir)
+    lock = RunDirLock(run_dir)  # the first write: no other driver writes this directory from here on
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg.to_dict()))
     atomic_write_json(run_dir / "data_report.json",
                       {what: {"rows": counts[what], "used": len(rows), "skipped_overlong": counts[what] - len(rows)}
                        for what, rows in (("eval", problems), ("train", train))})
-    return Job(cfg, run_dir, model_path, tokenizer, problems, train, grader_of(cfg.data))
+    return Job(cfg, run_dir, model_path, tokenizer, problems, train, grader_of(cfg.data), lock)
 
 
 def log_to_run_dir(run_dir: Path):
@@ -209,6 +214,8 @@ def run(cfg: JobConfig) -> None:
                 release_actors()
         log.info("done in %.0f s; outputs in %s", time.time() - t0, job.run_dir)
     finally:
+        if job.lock is not None:
+            job.lock.release()
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()

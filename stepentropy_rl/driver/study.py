@@ -133,11 +133,13 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
     steps += gold
     return StudyResult(rows=rows, summary=summary, steps=steps, cots=records, cots_cached=got.hit, paired=paired,
                        topk_error=topk_error(cots, entropies, rc.topk_logprobs),
-                       auroc=auroc([s["entropy"] for s in gold], [s["label"] == "redundant" for s in gold]),
-                       auroc_generated=_auroc_known([s for s in steps if s["source"] == "generated"]))
+                       auroc=auroc_known(gold),
+                       auroc_generated=auroc_known([s for s in steps if s["source"] == "generated"]))
 
 
-def _auroc_known(steps) -> float:
+def auroc_known(steps) -> float:
+    """AUROC of low step entropy for the label "redundant" over the steps labelled essential or redundant; a step
+    without a label, or labelled anything else, is left out (counted as essential it would pull the AUROC down)."""
     known = [s for s in steps if s["label"] in ("essential", "redundant")]
     return auroc([s["entropy"] for s in known], [s["label"] == "redundant" for s in known])
 
@@ -231,7 +233,7 @@ def study_pipeline(job) -> StudyResult:
 
     from stepentropy_rl import report
     from stepentropy_rl.data import write_jsonl
-    from stepentropy_rl.driver.roles import spawn_reference, spawn_rollouts
+    from stepentropy_rl.driver.roles import spawn_reference, spawn_rollouts, workers_runtime
     from stepentropy_rl.driver.tracking import Tracker
 
     cfg, run_dir = job.cfg, job.run_dir
@@ -239,7 +241,8 @@ def study_pipeline(job) -> StudyResult:
     if caveat:
         log.warning(caveat)
     rollouts, reference = spawn_rollouts(cfg, job.model_path), spawn_reference(cfg, job.model_path)
-    cache = CoTCache.for_job(cfg, job.model_path) if cfg.pruning.cache else None
+    cache = CoTCache.for_job(cfg, job.model_path, runtime=workers_runtime(rollouts, reference)) \
+        if cfg.pruning.cache else None
     res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade, cache)
     write_jsonl(run_dir / "samples.jsonl", res.rows)
     write_jsonl(run_dir / "steps.jsonl", res.steps)

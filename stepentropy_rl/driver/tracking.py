@@ -27,8 +27,9 @@ def require_finite(metrics: dict, where: str) -> None:
     or a checkpoint written, on a diverged model (rerun from the last checkpoint with a lower learning rate)."""
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
-        raise NonFiniteError(f"{where}: {bad} is not finite; nothing of this step is kept. Lower the learning rate "
-                             f"and rerun the same command to resume from the last checkpoint")
+        raise NonFiniteError(f"{where}: {bad} is not finite; nothing of this step is kept. Rerun the command with a "
+                             f"lower learning rate (trainer.sft.lr or trainer.grpo.lr): GRPO resumes from its last "
+                             f"checkpoint under it, SFT starts again (the same command would fail the same way)")
 
 
 def run_id(run_dir: Path) -> str:

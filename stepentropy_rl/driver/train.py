@@ -82,18 +82,25 @@ def check_config(run_dir: Path, config: dict) -> None:
     recorded = {name: stages.info(name).get("config") for name in ORDER if stages.done(name)}
     found = conflicts({k: v for k, v in recorded.items() if v is not None}, run_config(config))
     if found:
-        stage, key, then, now = found[0]  # the earliest finished stage a changed key decides
+        # the earliest finished stage a changed key decides; a key the stage ran with before one it lacked
+        stage, key, then, now = min(found, key=lambda f: (ORDER.index(f[0]), f[2] == UNSET))
         others = len({k for _, k, _, _ in found}) - 1
         more = f" (and {others} more changed key{'s' * (others > 1)})" if others else ""
         grpo = run_dir / "grpo"
-        also = f" (and move {grpo} aside: its checkpoints resume the old GRPO)" \
-            if grpo.exists() and ORDER.index(stage) <= ORDER.index("grpo") else ""
+        markers = run_dir / "stages"
+        if (stage, key) == ("grpo", "trainer.grpo.steps") and isinstance(then, int) and isinstance(now, int) \
+                and now > then and not others:  # train on: the checkpoints are the run's own
+            redo = (f"delete {markers}/grpo.done and {markers}/eval_final.done to train on from its last "
+                    f"checkpoint")
+        else:
+            also = f" (and move {grpo} aside: its checkpoints resume the old GRPO)" \
+                if grpo.exists() and ORDER.index(stage) <= ORDER.index("grpo") else ""
+            redo = f"delete {markers}/{stage}.done and the markers after it to redo those stages{also}"
         raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
                           f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
-                          f"under this config. Rerun with {key}={override_value(then)}"
+                          f"under this config. Rerun with {rerun_with(key, then, now)}"
                           f"{' (and the others as they were)' * bool(others)} to resume it, give the job another "
-                          f"run_dir, or delete {run_dir / 'stages'}/{stage}.done and the markers after it to redo "
-                          f"those stages{also}")
+                          f"run_dir, or {redo}")
     check_grpo_checkpoints(run_dir, stages, run_config(config))
 
 
@@ -108,10 +115,27 @@ def override_value(value) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value)
 
 
+UNSET = "(unset)"  # stage_config.conflicts: the side that lacks the key
+
+
+def rerun_with(key: str, then, now) -> str:
+    """The command-line override that gives ``key`` back the value ``then`` a finished stage ran with (``UNSET``: a
+    key that stage did not have is removed; one this job lacks is added).
+
+    >>> rerun_with("a.b", 0.8, 0.4), rerun_with("a.b", None, 1), rerun_with("a.c", 1, UNSET), rerun_with("a.d", UNSET, 2)
+    ('a.b=0.8', 'a.b=null', '++a.c=1', '~a.d')
+    """
+    if then == UNSET:
+        return f"~{key}"
+    return f"{'++' * (now == UNSET)}{key}={override_value(then)}"
+
+
 def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> None:
     """Refuse to resume GRPO checkpoints that another GRPO wrote: one from an SFT model this job trains again (its
     marker deleted), or one under another config (``grpo/config.json``, from GRPO's start; raising
-    ``trainer.grpo.steps`` to train on is allowed). Resumed, they would continue the old run under the new config."""
+    ``trainer.grpo.steps`` to train on is allowed, and so is another ``trainer.grpo.lr``: the learners take it after
+    the checkpoint's optimizer state, so a run that diverged goes on at a lower one). Resumed, they would continue the
+    old run under the new config."""
     from stepentropy_rl.driver.stage_config import conflicts
 
     grpo = run_dir / "grpo"
@@ -127,12 +151,17 @@ def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> No
     if not started.exists():  # GRPO started before it recorded its config
         return
     found = [(k, a, b) for _, k, a, b in conflicts({"grpo": json.loads(started.read_text())}, current)
-             if k != "trainer.grpo.steps"]
+             if k not in ("trainer.grpo.steps", "trainer.grpo.lr")]
     if found:
-        key, then, now = found[0]
+        key, then, now = min(found, key=lambda f: f[1] == UNSET)
         raise ConfigError(f"{grpo} holds checkpoints of a GRPO run with {key}={then!r}, and this job says "
                           f"{key}={now!r}: resumed, they would continue that run under this config. Rerun with "
-                          f"{key}={then!r} to resume it, or {aside}")
+                          f"{rerun_with(key, then, now)} to resume it, or {aside}")
+    lr = [(a, b) for _, k, a, b in conflicts({"grpo": json.loads(started.read_text())}, current)
+          if k == "trainer.grpo.lr"]
+    if lr:
+        log.warning("GRPO resumes from %s under trainer.grpo.lr=%s (its checkpoints ran at %s)", latest.read_text(),
+                    lr[0][1], lr[0][0])
     done = int(latest.read_text().strip().removeprefix("step_") or 0)
     steps = current.get("trainer.grpo.steps")
     if isinstance(steps, int) and steps < done:
@@ -248,6 +277,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     if all(stages.done(name) for name in ORDER):  # a finished run rerun (a resumed sweep): no actor to start
         log.info("every stage of %s is done; the report is written again from their results", run_dir)
         return _report(run_dir, stages)
+    for name in ("report.json", "report.md"):  # a report of stages this job redoes (their markers deleted) would
+        if (run_dir / name).exists():  # be read as this config's until the job ends, or if it never does
+            log.info("%s is of stages this job runs again; removed", run_dir / name)
+            (run_dir / name).unlink()
     tok = load_tokenizer(init)
     tc = cfg.trainer
     rollouts = roles.spawn_rollouts(cfg, str(init))
@@ -269,7 +302,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     # the base's CoTs, kept between jobs: its evaluation and the prune stage's (cot_cache); the policy is init, the
     # base with [SKIP] added: the base's files and the token's rows as init holds them stand for it
     skip_rows = added_rows_digest(init, [tok.convert_tokens_to_ids(SKIP_TOKEN)])
-    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}")
+    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}",
+                                  roles.workers_runtime(rollouts, reference))
 
     def eval_stage(name: str, model_dir: Path, cache: CoTCache | None = None) -> None:
         if stages.done(f"eval_{name}"):
@@ -290,6 +324,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         eval_stage("base", init, base_cache if tc.eval.cache else None)
         prune_dir = run_dir / "prune"
         if not stages.done("prune"):
+            tracker.rewind(0)  # nothing logs before this stage: rows here are of SFT and GRPO runs this job redoes
             prune_dir.mkdir(exist_ok=True)
             sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
                         "max_tokens": int(cfg.rollout.max_tokens)}

@@ -311,3 +311,23 @@ def test_progress_bars_with_eta_and_no_worker_bars(killed_then_resumed):
     # the resumed run starts its GRPO bar where the checkpoint left off, not at 0
     assert re.search(r"GRPO: +50%\|.*\| 2/4 \[", out) and not re.search(r"GRPO: +0%\|.*\| 0/4 ", out)
     assert "Loading weights" not in out and "Writing model shards" not in out
+
+
+def test_stages_redone_as_the_refusal_says_log_each_step_once(killed_then_resumed):
+    """A changed trainer.prune.ratio is refused with "delete stages/prune.done and the markers after it ... (and move
+    grpo aside)". Done so, the old run's SFT and GRPO rows stayed in metrics.jsonl before the new ones (the prune stage
+    recorded the old file's size as where SFT starts), and its report.json stood as the new config's until the end.
+    Runs last: it retrains the run the tests above read."""
+    run_dir, _, _ = killed_then_resumed
+    for name in ("prune", "sft", "eval_sft", "grpo", "eval_final"):
+        (run_dir / "stages" / f"{name}.done").unlink()
+    (run_dir / "grpo").rename(run_dir.parent / f"{run_dir.name}_grpo.old")
+    redo = _watched(run_dir, "trainer.prune.ratio=0.4")
+    assert redo.returncode == 0, redo.stdout[-6000:]
+    assert "report.json is of stages this job runs again; removed" in redo.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grpo = [r["step"] for r in rows if "phase/stage" in r]
+    sft = [r["step"] for r in rows if any(k.startswith("sft/") for k in r)]
+    assert grpo == [0, 1, 2, 3] and sft == list(range(len(sft))) and sft, (sft, grpo)
+    assert len(rows) == len(sft) + len(grpo)
+    assert json.loads((run_dir / "prune" / "stats.json").read_text())["kept"] > 0

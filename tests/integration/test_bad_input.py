@@ -116,6 +116,29 @@ def test_overlong_rows_are_skipped_and_counted(micro_model, tmp_path):
     assert report["eval"] == {"rows": 2, "used": 1, "skipped_overlong": 1}
 
 
+def test_a_rerun_on_rewritten_data_is_refused_before_it_rewrites_the_runs_records(micro_model, tmp_path):
+    """A data file rewritten in place was refused only once the actors had started, after config.yaml and
+    data_report.json had been rewritten for the refused data: the finished run's record described problems it never
+    used."""
+    from stepentropy_rl.config import ConfigError, build
+    from stepentropy_rl.driver.run import pipeline_for, prepare
+    from stepentropy_rl.driver.train import Stages, problems_digest
+
+    run_dir, held = tmp_path / "run", data_file(tmp_path, GOOD.encode() + NL)
+    args = ["+experiment=entropy_guided", f"run_dir={run_dir}", f"model.path={micro_model}", f"data.path={held}",
+            f"data.train_path={data_file(tmp_path, GOOD.encode() + NL, 'train.jsonl')}",
+            "trainer.prune.keep_essential=false"]
+    cfg = build(compose(args))
+    job = prepare(cfg, pipeline_for(cfg))
+    job.lock.release()
+    Stages(run_dir).mark("eval_base", {"eval_problems": problems_digest(job.eval_problems)})
+    before = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "data_report.json")}
+    data_file(tmp_path, GOOD.encode() + NL + GOOD.replace("Ann 2", "Ann 5").replace('"3"', '"6"').encode() + NL)
+    with pytest.raises(ConfigError, match="the held-out problems differ from those its stage 'eval_base' used"):
+        prepare(cfg, pipeline_for(cfg))
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
 def test_a_byte_order_mark_is_accepted(tmp_path):
     from stepentropy_rl.data import load_jsonl
 

@@ -45,9 +45,29 @@ def test_the_table_covers_the_seeds_asked_for_and_errors_are_over_seeds(bench, t
     bench.main(["--seeds", "0", "1", "2", "--out", str(out)])
     bench.main(["--seeds", "1", "--out", str(out)])  # one seed: its spread is unknown, not 0
     table = (out / "table.md").read_text()
-    assert "| fixed | 1 | 98.0 ± n/a% |" in table and "| entropy - fixed | +0.0 | +0.0 ± n/a (one seed) | 1 |" in table
+    assert "| fixed | 1 | 98.0 ± n/a% |" in table and "| entropy - fixed | +0.0 | +0.0 ± n/a (one seed) | n/a | 1 |" in table
     bench.main(["--seeds", "0", "1", "2", "--out", str(out)])
     table = (out / "table.md").read_text()
     # seed 0's fixed run collapsed: +22 points there, 0 on the others; the error over seeds is 7.3, not the 0.7 of
     # 1500 problem pairs pooled as if independent
-    assert "| entropy - fixed | +22.0 / +0.0 / +0.0 | +7.3 ± 7.3 | 3 |" in table
+    assert "| entropy - fixed | +22.0 / +0.0 / +0.0 | +7.3 ± 7.3 | +1.0 (2), p = 0.42 | 3 |" in table
+
+
+def test_the_error_over_seeds_is_never_below_the_evaluations_own(bench, tmp_path, monkeypatch):
+    """The controller one point above explore-only on every seed: the sd over seeds is 0, which read alone makes the
+    difference infinitely sure; each seed's evaluation (100 problems, the two runs apart on one) gives it a paired error
+    of 1.0 point, so over 3 seeds 0.6 and t = 1.7 with 2 degrees of freedom."""
+    def run_mode(run_dir, mode, seed, overrides):
+        wrong = {"entropy": 2, "fixed": 2, "compress": 2, "explore": 3}[mode]
+        (run_dir / "eval").mkdir(parents=True)
+        (run_dir / "eval" / "final.cots.jsonl").write_text(
+            "".join(json.dumps({"id": f"t{i}", "correct": i >= wrong}) + "\n" for i in range(100)))
+        return {"base": {"accuracy": 0.96, "thinking_tokens": 228.0},
+                "final": {"accuracy": 1 - wrong / 100, "thinking_tokens": 51.0}, "restarts": 0}
+
+    monkeypatch.setattr(bench, "run_mode", run_mode)
+    out = tmp_path / "bc"
+    bench.main(["--seeds", "0", "1", "2", "--out", str(out)])
+    table = (out / "table.md").read_text()
+    assert "| entropy - explore | +1.0 / +1.0 / +1.0 | +1.0 ± 0.6 | +1.7 (2), p = 0.23 | 3 |" in table
+    assert "| entropy - fixed | +0.0 / +0.0 / +0.0 | +0.0 ± 0.0 | +0.0 (2), p = 1.00 | 3 |" in table

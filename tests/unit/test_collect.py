@@ -92,6 +92,16 @@ def test_a_job_with_unreadable_results_is_named_and_the_others_tabled(tmp_path, 
     assert "1: results unreadable (JSONDecodeError" in out and "2: results unreadable (KeyError" in out
 
 
+def test_a_job_whose_config_was_cut_short_does_not_cost_the_table(tmp_path):
+    """A config.yaml cut short by a kill (before it was written atomically) raised a YAMLError out of collect."""
+    job(tmp_path / "0", 0.2, summary=[row(0.2, 0.9)])
+    job(tmp_path / "1", 0.6, summary=[row(0.6, 0.7)])
+    (tmp_path / "1" / "config.yaml").write_text("pruning: {ratio: [0.6")
+    main([str(tmp_path)])
+    rows = json.loads((tmp_path / "collected.json").read_text())
+    assert [r["job"] for r in rows] == ["0", "1"]
+
+
 def test_an_empty_folder_is_one_clear_line(tmp_path):
     import pytest
 

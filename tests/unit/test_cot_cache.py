@@ -72,13 +72,16 @@ def test_a_second_run_reuses_the_scored_cots_and_samples_the_rest_the_same(setup
     assert second.state == first.state  # the answer check sampled from the state the first run's left
 
 
-@pytest.mark.parametrize("change", ["engine state", "sampling", "model"])
-def test_another_engine_state_sampling_or_model_is_a_miss(setup, tmp_path, change):
+@pytest.mark.parametrize("change", ["engine state", "sampling", "model", "GPU"])
+def test_another_engine_state_sampling_model_or_gpu_is_a_miss(setup, tmp_path, change):
+    """"GPU": the engines' own runtime tag (another GPU kind on a node sharing the cache), not the driver's."""
     probs, tok, _ = setup
-    prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), CoTCache({"model": "m"}, tmp_path))
+    h100 = {"engines": [{"gpu": "NVIDIA H100 80GB HBM3", "cuda": "12.8"}], "reference": {}}
+    prune_stage(setup, SeededRollout(probs, tok), FakeReference(tok), CoTCache({"model": "m"}, tmp_path, h100))
     rollout = SeededRollout(probs, tok, state=7 if change == "engine state" else 0)
     sampling = {**SAMPLING, "temperature": 0.7} if change == "sampling" else SAMPLING
-    cache = CoTCache({"model": "other" if change == "model" else "m"}, tmp_path)
+    a100 = {"engines": [{"gpu": "NVIDIA A100-SXM4-80GB", "cuda": "12.8"}], "reference": {}}
+    cache = CoTCache({"model": "other" if change == "model" else "m"}, tmp_path, a100 if change == "GPU" else h100)
     _, stats = prune_stage(setup, rollout, FakeReference(tok), cache, sampling)
     assert stats["cots_cached"] is False and rollout.cot_calls == 1
 

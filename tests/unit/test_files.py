@@ -1,4 +1,5 @@
 """Cached builds: one build when jobs start at once, nothing half-built, another process's result kept."""
+import os
 import threading
 import time
 
@@ -50,3 +51,43 @@ def test_a_directory_another_job_renamed_into_place_first_is_kept_and_the_temp_o
     with atomic_dir(path) as tmp:
         (tmp / "mine").write_text("1")
     assert [p.name for p in path.iterdir()] == ["theirs"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_an_incomplete_cached_directory_is_built_again(tmp_path, caplog):
+    """A cache copied in part (no DONE): the build finished, its rename onto the partial directory failed, and the
+    partial one was returned as the model, on every run."""
+    path = tmp_path / "tiny-abc"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="stepentropy_rl.files"):
+        got = build_cached(path, lambda tmp: (tmp / "weights").write_text("w"))
+    assert got == path and sorted(p.name for p in path.iterdir()) == ["DONE", "weights"]
+    assert "is incomplete (no DONE)" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-abc", "tiny-abc.lock"]
+
+
+def test_a_run_directory_is_written_by_one_driver_at_a_time(tmp_path):
+    """A rerun while an earlier driver still ran the same directory (nohup after a dropped SSH session) interleaved
+    their metrics, checkpoints and markers. The second is refused, naming the holder; once the first is gone (killed:
+    the OS drops its lock) the directory is free again."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from stepentropy_rl.files import RunDirLock
+    from stepentropy_rl.typed import ConfigError
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from stepentropy_rl.files import RunDirLock; "
+                               f"RunDirLock({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"another job is running in {tmp_path} \(pid {holder.pid} on "):
+            RunDirLock(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunDirLock(tmp_path)
+    assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+    lock.release()

@@ -567,3 +567,23 @@ def test_outputs_cut_after_they_were_right_are_not_counted_as_cut(setup, answers
     assert all(r["correct"] for r in res.rows if r["ratio"] == 0.0)
     assert all(c["answer_cut"] == 0 for c in res.summary if c["ratio"] == 0.0)
     assert answers or not any("ran out of" in m for m in caplog.messages)
+
+
+def test_gold_auroc_leaves_out_unlabelled_steps(setup):
+    """A gold step without a label is neither redundant nor essential: counted as essential, the oracle's
+    low-entropy redundant steps would tie with it and the gold AUROC would fall below 1."""
+    import copy
+
+    probs, tok, cfg = setup
+    probs = copy.deepcopy(probs)
+    unlabelled = 0
+    for p in probs[:6]:
+        for s in p.steps:
+            if s["label"] == "redundant":
+                s["label"] = None
+                unlabelled += 1
+    assert unlabelled > 0
+    roll = FakeRollout(probs)
+    roll.tok = tok
+    res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    assert res.auroc == 1.0

@@ -142,10 +142,11 @@ def _grpo_checkpoint(run_dir, config, step=3):
     (grpo / "config.json").write_text(json.dumps(run_config(config)))
 
 
-def test_grpo_checkpoints_resume_only_the_grpo_that_wrote_them(tmp_path):
-    """A GRPO checkpoint records no config of its own: a rerun after a crash under another GRPO key resumed it (a
-    new trainer.grpo.lr even lost to the checkpoint's), and one after deleting the markers as the error says resumed
-    the old policy over a new SFT model. Both are refused, naming what to do; more steps are allowed."""
+def test_grpo_checkpoints_resume_only_the_grpo_that_wrote_them(tmp_path, caplog):
+    """A GRPO checkpoint records no config of its own: a rerun after a crash under another GRPO key resumed it, and
+    one after deleting the markers as the error says resumed the old policy over a new SFT model. Both are refused,
+    naming what to do. More steps are allowed, and so is a lower learning rate: the NaN error tells a diverged run to
+    go on at one, and the learners set it after the checkpoint's optimizer state."""
     config = _config()
     _finished(tmp_path, config)
     _grpo_checkpoint(tmp_path, config)
@@ -155,14 +156,43 @@ def test_grpo_checkpoints_resume_only_the_grpo_that_wrote_them(tmp_path):
                                                     "algorithm.kl_coef=0.01")) as err:
         check_config(tmp_path, _config("algorithm.kl_coef=0.01"))
     assert f"move {tmp_path / 'grpo'} aside" in str(err.value)
-    with pytest.raises(ConfigError, match="trainer.grpo.lr=3e-05, and this job says trainer.grpo.lr=0.0001"):
-        check_config(tmp_path, _config("trainer.grpo.lr=1e-4"))
+    with caplog.at_level("WARNING"):
+        check_config(tmp_path, _config("trainer.grpo.lr=1e-5"))
+    assert "GRPO resumes from step_3 under trainer.grpo.lr=1e-05 (its checkpoints ran at 3e-05)" in caplog.text
     with pytest.raises(ConfigError, match="has 3 GRPO steps done and this job says trainer.grpo.steps=2"):
         check_config(tmp_path, _config("trainer.grpo.steps=2"))
     (tmp_path / "stages" / "sft.done").unlink()  # the user redoes SFT; its GRPO checkpoints would win over it
     (tmp_path / "stages" / "eval_sft.done").unlink()
     with pytest.raises(ConfigError, match="started from the SFT model that this job trains again"):
         check_config(tmp_path, config)
+
+
+def test_each_suggested_override_is_one_hydra_accepts(tmp_path):
+    """The refusals printed Python's repr: a checkpoint made with a null key said "Rerun with key=None" (Hydra reads
+    the string 'None'), and a key one side lacked said "key='(unset)'"."""
+    from stepentropy_rl.driver.train import rerun_with
+
+    config = _config("algorithm.loss_scale_factor=null")
+    _finished(tmp_path, config)
+    _grpo_checkpoint(tmp_path, config)
+    with pytest.raises(ConfigError, match=re.escape("Rerun with algorithm.loss_scale_factor=null to resume it")):
+        check_config(tmp_path, _config("algorithm.loss_scale_factor=2048"))
+    then, now = _config("+data.chat_template_kwargs.enable_thinking=true"), _config()
+    other = tmp_path / "other"
+    _finished(other, then)
+    with pytest.raises(ConfigError, match=re.escape("Rerun with ++data.chat_template_kwargs.enable_thinking=true")):
+        check_config(other, now)
+    assert rerun_with("data.chat_template_kwargs", "(unset)", {}) == "~data.chat_template_kwargs"
+
+
+def test_more_grpo_steps_after_a_finished_grpo_say_to_train_on_not_to_start_afresh(tmp_path):
+    config = _config()
+    _finished(tmp_path, config, names=("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final"))
+    _grpo_checkpoint(tmp_path, config, step=40)
+    with pytest.raises(ConfigError) as err:
+        check_config(tmp_path, _config("trainer.grpo.steps=60"))
+    assert "eval_final.done to train on from its last checkpoint" in str(err.value)
+    assert "aside" not in str(err.value)
 
 
 def test_a_finished_stages_conflict_says_to_move_the_grpo_checkpoints_aside(tmp_path):

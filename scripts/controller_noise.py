@@ -1,0 +1,84 @@
+"""The phase controller against noise: how often its decisions pass the hysteresis, and how often its phases run past
+their minimum length, when the entropy it is fed has no trend at all (a flat level plus the step-to-step noise that a
+real run measured). Compare with the run's own figures to see whether its schedule followed a trend.
+
+    python scripts/controller_noise.py RUN_DIR/metrics.jsonl [--runs 300] [--steps 40] [algorithm.phase keys as k=v]
+
+The noise is the sd of the run's per-step policy entropy about a line fitted to each of its phases.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+from dataclasses import replace
+
+from stepentropy_rl.phase import PhaseConfig, PhaseController, slope
+
+
+def phase_noise(entropy: list[float], stage: list[int]) -> tuple[list[int], float]:
+    """The run's phase lengths and the sd of its entropy about each phase's least-squares line (each line costs two
+    degrees of freedom; phases under 3 steps are left out)."""
+    cuts = [0] + [i for i in range(1, len(stage)) if stage[i] != stage[i - 1]] + [len(stage)]
+    res, fitted = [], 0
+    for a, b in zip(cuts, cuts[1:]):
+        ys = entropy[a:b]
+        if len(ys) >= 3:
+            m = slope(ys)
+            c = statistics.mean(ys) - m * (len(ys) - 1) / 2
+            res += [y - (c + m * i) for i, y in enumerate(ys)]
+            fitted += 1
+    dof = len(res) - 2 * fitted
+    sd = (sum(r * r for r in res) / dof) ** 0.5 if dof > 0 else float("nan")
+    return [b - a for a, b in zip(cuts, cuts[1:])], sd
+
+
+def run_figures(history: list[dict], lengths: list[int], cfg: PhaseConfig) -> dict:
+    """Decisions (steps with a trend) whose |trend| passed the hysteresis, and finished phases (all but the last)
+    longer than the controller's minimum."""
+    trends = [h["trend"] for h in history if h["trend"] is not None]
+    shortest = max(cfg.min_steps, cfg.window + cfg.patience - 1)
+    done = lengths[:-1]
+    return {"beyond": sum(abs(t) > cfg.hysteresis for t in trends), "decisions": len(trends),
+            "longer": sum(n > shortest for n in done), "phases": len(done)}
+
+
+def simulate(sd: float, cfg: PhaseConfig, runs: int, steps: int, seed: int = 0) -> dict:
+    """``run_figures`` summed over ``runs`` controllers fed a flat entropy plus N(0, sd) noise for ``steps`` steps."""
+    rng, total = random.Random(seed), {"beyond": 0, "decisions": 0, "longer": 0, "phases": 0}
+    for _ in range(runs):
+        c, stages = PhaseController(replace(cfg, mode="entropy")), []
+        for step in range(steps):
+            stages.append(c.stage)
+            c.update(0.15 + rng.gauss(0.0, sd), step)
+        cuts = [0] + [i for i in range(1, steps) if stages[i] != stages[i - 1]] + [steps]
+        for k, v in run_figures(c.history, [b - a for a, b in zip(cuts, cuts[1:])], cfg).items():
+            total[k] += v
+    return total
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("metrics")
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("phase", nargs="*", help="algorithm.phase keys as key=value (window=8 ...)")
+    args = ap.parse_args(argv)
+    cfg = PhaseConfig(**{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.phase)})
+    rows = [json.loads(line) for line in open(args.metrics) if "phase/stage" in line]
+    entropy, stage = [r["policy/entropy"] for r in rows], [r["phase/stage"] for r in rows]
+    lengths, sd = phase_noise(entropy, stage)
+    trends = [{"trend": r["phase/trend"] if r["phase/trend"] == r["phase/trend"] else None} for r in rows]
+    real = run_figures(trends, lengths, cfg)
+    sim = simulate(sd, cfg, args.runs, args.steps)
+    share = (lambda d, a, b: f"{d[a]}/{d[b]} = {d[a] / d[b]:.0%}" if d[b] else "n/a")
+    print(f"run: {len(rows)} steps, phases {lengths}, noise sd {sd:.4f} nats about each phase's line")
+    print(f"run:   beyond the hysteresis {share(real, 'beyond', 'decisions')} of decisions, finished phases past the "
+          f"minimum {share(real, 'longer', 'phases')}")
+    print(f"noise: beyond the hysteresis {share(sim, 'beyond', 'decisions')}, finished phases past the minimum "
+          f"{share(sim, 'longer', 'phases')} ({args.runs} flat runs of {args.steps} steps, sd {sd:.4f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""scripts/controller_noise.py: the noise a run's entropy carries about its phases' trends, and the default
+controller fed that noise with no trend."""
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+from stepentropy_rl.phase import PhaseConfig
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "controller_noise.py"
+spec = importlib.util.spec_from_file_location("controller_noise", SCRIPT)
+noise = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(noise)
+
+
+def test_the_noise_is_measured_about_each_phases_own_line():
+    """Two phases with opposite trends and a jump between them: the trends and the jump are not noise."""
+    rng = random.Random(1)
+    entropy = [0.2 - 0.01 * i + rng.gauss(0, 0.003) for i in range(200)]
+    entropy += [0.5 + 0.02 * i + rng.gauss(0, 0.003) for i in range(200)]
+    lengths, sd = noise.phase_noise(entropy, [0] * 200 + [1] * 200)
+    assert lengths == [200, 200] and sd == pytest.approx(0.003, rel=0.1)
+
+
+def test_without_noise_a_flat_entropy_passes_no_hysteresis_and_with_it_the_phases_vary():
+    cfg = PhaseConfig()
+    flat = noise.simulate(0.0, cfg, runs=5, steps=40)
+    assert flat["beyond"] == 0 and flat["longer"] == 0 and flat["phases"] == 5 * 7  # a 5-step alternation
+    noisy = noise.simulate(0.005, cfg, runs=50, steps=40)
+    assert 0.2 < noisy["beyond"] / noisy["decisions"] < 0.6 and noisy["longer"] > 0
