@@ -89,6 +89,7 @@ def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str, eval_se: dict | 
     Each d_i is training's spread plus the evaluation's sampling error ``eval_se[seed]`` (the paired error over the
     held-out problems), so the error is sqrt(max(sd(d)^2, mean(eval_se^2)) / k): an sd over a few seeds that comes
     out below the evaluation's own error by chance does not make a difference look surer than one evaluation can.
+    Where the floor decides, t's k - 1 degrees of freedom make p conservative rather than exact.
 
     >>> r = {s: {"x": {"final": {"accuracy": x}}, "y": {"final": {"accuracy": y}}}
     ...      for s, x, y in (("0", 0.76, 0.98), ("1", 0.98, 0.98), ("2", 0.99, 0.98))}
@@ -105,7 +106,7 @@ def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str, eval_se: dict | 
     k, mean = len(diffs), statistics.mean(diffs)
     out = {"seeds": seeds, "per_seed": diffs, "mean": mean, "stderr": None, "t": None, "df": k - 1, "p": None}
     if k > 1:
-        floor = [eval_se[s] ** 2 for s in seeds if eval_se and s in eval_se]
+        floor = [eval_se[s] ** 2 for s in seeds if eval_se and math.isfinite(eval_se.get(s, math.nan))]
         var = max(statistics.variance(diffs), statistics.mean(floor) if floor else 0.0)
         out["stderr"] = (var / k) ** 0.5
         out["t"] = mean / out["stderr"] if out["stderr"] > 0 else math.copysign(math.inf, mean) if mean else 0.0

@@ -4,7 +4,8 @@ real run measured). Compare with the run's own figures to see whether its schedu
 
     python scripts/controller_noise.py RUN_DIR/metrics.jsonl [--runs 300] [--steps 40] [algorithm.phase keys as k=v]
 
-The noise is the sd of the run's per-step policy entropy about a line fitted to each of its phases.
+The noise is the sd of the run's per-step policy entropy about a line fitted to each of its phases, pooled over the
+compress and explore stages (each samples at its own temperature, so each has its own level; the fit takes it out).
 """
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def simulate(sd: float, cfg: PhaseConfig, runs: int, steps: int, seed: int = 0) 
     return total
 
 
+def _value(text: str):
+    """A command-line value: a number or boolean as JSON reads it, else the text (``start=explore``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("metrics")
@@ -65,7 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("phase", nargs="*", help="algorithm.phase keys as key=value (window=8 ...)")
     args = ap.parse_args(argv)
-    cfg = PhaseConfig(**{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.phase)})
+    cfg = PhaseConfig(**{k: _value(v) for k, v in (kv.split("=", 1) for kv in args.phase)})
     rows = [json.loads(line) for line in open(args.metrics) if "phase/stage" in line]
     entropy, stage = [r["policy/entropy"] for r in rows], [r["phase/stage"] for r in rows]
     lengths, sd = phase_noise(entropy, stage)

@@ -104,6 +104,24 @@ def _report(run_dir: Path) -> dict:
     return json.loads(path.read_text())["models"] if path.exists() else {}
 
 
+def metrics_violations(run_dir: Path) -> tuple[list[str], list[int], list[int]]:
+    """What is wrong with the run's ``metrics.jsonl`` after every kill and rerun: GRPO's steps each once, in order,
+    as many as its finished stage ran (``stages/grpo.done``), and SFT's never repeated; and the two step lists."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grpo = [r["step"] for r in rows if "phase/stage" in r]
+    sft = [r["step"] for r in rows if "sft/nll" in r]
+    found = []
+    if grpo != list(range(len(grpo))):
+        found.append(f"metrics.jsonl GRPO steps are not each once in order: {grpo}")
+    marker = run_dir / "stages" / "grpo.done"
+    ran = json.loads(marker.read_text()).get("steps") if marker.exists() else None
+    if ran is not None and len(grpo) != ran:
+        found.append(f"metrics.jsonl has {len(grpo)} GRPO steps, and GRPO finished {ran}: rows were lost")
+    if sft != sorted(set(sft)):
+        found.append(f"metrics.jsonl SFT steps repeat: {sft}")
+    return found, grpo, sft
+
+
 def run(args, cmd: list[str]) -> dict:
     run_dir = Path(args.run_dir)
     logs = run_dir.parent / f"{run_dir.name}_harness_logs"
@@ -140,13 +158,8 @@ def run(args, cmd: list[str]) -> dict:
         elif kill is not None and res["rc"] != -signal.SIGKILL:
             violations.append(f"attempt {i}'s kill ({_label(kill)}) did not land: it ended with exit code {res['rc']} "
                               f"in stage {attempts[-1]['stage_at_end']} (an earlier attempt got further than planned?)")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    grpo = [r["step"] for r in rows if "phase/stage" in r]
-    sft = [r["step"] for r in rows if "sft/nll" in r]
-    if grpo != list(range(len(grpo))):
-        violations.append(f"metrics.jsonl GRPO steps are not each once in order: {grpo}")
-    if sft != sorted(set(sft)):
-        violations.append(f"metrics.jsonl SFT steps repeat: {sft}")
+    found, grpo, sft = metrics_violations(run_dir)
+    violations += found
     models = _report(run_dir)
     if set(models) != {"base", "sft", "final"}:
         violations.append("report.json is missing or incomplete")

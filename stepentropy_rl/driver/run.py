@@ -155,10 +155,14 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
 
         check_same_problems(Stages(run_dir), problems, train, run_dir)
     lock = RunDirLock(run_dir)  # the first write: no other driver writes this directory from here on
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg.to_dict()))
-    atomic_write_json(run_dir / "data_report.json",
-                      {what: {"rows": counts[what], "used": len(rows), "skipped_overlong": counts[what] - len(rows)}
-                       for what, rows in (("eval", problems), ("train", train))})
+    try:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg.to_dict()))
+        atomic_write_json(run_dir / "data_report.json",
+                          {what: {"rows": counts[what], "used": len(rows), "skipped_overlong": counts[what] - len(rows)}
+                           for what, rows in (("eval", problems), ("train", train))})
+    except BaseException:
+        lock.release()
+        raise
     return Job(cfg, run_dir, model_path, tokenizer, problems, train, grader_of(cfg.data), lock)
 
 
@@ -195,8 +199,9 @@ def run(cfg: JobConfig) -> None:
     t0 = time.time()
     pipeline = pipeline_for(cfg)
     job = prepare(cfg, pipeline)
-    handler = log_to_run_dir(job.run_dir)
+    handler = None
     try:
+        handler = log_to_run_dir(job.run_dir)
         started = init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
         try:
             short = short_resources(cfg, pipeline.train_data)

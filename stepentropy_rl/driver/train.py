@@ -96,9 +96,11 @@ def check_config(run_dir: Path, config: dict) -> None:
             also = f" (and move {grpo} aside: its checkpoints resume the old GRPO)" \
                 if grpo.exists() and ORDER.index(stage) <= ORDER.index("grpo") else ""
             redo = f"delete {markers}/{stage}.done and the markers after it to redo those stages{also}"
+        lacked = " (if this job has it by default, the run began before the key existed: give it another " \
+                  "run_dir)" if then == UNSET else ""
         raise ConfigError(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and this job says "
                           f"{key}={now!r}{more}: a finished stage is not redone, so its outputs would be reported "
-                          f"under this config. Rerun with {rerun_with(key, then, now)}"
+                          f"under this config. Rerun with {rerun_with(key, then, now)}{lacked}"
                           f"{' (and the others as they were)' * bool(others)} to resume it, give the job another "
                           f"run_dir, or {redo}")
     check_grpo_checkpoints(run_dir, stages, run_config(config))
@@ -302,8 +304,10 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     # the base's CoTs, kept between jobs: its evaluation and the prune stage's (cot_cache); the policy is init, the
     # base with [SKIP] added: the base's files and the token's rows as init holds them stand for it
     skip_rows = added_rows_digest(init, [tok.convert_tokens_to_ids(SKIP_TOKEN)])
-    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}",
-                                  roles.workers_runtime(rollouts, reference))
+    # where the samples and entropies are computed: asked of the workers (it waits for the reference to load, so
+    # only when a cache is on)
+    runtime = roles.workers_runtime(rollouts, reference) if tc.eval.cache or tc.prune.cache else None
+    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}", runtime)
 
     def eval_stage(name: str, model_dir: Path, cache: CoTCache | None = None) -> None:
         if stages.done(f"eval_{name}"):
@@ -324,7 +328,8 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         eval_stage("base", init, base_cache if tc.eval.cache else None)
         prune_dir = run_dir / "prune"
         if not stages.done("prune"):
-            tracker.rewind(0)  # nothing logs before this stage: rows here are of SFT and GRPO runs this job redoes
+            if not stages.done("sft"):  # nothing logs before this stage: rows here are of an SFT and a GRPO that
+                tracker.rewind(0)  # this job runs again (their markers deleted with this one's)
             prune_dir.mkdir(exist_ok=True)
             sampling = {"temperature": float(cfg.rollout.temperature), "top_p": float(cfg.rollout.top_p),
                         "max_tokens": int(cfg.rollout.max_tokens)}

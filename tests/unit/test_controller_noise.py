@@ -29,3 +29,7 @@ def test_without_noise_a_flat_entropy_passes_no_hysteresis_and_with_it_the_phase
     assert flat["beyond"] == 0 and flat["longer"] == 0 and flat["phases"] == 5 * 7  # a 5-step alternation
     noisy = noise.simulate(0.005, cfg, runs=50, steps=40)
     assert 0.2 < noisy["beyond"] / noisy["decisions"] < 0.6 and noisy["longer"] > 0
+
+
+def test_phase_keys_on_the_command_line_take_numbers_and_words():
+    assert [noise._value(v) for v in ("8", "0.004", "true", "explore")] == [8, 0.004, True, "explore"]

@@ -91,3 +91,18 @@ def test_a_run_directory_is_written_by_one_driver_at_a_time(tmp_path):
     lock = RunDirLock(tmp_path)
     assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
     lock.release()
+
+
+def test_a_filesystem_without_locks_runs_the_job_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    """NFS without its lock daemon answers ENOLCK: that is no other job, and refusing it refused every run there."""
+    import errno
+
+    from stepentropy_rl import files
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "lockf", no_locks)
+    with caplog.at_level("WARNING", logger="stepentropy_rl.files"):
+        files.RunDirLock(tmp_path).release()
+    assert "cannot be locked" in caplog.text and "No locks available" in caplog.text

@@ -76,3 +76,20 @@ def test_an_attempt_that_hangs_is_a_violation_not_a_kill(tmp_path):
     hung = [v for v in res["violations"] if "still running at the" in v]
     assert len(hung) == 7 and res["kills"] == 0, res["violations"]  # 6 planned kills (4 moments, GRPO, eval) + final
     assert all(a["timed_out"] and a["rc"] == -9 for a in res["attempts"])
+
+
+def test_grpo_rows_lost_at_the_end_are_a_violation(tmp_path):
+    """Each GRPO step once and in order held for a file that had lost its last rows: it now also holds as many rows
+    as the finished stage ran."""
+    import json
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "grpo.done").write_text(json.dumps({"steps": 4}))
+    rows = [{"step": s, "sft/nll": 1.0} for s in range(2)] + [{"step": s, "phase/stage": 1} for s in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found, grpo, sft = harness.metrics_violations(tmp_path)
+    assert found == ["metrics.jsonl has 3 GRPO steps, and GRPO finished 4: rows were lost"]
+    assert grpo == [0, 1, 2] and sft == [0, 1]
+    rows.append({"step": 3, "phase/stage": 1})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert harness.metrics_violations(tmp_path)[0] == []
