@@ -152,15 +152,14 @@ def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> No
     started = grpo / "config.json"
     if not started.exists():  # GRPO started before it recorded its config
         return
-    found = [(k, a, b) for _, k, a, b in conflicts({"grpo": json.loads(started.read_text())}, current)
-             if k not in ("trainer.grpo.steps", "trainer.grpo.lr")]
+    changed = conflicts({"grpo": json.loads(started.read_text())}, current)
+    found = [(k, a, b) for _, k, a, b in changed if k not in ("trainer.grpo.steps", "trainer.grpo.lr")]
     if found:
         key, then, now = min(found, key=lambda f: f[1] == UNSET)
         raise ConfigError(f"{grpo} holds checkpoints of a GRPO run with {key}={then!r}, and this job says "
                           f"{key}={now!r}: resumed, they would continue that run under this config. Rerun with "
                           f"{rerun_with(key, then, now)} to resume it, or {aside}")
-    lr = [(a, b) for _, k, a, b in conflicts({"grpo": json.loads(started.read_text())}, current)
-          if k == "trainer.grpo.lr"]
+    lr = [(a, b) for _, k, a, b in changed if k == "trainer.grpo.lr"]
     if lr:
         log.warning("GRPO resumes from %s under trainer.grpo.lr=%s (its checkpoints ran at %s)", latest.read_text(),
                     lr[0][1], lr[0][0])
