@@ -18,10 +18,15 @@ from dataclasses import replace
 from stepentropy_rl.phase import PhaseConfig, PhaseController, slope
 
 
+def phase_cuts(stage: list) -> list[int]:
+    """Where each phase of a per-step stage list starts, and its end: ``[0, ..., len(stage)]``."""
+    return [0] + [i for i in range(1, len(stage)) if stage[i] != stage[i - 1]] + [len(stage)]
+
+
 def phase_noise(entropy: list[float], stage: list[int]) -> tuple[list[int], float]:
     """The run's phase lengths and the sd of its entropy about each phase's least-squares line (each line costs two
     degrees of freedom; phases under 3 steps are left out)."""
-    cuts = [0] + [i for i in range(1, len(stage)) if stage[i] != stage[i - 1]] + [len(stage)]
+    cuts = phase_cuts(stage)
     res, fitted = [], 0
     for a, b in zip(cuts, cuts[1:]):
         ys = entropy[a:b]
@@ -53,7 +58,7 @@ def simulate(sd: float, cfg: PhaseConfig, runs: int, steps: int, seed: int = 0) 
         for step in range(steps):
             stages.append(c.stage)
             c.update(0.15 + rng.gauss(0.0, sd), step)
-        cuts = [0] + [i for i in range(1, steps) if stages[i] != stages[i - 1]] + [steps]
+        cuts = phase_cuts(stages)
         for k, v in run_figures(c.history, [b - a for a, b in zip(cuts, cuts[1:])], cfg).items():
             total[k] += v
     return total
