@@ -6,6 +6,9 @@ real run measured). Compare with the run's own figures to see whether its schedu
 
 The noise is the sd of the run's per-step policy entropy about a line fitted to each of its phases, pooled over the
 compress and explore stages (each samples at its own temperature, so each has its own level; the fit takes it out).
+It also prints each phase's own trend, the slope of that line with its standard error: on a single-stage run
+(``algorithm.phase.mode=compress`` or ``explore``) the one phase is the whole run, the trend a stage gives the
+controller to follow when nothing cuts it short.
 """
 from __future__ import annotations
 
@@ -38,6 +41,22 @@ def phase_noise(entropy: list[float], stage: list[int]) -> tuple[list[int], floa
     dof = len(res) - 2 * fitted
     sd = (sum(r * r for r in res) / dof) ** 0.5 if dof > 0 else float("nan")
     return [b - a for a, b in zip(cuts, cuts[1:])], sd
+
+
+def phase_trends(entropy: list[float], stage: list) -> list[dict]:
+    """Per phase of at least 3 steps: its stage, first step, length, and the least-squares slope of its entropy
+    (nats/step) with the slope's standard error, sqrt(sum r^2 / (n - 2) / sum (i - mean)^2) from the residuals r."""
+    cuts, out = phase_cuts(stage), []
+    for a, b in zip(cuts, cuts[1:]):
+        ys, n = entropy[a:b], b - a
+        if n < 3:
+            continue
+        m, xm = slope(ys), (n - 1) / 2
+        c = statistics.mean(ys) - m * xm
+        sxx = sum((i - xm) ** 2 for i in range(n))
+        rss = sum((y - c - m * i) ** 2 for i, y in enumerate(ys))
+        out.append({"stage": stage[a], "start": a, "steps": n, "slope": m, "stderr": (rss / (n - 2) / sxx) ** 0.5})
+    return out
 
 
 def run_figures(history: list[dict], lengths: list[int], cfg: PhaseConfig) -> dict:
@@ -90,6 +109,9 @@ def main(argv=None) -> None:
     print(f"run: {len(rows)} steps, phases {lengths}, noise sd {sd:.4f} nats about each phase's line")
     print(f"run:   beyond the hysteresis {share(real, 'beyond', 'decisions')} of decisions, finished phases past the "
           f"minimum {share(real, 'longer', 'phases')}")
+    for t in phase_trends(entropy, stage):
+        print(f"phase from step {t['start']} ({t['steps']} steps, stage {t['stage']}): trend {t['slope']:+.5f} "
+              f"± {t['stderr']:.5f} nats/step (hysteresis {cfg.hysteresis})")
     print(f"noise: beyond the hysteresis {share(sim, 'beyond', 'decisions')}, finished phases past the minimum "
           f"{share(sim, 'longer', 'phases')} ({args.runs} flat runs of {args.steps} steps, sd {sd:.4f})")
 

@@ -33,6 +33,7 @@ IGNORED = (
     "cluster.num_cpus", "cluster.reward", "cluster.rollout.max_restarts", "cluster.reference.max_restarts",
     "cluster.rollout.num_cpus", "cluster.reference.num_cpus", "cluster.learner.num_cpus",
     "cluster.learner.sync_timeout_s", "cluster.learner.start_timeout_s", "cluster.learner.pg_timeout_s",
+    "cluster.learner.sync_bucket_mb",  # how a weight push is cut up, not what it sends
     "data.grade_timeout_s", "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
     "trainer.grpo.crash_after_step", "trainer.grpo.kill_at_step", "trainer.grpo.keep_last", "trainer.grpo.save_every",
     "data.reward_scale",  # decides only the reward keys it fills, which are recorded resolved (reward.*)

@@ -23,6 +23,20 @@ def test_the_noise_is_measured_about_each_phases_own_line():
     assert lengths == [200, 200] and sd == pytest.approx(0.003, rel=0.1)
 
 
+def test_each_phases_trend_comes_with_its_standard_error():
+    """A descending phase and a flat one: the slope is found within its error, the flat one's error is the noise's
+    over the phase, sd / sqrt(sum (i - mean)^2), and a 2-step phase has no line."""
+    rng = random.Random(2)
+    entropy = [0.2 - 0.001 * i + rng.gauss(0, 0.005) for i in range(40)] + [0.3, 0.31]
+    entropy += [0.15 + rng.gauss(0, 0.005) for _ in range(40)]
+    trends = noise.phase_trends(entropy, [0] * 40 + [1] * 2 + [0] * 40)
+    assert [(t["stage"], t["start"], t["steps"]) for t in trends] == [(0, 0, 40), (0, 42, 40)]
+    down, flat = trends
+    assert abs(down["slope"] + 0.001) < 3 * down["stderr"] and down["slope"] < -3 * down["stderr"]
+    assert flat["stderr"] == pytest.approx(0.005 / (40 * (40 ** 2 - 1) / 12) ** 0.5, rel=0.3)
+    assert abs(flat["slope"]) < 3 * flat["stderr"]
+
+
 def test_without_noise_a_flat_entropy_passes_no_hysteresis_and_with_it_the_phases_vary():
     cfg = PhaseConfig()
     flat = noise.simulate(0.0, cfg, runs=5, steps=40)

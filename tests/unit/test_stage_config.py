@@ -257,6 +257,7 @@ def test_keys_a_finished_stage_does_not_read_do_not_refuse_its_resume(tmp_path):
     config = _config()
     _finished(tmp_path, config, names=("init", "eval_base", "prune", "sft", "eval_sft", "grpo"))
     check_config(tmp_path, _config("data.reward_scale.max_skips=40"))
+    check_config(tmp_path, _config("cluster.learner.sync_bucket_mb=8"))  # a push cut otherwise sends the same
     with pytest.raises(ConfigError, match="reward.length_budget=96, and this job says reward.length_budget=50"):
         check_config(tmp_path, _config("data.reward_scale.length_budget=50"))
     early = tmp_path / "early"
