@@ -51,6 +51,7 @@ class TinyConfig:
     pruned_reading: Optional[float] = None  # share of examples read pruned, loss on the answer (_encode); None: RECIPES
     compile: Optional[bool] = None  # torch.compile the training forward and backward (inductor); None: RECIPES
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
+    fp32_head: bool = False  # under bf16 autocast, the logits in fp32 (bootstrap.fp32_head; README: names learned)
 
     def __post_init__(self):
         from stepentropy_rl.typed import positive
@@ -77,6 +78,8 @@ class TinyConfig:
                 positive(self, weight)
         if self.pruned_reading is not None and not 0.0 <= self.pruned_reading < 1.0:
             raise ValueError(f"pruned_reading must be in [0, 1), got {self.pruned_reading}")
+        if not isinstance(self.fp32_head, bool):
+            raise ValueError(f"fp32_head must be true or false, got {self.fp32_head!r}")
         positive(self, "lr")
         positive(self, "threads", allow_zero=True, integer=True)
         positive(self, "weight_decay", allow_zero=True)
@@ -98,7 +101,7 @@ class TinyConfig:
         where no config value moved."""
         sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
         fields = dataclasses.asdict(self)
-        for knob, off in (("pruned_reading", 0.0), ("compile", False), ("reread_weight", 1.0)):
+        for knob, off in (("pruned_reading", 0.0), ("compile", False), ("reread_weight", 1.0), ("fp32_head", False)):
             if fields[knob] in (off, None):  # a recipe without it hashes as before the knob: caches stay valid
                 del fields[knob]
         for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0)):  # the task's knobs

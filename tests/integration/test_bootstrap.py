@@ -19,6 +19,7 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(reread_weight=4.0).key() != TinyConfig().key()
     assert TinyConfig(reread_weight=1.0).resolved().key() == TinyConfig().resolved().key()
     assert TinyConfig(compile=True).resolved().key() != TinyConfig(compile=False).resolved().key()
+    assert TinyConfig(fp32_head=True).key() != TinyConfig().key() == TinyConfig(fp32_head=False).key()
     for knob, on in (("move_openers", 2), ("move_endings", 2), ("quantity_first", 0.5)):
         assert TinyConfig(task=BasketConfig(**{knob: on})).key() != TinyConfig().key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
@@ -41,6 +42,41 @@ def test_bf16_follows_the_cpu_unless_set(monkeypatch):
         assert TinyConfig().resolved().bf16 is has_avx512
         assert TinyConfig(bf16=not has_avx512).resolved().bf16 is (not has_avx512)
         assert TinyConfig().resolved().key() == TinyConfig(bf16=has_avx512).resolved().key()
+
+
+def test_fp32_head_computes_the_logits_in_fp32_under_autocast_and_comes_back():
+    import torch
+
+    model = bootstrap.build_model(TinyConfig(**MICRO).resolved(), 300)
+    ids = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(0))
+
+    def logits():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(input_ids=ids).logits
+
+    low = logits()
+    with bootstrap.fp32_head(model):
+        high = logits()
+    assert low.dtype == torch.bfloat16 and high.dtype == torch.float32
+    assert not torch.equal(high, low.float()) and torch.allclose(high, low.float(), atol=0.05, rtol=0.02)
+    assert "forward" not in vars(model.lm_head) and logits().dtype == torch.bfloat16  # the head's own forward again
+    with bootstrap.fp32_head(model, on=False):
+        assert logits().dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="fp32_head must be true or false"):
+        TinyConfig(fp32_head="yes")
+
+
+def test_the_bootstrap_trains_with_the_fp32_head_only_under_bf16(tmp_path):
+    """model.tiny.fp32_head reaches the training step: under bf16 the weights come out other than without it; in
+    fp32 training it changes nothing."""
+    weights = {}
+    for bf16 in (True, False):
+        for head in (False, True):
+            out = tmp_path / f"{bf16}-{head}"
+            bootstrap.train_tiny_model(TinyConfig(**MICRO, bf16=bf16, fp32_head=head), out, progress=False)
+            weights[bf16, head] = (out / "model.safetensors").read_bytes()
+    assert weights[True, False] != weights[True, True]
+    assert weights[False, False] == weights[False, True]
 
 
 def test_the_recipe_follows_the_task_style():
