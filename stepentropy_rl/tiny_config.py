@@ -104,6 +104,8 @@ class TinyConfig:
         for knob, off in (("pruned_reading", 0.0), ("compile", False), ("reread_weight", 1.0), ("fp32_head", False)):
             if fields[knob] in (off, None):  # a recipe without it hashes as before the knob: caches stay valid
                 del fields[knob]
+        if fields.get("bf16") is False:  # fp32 training has its logits in fp32 already: the same model either way
+            fields.pop("fp32_head", None)
         for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0)):  # the task's knobs
             if fields["task"][knob] == off:
                 del fields["task"][knob]

@@ -20,6 +20,7 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(reread_weight=1.0).resolved().key() == TinyConfig().resolved().key()
     assert TinyConfig(compile=True).resolved().key() != TinyConfig(compile=False).resolved().key()
     assert TinyConfig(fp32_head=True).key() != TinyConfig().key() == TinyConfig(fp32_head=False).key()
+    assert TinyConfig(bf16=False, fp32_head=True).key() == TinyConfig(bf16=False).key()  # trains the same model
     for knob, on in (("move_openers", 2), ("move_endings", 2), ("quantity_first", 0.5)):
         assert TinyConfig(task=BasketConfig(**{knob: on})).key() != TinyConfig().key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
