@@ -215,15 +215,18 @@ def deterministic(on: bool = True):
 
 @contextlib.contextmanager
 def fp32_head(model, on: bool = True):
-    """Inside (``on``), ``model``'s LM head computes the logits in fp32 from the hidden states that bf16 autocast
-    left, instead of in bf16. Measured on an Intel AMX CPU (2026-12-05, seed 0, the verbose recipe; README): the copy
-    of a person's name formed at about step 460 of 800 with the head in fp32, at about 650 with it in bf16 (too late
-    to finish: names not learned), at about 410 with everything in fp32 (twice the time). The saved checkpoint is the
-    same kind either way; only training's arithmetic changes."""
+    """Inside (``on``), ``model``'s LM head computes the logits in fp32 under bf16 autocast: its matmul takes the hidden
+    states (fp32 in Llama's residual stream) and the tied weight as they are, where autocast rounds both to bf16.
+    Compiled inside it, torch.compile traces the overriding ``forward`` (dynamo guards on it). Measured on an Intel AMX
+    CPU (2026-12-05, seed 0 only, the verbose recipe; README): the copy of a person's name formed at about step 460 of
+    800 with the head in fp32, at about 650 with it in bf16 (too late to finish: names not learned), at about 410 with
+    everything in fp32 (twice the time). The saved checkpoint is the same kind either way; only training's arithmetic
+    changes."""
     if not on:
         yield
         return
     head = model.lm_head
+    found = vars(head).get("forward")  # an instance's own forward, put back on the way out
 
     def forward(hidden):
         with torch.autocast(hidden.device.type, enabled=False):
@@ -233,7 +236,10 @@ def fp32_head(model, on: bool = True):
     try:
         yield
     finally:
-        del head.forward
+        if found is None:
+            del head.forward
+        else:
+            head.forward = found
 
 
 def build_model(cfg: TinyConfig, vocab: int):

@@ -36,8 +36,8 @@ other stage each time; raise ``min_steps`` to make those visits longer. Under th
 Measured (``scripts/controller_noise.py``): the tiny reasoner's GRPO entropy moves about 0.005 nats
 from step to step about its trend, so a 4-step slope's error (0.0023) exceeds the default
 hysteresis and the default schedule is a 5-step alternation whose longer phases noise alone explains.
-Nor is there a trend to follow there: a compress-only or explore-only run's entropy moves at most 0.0005
-nats/step over its 40 steps (README, "The controller claim"); its level is the stage's temperature.
+Nor is there a trend the hysteresis can see: a compress-only or explore-only run's entropy moves at
+most 0.0005 nats/step over its 40 steps (README, "The controller claim"); its level is the stage's temperature.
 
 ``mode="compress"`` / ``"explore"`` stay in one stage; ``start`` applies to ``mode="entropy"`` only
 (``"fixed"`` always compresses first, for ``fixed_compress_steps`` steps).

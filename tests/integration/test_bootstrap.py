@@ -63,6 +63,9 @@ def test_fp32_head_computes_the_logits_in_fp32_under_autocast_and_comes_back():
     assert "forward" not in vars(model.lm_head) and logits().dtype == torch.bfloat16  # the head's own forward again
     with bootstrap.fp32_head(model, on=False):
         assert logits().dtype == torch.bfloat16
+    with bootstrap.fp32_head(model), bootstrap.fp32_head(model):  # nested: each puts back what it found
+        assert logits().dtype == torch.float32
+    assert "forward" not in vars(model.lm_head)
     with pytest.raises(ValueError, match="fp32_head must be true or false"):
         TinyConfig(fp32_head="yes")
 

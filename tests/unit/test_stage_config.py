@@ -222,7 +222,8 @@ def test_a_rerun_on_other_problems_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key, before, changed", [("trainer.grpo.optimizer", "continue", "fresh"),
-                                                   ("cluster.learner.autocast_bf16", "false", "true")])
+                                                   ("cluster.learner.autocast_bf16", "false", "true"),
+                                                   ("model.tiny.fp32_head", "false", "true")])
 def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path, key, before, changed):
     """A run whose GRPO finished before the key existed was refused on rerun ('(unset)' against any value); it
     resumes under the value every run had then, and a change from it is still refused."""
