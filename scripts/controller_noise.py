@@ -26,26 +26,10 @@ def phase_cuts(stage: list) -> list[int]:
     return [0] + [i for i in range(1, len(stage)) if stage[i] != stage[i - 1]] + [len(stage)]
 
 
-def phase_noise(entropy: list[float], stage: list[int]) -> tuple[list[int], float]:
-    """The run's phase lengths and the sd of its entropy about each phase's least-squares line (each line costs two
-    degrees of freedom; phases under 3 steps are left out)."""
-    cuts = phase_cuts(stage)
-    res, fitted = [], 0
-    for a, b in zip(cuts, cuts[1:]):
-        ys = entropy[a:b]
-        if len(ys) >= 3:
-            m = slope(ys)
-            c = statistics.mean(ys) - m * (len(ys) - 1) / 2
-            res += [y - (c + m * i) for i, y in enumerate(ys)]
-            fitted += 1
-    dof = len(res) - 2 * fitted
-    sd = (sum(r * r for r in res) / dof) ** 0.5 if dof > 0 else float("nan")
-    return [b - a for a, b in zip(cuts, cuts[1:])], sd
-
-
 def phase_trends(entropy: list[float], stage: list) -> list[dict]:
-    """Per phase of at least 3 steps: its stage, first step, length, and the least-squares slope of its entropy
-    (nats/step) with the slope's standard error, sqrt(sum r^2 / (n - 2) / sum (i - mean)^2) from the residuals r."""
+    """Per phase of at least 3 steps: its stage, first step, length, the least-squares slope of its entropy
+    (nats/step), the residuals' sum of squares ``rss`` about that line and the slope's standard error,
+    sqrt(rss / (n - 2) / sum (i - mean)^2)."""
     cuts, out = phase_cuts(stage), []
     for a, b in zip(cuts, cuts[1:]):
         ys, n = entropy[a:b], b - a
@@ -55,8 +39,18 @@ def phase_trends(entropy: list[float], stage: list) -> list[dict]:
         c = statistics.mean(ys) - m * xm
         sxx = sum((i - xm) ** 2 for i in range(n))
         rss = sum((y - c - m * i) ** 2 for i, y in enumerate(ys))
-        out.append({"stage": stage[a], "start": a, "steps": n, "slope": m, "stderr": (rss / (n - 2) / sxx) ** 0.5})
+        out.append({"stage": stage[a], "start": a, "steps": n, "slope": m, "rss": rss,
+                    "stderr": (rss / (n - 2) / sxx) ** 0.5})
     return out
+
+
+def phase_noise(entropy: list[float], stage: list[int]) -> tuple[list[int], float]:
+    """The run's phase lengths and the sd of its entropy about each phase's least-squares line (each line costs two
+    degrees of freedom; phases under 3 steps are left out)."""
+    fits, cuts = phase_trends(entropy, stage), phase_cuts(stage)
+    dof = sum(f["steps"] - 2 for f in fits)
+    sd = (sum(f["rss"] for f in fits) / dof) ** 0.5 if dof > 0 else float("nan")
+    return [b - a for a, b in zip(cuts, cuts[1:])], sd
 
 
 def run_figures(history: list[dict], lengths: list[int], cfg: PhaseConfig) -> dict:
