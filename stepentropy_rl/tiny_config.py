@@ -17,12 +17,18 @@ FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's 
 # The recipe measured for each task style (n=500 held out, scripts/bench_bootstrap.py; README): the verbose style's
 # sequences are 3x longer, so it trains compiled, with a heavier loss on the essential steps (6x) and the rereads (8x),
 # a longer warmup, a few examples read pruned, and six narrower heads: 800 steps that copy every reread and learn the
-# names on three seeds of three (1100 steps at 4x did as well in a quarter more time; 700 steps named strangers).
+# names on three seeds of three on an AMD Zen 5 CPU with the LM head in bf16 (1100 steps at 4x did as well in a quarter
+# more time; 700 steps named strangers); since 2026-12-06 with the logits in fp32 (fp32_head): on an Intel AMX CPU the
+# bf16 head delayed the names past step 800, the fp32 head learned them on three seeds of three (README, "The default
+# recipe"; not measured on the Zen 5 CPU).
 RECIPES = {"terse": {"steps": 1100, "warmup_steps": 30, "essential_weight": 1.0, "reread_weight": 1.0,
-                     "compile": False, "num_heads": 3, "pruned_reading": 0.0},
+                     "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False},
            "verbose": {"steps": 800, "warmup_steps": 100, "essential_weight": 6.0, "reread_weight": 8.0,
-                       "compile": True, "num_heads": 6, "pruned_reading": 0.05}}
+                       "compile": True, "num_heads": 6, "pruned_reading": 0.05, "fp32_head": True}}
 RESOLVED = (*RECIPES["verbose"], "bf16")  # the fields ``TinyConfig.resolved`` fills where they are None
+# knobs added to the recipe since models were cached, with the value every recipe had before: a recipe at that value
+# hashes as before the knob existed (``TinyConfig.key``), and a bootstrap.json without the knob was trained at it
+OFF = {"pruned_reading": 0.0, "compile": False, "reread_weight": 1.0, "fp32_head": False}
 
 
 @dataclass
@@ -51,7 +57,8 @@ class TinyConfig:
     pruned_reading: Optional[float] = None  # share of examples read pruned, loss on the answer (_encode); None: RECIPES
     compile: Optional[bool] = None  # torch.compile the training forward and backward (inductor); None: RECIPES
     attn_implementation: str = "eager"  # for training; on 2 cores eager beat sdpa's CPU flash kernel by ~20% here
-    fp32_head: bool = False  # under bf16 autocast, the logits in fp32 (bootstrap.fp32_head; README: names learned)
+    fp32_head: Optional[bool] = None  # under bf16 autocast, the logits in fp32 (bootstrap.fp32_head); None: RECIPES
+    # (verbose on, terse off)
 
     def __post_init__(self):
         from stepentropy_rl.typed import positive
@@ -78,8 +85,8 @@ class TinyConfig:
                 positive(self, weight)
         if self.pruned_reading is not None and not 0.0 <= self.pruned_reading < 1.0:
             raise ValueError(f"pruned_reading must be in [0, 1), got {self.pruned_reading}")
-        if not isinstance(self.fp32_head, bool):
-            raise ValueError(f"fp32_head must be true or false, got {self.fp32_head!r}")
+        if self.fp32_head is not None and not isinstance(self.fp32_head, bool):
+            raise ValueError(f"fp32_head must be true, false or null, got {self.fp32_head!r}")
         positive(self, "lr")
         positive(self, "threads", allow_zero=True, integer=True)
         positive(self, "weight_decay", allow_zero=True)
@@ -89,6 +96,8 @@ class TinyConfig:
         from ``fast_bf16()`` where unset."""
         recipe = {**RECIPES[self.task.style], "bf16": fast_bf16()}
         out = dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+        if not out.bf16:  # fp32 training computes the logits in fp32 anyway: the same model (key), recorded as such
+            out.fp32_head = False
         if self.warmup_steps is None:  # the recipe's warmup, for a run of fewer steps: at most a quarter of them
             out.warmup_steps = min(out.warmup_steps, out.steps // 4)
         elif out.warmup_steps > out.steps:
@@ -101,7 +110,7 @@ class TinyConfig:
         where no config value moved."""
         sample = [p.to_row() for p in generate(self.task, 8, self.seed, "train")]
         fields = dataclasses.asdict(self)
-        for knob, off in (("pruned_reading", 0.0), ("compile", False), ("reread_weight", 1.0), ("fp32_head", False)):
+        for knob, off in OFF.items():
             if fields[knob] in (off, None):  # a recipe without it hashes as before the knob: caches stay valid
                 del fields[knob]
         if fields.get("bf16") is False:  # fp32 training has its logits in fp32 already: the same model either way
@@ -132,6 +141,20 @@ def fast_bf16() -> bool:
     cpu = torch.cpu
     checks = ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def overrides_to_train(recorded: dict, cfg: TinyConfig) -> list[str]:
+    """The ``model.tiny.*`` overrides under which ``cfg`` trains the recipe a bootstrap.json recorded (``recorded``:
+    its ``config``; a knob it lacks was at its ``OFF`` value), e.g. ``['model.tiny.fp32_head=false']``."""
+    now = cfg.resolved()
+    out = []
+    for f in dataclasses.fields(TinyConfig):
+        if f.name == "task" or (f.name not in recorded and f.name not in OFF):
+            continue
+        then, value = recorded.get(f.name, OFF.get(f.name)), getattr(now, f.name)
+        if then != value:
+            out.append(f"model.tiny.{f.name}={json.dumps(then)}")
+    return out
 
 
 def tiny_model_path(cfg: TinyConfig) -> Path:

@@ -22,7 +22,7 @@ from stepentropy_rl.driver.faults import FaultInjection, die_at
 from stepentropy_rl.driver.stage_config import ORDER
 from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
-from stepentropy_rl.tiny_config import RESOLVED, tiny_model_path
+from stepentropy_rl.tiny_config import RESOLVED, overrides_to_train, tiny_model_path
 from stepentropy_rl.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -213,12 +213,17 @@ def check_same_tiny(run_dir: Path, cfg: JobConfig) -> None:
     base, tiny = Stages(run_dir).info("init").get("base"), cfg.model.tiny_that_runs()
     if not base or tiny is None or not Path(base).name.startswith("tiny-"):
         return
-    now = tiny_model_path(dataclasses.replace(tiny, task=cfg.data.task)).name
+    tiny = dataclasses.replace(tiny, task=cfg.data.task)
+    now = tiny_model_path(tiny).name
     if Path(base).name != now:
+        try:
+            fix = overrides_to_train(json.loads((Path(base) / "bootstrap.json").read_text())["config"], tiny)
+        except (OSError, ValueError, KeyError, TypeError):
+            fix = []
+        how = f"rerun with {' '.join(fix)}" if fix else "set model.tiny.* as that bootstrap.json says"
         raise ConfigError(f"{run_dir} was started from the tiny reasoner {Path(base).name}, and this job's config "
                           f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is "
-                          f"in {base}/bootstrap.json): give the job another run_dir, or set model.tiny.* as that "
-                          f"bootstrap.json says to resume it")
+                          f"in {base}/bootstrap.json): give the job another run_dir, or {how} to resume it")
 
 
 def check_same_base(recorded: dict, base_path: str, run_dir: Path) -> None:

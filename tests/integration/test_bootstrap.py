@@ -66,7 +66,7 @@ def test_fp32_head_computes_the_logits_in_fp32_under_autocast_and_comes_back():
     with bootstrap.fp32_head(model), bootstrap.fp32_head(model):  # nested: each puts back what it found
         assert logits().dtype == torch.float32
     assert "forward" not in vars(model.lm_head)
-    with pytest.raises(ValueError, match="fp32_head must be true or false"):
+    with pytest.raises(ValueError, match="fp32_head must be true, false or null"):
         TinyConfig(fp32_head="yes")
 
 
@@ -86,9 +86,14 @@ def test_the_bootstrap_trains_with_the_fp32_head_only_under_bf16(tmp_path):
 def test_the_recipe_follows_the_task_style():
     """Unset recipe values take the recipe measured for the style; a set value wins."""
     terse, verbose = TinyConfig().resolved(), TinyConfig(task=BasketConfig(style="verbose")).resolved()
-    recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading")
-    assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0)
-    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05)
+    recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading",
+              "fp32_head")
+    assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0, False)
+    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05, True)
+    # the verbose default is another model than the same recipe with the head in bf16 (its base until 2026-12-06)
+    style = BasketConfig(style="verbose")
+    assert (TinyConfig(task=style, bf16=True).resolved().key()
+            != TinyConfig(task=style, bf16=True, fp32_head=False).resolved().key())
     assert TinyConfig(warmup_steps=0, task=BasketConfig(style="verbose")).resolved().warmup_steps == 0
 
 
@@ -133,8 +138,8 @@ def test_a_compiled_bootstrap_trains_the_same_model_twice(tmp_path):
 
 
 def test_the_default_config_trains_the_measured_reasoner():
-    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe whose figures the
-    README gives (cache key of the model measured there, bf16 as on the CPU that measured it)."""
+    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe with its logits in fp32
+    whose figures the README gives (cache key of the model measured there, bf16 as on the CPU that measured it)."""
     import dataclasses
     import os
 
@@ -146,9 +151,9 @@ def test_the_default_config_trains_the_measured_reasoner():
     with initialize_config_dir(config_dir=conf, version_base=None):
         job = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x"]), check_paths=False)
     tiny = dataclasses.replace(job.model.tiny, task=job.data.task, bf16=True).resolved()
-    assert (tiny.num_heads, tiny.steps, tiny.warmup_steps, tiny.compile, tiny.task.quantity_first) == (6, 800, 100,
-                                                                                                   True, 0.5)
-    assert tiny.key() == "4a43fedc9248"
+    assert (tiny.num_heads, tiny.steps, tiny.warmup_steps, tiny.compile, tiny.task.quantity_first,
+            tiny.fp32_head) == (6, 800, 100, True, 0.5, True)
+    assert tiny.key() == "423f7202d88f"
 
 
 @pytest.mark.parametrize("bad", [dict(num_heads=5), dict(num_heads=0), dict(hidden_size=100, num_heads=3)])

@@ -1,4 +1,5 @@
 """A rerun of a run_dir under another config: refused where a finished stage depends on the changed key."""
+import json
 import re
 from pathlib import Path
 
@@ -266,3 +267,37 @@ def test_keys_a_finished_stage_does_not_read_do_not_refuse_its_resume(tmp_path):
     check_config(early, _config("rollout.max_tokens=400", "rollout.answer_max_tokens=40"))
     with pytest.raises(ConfigError, match="'prune' with rollout.max_tokens=384"):
         check_config(tmp_path, _config("rollout.max_tokens=400"))
+
+
+def test_a_run_begun_under_the_bf16_head_default_is_told_how_to_resume(tmp_path):
+    """A run begun before the verbose recipe's logits moved to fp32 (its base's bootstrap.json has no fp32_head)
+    is refused with the override that trains its base again, and resumes under it; where the CPU trains in fp32
+    the two recipes are one model and nothing is refused."""
+    import dataclasses
+
+    from stepentropy_rl.tiny_config import tiny_model_path
+
+    job, old_job = _job(), _job("model.tiny.fp32_head=false")
+    old_tiny = dataclasses.replace(old_job.model.tiny, task=old_job.data.task)
+    old, now = tiny_model_path(old_tiny), tiny_model_path(dataclasses.replace(job.model.tiny, task=job.data.task))
+    recorded = {k: v for k, v in dataclasses.asdict(old_tiny.resolved()).items() if k not in ("task", "fp32_head")}
+    base = tmp_path / "cache" / old.name
+    base.mkdir(parents=True)
+    (base / "bootstrap.json").write_text(json.dumps({"config": recorded}))
+    run = tmp_path / "run"
+    Stages(run).mark("init", {"base": str(base)})
+    if old.name == now.name:  # no AVX-512: both train in fp32
+        assert not old_tiny.resolved().bf16
+        check_same_tiny(run, job)
+        return
+    with pytest.raises(ConfigError, match=r"or rerun with model.tiny.fp32_head=false to resume it"):
+        check_same_tiny(run, job)
+    check_same_tiny(run, old_job)
+
+
+def test_fp32_training_records_the_head_as_it_trains_it():
+    """Training in fp32 has its logits in fp32 whatever fp32_head says (one model, one cache key), so the recipe is
+    recorded with the head off, as every marker before the knob reads: a run begun then resumes."""
+    tiny = _config("model.tiny.bf16=false")["model"]["tiny"]
+    assert tiny["fp32_head"] is False and tiny["bf16"] is False
+    assert _config("model.tiny.bf16=true")["model"]["tiny"]["fp32_head"] is True
