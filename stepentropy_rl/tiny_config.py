@@ -143,18 +143,21 @@ def fast_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
-def overrides_to_train(recorded: dict, cfg: TinyConfig) -> list[str]:
-    """The ``model.tiny.*`` overrides under which ``cfg`` trains the recipe a bootstrap.json recorded (``recorded``:
-    its ``config``; a knob it lacks was at its ``OFF`` value), e.g. ``['model.tiny.fp32_head=false']``."""
+def recipe_to_train(recorded: dict, cfg: TinyConfig, name: str) -> Optional[dict]:
+    """The ``model.tiny`` values under which ``cfg`` trains the model ``name`` (``tiny-KEY``) whose bootstrap.json
+    recorded ``recorded`` (its ``config``; a knob it lacks was at its ``OFF`` value), e.g. ``{'fp32_head': False}``;
+    None where no values do (the task's wording or the key's format changed since)."""
     now = cfg.resolved()
-    out = []
+    want = {}
     for f in dataclasses.fields(TinyConfig):
         if f.name == "task" or (f.name not in recorded and f.name not in OFF):
             continue
-        then, value = recorded.get(f.name, OFF.get(f.name)), getattr(now, f.name)
-        if then != value:
-            out.append(f"model.tiny.{f.name}={json.dumps(then)}")
-    return out
+        then = recorded.get(f.name, OFF.get(f.name))
+        if then != getattr(now, f.name):
+            want[f.name] = then
+    if "bf16" in want:  # resolved() ties the head to bf16: set both
+        want["fp32_head"] = recorded.get("fp32_head", OFF["fp32_head"])
+    return want if want and tiny_model_path(dataclasses.replace(cfg, **want)).name == name else None
 
 
 def tiny_model_path(cfg: TinyConfig) -> Path:

@@ -22,7 +22,7 @@ from stepentropy_rl.driver.faults import FaultInjection, die_at
 from stepentropy_rl.driver.stage_config import ORDER
 from stepentropy_rl.files import atomic_dir, atomic_write_json
 from stepentropy_rl.pruning import add_skip_token
-from stepentropy_rl.tiny_config import RESOLVED, overrides_to_train, tiny_model_path
+from stepentropy_rl.tiny_config import RESOLVED, recipe_to_train, tiny_model_path
 from stepentropy_rl.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -217,13 +217,17 @@ def check_same_tiny(run_dir: Path, cfg: JobConfig) -> None:
     now = tiny_model_path(tiny).name
     if Path(base).name != now:
         try:
-            fix = overrides_to_train(json.loads((Path(base) / "bootstrap.json").read_text())["config"], tiny)
+            recorded = json.loads((Path(base) / "bootstrap.json").read_text())["config"]
         except (OSError, ValueError, KeyError, TypeError):
-            fix = []
-        how = f"rerun with {' '.join(fix)}" if fix else "set model.tiny.* as that bootstrap.json says"
+            recorded = None
+        want = recorded is not None and recipe_to_train(recorded, tiny, Path(base).name)
+        how = ("set model.tiny.* as that bootstrap.json says to resume it" if recorded is None else
+               f"rerun with {' '.join(f'model.tiny.{k}={override_value(v)}' for k, v in want.items())} to resume it"
+               if want else "no model.tiny.* values train that model again (the task's wording or the cache key's "
+               "format changed since)")
         raise ConfigError(f"{run_dir} was started from the tiny reasoner {Path(base).name}, and this job's config "
                           f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is "
-                          f"in {base}/bootstrap.json): give the job another run_dir, or {how} to resume it")
+                          f"in {base}/bootstrap.json): give the job another run_dir, or {how}")
 
 
 def check_same_base(recorded: dict, base_path: str, run_dir: Path) -> None:

@@ -85,7 +85,10 @@ def test_the_bootstrap_trains_with_the_fp32_head_only_under_bf16(tmp_path):
 
 def test_the_recipe_follows_the_task_style():
     """Unset recipe values take the recipe measured for the style; a set value wins."""
-    terse, verbose = TinyConfig().resolved(), TinyConfig(task=BasketConfig(style="verbose")).resolved()
+    # bf16 set: without AVX-512 it resolves false, and the head with it (fp32 training: the same model)
+    terse = TinyConfig(bf16=True).resolved()
+    verbose = TinyConfig(task=BasketConfig(style="verbose"), bf16=True).resolved()
+    assert TinyConfig(task=BasketConfig(style="verbose"), bf16=False).resolved().fp32_head is False
     recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading",
               "fp32_head")
     assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0, False)

@@ -228,13 +228,14 @@ def test_a_rerun_on_other_problems_is_refused(tmp_path):
 def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path, key, before, changed):
     """A run whose GRPO finished before the key existed was refused on rerun ('(unset)' against any value); it
     resumes under the value every run had then, and a change from it is still refused."""
-    config = _config(f"{key}={before}")
+    cpu = ["model.tiny.bf16=true"]  # the fp32 head is a change only under bf16 (without AVX-512 bf16 resolves false)
+    config = _config(f"{key}={before}", *cpu)
     stages = Stages(tmp_path, {k: v for k, v in run_config(config).items() if k != key})
     for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
         stages.mark(name)
     check_config(tmp_path, config)
     with pytest.raises(ConfigError, match=f"{key}=.*, and this job says {key}="):
-        check_config(tmp_path, _config(f"{key}={changed}"))
+        check_config(tmp_path, _config(f"{key}={changed}", *cpu))
 
 
 def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
@@ -301,3 +302,35 @@ def test_fp32_training_records_the_head_as_it_trains_it():
     tiny = _config("model.tiny.bf16=false")["model"]["tiny"]
     assert tiny["fp32_head"] is False and tiny["bf16"] is False
     assert _config("model.tiny.bf16=true")["model"]["tiny"]["fp32_head"] is True
+
+
+def test_the_recipe_to_train_an_old_base_sets_the_head_with_bf16_and_must_give_its_key():
+    """A base trained under bf16 with the head in bf16, resumed where bf16 resolves false: bf16=true alone would
+    resolve the head on (another model), so the head is named too; values that cannot give the base's key are None."""
+    import dataclasses
+
+    from stepentropy_rl.tasks.basket import BasketConfig
+    from stepentropy_rl.tiny_config import TinyConfig, recipe_to_train, tiny_model_path
+
+    verbose = BasketConfig(style="verbose")
+    old = TinyConfig(task=verbose, bf16=True, fp32_head=False)
+    recorded = {k: v for k, v in dataclasses.asdict(old.resolved()).items() if k not in ("task", "fp32_head")}
+    name = tiny_model_path(old).name
+    assert recipe_to_train(recorded, TinyConfig(task=verbose, bf16=False), name) == {"bf16": True, "fp32_head": False}
+    assert recipe_to_train(recorded, TinyConfig(task=verbose, bf16=True), name) == {"fp32_head": False}
+    assert recipe_to_train(recorded, TinyConfig(task=verbose, bf16=True), "tiny-000000000000") is None
+
+
+def test_a_run_that_recorded_the_head_on_under_fp32_training_resumes(tmp_path):
+    """Between 2026-12-05 and 12-06 fp32_head was recorded as set; under fp32 training it changes nothing, and the
+    resolved record (false) does not refuse such a run."""
+    config = _config("model.tiny.bf16=false")
+    then = {**run_config(config), "model.tiny.fp32_head": True}
+    stages = Stages(tmp_path, then)
+    for name in ("init", "eval_base", "prune", "sft", "eval_sft"):
+        stages.mark(name)
+    check_config(tmp_path, config)
+    config = _config("model.tiny.bf16=true", "model.tiny.fp32_head=false")  # under bf16 the head is a change
+    Stages(tmp_path / "bf16", {**run_config(config), "model.tiny.fp32_head": True}).mark("init")
+    with pytest.raises(ConfigError, match="model.tiny.fp32_head=.*, and this job says model.tiny.fp32_head="):
+        check_config(tmp_path / "bf16", config)
