@@ -220,11 +220,14 @@ def check_same_tiny(run_dir: Path, cfg: JobConfig) -> None:
             recorded = json.loads((Path(base) / "bootstrap.json").read_text())["config"]
         except (OSError, ValueError, KeyError, TypeError):
             recorded = None
-        want = recorded is not None and recipe_to_train(recorded, tiny, Path(base).name)
-        how = ("set model.tiny.* as that bootstrap.json says to resume it" if recorded is None else
-               f"rerun with {' '.join(f'model.tiny.{k}={override_value(v)}' for k, v in want.items())} to resume it"
-               if want else "no model.tiny.* values train that model again (the task's wording or the cache key's "
-               "format changed since)")
+        want = recipe_to_train(recorded, tiny, Path(base).name) if recorded is not None else None
+        if recorded is None:
+            how = "set model.tiny.* as that bootstrap.json says to resume it"
+        elif want:
+            how = f"rerun with {' '.join(f'model.tiny.{k}={override_value(v)}' for k, v in want.items())} to resume it"
+        else:
+            how = ("no model.tiny.* values train that model again (the task's wording or the cache key's format "
+                   "changed since)")
         raise ConfigError(f"{run_dir} was started from the tiny reasoner {Path(base).name}, and this job's config "
                           f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is "
                           f"in {base}/bootstrap.json): give the job another run_dir, or {how}")
