@@ -115,7 +115,8 @@ class TinyConfig:
                 del fields[knob]
         if fields.get("bf16") is False:  # fp32 training has its logits in fp32 already: the same model either way
             fields.pop("fp32_head", None)
-        for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0)):  # the task's knobs
+        for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0),
+                          ("recap_openers", 1)):  # the task's knobs
             if fields["task"][knob] == off:
                 del fields["task"][knob]
         if fields.get("compile"):  # compiled training runs deterministic kernels since 2026-12-05 (bootstrap.deterministic):

@@ -13,7 +13,8 @@ before, and all of it is fixed by the context, so its entropy measures redundanc
 - after every move a ``reread`` ("Reading it again: Fay 3. Yes."), a ``verify`` ("Check: 3 + 3 = 6. Correct.") and a
   ``restate`` ("So the basket has 6 now."), then with probability ``redundancy`` a ``reflect`` ("Wait, let me check
   that again: 6 - 3 = 3. Yes.");
-- ``recap``    "Let me make sure: after everyone, the basket has 8. Yes."   (last: the total confirmed)
+- ``recap``    "Let me make sure: after everyone, the basket has 8. Yes."   (last: the total confirmed; its opener drawn
+  from ``RECAP_OPENERS`` with ``recap_openers`` > 1: "Therefore, after everyone, ...")
 
 Each routine step (problem, reread, verify, restate, recap) is left out with probability ``omit``, and with
 probability ``stop_early`` the thinking stops right after the last move, so that ``</think>`` can follow any step (without
@@ -43,6 +44,10 @@ its entropy falls below the rereads' and low-entropy pruning cuts it first (READ
 the one opener. Either knob cost the tiny reasoner its count of the moves on some seeds (README).
 ``quantity_first`` leaves the move's words alone and gives it a choice of notation instead: with that chance a put-in
 move writes its sum quantity first ("Now Fay 3: 3 + 12 = 15."), and the check after it copies the order it chose.
+``recap_openers`` (verbose; 1 by default) opens the recap with one of the first ones of ``RECAP_OPENERS`` ("Therefore,
+after everyone, ..."), as R1 opens its conclusion with a connector of its choosing (paper 2 finds those connectors
+among R1's highest-entropy tokens): the recap restates the total, and with one fixed opener it is the lowest-entropy
+step of the CoT, so pruning the high-entropy steps keeps the answer (README, the static study).
 
 Everything is generated deterministically from a seed.
 """
@@ -60,6 +65,7 @@ OPS = ("add", "sub")
 STYLES = ("terse", "verbose")
 MOVE_OPENERS = ("Now", "Next", "Then", "After that")
 MOVE_ENDINGS = ("", " so far", " in the basket")
+RECAP_OPENERS = ("Let me make sure:", "Therefore,", "Thus,", "Hence,")
 
 
 @dataclass
@@ -79,6 +85,8 @@ class BasketConfig:
     move_openers: int = 1  # each move's opener drawn from the first this many MOVE_OPENERS; 1: always "Now"
     move_endings: int = 1  # each move's ending drawn from the first this many MOVE_ENDINGS; 1: none
     quantity_first: float = 0.0  # chance that a put-in move writes its sum quantity first ("3 + 12 = 15")
+    recap_openers: int = 1  # verbose: the recap's opener drawn from the first this many RECAP_OPENERS; 1: always
+    # "Let me make sure:"
 
     def __post_init__(self):
         self.ops = tuple(self.ops)
@@ -104,6 +112,10 @@ class BasketConfig:
         need(1 <= self.move_endings <= len(MOVE_ENDINGS), "move_endings",
              f"must be in [1, {len(MOVE_ENDINGS)}], got {self.move_endings}")
         need(0.0 <= self.quantity_first < 1.0, "quantity_first", f"must be in [0, 1), got {self.quantity_first}")
+        need(1 <= self.recap_openers <= len(RECAP_OPENERS), "recap_openers",
+             f"must be in [1, {len(RECAP_OPENERS)}], got {self.recap_openers}")
+        need(self.recap_openers == 1 or self.style == "verbose", "recap_openers",
+             f"words the verbose style's recap; the terse style has none (got {self.recap_openers} with style terse)")
 
 
 @dataclass
@@ -247,7 +259,8 @@ def _verbose_steps(rng: random.Random, cfg: BasketConfig, start: int, moves, ord
         cur = new
     if rng.random() < cfg.stop_early:  # now and then the thinking stops right after the last move
         return steps[:max(i for i, s in enumerate(steps) if s.label == "essential") + 1]
-    return steps + routine(f"Let me make sure: after everyone, the basket has {cur}. Yes.", "recap")
+    opener = RECAP_OPENERS[rng.randrange(cfg.recap_openers)] if cfg.recap_openers > 1 else RECAP_OPENERS[0]
+    return steps + routine(f"{opener} after everyone, the basket has {cur}. Yes.", "recap")
 
 
 def _redundant_text(kind: str, position: str, cur: int, last, item: str) -> str:
@@ -270,7 +283,7 @@ def generate(cfg: BasketConfig, n: int, seed: int, split: str = "train") -> list
 
 _PATTERNS = (*((f"{o} ", "essential", "move") for o in MOVE_OPENERS), ("So the basket has ", "redundant", "restate"),
              ("Check: ", "redundant", "verify"), ("Reading it again: ", "redundant", "reread"), ("The basket starts with ", "redundant", "problem"),
-             ("Let me make sure", "redundant", "recap"), ("Let me ", "redundant", "announce"),
+             *((o.rstrip(":"), "redundant", "recap") for o in RECAP_OPENERS), ("Let me ", "redundant", "announce"),
              ("Wait, let me reread", "redundant", "reflect"),
              ("Wait, let me check that again", "redundant", "reflect"))
 

@@ -23,6 +23,8 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(bf16=False, fp32_head=True).key() == TinyConfig(bf16=False).key()  # trains the same model
     for knob, on in (("move_openers", 2), ("move_endings", 2), ("quantity_first", 0.5)):
         assert TinyConfig(task=BasketConfig(**{knob: on})).key() != TinyConfig().key()
+    verbose = BasketConfig(style="verbose")
+    assert TinyConfig(task=BasketConfig(style="verbose", recap_openers=2)).key() != TinyConfig(task=verbose).key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"

@@ -152,6 +152,33 @@ def test_move_endings_word_the_moves_end_and_keep_their_one_opener(style):
             BasketConfig(move_endings=bad)
 
 
+def test_recap_openers_word_the_recap_at_random_and_keep_the_grammar():
+    """``recap_openers=3``: the verbose recap opens with one of "Let me make sure:", "Therefore,", "Thus,", about
+    equally often, still restates the total and reads as a recap; 1 is today's text, problem for problem; the terse
+    style, which has no recap, refuses it."""
+    from stepentropy_rl.tasks.basket import RECAP_OPENERS
+
+    problems = generate(BasketConfig(style="verbose", recap_openers=3), 400, 0)
+    recaps = [(p, s.text) for p in problems for s in p.steps if s.kind == "recap"]
+    counts = {o: sum(text.startswith(o + " after everyone, ") for _, text in recaps) for o in RECAP_OPENERS}
+    assert counts["Hence,"] == 0 and sum(counts.values()) == len(recaps) > 250
+    assert all(abs(counts[o] / len(recaps) - 1 / 3) < 0.06 for o in RECAP_OPENERS[:3])
+    assert all(text.endswith(f"the basket has {p.answer}. Yes.") for p, text in recaps)
+    _assert_the_grammar_reads(problems)
+    assert all(label_step(s.text) == (s.label, s.kind) for p in problems for s in p.steps)
+    default = generate(BasketConfig(style="verbose"), 50, 0)
+    assert [p.to_row() for p in generate(BasketConfig(style="verbose", recap_openers=1), 50, 0)] == \
+        [p.to_row() for p in default]
+    assert all(s.text.startswith("Let me make sure: after everyone, ") for p in default for s in p.steps
+               if s.kind == "recap")
+    assert label_step("Let me make sure after everyone, the basket has 8. Yes.") == ("redundant", "recap")
+    for bad in (0, len(RECAP_OPENERS) + 1):
+        with pytest.raises(ValueError, match="recap_openers"):
+            BasketConfig(style="verbose", recap_openers=bad)
+    with pytest.raises(ValueError, match="recap_openers words the verbose style's recap"):
+        BasketConfig(style="terse", recap_openers=2)
+
+
 @pytest.mark.parametrize("style", ["terse", "verbose"])
 def test_quantity_first_writes_some_sums_quantity_first_and_the_check_copies_the_order(style):
     """``quantity_first=0.5``: about half the put-in moves write "q + total", the move's words unchanged, each check

@@ -238,6 +238,21 @@ def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path, key, 
         check_config(tmp_path, _config(f"{key}={changed}", *cpu))
 
 
+def test_a_run_begun_before_recap_openers_resumes_and_a_change_is_refused(tmp_path):
+    """The task knob is recorded twice (``data.task`` and the tiny reasoner's ``model.tiny.task``): a run whose markers
+    have neither resumes under today's default, and one asking for four openers is still refused."""
+    config = _config()
+    keys = ("data.task.recap_openers", "model.tiny.task.recap_openers")
+    recorded = run_config(config)
+    assert all(recorded[k] == 1 for k in keys)
+    stages = Stages(tmp_path, {k: v for k, v in recorded.items() if k not in keys})
+    for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
+        stages.mark(name)
+    check_config(tmp_path, config)
+    with pytest.raises(ConfigError, match="recap_openers=1, and this job says .*recap_openers=4"):
+        check_config(tmp_path, _config("data.task.recap_openers=4"))
+
+
 def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
     """``algorithm.norm_adv_by_std`` was one bool before it was per stage: a run whose GRPO finished then resumes
     under the same value for both stages, and a stage changed from it is still refused."""
