@@ -19,8 +19,8 @@ FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's 
 # a longer warmup, a few examples read pruned, and six narrower heads: 800 steps that copy every reread and learn the
 # names on three seeds of three on an AMD Zen 5 CPU with the LM head in bf16 (1100 steps at 4x did as well in a quarter
 # more time; 700 steps named strangers); since 2026-12-06 with the logits in fp32 (fp32_head): on an Intel AMX CPU the
-# bf16 head delayed the names past step 800, the fp32 head learned them on three seeds of three (README, "The default
-# recipe"; not measured on the Zen 5 CPU).
+# bf16 head delayed the names past step 800, the fp32 head learned them on three seeds of three, and on two more seeds
+# later and in part (README, "The default recipe"; not measured on the Zen 5 CPU).
 RECIPES = {"terse": {"steps": 1100, "warmup_steps": 30, "essential_weight": 1.0, "reread_weight": 1.0,
                      "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False},
            "verbose": {"steps": 800, "warmup_steps": 100, "essential_weight": 6.0, "reread_weight": 8.0,

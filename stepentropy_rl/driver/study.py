@@ -27,6 +27,7 @@ from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps
 from stepentropy_rl.pruning import prune_steps
 from stepentropy_rl.driver.remote import token_entropies
+from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tokenizer import count_tokens, encode, prompt_text
 
@@ -82,8 +83,9 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
         cfg.reference.chunk_rows))
 
     rows, variants, steps, records = [], [], [], []
+    labeler = label_step if labelled(problems) else None  # the task's grammar reads the task's CoTs, no one else's
     for p, prompt, cot, ent in zip(problems, prompts, cots, entropies):
-        rec = cot_record(tokenizer, cot["token_ids"], ent, pc.delimiter, pc.aggregate, label_step)
+        rec = cot_record(tokenizer, cot["token_ids"], ent, pc.delimiter, pc.aggregate, labeler)
         texts, ents = step_texts(rec), [s["entropy"] for s in rec["steps"]]
         n_think = count_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
         steps += [{"id": p.id, "index": j, "entropy": s["entropy"], "label": s["label"], "kind": s["kind"],

@@ -100,6 +100,21 @@ def test_oracle_entropy_low_pruning_keeps_accuracy_high_pruning_destroys_it(setu
     assert res.auroc == 1.0 and res.auroc_generated == 1.0
 
 
+def test_unlabelled_problems_get_no_labels_from_the_tasks_grammar(setup):
+    """A study of another dataset's CoTs labels none of their steps with the embedded task's grammar (a step opening
+    "Therefore," or "Now " there is not the task's recap or move), so its AUROC on them is left undefined."""
+    import dataclasses
+
+    probs, tok, cfg = setup
+    bare = [dataclasses.replace(p, steps=[]) for p in probs]
+    roll = FakeRollout(bare)
+    roll.tok = tok
+    res = run_study(cfg, bare, roll, FakeReference(tok), tok, exact_match)
+    generated_steps = [s for s in res.steps if s["source"] == "generated"]
+    assert generated_steps and all(s["label"] is None and s["kind"] is None for s in generated_steps)
+    assert math.isnan(res.auroc_generated)
+
+
 def test_identical_pruned_prefixes_are_answered_once(setup):
     probs, tok, cfg = setup
     roll = FakeRollout(probs)
