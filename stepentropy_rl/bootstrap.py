@@ -297,13 +297,8 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     batches = _length_bucketed(data, cfg.batch_size, random.Random(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, cfg.warmup_steps, cfg.stable_steps, cfg.steps))
     model.set_attn_implementation(cfg.attn_implementation)
     model.train()
     with deterministic(bool(cfg.compile)), fp32_head(model, cfg.fp32_head and bool(cfg.bf16)):
@@ -325,6 +320,17 @@ def train_tiny_model(cfg: TinyConfig, out: Path, progress: bool = True) -> dict:
     return {"train_s": train_s, "tokens": tokens, "final_loss": loss_ema,
             "params": sum(p.numel() for p in model.parameters()), "lookup_accuracy": round(lookup, 4),
             "chance_lookup_accuracy": round(chance, 4), "copy_accuracy": copies}
+
+
+def lr_factor(step: int, warmup: int, stable: int, steps: int) -> float:
+    """The learning rate at ``step`` as a share of its peak: linear warmup over ``warmup`` steps, ``stable`` steps at
+    the peak, then cosine decay to 0.1 at ``steps``: 0.1 + 0.45 (1 + cos(pi t)), t the share of the decay done."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < warmup + stable:
+        return 1.0
+    frac = (step - warmup - stable) / max(1, steps - warmup - stable)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def warn_uncopied(copies: dict[str, float], bar: float = 0.9) -> list[str]:

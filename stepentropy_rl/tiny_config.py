@@ -22,13 +22,14 @@ FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's 
 # bf16 head delayed the names past step 800, the fp32 head learned them on three seeds of three, and on two more seeds
 # later and in part (README, "The default recipe"; not measured on the Zen 5 CPU).
 RECIPES = {"terse": {"steps": 1100, "warmup_steps": 30, "essential_weight": 1.0, "reread_weight": 1.0,
-                     "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False},
+                     "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False, "stable_steps": 0},
            "verbose": {"steps": 800, "warmup_steps": 100, "essential_weight": 6.0, "reread_weight": 8.0,
-                       "compile": True, "num_heads": 6, "pruned_reading": 0.05, "fp32_head": True}}
+                       "compile": True, "num_heads": 6, "pruned_reading": 0.05, "fp32_head": True,
+                       "stable_steps": 0}}
 RESOLVED = (*RECIPES["verbose"], "bf16")  # the fields ``TinyConfig.resolved`` fills where they are None
 # knobs added to the recipe since models were cached, with the value every recipe had before: a recipe at that value
 # hashes as before the knob existed (``TinyConfig.key``), and a bootstrap.json without the knob was trained at it
-OFF = {"pruned_reading": 0.0, "compile": False, "reread_weight": 1.0, "fp32_head": False}
+OFF = {"pruned_reading": 0.0, "compile": False, "reread_weight": 1.0, "fp32_head": False, "stable_steps": 0}
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TinyConfig:
     lr: float = 3e-3
     warmup_steps: Optional[int] = None  # linear warmup, then cosine decay; None: RECIPES (terse 30, verbose 100),
     # at most a quarter of the steps
+    stable_steps: Optional[int] = None  # steps held at the peak lr after the warmup, before the decay (lr_factor);
+    # None: RECIPES (0)
     weight_decay: float = 0.01
     threads: int = 0  # torch threads; 0 = all cores
     bf16: Optional[bool] = None  # bf16 autocast for the forward pass (weights stay fp32); None: fast_bf16()
@@ -68,8 +71,9 @@ class TinyConfig:
         for count in ("steps", "num_heads"):
             if getattr(self, count) is not None:
                 positive(self, count, integer=True)
-        if self.warmup_steps is not None:
-            positive(self, "warmup_steps", allow_zero=True, integer=True)
+        for count in ("warmup_steps", "stable_steps"):
+            if getattr(self, count) is not None:
+                positive(self, count, allow_zero=True, integer=True)
         if self.num_heads is not None:  # messages name keys relative to model.tiny, as from_dict prefixes them
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
@@ -103,6 +107,9 @@ class TinyConfig:
         elif out.warmup_steps > out.steps:
             raise ValueError(f"warmup_steps ({out.warmup_steps}) must be <= steps ({out.steps}): the learning rate "
                              f"would never reach lr nor decay")
+        if out.warmup_steps + out.stable_steps > out.steps:
+            raise ValueError(f"warmup_steps + stable_steps ({out.warmup_steps} + {out.stable_steps}) must be <= steps "
+                             f"({out.steps}): the learning rate would never decay")
         return out
 
     def key(self) -> str:

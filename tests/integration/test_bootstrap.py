@@ -25,6 +25,8 @@ def test_cache_key_depends_on_every_setting():
         assert TinyConfig(task=BasketConfig(**{knob: on})).key() != TinyConfig().key()
     verbose = BasketConfig(style="verbose")
     assert TinyConfig(task=BasketConfig(style="verbose", recap_openers=2)).key() != TinyConfig(task=verbose).key()
+    assert TinyConfig(stable_steps=400).key() != TinyConfig().key() == TinyConfig(stable_steps=0).key()
+    assert TinyConfig(task=verbose).resolved().key() == TinyConfig(task=verbose, stable_steps=0).resolved().key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
@@ -111,6 +113,24 @@ def test_the_recipes_warmup_fits_a_short_run_and_a_longer_one_is_refused():
     assert TinyConfig(steps=6, warmup_steps=6, task=verbose).resolved().warmup_steps == 6
     with pytest.raises(ValueError, match=r"warmup_steps \(100\) must be <= steps \(40\)"):
         TinyConfig(steps=40, warmup_steps=100, task=verbose).resolved()
+    assert TinyConfig(stable_steps=700, task=verbose).resolved().stable_steps == 700
+    with pytest.raises(ValueError, match=r"warmup_steps \+ stable_steps \(100 \+ 701\) must be <= steps \(800\)"):
+        TinyConfig(stable_steps=701, task=verbose).resolved()
+    with pytest.raises(ValueError, match="stable_steps"):
+        TinyConfig(stable_steps=-1)
+
+
+def test_the_learning_rate_warms_up_holds_then_decays():
+    """Linear warmup, ``stable`` steps at the peak, cosine down to 0.1 at the last step; without a hold, the schedule
+    every cached model was trained on."""
+    import math
+    f = bootstrap.lr_factor
+    assert [f(s, 100, 400, 800) for s in (0, 99, 100, 499)] == [0.01, 1.0, 1.0, 1.0]
+    assert f(500, 100, 400, 800) == 1.0 and f(650, 100, 400, 800) == pytest.approx(0.55)
+    assert f(800, 100, 400, 800) == pytest.approx(0.1) and f(700, 100, 400, 800) < f(600, 100, 400, 800)
+    for step in (100, 300, 799):
+        before = 0.1 + 0.45 * (1 + math.cos(math.pi * (step - 100) / 700))
+        assert f(step, 100, 0, 800) == pytest.approx(before)
     assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
     assert TinyConfig(num_heads=2, task=BasketConfig(style="verbose")).resolved().num_heads == 2
     assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()

@@ -253,6 +253,20 @@ def test_a_run_begun_before_recap_openers_resumes_and_a_change_is_refused(tmp_pa
         check_config(tmp_path, _config("data.task.recap_openers=4"))
 
 
+def test_a_run_begun_before_stable_steps_resumes_and_a_change_is_refused(tmp_path):
+    """Markers written before the learning rate could hold at its peak resume under the recipe's 0; a hold is a
+    change of base and refused."""
+    config = _config()
+    recorded = run_config(config)
+    assert recorded["model.tiny.stable_steps"] == 0
+    stages = Stages(tmp_path, {k: v for k, v in recorded.items() if k != "model.tiny.stable_steps"})
+    for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
+        stages.mark(name)
+    check_config(tmp_path, config)
+    with pytest.raises(ConfigError, match="stable_steps=0, and this job says model.tiny.stable_steps=400"):
+        check_config(tmp_path, _config("model.tiny.stable_steps=400"))
+
+
 def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
     """``algorithm.norm_adv_by_std`` was one bool before it was per stage: a run whose GRPO finished then resumes
     under the same value for both stages, and a stage changed from it is still refused."""
