@@ -8,7 +8,9 @@ thinking tokens, the share of redundant steps in the model's CoTs and in the tra
 the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
 share of CoTs right at every step, the teacher-forced share of quantities predicted from their person's name
 (``bootstrap.lookup_accuracy``) beside what binding them at random scores, the share of redundant steps of each kind
-the model copies (``bootstrap.copy_accuracy``), and one sample CoT. ``data=basket`` measures the terse variant.
+the model copies (``bootstrap.copy_accuracy``), the share of moves whose person it predicts by the move's place
+beside naming a person not yet handled at random, the attention its heads pay from a listed quantity to its person
+(``probes``), and one sample CoT. ``data=basket`` measures the terse variant.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def main() -> None:
     result = {"model": path, "bootstrap_s": stats["bootstrap_s"], "train_s": stats["train_s"],
               "train_tokens_per_s": round(stats["tokens"] / stats["train_s"]), "params": stats["params"],
               "final_loss": stats["final_loss"], "resolve_s_this_run": round(resolve_s, 1), "n": args.n,
-              **_lookup(stats, path, cfg.data.task)}
+              **_lookup(stats, path, cfg.data.task), **_probes(path, cfg.data.task)}
     for name, temp in (("greedy", 0.0), ("t0.6", 0.6), ("t1.0", 1.0)):
         t = time.time()
         outs = llm.generate(prompts, SamplingParams(temperature=temp, top_p=0.95 if temp == 0.6 else 1.0,
@@ -114,6 +116,25 @@ def _lookup(stats: dict, path: str, task) -> dict:
                  "chance_lookup_accuracy": round(chance_lookup_accuracy(held_out_lookups(task)), 4),
                  "copy_accuracy": {k: round(v, 4) for k, v in copy_accuracy(model, tok, task).items()}}
     return {k: stats[k] for k in keys}
+
+
+def _probes(path: str, task) -> dict:
+    """``probes``: the share of moves whose person the model predicts, by the move's place, beside what naming a
+    person not yet handled at random scores; and the attention each layer's heads pay from a listed quantity to its
+    person (the one-hop lookup needs a head that does)."""
+    from transformers import AutoModelForCausalLM
+
+    from stepentropy_rl.bootstrap import teacher_forced, held_out_lookups
+    from stepentropy_rl.probes import chance_name_shares, name_shares, person_attention
+    from stepentropy_rl.tokenizer import load_tokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(path)
+    problems = held_out_lookups(task)
+    names = name_shares(teacher_forced(model, tok, problems))  # no_grad inside
+    attention = person_attention(model, tok, problems[:64])
+    return {"name_share_by_move": [round(v, 4) for v in names],
+            "chance_name_share_by_move": [round(v, 4) for v in chance_name_shares(problems)],
+            "person_attention_max": max(max(layer) for layer in attention), "person_attention": attention}
 
 
 if __name__ == "__main__":

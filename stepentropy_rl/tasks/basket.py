@@ -2,7 +2,8 @@
 
 A problem: a basket starts with some items; people put items in or take them out; how many are in it at the end?
 "A basket has 3 coins. Put in: Fay 3, Lea 2, Eve 1. How many coins are in the basket at the end?"
-Each quantity follows its person's name directly, so a small model learns the lookup as one-hop copying.
+Each quantity follows its person's name directly, so that the lookup is one-hop copying (which the tiny reasoner
+has not learned on any seed: README, "What the drop learns").
 The reasoning handles one person per *essential* step ("Now Fay 3: 3 + 3 = 6."), in an order the writer chooses (a
 real choice: which quantity to work on next), so each essential step carries information the answer needs.
 
@@ -305,6 +306,7 @@ def label_step(text: str) -> tuple[str, str]:
     return "unknown", ""
 
 
+_LISTED = re.compile(rf"\b({'|'.join(NAMES)}) (\d{{1,9}})\b")
 _MOVE = re.compile(rf"(?:{'|'.join(MOVE_OPENERS)}) (\w+) (\d{{1,9}}): (\d{{1,9}}) ([+-]) (\d{{1,9}}) = (\d{{1,9}})"
                    rf"(?:{'|'.join(MOVE_ENDINGS)})\.")
 
@@ -320,6 +322,17 @@ def lookup_span(step_text: str) -> tuple[int, int] | None:
     the answer alone never teaches this lookup."""
     m = _MOVE.match(step_text)
     return m.span(2) if m else None
+
+
+def name_span(step_text: str) -> tuple[int, int] | None:
+    """Where a move step names its person ("Now Fay 3: ..." -> "Fay"), as a character span; None for any other step."""
+    m = _MOVE.match(step_text)
+    return m.span(1) if m else None
+
+
+def listed_pairs(prompt: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Each person's name and quantity in ``prompt`` ("Put in: Fay 3, ..."), as two character spans."""
+    return [(m.span(1), m.span(2)) for m in _LISTED.finditer(prompt)]
 
 
 _PLACEHOLDERS = re.compile(r"^(?:\[\w+\]\s*)+")  # "[SKIP] " (or any bracketed placeholder) opening a line

@@ -96,16 +96,20 @@ def test_bad_task_config(kw, key):
 
 def _assert_the_grammar_reads(problems):
     """Every reader of the grammar (labels, the quantity's span, diagnose) follows ``problems``' moves."""
-    from stepentropy_rl.tasks.basket import lookup_span
+    from stepentropy_rl.tasks.basket import listed_pairs, lookup_span, name_span
 
     for p in problems:
         assert [label_step(s.text) for s in p.steps] == [(s.label, s.kind) for s in p.steps]
         assert diagnose(p.solution, p.solution) is None
+        moves = set()
         for s in p.steps:
-            span = lookup_span(s.text)
-            assert (span is not None) == (s.label == "essential")
+            span, name = lookup_span(s.text), name_span(s.text)
+            assert (span is not None) == (name is not None) == (s.label == "essential")
             if span:
                 assert s.text[span[0]:span[1]] == s.text.split(":")[0].rsplit(" ", 1)[1]
+                moves.add((s.text[name[0]:name[1]], s.text[span[0]:span[1]]))
+        listed = {(p.prompt[a:b], p.prompt[c:d]) for (a, b), (c, d) in listed_pairs(p.prompt)}
+        assert listed == moves and len(listed_pairs(p.prompt)) == len(moves)  # people are distinct
         first = next(s.text for s in p.steps if s.label == "essential")
         wrong = re.sub(r" (\d+): (\d+) \+ \d+ = \d+", lambda m: f" {int(m[1]) % 5 + 1}: {m[2]} + {int(m[1]) % 5 + 1}"
                        f" = {int(m[2]) + int(m[1]) % 5 + 1}", first)
