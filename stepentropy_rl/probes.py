@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from stepentropy_rl.bootstrap import step_spans
-from stepentropy_rl.tasks.basket import listed_pairs, name_span
+from stepentropy_rl.tasks.basket import listed_pairs, name_span, step_spans
 from stepentropy_rl.tokenizer import prompt_text
 
 
@@ -50,7 +49,8 @@ def back_attention(attentions, pairs) -> torch.Tensor:
 
 @torch.no_grad()
 def person_attention(model, tok, problems) -> list[list[float]]:
-    """``back_attention`` over ``problems``' prompts, as the model reads them (its chat template): per layer, per head."""
+    """``back_attention`` over ``problems``' prompts as the model reads them (in its chat template), per layer and
+    head."""
     head, tail = prompt_text(tok, "\x00").split("\x00")
     was = model.config._attn_implementation
     model.set_attn_implementation("eager")  # the one that returns attention weights

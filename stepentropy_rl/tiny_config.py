@@ -108,8 +108,9 @@ class TinyConfig:
             raise ValueError(f"warmup_steps ({out.warmup_steps}) must be <= steps ({out.steps}): the learning rate "
                              f"would never reach lr nor decay")
         if out.warmup_steps + out.stable_steps > out.steps:
-            raise ValueError(f"warmup_steps + stable_steps ({out.warmup_steps} + {out.stable_steps}) must be <= steps "
-                             f"({out.steps}): the learning rate would never decay")
+            null = f"; null: the {self.task.style} recipe's" if self.warmup_steps is None else ""
+            raise ValueError(f"stable_steps ({out.stable_steps}) + warmup_steps ({out.warmup_steps}{null}) must be <= "
+                             f"steps ({out.steps}): the hold would outlast the run")
         return out
 
     def key(self) -> str:

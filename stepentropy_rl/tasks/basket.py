@@ -2,8 +2,8 @@
 
 A problem: a basket starts with some items; people put items in or take them out; how many are in it at the end?
 "A basket has 3 coins. Put in: Fay 3, Lea 2, Eve 1. How many coins are in the basket at the end?"
-Each quantity follows its person's name directly, so that the lookup is one-hop copying (which the tiny reasoner
-has not learned on any seed: README, "What the drop learns").
+Each quantity follows its person's name directly, so that the lookup is one-hop copying (which none of the 21
+verbose tiny reasoners measured has learned: README, "What the drop learns").
 The reasoning handles one person per *essential* step ("Now Fay 3: 3 + 3 = 6."), in an order the writer chooses (a
 real choice: which quantity to work on next), so each essential step carries information the answer needs.
 
@@ -322,6 +322,15 @@ def lookup_span(step_text: str) -> tuple[int, int] | None:
     the answer alone never teaches this lookup."""
     m = _MOVE.match(step_text)
     return m.span(2) if m else None
+
+
+def step_spans(problem):
+    """(start, end, step) for each of ``problem``'s steps: its character span in the solution."""
+    pos = 0
+    for step in problem.steps:  # the thinking opens the solution, its steps in order
+        start = problem.solution.index(step.text, pos)
+        pos = start + len(step.text)
+        yield start, pos, step
 
 
 def name_span(step_text: str) -> tuple[int, int] | None:

@@ -26,7 +26,6 @@ def test_cache_key_depends_on_every_setting():
     verbose = BasketConfig(style="verbose")
     assert TinyConfig(task=BasketConfig(style="verbose", recap_openers=2)).key() != TinyConfig(task=verbose).key()
     assert TinyConfig(stable_steps=400).key() != TinyConfig().key() == TinyConfig(stable_steps=0).key()
-    assert TinyConfig(task=verbose).resolved().key() == TinyConfig(task=verbose, stable_steps=0).resolved().key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
@@ -133,10 +132,14 @@ def test_the_recipes_warmup_fits_a_short_run_and_a_longer_one_is_refused():
     with pytest.raises(ValueError, match=r"warmup_steps \(100\) must be <= steps \(40\)"):
         TinyConfig(steps=40, warmup_steps=100, task=verbose).resolved()
     assert TinyConfig(stable_steps=700, task=verbose).resolved().stable_steps == 700
-    with pytest.raises(ValueError, match=r"warmup_steps \+ stable_steps \(100 \+ 701\) must be <= steps \(800\)"):
+    held_too_long = r"stable_steps \(701\) \+ warmup_steps \(100; null: the verbose recipe's\) must be <= steps \(800\)"
+    with pytest.raises(ValueError, match=held_too_long):
         TinyConfig(stable_steps=701, task=verbose).resolved()
     with pytest.raises(ValueError, match="stable_steps"):
         TinyConfig(stable_steps=-1)
+    assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
+    assert TinyConfig(num_heads=2, task=BasketConfig(style="verbose")).resolved().num_heads == 2
+    assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()
 
 
 def test_the_learning_rate_warms_up_holds_then_decays():
@@ -150,9 +153,20 @@ def test_the_learning_rate_warms_up_holds_then_decays():
     for step in (100, 300, 799):
         before = 0.1 + 0.45 * (1 + math.cos(math.pi * (step - 100) / 700))
         assert f(step, 100, 0, 800) == pytest.approx(before)
-    assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
-    assert TinyConfig(num_heads=2, task=BasketConfig(style="verbose")).resolved().num_heads == 2
-    assert TinyConfig().resolved().key() == TinyConfig(steps=1100, essential_weight=1.0, num_heads=3).resolved().key()
+
+
+def test_the_bootstrap_schedules_the_hold(tmp_path, monkeypatch):
+    """``stable_steps`` reaches the scheduler of a training run (not only the config)."""
+    seen = set()
+    real = bootstrap.lr_factor
+
+    def spy(step, warmup, stable, steps):
+        seen.add((warmup, stable, steps))
+        return real(step, warmup, stable, steps)
+
+    monkeypatch.setattr(bootstrap, "lr_factor", spy)
+    bootstrap.train_tiny_model(TinyConfig(**MICRO, stable_steps=2, bf16=False), tmp_path, progress=False)
+    assert seen == {(0, 2, 3)}  # the recipe's warmup of 30, cut to a quarter of 3 steps
 
 
 def test_deterministic_kernels_are_on_inside_and_the_flags_come_back():

@@ -65,7 +65,8 @@ def test_impossible_values_name_the_key(override, key):
     (["model.tiny.warmup_steps=2000"],  # past the recipe's 800 steps; and no word of num_heads, which is not the cause
      "model.tiny.warmup_steps (2000) must be <= steps (800): the learning rate would never reach lr nor decay"),
     (["model.tiny.stable_steps=750"],  # with the recipe's warmup of 100, past its 800 steps
-     "model.tiny.warmup_steps + stable_steps (100 + 750) must be <= steps (800): the learning rate would never decay"),
+     "model.tiny.stable_steps (750) + warmup_steps (100; null: the verbose recipe's) must be <= steps (800): the "
+     "hold would outlast the run"),
     (["model.tiny.hidden_size=120", "model.tiny.num_heads=8"],  # heads of 15: the first training step would fail
      "model.tiny.hidden_size / num_heads must be even (rotary position embeddings turn pairs of dimensions), got "
      "120 / 8 = 15"),

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from stepentropy_rl.bootstrap import step_spans
 from stepentropy_rl.probes import back_attention, chance_name_shares, name_shares
-from stepentropy_rl.tasks.basket import BasketConfig, generate, name_span
+from stepentropy_rl.tasks.basket import BasketConfig, generate, name_span, step_spans
 
 VERBOSE = BasketConfig(style="verbose")
 
