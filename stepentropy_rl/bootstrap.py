@@ -210,10 +210,10 @@ def fp32_head(model, on: bool = True):
     """Inside (``on``), ``model``'s LM head computes the logits in fp32 under bf16 autocast: its matmul takes the hidden
     states (fp32 in Llama's residual stream) and the tied weight as they are, where autocast rounds both to bf16.
     Compiled inside it, torch.compile traces the overriding ``forward`` (dynamo guards on it). Measured on an Intel AMX
-    CPU (the verbose recipe; README, "The default recipe"): the loss drop that learns which people are left came at
-    about step 460 / 430 / 395 of 800 with the head in fp32 (seeds 0 / 1 / 2), at about 650 / 675 with it in bf16
-    (seeds 0 / 1: too late to finish), at about 410 with everything in fp32 (seed 0, twice the time). The saved checkpoint is
-    the same kind either way; only training's arithmetic changes."""
+    CPU (the verbose recipe; README, "The default recipe"): the loss's drop from its plateau (after which the bases
+    name the people not yet handled) came at about step 460 / 430 / 395 of 800 with the head in fp32 (seeds 0 / 1 /
+    2), at about 650 / 675 with it in bf16 (seeds 0 / 1: too late to finish), at about 410 with everything in fp32
+    (seed 0, twice the time). The saved checkpoint is the same kind either way; only training's arithmetic changes."""
     if not on:
         yield
         return

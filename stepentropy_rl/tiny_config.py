@@ -108,7 +108,9 @@ class TinyConfig:
             raise ValueError(f"warmup_steps ({out.warmup_steps}) must be <= steps ({out.steps}): the learning rate "
                              f"would never reach lr nor decay")
         if out.warmup_steps + out.stable_steps > out.steps:
-            null = f"; null: the {self.task.style} recipe's" if self.warmup_steps is None else ""
+            recipe = RECIPES[self.task.style]["warmup_steps"]
+            null = "" if self.warmup_steps is not None else f"; null: the {self.task.style} recipe's" + (
+                "" if out.warmup_steps == recipe else f" {recipe}, cut to a quarter of the steps")
             raise ValueError(f"stable_steps ({out.stable_steps}) + warmup_steps ({out.warmup_steps}{null}) must be <= "
                              f"steps ({out.steps}): the hold would outlast the run")
         return out

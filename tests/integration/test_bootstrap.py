@@ -135,6 +135,8 @@ def test_the_recipes_warmup_fits_a_short_run_and_a_longer_one_is_refused():
     held_too_long = r"stable_steps \(701\) \+ warmup_steps \(100; null: the verbose recipe's\) must be <= steps \(800\)"
     with pytest.raises(ValueError, match=held_too_long):
         TinyConfig(stable_steps=701, task=verbose).resolved()
+    with pytest.raises(ValueError, match=r"\(10; null: the verbose recipe's 100, cut to a quarter of the steps\)"):
+        TinyConfig(steps=40, stable_steps=35, task=verbose).resolved()
     with pytest.raises(ValueError, match="stable_steps"):
         TinyConfig(stable_steps=-1)
     assert TinyConfig(steps=5, num_heads=2, task=BasketConfig(style="verbose")).resolved().steps == 5
