@@ -24,6 +24,9 @@ from stepentropy_rl.tiny_config import RECIPES, TinyConfig, fast_bf16
 from stepentropy_rl.typed import ConfigError, from_dict, need, one_of, positive
 
 DTYPES = ("float32", "bfloat16", "float16")
+# the head sizes vLLM's CPU attention runs (vllm/v1/attention/backends/cpu_attn.py, get_supported_head_sizes; 0.31):
+# another one fails at the engine's start ("Unsupported CPU attention configuration: head_dim=16"), after a bootstrap
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 KL_REFERENCES = ("sft", "base")
 
 
@@ -536,12 +539,17 @@ class JobConfig:
         tiny = self.model.tiny_that_runs()
         if tiny is not None:  # with the recipe's values (num_heads null) too, here and not at the bootstrap
             try:
-                dataclasses.replace(tiny, task=self.data.task).resolved()
+                resolved = dataclasses.replace(tiny, task=self.data.task).resolved()
             except ValueError as e:
                 style = self.data.task.style
                 why = "" if tiny.num_heads is not None or "num_heads" not in str(e) else (
                     f"; num_heads is null: the {style} recipe's {RECIPES[style]['num_heads']}")
                 raise ConfigError(f"model.tiny.{e}{why}") from None
+            head = resolved.hidden_size // resolved.num_heads
+            need(self.cluster.rollout.num_gpus > 0 or head in VLLM_CPU_HEAD_SIZES, "model.tiny.num_heads",
+                 f"({resolved.num_heads}) gives heads of {head} dimensions (hidden_size {resolved.hidden_size}), which "
+                 f"vLLM's CPU attention does not run (it runs {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}): the engine "
+                 f"would fail at its start, after the bootstrap")
             limit = self.rollout.engine.get("max_model_len")
             need(not limit or tiny.max_position_embeddings >= int(limit), "model.tiny.max_position_embeddings",
                  f"({tiny.max_position_embeddings}) must be >= rollout.engine.max_model_len ({limit}): vLLM refuses a "

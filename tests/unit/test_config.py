@@ -70,6 +70,10 @@ def test_impossible_values_name_the_key(override, key):
     (["model.tiny.hidden_size=120", "model.tiny.num_heads=8"],  # heads of 15: the first training step would fail
      "model.tiny.hidden_size / num_heads must be even (rotary position embeddings turn pairs of dimensions), got "
      "120 / 8 = 15"),
+    (["model.tiny.num_heads=12"],  # heads of 16: trained for 9 minutes, then vLLM's CPU attention refused them
+     "model.tiny.num_heads (12) gives heads of 16 dimensions (hidden_size 192), which vLLM's CPU attention does not "
+     "run (it runs 32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512): the engine would fail at its start, after the "
+     "bootstrap"),
     (["model.tiny.max_position_embeddings=256"],  # vLLM's refusal came at engine start, after the whole bootstrap
      "model.tiny.max_position_embeddings (256) must be >= rollout.engine.max_model_len (512): vLLM refuses a context "
      "longer than the model's positions, and would refuse it only after the bootstrap"),
@@ -90,6 +94,13 @@ def test_the_tiny_models_checks_leave_a_run_of_another_model_alone():
     job = build(cfg("model.path=/elsewhere", "rollout.engine.max_model_len=1024",
                     "model.tiny.max_position_embeddings=256"), check_paths=False)
     assert job.model.path == "/elsewhere"
+
+
+def test_heads_that_vllms_cpu_attention_refuses_are_left_to_a_gpu_engine():
+    """The CPU backend's head sizes bind CPU engines only: heads of 16 are the GPU kernels' to take or refuse."""
+    job = build(cfg("model.tiny.num_heads=12", "cluster.rollout.num_gpus=1"), check_paths=False)
+    assert job.model.tiny.num_heads == 12
+    build(cfg("model.tiny.num_heads=3"), check_paths=False)  # heads of 64, the terse recipe's
 
 
 def test_an_odd_head_size_is_what_the_llama_forward_cannot_take():
