@@ -242,7 +242,7 @@ def build_model(cfg: TinyConfig, vocab: int):
                      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                      num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
                      tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,
-                     pad_token_id=None)
+                     pad_token_id=None, initializer_range=getattr(cfg, "init_std", None) or 0.02)
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(mc)
 

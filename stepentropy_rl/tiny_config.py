@@ -22,14 +22,16 @@ FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's 
 # bf16 head delayed the names past step 800, the fp32 head learned them on three seeds of three, and on two more seeds
 # later and in part (README, "The default recipe"; not measured on the Zen 5 CPU).
 RECIPES = {"terse": {"steps": 1100, "warmup_steps": 30, "essential_weight": 1.0, "reread_weight": 1.0,
-                     "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False, "stable_steps": 0},
+                     "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False, "stable_steps": 0,
+                     "init_std": 0.02},
            "verbose": {"steps": 800, "warmup_steps": 100, "essential_weight": 6.0, "reread_weight": 8.0,
                        "compile": True, "num_heads": 6, "pruned_reading": 0.05, "fp32_head": True,
-                       "stable_steps": 0}}
+                       "stable_steps": 0, "init_std": 0.02}}
 RESOLVED = (*RECIPES["verbose"], "bf16")  # the fields ``TinyConfig.resolved`` fills where they are None
 # knobs added to the recipe since models were cached, with the value every recipe had before: a recipe at that value
 # hashes as before the knob existed (``TinyConfig.key``), and a bootstrap.json without the knob was trained at it
-OFF = {"pruned_reading": 0.0, "compile": False, "reread_weight": 1.0, "fp32_head": False, "stable_steps": 0}
+OFF = {"pruned_reading": 0.0, "compile": False, "reread_weight": 1.0, "fp32_head": False, "stable_steps": 0,
+       "init_std": 0.02}
 
 
 @dataclass
@@ -53,6 +55,8 @@ class TinyConfig:
     stable_steps: Optional[int] = None  # steps held at the peak lr after the warmup, before the decay (lr_factor);
     # None: RECIPES (0)
     weight_decay: float = 0.01
+    init_std: Optional[float] = None  # the weights' initial standard deviation (LlamaConfig.initializer_range);
+    # None: RECIPES (0.02, Llama's)
     threads: int = 0  # torch threads; 0 = all cores
     bf16: Optional[bool] = None  # bf16 autocast for the forward pass (weights stay fp32); None: fast_bf16()
     essential_weight: Optional[float] = None  # loss weight of essential-step tokens but their first; None: RECIPES
@@ -92,6 +96,8 @@ class TinyConfig:
         if self.fp32_head is not None and not isinstance(self.fp32_head, bool):
             raise ValueError(f"fp32_head must be true, false or null, got {self.fp32_head!r}")
         positive(self, "lr")
+        if self.init_std is not None:
+            positive(self, "init_std")
         positive(self, "threads", allow_zero=True, integer=True)
         positive(self, "weight_decay", allow_zero=True)
 

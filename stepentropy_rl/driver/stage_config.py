@@ -44,7 +44,7 @@ IGNORED = (
 # without one is read as that value, so a run made before the key resumes, and a change from it is still refused
 ADDED = {"trainer.grpo.optimizer": "continue", "cluster.learner.autocast_bf16": False, "model.tiny.fp32_head": False,
          "data.task.recap_openers": 1, "model.tiny.task.recap_openers": 1,
-         "model.tiny.stable_steps": 0}
+         "model.tiny.stable_steps": 0, "model.tiny.init_std": 0.02}
 # keys once one value and now one per phase stage: an older marker's value is read as every stage's
 PER_STAGE = {"algorithm.norm_adv_by_std": ("compress", "explore")}
 

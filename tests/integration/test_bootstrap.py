@@ -26,9 +26,22 @@ def test_cache_key_depends_on_every_setting():
     verbose = BasketConfig(style="verbose")
     assert TinyConfig(task=BasketConfig(style="verbose", recap_openers=2)).key() != TinyConfig(task=verbose).key()
     assert TinyConfig(stable_steps=400).key() != TinyConfig().key() == TinyConfig(stable_steps=0).key()
+    assert TinyConfig(init_std=0.06).key() != TinyConfig().key() == TinyConfig(init_std=0.02).key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
+
+
+def test_the_initial_std_reaches_the_weights_and_must_be_positive():
+    """``init_std`` is the std the model's weights are drawn with (null: Llama's 0.02); 0 or less is refused."""
+    for std in (0.02, 0.2):
+        model = bootstrap.build_model(TinyConfig(**MICRO, init_std=std).resolved(), 300)
+        assert model.config.initializer_range == std
+        weight = model.model.layers[0].mlp.up_proj.weight
+        assert abs(float(weight.std()) - std) < 0.1 * std
+    for bad in (0.0, -0.02):
+        with pytest.raises(ValueError, match="init_std"):
+            TinyConfig(init_std=bad)
 
 
 def test_bf16_follows_the_cpu_unless_set(monkeypatch):
@@ -112,9 +125,9 @@ def test_the_recipe_follows_the_task_style():
     verbose = TinyConfig(task=BasketConfig(style="verbose"), bf16=True).resolved()
     assert TinyConfig(task=BasketConfig(style="verbose"), bf16=False).resolved().fp32_head is False
     recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading",
-              "fp32_head")
-    assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0, False)
-    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05, True)
+              "fp32_head", "stable_steps", "init_std")
+    assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0, False, 0, 0.02)
+    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05, True, 0, 0.02)
     # the verbose default is another model than the same recipe with the head in bf16 (its base until 2026-12-06)
     style = BasketConfig(style="verbose")
     assert (TinyConfig(task=style, bf16=True).resolved().key()

@@ -64,6 +64,7 @@ def test_impossible_values_name_the_key(override, key):
      "model.tiny.hidden_size (100) must be a multiple of num_heads (6); num_heads is null: the verbose recipe's 6"),
     (["model.tiny.warmup_steps=2000"],  # past the recipe's 800 steps; and no word of num_heads, which is not the cause
      "model.tiny.warmup_steps (2000) must be <= steps (800): the learning rate would never reach lr nor decay"),
+    (["model.tiny.init_std=0"], "model.tiny.init_std must be a finite number > 0, got 0.0"),
     (["model.tiny.stable_steps=750"],  # with the recipe's warmup of 100, past its 800 steps
      "model.tiny.stable_steps (750) + warmup_steps (100; null: the verbose recipe's) must be <= steps (800): the "
      "hold would outlast the run"),

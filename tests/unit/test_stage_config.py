@@ -253,18 +253,21 @@ def test_a_run_begun_before_recap_openers_resumes_and_a_change_is_refused(tmp_pa
         check_config(tmp_path, _config("data.task.recap_openers=4"))
 
 
-def test_a_run_begun_before_stable_steps_resumes_and_a_change_is_refused(tmp_path):
-    """Markers written before the learning rate could hold at its peak resume under the recipe's 0; a hold is a
-    change of base and refused."""
+@pytest.mark.parametrize("key, before, changed", [("model.tiny.stable_steps", 0, 400),
+                                                   ("model.tiny.init_std", 0.02, 0.06)])
+def test_a_run_begun_before_a_recipe_knob_resumes_at_its_default_and_a_change_is_refused(tmp_path, key, before,
+                                                                                        changed):
+    """The knob left null (the recipe's value, as every run had before the knob) is recorded resolved; markers written
+    before it resume, and a change names the value the marker is read as."""
     config = _config()
     recorded = run_config(config)
-    assert recorded["model.tiny.stable_steps"] == 0
-    stages = Stages(tmp_path, {k: v for k, v in recorded.items() if k != "model.tiny.stable_steps"})
+    assert recorded[key] == before
+    stages = Stages(tmp_path, {k: v for k, v in recorded.items() if k != key})
     for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
         stages.mark(name)
     check_config(tmp_path, config)
-    with pytest.raises(ConfigError, match="stable_steps=0, and this job says model.tiny.stable_steps=400"):
-        check_config(tmp_path, _config("model.tiny.stable_steps=400"))
+    with pytest.raises(ConfigError, match=re.escape(f"{key}={before!r}, and this job says {key}={changed!r}")):
+        check_config(tmp_path, _config(f"{key}={changed}"))
 
 
 def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
