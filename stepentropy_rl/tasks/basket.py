@@ -37,18 +37,18 @@ between them the writer may insert *redundant* steps:
 Whether a redundant step comes is a fork: at each gap one is inserted with probability ``redundancy``, repeatedly
 (geometric runs), so the choice never becomes certain.
 
-``move_openers`` (both styles; 1 by default) words each move's opener at random from the first ones of
-``MOVE_OPENERS`` ("Next Fay 3: ..."), as a writer words a new step freely while a restatement copies: the last move,
-whose person and quantity are forced by the ones before, then still carries the choice of wording, where otherwise
-its entropy falls below the rereads' and low-entropy pruning cuts it first (README, the static study).
-``move_endings`` does the same at the move's end ("Now Fay 3: 3 + 3 = 6 so far."), from ``MOVE_ENDINGS``, keeping
-the one opener. Either knob cost the tiny reasoner its count of the moves on some seeds (README).
-``quantity_first`` leaves the move's words alone and gives it a choice of notation instead: with that chance a put-in
-move writes its sum quantity first ("Now Fay 3: 3 + 12 = 15."), and the check after it copies the order it chose.
-``recap_openers`` (verbose; 1 by default) opens the recap with one of the first ones of ``RECAP_OPENERS`` ("Therefore,
-after everyone, ..."), as R1 opens its conclusion with a connector of its choosing (paper 2 finds those connectors
-among R1's highest-entropy tokens): the recap restates the total, and with one fixed opener it is the lowest-entropy
-step of the CoT, so pruning the high-entropy steps keeps the answer (README, the static study).
+``move_openers`` (both styles; 1 by default) words each move's opener at random from the first ones of ``MOVE_OPENERS``
+("Next Fay 3: ..."), as a writer words a new step freely while a restatement copies: the last move, whose person and
+quantity are forced by the ones before, then still carries the choice of wording, where otherwise its entropy falls
+below the rereads' and low-entropy pruning cuts it first (README, the static study). ``move_endings`` does the same at
+the move's end ("Now Fay 3: 3 + 3 = 6 so far."), from ``MOVE_ENDINGS``, keeping the one opener. Either knob cost the
+tiny reasoner its count of the moves on some seeds (README). ``quantity_first`` leaves the move's words alone and gives
+it a choice of notation instead: with that chance a put-in move writes its sum quantity first ("Now Fay 3: 3 + 12 =
+15."), and the check after it copies the order it chose. ``recap_openers`` (verbose; 1 here, 2 in
+``data=basket_verbose``, the default task) opens the recap with one of the first ones of ``RECAP_OPENERS`` ("Therefore,
+after everyone, ..."), as R1 opens its conclusion with a connector of its choosing (paper 2 finds those connectors among
+R1's highest-entropy tokens): the recap restates the total, and with one fixed opener it is the lowest-entropy step of
+the CoT, so pruning the high-entropy steps keeps the answer (README, the static study).
 
 Everything is generated deterministically from a seed.
 """

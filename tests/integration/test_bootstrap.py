@@ -127,7 +127,7 @@ def test_the_recipe_follows_the_task_style():
     recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading",
               "fp32_head", "stable_steps", "init_std")
     assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0, False, 0, 0.02)
-    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05, True, 0, 0.02)
+    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05, True, 0, 0.06)
     # the verbose default is another model than the same recipe with the head in bf16 (its base until 2026-12-06)
     style = BasketConfig(style="verbose")
     assert (TinyConfig(task=style, bf16=True).resolved().key()
@@ -211,8 +211,9 @@ def test_a_compiled_bootstrap_trains_the_same_model_twice(tmp_path):
 
 
 def test_the_default_config_trains_the_measured_reasoner():
-    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe with its logits in fp32
-    whose figures the README gives (cache key of the model measured there, bf16 as on the CPU that measured it)."""
+    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe with its logits in fp32,
+    its weights drawn at 0.06 and two recap openers, whose figures the README gives (cache key of the model measured
+    there, bf16 as on the CPU that measured it)."""
     import dataclasses
     import os
 
@@ -225,8 +226,8 @@ def test_the_default_config_trains_the_measured_reasoner():
         job = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x"]), check_paths=False)
     tiny = dataclasses.replace(job.model.tiny, task=job.data.task, bf16=True).resolved()
     assert (tiny.num_heads, tiny.steps, tiny.warmup_steps, tiny.compile, tiny.task.quantity_first,
-            tiny.fp32_head) == (6, 800, 100, True, 0.5, True)
-    assert tiny.key() == "423f7202d88f"
+            tiny.fp32_head, tiny.init_std, tiny.task.recap_openers) == (6, 800, 100, True, 0.5, True, 0.06, 2)
+    assert tiny.key() == "f66340b4a0a0"
 
 
 @pytest.mark.parametrize("bad", [dict(num_heads=5), dict(num_heads=0), dict(hidden_size=100, num_heads=3)])

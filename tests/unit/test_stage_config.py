@@ -238,36 +238,40 @@ def test_a_key_added_since_a_run_began_reads_as_its_value_before(tmp_path, key, 
         check_config(tmp_path, _config(f"{key}={changed}", *cpu))
 
 
-def test_a_run_begun_before_recap_openers_resumes_and_a_change_is_refused(tmp_path):
+def test_a_run_begun_before_recap_openers_resumes_at_one_and_the_new_default_is_refused(tmp_path):
     """The task knob is recorded twice (``data.task`` and the tiny reasoner's ``model.tiny.task``): a run whose markers
-    have neither resumes under today's default, and one asking for four openers is still refused."""
-    config = _config()
+    have neither was made with one opener, so it resumes under ``recap_openers=1`` and today's default (two openers
+    since 2026-12-06: another base) is refused, naming both values."""
     keys = ("data.task.recap_openers", "model.tiny.task.recap_openers")
-    recorded = run_config(config)
+    recorded = run_config(_config("data.task.recap_openers=1"))
     assert all(recorded[k] == 1 for k in keys)
+    assert run_config(_config())["data.task.recap_openers"] == 2
     stages = Stages(tmp_path, {k: v for k, v in recorded.items() if k not in keys})
     for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
         stages.mark(name)
-    check_config(tmp_path, config)
-    with pytest.raises(ConfigError, match="recap_openers=1, and this job says .*recap_openers=4"):
-        check_config(tmp_path, _config("data.task.recap_openers=4"))
+    check_config(tmp_path, _config("data.task.recap_openers=1"))
+    with pytest.raises(ConfigError, match="recap_openers=1, and this job says .*recap_openers=2"):
+        check_config(tmp_path, _config())
 
 
-@pytest.mark.parametrize("key, before, changed", [("model.tiny.stable_steps", 0, 400),
-                                                   ("model.tiny.init_std", 0.02, 0.06)])
-def test_a_run_begun_before_a_recipe_knob_resumes_at_its_default_and_a_change_is_refused(tmp_path, key, before,
-                                                                                        changed):
-    """The knob left null (the recipe's value, as every run had before the knob) is recorded resolved; markers written
-    before it resume, and a change names the value the marker is read as."""
-    config = _config()
-    recorded = run_config(config)
-    assert recorded[key] == before
+@pytest.mark.parametrize("key, before, now, changed", [("model.tiny.stable_steps", 0, 0, 400),
+                                                        ("model.tiny.init_std", 0.02, 0.06, 0.06)])
+def test_a_run_begun_before_a_recipe_knob_resumes_at_its_old_value_and_a_change_is_refused(tmp_path, key, before, now,
+                                                                                          changed):
+    """The knob left null (the recipe's value) is recorded resolved (``now``); a marker written before the knob is
+    read at the value every run had then (``before``): it resumes under that value, and a job asking for another (the
+    default itself where the recipe moved since, as ``init_std`` did) is refused, naming the value the marker is read
+    as."""
+    recorded = run_config(_config(f"{key}={before}"))
+    assert run_config(_config())[key] == now
     stages = Stages(tmp_path, {k: v for k, v in recorded.items() if k != key})
     for name in ("init", "eval_base", "prune", "sft", "eval_sft", "grpo"):
         stages.mark(name)
-    check_config(tmp_path, config)
-    with pytest.raises(ConfigError, match=re.escape(f"{key}={before!r}, and this job says {key}={changed!r}")):
-        check_config(tmp_path, _config(f"{key}={changed}"))
+    check_config(tmp_path, _config(f"{key}={before}"))
+    refused = [_config(f"{key}={changed}")] + ([_config()] if now != before else [])
+    for config in refused:
+        with pytest.raises(ConfigError, match=re.escape(f"{key}={before!r}, and this job says {key}={changed!r}")):
+            check_config(tmp_path, config)
 
 
 def test_a_marker_with_one_norm_adv_by_std_reads_as_both_stages(tmp_path):
