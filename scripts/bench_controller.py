@@ -162,16 +162,41 @@ def difference_lines(pairs: list[tuple[str, dict | None]]) -> list[str]:
     return lines
 
 
-def load_results(path: Path, overrides: list[str]) -> dict:
-    """The seeds' results measured so far under ``--out``; SystemExit when they ran under other overrides (a file
-    from before the overrides were recorded counts as none)."""
+def base_of(overrides: list[str]) -> str:
+    """The base model the job's config resolves to, without building it: ``model.path``, the R1-format stand-in, or
+    the tiny reasoner's cache entry (``tiny-KEY``, which moves when a default of its recipe or task does)."""
+    import dataclasses
+
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.tiny_config import tiny_model_path
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides]),
+                    check_paths=False)
+    if cfg.model.path:
+        return str(Path(cfg.model.path).expanduser())
+    tiny = cfg.model.tiny_that_runs()
+    return f"standin:{cfg.model.standin}" if tiny is None else tiny_model_path(
+        dataclasses.replace(tiny, task=cfg.data.task)).name
+
+
+def load_results(path: Path, overrides: list[str], base: str | None = None) -> dict:
+    """The seeds' results measured so far under ``--out``; SystemExit when they ran under other overrides or, where
+    ``base`` is given, on another base (the defaults changed since: a file from before the base was recorded counts
+    as another; one from before the overrides were recorded counts as none)."""
     if not path.exists():
         return {}
     results = json.loads(path.read_text())
-    ran = results.pop("_overrides", [])
+    ran, ran_on = results.pop("_overrides", []), results.pop("_base", None)
     if results and sorted(ran) != sorted(overrides):
         raise SystemExit(f"{path} holds runs made with the overrides {ran}, not {overrides}: a rerun would report "
                          f"them as its own. Use another --out (or the same overrides to go on with those runs)")
+    if results and base is not None and ran_on != base:
+        raise SystemExit(f"{path} holds runs made on the base {ran_on or 'of an older version'}, and these overrides "
+                         f"now resolve to {base} (a default changed since): a rerun would report them as its own. "
+                         f"Use another --out")
     return results
 
 
@@ -212,7 +237,8 @@ def main(argv=None) -> None:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = load_results(results_path, args.overrides)
+    base = base_of(args.overrides)
+    results = load_results(results_path, args.overrides, base)
     for seed in args.seeds:
         per = results.setdefault(str(seed), {})
         first = out / f"seed{seed}_{MODES[0]}"
@@ -223,7 +249,7 @@ def main(argv=None) -> None:
             if mode != MODES[0]:
                 fork_after_sft(first, run_dir)
             per[mode] = run_mode(run_dir, mode, seed, args.overrides)
-            results_path.write_text(json.dumps({"_overrides": args.overrides, **results}, indent=1))
+            results_path.write_text(json.dumps({"_overrides": args.overrides, "_base": base, **results}, indent=1))
             print(f"seed {seed} {mode}: final {100 * per[mode]['final']['accuracy']:.1f}% / "
                   f"{per[mode]['final']['thinking_tokens']:.1f} tokens", flush=True)
     results = {str(s): results[str(s)] for s in args.seeds}  # the seeds asked for, not every seed in the file

@@ -210,10 +210,11 @@ def fp32_head(model, on: bool = True):
     """Inside (``on``), ``model``'s LM head computes the logits in fp32 under bf16 autocast: its matmul takes the hidden
     states (fp32 in Llama's residual stream) and the tied weight as they are, where autocast rounds both to bf16.
     Compiled inside it, torch.compile traces the overriding ``forward`` (dynamo guards on it). Measured on an Intel AMX
-    CPU (the verbose recipe; README, "The default recipe"): the loss's drop from its plateau (after which the bases
-    name the people not yet handled) came at about step 460 / 430 / 395 of 800 with the head in fp32 (seeds 0 / 1 /
-    2), at about 650 / 675 with it in bf16 (seeds 0 / 1: too late to finish), at about 410 with everything in fp32
-    (seed 0, twice the time). The saved checkpoint is the same kind either way; only training's arithmetic changes."""
+    CPU (the verbose recipe at Llama's initial scale, 0.02; docs/measurements_2026_12_06_fp32_head.md): the loss's
+    drop from its plateau (after which the bases name the people not yet handled) came at about step 460 / 430 / 395 of
+    800 with the head in fp32 (seeds 0 / 1 / 2), at about 650 / 675 with it in bf16 (seeds 0 / 1: too late to
+    finish), at about 410 with everything in fp32 (seed 0, twice the time). The saved checkpoint is the same kind
+    either way; only training's arithmetic changes."""
     if not on:
         yield
         return
@@ -330,10 +331,11 @@ def lr_factor(step: int, warmup: int, stable: int, steps: int) -> float:
 
 def warn_unnamed(shares: list[float], bar: float = 0.8) -> bool:
     """Warn (and return True) where the model, teacher-forced, names the person of the last move of the held-out
-    problems with the most people (the only one left: ``probes.name_shares``' last place; 115 of the default task's
+    problems with the most people (the only one left: ``probes.name_shares``' last place; 132 of the default task's
     256, so about 3 points of standard error) below ``bar`` of the time: it has not learned which people are left.
-    Measured on 21 verbose bases: 86-100% on nine of the ten whose final loss ended below 0.125, 10-74% on nine of the
-    eleven above (README, "What the drop learns")."""
+    Measured on 21 verbose bases at Llama's initial scale: 86-100% on nine of the ten whose final loss ended below
+    0.125, 10-74% on nine of the eleven above (docs/measurements_2026_12_06_fp32_head.md, "What the drop learns"); on
+    the nine at the default's 0.06, 92-99% (README, "The default recipe")."""
     if not shares or shares[-1] >= bar:
         return False
     log.warning("the tiny reasoner names the last person left in %.0f%% of the held-out problems (teacher-forced; bar "

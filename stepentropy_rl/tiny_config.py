@@ -21,7 +21,7 @@ FORMAT_VERSION = 4  # bump when the training recipe changes meaning (the task's 
 # more time; 700 steps named strangers); since 2026-12-06 with the logits in fp32 (fp32_head): on an Intel AMX CPU the
 # bf16 head delayed the names past step 800, the fp32 head learned them on three seeds of three, and on two more seeds
 # later and in part (README, "The default recipe"; not measured on the Zen 5 CPU); since 2026-12-06 afternoon with the
-# weights drawn at 3x Llama's scale (init_std 0.06): at 0.02 the loss sat on a plateau near 0.30 to step 400-580 and
+# weights drawn at 3x Llama's scale (init_std 0.06): at 0.02 the loss sat on a plateau near 0.30 to step 395-580 and
 # finished its drop late or not at all on some seeds; at 0.06 it left it by step 160 on every seed tried.
 RECIPES = {"terse": {"steps": 1100, "warmup_steps": 30, "essential_weight": 1.0, "reread_weight": 1.0,
                      "compile": False, "num_heads": 3, "pruned_reading": 0.0, "fp32_head": False, "stable_steps": 0,
@@ -34,6 +34,7 @@ RESOLVED = (*RECIPES["verbose"], "bf16")  # the fields ``TinyConfig.resolved`` f
 # hashes as before the knob existed (``TinyConfig.key``), and a bootstrap.json without the knob was trained at it
 OFF = {"pruned_reading": 0.0, "compile": False, "reread_weight": 1.0, "fp32_head": False, "stable_steps": 0,
        "init_std": 0.02}
+TASK_OFF = {"move_openers": 1, "move_endings": 1, "quantity_first": 0.0, "recap_openers": 1}  # the same, for the task
 
 
 @dataclass
@@ -133,8 +134,7 @@ class TinyConfig:
                 del fields[knob]
         if fields.get("bf16") is False:  # fp32 training has its logits in fp32 already: the same model either way
             fields.pop("fp32_head", None)
-        for knob, off in (("move_openers", 1), ("move_endings", 1), ("quantity_first", 0.0),
-                          ("recap_openers", 1)):  # the task's knobs
+        for knob, off in TASK_OFF.items():
             if fields["task"][knob] == off:
                 del fields["task"][knob]
         if fields.get("compile"):  # compiled training runs deterministic kernels since 2026-12-05 (bootstrap.deterministic):
@@ -163,11 +163,12 @@ def fast_bf16() -> bool:
 
 
 def recipe_to_train(recorded: dict, cfg: TinyConfig, name: str) -> Optional[dict]:
-    """The ``model.tiny`` values under which ``cfg`` trains the model ``name`` (``tiny-KEY``) whose bootstrap.json
-    recorded ``recorded`` (its ``config``; a knob it lacks was at its ``OFF`` value), e.g. ``{'fp32_head': False}``;
-    None where no values do (the task's wording or the key's format changed since)."""
+    """The ``model.tiny`` values, and the task's as ``task.KNOB`` (``data.task.*``), under which ``cfg`` trains the
+    model ``name`` (``tiny-KEY``) whose bootstrap.json recorded ``recorded`` (its ``config``; a knob it lacks was at
+    its ``OFF`` or ``TASK_OFF`` value), e.g. ``{'init_std': 0.02, 'task.recap_openers': 1}``; None where no values do
+    (the task's wording or the key's format changed since)."""
     now = cfg.resolved()
-    want = {}
+    want, task = {}, {}
     for f in dataclasses.fields(TinyConfig):
         if f.name == "task" or (f.name not in recorded and f.name not in OFF):
             continue
@@ -176,7 +177,21 @@ def recipe_to_train(recorded: dict, cfg: TinyConfig, name: str) -> Optional[dict
             want[f.name] = then
     if "bf16" in want:  # resolved() ties the head to bf16: set both
         want["fp32_head"] = recorded.get("fp32_head", OFF["fp32_head"])
-    return want if want and tiny_model_path(dataclasses.replace(cfg, **want)).name == name else None
+    then_task = recorded.get("task") or {}
+    for f in dataclasses.fields(BasketConfig):
+        if f.name not in then_task and f.name not in TASK_OFF:
+            continue
+        then, value = then_task.get(f.name, TASK_OFF.get(f.name)), getattr(cfg.task, f.name)
+        if (list(then) if isinstance(then, (list, tuple)) else then) != (
+                list(value) if isinstance(value, (list, tuple)) else value):
+            task[f.name] = then
+    if not (want or task):
+        return None
+    try:
+        old = dataclasses.replace(cfg, **want, task=dataclasses.replace(cfg.task, **task))
+    except ValueError:  # values this version refuses: no config trains it
+        return None
+    return {**want, **{f"task.{k}": v for k, v in task.items()}} if tiny_model_path(old).name == name else None
 
 
 def tiny_model_path(cfg: TinyConfig) -> Path:

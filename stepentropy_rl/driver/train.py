@@ -224,10 +224,11 @@ def check_same_tiny(run_dir: Path, cfg: JobConfig) -> None:
         if recorded is None:
             how = "set model.tiny.* as that bootstrap.json says to resume it"
         elif want:
-            how = f"rerun with {' '.join(f'model.tiny.{k}={override_value(v)}' for k, v in want.items())} to resume it"
+            keys = (f"data.{k}" if k.startswith("task.") else f"model.tiny.{k}" for k in want)
+            how = f"rerun with {' '.join(f'{k}={override_value(v)}' for k, v in zip(keys, want.values()))} to resume it"
         else:
-            how = ("no model.tiny.* values train that model again (the task's wording or the cache key's format "
-                   "changed since)")
+            how = ("no model.tiny.* or data.task.* values train that model again (the task's wording or the cache "
+                   "key's format changed since)")
         raise ConfigError(f"{run_dir} was started from the tiny reasoner {Path(base).name}, and this job's config "
                           f"trains {now} (its model.tiny values, or the recipe's defaults, differ: the old recipe is "
                           f"in {base}/bootstrap.json): give the job another run_dir, or {how}")

@@ -2,8 +2,8 @@
 
 A problem: a basket starts with some items; people put items in or take them out; how many are in it at the end?
 "A basket has 3 coins. Put in: Fay 3, Lea 2, Eve 1. How many coins are in the basket at the end?"
-Each quantity follows its person's name directly, so that the lookup is one-hop copying (which none of the 21
-verbose tiny reasoners measured has learned: README, "What the drop learns").
+Each quantity follows its person's name directly, so that the lookup is one-hop copying (which none of the 30
+verbose tiny reasoners measured has learned: README, "The default recipe").
 The reasoning handles one person per *essential* step ("Now Fay 3: 3 + 3 = 6."), in an order the writer chooses (a
 real choice: which quantity to work on next), so each essential step carries information the answer needs.
 

@@ -27,13 +27,15 @@ def test_cache_key_depends_on_every_setting():
     assert TinyConfig(task=BasketConfig(style="verbose", recap_openers=2)).key() != TinyConfig(task=verbose).key()
     assert TinyConfig(stable_steps=400).key() != TinyConfig().key() == TinyConfig(stable_steps=0).key()
     assert TinyConfig(init_std=0.06).key() != TinyConfig().key() == TinyConfig(init_std=0.02).key()
+    assert TinyConfig(task=verbose, init_std=0.02).resolved().key() != TinyConfig(task=verbose).resolved().key()
     # a recipe without pruned reading, compile or reread weight hashes as before the knobs existed (cached models)
     assert TinyConfig(bf16=True).resolved().key() == "10b7f01db633"
     assert TinyConfig(bf16=False).resolved().key() != "10b7f01db633"
 
 
 def test_the_initial_std_reaches_the_weights_and_must_be_positive():
-    """``init_std`` is the std the model's weights are drawn with (null: Llama's 0.02); 0 or less is refused."""
+    """``init_std`` is the std the model's weights are drawn with (null: the recipe's, terse Llama's 0.02, verbose
+    0.06); 0 or less is refused."""
     for std in (0.02, 0.2):
         model = bootstrap.build_model(TinyConfig(**MICRO, init_std=std).resolved(), 300)
         assert model.config.initializer_range == std

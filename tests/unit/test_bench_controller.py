@@ -40,6 +40,20 @@ def test_a_rerun_under_other_overrides_is_refused_not_reported_as_its_own(bench,
     assert len(bench.ran) == 8
 
 
+def test_runs_on_another_base_are_refused_not_reported_as_the_new_defaults(bench, tmp_path, monkeypatch):
+    """A default that moves the base (the recipe's init_std, the task's recap openers) leaves the overrides as they
+    were: a rerun over the old default's results.json would have reported the old base's runs as the new one's."""
+    out = tmp_path / "bc"
+    bench.main(["--seeds", "0", "--out", str(out)])
+    assert json.loads((out / "results.json").read_text())["_base"] == bench.base_of([]).split("/")[-1]
+    assert bench.base_of([]).startswith("tiny-") and bench.base_of(["model.tiny.seed=1"]) != bench.base_of([])
+    monkeypatch.setattr(bench, "base_of", lambda overrides: "tiny-000000000000")
+    with pytest.raises(SystemExit, match=r"made on the base tiny-\w+, and these overrides now resolve to "
+                                         r"tiny-000000000000"):
+        bench.main(["--seeds", "0", "--out", str(out)])
+    assert len(bench.ran) == 4
+
+
 def test_the_table_covers_the_seeds_asked_for_and_errors_are_over_seeds(bench, tmp_path):
     out = tmp_path / "bc"
     bench.main(["--seeds", "0", "1", "2", "--out", str(out)])

@@ -306,29 +306,34 @@ def test_keys_a_finished_stage_does_not_read_do_not_refuse_its_resume(tmp_path):
         check_config(tmp_path, _config("rollout.max_tokens=400"))
 
 
-def test_a_run_begun_under_the_bf16_head_default_is_told_how_to_resume(tmp_path):
-    """A run begun before the verbose recipe's logits moved to fp32 (its base's bootstrap.json has no fp32_head)
-    is refused with the override that trains its base again, and resumes under it; where the CPU trains in fp32
-    the two recipes are one model and nothing is refused."""
+@pytest.mark.parametrize("old_default, lacks", [
+    (["model.tiny.fp32_head=false", "model.tiny.init_std=0.02", "data.task.recap_openers=1"],
+     ("fp32_head", "init_std", "stable_steps")),  # the bf16-head default (2026-12-05)
+    (["model.tiny.init_std=0.02", "data.task.recap_openers=1"], ("init_std",))])  # the fp32-head one (2026-12-06)
+def test_a_run_begun_under_an_older_default_is_told_how_to_resume(tmp_path, old_default, lacks):
+    """A run begun under an older verbose default (its base's bootstrap.json has neither the knobs added since nor
+    the task's recap_openers) is refused with the overrides that train its base again, model.tiny.* and data.task.*
+    alike (not the head where the CPU trains in fp32, where it makes no other model), and resumes under them."""
     import dataclasses
 
     from stepentropy_rl.tiny_config import tiny_model_path
 
-    job, old_job = _job(), _job("model.tiny.fp32_head=false")
+    job, old_job = _job(), _job(*old_default)
     old_tiny = dataclasses.replace(old_job.model.tiny, task=old_job.data.task)
     old, now = tiny_model_path(old_tiny), tiny_model_path(dataclasses.replace(job.model.tiny, task=job.data.task))
-    recorded = {k: v for k, v in dataclasses.asdict(old_tiny.resolved()).items() if k not in ("task", "fp32_head")}
+    recorded = {k: v for k, v in dataclasses.asdict(old_tiny.resolved()).items() if k not in lacks}
+    recorded["task"] = {k: v for k, v in recorded["task"].items() if k != "recap_openers"}
     base = tmp_path / "cache" / old.name
     base.mkdir(parents=True)
     (base / "bootstrap.json").write_text(json.dumps({"config": recorded}))
     run = tmp_path / "run"
     Stages(run).mark("init", {"base": str(base)})
-    if old.name == now.name:  # no AVX-512: both train in fp32
-        assert not old_tiny.resolved().bf16
+    assert old.name != now.name
+    with pytest.raises(ConfigError, match="or rerun with ") as refused:
         check_same_tiny(run, job)
-        return
-    with pytest.raises(ConfigError, match=r"or rerun with model.tiny.fp32_head=false to resume it"):
-        check_same_tiny(run, job)
+    asked = str(refused.value).split("or rerun with ")[1].removesuffix(" to resume it").split()
+    assert sorted(asked) == sorted(o for o in old_default if not (o.startswith("model.tiny.fp32_head") and
+                                                                  not old_tiny.resolved().bf16))
     check_same_tiny(run, old_job)
 
 
@@ -355,6 +360,12 @@ def test_the_recipe_to_train_an_old_base_sets_the_head_with_bf16_and_must_give_i
     assert recipe_to_train(recorded, TinyConfig(task=verbose, bf16=False), name) == {"bf16": True, "fp32_head": False}
     assert recipe_to_train(recorded, TinyConfig(task=verbose, bf16=True), name) == {"fp32_head": False}
     assert recipe_to_train(recorded, TinyConfig(task=verbose, bf16=True), "tiny-000000000000") is None
+    # a task knob the base's bootstrap.json lacks was at its old value, and comes back as a data.task override
+    old = TinyConfig(task=BasketConfig(style="verbose"), bf16=True, init_std=0.02)
+    was = {k: v for k, v in dataclasses.asdict(old.resolved()).items() if k != "init_std"}
+    was["task"] = {k: v for k, v in was["task"].items() if k != "recap_openers"}
+    new = TinyConfig(task=BasketConfig(style="verbose", recap_openers=2), bf16=True)
+    assert recipe_to_train(was, new, tiny_model_path(old).name) == {"init_std": 0.02, "task.recap_openers": 1}
 
 
 def test_a_run_that_recorded_the_head_on_under_fp32_training_resumes(tmp_path):
