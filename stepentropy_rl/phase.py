@@ -33,11 +33,12 @@ forever) and a switch comes only after accuracy pressure has already won. The pr
 plateau the stall rule alternates every ``max(min_steps, window + patience - 1)`` steps, trying the
 other stage each time; raise ``min_steps`` to make those visits longer. Under the stall rule
 ``hysteresis`` is the minimum useful progress rate; in the reversal rule it is a noise dead band.
-Measured (``scripts/controller_noise.py``): the tiny reasoner's GRPO entropy moves about 0.005 nats
-from step to step about its trend, so a 4-step slope's error (0.0023) exceeds the default
-hysteresis and the default schedule is a 5-step alternation whose longer phases noise alone explains.
-Nor is there a trend the hysteresis can see: a compress-only or explore-only run's entropy moves at
-most 0.0005 nats/step over its 40 steps (README, "The controller claim"); its level is the stage's temperature.
+Measured (``scripts/controller_noise.py``): the tiny reasoners' GRPO entropy moves 0.003-0.005 nats
+from step to step about its trend, so a 4-step slope's error (0.45 of that: 0.0013-0.0022) is about the
+default hysteresis and the default schedule is a 5-step alternation whose longer phases noise alone
+nearly explains. Nor is there a trend the hysteresis can see: a compress-only or explore-only run's
+entropy moves at most 0.0007 nats/step over its 40 steps (README, "The controller claim", and the
+defaults before it in docs/); its level is the stage's temperature.
 
 ``mode="compress"`` / ``"explore"`` stay in one stage; ``start`` applies to ``mode="entropy"`` only
 (``"fixed"`` always compresses first, for ``fixed_compress_steps`` steps).
