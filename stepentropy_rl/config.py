@@ -253,9 +253,8 @@ class RewardCluster:
 class LearnerCluster:
     """FSDP2 learner ranks: ``dtype`` of parameters and optimizer state, ``param_dtype`` the mixed-precision compute
     dtype (null = ``dtype``); weight pushes stream ``sync_bucket_mb`` buckets over ``backend``, a member that does
-    not answer within ``sync_timeout_s`` failing the push; ``start_timeout_s`` bounds the wait for the ranks'
-    resources (another run holding the GPUs: an error instead of a hang), ``pg_timeout_s`` is their process group's
-    (rank 0 loads and saves the full model while the others wait in a collective);
+    not answer within ``sync_timeout_s`` failing the push; ``pg_timeout_s`` is their process group's (rank 0 loads
+    and saves the full model while the others wait in a collective);
     ``gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass; ``autocast_bf16``
     runs the ranks' forward passes under bf16 autocast over ``dtype`` weights (null: on for fp32 CPU ranks where
     the driver's CPU computes bf16 fast, ``tiny_config.fast_bf16``; GPU ranks compute in ``param_dtype``)."""
@@ -269,7 +268,6 @@ class LearnerCluster:
     threads: int = 1
     sync_bucket_mb: float = 64
     sync_timeout_s: float = 600.0
-    start_timeout_s: float = 600.0
     pg_timeout_s: float = 1800.0
     gradient_checkpointing: bool = False
     autocast_bf16: Optional[bool] = None
@@ -281,7 +279,10 @@ class LearnerCluster:
         positive(self, "world_size", integer=True)
         positive(self, "num_cpus", "num_gpus", allow_zero=True)
         positive(self, "threads", allow_zero=True, integer=True)
-        positive(self, "sync_bucket_mb", "sync_timeout_s", "start_timeout_s", "pg_timeout_s")
+        positive(self, "sync_bucket_mb", "sync_timeout_s", "pg_timeout_s")
+        need(self.num_cpus > 0 or self.num_gpus > 0, "num_cpus",
+             "must be > 0 where num_gpus is 0: each rank reserves a bundle of the job's placement group, and rank 0's "
+             "holds the rendezvous of its process group")
         one_of(self, "backend", ("gloo", "nccl"))
         one_of(self, "dtype", DTYPES)
         one_of(self, "param_dtype", (None, *DTYPES))
@@ -306,6 +307,7 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = True
     loopback_only: bool = True  # a Ray started here listens on loopback only (driver.network)
+    start_timeout_s: float = 600.0  # how long a job waits for its actors' resources (driver.placement), then an error
     rollout: RolloutCluster = field(default_factory=RolloutCluster)
     reference: ReferenceCluster = field(default_factory=ReferenceCluster)
     reward: RewardCluster = field(default_factory=RewardCluster)
@@ -314,6 +316,7 @@ class ClusterConfig:
     def __post_init__(self):
         need(self.num_cpus is None or (isinstance(self.num_cpus, int) and self.num_cpus >= 1), "num_cpus",
              f"must be null (every core) or an integer >= 1, got {self.num_cpus!r}")
+        positive(self, "start_timeout_s")
 
 
 # ---- training ----------------------------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""Drives the learner ranks (one Ray placement group) as one process group: split batches, gather results."""
+"""Drives the learner ranks (each in its placement-group bundle) as one process group: split batches, gather
+results."""
 from __future__ import annotations
 
 import ray
 import torch
-from ray.util.placement_group import remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from stepentropy_rl.batch import Batch, shard
 from stepentropy_rl.driver.network import rendezvous
@@ -15,11 +14,12 @@ SUMMED = ("entropy_sum", "entropy_tokens")  # counts over the ranks' slices; eve
 
 class LearnerGroup:
     """The driver's handle on ``world_size`` FSDP2 ranks (spawned by ``roles.spawn_learners``). Batches are split
-    evenly by rank; results come back in the input order."""
+    evenly by rank; results come back in the input order. ``at_rank0``: task options that place a task in rank 0's
+    bundle; ``placement``: the ranks' own placement group, given back on ``shutdown`` (None inside the job's)."""
 
-    def __init__(self, ranks: list, pg, micro_batch_size: int, pad_id: int):
-        self.ranks, self.pg, self.world_size = ranks, pg, len(ranks)
-        self._at_rank0 = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+    def __init__(self, ranks: list, at_rank0: dict, micro_batch_size: int, pad_id: int, placement=None):
+        self.ranks, self.world_size, self.placement = ranks, len(ranks), placement
+        self._at_rank0 = at_rank0
         self.mbs, self.pad_id = micro_batch_size, pad_id
 
     # ---- a dead rank -----------------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ class LearnerGroup:
     def open_weight_group(self, world_size: int, backend: str, timeout_s: float = 600.0) -> tuple[str, ray.ObjectRef]:
         """A fresh rendezvous on rank 0's node (``network.rendezvous``); rank 0 starts hosting the weight-sync group
         there (the returned ref completes once every engine has joined)."""
-        url = ray.get(rendezvous.options(scheduling_strategy=self._at_rank0).remote())
+        url = ray.get(rendezvous.options(**self._at_rank0).remote())
         return url, self.ranks[0].open_weight_group.remote(url, world_size, backend, timeout_s)
 
     def push_weights(self, plan: list) -> list[ray.ObjectRef]:
@@ -106,4 +106,5 @@ class LearnerGroup:
         finally:
             for r in self.ranks:
                 ray.kill(r)
-            remove_placement_group(self.pg)
+            if self.placement is not None:
+                self.placement.release()

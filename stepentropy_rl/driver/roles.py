@@ -1,5 +1,6 @@
 """Ray start-up and the one place that spawns every role (rollout engines, reference, reward service, learner
-ranks), placed as ``conf/cluster`` says."""
+ranks), placed as ``conf/cluster`` says: each in its bundle of the job's placement group (``placement``) where one is
+given."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ import ray
 from stepentropy_rl.config import ClusterConfig, JobConfig, LearnerCluster, OptimConfig
 from stepentropy_rl.driver.learner_group import LearnerGroup
 from stepentropy_rl.driver.network import use_loopback_only
-from stepentropy_rl.driver.remote import ActorLost
+from stepentropy_rl.driver.placement import Placement, bundle, describe, job_bundles, reserve, total
 from stepentropy_rl.driver.rollout_group import RolloutGroup
 from workers.board import BoardWorker
 from workers.learner import LearnerWorker
@@ -156,13 +157,14 @@ def spawn_board():
     return BoardWorker.options(num_cpus=0, **named("progress")).remote()
 
 
-def spawn_rollouts(cfg: JobConfig, model_path: str) -> RolloutGroup:
+def spawn_rollouts(cfg: JobConfig, model_path: str, placement: Placement | None = None) -> RolloutGroup:
     """``cluster.rollout.num_workers`` vLLM engines serving ``model_path``, as one ``RolloutGroup``."""
-    c = cfg.cluster.rollout
+    c, at = cfg.cluster.rollout, placement or Placement(None)
     # No automatic task retries: a restarted engine serves the initial weights, so the group restores what it
     # served before retrying (RolloutGroup.generate).
     engines = [RolloutWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                     max_task_retries=0, **thread_env(c.threads), **named(f"rollout-{i}")).remote(
+                                     max_task_retries=0, **thread_env(c.threads), **named(f"rollout-{i}"),
+                                     **at.options("rollout", i)).remote(
         model_path, dict(cfg.rollout.engine), seed, cfg.rollout.kv_cache_gib, cfg.rollout.log_level)
         for i, seed in enumerate(engine_seeds(cfg.rollout.seed, int(c.num_workers)))]
     return RolloutGroup(engines, model_path)
@@ -178,14 +180,14 @@ def engine_seeds(seed: int, n: int) -> list[int]:
     return [int(seed) + i for i in range(n)]
 
 
-def spawn_reference(cfg: JobConfig, model_path: str):
+def spawn_reference(cfg: JobConfig, model_path: str, placement: Placement | None = None):
     """The frozen reference model (exact entropies for pruning, log-probs for the KL), on the GPU it reserves; Ray
     restarts a dead one (it reloads ``model_path``) and retries the call."""
     c = cfg.cluster.reference
+    at = (placement or Placement(None)).options("reference")
     return ReferenceWorker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_restarts=c.max_restarts,
-                                   max_task_retries=c.max_restarts, **thread_env(c.threads),
-                                   **named("reference")).remote(model_path, cfg.reference.dtype,
-                                                                reference_device(c.num_gpus))
+                                   max_task_retries=c.max_restarts, **thread_env(c.threads), **named("reference"),
+                                   **at).remote(model_path, cfg.reference.dtype, reference_device(c.num_gpus))
 
 
 def workers_runtime(rollouts: RolloutGroup, reference) -> dict:
@@ -209,71 +211,55 @@ def reference_device(num_gpus: float) -> str:
     return "cuda" if num_gpus else "cpu"
 
 
-def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int):
+def spawn_reward(cfg: JobConfig, skip_id: int, close_id: int, placement: Placement | None = None):
     """The reward service: grades with ``data.grader`` on ``data.grade_span`` and scores every ``reward`` term;
     ``skip_id`` and ``close_id`` are the policy tokenizer's ids of ``[SKIP]`` and ``</think>``. It keeps no state, so
     Ray restarts a dead one and retries the call."""
     c = cfg.cluster.reward
+    at = (placement or Placement(None)).options("reward")
     return RewardWorker.options(num_cpus=c.num_cpus, max_restarts=c.max_restarts,
-                                max_task_retries=c.max_restarts, **named("reward")).remote(
+                                max_task_retries=c.max_restarts, **named("reward"), **at).remote(
         cfg.reward, cfg.data, skip_id, close_id, cfg.trainer.prune.delimiter)
 
 
 def needed_resources(cfg: JobConfig, train: bool) -> dict[str, float]:
     """CPUs and GPUs the job's actors reserve together: the engines and the reference, and for training the reward
     service and the learners too (they all live until the run ends)."""
-    c = cfg.cluster
-    cpu = c.rollout.num_workers * c.rollout.num_cpus + c.reference.num_cpus
-    gpu = c.rollout.num_workers * c.rollout.num_gpus + c.reference.num_gpus
-    if train:
-        cpu += c.reward.num_cpus + c.learner.world_size * c.learner.num_cpus
-        gpu += c.learner.world_size * c.learner.num_gpus
-    return {"CPU": cpu, "GPU": gpu}
+    return total(job_bundles(cfg, train))
 
 
-def short_resources(cfg: JobConfig, train: bool, total: dict | None = None) -> str | None:
-    """What the job reserves beyond the cluster's ``total`` (``ray.cluster_resources()``), or None: its actors would
-    wait for resources that never come (an autoscaler may still add them, so the caller warns)."""
-    total = ray.cluster_resources() if total is None else total
+def short_resources(cfg: JobConfig, train: bool, have: dict | None = None) -> str | None:
+    """What the job reserves beyond the cluster's resources ``have`` (``ray.cluster_resources()``), or None: its
+    placement group would wait for resources that never come (an autoscaler may still add them, so the caller
+    warns)."""
+    have = ray.cluster_resources() if have is None else have
     need = needed_resources(cfg, train)
-    short = {k: v for k, v in need.items() if v > total.get(k, 0) + 1e-9}
+    short = {k: v for k, v in need.items() if v > have.get(k, 0) + 1e-9}
     if not short:
         return None
-    return (f"this job reserves {_resources(need)} (cluster.rollout, cluster.reference"
-            f"{', cluster.reward, cluster.learner' if train else ''}) but the Ray cluster has {_resources(total)}: "
-            f"it will wait until more join (lower the num_cpus/num_gpus, world_size or num_workers there)")
-
-
-def _resources(r: dict) -> str:
-    return ", ".join(f"{r.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+    return (f"this job reserves {describe(need)} (cluster.rollout, cluster.reference"
+            f"{', cluster.reward, cluster.learner' if train else ''}) but the Ray cluster has {describe(have)}: "
+            f"it will wait until more join, at most cluster.start_timeout_s (lower the num_cpus/num_gpus, world_size "
+            f"or num_workers there)")
 
 
 def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig, micro_batch_size: int,
-                   pad_id: int) -> LearnerGroup:
-    """``learner.world_size`` FSDP2 ranks (``cluster.learner``) in one placement group (PACK), meeting at a
-    rendezvous on rank 0's node (``network.rendezvous``)."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
+                   pad_id: int, placement: Placement | None = None, start_timeout_s: float = 600.0) -> LearnerGroup:
+    """``learner.world_size`` FSDP2 ranks (``cluster.learner``), each in its bundle of ``placement`` (the job's), or
+    of a placement group of their own reserved here (waiting at most ``start_timeout_s``), meeting at a rendezvous
+    on rank 0's node (``network.rendezvous``)."""
     from stepentropy_rl.driver.network import rendezvous
 
     world = int(learner.world_size)
     if world < 1:
         raise ValueError(f"cluster.learner.world_size must be >= 1, got {world}")
-    bundle = {"CPU": learner.num_cpus, **({"GPU": learner.num_gpus} if learner.num_gpus else {})}
-    pg = placement_group([bundle] * world, strategy="PACK")
-    try:
-        ray.get(pg.ready(), timeout=learner.start_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        ray.util.remove_placement_group(pg)
-        raise ActorLost(
-            f"the {world} learner ranks ({bundle} each) found no room within cluster.learner.start_timeout_s="
-            f"{learner.start_timeout_s:g} s: the cluster has {_resources(ray.cluster_resources())}, "
-            f"{_resources(ray.available_resources())} free (another run or this run's engines and reference hold the "
-            f"rest); lower cluster.learner.world_size or its num_gpus/num_cpus, or free them") from None
-    at = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i) for i in range(world)]
-    url = ray.get(rendezvous.options(scheduling_strategy=at[0]).remote())
-    ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, scheduling_strategy=at[i],
+    own = None
+    if placement is None:
+        own = placement = reserve([("learner", bundle(learner.num_cpus, learner.num_gpus))] * world, start_timeout_s,
+                                  "start_timeout_s")
+    at = [placement.options("learner", i) for i in range(world)]
+    url = ray.get(rendezvous.options(**at[0]).remote())
+    ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, **at[i],
                                    **named(f"learner-{i}"))
              .remote(i, world, url, model_path, learner, optim) for i in range(world)]
-    return LearnerGroup(ranks, pg, micro_batch_size, pad_id)
+    return LearnerGroup(ranks, at[0], micro_batch_size, pad_id, own)

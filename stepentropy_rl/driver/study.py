@@ -235,6 +235,7 @@ def study_pipeline(job) -> StudyResult:
 
     from stepentropy_rl import report
     from stepentropy_rl.data import write_jsonl
+    from stepentropy_rl.driver.placement import reserve_job
     from stepentropy_rl.driver.roles import spawn_reference, spawn_rollouts, workers_runtime
     from stepentropy_rl.driver.tracking import Tracker
 
@@ -242,10 +243,15 @@ def study_pipeline(job) -> StudyResult:
     caveat = placeholder_caveat(cfg)
     if caveat:
         log.warning(caveat)
-    rollouts, reference = spawn_rollouts(cfg, job.model_path), spawn_reference(cfg, job.model_path)
-    cache = CoTCache.for_job(cfg, job.model_path, runtime=workers_runtime(rollouts, reference)) \
-        if cfg.pruning.cache else None
-    res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade, cache)
+    placement = reserve_job(cfg, train=False)  # the engines and the reference at once (driver/placement.py)
+    try:
+        rollouts = spawn_rollouts(cfg, job.model_path, placement)
+        reference = spawn_reference(cfg, job.model_path, placement)
+        cache = CoTCache.for_job(cfg, job.model_path, runtime=workers_runtime(rollouts, reference)) \
+            if cfg.pruning.cache else None
+        res = run_study(cfg, job.eval_problems, rollouts, reference, job.tokenizer, job.grade, cache)
+    finally:
+        placement.release()
     write_jsonl(run_dir / "samples.jsonl", res.rows)
     write_jsonl(run_dir / "steps.jsonl", res.steps)
     write_jsonl(run_dir / "cots.jsonl", res.cots)

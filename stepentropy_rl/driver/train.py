@@ -277,6 +277,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
     from stepentropy_rl.cot_cache import CoTCache, added_rows_digest
     from stepentropy_rl.driver import roles
     from stepentropy_rl.driver.evaluate import evaluate
+    from stepentropy_rl.driver.placement import reserve_job
     from stepentropy_rl.driver.sft import build_pruned_dataset, run_sft
     from stepentropy_rl.driver.tracking import Tracker
 
@@ -297,46 +298,51 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             (run_dir / name).unlink()
     tok = load_tokenizer(init)
     tc = cfg.trainer
-    rollouts = roles.spawn_rollouts(cfg, str(init))
-    reference = roles.spawn_reference(cfg, str(init))
-    reward = roles.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE))
-    # the learners start with the engines: their start-up overlaps the base evaluation's
-    lc = cfg.cluster.learner
-    start = models / "sft" if stages.done("sft") else init
-    learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id)
-    from stepentropy_rl.driver.grpo import GRPOTrainer  # verl: 7 s on 2 cores, while the actors start
-
-    tracker = Tracker(run_dir, tc.logger, cfg.to_dict())
-    eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
-                     "max_tokens": int(tc.eval.max_tokens), "logprobs": tc.eval.topk_logprobs or None}
-    # a rerun after a crash: the engines' sampler state as the last finished stage left it, so that the next stage
-    # samples what it would have in one uninterrupted run (a GRPO checkpoint restores its own)
-    rollouts.set_rng_states(stages.latest("engine_rng"))
-
-    # the base's CoTs, kept between jobs: its evaluation and the prune stage's (cot_cache); the policy is init, the
-    # base with [SKIP] added: the base's files and the token's rows as init holds them stand for it
-    skip_rows = added_rows_digest(init, [tok.convert_tokens_to_ids(SKIP_TOKEN)])
-    # where the samples and entropies are computed: asked of the workers (it waits for the reference to load, so
-    # only when a cache is on)
-    runtime = roles.workers_runtime(rollouts, reference) if tc.eval.cache or tc.prune.cache else None
-    base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}", runtime)
-
-    def eval_stage(name: str, model_dir: Path, cache: CoTCache | None = None) -> None:
-        if stages.done(f"eval_{name}"):
-            return
-        rollouts.serve(str(model_dir))  # the engines read the shared run dir
-        res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling, cots=True, cache=cache)
-        cached = {"cots_cached": res.pop("cots_cached")} if cache is not None else {}
-        die_at("eval_done")
-        (run_dir / "eval").mkdir(exist_ok=True)
-        write_jsonl(run_dir / "eval" / f"{name}.cots.jsonl", res.pop("cots"))  # python -m stepentropy_rl.view
-        atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
-        log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
-                 res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
-        digest = {"eval_problems": problems_digest(eval_problems)} if name == "base" else {}
-        stages.mark(f"eval_{name}", {**res, **cached, **digest, "engine_rng": rollouts.rng_states()})
-
+    # every actor's CPUs and GPUs at once (driver/placement.py): a job short of them stops here, before any
+    # engine loads, and holds nothing
+    placement = reserve_job(cfg, train=True)
+    learners = tracker = None
     try:
+        rollouts = roles.spawn_rollouts(cfg, str(init), placement)
+        reference = roles.spawn_reference(cfg, str(init), placement)
+        reward = roles.spawn_reward(cfg, tok.convert_tokens_to_ids(SKIP_TOKEN), tok.convert_tokens_to_ids(THINK_CLOSE),
+                                    placement)
+        # the learners start with the engines: their start-up overlaps the base evaluation's
+        lc = cfg.cluster.learner
+        start = models / "sft" if stages.done("sft") else init
+        learners = roles.spawn_learners(str(start), lc, tc.optim, tc.micro_batch_size, tok.pad_token_id, placement)
+        from stepentropy_rl.driver.grpo import GRPOTrainer  # verl: 7 s on 2 cores, while the actors start
+
+        tracker = Tracker(run_dir, tc.logger, cfg.to_dict())
+        eval_sampling = {"temperature": float(tc.eval.temperature), "top_p": float(cfg.rollout.top_p),
+                         "max_tokens": int(tc.eval.max_tokens), "logprobs": tc.eval.topk_logprobs or None}
+        # a rerun after a crash: the engines' sampler state as the last finished stage left it, so that the next stage
+        # samples what it would have in one uninterrupted run (a GRPO checkpoint restores its own)
+        rollouts.set_rng_states(stages.latest("engine_rng"))
+
+        # the base's CoTs, kept between jobs: its evaluation and the prune stage's (cot_cache); the policy is init, the
+        # base with [SKIP] added: the base's files and the token's rows as init holds them stand for it
+        skip_rows = added_rows_digest(init, [tok.convert_tokens_to_ids(SKIP_TOKEN)])
+        # where the samples and entropies are computed: asked of the workers (it waits for the reference to load, so
+        # only when a cache is on)
+        runtime = roles.workers_runtime(rollouts, reference) if tc.eval.cache or tc.prune.cache else None
+        base_cache = CoTCache.for_job(cfg, base_path, f"with {SKIP_TOKEN} added, rows {skip_rows}", runtime)
+
+        def eval_stage(name: str, model_dir: Path, cache: CoTCache | None = None) -> None:
+            if stages.done(f"eval_{name}"):
+                return
+            rollouts.serve(str(model_dir))  # the engines read the shared run dir
+            res = evaluate(rollouts, tok, eval_problems, grade, eval_sampling, cots=True, cache=cache)
+            cached = {"cots_cached": res.pop("cots_cached")} if cache is not None else {}
+            die_at("eval_done")
+            (run_dir / "eval").mkdir(exist_ok=True)
+            write_jsonl(run_dir / "eval" / f"{name}.cots.jsonl", res.pop("cots"))  # python -m stepentropy_rl.view
+            atomic_write_json(run_dir / "eval" / f"{name}.json", res, indent=None)
+            log.info("eval %s: accuracy %.3f ± %.3f, thinking tokens %.1f, [SKIP] per sample %.2f", name,
+                     res["accuracy"], res["accuracy_stderr"], res["thinking_tokens"], res["skips"])
+            digest = {"eval_problems": problems_digest(eval_problems)} if name == "base" else {}
+            stages.mark(f"eval_{name}", {**res, **cached, **digest, "engine_rng": rollouts.rng_states()})
+
         eval_stage("base", init, base_cache if tc.eval.cache else None)
         prune_dir = run_dir / "prune"
         if not stages.done("prune"):
@@ -397,8 +403,11 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             stages.mark("grpo", {"steps": trainer.step, "engine_rng": rollouts.rng_states()})
         eval_stage("final", models / "final")
     finally:
-        learners.shutdown()
-        tracker.finish()
+        if learners is not None:
+            learners.shutdown()
+        if tracker is not None:
+            tracker.finish()
+        placement.release()
     return _report(run_dir, stages)
 
 

@@ -554,6 +554,33 @@ def test_a_job_asking_for_more_than_the_cluster_has_is_named():
     assert short_resources(build(cfg()), False, {"CPU": 2.0}) is None  # the CPU default fits 2 cores
 
 
+def test_each_actor_of_a_job_has_its_bundle_in_spawn_order():
+    """One placement group holds every actor's bundle (driver/placement.py): the engines, the reference, then for
+    training the reward service and each learner rank; a bundle holds only what its actor asks for."""
+    from stepentropy_rl.driver.placement import job_bundles
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        gpu = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", "cluster=gpu_8x",
+                                                 "trainer=gpu", "rollout=vllm_gpu", "model=r1_distill_qwen_7b",
+                                                 "data=gsm8k"]), check_paths=False)
+    gpu_cpu = {"CPU": 4.0, "GPU": 1.0}
+    engines_and_reference = [("rollout", gpu_cpu)] * 3 + [("reference", gpu_cpu)]
+    learners = [("learner", gpu_cpu)] * 4
+    assert job_bundles(gpu, train=True) == engines_and_reference + [("reward", {"CPU": 2.0})] + learners
+    assert job_bundles(gpu, train=False) == engines_and_reference
+    cpu = build(cfg("cluster.reward.num_cpus=0"))
+    assert job_bundles(cpu, train=True) == [("rollout", {"CPU": 0.5}), ("reference", {"CPU": 0.25}), ("reward", {}),
+                                            ("learner", {"CPU": 0.5}), ("learner", {"CPU": 0.5})]
+
+
+def test_cluster_timeouts_and_learner_resources_are_checked():
+    with pytest.raises(ConfigError, match="cluster.start_timeout_s must be"):
+        build(cfg("cluster.start_timeout_s=0"))
+    with pytest.raises(ConfigError, match="cluster.learner.num_cpus must be > 0 where num_gpus is 0"):
+        build(cfg("cluster.learner.num_cpus=0"))
+    build(cfg("cluster.learner.num_cpus=0", "cluster.learner.num_gpus=1", "cluster.learner.backend=nccl"))
+
+
 def test_a_checkpoint_with_its_own_files_on_the_task_preset_is_refused_and_data_file_fits_it(tmp_path):
     """README's real-scale command set data.path on the default data preset: R1 was asked the bare question, graded
     by exact match and rewarded at the embedded task's 96-token lengths (every compress-stage reward gated to 0)."""

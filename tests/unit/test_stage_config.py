@@ -132,6 +132,46 @@ def test_a_finished_run_rerun_writes_its_report_without_starting_an_actor(tmp_pa
     assert json.loads((tmp_path / "report.json").read_text())["models"]["sft"]["accuracy"] == 0.95
 
 
+def test_a_job_without_room_for_all_its_actors_starts_none_and_gives_back_what_it_reserved(tmp_path, monkeypatch):
+    """Every actor's resources are reserved before any actor starts: the learners' placement group used to be asked
+    for after the engines, the reference and the reward service had started (minutes of engine start, then a wait
+    for GPUs held by the job's own engines or by another run). A spawn that fails gives the reservation back."""
+    from types import SimpleNamespace
+
+    from stepentropy_rl.driver import placement, roles, train
+    from stepentropy_rl.driver.remote import ActorLost
+
+    started = []
+    for spawn in ("spawn_rollouts", "spawn_reference", "spawn_reward", "spawn_learners"):
+        monkeypatch.setattr(roles, spawn, lambda *a, _name=spawn, **k: started.append(_name))
+    monkeypatch.setattr(train, "check_same_base", lambda *a: None)
+    tok = SimpleNamespace(convert_tokens_to_ids=lambda token: 0, pad_token_id=0)
+    monkeypatch.setattr(train, "load_tokenizer", lambda path: tok)
+    Stages(tmp_path).mark("init")
+    (tmp_path / "models").mkdir()
+
+    def no_room(cfg, train):
+        raise ActorLost("no room")
+
+    monkeypatch.setattr(placement, "reserve_job", no_room)
+    with pytest.raises(ActorLost, match="no room"):
+        train.run_training(_job(), tmp_path, "base", [], [], None)
+    assert started == []
+
+    released = []
+    reserved = placement.Placement(None)
+    monkeypatch.setattr(reserved, "release", lambda: released.append(True))
+    monkeypatch.setattr(placement, "reserve_job", lambda cfg, train: reserved)
+
+    def dead(*a, **k):
+        raise RuntimeError("the reference failed to load")
+
+    monkeypatch.setattr(roles, "spawn_reference", dead)
+    with pytest.raises(RuntimeError, match="failed to load"):
+        train.run_training(_job(), tmp_path, "base", [], [], None)
+    assert started == ["spawn_rollouts"] and released == [True]
+
+
 def _grpo_checkpoint(run_dir, config, step=3):
     """What an interrupted GRPO leaves: its config from its start, a checkpoint and the pointer to it."""
     import json
