@@ -66,7 +66,8 @@ class Placement:
 
 
 def reserve(bundles: list[tuple[str, dict[str, float]]], timeout_s: float, timeout_key: str) -> Placement:
-    """Reserve ``bundles`` ((role, bundle) pairs) as one placement group (PACK: as few nodes as fit), waiting at most
+    """Reserve ``bundles`` ((role, bundle) pairs) as one placement group (PACK: as few nodes as fit; on several nodes
+    Ray does not promise which bundles share one, so the learner ranks may be split among them), waiting at most
     ``timeout_s`` (the config key ``timeout_key``) for the cluster to have room; then an error that names what the
     job reserves, what the cluster has and what is free, and nothing is left reserved."""
     slots: dict[str, list[Optional[int]]] = {}
@@ -82,15 +83,19 @@ def reserve(bundles: list[tuple[str, dict[str, float]]], timeout_s: float, timeo
         ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
+        need, have = total(bundles), ray.cluster_resources()
+        small = any(need[k] > have.get(k, 0) + 1e-9 for k in need)
+        why = "the cluster is too small for it" if small else \
+            "another run holds the rest, or no node has room for one of the bundles"
         parts = []
         for role in slots:
             mine = [b for r, b in bundles if r == role]
             parts.append(f"{ROLE_KEYS.get(role, role)} {len(mine)} x {{{describe(mine[0])}}}")
         raise ActorLost(
             f"this job's actors found no room within {timeout_key}={timeout_s:g} s: they reserve "
-            f"{describe(total(bundles))} together ({'; '.join(parts)}), the Ray cluster has "
-            f"{describe(ray.cluster_resources())}, {describe(ray.available_resources())} free (another run holds "
-            f"the rest). Lower num_workers, world_size or the num_cpus/num_gpus there, or free them") from None
+            f"{describe(need)} together ({'; '.join(parts)}), the Ray cluster has {describe(have)}, "
+            f"{describe(ray.available_resources())} free ({why}). Lower num_workers, world_size or the "
+            f"num_cpus/num_gpus there, or free them") from None
     return Placement(pg, slots)
 
 

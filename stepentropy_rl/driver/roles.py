@@ -256,10 +256,15 @@ def spawn_learners(model_path: str, learner: LearnerCluster, optim: OptimConfig,
     own = None
     if placement is None:
         own = placement = reserve([("learner", bundle(learner.num_cpus, learner.num_gpus))] * world, start_timeout_s,
-                                  "start_timeout_s")
+                                  "spawn_learners' start_timeout_s")
     at = [placement.options("learner", i) for i in range(world)]
-    url = ray.get(rendezvous.options(**at[0]).remote())
-    ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, **at[i],
-                                   **named(f"learner-{i}"))
-             .remote(i, world, url, model_path, learner, optim) for i in range(world)]
+    try:
+        url = ray.get(rendezvous.options(**at[0]).remote())
+        ranks = [LearnerWorker.options(num_cpus=learner.num_cpus, num_gpus=learner.num_gpus, **at[i],
+                                       **named(f"learner-{i}"))
+                 .remote(i, world, url, model_path, learner, optim) for i in range(world)]
+    except BaseException:
+        if own is not None:
+            own.release()
+        raise
     return LearnerGroup(ranks, at[0], micro_batch_size, pad_id, own)

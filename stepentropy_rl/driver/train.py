@@ -403,11 +403,13 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             stages.mark("grpo", {"steps": trainer.step, "engine_rng": rollouts.rng_states()})
         eval_stage("final", models / "final")
     finally:
-        if learners is not None:
-            learners.shutdown()
-        if tracker is not None:
-            tracker.finish()
-        placement.release()
+        try:
+            if learners is not None:
+                learners.shutdown()
+            if tracker is not None:
+                tracker.finish()
+        finally:  # under hydra's Ray launcher the session outlives the job: a reservation kept would starve the next
+            placement.release()
     return _report(run_dir, stages)
 
 

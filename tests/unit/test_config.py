@@ -509,10 +509,10 @@ def test_a_diverged_run_stops_with_one_line(monkeypatch):
     assert str(e.value.code).startswith("run stopped: GRPO step 3: {'loss': nan} is not finite")
 
 
-def test_the_learners_start_and_process_group_timeouts_reach_them(monkeypatch):
+def test_the_learners_process_group_timeout_reaches_them(monkeypatch):
     """The learners' process group took NCCL's 10-minute default (rank 0 loading a 7B alone while the others wait in
-    the first broadcast), and their placement group was awaited without a timeout (a hang when another run holds the
-    GPUs)."""
+    the first broadcast). (The wait for their resources: ``cluster.start_timeout_s``, tests/integration/
+    test_cluster.py.)"""
     import datetime
 
     import torch.distributed as dist
@@ -531,7 +531,8 @@ def test_the_learners_start_and_process_group_timeouts_reach_them(monkeypatch):
 
     monkeypatch.setattr(dist, "init_process_group", init)
     with pytest.raises(Stop):
-        learner.Learner(0, 1, "tcp://127.0.0.1:1", "/nowhere", LearnerCluster(pg_timeout_s=1234.0), OptimConfig())
+        learner.Learner(0, 1, "tcp://127.0.0.1:1", "/nowhere", LearnerCluster(pg_timeout_s=1234.0, threads=0),
+                        OptimConfig())  # threads=0: left as they are in this process (1 trained another micro model)
     assert seen["timeout"] == datetime.timedelta(seconds=1234) and seen["backend"] == "gloo"
     with pytest.raises(ConfigError, match="cluster.learner.num_gpus must be 0 or at least 1"):
         build(cfg("cluster.learner.num_gpus=0.5", "cluster.learner.backend=nccl"))

@@ -141,13 +141,14 @@ def test_a_job_without_room_for_all_its_actors_starts_none_and_gives_back_what_i
     from stepentropy_rl.driver import placement, roles, train
     from stepentropy_rl.driver.remote import ActorLost
 
-    started = []
+    started = []  # (spawn, whether it was given the job's reservation)
     for spawn in ("spawn_rollouts", "spawn_reference", "spawn_reward", "spawn_learners"):
-        monkeypatch.setattr(roles, spawn, lambda *a, _name=spawn, **k: started.append(_name))
+        monkeypatch.setattr(roles, spawn, lambda *a, _name=spawn, **k: started.append((_name, reserved in a)))
     monkeypatch.setattr(train, "check_same_base", lambda *a: None)
     tok = SimpleNamespace(convert_tokens_to_ids=lambda token: 0, pad_token_id=0)
     monkeypatch.setattr(train, "load_tokenizer", lambda path: tok)
     Stages(tmp_path).mark("init")
+    reserved = placement.Placement(None)
     (tmp_path / "models").mkdir()
 
     def no_room(cfg, train):
@@ -159,17 +160,19 @@ def test_a_job_without_room_for_all_its_actors_starts_none_and_gives_back_what_i
     assert started == []
 
     released = []
-    reserved = placement.Placement(None)
     monkeypatch.setattr(reserved, "release", lambda: released.append(True))
     monkeypatch.setattr(placement, "reserve_job", lambda cfg, train: reserved)
 
     def dead(*a, **k):
-        raise RuntimeError("the reference failed to load")
+        started.append(("spawn_learners", reserved in a))
+        raise RuntimeError("a learner rank failed to start")
 
-    monkeypatch.setattr(roles, "spawn_reference", dead)
-    with pytest.raises(RuntimeError, match="failed to load"):
+    monkeypatch.setattr(roles, "spawn_learners", dead)
+    with pytest.raises(RuntimeError, match="failed to start"):
         train.run_training(_job(), tmp_path, "base", [], [], None)
-    assert started == ["spawn_rollouts"] and released == [True]
+    assert started == [(spawn, True) for spawn in ("spawn_rollouts", "spawn_reference", "spawn_reward",
+                                                   "spawn_learners")]
+    assert released == [True]
 
 
 def _grpo_checkpoint(run_dir, config, step=3):
