@@ -122,26 +122,31 @@ def compute_advantages(
 def gdpo_advantages(components: dict[str, tuple[float, torch.Tensor]], response_mask: torch.Tensor,
                     group_ids: np.ndarray, norm_by_std: bool = True) -> torch.Tensor:
     """GDPO (arXiv 2601.05242) through verl's ``compute_gdpo_outcome_advantage``: each reward term k normalised within
-    each prompt group on its own, then weighted and summed, then whitened over the batch,
+    each prompt group on its own, then weighted and summed, then whitened over the batch's samples,
 
-        A = whiten(sum_k w_k (r_k - mean_group(r_k)) / (std_group(r_k) + eps)),
+        A = whiten_samples(sum_k w_k (r_k - mean_group(r_k)) / (std_group(r_k) + eps)),
 
     so that a term with a large spread (length shaping) does not drown one with a small spread (correctness).
     ``components``: term -> ``(w_k, [B] r_k)``. verl reads the terms from its own batch layout (prompt and response
-    halves); here each sample's values go at its last response token, as ``token_level_rewards`` carry them."""
+    halves); here each sample's values go at its last response token, as ``token_level_rewards`` carry them. verl
+    whitens over tokens, where a long response weighs more and the mean it takes away is not 0: every advantage moved
+    with the lengths, and a group whose samples all earned the same got one. It is handed one token per answered
+    sample, so that the whitening weighs samples as the paper's does, and the result is spread over each response."""
     names = list(components)
     mask = response_mask.to(torch.float32)
     answered = mask.sum(dim=1) > 0  # an empty response carries no reward (``outcome_rewards`` leaves it 0)
     last = (mask * torch.arange(mask.shape[1])).argmax(dim=1)  # a sample's last response token (0 if none)
     positions = (torch.arange(mask.shape[1]) <= last[:, None]).long()
+    one = torch.zeros_like(mask)  # each answered sample's last token: the whitening's weights
+    one[torch.arange(mask.shape[0]), last] = answered.float()
     config = AlgoConfig(adv_estimator="gdpo", norm_adv_by_std_in_grpo=norm_by_std, gdpo_reward_keys=names,
                         gdpo_reward_weights=[float(components[k][0]) for k in names])
     fn = core_algos.get_adv_estimator_fn("gdpo")
     non_tensor = {k: (components[k][1].float() * answered).numpy() for k in names}
-    advantages, _ = fn(token_level_rewards=torch.zeros_like(mask), response_mask=mask, index=np.asarray(group_ids),
+    advantages, _ = fn(token_level_rewards=torch.zeros_like(mask), response_mask=one, index=np.asarray(group_ids),
                        norm_adv_by_std_in_grpo=norm_by_std, config=config, non_tensor_batch=non_tensor,
                        batch={"prompts": torch.zeros(mask.shape[0], 0), "attention_mask": positions})
-    return advantages
+    return advantages.sum(dim=1, keepdim=True) * mask
 
 
 @functools.lru_cache(maxsize=32)

@@ -139,7 +139,8 @@ class RolloutConfig:
     engine: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        positive(self, "temperature", "answer_temperature", "topk_logprobs", "kv_cache_gib", allow_zero=True)
+        positive(self, "temperature", "answer_temperature", "kv_cache_gib", allow_zero=True)
+        positive(self, "topk_logprobs", integer=True, allow_zero=True)
         one_of(self, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
         positive(self, "max_tokens", "answer_max_tokens", integer=True)
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
@@ -570,6 +571,11 @@ class JobConfig:
              f"(cluster.learner.param_dtype, else cluster.learner.dtype: {pushed}): vLLM would cast them silently "
              f"(auto or unset: vLLM downcasts a float32 checkpoint) and sample from another policy than the one the "
              f"learners score")
+        most = self.rollout.engine.get("max_logprobs", 20)  # vLLM's default: 20 per token; -1: the vocabulary
+        for key, k in (("rollout.topk_logprobs", self.rollout.topk_logprobs),
+                       ("trainer.eval.topk_logprobs", self.trainer.eval.topk_logprobs)):
+            need(most == -1 or k <= most, key, f"({k}) must be at most the engines' rollout.engine.max_logprobs "
+                                               f"({most}): vLLM refuses a request for more, at the first generation")
         share = self.cluster.rollout.num_gpus
         util = float(self.rollout.engine.get("gpu_memory_utilization") or 0.9)  # vLLM's default: 0.9
         need(not 0 < share < 1 or util <= share, "rollout.engine.gpu_memory_utilization",

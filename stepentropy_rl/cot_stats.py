@@ -91,7 +91,8 @@ def compare_strategies(rows: list[dict]) -> list[dict]:
 
 def auroc(scores: list[float], redundant: list[bool]) -> float:
     """AUROC of ``-score`` for finding redundant steps: P(s_r < s_e) + P(s_r = s_e) / 2 over pairs of a redundant
-    step r and an essential step e (1.0: every redundant step has lower entropy); nan if one class is missing.
+    step r and an essential step e (1.0: every redundant step has lower entropy); nan if one class is missing; a score
+    that is nan is a ValueError (``np.unique`` would rank it as the lowest entropy of all).
     The Mann-Whitney U statistic on average ranks, O(n log n). Ours rather than scikit-learn's ``roc_auc_score``:
     with scikit-learn installed, transformers imports it in every process (2 s each on 2 cores, measured).
 
@@ -102,6 +103,9 @@ def auroc(scores: list[float], redundant: list[bool]) -> float:
 
     x, pos = -np.asarray(scores, dtype=float), np.asarray(redundant, dtype=bool)
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if np.isnan(x).any():
+        raise ValueError(f"auroc: {int(np.isnan(x).sum())} of the {len(x)} step scores are nan (entropies of a model "
+                         "whose logits are not numbers?)")
     if n_pos == 0 or n_neg == 0:
         return math.nan
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)

@@ -36,18 +36,26 @@ class ExportError(ValueError):
 
 
 def source(run_dir: Path, step: int | None) -> tuple[str, Path]:
-    """(what, path): the GRPO checkpoint of ``step``, else the final model, else the SFT model."""
+    """(what, path): the GRPO checkpoint of ``step``, else the final model, else the SFT model; a model only once
+    the stage that writes it has marked it done (``stages/<stage>.done``, written after the model): a folder without
+    its marker is half written (a kill in the save) or a model of the run's config before a redo."""
     if step is not None:
         ckpt = run_dir / "grpo" / f"step_{step}" / "learner"
-        if not ckpt.is_dir():
+        if not ckpt.is_dir() or not (ckpt.parent / "driver.json").exists():  # driver.json: the save's last file
             kept = sorted(int(p.name[5:]) for p in (run_dir / "grpo").glob("step_*")
-                          if p.name[5:].isdigit())  # a user's step_39.bak is not a step
+                          if p.name[5:].isdigit() and (p / "driver.json").exists())  # step_39.bak is not a step
             raise ExportError(f"{run_dir}: no GRPO checkpoint for step {step} (kept: {kept or 'none'}; "
                               "trainer.grpo.keep_last says how many are kept)")
         return f"GRPO step {step}", ckpt
-    for name in ("final", "sft"):
+    unmarked = []
+    for name, stage in (("final", "grpo"), ("sft", "sft")):
         if (run_dir / "models" / name / "config.json").exists():
-            return f"the {name} model", run_dir / "models" / name
+            if (run_dir / "stages" / f"{stage}.done").exists():
+                return f"the {name} model", run_dir / "models" / name
+            unmarked.append(f"models/{name} (no stages/{stage}.done: half written, or left from before a redo)")
+    if unmarked:
+        raise ExportError(f"{run_dir}: no finished model: {'; '.join(unmarked)}; resume the run to finish it, or "
+                          "export a GRPO checkpoint with --step")
     raise ExportError(f"{run_dir}: no models/final or models/sft yet (is it a training run directory?)")
 
 

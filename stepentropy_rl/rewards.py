@@ -14,7 +14,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_CLOSE, THINK_OPEN, boxed_span, split_thinking
+import numpy as np
+
+from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_OPEN, answer_text, boxed_answer, split_thinking
 from stepentropy_rl.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ class Sample:
     n_skip: int = 0  # occurrences of the [SKIP] id in the thinking (the ids before </think>)
     n_steps: int = 0  # real (non-empty, not [SKIP]-only) thinking steps
     length: int = 0  # len(response_ids)
-    answered: bool = False  # closed </think> and has a \boxed{...} answer after it
+    answered: bool = False  # closed </think>, and the last \boxed{ after it closes (what the graders read)
     answer_pos: int | None = None  # when answered: the index of </think> in the ids (the thinking's tokens)
     ground_truth: str = ""  # the problem's answer; with data_source and extra_info, what verl's scorers take
     data_source: str = ""
@@ -59,7 +61,7 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     if thinking.lstrip().startswith(THINK_OPEN):
         thinking = thinking.lstrip()[len(THINK_OPEN):]
     n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TOKEN, "").strip())
-    answered = closed and boxed_span(text, text.find(THINK_CLOSE) + len(THINK_CLOSE)) is not None
+    answered = closed and boxed_answer(answer_text(text)) is not None  # as the graders read it: the last \boxed{
     think_end = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
     answer_pos = think_end if answered else None
     n_skip = ids[:think_end].count(int(skip_id))
@@ -70,7 +72,8 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
                   ground_truth=str(ground_truth), data_source=str(data_source or ""), extra_info=dict(extra_info or {}))
 
 
-TERMS = Registry("reward term", reserved=("total",))  # name -> term(s: Sample, **params) -> float
+# name -> term(s: Sample, **params) -> float; the reserved names are the columns the reward service adds beside them
+TERMS = Registry("reward term", reserved=("total", "correct", "length", "n_skip", "answered"))
 register_term = TERMS.register
 
 
@@ -194,7 +197,7 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
         return 0.0
     first = _CUSTOM_CALLS.setdefault((path, name), FirstCalls())  # answered samples count: garbage may fail
     try:
-        score = fn(s.data_source, s.text, s.ground_truth, s.extra_info)
+        score = _score_of(fn(s.data_source, s.text, s.ground_truth, s.extra_info), f"{name}() returned")
     except Exception as e:
         if first.raised(s.answered):
             raise ValueError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered samples "
@@ -204,7 +207,16 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
             log.warning("reward.custom: %s() raised (%s: %s); such samples score 0", name, type(e).__name__, e)
         return 0.0
     first.ok(s.answered)
-    return _real(f"reward.custom: {name}() returned", score["score"] if isinstance(score, dict) else score)
+    return score
+
+
+def _score_of(result, what: str) -> float:
+    """A user scorer's result as verl reads it: a number or a bool (``float``), or a dict's ``score``; anything else,
+    or a value that is not finite, is a ValueError (the sample then scores 0, as when the scorer raises)."""
+    score = result["score"] if isinstance(result, dict) and "score" in result else result
+    if isinstance(score, (bool, np.bool_)):
+        score = float(score)
+    return _real(what, score)
 
 
 _CUSTOM_CALLS: dict = {}  # (path, name) -> its FirstCalls

@@ -116,6 +116,16 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def control_text(tokenizer, text: str | None) -> str | None:
+    """The first of the tokenizer's added tokens (``<think>``, ``</think>``, ``[SKIP]``, the EOS, ...) written as text
+    in ``text``, or None. The tokenizer reads such text as the token itself: a question quoting "</think>" would close
+    the thinking inside the prompt."""
+    if not text:
+        return None
+    found = [(text.find(t), t) for t in tokenizer.get_added_vocab() if t and t in text]
+    return min(found)[1] if found else None
+
+
 def count_tokens(tokenizer, text: str) -> int:
     """Tokens ``text`` encodes to (no special tokens added)."""
     return len(encode(tokenizer, text))

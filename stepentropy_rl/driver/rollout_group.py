@@ -93,6 +93,8 @@ class RolloutGroup:
         shares = [prompts[i::n] for i in range(n)]
         results: list = [None] * n
         board, call = progress.board(), next(self._calls)
+        if self._served is None:  # the group's first call: which engines it finds, or a restart in this call would
+            self._served = self._incarnations()  # pass for the engine that was there, and redo from its own state
         if self._rng is None:
             self._rng = fetch([w.rng_state.remote() for w in self.engines])
         for attempt in range(self.retries + 1):

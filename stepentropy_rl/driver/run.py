@@ -17,7 +17,7 @@ from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.files import RunDirLock, atomic_write_json, atomic_write_text
 from stepentropy_rl.tasks.grading import grader_of
 from stepentropy_rl.tiny_config import ensure_tiny_model
-from stepentropy_rl.tokenizer import load_tokenizer, prompt_ids
+from stepentropy_rl.tokenizer import control_text, load_tokenizer, prompt_ids
 
 log = logging.getLogger(__name__)
 BUILTIN_PIPELINES = ("stepentropy_rl.driver.study", "stepentropy_rl.driver.train")
@@ -66,9 +66,17 @@ def fit_context(cfg: JobConfig, model_path: str, tok, problems: list, what: str)
     actor starts (vLLM would cut a response short without an error, or reject the request mid-run). A prompt that
     does not fit is a ``DataError`` naming its row, or under ``data.overlong=skip`` dropped and counted in
     ``data_report.json``; a budget that leaves no room even for the shortest prompt is a ``ConfigError`` naming
-    the budget's key (so a skip never leaves no data)."""
+    the budget's key (so a skip never leaves no data). A question or system prompt that writes one of the tokenizer's
+    control tokens as text is a ``DataError`` naming its row (``tokenizer.control_text``)."""
     from transformers import AutoConfig
 
+    for p in problems:
+        for part, text in (("question", p.prompt), ("system prompt", getattr(p, "system", None))):
+            token = control_text(tok, text)
+            if token:
+                raise DataError(f"{p.where or p.id}: its {part} holds {token!r}, which the tokenizer reads as its "
+                                f"control token, not as text; take it out of the row (or out of data.prompt_template "
+                                f"/ data.system_prompt)")
     limit = cfg.rollout.engine.get("max_model_len") or getattr(AutoConfig.from_pretrained(model_path),
                                                                  "max_position_embeddings", None)
     if not problems or not limit:
@@ -156,7 +164,9 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
         check_same_problems(Stages(run_dir), problems, train, run_dir)
     lock = RunDirLock(run_dir)  # the first write: no other driver writes this directory from here on
     try:
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg.to_dict()))
+        config = OmegaConf.to_yaml(cfg.to_dict())
+        clear_results_of_another_config(run_dir, config)
+        atomic_write_text(run_dir / "config.yaml", config)
         atomic_write_json(run_dir / "data_report.json",
                           {what: {"rows": counts[what], "used": len(rows), "skipped_overlong": counts[what] - len(rows)}
                            for what, rows in (("eval", problems), ("train", train))})
@@ -164,6 +174,22 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
         lock.release()
         raise
     return Job(cfg, run_dir, model_path, tokenizer, problems, train, grader_of(cfg.data), lock)
+
+
+RESULTS = ("summary.json", "report.json", "report.md")  # what says a job finished (collect), with its figures
+
+
+def clear_results_of_another_config(run_dir: Path, config: str) -> None:
+    """Remove ``RESULTS`` from ``run_dir`` when its ``config.yaml`` is not ``config``: they are another config's
+    figures, and a job of this one that stopped before writing its own would leave them under this config's name
+    (``collect`` would read them as its results). Under the same config they stay: a resumed job rewrites them."""
+    recorded = run_dir / "config.yaml"
+    if not recorded.exists() or recorded.read_text() == config:
+        return
+    for name in RESULTS:
+        if (run_dir / name).exists():
+            log.info("%s is of another config than this job's; removed", run_dir / name)
+            (run_dir / name).unlink()
 
 
 def log_to_run_dir(run_dir: Path):

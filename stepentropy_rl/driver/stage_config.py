@@ -35,7 +35,7 @@ IGNORED = (
     "cluster.learner.sync_timeout_s", "cluster.learner.pg_timeout_s", "cluster.start_timeout_s",
     "cluster.learner.start_timeout_s",  # cluster.start_timeout_s's name until 2026-12-06
     "cluster.learner.sync_bucket_mb",  # how a weight push is cut up, not what it sends
-    "data.grade_timeout_s", "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
+    "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
     "trainer.grpo.crash_after_step", "trainer.grpo.kill_at_step", "trainer.grpo.keep_last", "trainer.grpo.save_every",
     "data.reward_scale",  # decides only the reward keys it fills, which are recorded resolved (reward.*)
 )

@@ -159,15 +159,20 @@ def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> No
         raise ConfigError(f"{grpo} holds checkpoints of a GRPO run with {key}={then!r}, and this job says "
                           f"{key}={now!r}: resumed, they would continue that run under this config. Rerun with "
                           f"{rerun_with(key, then, now)} to resume it, or {aside}")
-    lr = [(a, b) for _, k, a, b in changed if k == "trainer.grpo.lr"]
-    if lr:
-        log.warning("GRPO resumes from %s under trainer.grpo.lr=%s (its checkpoints ran at %s)", latest.read_text(),
-                    lr[0][1], lr[0][0])
     done = int(latest.read_text().strip().removeprefix("step_") or 0)
     steps = current.get("trainer.grpo.steps")
     if isinstance(steps, int) and steps < done:
         raise ConfigError(f"{grpo} has {done} GRPO steps done and this job says trainer.grpo.steps={steps}: rerun "
                           f"with at least {done}, or {aside}")
+    lr = [(a, b) for _, k, a, b in changed if k == "trainer.grpo.lr"]
+    if lr and isinstance(steps, int) and steps <= done:  # no step left to take at the new rate: the old model would
+        raise ConfigError(f"{grpo} has all {done} GRPO steps done at trainer.grpo.lr={lr[0][0]!r}, and this job says "
+                          f"{lr[0][1]!r}: no step would run at it, and the model would be recorded under it. Rerun with "
+                          f"{rerun_with('trainer.grpo.lr', lr[0][0], lr[0][1])} to finish that run, or more "
+                          f"trainer.grpo.steps to go on at the new rate, or {aside}")
+    if lr:
+        log.warning("GRPO resumes from %s under trainer.grpo.lr=%s (its checkpoints ran at %s)", latest.read_text(),
+                    lr[0][1], lr[0][0])
 
 
 def stage_inputs(cfg: JobConfig) -> dict:

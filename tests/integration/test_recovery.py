@@ -217,6 +217,23 @@ def test_a_retried_share_samples_what_the_uninterrupted_run_did(ray_session, tmp
     assert run(tmp_path / "f", "between calls", "serve") == clean
 
 
+def test_a_share_retried_in_the_groups_first_call_draws_from_the_state_before_it(ray_session, tmp_path):
+    """The group recorded which engines it had only after its first call: an engine that died in that call came back
+    as the one it knew, and redid its share from the restarted engine's own state, not the one seen before the call
+    (here the engines drew before the group's first call, as a study's engines may)."""
+    def first_call(tmp, die):
+        tmp.mkdir()
+        engines = [Sampler.remote(str(tmp / "die0")), Sampler.remote(str(tmp / "die1"))]
+        ray.get([e.set_rng_state.remote(b"105") for e in engines])
+        if die:
+            (tmp / "die1").write_text("x")
+        return [o[0]["text"] for o in RolloutGroup(engines, "initial").generate(["a", "b", "c", "d"], {})]
+
+    clean = first_call(tmp_path / "clean", False)
+    assert clean == ["a:105", "b:105", "c:106", "d:106"]
+    assert first_call(tmp_path / "died", True) == clean
+
+
 def test_an_engine_dying_during_the_weight_push_gets_a_new_group_and_the_push_again(ray_session):
     """The push fails when a member dies mid-way (``weight_sync.send`` raises on the learner); the engine comes back,
     every engine joins a new group and the whole push is repeated. A failure with every engine alive is raised."""

@@ -222,6 +222,22 @@ def test_entropy_loss_from_entropy_and_logits():
     assert alg.entropy_loss(logits, mask).item() == pytest.approx(math.log(7), rel=1e-5)
 
 
+def test_gdpo_gives_a_group_that_all_earned_the_same_no_advantage_whatever_the_lengths():
+    """verl whitens GDPO's sum over tokens: its mean weighed the long responses more and was not 0, so both samples
+    of a group that all answered right got -0.47 (GRPO gives them 0), and every advantage moved with the lengths."""
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    groups = np.array([0, 0, 1, 1])
+    got = alg.compute_advantages("gdpo", torch.zeros(4, 4), mask, groups,
+                                 components={"correctness": (1.0, torch.tensor([1.0, 1.0, 1.0, 0.0]))})
+    assert torch.equal(got[:2], torch.zeros(2, 4))
+    assert got[2, 0] > 0 > got[3, 0] and torch.allclose(got[2], got[2, 0] * mask[2])  # one value over each response
+    longer = mask.clone()
+    longer[3] = 1.0  # the wrong answer three tokens longer: the samples' advantages stay what they were
+    assert torch.allclose(alg.compute_advantages("gdpo", torch.zeros(4, 4), longer, groups,
+                                                 components={"correctness": (1.0, torch.tensor([1.0, 1, 1, 0]))})[:, 0],
+                          got[:, 0])
+
+
 def test_gdpo_normalises_each_reward_term_within_its_group_before_the_weighted_sum():
     """GDPO (verl's function, fed our per-term columns): a term with a large spread no longer drowns one with a small
     spread, unlike GRPO on the summed reward; checked against the formula by hand. The estimator used to be accepted
@@ -243,7 +259,9 @@ def test_gdpo_normalises_each_reward_term_within_its_group_before_the_weighted_s
             out[sel] = (x[sel] - x[sel].mean()) / (x[sel].std() + 1e-6)
         return out
 
-    want = verl_F.masked_whiten((2.0 * norm(correct) + 0.5 * norm(length))[:, None] * mask, mask) * mask
+    answered = (mask.sum(1) > 0).float()
+    per_sample = verl_F.masked_whiten(2.0 * norm(correct) + 0.5 * norm(length), answered)  # samples, not tokens
+    want = per_sample[:, None] * mask
     assert torch.allclose(got, want, atol=1e-5)
     summed = alg.compute_advantages("grpo", (2.0 * correct + 0.5 * length)[:, None] * torch.tensor([[0, 0, 1.0]]),
                                     mask, groups)

@@ -136,3 +136,44 @@ def test_a_study_sweep_plots_one_line_per_strategy_and_orders_jobs_by_number(tmp
     assert [r["job"] for r in rows] == [f"job{i}" for i in range(12)]
     lines = [d for d in drawn if len(d[1]) > 1 or d[0] in ("low", "high", "random")][:3]
     assert lines == [(s, [0.2, 0.4, 0.6, 0.8]) for s in ("low", "high", "random")]
+
+
+def test_a_rerun_under_another_config_clears_the_old_results_before_it_writes_its_config(tmp_path):
+    """A study rerun in its directory with another ratio that then failed left the old ratio's summary.json beside
+    the new config.yaml, and collect listed the old figures under the new ratio as a finished job."""
+    from stepentropy_rl.collect import unfinished
+    from stepentropy_rl.driver.run import clear_results_of_another_config
+
+    job(tmp_path / "s", 0.8, summary=[row(0.8, 0.95)])
+    (tmp_path / "s" / "report.md").write_text("old")
+    same = (tmp_path / "s" / "config.yaml").read_text()
+    clear_results_of_another_config(tmp_path / "s", same)  # a resume of the same config keeps them
+    assert (tmp_path / "s" / "summary.json").exists()
+    clear_results_of_another_config(tmp_path / "s", same.replace("0.8", "0.4"))
+    assert not (tmp_path / "s" / "summary.json").exists() and not (tmp_path / "s" / "report.md").exists()
+    assert unfinished(tmp_path) == [tmp_path / "s"]
+    clear_results_of_another_config(tmp_path / "new", "seed: 0\n")  # a fresh directory: nothing to clear
+
+
+def test_prepare_clears_another_configs_results_before_it_writes_its_config(tmp_path, monkeypatch):
+    """The order is what matters: a job that dies right after writing its config.yaml must not leave the old figures
+    under it."""
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.driver import run
+    from tests.unit.test_config import CONF
+
+    run_dir = tmp_path / "s"
+    job(run_dir, 0.8, summary=[row(0.8, 0.95)])
+    seen = []
+    monkeypatch.setattr(run, "resolve_model", lambda cfg: "model")
+    monkeypatch.setattr(run, "load_tokenizer", lambda path: None)
+    monkeypatch.setattr(run, "fit_context", lambda cfg, path, tok, problems, what: problems)
+    write = run.atomic_write_text
+    monkeypatch.setattr(run, "atomic_write_text", lambda path, text: (
+        seen.append((path.name, (run_dir / "summary.json").exists())), write(path, text)))
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = build(compose("config", overrides=["+experiment=prune_sweep", f"run_dir={run_dir}", "data.n_eval=4"]))
+    run.prepare(cfg, run.pipeline_for(cfg)).lock.release()
+    assert seen == [("config.yaml", False)]

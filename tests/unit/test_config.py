@@ -195,6 +195,10 @@ def test_cfg_job_prints_real_scale_config():
     ("cluster.rollout.num_workers=0", "cluster.rollout.num_workers"),
     ("reference.chunk_rows=0", "reference.chunk_rows"),
     ("cluster.rollout.threads=-2", "cluster.rollout.threads must be an integer >= -1"),
+    # vLLM refused them at the first generation, after the bootstrap and every actor's start
+    ("trainer.eval.topk_logprobs=50", "trainer.eval.topk_logprobs (50) must be at most the engines' rollout.engine"),
+    ("rollout.topk_logprobs=21", "rollout.topk_logprobs (21) must be at most"),
+    ("rollout.topk_logprobs=2.5", "rollout.topk_logprobs must be an integer"),
     ("cluster.reference.threads=1.5", "cluster.reference.threads must be an integer"),
     ("cluster.learner.param_dtype=bfloat16", "rollout.engine.dtype (float32) must be the dtype the learners push"),
     ("rollout.engine.dtype=auto", "rollout.engine.dtype (auto) must be the dtype the learners push"),
@@ -213,6 +217,14 @@ def test_training_config_errors(override, key):
         c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", override])
     with pytest.raises(ConfigError, match=re.escape(key)):
         build(c)
+
+
+def test_more_log_probs_pass_where_the_engine_allows_them():
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        for allow in (50, -1):
+            c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x",
+                                             f"+rollout.engine.max_logprobs={allow}", "trainer.eval.topk_logprobs=50"])
+            assert build(c).trainer.eval.topk_logprobs == 50
 
 
 def test_learner_autocast_resolves_by_device_and_precision(monkeypatch):

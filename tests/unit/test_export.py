@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stepentropy_rl.export import asked_and_sampled, serve_as_trained
+from stepentropy_rl.export import ExportError, asked_and_sampled, serve_as_trained, source
 from stepentropy_rl.tokenizer import load_tokenizer, prompt_text, thinking_chat_template
 from tests.unit.test_tokenizer import QWEN3_LIKE, _tok
 
@@ -69,6 +69,7 @@ def test_the_card_names_the_runs_base_and_grpo_and_a_stray_step_folder_is_no_ste
     run = tmp_path / "run"
     (run / "grpo" / "step_39.bak").mkdir(parents=True)
     (run / "grpo" / "step_40" / "learner").mkdir(parents=True)
+    (run / "grpo" / "step_40" / "driver.json").write_text("{}")
     with pytest.raises(ExportError, match=r"no GRPO checkpoint for step 12 \(kept: \[40\]"):
         source(run, 12)
     config = {"model": {"path": None, "standin": {"seed": 0}}, "algorithm": {"phase": {"mode": "compress"}},
@@ -78,3 +79,23 @@ def test_the_card_names_the_runs_base_and_grpo_and_a_stray_step_folder_is_no_ste
     card = model_card(run, "the final model", "se-final", tmp_path / "out")
     assert "then GRPO with the reward terms correctness, skip_ratio, phase mode `compress`), from the R1-format " \
            "stand-in" in card
+
+
+def test_only_a_model_its_stage_marked_done_is_exported(tmp_path):
+    """models/final was exported whenever its config.json existed: half written by a kill in its save (the config
+    comes before the weights), or the old config's model while a redo of SFT and GRPO runs."""
+    for name in ("final", "sft"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "config.json").write_text("{}")
+    with pytest.raises(ExportError, match=r"no finished model: models/final \(no stages/grpo.done.*models/sft \(no "):
+        source(tmp_path, None)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "sft.done").write_text("{}")
+    assert source(tmp_path, None) == ("the sft model", tmp_path / "models" / "sft")
+    (tmp_path / "stages" / "grpo.done").write_text("{}")
+    assert source(tmp_path, None) == ("the final model", tmp_path / "models" / "final")
+    (tmp_path / "grpo" / "step_4" / "learner").mkdir(parents=True)  # a checkpoint killed before its driver.json
+    with pytest.raises(ExportError, match=r"no GRPO checkpoint for step 4 \(kept: none"):
+        source(tmp_path, 4)
+    (tmp_path / "grpo" / "step_4" / "driver.json").write_text("{}")
+    assert source(tmp_path, 4) == ("GRPO step 4", tmp_path / "grpo" / "step_4" / "learner")

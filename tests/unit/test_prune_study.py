@@ -282,6 +282,14 @@ def test_auroc_direction():
     assert auroc([3.0, 4.0, 0.1, 0.2], [True, True, False, False]) == 0.0
 
 
+def test_auroc_refuses_a_nan_score_and_ranks_infinities():
+    """A nan step entropy was ranked below every number (0.25 here, for a redundant step at 0.1 and an essential
+    one at 2.0 among them) and the study reported it."""
+    with pytest.raises(ValueError, match="1 of the 4 step scores are nan"):
+        auroc([0.1, float("nan"), 2.0, 3.0], [True, False, False, True])
+    assert auroc([0.1, float("inf"), 2.0, 3.0], [True, False, False, True]) == 0.75
+
+
 def test_auroc_is_the_pairwise_definition_with_ties_counting_half():
     """Rank-based AUROC equals its definition over every (redundant, essential) pair, on data full of ties."""
     import random

@@ -142,6 +142,31 @@ def test_an_answer_is_looked_for_after_the_close_tag_however_the_thinking_opens(
     assert make_sample([1], "<think>a</think>\\boxed{3}", False, skip_id=99).answered
 
 
+def test_answered_is_what_the_grader_reads_the_last_box():
+    """The format reward and the length-clip gate paid an answer whose first box closed and whose last did not, which
+    every grader reads as no answer (the last \\boxed{ decides)."""
+    from stepentropy_rl.cot_format import answer_text, boxed_answer
+
+    for text in ("a</think>The answer is \\boxed{3}. Actually \\boxed{4", "a</think>\\boxed{3} or \\boxed{4}",
+                 "a \\boxed{9}</think>none", "a</think>\\boxed{}", "a</think>\\boxed{3"):
+        s = make_sample([1], text, True, skip_id=SKIP)
+        assert s.answered == (boxed_answer(answer_text(text)) is not None), text
+    contradicted = make_sample([1, 2], "a</think>\\boxed{3}. Actually \\boxed{4", True, skip_id=SKIP, close_id=2)
+    assert not contradicted.answered and format_reward(contradicted) == 0.0 and length_clip(contradicted, L=5) == 0.0
+
+
+@pytest.mark.parametrize("body,want", [("True", 1.0), ("False", 0.0), ("__import__('numpy').bool_(True)", 1.0),
+                                       ("{'score': True, 'acc': 1}", 1.0), ("1", 1.0)])
+def test_a_users_scorer_may_return_a_bool_as_in_verl(tmp_path, body, want):
+    from stepentropy_rl.rewards import _CUSTOM_CALLS
+
+    (tmp_path / "s.py").write_text(f"def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                                   f"    return {body}\n")
+    fn = from_config([{"name": "custom", "params": {"path": str(tmp_path / "s.py")}}])
+    assert fn(make_sample([1], "x</think>\\boxed{3}", True, skip_id=99, ground_truth="3"))["custom"] == want
+    _CUSTOM_CALLS.clear()
+
+
 def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always_fails_stops(tmp_path, caplog):
     """A verl-style compute_score that reads the box with re.search(...).group(1) raised on a response without one
     and the exception ended the GRPO step; now such samples score 0 (one warning), and a scorer raising on each of
@@ -156,7 +181,11 @@ def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always
         "def broken(data_source, solution_str, ground_truth, extra_info=None):\n"
         "    raise RuntimeError('a typo')\n"
         "def two_args(data_source, solution_str):\n"
-        "    return 1.0\n")
+        "    return 1.0\n"
+        "def nan_on_garbage(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    return float('nan') if 'boxed' not in solution_str else 1.0\n"
+        "def nothing(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    return None\n")
     fn = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py")}}])
     garbage = make_sample([1], "x</think>no box", False, skip_id=99, ground_truth="3")
     right = make_sample([1], "x</think>\\boxed{3}", True, skip_id=99, ground_truth="3")
@@ -169,6 +198,14 @@ def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always
         broken(right)
     with pytest.raises(ValueError, match=r"two_args\(\) cannot take \(data_source, solution_str, ground_truth"):
         from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "two_args"}}])
+    # no finite number on one garbage sample ended the run; now it scores 0 as a raise does, and always none stops
+    nan = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "nan_on_garbage"}}])
+    assert nan(garbage)["custom"] == 0.0 and nan(right)["custom"] == 1.0
+    nothing = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "nothing"}}])
+    for _ in range(FIRST_CALLS - 1):
+        assert nothing(right)["custom"] == 0.0
+    with pytest.raises(ValueError, match=r"nothing\(\) raised on each of the first .*returned must be a finite"):
+        nothing(right)
     _CUSTOM_CALLS.clear()
 
 
@@ -206,8 +243,9 @@ def test_register_term():
         assert from_config([{"name": "_test_const", "weight": 2.0}])(Sample())["total"] == 6.0
         with pytest.raises(ValueError):
             register_term("_test_const")(_const)
-        with pytest.raises(ValueError):
-            register_term("total")(_const)
+        for column in ("total", "correct", "length", "n_skip", "answered"):  # the reward service's own columns
+            with pytest.raises(ValueError, match="reserved"):
+                register_term(column)(_const)
     finally:
         TERMS.pop("_test_const")
 

@@ -41,6 +41,8 @@ def test_a_changed_key_that_a_finished_stage_depends_on_is_refused(tmp_path):
         check_config(tmp_path, _config("trainer.prune.ratio=0.4", "trainer.sft.lr=0.01"))
     with pytest.raises(ConfigError, match="eval_base.*data.n_eval"):
         check_config(tmp_path, _config("data.n_eval=100"))
+    with pytest.raises(ConfigError, match="eval_base.*data.grade_timeout_s"):  # math-verify's budget decides grades
+        check_config(tmp_path, _config("data.grade_timeout_s=0.5"))
     with pytest.raises(ConfigError, match="'sft' with seed=0"):
         check_config(tmp_path, _config("seed=1"))
 
@@ -209,6 +211,20 @@ def test_grpo_checkpoints_resume_only_the_grpo_that_wrote_them(tmp_path, caplog)
     (tmp_path / "stages" / "eval_sft.done").unlink()
     with pytest.raises(ConfigError, match="started from the SFT model that this job trains again"):
         check_config(tmp_path, config)
+
+
+def test_a_new_learning_rate_with_no_grpo_step_left_is_refused(tmp_path):
+    """Killed after its last checkpoint and before grpo.done (or rerun under another lr with the markers deleted), a
+    GRPO with every step done resumed under a new lr, took no step, and recorded the old model under the new lr."""
+    config = _config("trainer.grpo.steps=40")
+    _finished(tmp_path, config)
+    _grpo_checkpoint(tmp_path, config, step=40)
+    check_config(tmp_path, config)  # the same command finishes it
+    with pytest.raises(ConfigError, match=re.escape("has all 40 GRPO steps done at trainer.grpo.lr=3e-05, and this job "
+                                                    "says 1e-05: no step would run at it")) as err:
+        check_config(tmp_path, _config("trainer.grpo.steps=40", "trainer.grpo.lr=1e-5"))
+    assert "Rerun with trainer.grpo.lr=3e-05 to finish that run" in str(err.value)
+    check_config(tmp_path, _config("trainer.grpo.steps=60", "trainer.grpo.lr=1e-5"))  # steps left: goes on at it
 
 
 def test_each_suggested_override_is_one_hydra_accepts(tmp_path):

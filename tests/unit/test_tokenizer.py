@@ -87,3 +87,30 @@ def test_an_unclosed_thinking_that_ended_on_eos_has_no_eos_in_its_steps(tmp_path
     closed_ids = encode(tok, "So 4.\n</think>\n\nThe answer is \\boxed{4}.") + [tok.eos_token_id]
     _, _, thinking, closed = response_thinking(tok, closed_ids)
     assert closed and thinking == "So 4.\n"
+
+
+def test_a_question_that_writes_a_control_token_as_text_is_refused_by_its_row(tmp_path):
+    """A question quoting "</think>" was encoded with the real </think> id inside the prompt (R1's EOS likewise):
+    engine, learners and reference all read a prompt whose thinking closed before the model's turn."""
+    import pytest
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.data import DataError, Example
+    from stepentropy_rl.driver.run import fit_context
+    from stepentropy_rl.tokenizer import control_text
+    from tests.unit.test_config import CONF
+
+    _, tok = _tok(tmp_path)
+    tok.add_tokens(["<think>", "</think>"])
+    assert control_text(tok, "Why does a model write </think> or <think>?") == "</think>"  # the first one written
+    assert control_text(tok, "A basket has 3 coins.") is None and control_text(tok, None) is None
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = build(compose("config", overrides=["+experiment=prune_sweep", "run_dir=/tmp/x"]))
+    quoting = Example(id="q7", prompt="Explain the tag </think>.", answer="1", where="data.jsonl:7")
+    with pytest.raises(DataError, match=r"data.jsonl:7: its question holds '</think>', which the tokenizer reads as its "
+                                        r"control token"):
+        fit_context(cfg, str(tmp_path), tok, [Example(id="ok", prompt="1+1?", answer="2"), quoting], "eval")
+    told = Example(id="s", prompt="1+1?", answer="2", system="End with <|endoftext|>.")
+    with pytest.raises(DataError, match=r"s: its system prompt holds '<\|endoftext\|>'"):
+        fit_context(cfg, str(tmp_path), tok, [told], "eval")
