@@ -28,8 +28,18 @@ def convert(rows: list[dict], where: str) -> list[Example]:
         answer = str(int(answer))
         if not 0 <= int(answer) <= 999:
             raise DataError(f"{where} row {i + 1}: an AIME answer is 0-999, got {answer}")
-        out.append(as_problem(row.get("id") or f"aime-{Path(where).stem}-{i}", problem, answer, row.get("solution")))
+        out.append(as_problem(problem_id(row, Path(where).stem, i), problem, answer, row.get("solution")))
     return out
+
+
+def problem_id(row: dict, stem: str, i: int) -> str:
+    """The row's own id where it names the problem ("2024-I-1"); a number (AIMO's and some 2025 copies' 0..N) is its
+    place in its file, so it gets the file's name, as a row without one does: two such files in one folder would
+    otherwise share their ids (and id 0 read as none)."""
+    own = text_field(row, "id")  # keys are lower-cased (rows_of)
+    if not own:
+        return f"aime-{stem}-{i}"
+    return f"aime-{stem}-{own}" if own.isdigit() else own
 
 
 def main() -> None:

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--out", default="runs/bench_bootstrap.json")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=500, help="held-out problems evaluated (default 500)")
+    ap.add_argument("--out", default="runs/bench_bootstrap.json", help="where the figures are saved")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.tiny.steps=300")
     args = ap.parse_args()
 

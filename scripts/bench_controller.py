@@ -227,12 +227,12 @@ def plot(results: dict, rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="runs/bench_controller")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, each a base and four runs")
+    ap.add_argument("--out", default="runs/bench_controller", help="folder of the runs, results.json and the plot")
     ap.add_argument("--against", type=Path, default=None,
                     help="another bench's results.json: each mode here minus the same mode there, per seed")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = ap.parse_args(argv)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,17 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_grpo_step.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.steps < 2:
+        ap.error(f"--steps must be at least 2: the first step is a warm-up and is not measured, got {args.steps}")
     run_dir = Path(tempfile.mkdtemp(prefix="bench_grpo_"))
     cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
            f"trainer.grpo.steps={args.steps}", f"trainer.grpo.save_every={args.steps}", "trainer.logger.wandb=disabled",
            "cluster.include_dashboard=false", *args.overrides]
     subprocess.run(cmd, cwd=ROOT, check=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "time/step" in r][1:] or [r for r in rows if "time/step" in r]
+    rows = [r for r in rows if "time/step" in r][1:]
+    if not rows:
+        raise SystemExit(f"{run_dir / 'metrics.jsonl'}: no GRPO step after the warm-up was logged")
     mean = {p: sum(r[f"time/{p}"] for r in rows) / len(rows) for p in PARTS}
     total = sum(mean.values())
     sync_mb = rows[0].get("sync/bytes", 0) / 2**20

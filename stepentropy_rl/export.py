@@ -1,4 +1,4 @@
-"""A run's model as a Hugging Face model directory, with a model card, ready for ``vllm serve`` or transformers.
+r"""A run's model as a Hugging Face model directory, with a model card, ready for vLLM's OpenAI server or transformers.
 
     python -m stepentropy_rl.export RUN_DIR OUT              # the final model (else the SFT model)
     python -m stepentropy_rl.export RUN_DIR OUT --step 12    # GRPO checkpoint grpo/step_12 (the learners' shards)
@@ -11,7 +11,7 @@ sampled, and how to serve it.
 Served as the run asked it: where the base's chat template does not open the thinking (Qwen3, older R1 template
 revisions), the run's prompts had ``<think>\n`` appended (``tokenizer.prompt_text``), so the export's template
 appends it too; ``generation_config.json`` carries the evaluation's sampling (temperature, top_p, max_new_tokens),
-which ``vllm serve`` takes as its default sampling.
+which vLLM's OpenAI server takes as its default sampling.
 """
 from __future__ import annotations
 

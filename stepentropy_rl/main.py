@@ -18,6 +18,7 @@ from stepentropy_rl.data import DataError
 
 log = logging.getLogger("stepentropy_rl")
 CPU_PRESETS = {"trainer": "cpu", "rollout": "vllm_cpu", "cluster": "local_cpu"}  # sized for the tiny reasoner
+TASK_DATA = ("basket", "basket_verbose")  # the embedded task's data presets: its prompt, exact grader, reward lengths
 # keys one pipeline never reads, which a user easily takes for the other's: (prefix, what to use instead)
 MISPLACED = {"train": ("pruning", "pruning.* configures the static study (+experiment=prune_sweep); training prunes "
                                   "its SFT data by trainer.prune.* (e.g. trainer.prune.ratio=0.4)"),
@@ -140,16 +141,25 @@ def close_log(buffer: logging.Handler, last: str | None = None) -> None:
 def preset_warning(job, choices: dict) -> str | None:
     """A real checkpoint (``model.path``) run with the groups sized for the tiny reasoner on 2 CPU cores (the
     defaults): it runs, but cuts an R1 CoT at a few hundred tokens (graded wrong) and trains at the tiny model's
-    learning rates. ``choices``: Hydra's chosen option per group. None when there is nothing to say."""
-    cpu = [f"{group}={option}" for group, option in CPU_PRESETS.items() if choices.get(group) == option]
-    if not job.model.path or not cpu:
+    learning rates; or on the embedded task's data preset (the default), whose prompt, exact grader and reward lengths
+    are the tiny reasoner's. ``choices``: Hydra's chosen option per group. None when there is nothing to say."""
+    if not job.model.path:
         return None
-    t = job.trainer
-    return (f"model.path is a checkpoint, but {' '.join(cpu)} are the presets for the tiny reasoner on 2 CPU cores: "
-            f"rollout.max_tokens={job.rollout.max_tokens}, trainer.grpo.max_tokens={t.grpo.max_tokens}, "
-            f"trainer.eval.max_tokens={t.eval.max_tokens} (a longer CoT is cut and graded wrong), "
-            f"trainer.sft.lr={t.sft.lr:g}, trainer.grpo.lr={t.grpo.lr:g}, {job.cluster.learner.backend} learners. "
-            f"On GPUs: trainer=gpu rollout=vllm_gpu cluster=gpu_8x (conf/*/gpu*.yaml)")
+    said, t = [], job.trainer
+    cpu = [f"{group}={option}" for group, option in CPU_PRESETS.items() if choices.get(group) == option]
+    if cpu:
+        said.append(f"{' '.join(cpu)} are the presets for the tiny reasoner on 2 CPU cores: "
+                    f"rollout.max_tokens={job.rollout.max_tokens}, trainer.grpo.max_tokens={t.grpo.max_tokens}, "
+                    f"trainer.eval.max_tokens={t.eval.max_tokens} (a longer CoT is cut and graded wrong), "
+                    f"trainer.sft.lr={t.sft.lr:g}, trainer.grpo.lr={t.grpo.lr:g}, {job.cluster.learner.backend} "
+                    f"learners. On GPUs: trainer=gpu rollout=vllm_gpu cluster=gpu_8x (conf/*/gpu*.yaml)")
+    if choices.get("data") in TASK_DATA and not job.data.path:
+        lengths = {k: v for k, v in job.reward.items() if k in ("length_budget", "max_length", "max_skips")}
+        said.append(f"data={choices['data']} is the embedded task's preset: its basket problems, prompt "
+                    f"{job.data.prompt_template!r}, the {job.data.grader} grader and reward lengths sized for the tiny "
+                    f"reasoner ({', '.join(f'reward.{k}={v}' for k, v in lengths.items())}). For a real model's data: "
+                    f"data=file data.path=... data.train_path=... (or data=gsm8k, math500, aime)")
+    return f"model.path is a checkpoint, but {'; and '.join(said)}" if said else None
 
 
 def launch(cfg: DictConfig) -> None:

@@ -8,8 +8,10 @@ are clipped to their last ``max_chars`` characters (where the final answer is) a
 flight, so a burst of huge answers is graded in bounded memory.
 
 Workers are forked: spawn and forkserver re-run the caller's main module in each worker, which breaks any script
-without a ``__main__`` guard. A forked worker that deadlocks on a lock another thread held at the fork is caught by
-the same hard limit and replaced.
+without a ``__main__`` guard. A forked worker that deadlocks on a lock another thread held at the fork, in a sample,
+is caught by the same hard limit and replaced; before its first sample (pebble starts a sample's clock when a worker
+takes it up), by ``stall_s``: the pool is made anew. A pool whose workers all died while idle is made anew at the next
+sample (pebble's stays broken).
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def _warm_up() -> None:
 
 
 # one number followed by words or a unit ("18 dollars", "10 cm^2"): read as LaTeX alone it is a product of letters
-# that no response matches; one letter ("5 x") is a product. Only one number: "4 hours 30 minutes" is no number
-NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*")
+# that no response matches; one letter ("5 x") is a product, and so is a constant or a function ("4 pi", "2 sqrt 3").
+# Only one number: "4 hours 30 minutes" is no number
+NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|cos|tan|log|ln|exp|e)\b)[A-Za-z]{2,}"
+                             r"(?:[A-Za-z ./]|\^\d+)*")
 # digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
 DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:! ]\s*|~|\s+)(?=\d{3}(?!\d))")
 
@@ -77,10 +81,14 @@ def verify_one(response: str, answer: str, timeout_s: float) -> bool:
     if box is None:
         return False
     budget = max(1, int(timeout_s))
+    answer = DIGIT_GROUP_GAP.sub("", answer)  # a gold's digit groups as a box's: "10\,000" is 10000, not 10*0
     gold = parse(f"${answer}$", parsing_timeout=budget)
     if words := NUMBER_IN_WORDS.fullmatch(answer):
         gold += parse(f"${words.group(1)}$", parsing_timeout=budget)
-    pred = parse(plain_box(response[box[0]: box[1] + 1], answer), parsing_timeout=budget)
+    plain = plain_box(response[box[0]: box[1] + 1], answer)
+    pred = parse(plain, parsing_timeout=budget)
+    if words := NUMBER_IN_WORDS.fullmatch(plain[len(BOXED): -1]):  # "\boxed{18 dollars}" read as a gold in words is
+        pred += parse(f"${words.group(1)}$", parsing_timeout=budget)
     return bool(verify(gold, pred, timeout_seconds=budget))
 
 
@@ -88,20 +96,35 @@ class MathGraderPool:
     """``grade(responses, answers) -> list[bool]`` on ``workers`` processes; failures and timeouts are ``False``.
 
     ``stats`` counts what went wrong since the pool was made: ``timeouts`` (workers killed), ``errors`` (a sample
-    that made math-verify raise) and ``clipped`` (responses longer than ``max_chars``)."""
+    that made math-verify raise, or lost its worker), ``stalls`` (samples no worker took up within ``stall_s``: the
+    pool was made anew) and ``clipped`` (responses longer than ``max_chars``). Workers that never start (two stalls
+    in a row, nothing graded between) are a RuntimeError."""
 
     def __init__(self, workers: int = 2, timeout_s: float = 5.0, max_chars: int = 4096, window: int | None = None,
-                 fn=verify_one, kill_after_s: float | None = None):
+                 fn=verify_one, kill_after_s: float | None = None, stall_s: float | None = None):
         if workers < 1 or timeout_s <= 0 or max_chars < 1:
             raise ValueError(f"workers, timeout_s and max_chars must be positive, got {workers}, {timeout_s}, "
                              f"{max_chars}")
-        self.timeout_s, self.max_chars, self.fn = timeout_s, max_chars, fn
+        importlib.import_module("math_verify")  # missing, it fails here, once, not in every worker's warm-up
+        self.timeout_s, self.max_chars, self.fn, self.workers = timeout_s, max_chars, fn, workers
         # gold parse + response parse + verify may each take timeout_s; past that the worker is killed
         self.kill_after_s = kill_after_s or 3 * timeout_s + 2
         self.window = window or 4 * workers
-        self.stats = {"graded": 0, "timeouts": 0, "errors": 0, "clipped": 0}
-        self._pool = ProcessPool(max_workers=workers, initializer=_warm_up,
-                                 context=multiprocessing.get_context("fork"))
+        # a sample waits for the ones queued before it (window / workers of them, each at most kill_after_s) and for
+        # a worker's warm-up; past that, its worker is stuck before its first sample
+        self.stall_s = stall_s or self.kill_after_s * (self.window // workers + 2) + 60
+        self.stats = {"graded": 0, "timeouts": 0, "errors": 0, "stalls": 0, "clipped": 0}
+        self._stalled = False  # the last sample stalled and none was graded since
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPool:
+        return ProcessPool(max_workers=self.workers, initializer=_warm_up, context=multiprocessing.get_context("fork"))
+
+    def _renew(self, why: str) -> None:
+        log.warning("math grader: %s; its workers are started anew", why)
+        self._pool.stop()
+        self._pool.join(timeout=10)
+        self._pool = self._new_pool()
 
     def _submit(self, response: str, answer: str):
         response, answer = str(response), str(answer)
@@ -111,15 +134,29 @@ class MathGraderPool:
 
             box = response.rfind(BOXED)
             response = response[box: box + self.max_chars] if box >= 0 else ""
+        if not self._pool.active:  # every worker died while idle (killed for memory): pebble's pool stays broken
+            self._renew("its workers died while idle")
         return self._pool.schedule(self.fn, args=(response, answer[: self.max_chars], self.timeout_s),
                                    timeout=self.kill_after_s)
 
     def _result(self, fut) -> bool:
         self.stats["graded"] += 1
         try:
-            return bool(fut.result())
+            right = bool(fut.result(timeout=self.stall_s))
+            self._stalled = False
+            return right
         except cf.TimeoutError:
-            self.stats["timeouts"] += 1
+            if fut.done():
+                self.stats["timeouts"] += 1
+                self._stalled = False
+            else:  # no worker took it up: one stuck before its first sample (a fork's deadlock in its warm-up)
+                self.stats["stalls"] += 1
+                if self._stalled:
+                    raise RuntimeError(f"math grader: no worker took up a sample within {self.stall_s:.0f} s, twice "
+                                       f"in a row with the pool started anew between: its workers do not start "
+                                       f"(math-verify's import or first grade hangs in a worker?)") from None
+                self._stalled = True
+                self._renew(f"a sample waited {self.stall_s:.0f} s for a worker")
         except Exception:  # garbage that makes math-verify raise, or a worker that died: wrong, never a crash
             self.stats["errors"] += 1
         return False
@@ -129,7 +166,7 @@ class MathGraderPool:
         responses, answers = list(responses), list(answers)
         if len(responses) != len(answers):
             raise ValueError(f"got {len(responses)} responses for {len(answers)} answers")
-        before = self.stats["timeouts"]
+        before, errors = self.stats["timeouts"], self.stats["errors"]
         out: list[bool] = [False] * len(responses)
         pending: deque = deque()
         for i, (r, a) in enumerate(zip(responses, answers)):
@@ -143,6 +180,9 @@ class MathGraderPool:
         if self.stats["timeouts"] > before:
             log.warning("math grader: %d of %d samples hit the %.0f s limit and count as wrong; their workers were "
                         "replaced", self.stats["timeouts"] - before, len(responses), self.kill_after_s)
+        if self.stats["errors"] > errors:
+            log.warning("math grader: %d of %d samples made math-verify raise or lost their worker, and count as wrong",
+                        self.stats["errors"] - errors, len(responses))
         return out
 
     def close(self) -> None:

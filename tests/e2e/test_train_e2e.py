@@ -324,7 +324,7 @@ def test_stages_redone_as_the_refusal_says_log_each_step_once(killed_then_resume
     (run_dir / "grpo").rename(run_dir.parent / f"{run_dir.name}_grpo.old")
     redo = _watched(run_dir, "trainer.prune.ratio=0.4")
     assert redo.returncode == 0, redo.stdout[-6000:]
-    assert "report.json is of stages this job runs again; removed" in redo.stdout
+    assert "report.json is of another config than this job's; removed" in redo.stdout  # before config.yaml is new
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     grpo = [r["step"] for r in rows if "phase/stage" in r]
     sft = [r["step"] for r in rows if any(k.startswith("sft/") for k in r)]

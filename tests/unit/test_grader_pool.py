@@ -143,3 +143,69 @@ def test_only_the_last_box_is_the_answer():
                                                  ("3.5 km/h", "3.5", True), ("5 x", "5", False)])
 def test_a_number_in_words_or_units_is_read_as_its_number(gold, boxed, right):
     assert verify_one(rf"\boxed{{{boxed}}}", gold, 2) == right
+
+
+def test_a_gold_with_digit_groups_is_read_as_its_number():
+    """The gaps were joined in the box only: the gold 10\\,000 was read as 10*0, so the right answer was graded wrong
+    and \\boxed{0} right."""
+    assert verify_one(r"\boxed{10000}", r"10\,000", 2) and not verify_one(r"\boxed{0}", r"10\,000", 2)
+    assert verify_one(r"\boxed{1000}", "1 000", 2) and not verify_one(r"\boxed{0}", "1 000", 2)
+    assert verify_one(r"\boxed{10\,000}", r"10\,000", 2)
+
+
+def test_a_constant_after_a_number_is_no_unit_and_a_boxed_unit_is_read_as_the_golds_is():
+    """The gold "4 pi" took 4 as a second gold; "\\boxed{18 dollars}" was wrong against 18 (the gold's "18 dollars"
+    was right against \\boxed{18})."""
+    assert not verify_one(r"\boxed{4}", "4 pi", 2) and not verify_one(r"\boxed{2}", "2 sqrt 3", 2)
+    assert verify_one(r"\boxed{18 dollars}", "18", 2) and not verify_one(r"\boxed{17 dollars}", "18", 2)
+    assert not verify_one(r"\boxed{4 hours 30 minutes}", "30", 2)
+
+
+def _grade_one(response, answer, timeout_s):
+    return response == answer
+
+
+def test_workers_killed_while_idle_are_replaced_at_the_next_grade():
+    """pebble's pool broke for good when its workers died between samples (the OOM killer): every later grade raised
+    'Unexpected error within the Pool'."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    pool = MathGraderPool(workers=1, fn=_grade_one)
+    try:
+        assert pool.grade(["1"], ["1"]) == [True]
+        for child in multiprocessing.active_children():
+            if child.pid not in before:
+                os.kill(child.pid, signal.SIGKILL)
+        time.sleep(1.0)
+        assert pool.grade(["1", "2"], ["1", "3"]) == [True, False]
+    finally:
+        pool.close()
+
+
+def test_a_worker_stuck_before_its_first_sample_stalls_once_then_is_an_error(monkeypatch):
+    """A forked worker deadlocked in its warm-up held grade() for good: pebble starts a sample's clock only when a
+    worker takes it up."""
+    import time
+
+    from stepentropy_rl.tasks import grader_pool
+
+    monkeypatch.setattr(grader_pool, "_warm_up", lambda: time.sleep(1000))
+    pool = MathGraderPool(workers=1, fn=_grade_one, stall_s=2)
+    try:
+        assert pool.grade(["1"], ["1"]) == [False] and pool.stats["stalls"] == 1
+        with pytest.raises(RuntimeError, match="its workers do not start"):
+            pool.grade(["1"], ["1"])
+    finally:
+        pool.close()
+
+
+def test_a_missing_math_verify_is_one_error_at_the_pools_start(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    with pytest.raises(ImportError):
+        MathGraderPool(workers=1)

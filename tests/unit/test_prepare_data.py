@@ -91,7 +91,19 @@ def test_aime_in_its_published_spellings(tmp_path):
     res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out")
     assert res.returncode == 0, res.stderr
     got, _ = both(tmp_path / "out", "aime", "test")
-    assert [(g.id, g.answer) for g in got] == [("2024-I-1", "204"), ("60", "33")]  # files by name
+    assert [(g.id, g.answer) for g in got] == [("2024-I-1", "204"), ("aime-aimo-60", "33")]  # files by name
+
+
+def test_two_aime_files_numbered_from_0_keep_their_problems_apart(tmp_path):
+    """AIMO's file and a 2025 copy both number their rows 0..N: their ids collided and the folder was refused, and
+    id 0 alone was read as no id."""
+    jsonl(tmp_path / "src" / "aimo.jsonl", [{"id": i, "problem": f"AIMO problem {i}", "answer": i} for i in range(3)])
+    jsonl(tmp_path / "src" / "aime_2025.jsonl", [{"id": i, "problem": f"2025 problem {i}", "answer": i}
+                                                 for i in range(3)])
+    res = prepare("aime", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    got, _ = both(tmp_path / "out", "aime", "test")
+    assert [g.id for g in got] == [f"aime-aime_2025-{i}" for i in range(3)] + [f"aime-aimo-{i}" for i in range(3)]
 
 
 def test_aime_read_in_two_formats_counts_each_problem_once(tmp_path):
@@ -117,7 +129,7 @@ def test_aime_read_in_two_formats_counts_each_problem_once(tmp_path):
     ("gsm8k", [{"question": ["q"], "answer": "w\n#### 3"}], "gsm8k train row 1: needs 'question'"),
     ("aime", [["not", "an", "object"]], "a row must be an object, got list"),
     ("aime", [{"id": 1, "problem": "a", "answer": 1}, {"id": 1, "problem": "b", "answer": 2}],
-     "rows 1 and 2 have one id '1'"),
+     "rows 1 and 2 have one id 'aime-test-1'"),
 ])
 def test_a_row_the_loader_would_refuse_is_refused_when_written(tmp_path, name, rows, message):
     """A null answer became the text "None" (graded wrong ever after), "#### " an empty answer the loader refuses,
