@@ -127,8 +127,10 @@ class Learner:
     # ---- weights and checkpoints ---------------------------------------------------------------------------------
     def _export_items(self) -> list:
         """``(name, sharded tensor)`` of everything a weight push sends, in state-dict order (the same on every
-        rank); a tied ``lm_head.weight`` is sent too, since the engines need the complete state dict."""
-        items = list(self.model.state_dict().items())
+        rank); a tied ``lm_head.weight`` is sent too, since the engines need the complete state dict. Floating-point
+        entries only: a push sends one dtype (``weight_sync.plan_buckets``), which would turn an integer or bool
+        buffer (a constant the engine loaded with the checkpoint; Qwen2 and Llama have none) into floats."""
+        items = [(n, t) for n, t in self.model.state_dict().items() if t.is_floating_point()]
         if getattr(self.model.config, "tie_word_embeddings", False) and "lm_head.weight" not in dict(items):
             items.append(("lm_head.weight", dict(items)["model.embed_tokens.weight"]))
         return items

@@ -149,6 +149,27 @@ def test_sft_steps_lower_nll_and_checkpoint_round_trips(setup, tmp_path):
     assert torch.allclose(restored, before, atol=1e-5)
 
 
+def test_the_gradient_norm_is_the_whole_batch_ones(setup, micro_model, tmp_path):
+    """The ranks' losses are scaled by the world size over the whole batch's token count and FSDP2 averages their
+    gradients: a reduction that summed, or a clip on one shard's norm, passed every other test (AdamW cancels a
+    gradient's scale). Checked against the whole batch's token-mean NLL gradient in one plain process."""
+    from safetensors.torch import load
+    from transformers import AutoModelForCausalLM
+
+    group, batch, _ = setup
+    model = AutoModelForCausalLM.from_pretrained(micro_model)
+    model.load_state_dict(load(group.state_bytes()), strict=False)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    mask = batch.loss_mask[:, 1:].float()  # position t scores token t + 1
+    (-(lp * mask).sum() / mask.sum()).backward()
+    want = float(torch.sqrt(sum((q.grad ** 2).sum() for q in model.parameters() if q.grad is not None)))
+    group.save_checkpoint(str(tmp_path / "ckpt"))
+    got = group.train_step(batch, {"kind": "sft"})["grad_norm"]
+    group.load_checkpoint(str(tmp_path / "ckpt"))  # the module's group goes on as it was
+    assert got == pytest.approx(want, rel=1e-4)  # the norm the clip measured (clip_grad_norm_'s return)
+
+
 def test_full_state_export_loads_in_transformers(setup, micro_model, tmp_path):
     from safetensors.torch import load
     from transformers import AutoModelForCausalLM

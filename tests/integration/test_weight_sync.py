@@ -123,6 +123,21 @@ def test_send_checks_the_plan_against_the_learners_names():
         send(None, plan, iter([("b", torch.zeros(2))]), "cpu")
 
 
+def test_a_push_sends_the_floating_weights_only():
+    """A push sends one dtype: an integer buffer in the state dict was planned and cast to bf16 with the weights."""
+    from types import SimpleNamespace
+
+    from workers.learner import Learner
+
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("token_type", torch.tensor([3, 1], dtype=torch.int64))
+    model.config = SimpleNamespace(tie_word_embeddings=False)
+    learner = SimpleNamespace(model=model, export_dtype=torch.bfloat16)
+    learner._export_items = lambda: Learner._export_items(learner)
+    assert [name for name, _ in Learner._export_items(learner)] == ["weight", "bias"]
+    assert Learner.weight_specs(learner) == ("bfloat16", [("weight", [2, 2]), ("bias", [2])])
+
+
 @pytest.mark.engine
 def test_learners_stream_weights_into_a_running_engine_and_recover_a_restarted_one(ray_session, micro_model):
     """After SFT steps the engine samples from the learners' weights (log-probs equal); Ray restarts a killed engine
