@@ -42,7 +42,8 @@ def unfinished(sweep: Path) -> list[Path]:
     """Run directories under ``sweep`` (a ``config.yaml``) without results: jobs that failed, were killed or still run;
     left out of the table, so the caller names them."""
     done = set(find_jobs(sweep))
-    return sorted(p.parent for p in sweep.rglob("config.yaml") if p.parent not in done and p.parent.name != ".hydra")
+    return sorted(p.parent for p in sweep.rglob("config.yaml") if p.parent not in done
+                  and not {".hydra", "wandb"} & set(p.relative_to(sweep).parts))  # Hydra's and wandb's own configs
 
 
 def _flat(d, prefix=""):

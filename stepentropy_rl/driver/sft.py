@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: PruneStageConfig, sampling: dict,
-                         ref_batch_size: int = 16, cache=None,
-                         ref_chunk_rows: int = 2048) -> tuple[list[dict], dict]:
-    """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
+                         ref_batch_size: int = 16, cache=None, ref_chunk_rows: int = 2048,
+                         answer_temperature: float | None = None) -> tuple[list[dict], dict]:
+    """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats. The CoTs are
+    sampled under ``sampling``, the answers after pruned thinking at ``answer_temperature`` (``rollout``'s; None:
+    the CoTs' temperature).
 
     ``prune.keep_verified`` keeps a row only if the policy, given the pruned thinking, still answers right; it reads
     the thinking with the pruned steps deleted (``verify_with: deletion``) or with the row's placeholder
@@ -104,8 +106,9 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
     verify_start = time.perf_counter()
     seconds["score"] = verify_start - clock - seconds["generate"]  # grade, reference entropies, pruning
     if prune.keep_verified and candidates:
-        regen = rollout.generate([c["prefix"] for c in candidates],
-                                 {**sampling, "max_tokens": prune.answer_max_tokens, "skip_special_tokens": False})
+        answer = {} if answer_temperature is None else {"temperature": float(answer_temperature)}
+        regen = rollout.generate([c["prefix"] for c in candidates], {**sampling, **answer, "skip_special_tokens": False,
+                                                                     "max_tokens": prune.answer_max_tokens})
         # the regenerated text is what follows </think> after the pruned thinking
         kept = grade_all(grade, [THINK_CLOSE + a[0]["text"] for a in regen], [c["answer"] for c in candidates])
         rows = [c for c, keep in zip(candidates, kept) if keep]

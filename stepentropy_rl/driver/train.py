@@ -79,6 +79,15 @@ def check_config(run_dir: Path, config: dict) -> None:
     from stepentropy_rl.driver.stage_config import conflicts
 
     stages = Stages(run_dir)
+    gap = next((name for name in ORDER if not stages.done(name)), None)
+    after = [name for name in ORDER[ORDER.index(gap) + 1:] if stages.done(name)] if gap else []
+    if after:  # a marker deleted alone: the stages after it are of the outputs this job makes anew
+        also = f" (and move {run_dir / 'grpo'} aside: its checkpoints resume the old GRPO)" \
+            if (run_dir / "grpo").exists() and ORDER.index(gap) <= ORDER.index("grpo") else ""
+        raise ConfigError(f"{run_dir}: stages/{gap}.done is gone but {', '.join(f'{n}.done' for n in after)} "
+                          f"remain: they are of the {gap!r} outputs this job makes anew, and would be kept and "
+                          f"reported beside them. Delete those markers too to redo the stages after it{also}, or "
+                          f"put stages/{gap}.done back to resume as it was")
     recorded = {name: stages.info(name).get("config") for name in ORDER if stages.done(name)}
     found = conflicts({k: v for k, v in recorded.items() if v is not None}, run_config(config))
     if found:
@@ -359,7 +368,7 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             rollouts.serve(str(init))  # the policy's own CoTs
             rows, stats = build_pruned_dataset(train_problems, rollouts, reference, tok, grade, tc.prune, sampling,
                                                cfg.reference.batch_size, base_cache if tc.prune.cache else None,
-                                               cfg.reference.chunk_rows)
+                                               cfg.reference.chunk_rows, cfg.rollout.answer_temperature)
             write_jsonl(prune_dir / "sft_data.jsonl", rows)
             die_at("prune_written")
             atomic_write_json(prune_dir / "stats.json", stats)

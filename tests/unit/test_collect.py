@@ -138,6 +138,18 @@ def test_a_study_sweep_plots_one_line_per_strategy_and_orders_jobs_by_number(tmp
     assert lines == [(s, [0.2, 0.4, 0.6, 0.8]) for s in ("low", "high", "random")]
 
 
+def test_the_config_files_of_hydra_and_wandb_inside_a_job_are_no_jobs(tmp_path):
+    """wandb online writes wandb/run-*/files/config.yaml in the run directory: each was listed as a job without
+    results."""
+    from stepentropy_rl.collect import unfinished
+
+    job(tmp_path / "0", 0.4, summary=[row(0.4, 0.9)])
+    for inner in ("wandb/run-20261206_2200-abc/files", ".hydra"):
+        (tmp_path / "0" / inner).mkdir(parents=True)
+        (tmp_path / "0" / inner / "config.yaml").write_text("x: 1\n")
+    assert unfinished(tmp_path) == []
+
+
 def test_a_rerun_under_another_config_clears_the_old_results_before_it_writes_its_config(tmp_path):
     """A study rerun in its directory with another ratio that then failed left the old ratio's summary.json beside
     the new config.yaml, and collect listed the old figures under the new ratio as a finished job."""

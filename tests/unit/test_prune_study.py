@@ -349,6 +349,24 @@ def test_the_prune_stage_scores_in_the_configured_chunks(setup):
     assert asked and set(asked) == {512}
 
 
+def test_the_answer_check_samples_at_the_answer_temperature(setup):
+    """rollout.answer_temperature ("regenerating the answer after pruned thinking") was read by the study only: the
+    prune stage's check sampled at the CoTs' temperature, and a greedy check (0) changed nothing."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    roll, asked = FakeRollout(probs), []
+    roll.tok = tok
+    generate = roll.generate
+    roll.generate = lambda prompts, sampling: asked.append(sampling) or generate(prompts, sampling)
+    build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"),
+                         PruneStageConfig(answer_max_tokens=16), {"temperature": 0.6, "top_p": 1.0, "max_tokens": 384},
+                         answer_temperature=0.0)
+    assert [s["temperature"] for s in asked] == [0.6, 0.0] and asked[1]["max_tokens"] == 16  # the CoTs, the check
+
+
 class LoopingRollout(CutAtMaxTokens):
     """Right to the answer and on: R1 looping after its boxed answer."""
 

@@ -47,6 +47,22 @@ def test_a_changed_key_that_a_finished_stage_depends_on_is_refused(tmp_path):
         check_config(tmp_path, _config("seed=1"))
 
 
+def test_a_marker_deleted_alone_refuses_the_rerun_until_the_later_ones_go_too(tmp_path):
+    """Only sft.done deleted: SFT was trained anew while eval_sft, grpo and eval_final were skipped, and the report
+    showed the old model's evaluations beside the new SFT model."""
+    _finished(tmp_path, _config(), names=("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final"))
+    _grpo_checkpoint(tmp_path, _config(), step=40)
+    (tmp_path / "stages" / "sft.done").unlink()
+    with pytest.raises(ConfigError, match=re.escape("stages/sft.done is gone but eval_sft.done, grpo.done, "
+                                                    "eval_final.done remain")) as err:
+        check_config(tmp_path, _config())
+    assert f"move {tmp_path / 'grpo'} aside" in str(err.value)
+    for name in ("eval_sft", "grpo", "eval_final"):
+        (tmp_path / "stages" / f"{name}.done").unlink()
+    (tmp_path / "grpo").rename(tmp_path / "grpo.old")
+    check_config(tmp_path, _config())  # deleted in order, as the refusals say: the stages after it are redone
+
+
 def test_the_same_config_a_later_stage_and_what_decides_nothing_pass(tmp_path):
     """Resuming after a crash; GRPO rerun under another phase mode from a copy cut back to before GRPO (the controller
     bench); logging, caches, restarts and fault injection."""
@@ -104,7 +120,8 @@ def test_a_run_begun_from_another_tiny_reasoner_is_refused_before_the_bootstrap(
 
 
 def test_markers_written_before_they_held_a_config_are_not_checked(tmp_path):
-    Stages(tmp_path).mark("prune")
+    for name in ("init", "eval_base", "prune"):
+        Stages(tmp_path).mark(name)
     check_config(tmp_path, _config("trainer.prune.ratio=0.4"))
 
 
