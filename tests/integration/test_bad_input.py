@@ -131,6 +131,7 @@ def test_a_rerun_on_rewritten_data_is_refused_before_it_rewrites_the_runs_record
     cfg = build(compose(args))
     job = prepare(cfg, pipeline_for(cfg))
     job.lock.release()
+    Stages(run_dir).mark("init", {"base": micro_model})
     Stages(run_dir).mark("eval_base", {"eval_problems": problems_digest(job.eval_problems)})
     before = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "data_report.json")}
     data_file(tmp_path, GOOD.encode() + NL + GOOD.replace("Ann 2", "Ann 5").replace('"3"', '"6"').encode() + NL)
