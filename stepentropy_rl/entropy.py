@@ -276,8 +276,16 @@ def scored_steps(tokenizer, ids: list[int], entropy: list[float], delimiter: str
                  ) -> tuple[list[str], list[float]]:
     """The thinking of a response given as token ids, cut into steps on ``delimiter``: (step texts, step entropies),
     a step's entropy being the ``aggregate`` (sum | mean) of its tokens' ``entropy`` (one value per id)."""
+    _, _, spans, ents = scored_spans(tokenizer, ids, entropy, delimiter, aggregate)
+    return [s.text.strip() for s in spans], ents
+
+
+def scored_spans(tokenizer, ids: list[int], entropy: list[float], delimiter: str, aggregate: str
+                 ) -> tuple[str, list[tuple[int, int]], list[StepSpan], list[float]]:
+    """``scored_steps`` with what locates the steps in ``ids``: (thinking text, each id's character offsets, the
+    steps' spans, their entropies)."""
     from stepentropy_rl.tokenizer import response_thinking
 
     _, offsets, thinking, _ = response_thinking(tokenizer, ids)
     spans = segment_steps(thinking, offsets, delimiter)
-    return [s.text.strip() for s in spans], step_entropies(entropy, spans, aggregate)
+    return thinking, offsets, spans, step_entropies(entropy, spans, aggregate)

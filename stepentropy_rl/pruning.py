@@ -127,6 +127,51 @@ def prune_steps(
     return PrunedCoT(steps=out, pruned=pruned, n_pruned=len(chosen_set))
 
 
+def pruned_ids(tokenizer, ids: list[int], offsets: list[tuple[int, int]], thinking: str, spans: list,
+               pruned: list[bool], placeholder: list[int] | None, merge_runs: bool = False) -> list[int]:
+    """The thinking of the CoT ``ids`` with its ``pruned`` steps (one flag per ``entropy.segment_steps`` span) taken
+    out, built from the CoT's own ids: a kept step is its tokens as the model wrote them; a pruned one is the
+    ``placeholder`` ids and then the whitespace that ended the step (its own tokens where they hold only whitespace,
+    else that text encoded), or nothing where ``placeholder`` is None (deletion); with ``merge_runs`` a run of
+    pruned steps gets one placeholder. Whatever step comes last ends in the last step's closing whitespace.
+
+    Encoding the pruned thinking as text instead tokenizes the same characters differently beside an added token:
+    the tiny reasoner's tokenizer merges the "\n\n" before ``[SKIP]`` into one token that its base never writes.
+    """
+    from stepentropy_rl.tokenizer import encode
+
+    def split(s) -> tuple[int, str, bool]:  # (first id reaching into the closing whitespace, that text, aligned)
+        end = s.char_start + len(s.text.rstrip())
+        j = s.tok_start
+        while j < s.tok_end and offsets[j][1] <= end:
+            j += 1
+        return j, thinking[end:s.char_end], j == s.tok_end or offsets[j][0] >= end
+
+    def tail(s) -> list[int]:
+        j, text, aligned = split(s)
+        return list(ids[j:s.tok_end]) if aligned else encode(tokenizer, text)
+
+    def closed_as_last(s) -> list[int]:
+        j, _, aligned = split(s)
+        lj, last_text, last_aligned = split(spans[-1])
+        if aligned and last_aligned:
+            return list(ids[s.tok_start:j]) + list(ids[lj:spans[-1].tok_end])
+        start = offsets[j][0] if j < s.tok_end else s.char_start + len(s.text.rstrip())
+        return list(ids[s.tok_start:j]) + encode(tokenizer, thinking[start:s.char_start + len(s.text.rstrip())]
+                                                 + last_text)
+
+    units = [(s, not cut) for k, (s, cut) in enumerate(zip(spans, pruned))
+             if not cut or (placeholder is not None and not (merge_runs and k + 1 < len(spans) and pruned[k + 1]))]
+    out: list[int] = []
+    for n, (s, kept) in enumerate(units):
+        last = n == len(units) - 1 and s is not spans[-1]
+        if kept:
+            out += closed_as_last(s) if last else list(ids[s.tok_start:s.tok_end])
+        else:
+            out += list(placeholder) + tail(spans[-1] if last else s)
+    return out
+
+
 def add_skip_token(tokenizer, model=None, token: str = SKIP_TOKEN, pad_to_multiple_of: int = 64) -> int:
     """Register `token` as a normal (non-special) added token and return its id.
 

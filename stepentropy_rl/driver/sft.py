@@ -20,16 +20,16 @@ from stepentropy_rl.driver import progress
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_cache import CachedCoTs, written
-from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
+from stepentropy_rl.cot_format import THINK_CLOSE, answer_text, split_thinking
 from stepentropy_rl.data import DataError
 from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.driver.tracking import require_finite
-from stepentropy_rl.entropy import scored_steps
-from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.entropy import scored_spans
+from stepentropy_rl.pruning import prune_steps, pruned_ids
 from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tasks.grading import grade_all
-from stepentropy_rl.tokenizer import count_tokens, encode, prompt_ids, prompt_text
+from stepentropy_rl.tokenizer import encode, prompt_ids, token_offsets
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                          "have none")
     clock = time.perf_counter()
     seconds = {}
-    prompts = [prompt_text(tokenizer, p) for p in problems]
     pids = [prompt_ids(tokenizer, p) for p in problems]
     if prune.source == "gold":  # the dataset's own verbose solutions instead of the policy's CoTs
         gold = [{"text": p.solution or "", "token_ids": encode(tokenizer, p.solution or "")} for p in problems]
@@ -82,23 +81,32 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                                                               [cots[i]["token_ids"] for i in idx], ref_batch_size,
                                                               ref_chunk_rows))
     candidates = []
+    placeholder = encode(tokenizer, prune.placeholder) if prune.placeholder else None  # one id once training added it
+    close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
     for i, ent in zip(ok, entropies):
-        texts, ents = scored_steps(tokenizer, cots[i]["token_ids"], ent, prune.delimiter,
-                                   prune.aggregate)
+        ids = cots[i]["token_ids"]
+        thinking, offsets, spans, ents = scored_spans(tokenizer, ids, ent, prune.delimiter, prune.aggregate)
+        texts = [s.text.strip() for s in spans]
         pruned = prune_steps(texts, ents, "low", prune.ratio, placeholder=prune.placeholder or None,
                              protect_first=prune.protect_first, protect_last=prune.protect_last,
                              merge_runs=prune.merge_runs)
-        answer_part = answer_text(cots[i]["text"])
-        thinking = pruned.text(prune.delimiter)
-        probe = thinking
+        # from the CoT's own ids: the pruned text encoded anew tokenizes differently beside [SKIP] (pruning.pruned_ids)
+        kept = pruned_ids(tokenizer, ids, offsets, thinking, spans, pruned.pruned, placeholder, prune.merge_runs)
+        probe = kept
         if prune.verify_with == "deletion":  # the same steps, left out without a trace
-            probe = prune.delimiter.join(t for t, cut in zip(texts, pruned.pruned) if not cut)
+            probe = pruned_ids(tokenizer, ids, offsets, thinking, spans, pruned.pruned, None)
+        n_think = spans[-1].tok_end if spans else 0  # the spans tile the thinking's ids; </think> and the answer follow
+        after = list(ids[n_think:])
+        if after and after[-1] == tokenizer.eos_token_id:  # vLLM keeps the EOS it stopped at; SFT adds its own
+            after.pop()
+        if after[:1] != [close_id]:  # "</think>" written in pieces, not as its token: the answer's text encoded
+            after = [close_id] + encode(tokenizer, answer_text(cots[i]["text"]))
         asked = {k: v for k, v in (("system", problems[i].system), ("chat_kwargs", problems[i].chat_kwargs)) if v}
+        response_ids = kept + after
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, **asked, "answer": problems[i].answer,
-                           "response": f"{thinking}\n{THINK_CLOSE}{answer_part}", "n_steps": len(texts),
-                           "n_pruned": pruned.n_pruned, "prefix": encode(tokenizer, answer_prefix(prompts[i], probe)),
-                           "tokens_full": count_tokens(tokenizer, prune.delimiter.join(texts)),
-                           "tokens_pruned": count_tokens(tokenizer, thinking)})
+                           "response": token_offsets(tokenizer, response_ids)[0], "response_ids": response_ids,
+                           "n_steps": len(texts), "n_pruned": pruned.n_pruned,
+                           "prefix": pids[i] + probe + after[:1], "tokens_full": n_think, "tokens_pruned": len(kept)})
         if with_labels:
             candidates[-1]["lost_essential"] = sum(cut and label_step(t)[0] == "essential"
                                                    for t, cut in zip(texts, pruned.pruned))
@@ -207,7 +215,15 @@ def epoch_batches(rows: int, batch_size: int, steps: int, rng: random.Random) ->
 
 
 def sft_batch(tokenizer, rows: list[dict]) -> Batch:
-    """Each row's prompt ids as every actor sees them, then its response ids and the tokenizer's EOS id."""
+    """Each row's prompt ids as every actor sees them, then its response ids and the tokenizer's EOS id. The response
+    ids are the row's ``response_ids`` (the prune stage's, from the CoT's own ids); a row without them (written by
+    an older version, or by hand) has its ``response`` text encoded."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from_text = sum("response_ids" not in r for r in rows)
+    if from_text:
+        log.warning("%d SFT rows have no response_ids: their text is encoded, which tokenizes the whitespace before "
+                    "[SKIP] as the base never writes it; rerun the prune stage to build them from the CoTs' ids",
+                    from_text)
     return Batch.from_pairs([prompt_ids(tokenizer, r) for r in rows],
-                            [encode(tokenizer, r["response"]) + [tokenizer.eos_token_id] for r in rows], pad)
+                            [list(r.get("response_ids") or encode(tokenizer, r["response"])) + [tokenizer.eos_token_id]
+                             for r in rows], pad)

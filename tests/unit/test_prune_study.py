@@ -332,6 +332,41 @@ def test_training_prune_stage_keeps_only_reverified_pruned_cots(setup):
         assert r["response"].endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
 
 
+def test_sft_rows_are_the_cots_own_ids_but_the_pruned_steps(setup):
+    """The SFT rows were encoded from their text, and a tokenizer splits text at an added token: the "\\n\\n" before
+    each [SKIP] became one merged token that the base never writes (the tiny reasoner: 0 in its base's 2048 CoTs, 8513
+    in 1954 rows) and that every SFT and GRPO model learned to write. A row is now its CoT's ids with each pruned step
+    replaced by [SKIP] and the newlines that ended it; so is what SFT trains on."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset, sft_batch
+    from stepentropy_rl.pruning import add_skip_token
+    from stepentropy_rl.tasks.grading import make_grader
+    from stepentropy_rl.tokenizer import encode
+
+    probs, _, _ = setup
+    # "\n\n" ending a text teaches the merged token, as the tiny reasoner's tokenizer has it
+    tok = train_tokenizer([p.prompt + "\n" + p.solution for p in probs] + ["Yes.\n\n"] * 20, 600)
+    skip, merged = add_skip_token(tok), tok.convert_tokens_to_ids("\u010a\u010a")
+    roll = FakeRollout(probs)
+    roll.tok = tok
+    prune = PruneStageConfig(ratio=0.5, keep_verified=True, keep_essential=False, answer_max_tokens=16,
+                             merge_runs=False)
+    rows, _ = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                   {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    by_id = {p.id: p for p in probs}
+    # the case: most rows' text encodes to the merged token, which no CoT holds
+    assert merged is not None and sum(merged in encode(tok, r["response"]) for r in rows) >= len(rows) / 2 > 0
+    for r in rows:
+        cot = encode(tok, by_id[r["id"]].solution)
+        assert merged not in cot
+        ids = sft_batch(tok, [r]).response_ids(0)
+        assert ids[-1] == tok.eos_token_id and merged not in ids and ids.count(skip) == r["n_pruned"] > 0
+        stretches = " ".join(map(str, ids[:-1])).split(str(skip))  # between the [SKIP]s: the CoT's ids as written
+        assert all(f" {s.strip()} " in f" {' '.join(map(str, cot))} " for s in stretches if s.strip())
+        assert r["tokens_full"] == cot.index(tok.convert_tokens_to_ids("</think>"))
+        assert r["tokens_pruned"] == ids.index(tok.convert_tokens_to_ids("</think>"))
+
+
 def test_the_prune_stage_scores_in_the_configured_chunks(setup):
     """reference.chunk_rows bounds the logits the reference holds at once (1.25 GB a chunk of 2048 rows with R1's
     152k outputs): the prune stage passes it on, as the study does (it used the default)."""

@@ -294,3 +294,63 @@ def test_a_spare_row_taken_by_skip_starts_at_the_mean_of_the_known_tokens_rows(t
         emb[sid] += 1.0  # as SFT would move it
     add_skip_token(tok, model)
     assert torch.equal(emb[sid], before[sid] + 1.0)
+
+
+# ---------------------------------------------------------------- pruned CoTs from the CoT's own ids
+class GreedyTokenizer:
+    """Longest match over ``vocab``: enough of a tokenizer for ``pruned_ids``' fallback encoding."""
+
+    def __init__(self, vocab):
+        self.vocab = sorted(vocab, key=len, reverse=True)
+
+    def __call__(self, text, add_special_tokens=False):
+        ids, pos = [], 0
+        while pos < len(text):
+            piece = next(v for v in self.vocab if text.startswith(v, pos))
+            ids.append(piece)
+            pos += len(piece)
+        return type("Encoded", (), {"input_ids": ids})()
+
+
+def _pruned(tokens, flags, placeholder=("[SKIP]",), merge_runs=False):
+    """``pruned_ids`` on a CoT given as its token strings (the tokens stand for their own ids)."""
+    from stepentropy_rl.entropy import segment_steps
+    from stepentropy_rl.pruning import pruned_ids
+
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append((pos, pos + len(t)))
+        pos += len(t)
+    thinking = "".join(tokens)
+    spans = segment_steps(thinking, offsets, "\n\n")
+    assert len(spans) == len(flags)
+    tok = GreedyTokenizer(["\n\n", "\n", ".\n", ".\n\n", ".", "A", "B", "C"])
+    return pruned_ids(tok, tokens, offsets, thinking, spans, flags, list(placeholder) if placeholder else None,
+                      merge_runs)
+
+
+TINY_COT = ["A", ".", "\n", "\n", "B", ".", "\n", "\n", "C", ".", "\n"]  # newlines as their own tokens
+R1_COT = ["A", ".\n\n", "B", ".\n\n", "C", ".\n"]  # R1's BPE merges the full stop with the newlines
+
+
+@pytest.mark.parametrize("cot, flags, placeholder, expected", [
+    (TINY_COT, [False, True, False], True, ["A", ".", "\n", "\n", "[SKIP]", "\n", "\n", "C", ".", "\n"]),
+    (TINY_COT, [False, False, True], True, ["A", ".", "\n", "\n", "B", ".", "\n", "\n", "[SKIP]", "\n"]),
+    (TINY_COT, [False, False, True], False, ["A", ".", "\n", "\n", "B", ".", "\n"]),
+    (TINY_COT, [True, False, False], False, ["B", ".", "\n", "\n", "C", ".", "\n"]),
+    (R1_COT, [False, True, False], True, ["A", ".\n\n", "[SKIP]", "\n\n", "C", ".\n"]),
+    (R1_COT, [False, False, True], True, ["A", ".\n\n", "B", ".\n\n", "[SKIP]", "\n"]),
+    (R1_COT, [False, False, True], False, ["A", ".\n\n", "B", ".\n"]),
+])
+def test_a_pruned_cot_is_its_own_ids_but_the_pruned_steps(cot, flags, placeholder, expected):
+    """Kept steps are the tokens the model wrote; a pruned step is ``[SKIP]`` and the whitespace that ended it (its
+    own tokens where they hold only whitespace, else that text encoded); the thinking ends in the last step's closing
+    whitespace, whichever step is last. Encoded as text instead, the tiny tokenizer merged the newlines before an
+    added token into one the base never writes."""
+    assert _pruned(cot, flags, placeholder=("[SKIP]",) if placeholder else None) == expected
+
+
+def test_a_run_of_pruned_steps_gets_one_placeholder_with_merge_runs():
+    assert _pruned(R1_COT, [True, True, False], merge_runs=True) == ["[SKIP]", "\n\n", "C", ".\n"]
+    assert _pruned(R1_COT, [True, True, False]) == ["[SKIP]", "\n\n", "[SKIP]", "\n\n", "C", ".\n"]
+    assert _pruned(TINY_COT, [False, True, True], merge_runs=True) == ["A", ".", "\n", "\n", "[SKIP]", "\n"]
