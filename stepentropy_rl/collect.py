@@ -39,11 +39,34 @@ def _natural(path: Path) -> list:
 
 
 def unfinished(sweep: Path) -> list[Path]:
-    """Run directories under ``sweep`` (a ``config.yaml``) without results: jobs that failed, were killed or still run;
-    left out of the table, so the caller names them."""
+    """Run directories under ``sweep`` without results: jobs that failed, were killed or still run; left out of the
+    table, so the caller names them. A run directory holds a ``config.yaml``, or only Hydra's
+    ``.hydra/overrides.yaml`` (a job stopped before it wrote its config: bad data, killed building the model)."""
     done = set(find_jobs(sweep))
-    return sorted(p.parent for p in sweep.rglob("config.yaml") if p.parent not in done
-                  and not {".hydra", "wandb"} & set(p.relative_to(sweep).parts))  # Hydra's and wandb's own configs
+    runs = {p.parent for p in sweep.rglob("config.yaml")
+            if not {".hydra", "wandb"} & set(p.relative_to(sweep).parts)}  # Hydra's and wandb's own configs
+    runs |= {p.parent.parent for p in sweep.rglob(".hydra/overrides.yaml")}
+    return sorted(runs - done, key=_natural)
+
+
+def resume_command(job: Path) -> str | None:
+    """The command that finishes one sweep job on its own (its overrides from Hydra's ``.hydra/overrides.yaml`` and
+    ``run_dir=`` the job's directory): a rerun of the whole sweep renumbers jobs that a shorter value list leaves out.
+    None without Hydra's record."""
+    try:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    kept = [str(o) for o in overrides if not str(o).startswith("run_dir=")]
+    return " ".join(["python -m stepentropy_rl.main", *map(_quoted, kept), _quoted(f"run_dir={job.resolve()}")])
+
+
+def _quoted(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
 
 
 def _flat(d, prefix=""):
@@ -198,9 +221,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     bad: list = []
     rows, missing = collect(args.sweep, bad), unfinished(args.sweep)
-    gone = (f"{len(missing)} job{'s' * (len(missing) > 1)} without results (failed, killed or still running; "
-            f"rerun with the same hydra.sweep.dir and overrides to finish): "
-            + ", ".join(str(p.relative_to(args.sweep)) for p in missing)) if missing else ""
+    gone = (f"{len(missing)} job{'s' * (len(missing) > 1)} without results (failed, killed or still running; to "
+            f"finish one, rerun its command): "
+            + "; ".join(f"{p.relative_to(args.sweep)}" + (f" ({cmd})" if (cmd := resume_command(p)) else "")
+                        for p in missing)) if missing else ""
     if bad:
         gone = "; ".join([gone] * bool(gone) + [f"{p.relative_to(args.sweep)}: results unreadable ({why}), left out"
                                                  for p, why in bad])

@@ -105,10 +105,13 @@ def claim_run_dir(run_dir: str, sweep_dir: str, overrides: list[str]) -> None:
         except ValueError:
             theirs = {}
         if theirs.get("sweep_dir") == mine["sweep_dir"] and theirs.get("overrides") != mine["overrides"]:
-            raise ConfigError(f"run_dir {run_dir!r} is the run directory of another job of this sweep "
-                              f"({' '.join(theirs.get('overrides', []))}): under -m each job needs its own run_dir "
-                              f"(leave run_dir out: each job writes to {sweep_dir}/job<N>; or make it differ per job, "
-                              f"e.g. run_dir='runs/ratio_${{trainer.prune.ratio}}')")
+            swept = sorted({override_key(o) for o in set(theirs.get("overrides", [])) ^ set(mine["overrides"])}
+                           - {"run_dir"})  # what tells the two jobs apart
+            example = "_".join(f"{k.split('.')[-1]}${{{k}}}" for k in swept) or "job"
+            raise ConfigError(f"run_dir {run_dir!r} is the run directory of another job of this sweep, or of an "
+                              f"earlier sweep in the same directory ({' '.join(theirs.get('overrides', []))}): under "
+                              f"-m each job needs its own run_dir (leave run_dir out: each job writes to "
+                              f"{sweep_dir}/job<N>; or make it differ per job, e.g. run_dir='runs/{example}')")
         atomic_write_json(path, mine)
 
 
@@ -208,6 +211,10 @@ def launch(cfg: DictConfig) -> None:
             raise JobFailed(message) from None
         last = message
         raise SystemExit(message) from None
+    except Exception:
+        if in_multirun():  # Hydra keeps a failed job's exception without a word and raises only the first job's
+            log.exception("the job failed; the sweep goes on with its other jobs")
+        raise
     finally:
         close_log(buffer, last)
 

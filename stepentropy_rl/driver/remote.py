@@ -2,7 +2,11 @@
 ``ActorLost`` stops a run whose learner died."""
 from __future__ import annotations
 
+import itertools
+
 import ray
+
+_SCORE_CALLS = itertools.count()  # names each scoring call's progress counter
 
 
 class ActorLost(RuntimeError):
@@ -33,7 +37,7 @@ def token_entropies(reference, prompts: list[list[int]], responses: list[list[in
     if board is None:
         ref = reference.score.remote(batch, batch_size, chunk_rows)
     else:
-        key = f"score/{id(batch)}"
+        key = f"score/{next(_SCORE_CALLS)}"  # not id(batch): a freed batch's id comes back, with its old count
         ref = reference.score.remote(batch, batch_size, chunk_rows, progress=(board, key))
         progress.wait([ref], [key], "scoring entropies", len(batch), "CoT")
     scored = batch.union(fetch(ref))

@@ -179,6 +179,17 @@ def prepare(cfg: JobConfig, pipeline) -> Job:
 RESULTS = ("summary.json", "report.json", "report.md")  # what says a job finished (collect), with its figures
 
 
+def finished_study(run_dir: Path, pipeline) -> bool:
+    """A study job that wrote its ``summary.json`` under this config (``prepare`` removed another config's): said and
+    skipped before Ray and the engines start, so a resumed sweep redoes only its unfinished jobs (a training job skips
+    its finished stages itself)."""
+    if pipeline.train_data or not (run_dir / "summary.json").exists():
+        return False
+    log.info("%s holds this config's finished study (summary.json): nothing to do; delete it to run the study again",
+             run_dir)
+    return True
+
+
 def clear_results_of_another_config(run_dir: Path, config: str) -> None:
     """Remove ``RESULTS`` from ``run_dir`` when its ``config.yaml`` is not ``config``: they are another config's
     figures, and a job of this one that stopped before writing its own would leave them under this config's name
@@ -228,6 +239,8 @@ def run(cfg: JobConfig) -> None:
     handler = None
     try:
         handler = log_to_run_dir(job.run_dir)
+        if finished_study(job.run_dir, pipeline):
+            return
         started = init_ray(cfg.cluster, namespace=f"stepentropy-{run_id(job.run_dir)}")
         try:
             short = short_resources(cfg, pipeline.train_data)

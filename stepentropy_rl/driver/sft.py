@@ -20,7 +20,7 @@ from stepentropy_rl.driver import progress
 from stepentropy_rl.batch import Batch
 from stepentropy_rl.config import PruneStageConfig, SFTConfig
 from stepentropy_rl.cot_cache import CachedCoTs, written
-from stepentropy_rl.cot_format import THINK_CLOSE, answer_text, split_thinking
+from stepentropy_rl.cot_format import THINK_CLOSE, answer_prefix, answer_text, split_thinking
 from stepentropy_rl.data import DataError
 from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.driver.evaluate import labelled
@@ -29,7 +29,7 @@ from stepentropy_rl.entropy import scored_spans
 from stepentropy_rl.pruning import prune_steps, pruned_ids
 from stepentropy_rl.tasks.basket import label_step
 from stepentropy_rl.tasks.grading import grade_all
-from stepentropy_rl.tokenizer import encode, prompt_ids, token_offsets
+from stepentropy_rl.tokenizer import encode, prompt_ids, prompt_text, token_offsets
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                                                               ref_chunk_rows))
     candidates = []
     placeholder = encode(tokenizer, prune.placeholder) if prune.placeholder else None  # one id once training added it
-    close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+    close, from_text = encode(tokenizer, THINK_CLOSE), 0
     for i, ent in zip(ok, entropies):
         ids = cots[i]["token_ids"]
         thinking, offsets, spans, ents = scored_spans(tokenizer, ids, ent, prune.delimiter, prune.aggregate)
@@ -99,14 +99,22 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         after = list(ids[n_think:])
         if after and after[-1] == tokenizer.eos_token_id:  # vLLM keeps the EOS it stopped at; SFT adds its own
             after.pop()
-        if after[:1] != [close_id]:  # "</think>" written in pieces, not as its token: the answer's text encoded
-            after = [close_id] + encode(tokenizer, answer_text(cots[i]["text"]))
+        response_ids, prefix, n_kept = kept + after, pids[i] + probe + close, len(kept)
+        if after[:len(close)] != close or (n_think and offsets[n_think - 1][1] > len(thinking)):
+            # "</think>" not a token of its own after the thinking (written in pieces, or a base without the token):
+            # the row is its text encoded, as rows were before
+            from_text += 1
+            text = pruned.text(prune.delimiter)
+            probe_text = text if prune.verify_with != "deletion" else \
+                prune.delimiter.join(t for t, cut in zip(texts, pruned.pruned) if not cut)
+            response_ids = encode(tokenizer, f"{text}\n{THINK_CLOSE}{answer_text(cots[i]['text'])}")
+            prefix = encode(tokenizer, answer_prefix(prompt_text(tokenizer, problems[i]), probe_text))
+            n_kept = len(encode(tokenizer, text))
         asked = {k: v for k, v in (("system", problems[i].system), ("chat_kwargs", problems[i].chat_kwargs)) if v}
-        response_ids = kept + after
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, **asked, "answer": problems[i].answer,
                            "response": token_offsets(tokenizer, response_ids)[0], "response_ids": response_ids,
-                           "n_steps": len(texts), "n_pruned": pruned.n_pruned,
-                           "prefix": pids[i] + probe + after[:1], "tokens_full": n_think, "tokens_pruned": len(kept)})
+                           "n_steps": len(texts), "n_pruned": pruned.n_pruned, "prefix": prefix,
+                           "tokens_full": n_think, "tokens_pruned": n_kept})
         if with_labels:
             candidates[-1]["lost_essential"] = sum(cut and label_step(t)[0] == "essential"
                                                    for t, cut in zip(texts, pruned.pruned))
@@ -147,6 +155,9 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
     if with_labels:
         stats["kept_missing_essential"] = missing
+    if from_text:
+        stats["rows_from_text"] = from_text
+        log.warning("%d CoTs wrote </think> other than as its token: their rows are their text encoded", from_text)
     stats["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     if cache is not None and prune.source == "policy":
         stats["cots_cached"] = got.hit

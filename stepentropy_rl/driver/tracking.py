@@ -148,6 +148,8 @@ class Tracker:
                     self.tb.add_image(name, matplotlib.image.imread(str(path))[..., :3], dataformats="HWC")
 
     def finish(self) -> None:
+        if self.gauges is not None:
+            self.gauges.stop()
         if self.run is not None:
             self.run.finish()
         if self.tb is not None:

@@ -1,6 +1,7 @@
 """python -m stepentropy_rl.collect: a sweep's jobs merged into one table and two plots, labelled by what differs."""
 import json
 
+import pytest
 import yaml
 
 from stepentropy_rl.collect import main
@@ -42,7 +43,7 @@ def test_a_sweep_becomes_one_table_and_two_plots(tmp_path, capsys):
         assert (sweep / png).stat().st_size > 5000
     out = capsys.readouterr().out
     assert "3 jobs, 4 rows" in out
-    assert "1 job without results (failed, killed or still running; rerun with the same hydra.sweep.dir" in out
+    assert "1 job without results (failed, killed or still running; to finish one, rerun its command): 4" in out
     assert out.count("): 4\n") == 1 and "4 without" not in md and "): 4" in md  # named once, in the table file too
 
 
@@ -150,6 +151,28 @@ def test_the_config_files_of_hydra_and_wandb_inside_a_job_are_no_jobs(tmp_path):
     assert unfinished(tmp_path) == []
 
 
+def test_a_job_stopped_before_its_config_is_named_with_the_command_that_finishes_it(tmp_path, capsys):
+    """A sweep job stopped on bad data, or killed while the tiny reasoner was built, wrote no config.yaml (only
+    Hydra's .hydra/overrides.yaml): it was in neither the table nor the list of jobs without results. Each unfinished
+    job now comes with its own command (a rerun of the whole sweep with fewer values renumbers the jobs)."""
+    from stepentropy_rl.collect import unfinished
+
+    job(tmp_path / "job0", 0.4, summary=[row(0.4, 0.9)])
+    (tmp_path / "job0" / ".hydra").mkdir()
+    (tmp_path / "job0" / ".hydra" / "overrides.yaml").write_text("- +experiment=prune_sweep\n- pruning.ratio=0.4\n")
+    for name in ("job1", "job2"):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(
+            f"- +experiment=prune_sweep\n- pruning.ratio=0.{name[-1]}\n- pruning.placeholder=\n- seed=${{x}} y\n")
+    (tmp_path / "job2" / "config.yaml").write_text("pruning: {ratio: 0.2}\n")  # killed after its config
+    assert unfinished(tmp_path) == [tmp_path / "job1", tmp_path / "job2"]
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "2 jobs without results" in out
+    assert (f"job1 (python -m stepentropy_rl.main +experiment=prune_sweep pruning.ratio=0.1 pruning.placeholder= "
+            f"'seed=${{x}} y' run_dir={(tmp_path / 'job1').resolve()})") in out  # quoted for the shell
+
+
 def test_a_rerun_under_another_config_clears_the_old_results_before_it_writes_its_config(tmp_path):
     """A study rerun in its directory with another ratio that then failed left the old ratio's summary.json beside
     the new config.yaml, and collect listed the old figures under the new ratio as a finished job."""
@@ -189,3 +212,33 @@ def test_prepare_clears_another_configs_results_before_it_writes_its_config(tmp_
         cfg = build(compose("config", overrides=["+experiment=prune_sweep", f"run_dir={run_dir}", "data.n_eval=4"]))
     run.prepare(cfg, run.pipeline_for(cfg)).lock.release()
     assert seen == [("config.yaml", False)]
+
+
+def test_a_resumed_study_sweep_skips_its_finished_jobs_before_ray_starts(tmp_path, monkeypatch):
+    """A study job never looked for its own results: rerunning a half-finished sweep (the way to finish it) started
+    Ray and the engines and redid every finished job. A finished one (summary.json under this config) is skipped."""
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.driver import roles, run
+    from tests.unit.test_config import CONF
+
+    run_dir = tmp_path / "s"
+    monkeypatch.setattr(run, "resolve_model", lambda cfg: "model")
+    monkeypatch.setattr(run, "load_tokenizer", lambda path: None)
+    monkeypatch.setattr(run, "fit_context", lambda cfg, path, tok, problems, what: problems)
+    started = []
+    monkeypatch.setattr(roles, "init_ray", lambda *a, **k: started.append(1) or (_ for _ in ()).throw(RuntimeError))
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = build(compose("config", overrides=["+experiment=prune_sweep", f"run_dir={run_dir}", "data.n_eval=4"]))
+    with pytest.raises(RuntimeError):  # not finished: on to Ray
+        run.run(cfg)
+    assert started == [1]
+    (run_dir / "summary.json").write_text(json.dumps({"results": [row(0.8, 0.9)]}))
+    run.run(cfg)  # finished under this config: nothing starts
+    assert started == [1]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        other = build(compose("config", overrides=["+experiment=prune_sweep", f"run_dir={run_dir}", "data.n_eval=5"]))
+    with pytest.raises(RuntimeError):  # another config's results are removed, and the job runs
+        run.run(other)
+    assert started == [1, 1] and not (run_dir / "summary.json").exists()

@@ -513,13 +513,33 @@ def test_two_jobs_of_one_sweep_cannot_share_a_run_dir(tmp_path):
 
     run, sweep, other = str(tmp_path / "run"), str(tmp_path / "sweep"), str(tmp_path / "other")
     claim_run_dir(run, sweep, ["run_dir=run", "pruning.ratio=0.4"])
-    with pytest.raises(ConfigError, match=r"run_dir .* is the run directory of another job of this sweep "
-                                          r"\(pruning.ratio=0.4 run_dir=run\): under -m each job needs its own"):
+    with pytest.raises(ConfigError, match=r"run_dir .* is the run directory of another job of this sweep, or of an "
+                                          r"earlier .*\(pruning.ratio=0.4 run_dir=run\): under -m each job needs"):
         claim_run_dir(run, sweep, ["run_dir=run", "pruning.ratio=0.6"])
     claim_run_dir(run, sweep, ["pruning.ratio=0.4", "run_dir=run"])  # the sweep rerun: the same job, in any order
     claim_run_dir(run, other, ["run_dir=run", "pruning.ratio=0.6"])  # another sweep takes it over
     with pytest.raises(ConfigError, match=r"\(pruning.ratio=0.6 run_dir=run\)"):
         claim_run_dir(run, other, ["run_dir=run", "pruning.ratio=0.8"])
+    # the example names what the jobs differ in (it named trainer.prune.ratio, which a study sweep does not set)
+    with pytest.raises(ConfigError, match=r"e.g. run_dir='runs/ratio\$\{pruning.ratio\}_seed\$\{seed\}'\)$"):
+        claim_run_dir(run, other, ["run_dir=run", "pruning.ratio=0.4", "seed=1"])
+
+
+def test_an_unexpected_error_in_a_sweep_job_is_logged_where_the_job_ran(monkeypatch, caplog):
+    """Hydra keeps a failed sweep job's exception without a word and raises only the first job's at the end: a
+    vLLM error or a full disk in a later job left no trace in its log or on the console."""
+    from stepentropy_rl import main
+    from stepentropy_rl.driver import run
+
+    def broken(job):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(run, "run", broken)
+    monkeypatch.setattr(main, "in_multirun", lambda: True)
+    with caplog.at_level("ERROR"), pytest.raises(RuntimeError, match="the disk is full"):
+        main.launch(cfg())
+    assert "the job failed; the sweep goes on with its other jobs" in caplog.text
+    assert "RuntimeError: the disk is full" in caplog.text  # with its traceback
 
 
 def test_the_log_goes_to_the_run_dir_from_the_jobs_start_to_its_last_line(tmp_path):

@@ -367,6 +367,53 @@ def test_sft_rows_are_the_cots_own_ids_but_the_pruned_steps(setup):
         assert r["tokens_pruned"] == ids.index(tok.convert_tokens_to_ids("</think>"))
 
 
+class ClosedInPieces(FakeRollout):
+    """Writes `` </think>`` as an added token " </" (a space and the tag's start, as R1's ".</" or ")</") and the
+    rest of the tag's characters, not as the tag's token: the first piece starts inside the thinking."""
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        close = self.tok.convert_tokens_to_ids("</think>")
+        for o in out:
+            ids = o[0]["token_ids"]
+            if close in ids:
+                at = ids.index(close)
+                thinking = self.tok.decode(ids[:at]).rstrip("\n")
+                o[0]["token_ids"] = (self.tok(thinking, add_special_tokens=False).input_ids
+                                     + self.tok.convert_tokens_to_ids([" </", *"think>"]) + ids[at + 1:])
+                o[0]["text"] = self.tok.decode(o[0]["token_ids"])
+        return out
+
+
+def test_a_cot_that_wrote_the_think_close_in_pieces_is_a_row_from_its_text(setup):
+    """The rows from the CoTs' ids took the ids after the thinking as the close tag and the answer: a CoT that wrote
+    "</think>" in pieces, the first of them holding the thinking's end, gave a row "...Yes. </</think>..." (and a
+    base without the tag's token crashed on a None id). Such a row is its text encoded, as rows were before, and
+    counted."""
+    import copy
+
+    from tokenizers import AddedToken
+
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset
+    from stepentropy_rl.tasks.grading import make_grader
+    from stepentropy_rl.tokenizer import encode
+
+    probs, tok, _ = setup
+    tok = copy.deepcopy(tok)
+    tok.add_tokens([AddedToken(" </", normalized=False)])
+    roll = ClosedInPieces(probs)
+    roll.tok = tok
+    prune = PruneStageConfig(ratio=0.5, keep_verified=True, keep_essential=False, answer_max_tokens=16)
+    rows, stats = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                       {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    close = tok.convert_tokens_to_ids("</think>")
+    for r in rows:
+        assert "</</think>" not in r["response"] and "\n</think>" in r["response"] and "[SKIP]" in r["response"]
+        assert r["response_ids"] == encode(tok, r["response"]) and r["response_ids"].count(close) == 1
+    assert rows and stats["rows_from_text"] == stats["pruned"] == len(probs)
+
+
 def test_the_prune_stage_scores_in_the_configured_chunks(setup):
     """reference.chunk_rows bounds the logits the reference holds at once (1.25 GB a chunk of 2048 rows with R1's
     152k outputs): the prune stage passes it on, as the study does (it used the default)."""

@@ -54,6 +54,59 @@ def test_a_rewound_run_has_each_step_once_in_tensorboard(tmp_path):
     assert [e.step for e in events.Scalars("sft/loss")] == [0, 1, 2, 3]
 
 
+def test_the_dashboard_gauges_are_set_again_until_the_run_ends(monkeypatch):
+    """Ray's agent keeps a gauge's value about 20 s: between GRPO steps longer than that the panels went empty."""
+    import threading
+
+    import ray.util.metrics
+
+    from stepentropy_rl.driver.ray_metrics import RayGauges
+
+    sets, enough = [], threading.Event()
+
+    class Gauge:
+        def __init__(self, name, description, tag_keys):
+            self.name = name
+
+        def set(self, value, tags):
+            sets.append((self.name, value, tags["run"]))
+            if len(sets) >= 4:
+                enough.set()
+
+    monkeypatch.setattr(ray.util.metrics, "Gauge", Gauge)
+    gauges = RayGauges("job0-abc", every_s=0.01)
+    gauges.update({"step": 3, "reward/total": 0.5, "sync/bytes": 7})
+    assert enough.wait(30)  # set again, with nothing new logged
+    gauges.stop()
+    gauges.thread.join(30)
+    assert not gauges.thread.is_alive()
+    assert set(sets) == {("stepentropy_step", 3.0, "job0-abc"), ("stepentropy_reward_total", 0.5, "job0-abc")}
+
+
+def test_each_scoring_call_reports_under_its_own_key(monkeypatch):
+    """The scoring bar's key was id(batch): a later batch can get a freed one's id, and the bar then started at the
+    old call's count."""
+    import torch
+
+    from stepentropy_rl.driver import progress, remote
+
+    keys = []
+
+    class Reference:
+        class score:
+            @staticmethod
+            def remote(batch, batch_size, chunk_rows, progress=None):
+                keys.append(progress[1])
+                return {"entropy": torch.zeros_like(batch.loss_mask, dtype=torch.float32)}
+
+    monkeypatch.setattr(progress, "board", lambda: "board")
+    monkeypatch.setattr(progress, "wait", lambda *a: None)
+    monkeypatch.setattr(remote, "id", lambda obj: 7, raising=False)  # the same id twice, as after a free
+    for _ in range(2):
+        remote.token_entropies(Reference(), [[1, 2]], [[3, 4]])
+    assert len(keys) == 2 and keys[0] != keys[1]
+
+
 def test_wandb_offline_run_is_named_by_its_directory_and_grouped(tmp_path):
     run_dir = tmp_path / "sweep" / "0"
     run_dir.mkdir(parents=True)
