@@ -35,10 +35,11 @@ class ExportError(ValueError):
     """A run directory, step or output that cannot be exported."""
 
 
-def source(run_dir: Path, step: int | None) -> tuple[str, Path]:
-    """(what, path): the GRPO checkpoint of ``step``, else the final model, else the SFT model; a model only once
-    the stage that writes it has marked it done (``stages/<stage>.done``, written after the model): a folder without
-    its marker is half written (a kill in the save) or a model of the run's config before a redo."""
+def source(run_dir: Path, step: int | None, model: str = "final") -> tuple[str, Path]:
+    """(what, path): the GRPO checkpoint of ``step``, else the ``model`` (final | sft); a model only once the stage
+    that writes it has marked it done (``stages/<stage>.done``, written after the model): a folder without its
+    marker is half written (a kill in the save) or a model of the run's config before a redo. The final model is
+    never replaced by the SFT model unasked (an export named "final" held SFT's weights while GRPO ran)."""
     if step is not None:
         ckpt = run_dir / "grpo" / f"step_{step}" / "learner"
         if not ckpt.is_dir() or not (ckpt.parent / "driver.json").exists():  # driver.json: the save's last file
@@ -47,16 +48,16 @@ def source(run_dir: Path, step: int | None) -> tuple[str, Path]:
             raise ExportError(f"{run_dir}: no GRPO checkpoint for step {step} (kept: {kept or 'none'}; "
                               "trainer.grpo.keep_last says how many are kept)")
         return f"GRPO step {step}", ckpt
-    unmarked = []
-    for name, stage in (("final", "grpo"), ("sft", "sft")):
-        if (run_dir / "models" / name / "config.json").exists():
-            if (run_dir / "stages" / f"{stage}.done").exists():
-                return f"the {name} model", run_dir / "models" / name
-            unmarked.append(f"models/{name} (no stages/{stage}.done: half written, or left from before a redo)")
-    if unmarked:
-        raise ExportError(f"{run_dir}: no finished model: {'; '.join(unmarked)}; resume the run to finish it, or "
-                          "export a GRPO checkpoint with --step")
-    raise ExportError(f"{run_dir}: no models/final or models/sft yet (is it a training run directory?)")
+    stage = {"final": "grpo", "sft": "sft"}[model]
+    path = run_dir / "models" / model
+    if (path / "config.json").exists() and (run_dir / "stages" / f"{stage}.done").exists():
+        return f"the {model} model", path
+    why = (f"models/{model} has no stages/{stage}.done (half written, or left from before a redo)"
+           if (path / "config.json").exists() else f"no models/{model} yet")
+    others = [f"--model sft (the SFT model{'' if (run_dir / 'stages' / 'sft.done').exists() else ', not done either'})"
+              ] if model == "final" else []
+    raise ExportError(f"{run_dir}: {why}; resume the run to finish it, or export "
+                      + " or ".join(others + ["a GRPO checkpoint with --step N"]))
 
 
 def load_checkpoint_model(init: Path, ckpt: Path):
@@ -83,7 +84,10 @@ def model_card(run_dir: Path, what: str, name: str, out: Path) -> str:
              "thinking tokens counted by a client include it. Strip it from the thinking for display if you like; "
              "the answer after `</think>` does not contain it.", ""]
     if report:
-        lines += ["## What the run measured", "", "| model | accuracy | thinking tokens | [SKIP] per sample | n |",
+        lines += ["## What the run measured", ""]
+        if what.startswith("GRPO step"):
+            lines += [f"This checkpoint ({what}) was not evaluated; the run evaluated these models:", ""]
+        lines += ["| model | accuracy | thinking tokens | [SKIP] per sample | n |",
                   "|---|---|---|---|---|"]
         for m, r in report.items():
             err = r.get("accuracy_stderr")
@@ -127,6 +131,8 @@ def eval_sampling(config: dict) -> dict:
     fields = {k: v for k, v in fields.items() if v is not None}
     if "temperature" in fields:
         fields["do_sample"] = fields["temperature"] > 0
+    if fields:  # the engines sampled with none of these; a base's own (Qwen3: top_k 20) or transformers' (top_k 50)
+        fields.update(top_k=0, min_p=0.0, repetition_penalty=1.0)  # would otherwise decide
     return fields
 
 
@@ -176,12 +182,13 @@ def serve_as_trained(tmp: Path, config: dict) -> None:
     gen_path.write_text(json.dumps(gen, indent=2) + "\n")
 
 
-def export(run_dir: Path, out: Path, step: int | None = None) -> Path:
-    """Write the HF model directory ``out`` (atomically: a half-written export never appears under its name)."""
+def export(run_dir: Path, out: Path, step: int | None = None, model: str = "final") -> tuple[Path, str]:
+    """Write the HF model directory ``out`` (atomically: a half-written export never appears under its name); returns
+    it and what it holds."""
     from stepentropy_rl.tokenizer import copy_tokenizer
 
     run_dir = Path(run_dir)
-    what, path = source(run_dir, step)
+    what, path = source(run_dir, step, model)
     init = run_dir / "models" / "init"
     if out.exists():
         raise ExportError(f"{out} exists; give a new directory")
@@ -194,7 +201,7 @@ def export(run_dir: Path, out: Path, step: int | None = None) -> Path:
             copy_tokenizer(init, tmp)
         serve_as_trained(tmp, _yaml(run_dir / "config.yaml"))
         (tmp / "README.md").write_text(model_card(run_dir, what, out.name, out.resolve()))
-    return out
+    return out, what
 
 
 def _yaml(path: Path) -> dict:
@@ -207,13 +214,16 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--step", type=int, default=None, help="a GRPO checkpoint (grpo/step_N) instead of the final model")
+    ap.add_argument("--model", choices=("final", "sft"), default="final",
+                    help="the run's final model (once GRPO is done) or its SFT model")
+    ap.add_argument("--step", type=int, default=None, help="a GRPO checkpoint (grpo/step_N) instead of a model")
     args = ap.parse_args(argv)
     try:
-        out = export(args.run_dir, args.out, args.step)
+        out, what = export(args.run_dir, args.out, args.step, args.model)
     except ExportError as e:
         raise SystemExit(f"export error: {e}") from None
-    print(f"{out}: a Hugging Face model directory; serve it with\n{SERVE.format(out=out.resolve(), name=out.name)}")
+    print(f"{out}: {what} of {args.run_dir}, a Hugging Face model directory; serve it with\n"
+          f"{SERVE.format(out=out.resolve(), name=out.name)}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ def test_the_exported_directory_serves_the_runs_prompts_and_sampling(tmp_path, t
     changed = {p.name for p in out.iterdir() if before.get(p.name) != p.read_bytes()}
     assert changed == ({"generation_config.json"} | ({"chat_template.jinja"} if template == "qwen3" else set()))
     gen = json.loads((out / "generation_config.json").read_text())
-    assert gen == {"eos_token_id": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 384, "do_sample": True}
+    # as the engines sampled: no top-k, min-p or repetition penalty (transformers would take top_k 50, a Qwen3 base
+    # its own 20)
+    assert gen == {"eos_token_id": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 384, "do_sample": True,
+                   "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 def test_the_card_says_how_the_run_asked_and_sampled():
@@ -79,6 +82,13 @@ def test_the_card_names_the_runs_base_and_grpo_and_a_stray_step_folder_is_no_ste
     card = model_card(run, "the final model", "se-final", tmp_path / "out")
     assert "then GRPO with the reward terms correctness, skip_ratio, phase mode `compress`), from the R1-format " \
            "stand-in" in card
+    # a checkpoint's card showed the run's table as if it measured the checkpoint
+    (run / "report.json").write_text(json.dumps({"models": {"final": {"accuracy": 0.99, "thinking_tokens": 51.0,
+                                                                      "n": 500}}}))
+    assert "was not evaluated" not in card
+    card = model_card(run, "GRPO step 40", "se-step40", tmp_path / "out")
+    assert "This checkpoint (GRPO step 40) was not evaluated; the run evaluated these models:" in card
+    assert "| final | 99.0% | 51.0 |" in card
 
 
 def test_only_a_model_its_stage_marked_done_is_exported(tmp_path):
@@ -87,11 +97,18 @@ def test_only_a_model_its_stage_marked_done_is_exported(tmp_path):
     for name in ("final", "sft"):
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "config.json").write_text("{}")
-    with pytest.raises(ExportError, match=r"no finished model: models/final \(no stages/grpo.done.*models/sft \(no "):
+    with pytest.raises(ExportError, match=r"models/final has no stages/grpo.done .*--model sft \(the SFT model, not "
+                                          r"done either\)"):
         source(tmp_path, None)
+    with pytest.raises(ExportError, match=r"models/sft has no stages/sft.done"):
+        source(tmp_path, None, "sft")
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "sft.done").write_text("{}")
-    assert source(tmp_path, None) == ("the sft model", tmp_path / "models" / "sft")
+    # GRPO not done: "export the final model" exported the SFT model under the name it was given
+    with pytest.raises(ExportError, match=r"models/final has no stages/grpo.done .*--model sft \(the SFT model\) or a "
+                                          r"GRPO checkpoint with --step N"):
+        source(tmp_path, None)
+    assert source(tmp_path, None, "sft") == ("the sft model", tmp_path / "models" / "sft")
     (tmp_path / "stages" / "grpo.done").write_text("{}")
     assert source(tmp_path, None) == ("the final model", tmp_path / "models" / "final")
     (tmp_path / "grpo" / "step_4" / "learner").mkdir(parents=True)  # a checkpoint killed before its driver.json
