@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -60,13 +61,7 @@ def resume_command(job: Path) -> str | None:
     if not isinstance(overrides, list):
         return None
     kept = [str(o) for o in overrides if not str(o).startswith("run_dir=")]
-    return " ".join(["python -m stepentropy_rl.main", *map(_quoted, kept), _quoted(f"run_dir={job.resolve()}")])
-
-
-def _quoted(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    return " ".join(["python -m stepentropy_rl.main", *map(shlex.quote, kept), shlex.quote(f"run_dir={job.resolve()}")])
 
 
 def _flat(d, prefix=""):

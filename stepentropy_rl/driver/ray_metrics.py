@@ -41,12 +41,16 @@ class RayGauges:
                 self.gauges[name].set(self.last[name], tags={"run": self.run})
 
     def _keep(self, every_s: float) -> None:
+        import ray
+
         while not self.stopped.wait(every_s):
             try:
                 with self.lock:
+                    if not ray.is_initialized():  # the run's session is over
+                        return
                     for name, value in self.last.items():
                         self.gauges[name].set(value, tags={"run": self.run})
-            except Exception:  # Ray shut down under it: the run is over
+            except Exception:  # Ray shut down under it
                 return
 
     def stop(self) -> None:

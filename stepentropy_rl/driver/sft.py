@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: PruneStageConfig, sampling: dict,
                          ref_batch_size: int = 16, cache=None, ref_chunk_rows: int = 2048,
                          answer_temperature: float | None = None) -> tuple[list[dict], dict]:
-    """Rows ``{id, prompt, answer, response, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats. The CoTs are
-    sampled under ``sampling``, the answers after pruned thinking at ``answer_temperature`` (``rollout``'s; None:
-    the CoTs' temperature).
+    """Rows ``{id, prompt, answer, response, response_ids, n_steps, n_pruned, tokens_full, tokens_pruned}`` and stats.
+    ``response_ids`` is the CoT's own ids with the pruned steps replaced (``pruning.pruned_ids``), ``response`` their
+    text; the token counts are of the CoT's thinking and of the row's. The CoTs are sampled under ``sampling``, the
+    answers after pruned thinking at ``answer_temperature`` (``rollout``'s; None: the CoTs' temperature).
 
     ``prune.keep_verified`` keeps a row only if the policy, given the pruned thinking, still answers right; it reads
     the thinking with the pruned steps deleted (``verify_with: deletion``) or with the row's placeholder

@@ -58,6 +58,7 @@ def test_the_dashboard_gauges_are_set_again_until_the_run_ends(monkeypatch):
     """Ray's agent keeps a gauge's value about 20 s: between GRPO steps longer than that the panels went empty."""
     import threading
 
+    import ray
     import ray.util.metrics
 
     from stepentropy_rl.driver.ray_metrics import RayGauges
@@ -74,6 +75,7 @@ def test_the_dashboard_gauges_are_set_again_until_the_run_ends(monkeypatch):
                 enough.set()
 
     monkeypatch.setattr(ray.util.metrics, "Gauge", Gauge)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # the run's session (none here; the gauges are fakes)
     gauges = RayGauges("job0-abc", every_s=0.01)
     gauges.update({"step": 3, "reward/total": 0.5, "sync/bytes": 7})
     assert enough.wait(30)  # set again, with nothing new logged
