@@ -83,7 +83,7 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
                                                               ref_chunk_rows))
     candidates = []
     placeholder = encode(tokenizer, prune.placeholder) if prune.placeholder else None  # one id once training added it
-    close, from_text = encode(tokenizer, THINK_CLOSE), 0
+    close, stop_ids = encode(tokenizer, THINK_CLOSE), set(getattr(tokenizer, "all_special_ids", ()))
     for i, ent in zip(ok, entropies):
         ids = cots[i]["token_ids"]
         thinking, offsets, spans, ents = scored_spans(tokenizer, ids, ent, prune.delimiter, prune.aggregate)
@@ -98,14 +98,14 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
             probe = pruned_ids(tokenizer, ids, offsets, thinking, spans, pruned.pruned, None)
         n_think = spans[-1].tok_end if spans else 0  # the spans tile the thinking's ids; </think> and the answer follow
         after = list(ids[n_think:])
-        if after and after[-1] == tokenizer.eos_token_id:  # vLLM keeps the EOS it stopped at; SFT adds its own
-            after.pop()
-        response_ids, prefix, n_kept = kept + after, pids[i] + probe + close, len(kept)
+        if after and after[-1] not in close and (after[-1] == tokenizer.eos_token_id or (
+                cots[i].get("finish_reason") == "stop" and after[-1] in stop_ids)):
+            after.pop()  # vLLM keeps the token it stopped on (any of generation_config's EOS ids); SFT adds its EOS
+        response_ids, prefix, n_kept, from_text = kept + after, pids[i] + probe + close, len(kept), False
         if after[:len(close)] != close or (n_think and offsets[n_think - 1][1] > len(thinking)):
             # "</think>" not a token of its own after the thinking (written in pieces, or a base without the token):
             # the row is its text encoded, as rows were before
-            from_text += 1
-            text = pruned.text(prune.delimiter)
+            from_text, text = True, pruned.text(prune.delimiter)
             probe_text = text if prune.verify_with != "deletion" else \
                 prune.delimiter.join(t for t, cut in zip(texts, pruned.pruned) if not cut)
             response_ids = encode(tokenizer, f"{text}\n{THINK_CLOSE}{answer_text(cots[i]['text'])}")
@@ -115,7 +115,8 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
         candidates.append({"id": problems[i].id, "prompt": problems[i].prompt, **asked, "answer": problems[i].answer,
                            "response": token_offsets(tokenizer, response_ids)[0], "response_ids": response_ids,
                            "n_steps": len(texts), "n_pruned": pruned.n_pruned, "prefix": prefix,
-                           "tokens_full": n_think, "tokens_pruned": n_kept})
+                           "tokens_full": n_think, "tokens_pruned": n_kept,
+                           **({"from_text": True} if from_text else {})})
         if with_labels:
             candidates[-1]["lost_essential"] = sum(cut and label_step(t)[0] == "essential"
                                                    for t, cut in zip(texts, pruned.pruned))
@@ -156,9 +157,10 @@ def build_pruned_dataset(problems, rollout, reference, tokenizer, grade, prune: 
              "kept_token_fraction": sum(r["tokens_pruned"] for r in rows) / max(1, sum(r["tokens_full"] for r in rows))}
     if with_labels:
         stats["kept_missing_essential"] = missing
+    from_text = sum(r.get("from_text", False) for r in rows)
     if from_text:
         stats["rows_from_text"] = from_text
-        log.warning("%d CoTs wrote </think> other than as its token: their rows are their text encoded", from_text)
+        log.warning("%d kept CoTs wrote </think> other than as its token: their rows are their text encoded", from_text)
     stats["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     if cache is not None and prune.source == "policy":
         stats["cots_cached"] = got.hit
@@ -231,7 +233,7 @@ def sft_batch(tokenizer, rows: list[dict]) -> Batch:
     ids are the row's ``response_ids`` (the prune stage's, from the CoT's own ids); a row without them (written by
     an older version, or by hand) has its ``response`` text encoded."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    from_text = sum("response_ids" not in r for r in rows)
+    from_text = sum(not r.get("response_ids") for r in rows)
     if from_text:
         log.warning("%d SFT rows have no response_ids: their text is encoded, which tokenizes the whitespace before "
                     "[SKIP] as the base never writes it; rerun the prune stage to build them from the CoTs' ids",

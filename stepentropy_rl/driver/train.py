@@ -375,11 +375,9 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
             log.info("prune stage: %s", stats)
             stages.mark("prune", {**stats, "metrics_bytes": tracker.size(), "engine_rng": rollouts.rng_states(),
                                   "train_problems": problems_digest(train_problems)})
-        rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
-
         if not stages.done("sft"):
             tracker.rewind(stages.info("prune").get("metrics_bytes"))  # a killed SFT's rows are made again
-            run_sft(rows, learners, tok, tc.sft, cfg.seed, tracker)
+            run_sft(sft_rows(prune_dir, run_dir), learners, tok, tc.sft, cfg.seed, tracker)
             learners.save_checkpoint(str(run_dir / "sft_state"))  # the optimizer state GRPO continues with
             learners.save_hf(str(models / "sft"), str(init))
             die_at("sft_saved")
@@ -425,6 +423,17 @@ def run_training(cfg: JobConfig, run_dir: Path, base_path: str, train_problems, 
         finally:  # under hydra's Ray launcher the session outlives the job: a reservation kept would starve the next
             placement.release()
     return _report(run_dir, stages)
+
+
+def sft_rows(prune_dir: Path, run_dir: Path) -> list[dict]:
+    """The prune stage's rows; ConfigError where an older version wrote them as text (no ``response_ids``): SFT
+    would encode them, which tokenizes the whitespace before each ``[SKIP]`` as the base never writes it."""
+    rows = [json.loads(line) for line in (prune_dir / "sft_data.jsonl").read_text().splitlines()]
+    if any(not r.get("response_ids") for r in rows):
+        raise ConfigError(f"{prune_dir / 'sft_data.jsonl'} holds rows written as text by an older version (no "
+                          f"response_ids); delete {run_dir / 'stages'}/prune.done and the markers after it (and move "
+                          f"{run_dir / 'grpo'} aside if it exists) to build them again from the CoTs' ids")
+    return rows
 
 
 def _report(run_dir: Path, stages: Stages) -> dict:

@@ -411,7 +411,41 @@ def test_a_cot_that_wrote_the_think_close_in_pieces_is_a_row_from_its_text(setup
     for r in rows:
         assert "</</think>" not in r["response"] and "\n</think>" in r["response"] and "[SKIP]" in r["response"]
         assert r["response_ids"] == encode(tok, r["response"]) and r["response_ids"].count(close) == 1
-    assert rows and stats["rows_from_text"] == stats["pruned"] == len(probs)
+    assert rows and stats["rows_from_text"] == stats["kept"] == len(rows) and all(r["from_text"] for r in rows)
+
+
+class StopsOnAnotherEnd(FakeRollout):
+    """Stops on a special token other than the tokenizer's EOS (a Qwen3 base lists two end ids), which vLLM keeps in
+    ``token_ids`` and leaves out of the text."""
+
+    def generate(self, prompts, sampling):
+        out = super().generate(prompts, sampling)
+        for o in out:
+            if not o[0]["text"].startswith("The answer"):  # the CoTs, not the answer checks
+                o[0]["token_ids"] = o[0]["token_ids"] + [self.tok.pad_token_id]
+                o[0]["finish_reason"] = "stop"
+        return out
+
+
+def test_a_row_leaves_out_whatever_end_token_stopped_its_cot(setup):
+    """The rows from ids dropped a final EOS only: a CoT stopped on another of the base's end ids kept it, and SFT
+    then taught two end tokens."""
+    from stepentropy_rl.config import PruneStageConfig
+    from stepentropy_rl.driver.sft import build_pruned_dataset, sft_batch
+    from stepentropy_rl.tasks.grading import make_grader
+
+    probs, tok, _ = setup
+    assert tok.pad_token_id not in (None, tok.eos_token_id)
+    roll = StopsOnAnotherEnd(probs)
+    roll.tok = tok
+    prune = PruneStageConfig(ratio=0.5, keep_verified=False, keep_essential=False, answer_max_tokens=16)
+    rows, _ = build_pruned_dataset(probs, roll, FakeReference(tok), tok, make_grader("exact"), prune,
+                                   {"temperature": 0.6, "top_p": 0.95, "max_tokens": 384})
+    assert rows
+    for r in rows:
+        ids = sft_batch(tok, [r]).response_ids(0)
+        assert tok.pad_token_id not in r["response_ids"] and ids[-1] == tok.eos_token_id
+        assert r["response"].endswith(".") and "from_text" not in r
 
 
 def test_the_prune_stage_scores_in_the_configured_chunks(setup):
@@ -710,3 +744,21 @@ def test_gold_auroc_leaves_out_unlabelled_steps(setup):
     roll.tok = tok
     res = run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
     assert res.auroc == 1.0
+
+
+def test_sft_does_not_resume_on_rows_written_as_text(tmp_path):
+    """A run whose prune stage finished under the older version (rows as text) resumed SFT on them with a log line:
+    the merged newline token before each [SKIP] again, under the same markers and report as a run on the new rows."""
+    import json
+
+    from stepentropy_rl.config import ConfigError
+    from stepentropy_rl.driver.train import sft_rows
+
+    prune = tmp_path / "prune"
+    prune.mkdir()
+    ids = {"prompt": "q", "response": "a\\n</think>b", "response_ids": [5, 6, 7]}
+    (prune / "sft_data.jsonl").write_text(json.dumps(ids) + "\n")
+    assert sft_rows(prune, tmp_path) == [ids]
+    (prune / "sft_data.jsonl").write_text(json.dumps(ids) + "\n" + json.dumps({"prompt": "q", "response": "x"}) + "\n")
+    with pytest.raises(ConfigError, match=r"rows written as text by an older version .*delete .*stages/prune.done"):
+        sft_rows(prune, tmp_path)
