@@ -140,25 +140,26 @@ def pruned_ids(tokenizer, ids: list[int], offsets: list[tuple[int, int]], thinki
     """
     from stepentropy_rl.tokenizer import encode
 
-    def split(s) -> tuple[int, str, bool]:  # (first id reaching into the closing whitespace, that text, aligned)
+    def split(s) -> tuple[int, int, str, bool]:
+        """(first id reaching into the closing whitespace, where the step's content ends, that whitespace, whether an
+        id starts where it does)."""
         end = s.char_start + len(s.text.rstrip())
         j = s.tok_start
         while j < s.tok_end and offsets[j][1] <= end:
             j += 1
-        return j, thinking[end:s.char_end], j == s.tok_end or offsets[j][0] >= end
+        return j, end, thinking[end:s.char_end], j == s.tok_end or offsets[j][0] >= end
 
     def tail(s) -> list[int]:
-        j, text, aligned = split(s)
+        j, _, text, aligned = split(s)
         return list(ids[j:s.tok_end]) if aligned else encode(tokenizer, text)
 
     def closed_as_last(s) -> list[int]:
-        j, _, aligned = split(s)
-        lj, last_text, last_aligned = split(spans[-1])
+        j, end, _, aligned = split(s)
+        lj, _, last_text, last_aligned = split(spans[-1])
         if aligned and last_aligned:
             return list(ids[s.tok_start:j]) + list(ids[lj:spans[-1].tok_end])
-        start = offsets[j][0] if j < s.tok_end else s.char_start + len(s.text.rstrip())
-        return list(ids[s.tok_start:j]) + encode(tokenizer, thinking[start:s.char_start + len(s.text.rstrip())]
-                                                 + last_text)
+        start = offsets[j][0] if j < s.tok_end else end
+        return list(ids[s.tok_start:j]) + encode(tokenizer, thinking[start:end] + last_text)
 
     units = [(s, not cut) for k, (s, cut) in enumerate(zip(spans, pruned))
              if not cut or (placeholder is not None and not (merge_runs and k + 1 < len(spans) and pruned[k + 1]))]
