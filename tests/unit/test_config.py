@@ -243,12 +243,13 @@ def test_cfg_job_prints_real_scale_config():
     ("~reward.stages.explore", "reward.stages has no stage 'explore', which algorithm.phase.mode=entropy reaches"),
     ("reward.stages.explore=[]", "reward.stages.explore has no term that pays"),
     ("+reward.stages.extra=[]", "reward.stages has 'extra', not a phase stage"),
-    ("reward.stages.compress.1.params.only_correct=false", "reward.stages.compress pays wrong answers, and "
-                                                           "algorithm.adv_estimator.compress is absolute"),
+    (("reward.stages.compress.1.params.only_correct=false", "algorithm.adv_estimator.compress=absolute"),
+     "reward.stages.compress pays wrong answers, and algorithm.adv_estimator.compress is absolute"),
 ])
 def test_training_config_errors(override, key):
+    overrides = list(override) if isinstance(override, tuple) else [override]
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", override])
+        c = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides])
     with pytest.raises(ConfigError, match=re.escape(key)):
         build(c)
 
@@ -734,6 +735,17 @@ def test_norm_adv_by_std_is_per_stage_or_one_bool_for_both():
 
     with pytest.raises(ConfigError, match="norm_adv_by_std.explore must be true or false, got None"):
         AlgorithmConfig(norm_adv_by_std={"compress": True})
+
+
+def test_entropy_guided_takes_group_relative_advantages_and_paper_2s_absolute_ones_on_request():
+    """Paper 2's absolute advantages compare lengths across problems (a 3-move CoT outranks every 4-move one), which
+    taught the embedded policy to drop a move; the experiment's default is group-relative in both stages, and paper
+    2's estimator stays one override away."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        def job(*overrides):
+            return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides]))
+        assert job().algorithm.adv_estimator == {"compress": "grpo", "explore": "grpo"}
+        assert job("algorithm.adv_estimator.compress=absolute").algorithm.adv_estimator["compress"] == "absolute"
 
 
 def test_absolute_advantages_on_a_reward_that_pays_wrong_answers_are_refused():
