@@ -9,8 +9,9 @@ eval final); every other mode reruns from a copy of it cut back to before GRPO. 
 each starts from the engines' sampler state that the first run saved when its SFT eval finished (the stage marker
 holds it), as a resumed run does: the first mode's own rerun would end with its report (the kill harness checks
 that), so it is not run twice. ``seed`` and ``rollout.seed`` take
-the seed. Saves ``results.json`` (with the overrides it ran under: a rerun with others is refused rather than
-reporting the old runs as its own), ``table.md`` and ``pareto.png`` under ``--out``.
+the seed. Saves ``results.json`` (with the overrides it ran under: a rerun with others, or one whose kept runs' stage
+markers record a config its jobs no longer compose to, is refused rather than reporting the old runs as its own),
+``table.md`` and ``pareto.png`` under ``--out``.
 
 The table compares the controller (``entropy``) with each other mode per seed and over the seeds: the mean of the
 per-seed differences, its standard error over seeds (``seed_difference``: sd / sqrt(k), the error of a difference in
@@ -41,9 +42,7 @@ AFTER_SFT = ("grpo", "models/final", "eval/final.json", "stages/grpo.done", "sta
 def run_mode(run_dir: Path, mode: str, seed: int, overrides: list[str]) -> dict:
     """The job's report; a job that stops (an actor died: exit 1, "run stopped") is rerun once with the same command,
     which resumes it as a user would, and the report counts the restart (``restarts``)."""
-    cmd = [sys.executable, "-m", "stepentropy_rl.main", "+experiment=entropy_guided", f"run_dir={run_dir}",
-           f"algorithm.phase.mode={mode}", f"seed={seed}", f"rollout.seed={seed}", "trainer.logger.wandb=disabled",
-           "cluster.include_dashboard=false", *overrides]
+    cmd = [sys.executable, "-m", "stepentropy_rl.main", *job_overrides(run_dir, mode, seed, overrides)]
     restarts = 0
     while subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode != 0:
         if restarts:
@@ -51,6 +50,44 @@ def run_mode(run_dir: Path, mode: str, seed: int, overrides: list[str]) -> dict:
         restarts += 1
         print(f"{run_dir.name}: the job stopped; rerunning the same command to resume it", flush=True)
     return {**json.loads((run_dir / "report.json").read_text())["models"], "restarts": restarts}
+
+
+def job_overrides(run_dir: Path, mode: str, seed, overrides: list[str]) -> list[str]:
+    """The Hydra overrides of one mode's job on one seed."""
+    return ["+experiment=entropy_guided", f"run_dir={run_dir}", f"algorithm.phase.mode={mode}", f"seed={seed}",
+            f"rollout.seed={seed}", "trainer.logger.wandb=disabled", "cluster.include_dashboard=false", *overrides]
+
+
+def check_kept_runs(out: Path, results: dict, overrides: list[str]) -> None:
+    """SystemExit when a run kept from an earlier bench finished under a config that its job's command no longer
+    composes to (a default changed since, e.g. the compress stage's advantage estimator: the overrides and the base
+    stay the same), naming the key; its stage markers record the config (``stage_config.conflicts``). A kept run whose
+    directory or markers are gone cannot be checked, and is said so."""
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.driver.stage_config import ORDER, conflicts
+    from stepentropy_rl.driver.train import run_config, stage_inputs
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        for seed, per in results.items():
+            for mode in per:
+                run_dir = out / f"seed{seed}_{mode}"
+                markers = {name: run_dir / "stages" / f"{name}.done" for name in ORDER}
+                recorded = {name: json.loads(m.read_text()).get("config") for name, m in markers.items() if m.exists()}
+                recorded = {name: c for name, c in recorded.items() if c is not None}
+                if not recorded:
+                    print(f"warning: {run_dir} has no stage markers, so its result in results.json cannot be checked "
+                          f"against this config", flush=True)
+                    continue
+                cfg = build(compose("config", overrides=job_overrides(run_dir, mode, seed, overrides)),
+                            check_paths=False)
+                found = conflicts(recorded, run_config(stage_inputs(cfg)))
+                if found:
+                    stage, key, then, now = found[0]
+                    raise SystemExit(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and its job now "
+                                     f"composes {key}={now!r} (a default changed since; {len(found)} key(s) differ): "
+                                     f"a rerun would report it as the new setting's. Use another --out")
 
 
 def fork_after_sft(src: Path, dst: Path) -> None:
@@ -239,6 +276,7 @@ def main(argv=None) -> None:
     results_path = out / "results.json"
     base = base_of(args.overrides)
     results = load_results(results_path, args.overrides, base)
+    check_kept_runs(out, results, args.overrides)
     for seed in args.seeds:
         per = results.setdefault(str(seed), {})
         first = out / f"seed{seed}_{MODES[0]}"

@@ -54,6 +54,37 @@ def test_runs_on_another_base_are_refused_not_reported_as_the_new_defaults(bench
     assert len(bench.ran) == 4
 
 
+def test_kept_runs_made_under_another_default_are_refused(bench, tmp_path):
+    """The compress stage's advantages went from absolute to group-relative as a default: the overrides and the base
+    stayed the same, so a rerun over the old results.json kept the old runs and reported them as the new default's.
+    A kept run's stage markers record its config; one that differs from what its job composes now is refused."""
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.driver.train import run_config, stage_inputs
+
+    out = tmp_path / "bc"
+    bench.main(["--seeds", "0", "--out", str(out)])
+    with initialize_config_dir(config_dir=str(SCRIPT.parents[1] / "conf"), version_base=None):
+        for mode in bench.MODES:
+            run_dir = out / f"seed0_{mode}"
+            config = run_config(stage_inputs(build(compose("config", overrides=bench.job_overrides(
+                run_dir, mode, 0, [])), check_paths=False)))
+            (run_dir / "stages").mkdir(parents=True)
+            (run_dir / "stages" / "eval_final.done").write_text(json.dumps({"config": config, "seconds": 1.0}))
+    bench.main(["--seeds", "0", "--out", str(out)])  # the same config goes on with the runs made
+    assert len(bench.ran) == 4
+    marker = out / "seed0_fixed" / "stages" / "eval_final.done"
+    info = json.loads(marker.read_text())
+    info["config"]["algorithm.adv_estimator.compress"] = "absolute"
+    marker.write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match=r"seed0_fixed finished its stage 'eval_final' with "
+                                         r"algorithm.adv_estimator.compress='absolute', and its job now composes "
+                                         r"algorithm.adv_estimator.compress='grpo'"):
+        bench.main(["--seeds", "0", "--out", str(out)])
+    assert len(bench.ran) == 4
+
+
 def test_the_table_covers_the_seeds_asked_for_and_errors_are_over_seeds(bench, tmp_path):
     out = tmp_path / "bc"
     bench.main(["--seeds", "0", "1", "2", "--out", str(out)])
