@@ -113,12 +113,13 @@ def auroc(scores: list[float], redundant: list[bool]) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def step_token_labels(tokenizer, ids: list[int], labeler: Callable[[str], tuple[str, str]],
-                      delimiter: str = "\n\n") -> list[tuple[str, int]]:
-    """Each thinking step of a response given as ids: ``(label, tokens)``, the label from ``labeler(step text)``
-    (e.g. ``tasks.basket.label_step``: essential | redundant | unknown) and the tokens the step holds."""
+def step_token_labels(tokenizer, ids: list[int], labeler: Callable[[str], tuple[str, str]]) -> list[tuple[str, int]]:
+    """Each line of a response's thinking, given as ids: ``(label, tokens)``, the label from ``labeler(line)``
+    (e.g. ``tasks.basket.label_step``: essential | redundant | unknown) and the tokens the line holds (a blank line's
+    go to the line before). Each step of a labelled task is one line: read by ``\\n\\n`` pieces, a model that joins
+    its steps with one newline would have its redundant lines labelled by the piece's first."""
     _, offsets, thinking, _ = response_thinking(tokenizer, ids)
-    return [(labeler(s.text)[0], s.n_tokens) for s in segment_steps(thinking, offsets, delimiter)]
+    return [(labeler(s.text)[0], s.n_tokens) for s in segment_steps(thinking, offsets, "\n")]
 
 
 def redundant_fraction(steps: list[list[tuple[str, int]]]) -> float:

@@ -58,6 +58,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from stepentropy_rl.cot_format import boxed_answer
+
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Ned", "Oli", "Pam")
 ITEMS = ("apples", "pears", "coins", "books", "shells", "stamps", "eggs", "cards")
 KINDS = ("restate", "verify", "announce", "reflect")
@@ -354,9 +356,11 @@ def diagnose(solution: str, response: str) -> str | None:
 
     First the count: fewer moves than people is "missed person", more is "extra move" (a CoT that stops early or goes
     one too far is named so, whatever its steps hold). Then the essential steps against the gold moves in order:
-    person, quantity, carried total, arithmetic; then that the boxed answer is the last total. Steps are read line by
-    line, a leading placeholder dropped: a trained model may join a ``[SKIP]`` to the next move with one newline or a
-    space ("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), and that move is still written.
+    person, quantity, carried total, arithmetic; then that the last box after ``</think>`` (what the grader reads)
+    holds the last total. Steps are read line by line, a leading placeholder dropped: a trained model may join a
+    ``[SKIP]`` to the next move with one newline or a space ("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), and that move is
+    still written. A sum whose first number is the person's quantity is read quantity first ("Now Fay 3: 3 + 12 = 15."
+    is 12 + 3) where that reading has fewer wrong numbers than the written order; at a tie, as written.
     """
     moves = list(_MOVE.finditer(solution))
     gold = {m[1]: (m[4], int(m[2])) for m in moves}
@@ -372,10 +376,11 @@ def diagnose(solution: str, response: str) -> str | None:
         if m is None:
             return "unparsed step"
         name, q0, a, sign, q, new = m[1], int(m[2]), int(m[3]), m[4], int(m[5]), int(m[6])
-        if sign == "+" and a == q0 != q:  # written quantity first ("3 + 12"): read as "12 + 3"
-            a, q = q, a
         if name not in gold:
             return "unknown person"
+        wrong = (lambda carry, qty: (carry != cur) + ((sign, qty) != gold[name]))
+        if sign == "+" and a == q0 != q and wrong(q, a) < wrong(a, q):  # quantity first ("3 + 12"): "12 + 3"
+            a, q = q, a
         if name in seen:
             return "repeated person"
         if (sign, q0) != gold[name] or q != q0:
@@ -386,6 +391,6 @@ def diagnose(solution: str, response: str) -> str | None:
             return "wrong arithmetic"
         seen.add(name)
         cur = new
-    if answer_sentence(str(cur)) not in answer:
+    if boxed_answer(answer) != str(cur):
         return "wrong answer line"
     return None

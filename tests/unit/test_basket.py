@@ -228,6 +228,31 @@ def test_diagnose_reads_a_sum_written_quantity_first():
     assert diagnose(p.solution, with_second(f"Now {name} {q}: {q} + {int(a) + 1} = {int(new) + 1}.")) == "wrong carry"
 
 
+def test_diagnose_reads_a_sum_as_written_unless_quantity_first_has_fewer_wrong_numbers():
+    """Fay 3 on a start of 3: "3 + 5 = 8" was read quantity first and named a wrong carry (5); as written it has
+    one wrong number too, the quantity, and the written order wins the tie."""
+    from stepentropy_rl.tasks.basket import diagnose
+
+    gold = "Now Fay 3: 3 + 3 = 6.\n\nNow Lea 2: 6 + 2 = 8.\n</think>\n\nThe answer is \\boxed{8}."
+    assert diagnose(gold, gold) is None
+    assert diagnose(gold, gold.replace("3 + 3 = 6", "3 + 5 = 8")) == "wrong quantity"
+    assert diagnose(gold, gold.replace("Lea 2: 6 + 2", "Lea 2: 2 + 6")) is None  # quantity first, all right
+
+
+def test_diagnose_reads_the_answer_the_grader_reads():
+    """The answer line was checked by substring: a later box the grader reads as the answer passed, and a bare box
+    the grader accepts was a wrong answer line (so a CoT right at every step counted as right by luck)."""
+    from stepentropy_rl.tasks.basket import diagnose
+    from stepentropy_rl.tasks.grading import exact_match
+
+    gold = "Now Fay 3: 3 + 3 = 6.\n\nNow Lea 2: 6 + 2 = 8.\n</think>\n\nThe answer is \\boxed{8}."
+    two = gold.replace("\\boxed{8}.", "\\boxed{8}. So \\boxed{9}.")
+    assert not exact_match(two.split("</think>")[1], "8") and diagnose(gold, two) == "wrong answer line"
+    for bare in ("\\boxed{8}", "The answer is \\boxed{8}"):
+        right = gold.split("</think>")[0] + "</think>\n\n" + bare
+        assert exact_match(right.split("</think>")[1], "8") and diagnose(gold, right) is None
+
+
 def test_diagnose_names_the_first_mistake():
     from stepentropy_rl.tasks.basket import diagnose
 

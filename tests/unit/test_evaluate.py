@@ -58,6 +58,23 @@ def test_evaluate_sends_ids_and_grades_the_answer_after_think(monkeypatch):
     assert ev.evaluate(_rollout(truncated), _Tok(), problems, make_grader("exact", "all"), {})["accuracy"] == 1
 
 
+def test_redundant_tokens_are_counted_when_a_model_joins_its_steps_with_one_newline():
+    """Steps joined by one newline were one piece, labelled by its first line: the redundant lines inside it counted
+    as essential, and the redundant share fell as if they had been removed."""
+    from stepentropy_rl.cot_stats import redundant_fraction, step_token_labels
+    from stepentropy_rl.data import generated
+    from stepentropy_rl.tasks.basket import BasketConfig, label_step
+    from stepentropy_rl.tokenizer import encode, train_tokenizer
+
+    p = generated(BasketConfig(style="verbose"), 1, 0, "test")[0]
+    tok = train_tokenizer([q.prompt + "\n" + q.solution for q in generated(BasketConfig(style="verbose"), 200, 1,
+                                                                            "train")], 400)
+    apart = p.solution
+    joined = apart.replace("\n\n", "\n")
+    shares = [redundant_fraction([step_token_labels(tok, encode(tok, t), label_step)]) for t in (apart, joined)]
+    assert shares[0] > 0.5 and shares[1] == pytest.approx(shares[0], abs=0.03)
+
+
 def test_labelled_problems_report_redundant_tokens_and_steps_right():
     """On the embedded task: the gold CoT is right at every step; a CoT with a wrong carry that still ends on the
     right total is right by luck; the redundant share counts the tokens of steps labelled redundant."""

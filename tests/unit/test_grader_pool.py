@@ -161,6 +161,13 @@ def test_a_constant_after_a_number_is_no_unit_and_a_boxed_unit_is_read_as_the_go
     assert not verify_one(r"\boxed{4 hours 30 minutes}", "30", 2)
 
 
+@pytest.mark.parametrize("boxed, gold", [("4 thousand", "4"), ("1.5 million", "1.5"), ("3 dozen", "3"),
+                                         ("7 or more", "7"), ("2 and a half", "2"), ("4 Thousand", "4")])
+def test_a_number_scaled_or_qualified_by_its_words_is_not_that_number(boxed, gold):
+    """"\\boxed{4 thousand}" was graded right against 4: the words after a number were taken for its unit."""
+    assert not verify_one(rf"\boxed{{{boxed}}}", gold, 2)
+
+
 def _grade_one(response, answer, timeout_s):
     return response == answer
 
