@@ -281,7 +281,7 @@ def test_entropy_guided_preset():
     assert fns["compress"](late)["total"] == 0.0
     assert fns["compress"](short)["total"] == pytest.approx(math.exp(math.log(0.2) * 120 / 4096))
     wrong = Sample(correct=False, answered=True, answer_pos=100, length=120)
-    assert fns["compress"](wrong)["total"] == 0.0  # positive-only advantages must not reinforce wrong answers
+    assert fns["compress"](wrong)["total"] == 0.0  # absolute advantages (an option) must not reinforce wrong answers
     assert fns["explore"](short)["total"] == pytest.approx(1.2 + math.exp(math.log(0.5) * 120 / 4096))
 
 
