@@ -83,10 +83,11 @@ def check_kept_runs(out: Path, results: dict, overrides: list[str]) -> None:
                 cfg = build(compose("config", overrides=job_overrides(run_dir, mode, seed, overrides)),
                             check_paths=False)
                 found = conflicts(recorded, run_config(stage_inputs(cfg)))
-                if found:
-                    stage, key, then, now = found[0]
+                if found:  # the earliest stage, and a key it ran with before one added since (as the driver names)
+                    stage, key, then, now = min(found, key=lambda f: (ORDER.index(f[0]), f[2] == "(unset)"))
+                    n = len({k for _, k, _, _ in found})
                     raise SystemExit(f"{run_dir} finished its stage {stage!r} with {key}={then!r}, and its job now "
-                                     f"composes {key}={now!r} (a default changed since; {len(found)} key(s) differ): "
+                                     f"composes {key}={now!r} (a default changed since; {n} key(s) differ): "
                                      f"a rerun would report it as the new setting's. Use another --out")
 
 

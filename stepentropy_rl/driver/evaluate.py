@@ -59,9 +59,8 @@ def evaluate(rollout, tokenizer, problems, grade, sampling: dict, skip_token: st
         if cots:
             estimate = sample["topk_entropy"]
             rec = cot_record(tokenizer, sample["token_ids"], estimate, labeler=label_step if with_steps else None)
-        if with_steps:  # the record's steps when there is one: the ids are decoded and cut once
-            steps.append([(s["label"], s["tok"][1] - s["tok"][0]) for s in rec["steps"]] if rec else
-                         step_token_labels(tokenizer, sample["token_ids"], label_step))
+        if with_steps:  # line by line, not the record's \n\n steps: a model may join its steps with one newline
+            steps.append(step_token_labels(tokenizer, sample["token_ids"], label_step))
             mistake = diagnose(p.solution, sample["text"])
             if mistake:
                 mistakes[mistake] = mistakes.get(mistake, 0) + 1

@@ -37,11 +37,12 @@ def _warm_up() -> None:
 
 # one number followed by words or a unit ("18 dollars", "10 cm^2"): read as LaTeX alone it is a product of letters
 # that no response matches; one letter ("5 x") is a product, and so is a constant or a function ("4 pi", "2 sqrt 3").
-# Only one number: "4 hours 30 minutes" is no number; nor is a number scaled or qualified by its words ("4 thousand",
-# "3 dozen", "7 or more", "2 and a half")
-NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|cos|tan|log|ln|exp|e|hundred|"
-                             r"thousand|million|billion|trillion|dozen|or|and)\b)[A-Za-z]{2,}"
-                             r"(?:[A-Za-z ./]|\^\d+)*", re.IGNORECASE)
+# Only one number: "4 hours 30 minutes" is no number; nor is one that its words scale, raise, divide or qualify
+# anywhere after it ("4 thousand", "2 thousands", "3 squared", "2 thirds", "18 dollars or more")
+NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|cos|tan|log|ln|exp|e)\b)"
+                             r"(?!.*\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|halves|"
+                             r"thirds?|quarters?|fifths?|tenths?|or|and|plus|minus|times)\b)"
+                             r"[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*", re.IGNORECASE)
 # digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
 DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:! ]\s*|~|\s+)(?=\d{3}(?!\d))")
 

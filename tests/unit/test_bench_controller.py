@@ -74,13 +74,14 @@ def test_kept_runs_made_under_another_default_are_refused(bench, tmp_path):
             (run_dir / "stages" / "eval_final.done").write_text(json.dumps({"config": config, "seconds": 1.0}))
     bench.main(["--seeds", "0", "--out", str(out)])  # the same config goes on with the runs made
     assert len(bench.ran) == 4
-    marker = out / "seed0_fixed" / "stages" / "eval_final.done"
-    info = json.loads(marker.read_text())
-    info["config"]["algorithm.adv_estimator.compress"] = "absolute"
-    marker.write_text(json.dumps(info))
-    with pytest.raises(SystemExit, match=r"seed0_fixed finished its stage 'eval_final' with "
+    for stage in ("grpo", "eval_final"):  # both markers record the old default: one key, named once
+        marker = out / "seed0_fixed" / "stages" / f"{stage}.done"
+        info = json.loads((out / "seed0_fixed" / "stages" / "eval_final.done").read_text())
+        info["config"]["algorithm.adv_estimator.compress"] = "absolute"
+        marker.write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match=r"seed0_fixed finished its stage 'grpo' with "
                                          r"algorithm.adv_estimator.compress='absolute', and its job now composes "
-                                         r"algorithm.adv_estimator.compress='grpo'"):
+                                         r"algorithm.adv_estimator.compress='grpo' \(a default changed since; 1 key"):
         bench.main(["--seeds", "0", "--out", str(out)])
     assert len(bench.ran) == 4
 

@@ -738,9 +738,9 @@ def test_norm_adv_by_std_is_per_stage_or_one_bool_for_both():
 
 
 def test_entropy_guided_takes_group_relative_advantages_and_paper_2s_absolute_ones_on_request():
-    """Paper 2's absolute advantages compare lengths across problems (a 3-move CoT outranks every 4-move one), which
-    taught the embedded policy to drop a move; the experiment's default is group-relative in both stages, and paper
-    2's estimator stays one override away."""
+    """Paper 2's absolute advantages compare lengths across problems (a 3-move CoT, usually shorter, outranks a 4-move
+    one), which taught the embedded policy to drop a move; the experiment's default is group-relative in both stages,
+    and paper 2's estimator stays one override away."""
     with initialize_config_dir(config_dir=CONF, version_base=None):
         def job(*overrides):
             return build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides]))

@@ -73,6 +73,10 @@ def test_redundant_tokens_are_counted_when_a_model_joins_its_steps_with_one_newl
     joined = apart.replace("\n\n", "\n")
     shares = [redundant_fraction([step_token_labels(tok, encode(tok, t), label_step)]) for t in (apart, joined)]
     assert shares[0] > 0.5 and shares[1] == pytest.approx(shares[0], abs=0.03)
+    for cots in (False, True):  # the training evaluations write the viewer's records too (cots=True)
+        got = [ev.evaluate(_rollout([[{"text": t, "token_ids": encode(tok, t), "topk_entropy": None}]]), tok, [p],
+                           exact_match, {}, cots=cots)["redundant_fraction"] for t in (apart, joined)]
+        assert got == pytest.approx(shares, abs=1e-9), cots
 
 
 def test_labelled_problems_report_redundant_tokens_and_steps_right():

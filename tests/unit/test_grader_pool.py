@@ -162,10 +162,13 @@ def test_a_constant_after_a_number_is_no_unit_and_a_boxed_unit_is_read_as_the_go
 
 
 @pytest.mark.parametrize("boxed, gold", [("4 thousand", "4"), ("1.5 million", "1.5"), ("3 dozen", "3"),
-                                         ("7 or more", "7"), ("2 and a half", "2"), ("4 Thousand", "4")])
+                                         ("7 or more", "7"), ("2 and a half", "2"), ("4 Thousand", "4"),
+                                         ("2 thousands", "2"), ("4 dozens", "4"), ("3 squared", "3"),
+                                         ("2 thirds", "2"), ("18 dollars or more", "18"), ("5 cups or less", "5")])
 def test_a_number_scaled_or_qualified_by_its_words_is_not_that_number(boxed, gold):
     """"\\boxed{4 thousand}" was graded right against 4: the words after a number were taken for its unit."""
     assert not verify_one(rf"\boxed{{{boxed}}}", gold, 2)
+    assert verify_one(rf"\boxed{{{boxed.split()[0]} apples}}", gold, 2)  # a unit alone still reads as the number
 
 
 def _grade_one(response, answer, timeout_s):
