@@ -108,7 +108,8 @@ class DataConfig:
             except ValueError as e:
                 raise ConfigError(str(e).removeprefix("data.")) from None  # from_dict puts "data." back
         else:
-            one_of(self, "grader", GRADERS)
+            need(self.grader in GRADERS, "grader", f"must be one of {tuple(GRADERS)} or path/to/file.py:function, "
+                 f"got {self.grader!r}")
         one_of(self, "overlong", ("error", "skip"))
         need("{prompt}" in self.prompt_template, "prompt_template", "must contain {prompt}, where the question goes")
         need(self.chat_template_kwargs.get("enable_thinking", True) is not False, "chat_template_kwargs.enable_thinking",

@@ -129,9 +129,9 @@ def read_rows(path: str | Path, split: str = "test") -> list[tuple[str, object]]
         raise DataError(f"data.path: no such file {str(path)!r}{prepare_hint(path)}")
     if path.is_dir():
         rows = _dataset_rows(path, split)
-    elif path.suffix == ".parquet":
+    elif path.suffix.lower() == ".parquet":
         rows = _parquet_rows(path)
-    elif path.suffix == ".json":
+    elif path.suffix.lower() == ".json":
         rows = _json_rows(path)
     else:
         rows = _jsonl_rows(path)
@@ -247,6 +247,8 @@ def _prompt(value, where: str, key: str) -> tuple[str, str | None]:
     if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value):
         users = [m.get("content") for m in value if m.get("role") == "user"]
         system = next((m.get("content") for m in value if m.get("role") == "system"), None)
+        if system is not None and not isinstance(system, str):
+            raise DataError(f"{where}: '{key}' has a system message whose content is not text ({type(system).__name__})")
         value = users[-1] if users else None
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: '{key}' must be a non-empty string or chat messages with a user message")

@@ -40,6 +40,8 @@ def source(run_dir: Path, step: int | None, model: str = "final") -> tuple[str, 
     that writes it has marked it done (``stages/<stage>.done``, written after the model): a folder without its
     marker is half written (a kill in the save) or a model of the run's config before a redo. The final model is
     never replaced by the SFT model unasked (an export named "final" held SFT's weights while GRPO ran)."""
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such directory")
     if step is not None:
         ckpt = run_dir / "grpo" / f"step_{step}" / "learner"
         if not ckpt.is_dir() or not (ckpt.parent / "driver.json").exists():  # driver.json: the save's last file
@@ -48,6 +50,8 @@ def source(run_dir: Path, step: int | None, model: str = "final") -> tuple[str, 
             raise ExportError(f"{run_dir}: no GRPO checkpoint for step {step} (kept: {kept or 'none'}; "
                               "trainer.grpo.keep_last says how many are kept)")
         return f"GRPO step {step}", ckpt
+    if not (run_dir / "stages").is_dir():
+        raise ExportError(f"{run_dir}: not a training run's directory (no stages/: a study's, or another folder)")
     stage = {"final": "grpo", "sft": "sft"}[model]
     path = run_dir / "models" / model
     if (path / "config.json").exists() and (run_dir / "stages" / f"{stage}.done").exists():

@@ -30,11 +30,12 @@ def load_function(path: str, name: str, key: str):
     if module is None:
         spec = importlib.util.spec_from_file_location(module_name, file)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # while it runs too: a @dataclass looks its module up there
         try:
             spec.loader.exec_module(module)
         except Exception as e:
+            del sys.modules[module_name]
             raise ValueError(f"{key}: importing {file} failed ({type(e).__name__}: {e})") from None
-        sys.modules[module_name] = module
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ValueError(f"{key}: {file} has no function {name!r}")

@@ -18,8 +18,14 @@ import numpy as np
 
 from stepentropy_rl.cot_format import SKIP_TOKEN, THINK_OPEN, answer_text, boxed_answer, split_thinking
 from stepentropy_rl.registry import Registry
+from stepentropy_rl.typed import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class CustomRewardError(ConfigError):
+    """A user's ``reward.custom`` scorer that raised on each of its first answered samples: broken, not the samples.
+    A ``ConfigError`` (``typed``), so the run stops with one line naming the key, from the reward actor too."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
         score = _score_of(fn(s.data_source, s.text, s.ground_truth, s.extra_info), f"{name}() returned")
     except Exception as e:
         if first.raised(s.answered):
-            raise ValueError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered samples "
+            raise CustomRewardError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered samples "
                              f"(last: {type(e).__name__}: {e}); it takes (data_source, solution_str, ground_truth, "
                              f"extra_info)") from e
         if first.failed == 1:

@@ -24,7 +24,10 @@ def _read(path: Path, limit: int | None) -> list[dict]:
     with path.open() as f:
         for line in f:
             if line.strip():
-                row = json.loads(line, parse_constant=lambda _: None)  # a NaN entropy shows as n/a
+                try:
+                    row = json.loads(line, parse_constant=lambda _: None)  # a NaN entropy shows as n/a
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: a line is not JSON ({e})") from None
                 row["id"] = str(row["id"])
                 rows.append(row)
             if limit and len(rows) >= limit:
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run_dir / "view.html"
     from stepentropy_rl.files import atomic_write_text
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB); open it in a browser")
     return 0

@@ -1,12 +1,15 @@
 """Answer extraction and grading: exact match for the embedded task, math-verify for real math."""
 from __future__ import annotations
 
+import logging
 import numbers
 
 from stepentropy_rl.cot_format import answer_text, boxed_answer
 from stepentropy_rl.registry import Registry
 from stepentropy_rl.typed import ConfigError
 from stepentropy_rl.tasks.grader_pool import shared_pool
+
+log = logging.getLogger(__name__)
 
 GRADERS = Registry("grader")  # name -> grade(response, answer) -> bool  (data.grader)
 register_grader = GRADERS.register
@@ -121,6 +124,9 @@ def user_grader(fn):
                 name = getattr(fn, "__name__", fn)
                 raise GraderError(f"data.grader {name} raised on each of its first {FIRST_CALLS} samples (last: "
                                   f"{type(e).__name__}: {e}); it takes (solution_str, ground_truth)") from e
+            if first.failed == 1:  # a grader for another answer format never sees a box: not silent either way
+                log.warning("data.grader %s raised (%s: %s); such samples count as wrong (said once)",
+                            getattr(fn, "__name__", fn), type(e).__name__, e)
             raise
         first.ok(boxed)
         if isinstance(r, dict):

@@ -231,3 +231,26 @@ def test_a_gold_run_names_a_bad_solution_when_its_problems_load(tmp_path):
         with pytest.raises(DataError, match="train.jsonl:1: 'solution' must be thinking"):
             train_problems(cfg("data=file", "model=r1_distill_qwen_7b", f"data.path={f}", f"data.train_path={f}", "trainer.prune.source=gold"))
         assert len(train_problems(cfg("data=file", "model=r1_distill_qwen_7b", f"data.path={f}", f"data.train_path={f}"))) == 1  # policy CoTs
+
+
+@pytest.mark.parametrize("content", [5, [{"type": "text", "text": "Be brief"}]])
+def test_a_system_message_must_be_text(tmp_path, content):
+    """OpenAI's content parts were written into every prompt as a Python list's text; a number crashed later with a
+    TypeError traceback."""
+    import json
+
+    from stepentropy_rl.data import load_problems
+
+    row = {"prompt": [{"role": "system", "content": content}, {"role": "user", "content": "q"}], "answer": "1"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=r"rows.jsonl:1: 'prompt' has a system message whose content is not text"):
+        load_problems(tmp_path / "rows.jsonl")
+
+
+def test_a_file_suffix_is_read_whatever_its_case(tmp_path):
+    import json
+
+    from stepentropy_rl.data import load_problems
+
+    (tmp_path / "rows.JSON").write_text(json.dumps([{"prompt": "q", "answer": "1"}]))
+    assert [p.answer for p in load_problems(tmp_path / "rows.JSON")] == ["1"]

@@ -164,6 +164,26 @@ def test_score_responses_uses_logits_to_keep(tiny_llama):
         torch.testing.assert_close(res["logprobs"].double(), score_alone(tiny_llama, p, r)[1], atol=1e-4, rtol=0)
 
 
+def test_score_responses_projects_only_response_rows_a_chunk_at_a_time_without_a_cache(tiny_llama):
+    """The whole batch's logits were computed at once (16 x 8k x 152k bf16 is 38 GiB on a GPU; 16k-token AIME CoTs
+    ran an H100 out of memory) with the config's KV cache on; now the decoder runs without a cache and the head sees
+    at most ``chunk_rows`` response rows at a time, with the same scores."""
+    rows, caches = [], []
+    h1 = tiny_llama.lm_head.register_forward_hook(lambda m, a, out: rows.append(out.shape[:-1].numel()))
+    h2 = tiny_llama.model.register_forward_hook(lambda m, a, out: caches.append(out.past_key_values))
+    try:
+        prompts, responses = [p for p, _ in PAIRS], [r for _, r in PAIRS]
+        got = score_responses(tiny_llama, prompts, responses, batch_size=8, chunk_rows=4)
+    finally:
+        h1.remove(), h2.remove()
+    assert rows and max(rows) <= 4 and sum(rows) == sum(len(r) for r in responses)
+    assert caches and all(c is None for c in caches)
+    whole = score_responses(NoKeepWrapper(tiny_llama), prompts, responses, batch_size=8, chunk_rows=4)
+    for a, b in zip(got, whole):
+        torch.testing.assert_close(a["entropy"], b["entropy"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(a["logprobs"], b["logprobs"], atol=1e-6, rtol=0)
+
+
 def test_score_responses_errors(tiny_llama):
     with pytest.raises(ValueError):
         score_responses(tiny_llama, [[1]], [[2], [3]])

@@ -91,18 +91,28 @@ def test_the_card_names_the_runs_base_and_grpo_and_a_stray_step_folder_is_no_ste
     assert "| final | 99.0% | 51.0 |" in card
 
 
+def test_a_folder_that_is_no_training_run_is_said_to_be_none(tmp_path):
+    """A mistyped run directory, or a study's, was told to resume the run or export --model sft."""
+    for step in (None, 40):
+        with pytest.raises(ExportError, match=r"nope: no such directory"):
+            source(tmp_path / "nope", step)
+    (tmp_path / "study").mkdir()
+    with pytest.raises(ExportError, match=r"not a training run's directory \(no stages/: a study's, or another"):
+        source(tmp_path / "study", None)
+
+
 def test_only_a_model_its_stage_marked_done_is_exported(tmp_path):
     """models/final was exported whenever its config.json existed: half written by a kill in its save (the config
     comes before the weights), or the old config's model while a redo of SFT and GRPO runs."""
     for name in ("final", "sft"):
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "config.json").write_text("{}")
+    (tmp_path / "stages").mkdir()
     with pytest.raises(ExportError, match=r"models/final has no stages/grpo.done .*--model sft \(the SFT model, not "
                                           r"done either\)"):
         source(tmp_path, None)
     with pytest.raises(ExportError, match=r"models/sft has no stages/sft.done"):
         source(tmp_path, None, "sft")
-    (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "sft.done").write_text("{}")
     # GRPO not done: "export the final model" exported the SFT model under the name it was given
     with pytest.raises(ExportError, match=r"models/final has no stages/grpo.done .*--model sft \(the SFT model\) or a "

@@ -105,3 +105,15 @@ def test_the_box_scan_finds_what_the_brace_matching_defines():
         for last in (False, True):
             assert boxed_span(text, start, last) == by_definition(text, start, last), (text, start, last)
     assert boxed_span("x</think>" + BOXED * 3000) is None
+
+
+def test_a_user_graders_failures_are_said_once_even_where_no_answer_is_boxed(caplog):
+    """A grader for another answer format ("Answer: B") never sees a box, so a bug in it never counted toward the
+    broken-grader stop: every sample was wrong, 0% accuracy, and nothing said."""
+    from stepentropy_rl.tasks.grading import FIRST_CALLS, user_grader
+
+    letter = user_grader(lambda s, g: {"B": 1}[s.split("Answer: ")[1]] == g)  # a KeyError on every letter but B
+    with caplog.at_level("WARNING", logger="stepentropy_rl.tasks.grading"):
+        assert all(grade_safely(letter, "Answer: C", "1") is False for _ in range(FIRST_CALLS + 2))
+    said = [r.getMessage() for r in caplog.records if "raised" in r.getMessage()]
+    assert len(said) == 1 and "KeyError" in said[0] and "count as wrong" in said[0]

@@ -65,6 +65,24 @@ def test_a_user_grader_by_file_and_function(scorer):
     assert not grade("no closing tag 7", "7")  # the answer span: nothing after </think>
 
 
+def test_a_user_file_with_a_dataclass_and_postponed_annotations_imports(tmp_path):
+    """The file ran before it was in sys.modules, and a @dataclass under `from __future__ import annotations` looks
+    its module up there: 'NoneType' object has no attribute '__dict__', and the grader was refused."""
+    import sys
+
+    from stepentropy_rl.hooks import load_function
+
+    path = tmp_path / "dc_grader.py"
+    path.write_text("from __future__ import annotations\nfrom dataclasses import dataclass\n\n\n@dataclass\n"
+                    "class Rule:\n    exact: bool = True\n\n\ndef grade(s, g):\n    return Rule().exact and s == g\n")
+    assert load_function(str(path), "grade", "data.grader")("1", "1")
+    broken = tmp_path / "broken_grader.py"
+    broken.write_text("raise RuntimeError('no')\n")
+    with pytest.raises(ValueError, match="importing .*broken_grader.py failed"):
+        load_function(str(broken), "grade", "data.grader")
+    assert not [m for m, mod in sys.modules.items() if str(broken) == getattr(mod, "__file__", None)]
+
+
 def test_config_paths_become_absolute_and_bad_ones_are_config_errors(scorer, tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
@@ -80,3 +98,8 @@ def test_config_paths_become_absolute_and_bad_ones_are_config_errors(scorer, tmp
     assert job.reward["custom"]["path"] == scorer and job.data.grader == f"{scorer}:grade"
     with pytest.raises(ConfigError, match=r"^data.grader: no such file"):
         build(bad, check_paths=False)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        no_fn = compose("config", overrides=["+experiment=entropy_guided", "run_dir=r", "data.grader=my_reward.py"])
+    with pytest.raises(ConfigError, match=r"data.grader must be one of .* or path/to/file.py:function, got "
+                                          r"'my_reward.py'"):
+        build(no_fn, check_paths=False)

@@ -5,6 +5,7 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
+from stepentropy_rl.typed import ConfigError
 from stepentropy_rl.rewards import (TERMS, RewardFn, Sample, TermSpec, correctness, exp_length, format_reward,
                                     from_config, length_clip, length_threshold, make_sample, register_term,
                                     skip_count, skip_ratio, stage_rewards)
@@ -194,8 +195,8 @@ def test_a_users_scorer_that_fails_on_garbage_scores_it_zero_and_one_that_always
     broken = from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "broken"}}])
     for _ in range(FIRST_CALLS - 1):
         assert broken(right)["custom"] == 0.0
-    with pytest.raises(ValueError, match=f"broken\\(\\) raised on each of the first {FIRST_CALLS} answered samples"):
-        broken(right)
+    with pytest.raises(ConfigError, match=f"broken\\(\\) raised on each of the first {FIRST_CALLS} answered samples"):
+        broken(right)  # a config error: the run stops with one line, as for a broken grader (it ended in a traceback)
     with pytest.raises(ValueError, match=r"two_args\(\) cannot take \(data_source, solution_str, ground_truth"):
         from_config([{"name": "custom", "params": {"path": str(tmp_path / "score.py"), "name": "two_args"}}])
     # no finite number on one garbage sample ended the run; now it scores 0 as a raise does, and always none stops

@@ -128,3 +128,7 @@ def test_the_cli_writes_the_page_or_says_in_one_line_why_not(task, tmp_path, cap
     (tmp_path / "cots.jsonl").write_text(json.dumps(_record(tok, problems[0].solution, variants=[])) + "\n")
     assert view.main([str(tmp_path), "--out", str(tmp_path / "v.html")]) == 0
     assert (tmp_path / "v.html").read_text().startswith("<!DOCTYPE html>")
+    assert view.main([str(tmp_path), "--out", str(tmp_path / "pages" / "v.html")]) == 0  # a traceback: no pages/
+    with (tmp_path / "cots.jsonl").open("a") as f:
+        f.write('{"id": 1,\n')
+    assert view.main([str(tmp_path)]) == 2 and "cots.jsonl: a line is not JSON" in capsys.readouterr().err
