@@ -248,7 +248,8 @@ def _prompt(value, where: str, key: str) -> tuple[str, str | None]:
         users = [m.get("content") for m in value if m.get("role") == "user"]
         system = next((m.get("content") for m in value if m.get("role") == "system"), None)
         if system is not None and not isinstance(system, str):
-            raise DataError(f"{where}: '{key}' has a system message whose content is not text ({type(system).__name__})")
+            raise DataError(f"{where}: '{key}' has a system message whose content is not text "
+                            f"({type(system).__name__})")
         value = users[-1] if users else None
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: '{key}' must be a non-empty string or chat messages with a user message")

@@ -206,9 +206,9 @@ def custom(s: Sample, *, path: str, name: str = "compute_score") -> float:
         score = _score_of(fn(s.data_source, s.text, s.ground_truth, s.extra_info), f"{name}() returned")
     except Exception as e:
         if first.raised(s.answered):
-            raise CustomRewardError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered samples "
-                             f"(last: {type(e).__name__}: {e}); it takes (data_source, solution_str, ground_truth, "
-                             f"extra_info)") from e
+            raise CustomRewardError(f"reward.custom: {name}() raised on each of the first {FIRST_CALLS} answered "
+                                    f"samples (last: {type(e).__name__}: {e}); it takes (data_source, solution_str, "
+                                    f"ground_truth, extra_info)") from e
         if first.failed == 1:
             log.warning("reward.custom: %s() raised (%s: %s); such samples score 0", name, type(e).__name__, e)
         return 0.0

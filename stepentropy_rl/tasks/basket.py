@@ -357,9 +357,9 @@ def diagnose(solution: str, response: str) -> str | None:
     First the count: fewer moves than people is "missed person", more is "extra move" (a CoT that stops early or goes
     one too far is named so, whatever its steps hold). Then the essential steps against the gold moves in order:
     person, quantity, carried total, arithmetic; then that the last box after ``</think>`` holds the last total (what
-    the task's exact grader reads with ``data.grade_span=answer``, its defaults). Steps are read line by line, a leading placeholder dropped: a trained model may join a
-    ``[SKIP]`` to the next move with one newline or a space ("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), and that move is
-    still written. A sum whose first number is the person's quantity is read quantity first ("Now Fay 3: 3 + 12 = 15."
+    the task's exact grader reads with ``data.grade_span=answer``, its defaults). Steps are read line by line, a
+    leading placeholder dropped: a trained model may join a ``[SKIP]`` to the next move with one newline or a space
+    ("[SKIP]\\nNow Hal 3: 12 + 3 = 15."), and that move is still written. A sum whose first number is the person's quantity is read quantity first ("Now Fay 3: 3 + 12 = 15."
     is 12 + 3) where that reading has fewer wrong numbers than the written order; at a tie, as written.
     """
     moves = list(_MOVE.finditer(solution))

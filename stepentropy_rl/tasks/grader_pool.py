@@ -40,8 +40,8 @@ def _warm_up() -> None:
 # Only one number: "4 hours 30 minutes" is no number; nor is one that its words scale, raise, divide or qualify
 # anywhere after it ("4 thousand", "2 thousands", "3 squared", "2 thirds", "18 dollars or more")
 NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|cos|tan|log|ln|exp|e)\b)"
-                             r"(?!.*\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|halves|"
-                             r"thirds?|quarters?|fifths?|tenths?|or|and|plus|minus|times)\b)"
+                             r"(?!.*\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|"
+                             r"halves|thirds?|quarters?|fifths?|tenths?|or|and)\b)"
                              r"[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*", re.IGNORECASE)
 # digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
 DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:! ]\s*|~|\s+)(?=\d{3}(?!\d))")

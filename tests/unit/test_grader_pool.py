@@ -169,6 +169,7 @@ def test_a_number_scaled_or_qualified_by_its_words_is_not_that_number(boxed, gol
     """"\\boxed{4 thousand}" was graded right against 4: the words after a number were taken for its unit."""
     assert not verify_one(rf"\boxed{{{boxed}}}", gold, 2)
     assert verify_one(rf"\boxed{{{boxed.split()[0]} apples}}", gold, 2)  # a unit alone still reads as the number
+    assert verify_one(rf"\boxed{{{boxed.split()[0]} times}}", gold, 2)  # "how many times": a count, not a product
 
 
 def _grade_one(response, answer, timeout_s):
