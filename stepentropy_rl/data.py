@@ -13,9 +13,10 @@
 - a directory: a Hugging Face dataset saved with ``save_to_disk``, or a folder of data files ``datasets`` can read
   (a hub snapshot); a ``DatasetDict`` gives its ``test`` split for evaluation and ``train`` for training.
 
-The prompt is ``prompt_key`` (a string, or chat messages whose last user message is the question); the answer is
-``answer_key`` (dotted for nested fields; by default ``answer``, else verl's ``reward_model.ground_truth``). A row
-that cannot be used raises ``DataError`` naming ``file:line`` (``file:row N`` for Parquet and datasets).
+The prompt is ``prompt_key`` (a string, or chat messages: one user message, the question, and an optional system
+message); the answer is ``answer_key`` (dotted for nested fields; by default ``answer``, else verl's
+``reward_model.ground_truth``). A row that cannot be used raises ``DataError`` naming ``file:line`` (``file:row N``
+for Parquet and datasets).
 """
 from __future__ import annotations
 
@@ -247,6 +248,11 @@ def _prompt(value, where: str, key: str) -> tuple[str, str | None]:
     if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value):
         users = [m.get("content") for m in value if m.get("role") == "user"]
         system = next((m.get("content") for m in value if m.get("role") == "system"), None)
+        turns = [m.get("role") for m in value if m.get("role") != "system"]
+        if len(turns) > 1:  # only the last user message would be asked: the rest would be dropped without a word
+            raise DataError(f"{where}: '{key}' holds {len(turns)} chat turns ({', '.join(map(str, turns))}); a prompt "
+                            f"is one user message, with an optional system message: put few-shot examples into the "
+                            f"user message or data.prompt_template")
         if system is not None and not isinstance(system, str):
             raise DataError(f"{where}: '{key}' has a system message whose content is not text "
                             f"({type(system).__name__})")

@@ -119,7 +119,16 @@ def send(group, plan: list, tensors: Iterator[tuple[str, torch.Tensor]], device)
     if failed is not None:
         raise RuntimeError(f"weight sync: a broadcast to the engines failed after {sent} bytes ({failed}); "
                            "the learner ranks finished the push together") from failed
+    if sent:
+        settle(device)
     return sent
+
+
+def settle(device) -> None:
+    """Wait for ``device``'s queued work. An NCCL broadcast's ``wait()`` returns to the host once the transfer is
+    queued on the GPU, so without this a push's seconds (``time/sync``) counted the queueing, not the transfer."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def receive(group, plan: list, device) -> Iterator[tuple[str, torch.Tensor]]:

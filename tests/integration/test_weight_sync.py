@@ -123,6 +123,26 @@ def test_send_checks_the_plan_against_the_learners_names():
         send(None, plan, iter([("b", torch.zeros(2))]), "cpu")
 
 
+def test_a_push_waits_for_the_gpu_before_it_returns(monkeypatch):
+    """NCCL's broadcast returns once queued: the push's seconds (time/sync) must include the transfer itself."""
+    from types import SimpleNamespace
+
+    from stepentropy_rl import weight_sync
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(str(device)))
+    weight_sync.settle("cpu")
+    assert synced == []
+    weight_sync.settle(torch.device("cuda", 1))
+    assert synced == ["cuda:1"]
+    settled = []
+    monkeypatch.setattr(weight_sync, "settle", settled.append)
+    group = SimpleNamespace(broadcast=lambda bufs, opts: SimpleNamespace(wait=lambda: None))
+    plan = plan_buckets([("a", (2,))], "float32", 1.0)
+    assert send(group, plan, iter([("a", torch.ones(2))]), "cpu") == 8 and settled == ["cpu"]
+    assert send(None, plan, iter([("a", torch.ones(2))]), "cpu") == 0 and settled == ["cpu"]  # other ranks send none
+
+
 def test_a_push_sends_the_floating_weights_only():
     """A push sends one dtype: an integer buffer in the state dict was planned and cast to bf16 with the weights."""
     from types import SimpleNamespace

@@ -123,6 +123,7 @@ def test_two_rows_with_one_id_are_an_error_naming_both(tmp_path):
 @pytest.mark.parametrize("case,msg", [
     ("missing ground truth", "rows.parquet:row 2: 'reward_model.ground_truth' must be"),
     ("messages without a user turn", "rows.parquet:row 2: 'prompt' must be a non-empty string or chat messages"),
+    ("several chat turns", r"rows.parquet:row 2: 'prompt' holds 3 chat turns \(user, assistant, user\)"),
     ("not parquet", "rows.parquet: cannot be read as Parquet"),
     ("parquet named .jsonl", "rows.jsonl: this is a Parquet file"),
     ("json that is not an array", "rows.json: a .json file must hold a JSON array"),
@@ -140,6 +141,10 @@ def test_bad_files_of_every_kind_are_named(tmp_path, case, msg):
         Dataset.from_list(rows).to_parquet(str(path))
     elif case == "messages without a user turn":
         rows[1]["prompt"] = [{"role": "system", "content": "x"}]
+        Dataset.from_list(rows).to_parquet(str(path))
+    elif case == "several chat turns":  # a few-shot chat: only the last question was asked, the shots dropped
+        rows[1]["prompt"] = [{"role": "system", "content": "x"}, {"role": "user", "content": "1+1?"},
+                             {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"}]
         Dataset.from_list(rows).to_parquet(str(path))
     elif case == "not parquet":
         path.write_text("id,prompt\n1,2\n")
