@@ -20,11 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from stepentropy_rl.config import RUN_ONLY
 from stepentropy_rl.cot_stats import compare_strategies
 from stepentropy_rl.files import atomic_write_json
 from stepentropy_rl.report import paired_table
 
-IGNORED = ("run_dir", "hydra")  # differ between jobs by construction
+# differ between jobs by construction (a sweep's wandb group: not in a job rerun alone) and decide no result
+IGNORED = ("hydra", *RUN_ONLY)
 STUDY_AXES = ("pruning.strategy", "pruning.ratio")  # study jobs differing in these alone answer the same problems
 
 
@@ -95,7 +97,7 @@ def _varying(configs: dict[Path, dict]) -> list[str]:
         return ["?"]
     keys = set.intersection(*(set(c) for c in configs.values())) if configs else set()
     differ = {k for c in configs.values() for k in c if any(k not in o for o in configs.values())}
-    return [k for k in sorted(keys | differ) if not k.startswith(IGNORED)
+    return [k for k in sorted(keys | differ) if not any(k == i or k.startswith(i + ".") for i in IGNORED)
             and len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
 
 

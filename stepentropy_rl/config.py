@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from stepentropy_rl.cot_format import GRADE_SPANS, SKIP_TOKEN
-from stepentropy_rl.phase import STAGES, PhaseConfig
+from stepentropy_rl.phase import STAGES, PhaseConfig, stages_reached
 from stepentropy_rl.pruning import validate_pruning
 from stepentropy_rl.r1_standin import StandinConfig
 from stepentropy_rl.tasks.basket import BasketConfig
@@ -63,6 +64,8 @@ class ModelConfig:
 
     def __post_init__(self):
         one_of(self, "dtype", DTYPES)
+        need(self.path is None or bool(str(self.path).strip()), "path",
+             "is empty (an unset shell variable?): give a checkpoint directory, or null")
         need(self.path is not None or self.tiny is not None or self.standin is not None, "tiny",
              "or model.standin must be set when model.path is null")
 
@@ -70,6 +73,20 @@ class ModelConfig:
         """``tiny`` where it is the model that runs: ``path``, then ``standin``, win over it (``resolve_model``)."""
         return self.tiny if not self.path and self.standin is None else None
 
+
+# where and how a run is logged, resources, restarts, caches and fault injection: no output of any pipeline depends on
+# them (a sweep's jobs log to the sweep's wandb group, a job rerun alone to none; collect, run.prepare)
+RUN_ONLY = (
+    "run_dir", "log_level", "trainer.logger", "trainer.progress", "rollout.log_level", "pruning.cache",
+    "cluster.address", "cluster.dashboard_host", "cluster.include_dashboard", "cluster.loopback_only",
+    "cluster.num_cpus", "cluster.reward", "cluster.rollout.max_restarts", "cluster.reference.max_restarts",
+    "cluster.rollout.num_cpus", "cluster.reference.num_cpus", "cluster.learner.num_cpus",
+    "cluster.learner.sync_timeout_s", "cluster.learner.pg_timeout_s", "cluster.start_timeout_s",
+    "cluster.learner.start_timeout_s",  # cluster.start_timeout_s's name until 2026-12-06
+    "cluster.learner.sync_bucket_mb",  # how a weight push is cut up, not what it sends
+    "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
+    "trainer.grpo.crash_after_step", "trainer.grpo.kill_at_step", "trainer.grpo.keep_last", "trainer.grpo.save_every",
+)
 
 # DeepSeek-R1's usage recommendation for math: the directive in the user message, no system prompt
 R1_INSTRUCTION = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -98,6 +115,10 @@ class DataConfig:
 
     def __post_init__(self):
         from stepentropy_rl.hooks import split_spec
+
+        for key in ("path", "train_path"):  # '' reads as the current folder, and as "not set" further on
+            need(getattr(self, key) is None or bool(str(getattr(self, key)).strip()), key,
+                 "is empty (an unset shell variable?): give a file or dataset folder, or null for generated problems")
         from stepentropy_rl.tasks.grading import GRADERS, get_grader
 
         spec = split_spec(self.grader)
@@ -378,6 +399,8 @@ class AlgorithmConfig:
             need(name not in NEEDS_MORE, f"adv_estimator.{stage}",
                  f"{name!r} needs {NEEDS_MORE.get(name)}, which this trainer does not provide")
         positive(self, "beta", "clip_ratio_low", "clip_ratio_high")
+        need(self.clip_ratio_low < 1, "clip_ratio_low", f"must be < 1, got {self.clip_ratio_low}: the ratio's lower "
+             f"clip bound, 1 - clip_ratio_low, would be at or below 0, which turns it off")
         need(self.clip_ratio_c > 1, "clip_ratio_c", f"must be > 1 (dual clip), got {self.clip_ratio_c}")
         positive(self, "kl_coef", allow_zero=True)
         if self.loss_scale_factor is not None:
@@ -592,6 +615,14 @@ class JobConfig:
             raise ConfigError(f"reward: {e}") from None
         if train:
             check_stage_rewards(stages, a)
+            reached = stages_reached(a.phase, self.trainer.grpo.steps)
+            if a.phase.mode in ("entropy", "fixed") and len(reached) < 2:
+                logging.getLogger(__name__).warning(
+                    "algorithm.phase.mode=%s cannot leave the %s stage within trainer.grpo.steps=%d (%s): this run is "
+                    "%s-only", a.phase.mode, reached[0], self.trainer.grpo.steps,
+                    f"fixed_compress_steps={a.phase.fixed_compress_steps}" if a.phase.mode == "fixed" else
+                    f"the earliest switch follows step max(min_steps, window + patience - 1) = "
+                    f"{max(a.phase.min_steps, a.phase.window + a.phase.patience - 1)}", reached[0])
         check_context(self, prompt_tokens=1, max_model_len=tiny and tiny.max_position_embeddings)
 
     def to_dict(self) -> dict:
@@ -642,27 +673,32 @@ def build(cfg: DictConfig | dict, check_paths: bool = True) -> JobConfig:
     return job
 
 
-def context_needs(cfg: JobConfig) -> dict[str, int]:
+def context_needs(cfg: JobConfig, problems: str | None = None) -> dict[str, int]:
     """Tokens each generation needs beyond its prompt, by the config key that sets them. Pruned-thinking answer
-    regeneration continues a CoT of up to ``rollout.max_tokens``."""
+    regeneration continues a CoT of up to ``rollout.max_tokens``. ``problems``: the budgets of the training problems
+    (``"train"``: the prune stage and GRPO) or of the held-out ones (``"eval"``: a training job only evaluates on
+    them), None for all."""
     r = cfg.rollout
     if cfg.pipeline == "prune_study":
         return {"rollout.max_tokens + rollout.answer_max_tokens": r.max_tokens + r.answer_max_tokens}
     t = cfg.trainer
-    return {"rollout.max_tokens + trainer.prune.answer_max_tokens": r.max_tokens + t.prune.answer_max_tokens,
-            "trainer.grpo.max_tokens": t.grpo.max_tokens, "trainer.eval.max_tokens": t.eval.max_tokens}
+    train = {"rollout.max_tokens + trainer.prune.answer_max_tokens": r.max_tokens + t.prune.answer_max_tokens,
+             "trainer.grpo.max_tokens": t.grpo.max_tokens}
+    held_out = {"trainer.eval.max_tokens": t.eval.max_tokens}
+    return {"train": train, "eval": held_out}.get(problems, {**train, **held_out})
 
 
-def check_context(cfg: JobConfig, prompt_tokens: int, max_model_len: int | None = None) -> None:
-    """ConfigError unless a prompt of ``prompt_tokens`` plus each generation budget fits the engine's context
-    (``rollout.engine.max_model_len``, else ``max_model_len``, e.g. the model's ``max_position_embeddings``):
-    vLLM would cut the response short without an error."""
+def check_context(cfg: JobConfig, prompt_tokens: int, max_model_len: int | None = None,
+                  problems: str | None = None) -> None:
+    """ConfigError unless a prompt of ``prompt_tokens`` plus each generation budget (of ``problems``,
+    ``context_needs``) fits the engine's context (``rollout.engine.max_model_len``, else ``max_model_len``, e.g. the
+    model's ``max_position_embeddings``): vLLM would cut the response short without an error."""
     limit = cfg.rollout.engine.get("max_model_len") or max_model_len
     if not limit:
         return
     source = "rollout.engine.max_model_len" if cfg.rollout.engine.get("max_model_len") else \
         "max_model_len (null: the model's max_position_embeddings)"
-    for key, n in context_needs(cfg).items():
+    for key, n in context_needs(cfg, problems).items():
         need(prompt_tokens + n <= int(limit), key,
              f"= {n} plus a prompt of {prompt_tokens} tokens exceeds the engine's context {source} = {limit}: raise "
              f"max_model_len or lower the budget")

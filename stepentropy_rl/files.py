@@ -28,13 +28,39 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a machine that crashes leaves the old file or the new
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(path: Path) -> None:
+    """The directory's entries (a rename, a new file) on disk; where the file system cannot, nothing."""
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """Every file under ``path`` and every directory on disk: what a marker vouches for (a saved model) must survive
+    a machine crash that the marker survives."""
+    path = Path(path)
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(root))
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -20,10 +20,14 @@ log = logging.getLogger("stepentropy_rl")
 CPU_PRESETS = {"trainer": "cpu", "rollout": "vllm_cpu", "cluster": "local_cpu"}  # sized for the tiny reasoner
 TASK_DATA = ("basket", "basket_verbose")  # the embedded task's data presets: its prompt, exact grader, reward lengths
 # keys one pipeline never reads, which a user easily takes for the other's: (prefix, what to use instead)
-MISPLACED = {"train": ("pruning", "pruning.* configures the static study (+experiment=prune_sweep); training prunes "
-                                  "its SFT data by trainer.prune.* (e.g. trainer.prune.ratio=0.4)"),
-             "prune_study": ("trainer.prune", "trainer.prune.* configures the training pipeline's prune stage; the "
-                                              "study prunes by pruning.* (e.g. pruning.ratio=0.4,0.8)")}
+MISPLACED = {"train": (("pruning", "pruning.* configures the static study (+experiment=prune_sweep); training prunes "
+                                   "its SFT data by trainer.prune.* (e.g. trainer.prune.ratio=0.4)"),
+                       ("rollout.answer_max_tokens", "it sizes the static study's answers; the prune stage's answer "
+                                                     "check reads trainer.prune.answer_max_tokens"),
+                       ("rollout.topk_logprobs", "it is the static study's top-k entropy check; the evaluations read "
+                                                 "trainer.eval.topk_logprobs")),
+             "prune_study": (("trainer.prune", "trainer.prune.* configures the training pipeline's prune stage; the "
+                                               "study prunes by pruning.* (e.g. pruning.ratio=0.4,0.8)"),)}
 
 
 class JobFailed(Exception):
@@ -79,11 +83,11 @@ def misplaced(pipeline: str | None, overrides: list[str]) -> None:
     """ConfigError for a command-line key that ``pipeline`` never reads where the other pipeline has one like it
     (``pruning.ratio`` in a training sweep: every job would train at ``trainer.prune.ratio`` while ``collect``
     labels them by the ratio given)."""
-    prefix, why = MISPLACED.get(pipeline, (None, None))
     keys = [override_key(o) for o in overrides]
-    bad = [k for k in keys if prefix and (k == prefix or k.startswith(prefix + "."))]
-    if bad:
-        raise ConfigError(f"{', '.join(bad)} is not read by this experiment: {why}")
+    for prefix, why in MISPLACED.get(pipeline, ()):
+        bad = [k for k in keys if k == prefix or k.startswith(prefix + ".")]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)} is not read by this experiment: {why}")
 
 
 def claim_run_dir(run_dir: str, sweep_dir: str, overrides: list[str]) -> None:

@@ -89,6 +89,25 @@ class PhaseConfig:
              f"fixed_compress_steps must be an integer >= 0, got {self.fixed_compress_steps!r}")
 
 
+def stages_reached(cfg: PhaseConfig, steps: int) -> list[str]:
+    """The stages that a run of ``steps`` GRPO steps can train in, in order. ``fixed`` switches after
+    ``fixed_compress_steps``; ``entropy`` no earlier than after step max(min_steps, window + patience - 1): the trend
+    needs ``window`` entropies of the phase, then ``patience`` that oppose the stage.
+
+    >>> stages_reached(PhaseConfig(mode="fixed", fixed_compress_steps=10), 8)
+    ['compress']
+    >>> stages_reached(PhaseConfig(mode="entropy"), 6), stages_reached(PhaseConfig(mode="entropy"), 5)
+    (['compress', 'explore'], ['compress'])
+    """
+    if cfg.mode in STAGES:
+        return [cfg.mode]
+    if cfg.mode == "fixed":
+        return [s for s, n in ((COMPRESS, cfg.fixed_compress_steps), (EXPLORE, steps - cfg.fixed_compress_steps))
+                if n > 0]
+    other = EXPLORE if cfg.start == COMPRESS else COMPRESS
+    return [cfg.start] + ([other] if max(cfg.min_steps, cfg.window + cfg.patience - 1) < steps else [])
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -173,6 +173,34 @@ def pruned_ids(tokenizer, ids: list[int], offsets: list[tuple[int, int]], thinki
     return out
 
 
+def answer_prefixer(tokenizer, prompt_ids: list[int], ids: list[int], delimiter: str, placeholder: list[int] | None,
+                    merge_runs: bool = False):
+    """For the CoT ``ids``, a function of one pruned flag per step (``entropy.segment_steps`` on its thinking) that
+    gives the prompt, the thinking with those steps taken out (:func:`pruned_ids`) and ``</think>``: what the model
+    answers after, in the ids it wrote. The text encoded again tokenizes otherwise beside an added token (the "\n\n"
+    after ``[SKIP]`` on a checkpoint that has it) and before ``</think>`` where nothing is kept. None where the
+    thinking does not end on a token of its own just before its ``</think>`` token (cut at the token budget, or the
+    tag written in pieces): the caller encodes the text instead (``cot_format.answer_prefix``)."""
+    from stepentropy_rl.cot_format import THINK_CLOSE
+    from stepentropy_rl.entropy import segment_steps
+    from stepentropy_rl.tokenizer import encode, response_thinking
+
+    _, offsets, thinking, closed = response_thinking(tokenizer, list(ids))
+    spans = segment_steps(thinking, offsets, delimiter)
+    close = encode(tokenizer, THINK_CLOSE)
+    n_think = spans[-1].tok_end if spans else 0
+    if not closed or list(ids[n_think:n_think + len(close)]) != close or (
+            n_think and offsets[n_think - 1][1] > len(thinking)):
+        return None
+
+    def prefix(pruned: list[bool]) -> list[int]:
+        if len(pruned) != len(spans):
+            raise ValueError(f"{len(pruned)} pruned flags for {len(spans)} steps")
+        return [*prompt_ids, *pruned_ids(tokenizer, ids, offsets, thinking, spans, pruned, placeholder, merge_runs),
+                *close]
+    return prefix
+
+
 def add_skip_token(tokenizer, model=None, token: str = SKIP_TOKEN, pad_to_multiple_of: int = 64) -> int:
     """Register `token` as a normal (non-special) added token and return its id.
 

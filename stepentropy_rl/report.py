@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from stepentropy_rl.files import atomic_write_json
+from stepentropy_rl.files import atomic_write_json, atomic_write_text
 
 
 def summary_table(results: list[dict]) -> str:
@@ -37,14 +37,14 @@ def paired_table(paired: list[dict]) -> str:
 
 
 def write_summary(run_dir: Path, results: list[dict], extra: dict, paired: list[dict] | None = None) -> Path:
-    """``summary.json`` (atomically; NaN as null) and ``summary.md`` of the study (with the strategy comparisons when
-    given); returns the JSON path."""
+    """``summary.md`` of the study (with the strategy comparisons when given), then ``summary.json`` (NaN as null),
+    each atomically: the JSON, which says the study finished, comes last; returns its path."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in extra.items()}
+    tables = [summary_table(results)] + ([paired_table(paired)] if paired else [])
+    atomic_write_text(run_dir / "summary.md", "\n\n".join(tables) + "\n\n" + "\n".join(
+        f"- {k}: {v}" for k, v in clean.items()) + "\n")
     path = run_dir / "summary.json"
     atomic_write_json(path, {"results": results, **({"paired": paired} if paired else {}), **clean})
-    tables = [summary_table(results)] + ([paired_table(paired)] if paired else [])
-    (run_dir / "summary.md").write_text("\n\n".join(tables) + "\n\n" + "\n".join(
-        f"- {k}: {v}" for k, v in clean.items()) + "\n")
     return path
 
 
@@ -106,8 +106,8 @@ def write_training_report(run_dir: Path, models: dict, stage_seconds: dict | Non
     console get the table."""
     rep = {"models": {k: {key: v[key] for key in REPORT_KEYS if key in v} for k, v in models.items()},
            "stage_seconds": stage_seconds or {}}
-    atomic_write_json(run_dir / "report.json", rep)
     table = training_table(rep["models"])
-    (run_dir / "report.md").write_text(table + "\n")
+    atomic_write_text(run_dir / "report.md", table + "\n")
+    atomic_write_json(run_dir / "report.json", rep)  # last, as collect reads it as the job's result
     print(table)
     return rep

@@ -174,11 +174,14 @@ class Learner:
         """Export the policy as a HF checkpoint (rank 0 writes; a collective)."""
         from stepentropy_rl.tokenizer import copy_tokenizer
 
+        from stepentropy_rl.files import fsync_tree
+
         state = full_state_dict(self.model, self.export_dtype)
         if self.rank == 0:
             self.model.config.dtype = self.export_dtype
             self.model.save_pretrained(path, state_dict=state)
             copy_tokenizer(tokenizer_path, path)
+            fsync_tree(path)  # on disk before the stage marker that vouches for it
         dist.barrier()
 
     def save_checkpoint(self, path: str) -> None:

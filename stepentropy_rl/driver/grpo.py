@@ -105,12 +105,16 @@ class GRPOTrainer:
         are whole, then all but the last ``trainer.grpo.keep_last`` whole checkpoints are removed (a folder a crash
         left half-written is not counted, and the one ``latest`` names is never removed)."""
         path = self.dir / f"step_{self.step}"
+        # a step redone after a crash rewrites its folder: the driver.json of the first save would vouch for shards
+        # half rewritten if this save is killed too (``export`` and ``keep_last`` count a folder with it as whole)
+        (path / "driver.json").unlink(missing_ok=True)
         self.learners.save_checkpoint(str(path / "learner"))
         die_at("checkpoint_learner_saved")
         state = {"step": self.step, "epoch": self.prompts.epoch, "index": self.prompts.index,
                  "phase": self.phase.state_dict(), "torch_rng": torch.random.get_rng_state().tolist(),
                  "metrics_bytes": self.tracker.size(), "engine_rng": self.rollouts.rng_states(),
-                 "policy_version": self.rollouts.version, "stage_seconds": self.clock() if self.clock else None}
+                 "policy_version": self.rollouts.version, "stage_seconds": self.clock() if self.clock else None,
+                 "lr": self.t.lr}  # a resume may go on at another rate: check_grpo_checkpoints compares the latest
         atomic_write_text(path / "driver.json", json.dumps(state))
         atomic_write_text(self.dir / "latest", path.name)
         whole = sorted(int(p.name.split("_")[1]) for p in self.dir.glob("step_*")
@@ -210,6 +214,9 @@ class GRPOTrainer:
             mean_entropy = update.pop("entropy_sum") / max(1.0, update.pop("entropy_tokens"))
         else:
             mean_entropy = float(batch.columns["entropy"].sum()) / max(1.0, n_tok)
+        # a diverged update stops here, before the phase controller reads its entropy and the engines its weights
+        trained = {k if "/" in k else f"actor/{k}": v for k, v in update.items()}
+        require_finite({"policy/entropy": mean_entropy, **trained}, f"GRPO step {self.step}")
         self.phase.update(mean_entropy, self.step)
         sync = self.push_weights()
         timing["sync"] = sync["seconds"]
@@ -221,7 +228,7 @@ class GRPOTrainer:
                         "perf/tokens_per_s": n_tok / max(timing["gen"], 1e-9),  # generated tokens a second
                         "policy/entropy": mean_entropy, "phase/stage_name": stage,
                         "adv/mean": float((adv * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
-                        **{k if "/" in k else f"actor/{k}": v for k, v in update.items()},
+                        **trained,
                         **self.phase.step_log(), **{f"time/{k}": v for k, v in timing.items()}})
         metrics["time/step"] = sum(timing.values())
         return metrics

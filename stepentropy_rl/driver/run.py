@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import yaml
 from omegaconf import OmegaConf
 
 from stepentropy_rl.driver import progress
@@ -82,8 +83,8 @@ def fit_context(cfg: JobConfig, model_path: str, tok, problems: list, what: str)
     if not problems or not limit:
         return problems
     lengths = [len(prompt_ids(tok, p)) for p in problems]
-    check_context(cfg, min(lengths), limit)  # the shortest prompt: no room for any row
-    key, budget = max(context_needs(cfg).items(), key=lambda kv: kv[1])
+    check_context(cfg, min(lengths), limit, what)  # the shortest prompt: no room for any row
+    key, budget = max(context_needs(cfg, what).items(), key=lambda kv: kv[1])  # held-out rows: the eval's budget only
     fits = [n + budget <= int(limit) for n in lengths]
     if cfg.data.overlong == "error" and not all(fits):
         i = fits.index(False)
@@ -193,10 +194,19 @@ def finished_study(run_dir: Path, pipeline) -> bool:
 def clear_results_of_another_config(run_dir: Path, config: str) -> None:
     """Remove ``RESULTS`` from ``run_dir`` when its ``config.yaml`` is not ``config``: they are another config's
     figures, and a job of this one that stopped before writing its own would leave them under this config's name
-    (``collect`` would read them as its results). Under the same config they stay: a resumed job rewrites them."""
+    (``collect`` would read them as its results). Under the same config they stay: a resumed job rewrites them; so
+    do they where only how the job is logged or run differs (``config.RUN_ONLY``: a sweep's job rerun alone,
+    as ``collect`` advises, logs to no wandb group)."""
+    from stepentropy_rl.driver.stage_config import same_results
+
     recorded = run_dir / "config.yaml"
     if not recorded.exists() or recorded.read_text() == config:
         return
+    try:
+        if same_results(yaml.safe_load(recorded.read_text()), yaml.safe_load(config)):
+            return
+    except yaml.YAMLError:  # a config cut short: another config's for all we know
+        pass
     for name in RESULTS:
         if (run_dir / name).exists():
             log.info("%s is of another config than this job's; removed", run_dir / name)

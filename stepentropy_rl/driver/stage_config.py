@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stepentropy_rl.config import RUN_ONLY
 from stepentropy_rl.tiny_config import RESOLVED
 
 ORDER = ("init", "eval_base", "prune", "sft", "eval_sft", "grpo", "eval_final")
@@ -20,23 +21,14 @@ FIRST_STAGE = {
     "data": "eval_base", "trainer.eval": "eval_base", "rollout": "eval_base", "cluster.rollout": "eval_base",
     # the CoTs the prune stage and the study write; the evaluations sample with trainer.eval's
     "rollout.temperature": "prune", "rollout.max_tokens": "prune", "rollout.answer_temperature": "prune",
-    "rollout.answer_max_tokens": "prune",
     "trainer.n_train": "prune", "trainer.prune": "prune", "reference": "prune", "cluster.reference": "prune",
     "trainer.sft": "sft", "trainer.optim": "sft", "trainer.micro_batch_size": "sft", "cluster.learner": "sft",
     "seed": "sft",
     "algorithm": "grpo", "reward": "grpo", "trainer.grpo": "grpo",
 }
-# where and how a run is logged, resources, restarts, caches and fault injection: no stage's output depends on them
-IGNORED = (
-    "run_dir", "log_level", "pipeline", "pruning", "trainer.logger", "trainer.progress", "rollout.log_level",
-    "cluster.address", "cluster.dashboard_host", "cluster.include_dashboard", "cluster.loopback_only",
-    "cluster.num_cpus", "cluster.reward", "cluster.rollout.max_restarts", "cluster.reference.max_restarts",
-    "cluster.rollout.num_cpus", "cluster.reference.num_cpus", "cluster.learner.num_cpus",
-    "cluster.learner.sync_timeout_s", "cluster.learner.pg_timeout_s", "cluster.start_timeout_s",
-    "cluster.learner.start_timeout_s",  # cluster.start_timeout_s's name until 2026-12-06
-    "cluster.learner.sync_bucket_mb",  # how a weight push is cut up, not what it sends
-    "data.grade_workers", "trainer.eval.cache", "trainer.prune.cache",
-    "trainer.grpo.crash_after_step", "trainer.grpo.kill_at_step", "trainer.grpo.keep_last", "trainer.grpo.save_every",
+# what no training stage's output depends on: RUN_ONLY and the static study's own keys
+IGNORED = RUN_ONLY + (
+    "pipeline", "pruning", "rollout.answer_max_tokens", "rollout.topk_logprobs",  # the static study's alone
     "data.reward_scale",  # decides only the reward keys it fills, which are recorded resolved (reward.*)
 )
 
@@ -72,6 +64,23 @@ def decisive(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def same_results(a: dict, b: dict) -> bool:
+    """Whether two jobs' configs (nested) agree in every key outside ``RUN_ONLY``: the same results.
+
+    >>> same_results({"seed": 0, "trainer": {"logger": {"group": "sweep"}}}, {"seed": 0, "trainer": {"logger": {}}})
+    True
+    """
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            key = f"{prefix}{k}"
+            if any(_under(key, i) for i in RUN_ONLY):
+                continue
+            out.update(flat(v, key + ".") if isinstance(v, dict) and v else {key: v})
+        return out
+    return flat(a) == flat(b)
+
+
 def first_stage(key: str) -> str:
     """The first stage whose result ``key`` decides (``init`` for a key in no row).
 
@@ -96,8 +105,8 @@ def conflicts(recorded: dict[str, dict], current: dict[str, Any]) -> list[tuple[
                 then = {**{k: v for k, v in then.items() if k != key}, **{f"{key}.{s}": then[key] for s in stages}}
         upto = ORDER.index(stage)
         for key in sorted(set(then) | set(current)):
-            if ORDER.index(first_stage(key)) > upto:
-                continue
+            if ORDER.index(first_stage(key)) > upto or any(_under(key, i) for i in IGNORED):  # an older marker's
+                continue  # record of a key found since to decide nothing
             a, b = then.get(key, ADDED.get(key, "(unset)")), current.get(key, "(unset)")
             # the tiny reasoner's recipe is recorded resolved since 2026-12-05 (``train.stage_inputs``); None in an
             # older marker meant "the recipe of that day", unknown now (``train.check_same_tiny`` compares the model)

@@ -2,9 +2,10 @@
 
 1. the rollout worker writes a full CoT for each held-out problem;
 2. the reference worker scores exact token entropies; steps are cut on the delimiter and scored (sum or mean);
-3. for each strategy and ratio the thinking is pruned, the answer regenerated after ``pruned thinking\\n</think>\\n\\n``
-   and graded. A sample that fails in any way (no CoT, a CoT cut before ``</think>``, no answer, garbage) counts as
-   wrong, never dropped;
+3. for each strategy and ratio the thinking is pruned, the answer regenerated after the pruned thinking and
+   ``</think>`` (the kept steps in the ids the model wrote, ``pruning.answer_prefixer``; the paper appends ``\\n\\n``
+   too, which the model writes itself here) and graded. A sample that fails in any way (no CoT, a CoT cut before ``</think>``, no
+   answer, garbage) counts as wrong, never dropped;
 4. the AUROC with which low step entropy finds the labelled redundant steps, on the gold solutions (teacher-forced).
 
 Each pruned CoT also records whether its kept thinking still writes the gold answer (``answer_in_thinking``): a
@@ -25,7 +26,7 @@ from stepentropy_rl.cot_cache import CoTCache, with_topk_entropy, written
 from stepentropy_rl.cot_stats import auroc, binomial_stderr, compare_strategies
 from stepentropy_rl.cot_record import cot_record, step_texts
 from stepentropy_rl.entropy import scored_steps
-from stepentropy_rl.pruning import prune_steps
+from stepentropy_rl.pruning import answer_prefixer, prune_steps
 from stepentropy_rl.driver.remote import token_entropies
 from stepentropy_rl.driver.evaluate import labelled
 from stepentropy_rl.tasks.basket import label_step
@@ -84,8 +85,10 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
 
     rows, variants, steps, records = [], [], [], []
     labeler = label_step if labelled(problems) else None  # the task's grammar reads the task's CoTs, no one else's
-    for p, prompt, cot, ent in zip(problems, prompts, cots, entropies):
+    placeholder = encode(tokenizer, pc.placeholder) if pc.placeholder else None
+    for p, prompt, pids, cot, ent in zip(problems, prompts, prompt_ids, cots, entropies):
         rec = cot_record(tokenizer, cot["token_ids"], ent, pc.delimiter, pc.aggregate, labeler)
+        prefix = answer_prefixer(tokenizer, pids, cot["token_ids"], pc.delimiter, placeholder, pc.merge_runs)
         texts, ents = step_texts(rec), [s["entropy"] for s in rec["steps"]]
         n_think = count_tokens(tokenizer, pc.delimiter.join(texts))  # counted like the pruned thinking below
         steps += [{"id": p.id, "index": j, "entropy": s["entropy"], "label": s["label"], "kind": s["kind"],
@@ -100,7 +103,9 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
                                      protect_first=pc.protect_first, protect_last=pc.protect_last,
                                      merge_runs=pc.merge_runs, seed=zlib.crc32(f"{pc.seed}/{p.id}".encode()))
                 thinking = pruned.text(pc.delimiter)
-                variants.append(answer_prefix(prompt, thinking))
+                # the kept steps in the ids the model wrote, as the prune stage builds its rows (pruning.pruned_ids)
+                variants.append(tuple(prefix(pruned.pruned) if prefix else encode(tokenizer,
+                                                                                   answer_prefix(prompt, thinking))))
                 rows.append({"id": p.id, "strategy": strategy, "ratio": ratio, "answer": p.answer,
                              "full_cot_correct": full_ok, "finish_reason": cot["finish_reason"],
                              "cot_closed": rec["closed"],
@@ -118,7 +123,7 @@ def run_study(cfg, problems, rollout, reference, tokenizer, grade, cache=None) -
     log.info("regenerating %d answers after pruned thinking (%d distinct)", len(variants), len(unique))
     ans_sampling = dict(temperature=rc.answer_temperature, top_p=rc.top_p, max_tokens=rc.answer_max_tokens,
                         skip_special_tokens=False)
-    by_prefix = dict(zip(unique, rollout.generate([encode(tokenizer, u) for u in unique], ans_sampling)))
+    by_prefix = dict(zip(unique, rollout.generate([list(u) for u in unique], ans_sampling)))
     shown = [v for rec in records for v in rec["variants"]]  # in the order of ``rows``
     for row, a, view in zip(rows, (by_prefix[v] for v in variants), shown):
         text = a[0]["text"] if a else ""
@@ -259,7 +264,6 @@ def study_pipeline(job) -> StudyResult:
              "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
              "cots_cached": res.cots_cached,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
-    report.write_summary(run_dir, res.summary, extra, res.paired)
     plot = report.plot_accuracy(run_dir, res.summary,
                                 f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
     tracker = Tracker(run_dir, cfg.trainer.logger, cfg.to_dict())
@@ -268,6 +272,9 @@ def study_pipeline(job) -> StudyResult:
     tracker.results({k: v for k, v in extra.items() if isinstance(v, (int, float))},
                     {"results": res.summary, "samples": samples}, {"accuracy_vs_ratio": plot})
     tracker.finish()
+    # last: summary.json says the job finished (run.finished_study skips it on a rerun), so a job killed before it
+    # has its plot, summary.md and tracker results made again
+    report.write_summary(run_dir, res.summary, extra, res.paired)
     print(report.summary_table(res.summary))
     print(report.paired_table(res.paired))
     if caveat:

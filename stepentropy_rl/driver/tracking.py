@@ -64,9 +64,12 @@ class Tracker:
                                   "mode": logger.wandb}
             except Exception as e:  # tracking must never kill training
                 log.warning("wandb unavailable (%s); metrics go to %s only", e, self.path)
+        self.tb_stale = run_dir / "tensorboard.stale"  # while TensorBoard is being made again from the file
         if logger is not None and logger.tensorboard:
             self.tb_dir = run_dir / "tensorboard"
             self.tb = self._tensorboard()
+            if self.tb_stale.exists():  # a run killed while it cut the file or rewrote the events
+                self._rebuild_tensorboard()
             where["tensorboard"] = str(self.tb_dir)
         self.gauges = _ray_gauges(run_id(run_dir))  # the Ray dashboard's metrics, when Ray is up: a sweep's job0
         # and another sweep's job0 are two runs there
@@ -113,13 +116,26 @@ class Tracker:
         ``purge_step`` would hide an earlier stage's); wandb keeps what it was sent, the steps made again drawn at their
         own step."""
         if size is not None and self.path.exists() and self.path.stat().st_size > size:
+            if self.tb is not None:
+                self.tb_stale.touch()  # from here until the events are whole again: a kill leaves it for the rerun
             with self.path.open("r+b") as f:
                 f.truncate(size)
             if self.tb is not None:
-                self.tb.close()
-                self.tb = self._tensorboard(fresh=True)
-                for line in self.path.read_text().splitlines():
-                    self._tb_row(json.loads(line))
+                self._rebuild_tensorboard()
+
+    def _rebuild_tensorboard(self) -> None:
+        """TensorBoard's events written again from ``metrics.jsonl`` (a row a kill cut short is left out), then
+        the stale mark removed."""
+        self.tb.close()
+        self.tb = self._tensorboard(fresh=True)
+        for line in self.path.read_text().splitlines() if self.path.exists() else []:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            self._tb_row(row)
+        self.tb.flush()
+        self.tb_stale.unlink(missing_ok=True)
 
     def results(self, summary: dict, tables: dict[str, list[dict]], images: dict[str, Path]) -> None:
         """A finished job's results: ``summary`` values, row tables and image files (wandb's summary, Tables and

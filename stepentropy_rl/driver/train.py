@@ -174,6 +174,13 @@ def check_grpo_checkpoints(run_dir: Path, stages: "Stages", current: dict) -> No
         raise ConfigError(f"{grpo} has {done} GRPO steps done and this job says trainer.grpo.steps={steps}: rerun "
                           f"with at least {done}, or {aside}")
     lr = [(a, b) for _, k, a, b in changed if k == "trainer.grpo.lr"]
+    try:  # the rate the latest checkpoint's step ran at (recorded since 2026-12-07): a resume may have changed it
+        ran = json.loads((grpo / latest.read_text().strip() / "driver.json").read_text()).get("lr")
+    except (OSError, ValueError, AttributeError):
+        ran = None
+    if ran is not None:
+        now = current.get("trainer.grpo.lr")
+        lr = [(ran, now)] if ran != now else []
     if lr and isinstance(steps, int) and steps <= done:  # no step left to take at the new rate: the old model would
         raise ConfigError(f"{grpo} has all {done} GRPO steps done at trainer.grpo.lr={lr[0][0]!r}, and this job says "
                           f"{lr[0][1]!r}: no step would run at it, and the model would be recorded under it. Rerun with "

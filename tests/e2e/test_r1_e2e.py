@@ -60,4 +60,5 @@ def test_grpo_scores_the_full_r1_vocabulary(run):
     grpo = [r for r in rows if "policy/entropy" in r]
     assert abs(sft[0]["sft/nll"] - math.log(152064)) < 0.5
     assert len(grpo) == 2 and all(11 < r["policy/entropy"] <= math.log(152064) for r in grpo)
+    assert [r["phase/stage_name"] for r in grpo] == ["compress", "explore"]  # both stages' temperature and reward
     assert all(r["response/length"] <= 48 for r in grpo)  # trainer.grpo.max_tokens

@@ -242,3 +242,28 @@ def test_a_resumed_study_sweep_skips_its_finished_jobs_before_ray_starts(tmp_pat
     with pytest.raises(RuntimeError):  # another config's results are removed, and the job runs
         run.run(other)
     assert started == [1, 1] and not (run_dir / "summary.json").exists()
+
+
+def test_a_sweep_job_rerun_alone_keeps_its_results_and_its_pairing(tmp_path):
+    """A sweep's jobs log to the sweep's wandb group; one rerun alone (collect's advice) records none. That made the
+    group a key the jobs differed in: the strategies went unpaired and the rerun cleared the job's finished study."""
+    from stepentropy_rl.collect import labels
+    from stepentropy_rl.driver.run import clear_results_of_another_config
+
+    sweep = tmp_path / "sweep"
+    for name, strategy, verdicts in (("0", "low", [True] * 10), ("1", "high", [True] * 4 + [False] * 6)):
+        study_job(sweep / name, strategy, verdicts)
+        cfg = yaml.safe_load((sweep / name / "config.yaml").read_text())
+        cfg["trainer"] = {"logger": {"group": str(sweep)}, "grpo": {"keep_last": 2}}
+        (sweep / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+    alone = yaml.safe_load((sweep / "1" / "config.yaml").read_text())
+    alone["trainer"]["logger"]["group"] = None
+    clear_results_of_another_config(sweep / "1", yaml.safe_dump(alone))
+    assert (sweep / "1" / "summary.json").exists()
+    (sweep / "1" / "config.yaml").write_text(yaml.safe_dump(alone))
+    main([str(sweep)])
+    assert json.loads((sweep / "paired.json").read_text())[0]["difference"] == pytest.approx(0.6)
+    assert set(labels([sweep / "0", sweep / "1"], sweep).values()) == {"pruning.strategy=low", "pruning.strategy=high"}
+    alone["pruning"]["ratio"] = 0.7  # a result key still counts
+    clear_results_of_another_config(sweep / "1", yaml.safe_dump(alone))
+    assert not (sweep / "1" / "summary.json").exists()

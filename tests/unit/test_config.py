@@ -50,6 +50,10 @@ def test_default_sweep_builds_the_typed_config():
     ("cluster.num_cpus=0", "cluster.num_cpus must be null (every core) or an integer >= 1, got 0"),
     ("pruning.ratio=[]", "pruning.ratio must be a value or a non-empty list"),  # a study of nothing, reported empty
     ("log_level=debug", "log_level must be one of"),  # was a traceback from logging before the config was checked
+    # an unset shell variable (data.path=$F): '' passed as the current folder, then read as unset, a traceback later
+    ("data.path=", "data.path is empty"), ("data.train_path=", "data.train_path is empty"),
+    ("model.path=", "model.path is empty"),
+    ("algorithm.clip_ratio_low=1.5", "algorithm.clip_ratio_low must be < 1"),  # PPO's lower clip silently off
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
@@ -505,6 +509,22 @@ def test_a_key_the_experiment_never_reads_is_refused_with_the_one_it_meant():
         misplaced("prune_study", ["trainer.prune.ratio=0.4", "trainer.prune.placeholder="])
     misplaced("train", ["trainer.prune.ratio=0.4", "pruning_extra=1"])  # the keys each reads, and look-alikes pass
     misplaced("prune_study", ["pruning.ratio=0.4,0.6", "trainer.logger.wandb=disabled"])
+    # the study's answer budget and top-k check: a training run read neither, yet a change to them refused its rerun
+    with pytest.raises(ConfigError, match=r"rollout.answer_max_tokens is not read .*trainer.prune.answer_max_tokens"):
+        misplaced("train", ["rollout.answer_max_tokens=64"])
+    with pytest.raises(ConfigError, match=r"rollout.topk_logprobs is not read .*trainer.eval.topk_logprobs"):
+        misplaced("train", ["rollout.topk_logprobs=5"])
+    misplaced("prune_study", ["rollout.answer_max_tokens=64", "rollout.topk_logprobs=5"])
+
+
+def test_the_studys_own_rollout_keys_decide_no_training_stage():
+    """A marker that recorded rollout.answer_max_tokens (as every run's did) does not refuse a rerun where it moved."""
+    from stepentropy_rl.driver.stage_config import conflicts
+
+    then = {"rollout.answer_max_tokens": 32, "rollout.topk_logprobs": 20, "trainer.prune.ratio": 0.8}
+    assert conflicts({"prune": then}, {**then, "rollout.answer_max_tokens": 64, "rollout.topk_logprobs": 0}) == []
+    assert conflicts({"prune": then}, {**then, "trainer.prune.ratio": 0.4}) == [("prune", "trainer.prune.ratio", 0.8,
+                                                                                0.4)]
 
 
 def test_two_jobs_of_one_sweep_cannot_share_a_run_dir(tmp_path):
@@ -788,3 +808,17 @@ def test_the_default_skip_limit_is_above_what_pruning_writes_in_the_papers_forma
     limit = next(t["params"]["limit"] for t in job.reward["stages"]["compress"] if t["name"] == "skip_count")
     most = max(math.floor(job.trainer.prune.ratio * len(p.steps)) for p in generated(job.data.task, 2000, 0, "train"))
     assert most < limit
+
+
+@pytest.mark.parametrize("overrides,warned", [
+    (["algorithm.phase.mode=fixed", "trainer.grpo.steps=8"], "mode=fixed cannot leave the compress stage"),
+    (["trainer.grpo.steps=5"], "mode=entropy cannot leave the compress stage within trainer.grpo.steps=5"),
+    (["trainer.grpo.steps=6"], None),
+])
+def test_a_schedule_that_never_reaches_its_second_stage_is_said(overrides, warned, caplog):
+    """A run labelled fixed or entropy that can only ever compress (too few steps) was accepted without a word."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        composed = compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides])
+    with caplog.at_level("WARNING"):
+        build(composed)
+    assert (warned in caplog.text) if warned else "cannot leave" not in caplog.text

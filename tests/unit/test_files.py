@@ -106,3 +106,23 @@ def test_a_filesystem_without_locks_runs_the_job_unlocked_with_a_warning(tmp_pat
     with caplog.at_level("WARNING", logger="stepentropy_rl.files"):
         files.RunDirLock(tmp_path).release()
     assert "cannot be locked" in caplog.text and "No locks available" in caplog.text
+
+
+def test_atomic_writes_and_saved_models_reach_the_disk_before_what_vouches_for_them(tmp_path, monkeypatch):
+    """Without fsync a machine crash could keep a stage marker or the 'latest' pointer while the file it vouches for
+    was still empty in the page cache."""
+    from stepentropy_rl import files
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    files.atomic_write_text(tmp_path / "latest", "step_3")
+    assert synced[0].startswith(str(tmp_path / "latest.tmp")) and synced[-1] == str(tmp_path)  # data, then the rename
+    synced.clear()
+    model = tmp_path / "models" / "final"
+    (model / "sub").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"w")
+    (model / "sub" / "t.json").write_text("{}")
+    files.fsync_tree(model)
+    assert {str(model / "model.safetensors"), str(model / "sub" / "t.json"), str(model), str(model / "sub"),
+            str(tmp_path / "models")} <= set(synced)

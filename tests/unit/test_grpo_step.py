@@ -1,6 +1,8 @@
 """One GRPO step's glue with test doubles whose rewards we choose: one Batch from rollout to loss, to which each
 worker adds its columns; group ids per prompt, the advantage of each sample, the old/reference log-prob mapping, and
 the sampling temperature reaching every scorer."""
+import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,6 +169,17 @@ def test_train_step_glue(trainer):
     assert metrics["reward/total"] == pytest.approx(13 / 6) and metrics["policy/entropy"] == pytest.approx(0.5)
 
 
+def test_a_nan_entropy_stops_the_step_before_the_controller_and_the_engines(trainer):
+    """The phase controller raised a bare ValueError on a NaN entropy: a traceback without the NaN advice."""
+    from stepentropy_rl.driver.tracking import NonFiniteError
+
+    step = trainer.learners.train_step
+    trainer.learners.train_step = lambda batch, loss: {**step(batch, loss), "entropy_sum": math.nan}
+    with pytest.raises(NonFiniteError, match=r"GRPO step 0: \{'policy/entropy': nan\}"):
+        trainer.train_step()
+    assert trainer.rollouts.serving == "init"  # no weights pushed
+
+
 def test_mini_batches_and_epochs_score_old_logprobs_first(tmp_path):
     trainer = _trainer(tmp_path, "algorithm.ppo_mini_batch_size=1", "algorithm.ppo_epochs=2")
     metrics = trainer.train_step()
@@ -252,7 +265,25 @@ def test_a_half_written_checkpoint_is_not_counted_and_the_latest_is_never_remove
     t.fit()
     grpo = tmp_path / "grpo"
     assert (grpo / "latest").read_text() == "step_2" and (grpo / "step_2" / "driver.json").exists()
+    assert json.loads((grpo / "step_2" / "driver.json").read_text())["lr"] == t.t.lr  # the rate its steps ran at
     assert sorted(p.name for p in grpo.glob("step_*")) == ["step_2", "step_9"]
+
+
+def test_a_redone_step_killed_while_saving_is_not_taken_for_whole(tmp_path):
+    """A step redone after a crash rewrites its checkpoint folder; killed mid-rewrite, the first save's driver.json
+    made the mixed shards count as a whole checkpoint."""
+    t = _trainer(tmp_path, "trainer.grpo.steps=1")
+    stale = tmp_path / "grpo" / "step_0"
+    (stale / "learner").mkdir(parents=True)
+    (stale / "driver.json").write_text("{}")  # the first save's, before the crash
+
+    def killed(path):
+        raise KeyboardInterrupt("killed while writing the shards")
+
+    t.learners.save_checkpoint = killed
+    with pytest.raises(KeyboardInterrupt):
+        t.save()
+    assert not (stale / "driver.json").exists()
 
 
 class TermReward(Reward):

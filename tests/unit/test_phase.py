@@ -294,3 +294,20 @@ def test_a_state_saved_when_the_window_held_ema_values_starts_its_window_afresh(
     old = PhaseController(PhaseConfig())
     old.load_state_dict(state)
     assert old.trend is None and old.stage == ctl.stage
+
+
+@pytest.mark.parametrize("min_steps,window,patience", [(4, 4, 2), (1, 2, 1), (8, 3, 2), (2, 5, 3)])
+def test_stages_reached_is_the_earliest_switch_the_controller_can_make(min_steps, window, patience):
+    """A flat entropy stalls every trend: the controller switches as early as it can. A run one step shorter than
+    that never trains in the other stage (r1_standin's 2 steps in entropy mode were compress only)."""
+    from stepentropy_rl.phase import stages_reached
+
+    cfg = PhaseConfig(mode="entropy", min_steps=min_steps, window=window, patience=patience)
+    _, stages = run(cfg, [1.0] * 20)
+    trained = [COMPRESS] + stages  # the stage each step trains in: the start, then each update's answer
+    earliest = trained.index(EXPLORE)
+    assert stages_reached(cfg, earliest + 1) == [COMPRESS, EXPLORE]
+    assert stages_reached(cfg, earliest) == [COMPRESS]
+    fixed = PhaseConfig(mode="fixed", fixed_compress_steps=3)
+    assert stages_reached(fixed, 3) == [COMPRESS] and stages_reached(fixed, 4) == [COMPRESS, EXPLORE]
+    assert stages_reached(PhaseConfig(mode="fixed", fixed_compress_steps=0), 4) == [EXPLORE]

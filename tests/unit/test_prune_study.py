@@ -13,7 +13,7 @@ from stepentropy_rl.driver.study import auroc, placeholder_caveat, run_study, wr
 from stepentropy_rl.report import paired_table, summary_table
 from stepentropy_rl.tasks.basket import BasketConfig
 from stepentropy_rl.tasks.grading import exact_match
-from stepentropy_rl.tokenizer import train_tokenizer
+from stepentropy_rl.tokenizer import prompt_text, train_tokenizer
 from pathlib import Path
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
@@ -762,3 +762,56 @@ def test_sft_does_not_resume_on_rows_written_as_text(tmp_path):
     (prune / "sft_data.jsonl").write_text(json.dumps(ids) + "\n" + json.dumps({"prompt": "q", "response": "x"}) + "\n")
     with pytest.raises(ConfigError, match=r"rows written as text by an older version .*delete .*stages/prune.done"):
         sft_rows(prune, tmp_path)
+
+
+def test_a_study_killed_before_its_plot_is_not_taken_for_finished(tmp_path, monkeypatch):
+    """summary.json says a study job finished (a rerun skips it): written first, a kill before the plot, summary.md
+    and the tracker's results left them missing for good."""
+    from types import SimpleNamespace
+
+    from stepentropy_rl import report
+    from stepentropy_rl.driver import placement, roles, study
+    from stepentropy_rl.driver.study import StudyResult, study_pipeline
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = build(compose("config", overrides=["+experiment=prune_sweep", f"run_dir={tmp_path}",
+                                                 "pruning.cache=false", "trainer.logger.wandb=disabled"]))
+    monkeypatch.setattr(placement, "reserve_job", lambda cfg, train: SimpleNamespace(release=lambda: None))
+    monkeypatch.setattr(roles, "spawn_rollouts", lambda *a: None)
+    monkeypatch.setattr(roles, "spawn_reference", lambda *a: None)
+    summary = [{"strategy": "low", "ratio": 0.0, "accuracy": 1.0, "accuracy_stderr": 0.0, "thinking_tokens": 3.0,
+                "kept_fraction": 1.0, "n": 1}]
+    monkeypatch.setattr(study, "run_study", lambda *a: StudyResult([], summary, [], [], 0.9, 0.9, {}))
+    job = SimpleNamespace(cfg=cfg, run_dir=tmp_path, model_path=str(tmp_path / "m"), eval_problems=[],
+                          tokenizer=None, grade=None)
+
+    def killed(*a):
+        raise KeyboardInterrupt("killed while plotting")
+
+    monkeypatch.setattr(report, "plot_accuracy", killed)
+    with pytest.raises(KeyboardInterrupt):
+        study_pipeline(job)
+    assert not (tmp_path / "summary.json").exists()  # so a rerun makes the plot and the rest again
+
+
+def test_the_answer_prompt_is_built_from_the_ids_the_model_wrote(setup):
+    """The study encoded the pruned thinking as text: with every step pruned away the prompt ended in two newline
+    tokens before </think>, which the model never wrote there (the CoT's own prompt ends '<think>', '\\n'); the prune
+    stage builds its prompts from the CoT's ids (pruning.pruned_ids), and so does the study now."""
+    probs, tok, _ = setup
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = build(compose("config", overrides=["+experiment=prune_sweep", "run_dir=/tmp/x", "pruning.ratio=[0.0,1.0]",
+                                                 "pruning.strategy=low", "pruning.placeholder="]))
+    roll = FakeRollout(probs)
+    roll.tok = tok
+    asked = []
+    gen = roll.generate
+    roll.generate = lambda prompts, sampling: asked.append(list(prompts)) or gen(prompts, sampling)
+    run_study(cfg, probs, roll, FakeReference(tok), tok, exact_match)
+    cots, regen = asked
+    close = tok("</think>", add_special_tokens=False).input_ids
+    for p, cot in zip(probs, cots):
+        prompt = tok(prompt_text(tok, p), add_special_tokens=False).input_ids
+        assert prompt + close in regen  # ratio 1: nothing kept
+        n = tok(p.solution, add_special_tokens=False).input_ids.index(close[0])
+        assert prompt + tok(p.solution, add_special_tokens=False).input_ids[:n] + close in regen  # ratio 0: all of it

@@ -244,6 +244,24 @@ def test_a_new_learning_rate_with_no_grpo_step_left_is_refused(tmp_path):
     check_config(tmp_path, _config("trainer.grpo.steps=60", "trainer.grpo.lr=1e-5"))  # steps left: goes on at it
 
 
+def test_a_run_resumed_at_a_new_learning_rate_finishes_at_it(tmp_path, caplog):
+    """Resumed at a lower lr after a NaN, then killed after its last checkpoint: the rerun at that lr was refused as
+    "all steps done at" the first lr, which only grpo/config.json (GRPO's start) recorded."""
+    import json
+
+    config = _config("trainer.grpo.steps=40")
+    _finished(tmp_path, config)
+    _grpo_checkpoint(tmp_path, config, step=40)
+    (tmp_path / "grpo" / "step_40" / "driver.json").write_text(json.dumps({"step": 40, "lr": 1e-5}))
+    check_config(tmp_path, _config("trainer.grpo.steps=40", "trainer.grpo.lr=1e-5"))  # the same command finishes it
+    with pytest.raises(ConfigError, match=re.escape("has all 40 GRPO steps done at trainer.grpo.lr=1e-05, and this job "
+                                                    "says 3e-05")):
+        check_config(tmp_path, config)
+    with caplog.at_level("WARNING"):
+        check_config(tmp_path, _config("trainer.grpo.steps=60"))
+    assert "(its checkpoints ran at 1e-05)" in caplog.text
+
+
 def test_each_suggested_override_is_one_hydra_accepts(tmp_path):
     """The refusals printed Python's repr: a checkpoint made with a null key said "Rerun with key=None" (Hydra reads
     the string 'None'), and a key one side lacked said "key='(unset)'"."""

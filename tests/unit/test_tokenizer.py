@@ -114,3 +114,30 @@ def test_a_question_that_writes_a_control_token_as_text_is_refused_by_its_row(tm
     told = Example(id="s", prompt="1+1?", answer="2", system="End with <|endoftext|>.")
     with pytest.raises(DataError, match=r"s: its system prompt holds '<\|endoftext\|>'"):
         fit_context(cfg, str(tmp_path), tok, [told], "eval")
+
+
+def test_held_out_prompts_need_room_for_the_evaluation_only(tmp_path):
+    """Held-out prompts were checked against the prune stage's budget too (CoT + answer), which a training job never
+    spends on them: under data.overlong=skip long held-out problems were dropped, under error refused."""
+    import pytest
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.data import DataError, Example
+    from stepentropy_rl.driver.run import fit_context
+    from tests.unit.test_config import CONF
+
+    _, tok = _tok(tmp_path)
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = build(compose("config", overrides=[
+            "+experiment=entropy_guided", "run_dir=/tmp/x", "rollout.engine.max_model_len=512",
+            "rollout.max_tokens=384",
+            "trainer.prune.answer_max_tokens=32", "trainer.grpo.max_tokens=320", "trainer.eval.max_tokens=200"]))
+    n = len(tok("a " * 200, add_special_tokens=False).input_ids)
+    long_ = Example(id="long", prompt="a " * 200, answer="1", where="data.jsonl:2")  # fits 200 more, not 416 more
+    short = Example(id="short", prompt="1+1?", answer="2")
+    assert 512 - 416 < n + 10 <= 512 - 200
+    assert fit_context(cfg, str(tmp_path), tok, [short, long_], "eval") == [short, long_]
+    with pytest.raises(DataError, match=r"data.jsonl:2: the prompt is \d+ tokens; with rollout.max_tokens \+ "
+                                        r"trainer.prune.answer_max_tokens = 416"):
+        fit_context(cfg, str(tmp_path), tok, [short, long_], "train")

@@ -2,6 +2,8 @@
 TensorBoard on request."""
 import json
 
+import pytest
+
 from stepentropy_rl.config import LoggerConfig
 from stepentropy_rl.driver.tracking import Tracker, run_id
 
@@ -52,6 +54,35 @@ def test_a_rewound_run_has_each_step_once_in_tensorboard(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert [(e.step, e.value) for e in events.Scalars("reward/total")] == [(0, 0.0), (1, 11.0), (2, 12.0)]
     assert [e.step for e in events.Scalars("sft/loss")] == [0, 1, 2, 3]
+
+
+def test_a_run_killed_while_rewriting_tensorboard_has_it_rewritten_by_the_rerun(tmp_path, monkeypatch):
+    """Killed after cutting metrics.jsonl and before TensorBoard was whole again, the rerun had nothing left to cut
+    and kept the old events: steps made again were there twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = Tracker(tmp_path, LoggerConfig(wandb="disabled", tensorboard=True))
+    for step in range(3):
+        t.log({"reward/total": float(step)}, step=step)
+        if step == 0:
+            checkpoint = t.size()
+    t.finish()
+    t = Tracker(tmp_path, LoggerConfig(wandb="disabled", tensorboard=True))
+
+    def killed(fresh=False):
+        raise KeyboardInterrupt("killed while rewriting the events")
+
+    monkeypatch.setattr(t, "_tensorboard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        t.rewind(checkpoint)
+    monkeypatch.undo()
+    t = Tracker(tmp_path, LoggerConfig(wandb="disabled", tensorboard=True))  # the second rerun
+    t.rewind(checkpoint)  # nothing left to cut
+    t.log({"reward/total": 11.0}, step=1)
+    t.finish()
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward/total")] == [(0, 0.0), (1, 11.0)]
+    assert not (tmp_path / "tensorboard.stale").exists()
 
 
 def test_the_dashboard_gauges_are_set_again_until_the_run_ends(monkeypatch):
