@@ -49,16 +49,22 @@ def text_field(row: dict, key: str) -> str:
     return ""
 
 
-def find_split(src: Path, split: str, patterns: tuple[str, ...]) -> Path | None:
-    """The first file under ``src`` that matches one of ``patterns`` (formatted with ``split``), or ``src`` itself
-    when it is a file."""
+def find_split(src: Path, split: str, patterns: tuple[str, ...]) -> list[Path]:
+    """The files under ``src`` of the first of ``patterns`` (formatted with ``split``) that matches any, in order: every
+    shard of a split saved in several (``test-00000-of-00002.parquet``, ...), where the first alone lost the rest's
+    rows without a word; ``[src]`` when it is a file, ``[]`` when nothing matches."""
     if src.is_file():
-        return src
+        return [src]
     for pattern in patterns:
         hits = sorted(src.glob(pattern.format(split=split)))
         if hits:
-            return hits[0]
-    return None
+            return hits
+    return []
+
+
+def rows_of_all(paths: list[Path]) -> list[dict]:
+    """:func:`rows_of` each file, one after another (a split's shards)."""
+    return [row for path in paths for row in rows_of(path)]
 
 
 def write_splits(out_dir: str | Path, name: str, splits: dict[str, list[Example]], data_source: str) -> None:
@@ -106,5 +112,5 @@ def run(main) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
-__all__ = ["DataError", "Example", "cli", "find_split", "number", "problem", "response", "rows_of", "run", "text_field",
-           "write_splits"]
+__all__ = ["DataError", "Example", "cli", "find_split", "number", "problem", "response", "rows_of", "rows_of_all",
+           "run", "text_field", "write_splits"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 
-from common import DataError, Example, cli, find_split, number, response, rows_of, run, text_field, write_splits
+from common import (DataError, Example, cli, find_split, number, response, rows_of_all, run, text_field,
+                    write_splits)
 
 PATTERNS = ("{split}.jsonl", "{split}.parquet", "main/{split}-*.parquet", "{split}-*.parquet", "*/{split}.jsonl")
 CALC = re.compile(r"<<[^>]*>>")
@@ -35,9 +36,9 @@ def main() -> None:
     args = cli(__doc__, "a folder with GSM8K's train/test files, or one file")
     splits = {}
     for split in ("train", "test"):
-        path = find_split(args.src, split, PATTERNS)
-        if path is not None and (args.src.is_dir() or split in path.name):
-            splits[split] = convert(rows_of(path), split)
+        paths = find_split(args.src, split, PATTERNS)
+        if paths and (args.src.is_dir() or split in paths[0].name):
+            splits[split] = convert(rows_of_all(paths), split)
     if not splits:
         raise SystemExit(f"no GSM8K train/test files under {args.src} (looked for {', '.join(PATTERNS)})")
     write_splits(args.out, "gsm8k", splits, "openai/gsm8k")

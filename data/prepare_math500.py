@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from common import DataError, Example, cli, find_split, rows_of, run, text_field, write_splits
+from common import DataError, Example, cli, find_split, rows_of_all, run, text_field, write_splits
 from common import problem as as_problem
 
 PATTERNS = ("test.jsonl", "test.parquet", "test-*.parquet", "*/test.jsonl", "*/test-*.parquet")
@@ -27,10 +27,10 @@ def convert(rows: list[dict]) -> list[Example]:
 
 def main() -> None:
     args = cli(__doc__, "MATH-500's test.jsonl (or .parquet), or a folder holding it")
-    path = find_split(args.src, "test", PATTERNS)
-    if path is None:
+    paths = find_split(args.src, "test", PATTERNS)
+    if not paths:
         raise SystemExit(f"no MATH-500 test file under {args.src} (looked for {', '.join(PATTERNS)})")
-    write_splits(args.out, "math500", {"test": convert(rows_of(path))}, "HuggingFaceH4/MATH-500")
+    write_splits(args.out, "math500", {"test": convert(rows_of_all(paths))}, "HuggingFaceH4/MATH-500")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,20 @@ def job_overrides(run_dir: Path, mode: str, seed, overrides: list[str]) -> list[
             f"rollout.seed={seed}", "trainer.logger.wandb=disabled", "cluster.include_dashboard=false", *overrides]
 
 
+OWN_KEYS = ("run_dir", "algorithm.phase.mode", "seed", "rollout.seed")  # what the bench sets for each run
+
+
+def refuse_own_keys(overrides: list[str]) -> None:
+    """SystemExit for an override of a key the bench sets per run (``job_overrides``): coming last, it won over the
+    bench's, so every seed (or every mode) ran one config under three (four) names."""
+    from stepentropy_rl.main import override_key
+
+    own = [o for o in overrides if override_key(o) in OWN_KEYS]
+    if own:
+        raise SystemExit(f"{', '.join(own)}: the bench sets {', '.join(OWN_KEYS)} for each run itself (--seeds, its "
+                         f"modes, --out)")
+
+
 def check_kept_runs(out: Path, results: dict, overrides: list[str]) -> None:
     """SystemExit when a run kept from an earlier bench finished under a config that its job's command no longer
     composes to (a default changed since, e.g. the compress stage's advantage estimator: the overrides and the base
@@ -146,9 +160,10 @@ def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str, eval_se: dict | 
     if k > 1:
         floor = [eval_se[s] ** 2 for s in seeds if eval_se and math.isfinite(eval_se.get(s, math.nan))]
         var = max(statistics.variance(diffs), statistics.mean(floor) if floor else 0.0)
-        out["stderr"] = (var / k) ** 0.5
-        out["t"] = mean / out["stderr"] if out["stderr"] > 0 else math.copysign(math.inf, mean) if mean else 0.0
-        out["p"] = t_two_sided_p(out["t"], k - 1)
+        if var > 0 or mean == 0:  # one nonzero difference on every seed, no evaluation error: nothing to test against
+            out["stderr"] = (var / k) ** 0.5
+            out["t"] = mean / out["stderr"] if var > 0 else 0.0
+            out["p"] = t_two_sided_p(out["t"], k - 1)
     return out
 
 
@@ -193,7 +208,8 @@ def difference_lines(pairs: list[tuple[str, dict | None]]) -> list[str]:
     for name, d in pairs:
         if d is None:
             continue
-        err = "n/a (one seed)" if d["stderr"] is None else f"{100 * d['stderr']:.1f}"
+        err = f"{100 * d['stderr']:.1f}" if d["stderr"] is not None else "n/a (one seed)" if len(d["seeds"]) == 1 \
+            else "n/a (the same on every seed, no evaluation error)"
         test = "n/a" if d["t"] is None else f"{d['t']:+.1f} ({d['df']}), p = {d['p']:.2f}"
         lines.append(f"| {name} | {' / '.join(f'{100 * v:+.1f}' for v in d['per_seed'])} | "
                      f"{100 * d['mean']:+.1f} ± {err} | {test} | {len(d['seeds'])} |")
@@ -272,6 +288,7 @@ def main(argv=None) -> None:
                     help="another bench's results.json: each mode here minus the same mode there, per seed")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = ap.parse_args(argv)
+    refuse_own_keys(args.overrides)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -302,6 +319,10 @@ def main(argv=None) -> None:
                                                    eval_errors(out, out, results, MODES[0], m))) for m in MODES[1:]]
     if args.against is not None:
         other = load_results(args.against, json.loads(args.against.read_text()).get("_overrides", []))
+        theirs = json.loads(args.against.read_text()).get("_base")
+        if theirs != base:  # a change of base would be reported as the effect of the overrides compared
+            raise SystemExit(f"{args.against} ran on the base {theirs or 'of an older version'}, this bench on {base}: "
+                             f"their modes differ by more than the overrides")
         pairs += [(f"{m} - {m} of {args.against.parent.name}",
                    seed_difference(results, other, m, m, eval_errors(out, args.against.parent, results, m, m)))
                   for m in MODES]

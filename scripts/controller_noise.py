@@ -17,6 +17,7 @@ import json
 import random
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 from stepentropy_rl.phase import PhaseConfig, PhaseController, slope
 
@@ -85,6 +86,20 @@ def _value(text: str):
         return text
 
 
+def run_phase(config: Path) -> dict:
+    """The run's own ``algorithm.phase`` settings from the ``config.yaml`` beside its metrics ({} without one): the run
+    was decided by them, and the noise is fed to the same controller (the command line's k=v still win)."""
+    import dataclasses
+
+    import yaml
+
+    if not config.exists():
+        return {}
+    phase = ((yaml.safe_load(config.read_text()) or {}).get("algorithm") or {}).get("phase") or {}
+    known = {f.name for f in dataclasses.fields(PhaseConfig)}
+    return {k: v for k, v in phase.items() if k in known}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("metrics")
@@ -92,7 +107,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("phase", nargs="*", help="algorithm.phase keys as key=value (window=8 ...)")
     args = ap.parse_args(argv)
-    cfg = PhaseConfig(**{k: _value(v) for k, v in (kv.split("=", 1) for kv in args.phase)})
+    cfg = PhaseConfig(**{**run_phase(Path(args.metrics).parent / "config.yaml"),
+                         **{k: _value(v) for k, v in (kv.split("=", 1) for kv in args.phase)}})
     rows = [json.loads(line) for line in open(args.metrics) if "phase/stage" in line]
     entropy, stage = [r["policy/entropy"] for r in rows], [r["phase/stage"] for r in rows]
     lengths, sd = phase_noise(entropy, stage)

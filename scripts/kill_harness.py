@@ -106,7 +106,8 @@ def _report(run_dir: Path) -> dict:
 
 def metrics_violations(run_dir: Path) -> tuple[list[str], list[int], list[int]]:
     """What is wrong with the run's ``metrics.jsonl`` after every kill and rerun: GRPO's steps each once, in order,
-    as many as its finished stage ran (``stages/grpo.done``), and SFT's never repeated; and the two step lists."""
+    as many as its finished stage ran (``stages/grpo.done``), and SFT's each once in order; and the two step
+    lists."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     grpo = [r["step"] for r in rows if "phase/stage" in r]
     sft = [r["step"] for r in rows if "sft/nll" in r]
@@ -117,8 +118,8 @@ def metrics_violations(run_dir: Path) -> tuple[list[str], list[int], list[int]]:
     ran = json.loads(marker.read_text()).get("steps") if marker.exists() else None
     if ran is not None and len(grpo) != ran:
         found.append(f"metrics.jsonl has {len(grpo)} GRPO steps, and GRPO finished {ran}: rows were lost")
-    if sft != sorted(set(sft)):
-        found.append(f"metrics.jsonl SFT steps repeat: {sft}")
+    if sft != list(range(len(sft))):  # a rewind that cut rows lost steps; one that cut none repeated them
+        found.append(f"metrics.jsonl SFT steps are not each once in order: {sft}")
     return found, grpo, sft
 
 
@@ -167,11 +168,18 @@ def run(args, cmd: list[str]) -> dict:
     if args.reference_run:  # the same command, never killed
         ref_dir = Path(args.reference_run)
         if not (ref_dir / "report.json").exists():
-            _attempt([c if not c.startswith("run_dir=") else f"run_dir={ref_dir}" for c in cmd],
-                     logs / "reference.log", None, args.timeout)
+            if (ref_dir / "stages").exists():  # run again, it would resume: a killed run checked against another
+                raise SystemExit(f"{ref_dir} holds a run that did not finish (stages/, no report.json): the reference "
+                                 f"must run uninterrupted; delete it or name another --reference-run")
+            ref = _attempt([c if not c.startswith("run_dir=") else f"run_dir={ref_dir}" for c in cmd],
+                           logs / "reference.log", None, args.timeout)
+            if ref["rc"] != 0 or ref["timed_out"]:
+                violations.append(f"the uninterrupted run failed (exit code {ref['rc']}, timed out: "
+                                  f"{ref['timed_out']}; {logs / 'reference.log'})")
         reference = _report(ref_dir)
-        differs = {m: {k: [v, reference.get(m, {}).get(k)] for k, v in models.get(m, {}).items()
-                       if v != reference.get(m, {}).get(k)} for m in ("base", "sft", "final")}
+        differs = {m: {k: [models.get(m, {}).get(k), reference.get(m, {}).get(k)]
+                       for k in {*models.get(m, {}), *reference.get(m, {})}
+                       if models.get(m, {}).get(k) != reference.get(m, {}).get(k)} for m in ("base", "sft", "final")}
         differs = {m: d for m, d in differs.items() if d}
         if differs or not reference:
             violations.append(f"the report differs from the uninterrupted run's ({ref_dir}): {differs}")

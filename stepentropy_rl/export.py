@@ -1,6 +1,6 @@
 r"""A run's model as a Hugging Face model directory, with a model card, ready for vLLM's OpenAI server or transformers.
 
-    python -m stepentropy_rl.export RUN_DIR OUT              # the final model (else the SFT model)
+    python -m stepentropy_rl.export RUN_DIR OUT              # the final model (--model sft: the SFT model)
     python -m stepentropy_rl.export RUN_DIR OUT --step 12    # GRPO checkpoint grpo/step_12 (the learners' shards)
 
 The checkpoint's learner shards (torch.distributed.checkpoint) are read without a process group into the model

@@ -59,7 +59,7 @@ def prompt_text(tokenizer, prompt) -> str:
     revisions: the model writes it), ``<think>\\n`` is appended, so a response is always thinking, ``</think>``,
     answer: a tag the model wrote itself would sit in the first step, be scored and pruned with it, and leave SFT
     rows and answer prefixes without their opening tag. A generation prompt that writes the tag (closed or not) is
-    kept as it is."""
+    kept as it is; one that writes only ``</think>`` (thinking off, DeepSeek-V3.1's default) is a ``ConfigError``."""
     if isinstance(prompt, str):
         question, system, kwargs = prompt, None, {}
     elif isinstance(prompt, dict):
@@ -70,7 +70,15 @@ def prompt_text(tokenizer, prompt) -> str:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
     without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kwargs)
     generation = text[len(without):] if text.startswith(without) else text[text.rfind(question) + len(question):]
-    return text if THINK_OPEN in generation else f"{text}{THINK_OPEN}\n"
+    if THINK_OPEN in generation:
+        return text
+    if THINK_CLOSE in generation:  # "<think>" is no part of "</think>": the tag was appended after it
+        from stepentropy_rl.typed import ConfigError
+
+        raise ConfigError(f"the chat template's generation prompt closes the thinking ({generation.strip()!r}): its "
+                          f"thinking is off, and the runs need a model that thinks; turn it on with the template's "
+                          f"switch in data.chat_template_kwargs (e.g. +data.chat_template_kwargs.thinking=true)")
+    return f"{text}{THINK_OPEN}\n"
 
 
 # appended to a chat template whose generation prompt does not open the thinking (not where the caller turned

@@ -124,6 +124,8 @@ class RolloutGroup:
             if attempt == self.retries:
                 raise ActorLost(f"rollout engines {sorted(failed)} kept failing after {self.retries} retries")
             self._restore([self.engines[i] for i in failed])  # the retried shares sample from the state before the call
+            # an engine that failed without a restart (a connection lost) may have drawn for its share already
+            fetch([self.engines[i].set_rng_state.remote(self._rng[i]) for i in failed])
         self._rng = fetch([w.rng_state.remote() for w in self.engines])
         out: list = [None] * len(prompts)
         for i, res in enumerate(results):
@@ -211,8 +213,11 @@ class RolloutGroup:
 
     def rng_states(self) -> list[str]:
         """Each engine's sampler state (base64), saved with every checkpoint and stage marker: a rerun after a crash
-        restores it (``set_rng_states``) and samples what the uninterrupted run would have."""
-        return [base64.b64encode(s).decode() for s in fetch([w.rng_state.remote() for w in self.engines])]
+        restores it (``set_rng_states``) and samples what the uninterrupted run would have. The group's record where
+        it has one: an engine that Ray restarted since the group's last call reports a fresh seed's state, and gets
+        the recorded one back at the group's next call (``_mark_served``)."""
+        states = self._rng if self._rng is not None else fetch([w.rng_state.remote() for w in self.engines])
+        return [base64.b64encode(s).decode() for s in states]
 
     def set_rng_states(self, states: list[str] | None) -> bool:
         """Restore ``rng_states``; False (and nothing changed) when there are none or the engine count differs."""

@@ -41,8 +41,13 @@ def _warm_up() -> None:
 # anywhere after it ("4 thousand", "2 thousands", "3 squared", "2 thirds", "18 dollars or more")
 NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|cos|tan|log|ln|exp|e)\b)"
                              r"(?!.*\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|"
-                             r"halves|thirds?|quarters?|fifths?|tenths?|or|and)\b)"
+                             r"halves|thirds?|quarters?|fifths?|tenths?|or|and|than)\b)"
                              r"[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*", re.IGNORECASE)
+# words in a box written as LaTeX text: \boxed{2 \text{ hours } 30 \text{ minutes}} is no more the number 2 than
+# the same words written plainly, but math-verify reads the first number of it
+TEXT_WORDS = re.compile(r"\\(?:text|textrm|textnormal|mathrm|mbox|rm)\s*\{([^{}]*)\}")
+NUMBER_THEN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s+[A-Za-z]")
+LIST_COMMA = re.compile(r",(?!\d{3}(?!\d))")  # a comma between a list's items, not in 1,000
 # digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
 DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:! ]\s*|~|\s+)(?=\d{3}(?!\d))")
 
@@ -89,10 +94,29 @@ def verify_one(response: str, answer: str, timeout_s: float) -> bool:
     if words := NUMBER_IN_WORDS.fullmatch(answer):
         gold += parse(f"${words.group(1)}$", parsing_timeout=budget)
     plain = plain_box(response[box[0]: box[1] + 1], answer)
+    inner = plain[len(BOXED): -1]
+    said = " ".join(TEXT_WORDS.sub(r" \1 ", inner).split())  # \text{...} as the words it writes
+    if said != " ".join(inner.split()) and NUMBER_THEN_WORDS.match(said):  # a number, then words in LaTeX text
+        if said.lower() == " ".join(answer.split()).lower():
+            return True
+        if not NUMBER_IN_WORDS.fullmatch(said):  # not one number and its unit: wrong, as the same words plainly
+            return False
+        inner, plain = said, f"{BOXED}{said}}}"
     pred = parse(plain, parsing_timeout=budget)
-    if words := NUMBER_IN_WORDS.fullmatch(plain[len(BOXED): -1]):  # "\boxed{18 dollars}" read as a gold in words is
+    if words := NUMBER_IN_WORDS.fullmatch(inner):  # "\boxed{18 dollars}" read as a gold in words is
         pred += parse(f"${words.group(1)}$", parsing_timeout=budget)
-    return bool(verify(gold, pred, timeout_seconds=budget))
+    if verify(gold, pred, timeout_seconds=budget):
+        return True
+    items = len(LIST_COMMA.split(answer))
+    if items > 1 and not any(c in answer for c in "()[]"):  # a list answered one box an item: "\boxed{-2} and
+        boxes, at = [], 0  # \boxed{1}" for "-2, 1" (not a point or an interval, whose items are no answers alone)
+        while (b := boxed_span(response, at)) is not None:
+            boxes.append(response[b[0] + len(BOXED): b[1]])
+            at = b[1] + 1
+        if len(boxes) == items:
+            joined = parse(plain_box(f"{BOXED}{', '.join(boxes)}}}", answer), parsing_timeout=budget)
+            return bool(verify(gold, joined, timeout_seconds=budget))
+    return False
 
 
 class MathGraderPool:

@@ -117,3 +117,32 @@ def test_the_error_over_seeds_is_never_below_the_evaluations_own(bench, tmp_path
     table = (out / "table.md").read_text()
     assert "| entropy - explore | +1.0 / +1.0 / +1.0 | +1.0 ± 0.6 | +1.7 (2), p = 0.23 | 3 |" in table
     assert "| entropy - fixed | +0.0 / +0.0 / +0.0 | +0.0 ± 0.0 | +0.0 (2), p = 1.00 | 3 |" in table
+
+
+def test_the_bench_refuses_overrides_of_the_keys_it_sets_for_each_run(bench, tmp_path):
+    """seed=7 came after the bench's own seed=S and won: the three "seeds" were one config, their sd about 0."""
+    for own in ("seed=7", "rollout.seed=7", "+algorithm.phase.mode=fixed", "run_dir=/tmp/x"):
+        with pytest.raises(SystemExit, match="the bench sets run_dir, algorithm.phase.mode, seed, rollout.seed"):
+            bench.main(["--seeds", "0", "--out", str(tmp_path / "bc"), own])
+    assert bench.ran == []
+
+
+def test_against_another_base_is_refused(bench, tmp_path):
+    """--against paired this bench's runs with another bench's by seed whatever base each ran on: a change of base
+    read as the effect of the overrides compared."""
+    other = tmp_path / "old"
+    bench.main(["--seeds", "0", "--out", str(other)])
+    data = json.loads((other / "results.json").read_text())
+    (other / "results.json").write_text(json.dumps({**data, "_base": "tiny-0123456789ab"}))
+    with pytest.raises(SystemExit, match=r"ran on the base tiny-0123456789ab, this bench on tiny-"):
+        bench.main(["--seeds", "0", "--out", str(tmp_path / "new"), "--against", str(other / "results.json")])
+
+
+def test_one_nonzero_difference_on_every_seed_without_an_evaluation_error_is_not_certain(bench):
+    """+0.2 points on each of three seeds, the runs' folders gone (no evaluation error to floor the spread): t was
+    infinite and p = 0.00."""
+    r = {s: {"x": {"final": {"accuracy": x}}, "y": {"final": {"accuracy": y}}}
+         for s, x, y in (("0", 0.994, 0.992), ("1", 0.982, 0.980), ("2", 0.986, 0.984))}
+    d = bench.seed_difference(r, r, "x", "y")
+    assert d["stderr"] is None and d["p"] is None
+    assert "n/a (the same on every seed, no evaluation error) | n/a |" in bench.difference_lines([("x - y", d)])[-1]

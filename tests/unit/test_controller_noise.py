@@ -47,3 +47,18 @@ def test_without_noise_a_flat_entropy_passes_no_hysteresis_and_with_it_the_phase
 
 def test_phase_keys_on_the_command_line_take_numbers_and_words():
     assert [noise._value(v) for v in ("8", "0.004", "true", "explore")] == [8, 0.004, True, "explore"]
+
+
+def test_the_controller_fed_noise_is_the_runs_own(tmp_path, capsys):
+    """The controller's settings came from the command line alone: a run made with hysteresis 0.001 was judged, and
+    its noise simulated, with the default 0.002."""
+    import json
+
+    rows = [{"step": i, "phase/stage": 0, "policy/entropy": 0.1 + 0.001 * (i % 3), "phase/trend": float("nan")}
+            for i in range(8)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "config.yaml").write_text("algorithm:\n  phase: {mode: compress, hysteresis: 0.001, window: 4}\n")
+    noise.main([str(tmp_path / "metrics.jsonl"), "--runs", "2", "--steps", "8"])
+    assert "(hysteresis 0.001)" in capsys.readouterr().out
+    noise.main([str(tmp_path / "metrics.jsonl"), "hysteresis=0.003", "--runs", "2", "--steps", "8"])
+    assert "(hysteresis 0.003)" in capsys.readouterr().out  # the command line still wins

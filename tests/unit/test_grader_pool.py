@@ -220,3 +220,27 @@ def test_a_missing_math_verify_is_one_error_at_the_pools_start(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)
     with pytest.raises(ImportError):
         MathGraderPool(workers=1)
+
+
+@pytest.mark.parametrize("boxed, gold, right", [
+    (r"2 \text{ hours } 30 \text{ minutes}", "2", False),  # math-verify read the first number: right against 2
+    (r"2 \text{ hours } 30 \text{ minutes}", "150", False),
+    (r"2 \text{ hours } 30 \text{ minutes}", "2 hours 30 minutes", True),  # the gold's own words
+    (r"6 \text{ and a half}", "6", False), (r"2 \mathrm{ less than } x", "2", False), ("2 less than x", "2", False),
+    (r"18 \text{ dollars}", "18", True), (r"5\text{ cm}^2", "5", True), (r"\text{(C)}", r"\text{(C)}", True),
+])
+def test_words_in_latex_text_are_read_as_the_same_words_written_plainly(boxed, gold, right):
+    """A box of numbers and \\text{} words was graded by its first number: "2 hours 30 minutes" right against 2."""
+    assert verify_one(rf"\boxed{{{boxed}}}", gold, 2) is right
+
+
+def test_a_list_answered_one_box_an_item_is_right():
+    """R1 often boxes each solution: "\\boxed{-2} and \\boxed{1}" was graded by its last box alone, wrong against
+    "-2, 1" in the evaluation, the rewards and the answer check."""
+    assert verify_one(r"\boxed{-2} \text{ and } \boxed{1}", "-2, 1", 2)
+    assert verify_one(r"\boxed{1}, \boxed{-2}", "-2, 1", 2) and verify_one(r"\boxed{\frac{1}{2}} or \boxed{3}",
+                                                                           r"\frac{1}{2}, 3", 2)
+    assert not verify_one(r"\boxed{5}, \boxed{1}", "-2, 1", 2)  # a wrong item
+    assert not verify_one(r"\boxed{7} \boxed{-2}, \boxed{1}", "-2, 1", 2)  # more boxes than items
+    assert not verify_one(r"\boxed{1} \boxed{2}", "(1, 2)", 2)  # a point's coordinates are not two answers
+    assert not verify_one(r"\boxed{1}, \boxed{0}", "1,000", 2)  # a number's digit groups are not a list

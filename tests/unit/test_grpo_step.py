@@ -180,6 +180,48 @@ def test_a_nan_entropy_stops_the_step_before_the_controller_and_the_engines(trai
     assert trainer.rollouts.serving == "init"  # no weights pushed
 
 
+def test_a_checkpoint_keeps_the_sampler_state_a_restarted_engine_gets_back(trainer):
+    """An engine restarted after the last generation (during a long checkpoint save) reported its fresh seed's state,
+    which the checkpoint kept: a resume drew other samples than the uninterrupted run, which restores the recorded
+    state at its next call."""
+    import base64
+
+    rollouts = trainer.rollouts
+    rollouts.engines[1].rng = b"\x05"
+    rollouts.generate([list(map(ord, "q0<think>\n")), list(map(ord, "q1<think>\n"))], {"n": 1})
+    restarted = rollouts.engines[1]
+    restarted.ping, restarted.rng = _remote(lambda: "a second incarnation"), b"\x00"  # Ray restarted it: a fresh seed
+    assert [base64.b64decode(s) for s in rollouts.rng_states()] == [b"\x01", b"\x05"]
+    rollouts.generate([list(map(ord, "q0<think>\n"))], {"n": 1})
+    assert restarted.rng == b"\x05"  # what the uninterrupted run restores
+
+
+def test_a_share_retried_after_a_failure_without_restart_draws_as_the_first_try(trainer, monkeypatch):
+    """An engine that answered with an error (a lost connection) after drawing for its share was retried from the
+    advanced state: only a restarted engine had its sampler state put back."""
+    import ray.exceptions
+
+    from stepentropy_rl.driver import rollout_group
+
+    flaky, drawn = trainer.rollouts.engines[1], []
+    first, real = [True], flaky.generate.remote
+
+    def generate(prompts, sampling):
+        drawn.append(flaky.rng)
+        flaky.rng = b"\x09"  # the draw advances its state
+        if first.pop() if first else False:
+            return "failed"
+        return real(prompts, sampling)
+
+    flaky.generate = _remote(generate)
+    fetch = rollout_group.fetch
+    monkeypatch.setattr(rollout_group, "wait_alive", lambda engines, timeout_s: None)  # it is up: no restart
+    monkeypatch.setattr(rollout_group, "fetch", lambda x: (_ for _ in ()).throw(
+        ray.exceptions.ActorUnavailableError("connection lost", None)) if x == "failed" else fetch(x))
+    trainer.rollouts.generate([list(map(ord, "q0<think>\n")), list(map(ord, "q1<think>\n"))], {"n": 1})
+    assert drawn == [b"\x01", b"\x01"]  # the retry drew from the state before the call
+
+
 def test_mini_batches_and_epochs_score_old_logprobs_first(tmp_path):
     trainer = _trainer(tmp_path, "algorithm.ppo_mini_batch_size=1", "algorithm.ppo_epochs=2")
     metrics = trainer.train_step()

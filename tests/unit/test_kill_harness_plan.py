@@ -93,3 +93,21 @@ def test_grpo_rows_lost_at_the_end_are_a_violation(tmp_path):
     rows.append({"step": 3, "phase/stage": 1})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert harness.metrics_violations(tmp_path)[0] == []
+
+
+def test_sft_rows_lost_in_the_middle_are_a_violation(tmp_path):
+    """SFT rows were checked for repeats only: a rewind that cut rows passed."""
+    import json
+
+    rows = [{"step": s, "sft/nll": 1.0} for s in (0, 1, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert harness.metrics_violations(tmp_path)[0] == ["metrics.jsonl SFT steps are not each once in order: [0, 1, 3]"]
+
+
+def test_an_unfinished_reference_run_is_refused_not_resumed(tmp_path):
+    """A reference run killed at the time limit left stages/ behind: the next harness resumed it, and checked the
+    killed runs against another killed run."""
+    ref = tmp_path / "ref"
+    (ref / "stages").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds a run that did not finish"):
+        _harness_on_a_stand_in(tmp_path / "run", 0, kills=0, startup_kills=0, reference_run=str(ref))

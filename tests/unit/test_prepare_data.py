@@ -63,6 +63,17 @@ def test_gsm8k_in_both_published_layouts(tmp_path, layout):
     assert (out / "gsm8k_test.parquet").exists()
 
 
+def test_a_split_saved_in_several_shards_is_read_whole(tmp_path):
+    """The scripts read the first shard of a split saved in several and dropped the rest's rows without a word."""
+    src, out = tmp_path / "gsm8k", tmp_path / "out"
+    for split in ("train", "test"):
+        parquet(src / "main" / f"{split}-00000-of-00002.parquet", GSM8K[:1])
+        parquet(src / "main" / f"{split}-00001-of-00002.parquet", GSM8K[1:])
+    res = prepare("gsm8k", "--src", src, "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert [r.answer for r in both(out, "gsm8k", "test")[0]] == ["72", "1234"]
+
+
 def test_a_gsm8k_row_without_its_answer_line_is_named(tmp_path):
     jsonl(tmp_path / "src" / "train.jsonl", [GSM8K[0], {"question": "q", "answer": "no final line"}])
     res = prepare("gsm8k", "--src", tmp_path / "src", "--out", tmp_path / "out")

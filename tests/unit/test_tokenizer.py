@@ -141,3 +141,20 @@ def test_held_out_prompts_need_room_for_the_evaluation_only(tmp_path):
     with pytest.raises(DataError, match=r"data.jsonl:2: the prompt is \d+ tokens; with rollout.max_tokens \+ "
                                         r"trainer.prune.answer_max_tokens = 416"):
         fit_context(cfg, str(tmp_path), tok, [short, long_], "train")
+
+
+def test_a_template_whose_generation_prompt_closes_the_thinking_is_refused(tmp_path):
+    """A template with thinking off by default (DeepSeek-V3.1's '</think>' generation prompt) was given '<think>\\n'
+    after it: every prompt read '</think><think>', a thinking closed before it opened."""
+    import pytest
+
+    from stepentropy_rl.typed import ConfigError
+
+    _, tok = _tok(tmp_path)
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant]{% if thinking is defined and thinking %}<think>"
+                         "{% else %}</think>{% endif %}{% endif %}")
+    with pytest.raises(ConfigError, match=r"generation prompt closes the thinking \('\[assistant\]</think>'\)"):
+        prompt_text(tok, "What is 1+1?")
+    on = {"prompt": "What is 1+1?", "chat_kwargs": {"thinking": True}}
+    assert prompt_text(tok, on).endswith("[assistant]<think>")
