@@ -160,9 +160,10 @@ def seed_difference(a: dict, b: dict, mode_a: str, mode_b: str, eval_se: dict | 
     if k > 1:
         floor = [eval_se[s] ** 2 for s in seeds if eval_se and math.isfinite(eval_se.get(s, math.nan))]
         var = max(statistics.variance(diffs), statistics.mean(floor) if floor else 0.0)
-        if var > 0 or mean == 0:  # one nonzero difference on every seed, no evaluation error: nothing to test against
-            out["stderr"] = (var / k) ** 0.5
-            out["t"] = mean / out["stderr"] if var > 0 else 0.0
+        spread = var > 1e-12  # accuracies are counts over n: differences equal but for float rounding have none
+        if spread or abs(mean) < 1e-9:  # one nonzero difference on every seed, no evaluation error: no test
+            out["stderr"] = (var / k) ** 0.5 if spread else 0.0
+            out["t"] = mean / out["stderr"] if spread else 0.0
             out["p"] = t_two_sided_p(out["t"], k - 1)
     return out
 
@@ -319,10 +320,12 @@ def main(argv=None) -> None:
                                                    eval_errors(out, out, results, MODES[0], m))) for m in MODES[1:]]
     if args.against is not None:
         other = load_results(args.against, json.loads(args.against.read_text()).get("_overrides", []))
-        theirs = json.loads(args.against.read_text()).get("_base")
-        if theirs != base:  # a change of base would be reported as the effect of the overrides compared
-            raise SystemExit(f"{args.against} ran on the base {theirs or 'of an older version'}, this bench on {base}: "
-                             f"their modes differ by more than the overrides")
+        recorded = json.loads(args.against.read_text())
+        theirs, now = recorded.get("_base"), base_of(recorded.get("_overrides", []))
+        if theirs != now:  # a default moved since: the difference would be read as the overrides' effect
+            raise SystemExit(f"{args.against} ran on the base {theirs or 'of an older version'}, and its overrides now "
+                             f"resolve to {now} (a default changed since): its modes differ from these by more than "
+                             f"the overrides")
         pairs += [(f"{m} - {m} of {args.against.parent.name}",
                    seed_difference(results, other, m, m, eval_errors(out, args.against.parent, results, m, m)))
                   for m in MODES]

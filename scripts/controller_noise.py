@@ -19,7 +19,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from stepentropy_rl.phase import PhaseConfig, PhaseController, slope
+from stepentropy_rl.phase import COMPRESS, STAGES, PhaseConfig, PhaseController, slope
 
 
 def phase_cuts(stage: list) -> list[int]:
@@ -54,19 +54,31 @@ def phase_noise(entropy: list[float], stage: list[int]) -> tuple[list[int], floa
     return [b - a for a, b in zip(cuts, cuts[1:])], sd
 
 
+def keeps_going(stage: str, trend: float, cfg: PhaseConfig) -> bool:
+    """Whether ``trend`` passed the hysteresis the way that keeps ``stage`` going: under the stall rule the entropy
+    falling in the compress stage (rising in the explore stage) by more than it; under the reverse rule not rising
+    (falling) by more than it."""
+    h = cfg.hysteresis
+    if cfg.switch_on == "stall":
+        return trend < -h if stage == COMPRESS else trend > h
+    return trend <= h if stage == COMPRESS else trend >= -h
+
+
 def run_figures(history: list[dict], lengths: list[int], cfg: PhaseConfig) -> dict:
-    """Decisions (steps with a trend) whose |trend| passed the hysteresis, and finished phases (all but the last)
-    longer than the controller's minimum."""
-    trends = [h["trend"] for h in history if h["trend"] is not None]
+    """Decisions (steps with a trend) whose |trend| passed the hysteresis, those that passed it the way that keeps
+    the phase going (``keeps_going``; a trend past it the other way is a reason to switch), and finished phases (all
+    but the last) longer than the controller's minimum."""
+    decided = [h for h in history if h["trend"] is not None]
     shortest = max(cfg.min_steps, cfg.window + cfg.patience - 1)
     done = lengths[:-1]
-    return {"beyond": sum(abs(t) > cfg.hysteresis for t in trends), "decisions": len(trends),
+    return {"beyond": sum(abs(h["trend"]) > cfg.hysteresis for h in decided),
+            "kept": sum(keeps_going(h["stage"], h["trend"], cfg) for h in decided), "decisions": len(decided),
             "longer": sum(n > shortest for n in done), "phases": len(done)}
 
 
 def simulate(sd: float, cfg: PhaseConfig, runs: int, steps: int, seed: int = 0) -> dict:
     """``run_figures`` summed over ``runs`` controllers fed a flat entropy plus N(0, sd) noise for ``steps`` steps."""
-    rng, total = random.Random(seed), {"beyond": 0, "decisions": 0, "longer": 0, "phases": 0}
+    rng, total = random.Random(seed), {"beyond": 0, "kept": 0, "decisions": 0, "longer": 0, "phases": 0}
     for _ in range(runs):
         c, stages = PhaseController(replace(cfg, mode="entropy")), []
         for step in range(steps):
@@ -112,17 +124,20 @@ def main(argv=None) -> None:
     rows = [json.loads(line) for line in open(args.metrics) if "phase/stage" in line]
     entropy, stage = [r["policy/entropy"] for r in rows], [r["phase/stage"] for r in rows]
     lengths, sd = phase_noise(entropy, stage)
-    trends = [{"trend": r["phase/trend"] if r["phase/trend"] == r["phase/trend"] else None} for r in rows]
+    trends = [{"trend": r["phase/trend"] if r["phase/trend"] == r["phase/trend"] else None,
+               "stage": STAGES[r["phase/stage"]]} for r in rows]
     real = run_figures(trends, lengths, cfg)
     sim = simulate(sd, cfg, args.runs, args.steps)
     share = (lambda d, a, b: f"{d[a]}/{d[b]} = {d[a] / d[b]:.0%}" if d[b] else "n/a")
     print(f"run: {len(rows)} steps, phases {lengths}, noise sd {sd:.4f} nats about each phase's line")
-    print(f"run:   beyond the hysteresis {share(real, 'beyond', 'decisions')} of decisions, finished phases past the "
-          f"minimum {share(real, 'longer', 'phases')}")
+    print(f"run:   beyond the hysteresis {share(real, 'beyond', 'decisions')} of decisions (the way that keeps the "
+          f"phase going {share(real, 'kept', 'decisions')}), finished phases past the minimum "
+          f"{share(real, 'longer', 'phases')}")
     for t in phase_trends(entropy, stage):
         print(f"phase from step {t['start']} ({t['steps']} steps, stage {t['stage']}): trend {t['slope']:+.5f} "
               f"± {t['stderr']:.5f} nats/step (hysteresis {cfg.hysteresis})")
-    print(f"noise: beyond the hysteresis {share(sim, 'beyond', 'decisions')}, finished phases past the minimum "
+    print(f"noise: beyond the hysteresis {share(sim, 'beyond', 'decisions')} (the way that keeps the phase going "
+          f"{share(sim, 'kept', 'decisions')}), finished phases past the minimum "
           f"{share(sim, 'longer', 'phases')} ({args.runs} flat runs of {args.steps} steps, sd {sd:.4f})")
 
 

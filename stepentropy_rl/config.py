@@ -596,8 +596,9 @@ class JobConfig:
              f"(auto or unset: vLLM downcasts a float32 checkpoint) and sample from another policy than the one the "
              f"learners score")
         most = self.rollout.engine.get("max_logprobs", 20)  # vLLM's default: 20 per token; -1: the vocabulary
-        for key, k in (("rollout.topk_logprobs", self.rollout.topk_logprobs),
-                       ("trainer.eval.topk_logprobs", self.trainer.eval.topk_logprobs)):
+        asked = (("trainer.eval.topk_logprobs", self.trainer.eval.topk_logprobs),) if train else (
+            ("rollout.topk_logprobs", self.rollout.topk_logprobs),)  # each pipeline's own; the other's is not read
+        for key, k in asked:
             need(most == -1 or k <= most, key, f"({k}) must be at most the engines' rollout.engine.max_logprobs "
                                                f"({most}): vLLM refuses a request for more, at the first generation")
         share = self.cluster.rollout.num_gpus

@@ -103,12 +103,14 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_tree(tmp)  # on disk before the rename (and before any marker that vouches for it)
     try:
         os.replace(tmp, path)  # fails onto a directory another process finished first
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not path.exists():  # not another process's directory: a real error
             raise
+    _fsync_dir(path.parent)
 
 
 class RunDirLock:

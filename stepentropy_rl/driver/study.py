@@ -264,14 +264,18 @@ def study_pipeline(job) -> StudyResult:
              "model": job.model_path, "aggregate": cfg.pruning.aggregate, "placeholder": cfg.pruning.placeholder,
              "cots_cached": res.cots_cached,
              "full_cot_accuracy": sum(r["full_cot_correct"] for r in res.rows) / max(1, len(res.rows))}
-    plot = report.plot_accuracy(run_dir, res.summary,
-                                f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
-    tracker = Tracker(run_dir, cfg.trainer.logger, cfg.to_dict())
-    samples = [{k: r[k] for k in ("id", "strategy", "ratio", "n_pruned", "n_steps", "thinking", "regenerated",
-                                  "correct") if k in r} for r in res.rows[:SAMPLES_LOGGED]]
-    tracker.results({k: v for k, v in extra.items() if isinstance(v, (int, float))},
-                    {"results": res.summary, "samples": samples}, {"accuracy_vs_ratio": plot})
-    tracker.finish()
+    try:  # a failing plot or tracker costs the picture or the dashboard, not the study's results
+        plot = report.plot_accuracy(run_dir, res.summary,
+                                    f"step pruning, {Path(job.model_path).name}, n={len(job.eval_problems)}")
+        tracker = Tracker(run_dir, cfg.trainer.logger, cfg.to_dict())
+        samples = [{k: r[k] for k in ("id", "strategy", "ratio", "n_pruned", "n_steps", "thinking", "regenerated",
+                                      "correct") if k in r} for r in res.rows[:SAMPLES_LOGGED]]
+        tracker.results({k: v for k, v in extra.items() if isinstance(v, (int, float))},
+                        {"results": res.summary, "samples": samples}, {"accuracy_vs_ratio": plot})
+        tracker.finish()
+    except Exception as e:
+        log.warning("the study's plot or trackers failed (%s: %s); its results are written all the same",
+                    type(e).__name__, e)
     # last: summary.json says the job finished (run.finished_study skips it on a rerun), so a job killed before it
     # has its plot, summary.md and tracker results made again
     report.write_summary(run_dir, res.summary, extra, res.paired)

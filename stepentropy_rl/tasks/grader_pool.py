@@ -46,7 +46,14 @@ NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|
 # words in a box written as LaTeX text: \boxed{2 \text{ hours } 30 \text{ minutes}} is no more the number 2 than
 # the same words written plainly, but math-verify reads the first number of it
 TEXT_WORDS = re.compile(r"\\(?:text|textrm|textnormal|mathrm|mbox|rm)\s*\{([^{}]*)\}")
-NUMBER_THEN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s+[A-Za-z]")
+NUMBER_THEN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s*[A-Za-z]")
+QUALIFIERS = re.compile(r"\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|halves|"
+                        r"thirds?|quarters?|fifths?|tenths?|than)\b", re.IGNORECASE)
+# a number, a word that is no conjunction, another number: "2 hours 30 minutes" (exponents taken out first: m/s^2)
+MIXED_QUANTITY = re.compile(r"\d[^\d]*?\b(?!(?:and|or)\b)[A-Za-z]+\b[^\d]*\d")
+EXPONENT = re.compile(r"\^\s*(?:\{\s*[-+]?\d+\s*\}|[-+]?\d)")
+# what may stand between the boxes of a list answered one box an item: commas, "and", "or", spaces
+BOX_SEPARATOR = re.compile(r"(?:\s|,|;|\\[,;: ]|\\quad|\b(?:and|or)\b|\\text\s*\{\s*(?:,|and|or)?\s*\})*")
 LIST_COMMA = re.compile(r",(?!\d{3}(?!\d))")  # a comma between a list's items, not in 1,000
 # digit groups set apart by a thin or other LaTeX space, a tie or a space (10\,000): math-verify reads a product
 DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\s*\\[,;:! ]\s*|~|\s+)(?=\d{3}(?!\d))")
@@ -94,29 +101,46 @@ def verify_one(response: str, answer: str, timeout_s: float) -> bool:
     if words := NUMBER_IN_WORDS.fullmatch(answer):
         gold += parse(f"${words.group(1)}$", parsing_timeout=budget)
     plain = plain_box(response[box[0]: box[1] + 1], answer)
-    inner = plain[len(BOXED): -1]
-    said = " ".join(TEXT_WORDS.sub(r" \1 ", inner).split())  # \text{...} as the words it writes
-    if said != " ".join(inner.split()) and NUMBER_THEN_WORDS.match(said):  # a number, then words in LaTeX text
-        if said.lower() == " ".join(answer.split()).lower():
+    said = _words(plain[len(BOXED): -1])  # \text{...} as the words it writes
+    if said != " ".join(plain[len(BOXED): -1].split()) and NUMBER_THEN_WORDS.match(said):  # a number, LaTeX words
+        if said.lower() == _words(answer).lower():
             return True
-        if not NUMBER_IN_WORDS.fullmatch(said):  # not one number and its unit: wrong, as the same words plainly
-            return False
-        inner, plain = said, f"{BOXED}{said}}}"
+        if QUALIFIERS.search(said) or MIXED_QUANTITY.search(EXPONENT.sub("", said)):  # "6 and a half", "2 hours 30
+            return False  # minutes": not the first number, as when the same words are written plainly
     pred = parse(plain, parsing_timeout=budget)
-    if words := NUMBER_IN_WORDS.fullmatch(inner):  # "\boxed{18 dollars}" read as a gold in words is
+    if words := NUMBER_IN_WORDS.fullmatch(plain[len(BOXED): -1]):  # "\boxed{18 dollars}" read as a gold in words is
         pred += parse(f"${words.group(1)}$", parsing_timeout=budget)
     if verify(gold, pred, timeout_seconds=budget):
         return True
     items = len(LIST_COMMA.split(answer))
-    if items > 1 and not any(c in answer for c in "()[]"):  # a list answered one box an item: "\boxed{-2} and
-        boxes, at = [], 0  # \boxed{1}" for "-2, 1" (not a point or an interval, whose items are no answers alone)
-        while (b := boxed_span(response, at)) is not None:
-            boxes.append(response[b[0] + len(BOXED): b[1]])
-            at = b[1] + 1
-        if len(boxes) == items:
-            joined = parse(plain_box(f"{BOXED}{', '.join(boxes)}}}", answer), parsing_timeout=budget)
+    if items > 1 and not any(c in answer for c in "()[]"):  # a list (not a point or an interval) answered one box
+        run = _last_boxes(response)  # an item: "\boxed{-2} and \boxed{1}" for "-2, 1"
+        if len(run) == items:
+            joined = parse(plain_box(f"{BOXED}{', '.join(run)}}}", answer), parsing_timeout=budget)
             return bool(verify(gold, joined, timeout_seconds=budget))
     return False
+
+
+def _words(latex: str) -> str:
+    """``latex`` with its ``\\text{...}`` written as the words, whitespace collapsed."""
+    return " ".join(TEXT_WORDS.sub(r" \1 ", latex).split())
+
+
+def _last_boxes(response: str) -> list[str]:
+    """The contents of the closed boxes that end ``response``'s boxes with nothing but commas, "and", "or" or spaces
+    between them: a box the model took back before a later one (``\\boxed{2}. Wait, ... \\boxed{3}``) is no item."""
+    from stepentropy_rl.cot_format import BOXED, boxed_span
+
+    spans, at = [], 0
+    while (b := boxed_span(response, at)) is not None:
+        spans.append(b)
+        at = b[1] + 1
+    run = spans[-1:]
+    for before, after in zip(reversed(spans[:-1]), reversed(spans[1:])):
+        if not BOX_SEPARATOR.fullmatch(response[before[1] + 1: after[0]]):
+            break
+        run.insert(0, before)
+    return [response[a + len(BOXED): b] for a, b in run]
 
 
 class MathGraderPool:

@@ -128,14 +128,17 @@ def test_the_bench_refuses_overrides_of_the_keys_it_sets_for_each_run(bench, tmp
 
 
 def test_against_another_base_is_refused(bench, tmp_path):
-    """--against paired this bench's runs with another bench's by seed whatever base each ran on: a change of base
-    read as the effect of the overrides compared."""
+    """--against paired this bench's runs with another bench's by seed although a default had moved that bench's base
+    since: the change of default read as the effect of the overrides compared."""
     other = tmp_path / "old"
     bench.main(["--seeds", "0", "--out", str(other)])
     data = json.loads((other / "results.json").read_text())
     (other / "results.json").write_text(json.dumps({**data, "_base": "tiny-0123456789ab"}))
-    with pytest.raises(SystemExit, match=r"ran on the base tiny-0123456789ab, this bench on tiny-"):
+    with pytest.raises(SystemExit, match=r"ran on the base tiny-0123456789ab, and its overrides now resolve to tiny-"):
         bench.main(["--seeds", "0", "--out", str(tmp_path / "new"), "--against", str(other / "results.json")])
+    (other / "results.json").write_text(json.dumps(data))  # its own base: a bench of another base is compared
+    bench.main(["--seeds", "0", "--out", str(tmp_path / "steps"), "--against", str(other / "results.json"),
+                "model.tiny.steps=500"])
 
 
 def test_one_nonzero_difference_on_every_seed_without_an_evaluation_error_is_not_certain(bench):
@@ -145,4 +148,7 @@ def test_one_nonzero_difference_on_every_seed_without_an_evaluation_error_is_not
          for s, x, y in (("0", 0.994, 0.992), ("1", 0.982, 0.980), ("2", 0.986, 0.984))}
     d = bench.seed_difference(r, r, "x", "y")
     assert d["stderr"] is None and d["p"] is None
+    r = {s: {"x": {"final": {"accuracy": x / 500}}, "y": {"final": {"accuracy": (x - 1) / 500}}}
+         for s, x in (("0", 398), ("1", 494), ("2", 407))}  # equal differences but for float rounding: var 1e-33
+    assert bench.seed_difference(r, r, "x", "y")["p"] is None
     assert "n/a (the same on every seed, no evaluation error) | n/a |" in bench.difference_lines([("x - y", d)])[-1]

@@ -62,3 +62,16 @@ def test_the_controller_fed_noise_is_the_runs_own(tmp_path, capsys):
     assert "(hysteresis 0.001)" in capsys.readouterr().out
     noise.main([str(tmp_path / "metrics.jsonl"), "hysteresis=0.003", "--runs", "2", "--steps", "8"])
     assert "(hysteresis 0.003)" in capsys.readouterr().out  # the command line still wins
+
+
+def test_a_trend_past_the_hysteresis_the_other_way_does_not_count_as_keeping_the_phase():
+    """"Beyond the hysteresis" counted a trend that passed it either way; under the stall rule one the other way (the
+    entropy rising while compressing) is a reason to switch, not to go on."""
+    cfg = PhaseConfig(hysteresis=0.002)
+    history = [{"stage": "compress", "trend": -0.003}, {"stage": "compress", "trend": 0.003},
+               {"stage": "explore", "trend": 0.003}, {"stage": "explore", "trend": -0.003},
+               {"stage": "compress", "trend": 0.001}, {"stage": "compress", "trend": None}]
+    got = noise.run_figures(history, [5, 5], cfg)
+    assert (got["beyond"], got["kept"], got["decisions"]) == (4, 2, 5)
+    flat = noise.simulate(0.004, cfg, runs=40, steps=40)
+    assert 0 < flat["kept"] < flat["beyond"]  # noise passes it both ways

@@ -126,3 +126,7 @@ def test_atomic_writes_and_saved_models_reach_the_disk_before_what_vouches_for_t
     files.fsync_tree(model)
     assert {str(model / "model.safetensors"), str(model / "sub" / "t.json"), str(model), str(model / "sub"),
             str(tmp_path / "models")} <= set(synced)
+    synced.clear()
+    with files.atomic_dir(tmp_path / "models" / "init") as tmp:  # models/init, the tiny cache, an export
+        (tmp / "config.json").write_text("{}")
+    assert synced[0].endswith("config.json") and synced[-1] == str(tmp_path / "models")  # files, then the rename

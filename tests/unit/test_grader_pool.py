@@ -228,6 +228,10 @@ def test_a_missing_math_verify_is_one_error_at_the_pools_start(monkeypatch):
     (r"2 \text{ hours } 30 \text{ minutes}", "2 hours 30 minutes", True),  # the gold's own words
     (r"6 \text{ and a half}", "6", False), (r"2 \mathrm{ less than } x", "2", False), ("2 less than x", "2", False),
     (r"18 \text{ dollars}", "18", True), (r"5\text{ cm}^2", "5", True), (r"\text{(C)}", r"\text{(C)}", True),
+    # what the first version of the fix refused: one-letter units, units with powers, a gold in \text{}, a list
+    (r"12\text{ m}", "12", True), (r"12\mathrm{m}", "12", True), (r"9.8\text{ m/s}^2", "9.8", True),
+    (r"12 \text{ m}", r"12\text{ m}", True), (r"10 \text{ m}^2", r"10\text{ m}^2", True),
+    (r"2 \text{ and } 3", r"2 \text{ and } 3", True), (r"2 \text{ or } 3", "2, 3", True), (r"3\text{ p.m.}", "3", True),
 ])
 def test_words_in_latex_text_are_read_as_the_same_words_written_plainly(boxed, gold, right):
     """A box of numbers and \\text{} words was graded by its first number: "2 hours 30 minutes" right against 2."""
@@ -244,3 +248,5 @@ def test_a_list_answered_one_box_an_item_is_right():
     assert not verify_one(r"\boxed{7} \boxed{-2}, \boxed{1}", "-2, 1", 2)  # more boxes than items
     assert not verify_one(r"\boxed{1} \boxed{2}", "(1, 2)", 2)  # a point's coordinates are not two answers
     assert not verify_one(r"\boxed{1}, \boxed{0}", "1,000", 2)  # a number's digit groups are not a list
+    # a box taken back is no item: "one box corrected by a later one is graded by the later"
+    assert not verify_one(r"So x = \boxed{2}. Wait, that fails the check; the answer is \boxed{3}.", "2, 3", 2)

@@ -793,6 +793,13 @@ def test_a_study_killed_before_its_plot_is_not_taken_for_finished(tmp_path, monk
         study_pipeline(job)
     assert not (tmp_path / "summary.json").exists()  # so a rerun makes the plot and the rest again
 
+    def broken(*a):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(report, "plot_accuracy", broken)  # a plot (or tracker) that fails costs the picture only
+    study_pipeline(job)
+    assert (tmp_path / "summary.json").exists()
+
 
 def test_the_answer_prompt_is_built_from_the_ids_the_model_wrote(setup):
     """The study encoded the pruned thinking as text: with every step pruned away the prompt ended in two newline
