@@ -4,8 +4,8 @@
 2. the reference worker scores exact token entropies; steps are cut on the delimiter and scored (sum or mean);
 3. for each strategy and ratio the thinking is pruned, the answer regenerated after the pruned thinking and
    ``</think>`` (the kept steps in the ids the model wrote, ``pruning.answer_prefixer``; the paper appends ``\\n\\n``
-   too, which the model writes itself here) and graded. A sample that fails in any way (no CoT, a CoT cut before ``</think>``, no
-   answer, garbage) counts as wrong, never dropped;
+   too, which the model writes itself here) and graded. A sample that fails in any way (no CoT, a CoT cut before
+   ``</think>``, no answer, garbage) counts as wrong, never dropped;
 4. the AUROC with which low step entropy finds the labelled redundant steps, on the gold solutions (teacher-forced).
 
 Each pruned CoT also records whether its kept thinking still writes the gold answer (``answer_in_thinking``): a

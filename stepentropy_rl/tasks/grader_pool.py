@@ -39,16 +39,16 @@ def _warm_up() -> None:
 # that no response matches; one letter ("5 x") is a product, and so is a constant or a function ("4 pi", "2 sqrt 3").
 # Only one number: "4 hours 30 minutes" is no number; nor is one that its words scale, raise, divide or qualify
 # anywhere after it ("4 thousand", "2 thousands", "3 squared", "2 thirds", "18 dollars or more")
+QUALIFIER_WORDS = (r"(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|halves|thirds?|"
+                   r"quarters?|fifths?|tenths?|than)")
 NUMBER_IN_WORDS = re.compile(r"\s*([-+]?\d[\d,]*(?:\.\d+)?)\s+(?!(?:pi|sqrt|sin|cos|tan|log|ln|exp|e)\b)"
-                             r"(?!.*\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|"
-                             r"halves|thirds?|quarters?|fifths?|tenths?|or|and|than)\b)"
+                             rf"(?!.*\b(?:{QUALIFIER_WORDS}|or|and)\b)"
                              r"[A-Za-z]{2,}(?:[A-Za-z ./]|\^\d+)*", re.IGNORECASE)
 # words in a box written as LaTeX text: \boxed{2 \text{ hours } 30 \text{ minutes}} is no more the number 2 than
 # the same words written plainly, but math-verify reads the first number of it
 TEXT_WORDS = re.compile(r"\\(?:text|textrm|textnormal|mathrm|mbox|rm)\s*\{([^{}]*)\}")
 NUMBER_THEN_WORDS = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s*[A-Za-z]")
-QUALIFIERS = re.compile(r"\b(?:(?:hundred|thousand|million|billion|trillion|dozen)s?|squared|cubed|half|halves|"
-                        r"thirds?|quarters?|fifths?|tenths?|than)\b", re.IGNORECASE)
+QUALIFIERS = re.compile(rf"\b{QUALIFIER_WORDS}\b", re.IGNORECASE)  # "2 or 3" is a list, not a qualified number
 # a number, a word that is no conjunction, another number: "2 hours 30 minutes" (exponents taken out first: m/s^2)
 MIXED_QUANTITY = re.compile(r"\d[^\d]*?\b(?!(?:and|or)\b)[A-Za-z]+\b[^\d]*\d")
 EXPONENT = re.compile(r"\^\s*(?:\{\s*[-+]?\d+\s*\}|[-+]?\d)")
