@@ -46,8 +46,8 @@ def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
 
-def decisive(config: dict, prefix: str = "") -> dict[str, Any]:
-    """``config`` (nested, as ``JobConfig.to_dict()``) flattened to dotted keys, less the ``IGNORED`` ones.
+def decisive(config: dict, prefix: str = "", ignored: tuple = IGNORED) -> dict[str, Any]:
+    """``config`` (nested, as ``JobConfig.to_dict()``) flattened to dotted keys, less the ``ignored`` ones.
 
     >>> decisive({"run_dir": "/r", "trainer": {"prune": {"ratio": 0.8, "cache": True}, "logger": {"group": None}}})
     {'trainer.prune.ratio': 0.8}
@@ -55,10 +55,10 @@ def decisive(config: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in config.items():
         key = f"{prefix}{k}"
-        if any(_under(key, i) for i in IGNORED):
+        if any(_under(key, i) for i in ignored):
             continue
         if isinstance(v, dict) and v:
-            out.update(decisive(v, key + "."))
+            out.update(decisive(v, key + ".", ignored))
         else:
             out[key] = v
     return out
@@ -70,15 +70,7 @@ def same_results(a: dict, b: dict) -> bool:
     >>> same_results({"seed": 0, "trainer": {"logger": {"group": "sweep"}}}, {"seed": 0, "trainer": {"logger": {}}})
     True
     """
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in (d or {}).items():
-            key = f"{prefix}{k}"
-            if any(_under(key, i) for i in RUN_ONLY):
-                continue
-            out.update(flat(v, key + ".") if isinstance(v, dict) and v else {key: v})
-        return out
-    return flat(a) == flat(b)
+    return decisive(a or {}, ignored=RUN_ONLY) == decisive(b or {}, ignored=RUN_ONLY)
 
 
 def first_stage(key: str) -> str:
