@@ -38,7 +38,8 @@ class Sample:
     n_skip: int = 0  # occurrences of the [SKIP] id in the thinking (the ids before </think>)
     n_steps: int = 0  # real (non-empty, not [SKIP]-only) thinking steps
     length: int = 0  # len(response_ids)
-    answered: bool = False  # closed </think>, and the last \boxed{ after it closes (what the graders read)
+    answered: bool = False  # graded right, or closed </think> with a last \boxed{ after it that closes (a wrong
+    # answer in the built-in graders' format); a grader that reads unboxed answers, or grade_span=all, answers unboxed
     answer_pos: int | None = None  # when answered: the index of </think> in the ids (the thinking's tokens)
     ground_truth: str = ""  # the problem's answer; with data_source and extra_info, what verl's scorers take
     data_source: str = ""
@@ -67,7 +68,9 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     if thinking.lstrip().startswith(THINK_OPEN):
         thinking = thinking.lstrip()[len(THINK_OPEN):]
     n_steps = sum(1 for piece in thinking.split(delimiter) if piece.replace(SKIP_TOKEN, "").strip())
-    answered = closed and boxed_answer(answer_text(text)) is not None  # as the graders read it: the last \boxed{
+    # an answer: a right one however written (a user's or the math grader reads "The answer is 4"; grade_span=all reads
+    # a box in an unclosed thinking), or a wrong one in the built-in graders' format (the last \boxed{ after </think>)
+    answered = bool(correct) or (closed and boxed_answer(answer_text(text)) is not None)
     think_end = ids.index(int(close_id)) if close_id is not None and int(close_id) in ids else len(ids)
     answer_pos = think_end if answered else None
     n_skip = ids[:think_end].count(int(skip_id))
@@ -166,7 +169,8 @@ def exp_length(s: Sample, *, L: float, r: float = 0.2, scale: float = 1.0, only_
 
 @register_term("length_clip")
 def length_clip(s: Sample, *, L: int) -> float:
-    r"""Gate $g = 1[\mathrm{answered} \wedge n_{think} \le L]$: the thinking closes within L tokens and an answer follows.
+    r"""Gate $g = 1[\mathrm{answered} \wedge n_{think} \le L]$: the thinking closes within L tokens and an
+    answer follows (``Sample.answered``; a right answer whose thinking never closed counts all its tokens as thinking).
 
     >>> length_clip(Sample(answer_pos=10), L=10), length_clip(Sample(answer_pos=11), L=10), length_clip(Sample(), L=10)
     (1.0, 0.0, 0.0)
@@ -177,7 +181,8 @@ def length_clip(s: Sample, *, L: int) -> float:
 
 @register_term("format_reward")
 def format_reward(s: Sample, *, value: float = 0.5) -> float:
-    r"""$r = v \cdot 1[\texttt{</think>}\ \mathrm{closed} \wedge \texttt{\\boxed\{\}}\ \mathrm{present}]$.
+    r"""$r = v \cdot 1[\mathrm{answered}]$: ``</think>`` closed and a ``\\boxed{}`` after it, or a right answer however
+    written (``Sample.answered``).
 
     >>> format_reward(Sample(answered=True)), format_reward(Sample())
     (0.5, 0.0)

@@ -172,16 +172,9 @@ class Learner:
 
     def save_hf(self, path: str, tokenizer_path: str) -> None:
         """Export the policy as a HF checkpoint (rank 0 writes; a collective)."""
-        from stepentropy_rl.tokenizer import copy_tokenizer
-
-        from stepentropy_rl.files import fsync_tree
-
         state = full_state_dict(self.model, self.export_dtype)
         if self.rank == 0:
-            self.model.config.dtype = self.export_dtype
-            self.model.save_pretrained(path, state_dict=state)
-            copy_tokenizer(tokenizer_path, path)
-            fsync_tree(path)  # on disk before the stage marker that vouches for it
+            export_hf(self.model, state, self.export_dtype, path, tokenizer_path)
         dist.barrier()
 
     def save_checkpoint(self, path: str) -> None:
@@ -277,6 +270,20 @@ def full_state_dict(model, dtype: torch.dtype | None = None) -> dict:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     cast = (lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v)
     return {k: cast(v).clone() for k, v in state.items()}  # untie shared storage for safetensors
+
+
+def export_hf(model, state: dict, dtype: torch.dtype, path: str, tokenizer_path: str) -> None:
+    """``state`` (in ``dtype``) saved as ``model``'s HF checkpoint with the tokenizer of ``tokenizer_path``, fsynced.
+    ``config.json`` names ``dtype``: ``save_pretrained`` writes the model's own dtype there, the fp32 master weights
+    under FSDP2 with bf16 compute, and ``from_pretrained`` would then load a bf16 export at twice its size."""
+    from stepentropy_rl.files import fsync_tree
+    from stepentropy_rl.tokenizer import copy_tokenizer
+
+    model.save_pretrained(path, state_dict=state)
+    model.config.dtype = dtype
+    model.config.save_pretrained(path)
+    copy_tokenizer(tokenizer_path, path)
+    fsync_tree(path)  # on disk before the stage marker that vouches for it
 
 
 LearnerWorker = ray.remote(Learner)

@@ -104,9 +104,9 @@ def test_skips_written_after_the_thinking_earn_no_skip_ratio():
 def test_make_sample_unclosed_think_and_no_answer():
     s = make_sample([1, 2, 3], "a\n\nb\n\n\\boxed{3}\n\nc", False, skip_id=SKIP)
     assert s.n_steps == 4 and not s.answered and s.answer_pos is None  # unclosed: whole text is thinking
-    s = make_sample([1, 2], "a\n\n  \n\nb</think>no box here", True, skip_id=SKIP)
+    s = make_sample([1, 2], "a\n\n  \n\nb</think>no box here", False, skip_id=SKIP)
     assert s.n_steps == 2 and not s.answered and s.answer_pos is None
-    s = make_sample([1], "a</think>\\boxed{unclosed", True, skip_id=SKIP)
+    s = make_sample([1], "a</think>\\boxed{unclosed", False, skip_id=SKIP)
     assert not s.answered
     s = make_sample([1], "<think>\na\n\n[SKIP] [SKIP]\n\n</think>\\boxed{1}", True, skip_id=SKIP)
     assert s.n_steps == 1 and s.answered
@@ -150,10 +150,25 @@ def test_answered_is_what_the_grader_reads_the_last_box():
 
     for text in ("a</think>The answer is \\boxed{3}. Actually \\boxed{4", "a</think>\\boxed{3} or \\boxed{4}",
                  "a \\boxed{9}</think>none", "a</think>\\boxed{}", "a</think>\\boxed{3"):
-        s = make_sample([1], text, True, skip_id=SKIP)
+        s = make_sample([1], text, False, skip_id=SKIP)
         assert s.answered == (boxed_answer(answer_text(text)) is not None), text
-    contradicted = make_sample([1, 2], "a</think>\\boxed{3}. Actually \\boxed{4", True, skip_id=SKIP, close_id=2)
+    contradicted = make_sample([1, 2], "a</think>\\boxed{3}. Actually \\boxed{4", False, skip_id=SKIP, close_id=2)
     assert not contradicted.answered and format_reward(contradicted) == 0.0 and length_clip(contradicted, L=5) == 0.0
+
+
+def test_a_right_answer_without_a_box_is_an_answer():
+    """A grader that reads unboxed answers (a user's, or math-verify's "The answer is 4") or the whole response
+    (grade_span=all) graded it right, but the length-clip gate and the format reward looked for a box after
+    </think> only: the compress stage scored every such right answer 0 and trained on nothing."""
+    fns = stage_rewards(_load("entropy_guided").reward)
+    unboxed = make_sample([1, 2, 7, 3], "a\n\nb</think>Answer: 42", True, skip_id=SKIP, close_id=7)
+    assert unboxed.answered and unboxed.answer_pos == 2
+    assert length_clip(unboxed, L=2) == 1.0 and length_clip(unboxed, L=1) == 0.0 and format_reward(unboxed) == 0.5
+    assert fns["compress"](unboxed)["total"] > 0
+    unclosed = make_sample([1, 2, 3], "a\n\nso \\boxed{42}", True, skip_id=SKIP, close_id=7)  # grade_span=all
+    assert unclosed.answered and unclosed.answer_pos == 3 and fns["compress"](unclosed)["total"] > 0
+    wrong = make_sample([1, 2, 7, 3], "a\n\nb</think>Answer: 41", False, skip_id=SKIP, close_id=7)
+    assert not wrong.answered and fns["compress"](wrong)["total"] == 0.0
 
 
 @pytest.mark.parametrize("body,want", [("True", 1.0), ("False", 0.0), ("__import__('numpy').bool_(True)", 1.0),
