@@ -2,15 +2,15 @@
 
     python scripts/bench_bootstrap.py [--n 500] [--out runs/bench_bootstrap.json] [key=value overrides ...]
 
-Prints and saves: bootstrap seconds (measured when the cached model was trained), tokens/s, params, held-out
-accuracy at greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean
-thinking tokens, the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples
-the distribution it learned, so the two shares should match), the share of thinking tokens in redundant steps, the
-share of CoTs right at every step, the teacher-forced share of quantities predicted from their person's name
-(``bootstrap.lookup_accuracy``) beside what binding them at random scores, the share of redundant steps of each kind
-the model copies (``bootstrap.copy_accuracy``), the share of moves whose person it predicts by the move's place
-beside naming a person not yet handled at random, the attention its heads pay from a listed quantity to its person
-(``probes``), and one sample CoT. ``data=basket`` measures the terse variant.
+Prints and saves: bootstrap seconds (measured when the cached model was trained), tokens/s, params, held-out accuracy at
+greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean thinking tokens,
+the share of redundant steps in the model's CoTs and in the training data (at T=1.0 the model samples the distribution
+it learned, so the two shares should match), the share of thinking tokens in redundant steps, the share of CoTs right at
+every step, the teacher-forced share of quantities predicted from their person's name (``bootstrap.lookup_accuracy``)
+beside what binding them at random scores, the share of redundant steps of each kind the model copies
+(``bootstrap.copy_accuracy``), the share of last moves whose person (the only one left) it predicts, the share of moves
+whose person it predicts by the move's place beside naming a person not yet handled at random, the attention its heads
+pay from a listed quantity to its person (``probes``), and one sample CoT. ``data=basket`` measures the terse variant.
 """
 from __future__ import annotations
 
@@ -125,14 +125,16 @@ def _probes(path: str, task) -> dict:
     from transformers import AutoModelForCausalLM
 
     from stepentropy_rl.bootstrap import teacher_forced, held_out_lookups
-    from stepentropy_rl.probes import chance_name_shares, name_shares, person_attention
+    from stepentropy_rl.probes import chance_name_shares, last_name_share, name_shares, person_attention
     from stepentropy_rl.tokenizer import load_tokenizer
 
     model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(path)
     problems = held_out_lookups(task)
-    names = name_shares(teacher_forced(model, tok, problems))  # no_grad inside
+    forced = list(teacher_forced(model, tok, problems))  # no_grad inside
+    names, last = name_shares(forced), last_name_share(forced)
     attention = person_attention(model, tok, problems[:64])
-    return {"name_share_by_move": [round(v, 4) for v in names],
+    return {"last_person_named": None if last is None else round(last, 4),
+            "name_share_by_move": [round(v, 4) for v in names],
             "chance_name_share_by_move": [round(v, 4) for v in chance_name_shares(problems)],
             "person_attention_max": max(max(layer) for layer in attention), "person_attention": attention}
 

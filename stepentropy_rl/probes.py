@@ -1,6 +1,7 @@
 """What the tiny reasoner learned, probed teacher-forced: which person each move names, by the move's place in the
 CoT, and whether an attention head reads a listed quantity's person, the token before it, where the one-hop lookup
-(person, then the quantity after it in the problem) needs one (README, "What the drop learns")."""
+(person, then the quantity after it in the problem) needs one (docs/measurements_2026_12_06_fp32_head.md, "What the
+drop learns")."""
 from __future__ import annotations
 
 import torch
@@ -27,6 +28,21 @@ def name_shares(forced) -> list[float]:
             hits[i] += hit[_token_at(offsets, start + span[0])]
             total[i] += 1
     return [h / t for h, t in zip(hits, total)]
+
+
+def last_name_share(forced) -> float | None:
+    """The share of ``forced``'s problems whose last move names the person the model predicts: the only person left
+    there, whatever the problem's size (``name_shares``' last place holds only the problems with the most people;
+    with two or three people, a two-person problem's last move sits in the second place among middle moves). None
+    without a move."""
+    hits = []
+    for problem, offsets, hit in forced:
+        moves = [(start, span) for start, _, step in step_spans(problem)
+                 if step.label == "essential" and (span := name_span(step.text)) is not None]
+        if moves:
+            start, span = moves[-1]
+            hits.append(bool(hit[_token_at(offsets, start + span[0])]))
+    return sum(hits) / len(hits) if hits else None
 
 
 def chance_name_shares(problems) -> list[float]:

@@ -4,7 +4,7 @@ Each term is a small pure function ``term(s: Sample, **params) -> float``; `Rewa
 
     total = prod_{g in gates} w_g * g(s)  *  sum_{t not a gate} w_t * t(s)
 
-so a gate (``length_clip``: no answer within L tokens) zeroes the whole reward.
+so a gate (``length_clip``: no answer, or a thinking longer than L tokens) zeroes the whole reward.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class Sample:
     answered: bool = False  # graded right, or closed </think> with a last \boxed{ after it that closes (a wrong
     # answer in the built-in graders' format); a grader that reads unboxed answers, or grade_span=all, answers unboxed
     answer_pos: int | None = None  # when answered: the index of </think> in the ids (the thinking's tokens)
+    closed: bool = False  # the thinking closed (</think> in the text)
     ground_truth: str = ""  # the problem's answer; with data_source and extra_info, what verl's scorers take
     data_source: str = ""
     extra_info: dict = field(default_factory=dict, hash=False, compare=False)
@@ -77,7 +78,7 @@ def make_sample(response_ids, text: str, correct: bool, skip_id: int, delimiter:
     if closed and SKIP_TOKEN in text:  # a text that kept its skips: none after the text's </think> counts
         n_skip = min(n_skip, thinking.count(SKIP_TOKEN))
     return Sample(response_ids=ids, text=text, correct=bool(correct), n_skip=n_skip,
-                  n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos,
+                  n_steps=n_steps, length=len(ids), answered=answered, answer_pos=answer_pos, closed=closed,
                   ground_truth=str(ground_truth), data_source=str(data_source or ""), extra_info=dict(extra_info or {}))
 
 
@@ -181,13 +182,14 @@ def length_clip(s: Sample, *, L: int) -> float:
 
 @register_term("format_reward")
 def format_reward(s: Sample, *, value: float = 0.5) -> float:
-    r"""$r = v \cdot 1[\mathrm{answered}]$: ``</think>`` closed and a ``\\boxed{}`` after it, or a right answer however
-    written (``Sample.answered``).
+    r"""$r = v \cdot 1[\mathrm{closed} \wedge \mathrm{answered}]$: ``</think>`` closed and a ``\\boxed{}`` after it,
+    or a right answer however written after it (``Sample.answered``); a right answer in a thinking that never closed
+    (``data.grade_span=all``) is no format.
 
-    >>> format_reward(Sample(answered=True)), format_reward(Sample())
-    (0.5, 0.0)
+    >>> format_reward(Sample(answered=True, closed=True)), format_reward(Sample(answered=True)), format_reward(Sample())
+    (0.5, 0.0, 0.0)
     """
-    return float(value) if s.answered else 0.0
+    return float(value) if s.answered and s.closed else 0.0
 
 
 @register_term("custom")
@@ -364,8 +366,8 @@ def pays_wrong_answers(fn: RewardFn) -> bool:
     without an answer, skips and length; a user's ``custom`` term is not called). Under the ``absolute`` advantage
     ``A = beta * max(R, 0)`` such a reward reinforces wrong answers."""
     built_in = RewardFn([t for t in fn.terms if t.name != "custom"])
-    probes = [Sample(correct=False, answered=answered, answer_pos=1 if answered else None, length=length,
-                     n_skip=skips, n_steps=1)
+    probes = [Sample(correct=False, answered=answered, closed=answered, answer_pos=1 if answered else None,
+                     length=length, n_skip=skips, n_steps=1)
               for answered in (True, False) for skips in (0, 1, 4, 10**6) for length in (2, 10**6)]
     return any(built_in(s)["total"] > 0 for s in probes)
 

@@ -129,7 +129,7 @@ def test_the_recipe_follows_the_task_style():
     recipe = ("steps", "warmup_steps", "essential_weight", "reread_weight", "compile", "num_heads", "pruned_reading",
               "fp32_head", "stable_steps", "init_std")
     assert tuple(getattr(terse, k) for k in recipe) == (1100, 30, 1.0, 1.0, False, 3, 0.0, False, 0, 0.02)
-    assert tuple(getattr(verbose, k) for k in recipe) == (800, 100, 6.0, 8.0, True, 6, 0.05, True, 0, 0.06)
+    assert tuple(getattr(verbose, k) for k in recipe) == (500, 100, 6.0, 8.0, True, 6, 0.05, True, 0, 0.06)
     # the verbose default is another model than the same recipe with the head in bf16 (its base until 2026-12-06)
     style = BasketConfig(style="verbose")
     assert (TinyConfig(task=style, bf16=True).resolved().key()
@@ -146,10 +146,10 @@ def test_the_recipes_warmup_fits_a_short_run_and_a_longer_one_is_refused():
     assert TinyConfig(steps=6, warmup_steps=6, task=verbose).resolved().warmup_steps == 6
     with pytest.raises(ValueError, match=r"warmup_steps \(100\) must be <= steps \(40\)"):
         TinyConfig(steps=40, warmup_steps=100, task=verbose).resolved()
-    assert TinyConfig(stable_steps=700, task=verbose).resolved().stable_steps == 700
-    held_too_long = r"stable_steps \(701\) \+ warmup_steps \(100; null: the verbose recipe's\) must be <= steps \(800\)"
+    assert TinyConfig(stable_steps=400, task=verbose).resolved().stable_steps == 400
+    held_too_long = r"stable_steps \(401\) \+ warmup_steps \(100; null: the verbose recipe's\) must be <= steps \(500\)"
     with pytest.raises(ValueError, match=held_too_long):
-        TinyConfig(stable_steps=701, task=verbose).resolved()
+        TinyConfig(stable_steps=401, task=verbose).resolved()
     with pytest.raises(ValueError, match=r"\(10; null: the verbose recipe's 100, cut to a quarter of the steps\)"):
         TinyConfig(steps=40, stable_steps=35, task=verbose).resolved()
     with pytest.raises(ValueError, match="stable_steps"):
@@ -213,9 +213,10 @@ def test_a_compiled_bootstrap_trains_the_same_model_twice(tmp_path):
 
 
 def test_the_default_config_trains_the_measured_reasoner():
-    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe with its logits in fp32,
-    its weights drawn at 0.06 and two recap openers, whose figures the README gives (cache key of the model measured
-    there, bf16 as on the CPU that measured it)."""
+    """``+experiment=entropy_guided`` with no override resolves to the six-head verbose recipe of 500 steps with its
+    logits in fp32, its weights drawn at 0.06, two recap openers and two or three people, whose figures the README
+    gives; the 3-4 person variant's overrides (the default until 2026-12-07) train the base that
+    ``docs/measurements_2026_12_07_four_people.md`` measured (cache keys, bf16 as on the CPU that measured them)."""
     import dataclasses
     import os
 
@@ -224,12 +225,19 @@ def test_the_default_config_trains_the_measured_reasoner():
     from stepentropy_rl.config import build
 
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "conf")
+    variant = ["data.task.min_people=3", "data.task.max_people=4", "model.tiny.steps=800"]
+    tinies = []
     with initialize_config_dir(config_dir=conf, version_base=None):
-        job = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x"]), check_paths=False)
-    tiny = dataclasses.replace(job.model.tiny, task=job.data.task, bf16=True).resolved()
-    assert (tiny.num_heads, tiny.steps, tiny.warmup_steps, tiny.compile, tiny.task.quantity_first,
-            tiny.fp32_head, tiny.init_std, tiny.task.recap_openers) == (6, 800, 100, True, 0.5, True, 0.06, 2)
-    assert tiny.key() == "f66340b4a0a0"
+        for overrides in ([], variant):
+            job = build(compose("config", overrides=["+experiment=entropy_guided", "run_dir=/tmp/x", *overrides]),
+                        check_paths=False)
+            tinies.append(dataclasses.replace(job.model.tiny, task=job.data.task, bf16=True).resolved())
+    tiny, four = tinies
+    assert (tiny.num_heads, tiny.steps, tiny.warmup_steps, tiny.compile, tiny.task.quantity_first, tiny.fp32_head,
+            tiny.init_std, tiny.task.recap_openers, tiny.task.min_people, tiny.task.max_people) == (
+        6, 500, 100, True, 0.5, True, 0.06, 2, 2, 3)
+    assert tiny.key() == "9d8df1a6460c"
+    assert (four.steps, four.task.min_people, four.task.max_people) == (800, 3, 4) and four.key() == "f66340b4a0a0"
 
 
 @pytest.mark.parametrize("bad", [dict(num_heads=5), dict(num_heads=0), dict(hidden_size=100, num_heads=3)])
@@ -450,11 +458,11 @@ def test_copy_accuracy_scores_each_kind_of_redundant_step():
 
 
 def test_a_base_that_names_the_last_person_left_seldom_is_warned_about(caplog):
-    """The last place's person is forced; the stalled four-opener seed 1 base named it in 45% (README)."""
+    """The last move's person is forced; the stalled four-opener seed 1 base named it in 45% (docs)."""
     with caplog.at_level("WARNING", logger=bootstrap.log.name):
-        assert bootstrap.warn_unnamed([0.27, 0.31, 0.39, 0.45])
+        assert bootstrap.warn_unnamed(0.45)
     assert "names the last person left in 45%" in caplog.text
-    assert not bootstrap.warn_unnamed([0.32, 0.43, 0.73, 0.86]) and not bootstrap.warn_unnamed([])
+    assert not bootstrap.warn_unnamed(0.86) and not bootstrap.warn_unnamed(None)
 
 
 def test_chance_lookup_accuracy_is_binding_the_quantities_at_random():

@@ -66,11 +66,11 @@ def test_impossible_values_name_the_key(override, key):
      "model.tiny.hidden_size (128) must be a multiple of num_heads (6)"),
     (["model.tiny.hidden_size=100"],  # num_heads null: the verbose recipe's 6, known only once the recipe is applied
      "model.tiny.hidden_size (100) must be a multiple of num_heads (6); num_heads is null: the verbose recipe's 6"),
-    (["model.tiny.warmup_steps=2000"],  # past the recipe's 800 steps; and no word of num_heads, which is not the cause
-     "model.tiny.warmup_steps (2000) must be <= steps (800): the learning rate would never reach lr nor decay"),
+    (["model.tiny.warmup_steps=2000"],  # past the recipe's 500 steps; and no word of num_heads, which is not the cause
+     "model.tiny.warmup_steps (2000) must be <= steps (500): the learning rate would never reach lr nor decay"),
     (["model.tiny.init_std=0"], "model.tiny.init_std must be a finite number > 0, got 0.0"),
-    (["model.tiny.stable_steps=750"],  # with the recipe's warmup of 100, past its 800 steps
-     "model.tiny.stable_steps (750) + warmup_steps (100; null: the verbose recipe's) must be <= steps (800): the "
+    (["model.tiny.stable_steps=450"],  # with the recipe's warmup of 100, past its 500 steps
+     "model.tiny.stable_steps (450) + warmup_steps (100; null: the verbose recipe's) must be <= steps (500): the "
      "hold would outlast the run"),
     (["model.tiny.hidden_size=120", "model.tiny.num_heads=8"],  # heads of 15: the first training step would fail
      "model.tiny.hidden_size / num_heads must be even (rotary position embeddings turn pairs of dimensions), got "

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stepentropy_rl.probes import back_attention, chance_name_shares, name_shares
+from stepentropy_rl.probes import back_attention, chance_name_shares, last_name_share, name_shares
 from stepentropy_rl.tasks.basket import BasketConfig, generate, name_span, step_spans
 
 VERBOSE = BasketConfig(style="verbose")
@@ -25,6 +25,25 @@ def test_name_shares_count_each_moves_person_by_its_place():
     problems = generate(VERBOSE, 20, 0, "test")
     assert name_shares(_forced(problems, lambda i: i == 0)) == [1.0, 0.0, 0.0, 0.0]
     assert name_shares(_forced(problems, lambda i: i % 2 == 1)) == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_the_last_person_left_is_read_at_each_problems_last_move():
+    """With two or three people the last place of ``name_shares`` holds only the three-person problems; a two-person
+    problem's last move (its person forced as well) sat in the second place, unread by the bootstrap's warning."""
+    problems = generate(BasketConfig(style="verbose", min_people=2, max_people=3), 40, 0, "test")
+    sizes = [len([s for s in p.steps if s.label == "essential"]) for p in problems]
+    assert set(sizes) == {2, 3}
+    last = {id(p): n for p, n in zip(problems, sizes)}
+    forced = _forced(problems, lambda i: False)
+    for p, offsets, hit in forced:  # the model names only each problem's last person
+        moves = [start + span[0] for start, _, s in step_spans(p)
+                 if s.label == "essential" and (span := name_span(s.text))]
+        hit[moves[last[id(p)] - 1]] = True
+    assert last_name_share(forced) == 1.0
+    assert name_shares(forced)[-1] == 1.0 and name_shares(forced)[1] < 1.0  # the place view mixes them
+    two_only = [(p, o, [False] * len(h)) if last[id(p)] == 2 else (p, o, h) for p, o, h in forced]
+    assert last_name_share(two_only) == pytest.approx(sizes.count(3) / len(sizes))
+    assert last_name_share([]) is None
 
 
 def test_chance_is_one_over_the_people_left():

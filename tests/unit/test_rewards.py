@@ -71,8 +71,8 @@ def test_length_clip_and_format():
     assert length_clip(Sample(answer_pos=10), L=10) == 1.0
     assert length_clip(Sample(answer_pos=11), L=10) == 0.0
     assert length_clip(Sample(answer_pos=None, length=3), L=10) == 0.0
-    assert format_reward(Sample(answered=True)) == 0.5
-    assert format_reward(Sample(answered=False)) == 0.0
+    assert format_reward(Sample(answered=True, closed=True)) == 0.5
+    assert format_reward(Sample(answered=False, closed=True)) == 0.0
 
 
 def test_make_sample_counts_skips_from_ids_when_text_lacks_them():
@@ -127,10 +127,10 @@ def test_make_sample_answer_pos_is_the_thinking_length_from_the_close_id():
 def test_reward_fn_keys_weights_and_gate():
     fn = RewardFn([TermSpec("length_clip", params={"L": 50}, gate=True),
                    TermSpec("correctness", weight=0.5), TermSpec("format_reward")])
-    out = fn(Sample(correct=True, answered=True, answer_pos=50, length=60))
+    out = fn(Sample(correct=True, answered=True, closed=True, answer_pos=50, length=60))
     assert set(out) == {"length_clip", "correctness", "format_reward", "total"}
     assert out["correctness"] == 1.0 and out["total"] == pytest.approx(1.5)
-    out = fn(Sample(correct=True, answered=True, answer_pos=51, length=60))
+    out = fn(Sample(correct=True, answered=True, closed=True, answer_pos=51, length=60))
     assert out["length_clip"] == 0.0 and out["total"] == 0.0 and out["correctness"] == 1.0
     assert fn(Sample(correct=True))["total"] == 0.0  # no answer at all
 
@@ -167,6 +167,7 @@ def test_a_right_answer_without_a_box_is_an_answer():
     assert fns["compress"](unboxed)["total"] > 0
     unclosed = make_sample([1, 2, 3], "a\n\nso \\boxed{42}", True, skip_id=SKIP, close_id=7)  # grade_span=all
     assert unclosed.answered and unclosed.answer_pos == 3 and fns["compress"](unclosed)["total"] > 0
+    assert format_reward(unclosed) == 0.0  # the format is a closed thinking: nothing else pays for closing it
     wrong = make_sample([1, 2, 7, 3], "a\n\nb</think>Answer: 41", False, skip_id=SKIP, close_id=7)
     assert not wrong.answered and fns["compress"](wrong)["total"] == 0.0
 
@@ -289,14 +290,14 @@ def test_entropy_guided_preset():
     assert cfg.reward.stages.compress[0].params.L == 4096
     fns = stage_rewards(cfg.reward)
     assert set(fns) == {"compress", "explore"}
-    short = Sample(correct=True, answered=True, answer_pos=100, length=120)
-    late = Sample(correct=True, answered=True, answer_pos=5000, length=5010)
+    short = Sample(correct=True, answered=True, closed=True, answer_pos=100, length=120)
+    late = Sample(correct=True, answered=True, closed=True, answer_pos=5000, length=5010)
     for fn in fns.values():
         for s in (short, late, Sample()):
             assert math.isfinite(fn(s)["total"])
     assert fns["compress"](late)["total"] == 0.0
     assert fns["compress"](short)["total"] == pytest.approx(math.exp(math.log(0.2) * 120 / 4096))
-    wrong = Sample(correct=False, answered=True, answer_pos=100, length=120)
+    wrong = Sample(correct=False, answered=True, closed=True, answer_pos=100, length=120)
     assert fns["compress"](wrong)["total"] == 0.0  # absolute advantages (an option) must not reinforce wrong answers
     assert fns["explore"](short)["total"] == pytest.approx(1.2 + math.exp(math.log(0.5) * 120 / 4096))
 

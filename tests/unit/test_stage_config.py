@@ -78,16 +78,16 @@ def test_the_same_config_a_later_stage_and_what_decides_nothing_pass(tmp_path):
 
 def test_the_tiny_recipe_is_compared_resolved(tmp_path):
     """Markers record the recipe that trained the base: spelling its values out resumes, another value is refused
-    before the bootstrap, and a recipe default that changed since (1100 -> 800 steps) is refused by its key."""
+    before the bootstrap, and a recipe default that changed since (1100 -> 800 -> 500 steps) is refused by its key."""
     _finished(tmp_path, _config())
-    assert _config()["model"]["tiny"]["steps"] == 800 and _job().model.tiny.steps is None
-    check_config(tmp_path, _config("model.tiny.steps=800", "model.tiny.warmup_steps=100", "model.tiny.reread_weight=8"))
-    with pytest.raises(ConfigError, match="'init' with model.tiny.steps=800, and this job says model.tiny.steps=700"):
+    assert _config()["model"]["tiny"]["steps"] == 500 and _job().model.tiny.steps is None
+    check_config(tmp_path, _config("model.tiny.steps=500", "model.tiny.warmup_steps=100", "model.tiny.reread_weight=8"))
+    with pytest.raises(ConfigError, match="'init' with model.tiny.steps=500, and this job says model.tiny.steps=700"):
         check_config(tmp_path, _config("model.tiny.steps=700"))
     old = _config("model.tiny.steps=1100", "model.tiny.warmup_steps=30")  # the verbose default until 2026-12-05
     old_dir = tmp_path / "old"
     _finished(old_dir, old)
-    with pytest.raises(ConfigError, match="model.tiny.steps=1100, and this job says model.tiny.steps=800"):
+    with pytest.raises(ConfigError, match="model.tiny.steps=1100, and this job says model.tiny.steps=500"):
         check_config(old_dir, _config())
 
 
