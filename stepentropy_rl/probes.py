@@ -14,18 +14,22 @@ def _token_at(offsets, char: int) -> int:
     return next(k for k, (s, e) in enumerate(offsets) if s <= char < e)
 
 
+def _move_hits(problem, offsets, hit) -> list[bool]:
+    """Per move of ``problem``, in order, whether the model predicts the first token of the move's person."""
+    return [bool(hit[_token_at(offsets, start + span[0])]) for start, _, step in step_spans(problem)
+            if step.label == "essential" and (span := name_span(step.text)) is not None]
+
+
 def name_shares(forced) -> list[float]:
     """Per move (first, second, ...), the share of ``forced`` (``bootstrap.teacher_forced``: problem, offsets, hits)
     whose move names the person the model predicts (argmax after the tokens before it)."""
     hits, total = [], []
-    for problem, offsets, hit in forced:
-        moves = [(start, span) for start, _, step in step_spans(problem)
-                 if step.label == "essential" and (span := name_span(step.text)) is not None]
-        for i, (start, span) in enumerate(moves):
+    for record in forced:
+        for i, named in enumerate(_move_hits(*record)):
             if i == len(total):
                 hits.append(0)
                 total.append(0)
-            hits[i] += hit[_token_at(offsets, start + span[0])]
+            hits[i] += named
             total[i] += 1
     return [h / t for h, t in zip(hits, total)]
 
@@ -35,14 +39,8 @@ def last_name_share(forced) -> float | None:
     there, whatever the problem's size (``name_shares``' last place holds only the problems with the most people;
     with two or three people, a two-person problem's last move sits in the second place among middle moves). None
     without a move."""
-    hits = []
-    for problem, offsets, hit in forced:
-        moves = [(start, span) for start, _, step in step_spans(problem)
-                 if step.label == "essential" and (span := name_span(step.text)) is not None]
-        if moves:
-            start, span = moves[-1]
-            hits.append(bool(hit[_token_at(offsets, start + span[0])]))
-    return sum(hits) / len(hits) if hits else None
+    last = [moves[-1] for moves in (_move_hits(*record) for record in forced) if moves]
+    return sum(last) / len(last) if last else None
 
 
 def chance_name_shares(problems) -> list[float]:
