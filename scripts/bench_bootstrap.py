@@ -1,6 +1,6 @@
 """Benchmark the tiny reasoner: bootstrap time on this machine and held-out accuracy (vLLM, full CoT).
 
-    python scripts/bench_bootstrap.py [--n 500] [--out runs/bench_bootstrap.json] [key=value overrides ...]
+    python scripts/bench_bootstrap.py [--n 500] [--out runs/bench_bootstrap/MODEL.json] [key=value overrides ...]
 
 Prints and saves: bootstrap seconds (measured when the cached model was trained), tokens/s, params, held-out accuracy at
 greedy and at temperatures 0.6 and 1.0, the first mistake of each wrong CoT (``basket.diagnose``), mean thinking tokens,
@@ -25,10 +25,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def out_path(out: str | None, model_path: str) -> Path:
+    """``--out``, else ``runs/bench_bootstrap/<the model's folder>.json``: one file per base (a fixed name kept only
+    the last seed's figures of a three-seed run)."""
+    return Path(out or f"runs/bench_bootstrap/{Path(model_path).name}.json")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500, help="held-out problems evaluated (default 500)")
-    ap.add_argument("--out", default="runs/bench_bootstrap.json", help="where the figures are saved")
+    ap.add_argument("--out", default=None,
+                    help="where the figures are saved (default runs/bench_bootstrap/<the model's folder name>.json, so "
+                         "that each seed's base keeps its own)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.tiny.steps=300")
     args = ap.parse_args()
 
@@ -38,6 +46,7 @@ def main() -> None:
     from stepentropy_rl.cot_stats import binomial_stderr, redundant_fraction, step_token_labels
     from stepentropy_rl.cot_format import split_thinking
     from stepentropy_rl.data import generated
+    from stepentropy_rl.files import atomic_write_json
     from stepentropy_rl.driver.run import resolve_model
     from stepentropy_rl.tasks.basket import diagnose, label_step
     from stepentropy_rl.tasks.grading import make_grader
@@ -56,7 +65,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=path, seed=0, **dict(cfg.rollout.engine))
+    llm = LLM(model=path, seed=cfg.rollout.seed, **dict(cfg.rollout.engine))
     tok = load_tokenizer(path)
     prompts = [{"prompt_token_ids": prompt_ids(tok, p.prompt)} for p in problems]
     grade = make_grader("exact")  # the answer after </think>, as the pipelines grade
@@ -91,9 +100,9 @@ def main() -> None:
         result[name + "_sample"] = tok.decode(prompts[0]["prompt_token_ids"]) + texts[0]
     gold = [s.get("label") for p in problems for s in p.steps]
     result["data_redundant_step_share"] = gold.count("redundant") / len(gold)
-    out = Path(args.out)
+    out = out_path(args.out, path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    atomic_write_json(out, result)
     for k, v in result.items():
         if not k.endswith("_sample"):
             print(f"{k:>28}: {v}")

@@ -32,11 +32,12 @@ import sys
 from pathlib import Path
 
 from stepentropy_rl.cot_stats import paired_difference
+from stepentropy_rl.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("entropy", "fixed", "compress", "explore")
-AFTER_SFT = ("grpo", "models/final", "eval/final.json", "stages/grpo.done", "stages/eval_final.done",
-             "metrics.jsonl", "report.json", "report.md")
+AFTER_SFT = ("grpo", "models/final", "eval/final.json", "eval/final.cots.jsonl", "stages/grpo.done",
+             "stages/eval_final.done", "metrics.jsonl", "tensorboard", "tensorboard.stale", "report.json", "report.md")
 
 
 def run_mode(run_dir: Path, mode: str, seed: int, overrides: list[str]) -> dict:
@@ -306,7 +307,7 @@ def main(argv=None) -> None:
             if mode != MODES[0]:
                 fork_after_sft(first, run_dir)
             per[mode] = run_mode(run_dir, mode, seed, args.overrides)
-            results_path.write_text(json.dumps({"_overrides": args.overrides, "_base": base, **results}, indent=1))
+            atomic_write_json(results_path, {"_overrides": args.overrides, "_base": base, **results})
             print(f"seed {seed} {mode}: final {100 * per[mode]['final']['accuracy']:.1f}% / "
                   f"{per[mode]['final']['thinking_tokens']:.1f} tokens", flush=True)
     results = {str(s): results[str(s)] for s in args.seeds}  # the seeds asked for, not every seed in the file
@@ -330,7 +331,7 @@ def main(argv=None) -> None:
                    seed_difference(results, other, m, m, eval_errors(out, args.against.parent, results, m, m)))
                   for m in MODES]
     lines += ["", *difference_lines(pairs)]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     plot(results, rows, out / "pareto.png")
     print("\n".join(lines))
     print(f"saved {out / 'results.json'}, {out / 'table.md'}, {out / 'pareto.png'}")

@@ -212,6 +212,9 @@ class PruningConfig(StepPruning):
                     validate_pruning(strategy, ratio)
                 except ValueError as e:
                     raise ConfigError(str(e).removeprefix("pruning.")) from None
+        for key, same in (("strategy", str), ("ratio", float)):  # a repeat would count each problem twice in a cell
+            values = [same(v) for v in as_list(getattr(self, key))]
+            need(len(set(values)) == len(values), key, f"lists a value twice: {as_list(getattr(self, key))}")
 
 
 @dataclass

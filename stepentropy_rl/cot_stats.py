@@ -122,11 +122,14 @@ def step_token_labels(tokenizer, ids: list[int], labeler: Callable[[str], tuple[
     return [(labeler(s.text)[0], s.n_tokens) for s in segment_steps(thinking, offsets, "\n")]
 
 
-def redundant_fraction(steps: list[list[tuple[str, int]]]) -> float:
-    """Share of all thinking tokens (over every CoT) that sit in steps labelled redundant; nan without tokens.
+def redundant_fraction(steps: list[list[tuple[str, int]]]) -> float | None:
+    """Share of all thinking tokens (over every CoT) that sit in steps labelled redundant; None without tokens (a
+    NaN would reach report.json as a bare ``NaN``, which strict JSON readers refuse and which never equals itself).
 
     >>> redundant_fraction([[("essential", 6), ("redundant", 4)], [("redundant", 10)]])
     0.7
+    >>> redundant_fraction([[], []]) is None  # every CoT closed its thinking at once
+    True
     """
     total = sum(n for cot in steps for _, n in cot)
-    return sum(n for cot in steps for label, n in cot if label == "redundant") / total if total else math.nan
+    return sum(n for cot in steps for label, n in cot if label == "redundant") / total if total else None

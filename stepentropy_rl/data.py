@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepentropy_rl.cot_format import THINK_CLOSE, boxed_span, split_thinking
+from stepentropy_rl.cot_format import THINK_CLOSE, THINK_OPEN, boxed_span, split_thinking
 from stepentropy_rl.files import atomic_write_jsonl
 from stepentropy_rl.tasks.basket import BasketConfig, generate
 
@@ -185,6 +185,8 @@ def to_example(row, where: str, prompt_key: str = "prompt", answer_key: str | No
     solution = row.get("solution") or extra.get("solution") or None
     if solution is not None and not isinstance(solution, str):
         raise DataError(f"{where}: 'solution' must be a string, got {type(solution).__name__}")
+    if solution is not None and solution.lstrip().startswith(THINK_OPEN):  # R1 data's layout; the prompt opens it
+        solution = solution.lstrip()[len(THINK_OPEN):].removeprefix("\n")
     source = str(row.get("data_source") or "")
     pid = row.get("id", row.get("unique_id", extra.get("id") or None))
     if pid is None and "index" in extra:
@@ -200,6 +202,9 @@ def check_gold_solution(ex: Example) -> None:
     if not ex.solution:
         raise DataError(f"{ex.where or ex.id}: no 'solution', which trainer.prune.source=gold prunes")
     thinking, closed = split_thinking(ex.solution)
+    if THINK_OPEN in thinking:  # a leading one is dropped when the row is read
+        raise DataError(f"{ex.where or ex.id}: 'solution' has {THINK_OPEN} inside its thinking (the prompt opens the "
+                        f"thinking, so the prune stage would score the tag as part of a step)")
     if not closed or boxed_span(ex.solution, len(thinking) + len(THINK_CLOSE)) is None:
         raise DataError(f"{ex.where or ex.id}: 'solution' must be thinking, then {THINK_CLOSE}, then an answer with "
                         f"\\boxed{{...}} (trainer.prune.source=gold prunes it as a CoT); it has "

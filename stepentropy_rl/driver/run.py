@@ -85,11 +85,17 @@ def fit_context(cfg: JobConfig, model_path: str, tok, problems: list, what: str)
     lengths = [len(prompt_ids(tok, p)) for p in problems]
     check_context(cfg, min(lengths), limit, what)  # the shortest prompt: no room for any row
     key, budget = max(context_needs(cfg, what).items(), key=lambda kv: kv[1])  # held-out rows: the eval's budget only
-    fits = [n + budget <= int(limit) for n in lengths]
+    needs = [(key, budget)] * len(problems)
+    if what == "train" and cfg.pipeline == "train" and cfg.trainer.prune.source == "gold":  # no rollout caps a gold CoT
+        answer = cfg.trainer.prune.answer_max_tokens
+        needs = [max(need, ("a gold solution's tokens + trainer.prune.answer_max_tokens",
+                            len(tok(p.solution, add_special_tokens=False).input_ids) + answer), key=lambda kv: kv[1])
+                 for p, need in zip(problems, needs)]
+    fits = [n + need <= int(limit) for n, (_, need) in zip(lengths, needs)]
     if cfg.data.overlong == "error" and not all(fits):
         i = fits.index(False)
-        raise DataError(f"{problems[i].where or problems[i].id}: the prompt is {lengths[i]} tokens; with {key} = "
-                        f"{budget} it exceeds the engine's context of {limit} tokens (set data.overlong=skip to "
+        raise DataError(f"{problems[i].where or problems[i].id}: the prompt is {lengths[i]} tokens; with {needs[i][0]} "
+                        f"= {needs[i][1]} it exceeds the engine's context of {limit} tokens (set data.overlong=skip to "
                         f"drop such rows, or raise rollout.engine.max_model_len)")
     kept = [p for p, ok in zip(problems, fits) if ok]
     if len(kept) < len(problems):

@@ -152,3 +152,23 @@ def test_one_nonzero_difference_on_every_seed_without_an_evaluation_error_is_not
          for s, x in (("0", 398), ("1", 494), ("2", 407))}  # equal differences but for float rounding: var 1e-33
     assert bench.seed_difference(r, r, "x", "y")["p"] is None
     assert "n/a (the same on every seed, no evaluation error) | n/a |" in bench.difference_lines([("x - y", d)])[-1]
+
+
+def test_a_forked_mode_keeps_nothing_the_entropy_run_wrote_after_sft(tmp_path):
+    """Each mode resumes from a copy of the entropy run cut back to before GRPO: the entropy model's final CoTs and
+    its TensorBoard events were kept, so the viewer showed them as the mode's and its curves mixed two runs."""
+    spec = importlib.util.spec_from_file_location("bench_controller_fork", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src, dst = tmp_path / "seed0_entropy", tmp_path / "seed0_fixed"
+    after = ["grpo/step_39/x", "models/final/model.safetensors", "eval/final.json", "eval/final.cots.jsonl",
+             "stages/grpo.done", "stages/eval_final.done", "metrics.jsonl", "tensorboard/events.out",
+             "tensorboard.stale", "report.json", "report.md"]
+    before = ["models/sft/model.safetensors", "eval/sft.json", "eval/sft.cots.jsonl", "stages/sft.done",
+              "prune/rows.jsonl"]
+    for rel in after + before:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("x")
+    module.fork_after_sft(src, dst)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == sorted(before)
+    assert all((src / rel).exists() for rel in after)

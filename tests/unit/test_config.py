@@ -49,6 +49,9 @@ def test_default_sweep_builds_the_typed_config():
     ("cluster.learner.num_gpus=1", "cluster.learner.backend must be nccl with GPUs (num_gpus > 0) and gloo without"),
     ("cluster.num_cpus=0", "cluster.num_cpus must be null (every core) or an integer >= 1, got 0"),
     ("pruning.ratio=[]", "pruning.ratio must be a value or a non-empty list"),  # a study of nothing, reported empty
+    # a value listed twice ran each cell twice: n doubled, its standard error too small by sqrt(2)
+    ("pruning.ratio=[0.8,0.8]", "pruning.ratio lists a value twice"), ("pruning.ratio=[0,0.0]", "pruning.ratio lists"),
+    ("pruning.strategy=[low,low]", "pruning.strategy lists a value twice"),
     ("log_level=debug", "log_level must be one of"),  # was a traceback from logging before the config was checked
     # an unset shell variable (data.path=$F): '' passed as the current folder, then read as unset, a traceback later
     ("data.path=", "data.path is empty"), ("data.train_path=", "data.train_path is empty"),

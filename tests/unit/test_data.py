@@ -219,6 +219,23 @@ def test_gold_solutions_are_checked_for_the_layout_the_prune_stage_reads(tmp_pat
         check_gold_solution(d)
 
 
+def test_a_gold_solution_opening_its_thinking_is_read_without_the_tag(tmp_path):
+    """R1 datasets write "<think>\n...</think>" in a solution, while the prompt already opens the thinking: the tag was
+    kept in step 0, scored and prunable, and an SFT row had two of them. A leading one is dropped; one further in is
+    refused."""
+    from stepentropy_rl.data import check_gold_solution
+
+    f = tmp_path / "t.jsonl"
+    rows = [{"id": "a", "prompt": "q", "answer": "5", "solution": " <think>\nAdd.\n\nSo 5.\n</think>\n\n\\boxed{5}."},
+            {"id": "b", "prompt": "q", "answer": "5", "solution": "Add.\n<think>\nSo 5.\n</think>\n\n\\boxed{5}."}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = load_jsonl(f)
+    assert a.solution == "Add.\n\nSo 5.\n</think>\n\n\\boxed{5}."
+    check_gold_solution(a)
+    with pytest.raises(DataError, match=r"t.jsonl:2: 'solution' has <think> inside its thinking"):
+        check_gold_solution(b)
+
+
 def test_a_gold_run_names_a_bad_solution_when_its_problems_load(tmp_path):
     from hydra import compose, initialize_config_dir
 

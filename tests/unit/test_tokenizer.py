@@ -143,6 +143,38 @@ def test_held_out_prompts_need_room_for_the_evaluation_only(tmp_path):
         fit_context(cfg, str(tmp_path), tok, [short, long_], "train")
 
 
+def test_a_gold_solution_longer_than_the_context_allows_is_named_before_anything_runs(tmp_path):
+    """trainer.prune.source=gold prunes each row's solution, which no rollout.max_tokens caps: a long one passed the
+    start-up check and ran past the engine's context in the prune stage's answer check or its scoring."""
+    import pytest
+    from hydra import compose, initialize_config_dir
+
+    from stepentropy_rl.config import build
+    from stepentropy_rl.data import DataError, Example
+    from stepentropy_rl.driver.run import fit_context
+    from tests.unit.test_config import CONF
+
+    _, tok = _tok(tmp_path)
+    budgets = ["run_dir=/tmp/x", "rollout.engine.max_model_len=512", "rollout.max_tokens=128",
+               "trainer.prune.answer_max_tokens=32", "trainer.grpo.max_tokens=128", "trainer.eval.max_tokens=128"]
+    gold = "Add 1 and 1. " * 60 + "\n</think>\n\nThe answer is \\boxed{2}."
+    rows = [Example(id="short", prompt="1+1?", answer="2", solution="1 + 1 = 2.\n</think>\n\n\\boxed{2}."),
+            Example(id="long", prompt="1+1?", answer="2", solution=gold, where="train.jsonl:2")]
+    assert len(tok(gold, add_special_tokens=False).input_ids) + 32 + len(tok("1+1?").input_ids) > 512
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        sampled = build(compose("config", overrides=["+experiment=entropy_guided", *budgets]))
+        from_gold = build(compose("config", overrides=["+experiment=entropy_guided", "trainer.prune.source=gold",
+                                                       *budgets]))
+        skip = build(compose("config", overrides=["+experiment=entropy_guided", "trainer.prune.source=gold",
+                                                  "data.overlong=skip", *budgets]))
+    assert fit_context(sampled, str(tmp_path), tok, rows, "train") == rows  # their solutions are never read
+    with pytest.raises(DataError, match=r"train.jsonl:2: the prompt is \d+ tokens; with a gold solution's tokens \+ "
+                                        r"trainer.prune.answer_max_tokens = \d+ it exceeds the engine's context"):
+        fit_context(from_gold, str(tmp_path), tok, rows, "train")
+    assert fit_context(skip, str(tmp_path), tok, rows, "train") == rows[:1]
+    assert fit_context(from_gold, str(tmp_path), tok, rows, "eval") == rows  # held-out rows are sampled, not pruned
+
+
 def test_a_template_whose_generation_prompt_closes_the_thinking_is_refused(tmp_path):
     """A template with thinking off by default (DeepSeek-V3.1's '</think>' generation prompt) was given '<think>\\n'
     after it: every prompt read '</think><think>', a thinking closed before it opened."""
