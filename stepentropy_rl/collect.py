@@ -154,11 +154,21 @@ def _has(row: dict, keys: tuple) -> dict:
 
 def paired(sweep: Path) -> list[dict]:
     """The study jobs' strategies compared on the same problems (``cot_stats.compare_strategies`` over their
-    ``samples.jsonl``); [] unless there are two or more such jobs differing only along ``STUDY_AXES``."""
+    ``samples.jsonl``); [] unless there are two or more such jobs differing only along ``STUDY_AXES``, and, said on
+    the console, where two jobs hold the same strategy and ratio (the same study twice: one job's verdicts would
+    overwrite the other's)."""
     jobs = [job for job in find_jobs(sweep) if (job / "summary.json").exists() and (job / "samples.jsonl").exists()]
     if len(jobs) < 2 or not set(_varying(_configs(jobs))) <= set(STUDY_AXES):
         return []
-    rows = [json.loads(line) for job in jobs for line in (job / "samples.jsonl").read_text().splitlines() if line]
+    rows, holder = [], {}
+    for job in jobs:
+        mine = [json.loads(line) for line in (job / "samples.jsonl").read_text().splitlines() if line]
+        for cell in dict.fromkeys((r["strategy"], float(r["ratio"])) for r in mine):
+            if holder.setdefault(cell, job) != job:
+                print(f"not compared on the same problems: {holder[cell].relative_to(sweep)} and "
+                      f"{job.relative_to(sweep)} both hold {cell[0]} @ {cell[1]:.2f} (the same study twice?)")
+                return []
+        rows += mine
     return compare_strategies(rows)
 
 

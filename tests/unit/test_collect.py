@@ -80,6 +80,18 @@ def test_study_jobs_that_differ_in_more_are_not_paired(tmp_path):
     assert not (sweep / "paired.json").exists() and "comparison" not in (sweep / "collected.md").read_text()
 
 
+def test_the_same_study_twice_is_not_paired_as_one(tmp_path, capsys):
+    """Two jobs holding the same strategy and ratio (a study collected twice) had one's verdicts overwrite the
+    other's, so the comparison paired one job's answers with another's as if they were one study."""
+    sweep = tmp_path / "sweep"
+    study_job(sweep / "0", "low", [True] * 10)
+    study_job(sweep / "1", "high", [True] * 4 + [False] * 6)
+    study_job(sweep / "2", "low", [False] * 10)
+    main([str(sweep)])
+    assert not (sweep / "paired.json").exists()
+    assert "not compared on the same problems: 0 and 2 both hold low @ 0.50" in capsys.readouterr().out
+
+
 def test_a_job_with_unreadable_results_is_named_and_the_others_tabled(tmp_path, capsys):
     """A summary cut short, or a row without its ratio, raised and lost every other job's table."""
     job(tmp_path / "0", 0.2, summary=[row(0.2, 0.9)])
